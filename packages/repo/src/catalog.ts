@@ -1,0 +1,169 @@
+import type { BlobId, PackId, SnapshotId, TreeId } from "@strata/core";
+
+/**
+ * The metadata the repository needs from a catalog. The repository declares
+ * this interface; `@strata/catalog` implements it on SQLite and PostgreSQL and
+ * the composition root (CLI, server) wires one in. Every method that takes a
+ * list works in one batch (no query per element); callers keep batches at or
+ * below `MAX_BATCH` ids.
+ *
+ * Nothing here loads the whole index: lookups are by batch, listings are
+ * async iterables that page through the database.
+ */
+export const MAX_BATCH = 5000;
+
+export type BlobType = "chunk" | "tree";
+
+export interface IndexEntry {
+  id: BlobId;
+  type: BlobType;
+  packId: PackId;
+  /** Byte offset of the stored (encrypted) blob inside its pack. */
+  offset: number;
+  /** Stored length in the pack (nonce + ciphertext + tag). */
+  length: number;
+  /** Plaintext length after decryption and decompression. */
+  rawLength: number;
+  /** Whether the stored plaintext is zstd-compressed. */
+  compressed: boolean;
+}
+
+export type PackState = "active" | "doomed";
+
+export interface PackRecord {
+  id: PackId;
+  size: number;
+  blobCount: number;
+  createdAt: Date;
+  state: PackState;
+  /** When prune doomed it; deletion waits out the grace period after this. */
+  doomedAt: Date | null;
+}
+
+export interface SnapshotStats {
+  filesNew: number;
+  filesChanged: number;
+  filesUnchanged: number;
+  dirs: number;
+  bytesRead: number;
+  bytesAdded: number;
+  /** Logical size of all files in the snapshot. */
+  totalBytes: number;
+  totalFiles: number;
+  errors: number;
+  durationMs: number;
+}
+
+export interface SnapshotRecord {
+  id: SnapshotId;
+  time: Date;
+  hostname: string;
+  /** The absolute paths that were backed up. */
+  paths: string[];
+  tags: string[];
+  tree: TreeId;
+  parent: SnapshotId | null;
+  kind: string;
+  stats: SnapshotStats;
+}
+
+export interface LeaseRecord {
+  name: string;
+  holder: string;
+  mode: "shared" | "exclusive";
+  acquiredAt: Date;
+  expiresAt: Date;
+}
+
+export interface PackUsage {
+  packId: PackId;
+  blobCount: number;
+  usedCount: number;
+  size: number;
+  usedBytes: number;
+}
+
+export interface RepoCatalog {
+  // ---- packs and the blob index -------------------------------------
+  /**
+   * Record a pack and its blobs in one transaction. Idempotent: re-adding a
+   * pack that is already recorded changes nothing. A blob already indexed in
+   * another pack keeps its existing entry (first writer wins).
+   */
+  addPack(pack: PackRecord, entries: IndexEntry[]): Promise<void>;
+  /** The subset of `ids` indexed in an *active* pack. */
+  hasBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>>;
+  /** Index entries of `ids` (active or doomed packs); missing ids are absent. */
+  lookupBlobs(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>>;
+  getPack(id: PackId): Promise<PackRecord | null>;
+  /** All pack records, paged from the database. */
+  listPacks(): AsyncIterable<PackRecord>;
+  /** Index entries that point into `packId`, ordered by offset. */
+  packEntries(packId: PackId): Promise<IndexEntry[]>;
+  /** Point existing entries for `entries[].id` at their new pack (repack). */
+  moveBlobs(newPack: PackRecord, entries: IndexEntry[]): Promise<void>;
+  markPacksDoomed(ids: readonly PackId[], at: Date): Promise<void>;
+  /** Undo a doom: the pack is active again (a late snapshot needs it). */
+  revivePacks(ids: readonly PackId[]): Promise<void>;
+  /** Remove pack records and all index entries that point into them. */
+  removePacks(ids: readonly PackId[]): Promise<void>;
+  /** Remove index entries (blobs found unused by prune inside a kept pack). */
+  removeBlobs(ids: readonly BlobId[]): Promise<void>;
+  countBlobs(): Promise<{ chunks: number; trees: number; rawBytes: number; storedBytes: number }>;
+
+  // ---- snapshots ------------------------------------------------------
+  addSnapshot(s: SnapshotRecord): Promise<void>;
+  getSnapshot(id: SnapshotId): Promise<SnapshotRecord | null>;
+  /** Snapshots whose id starts with `prefix` (hex). */
+  findSnapshots(prefix: string): Promise<SnapshotRecord[]>;
+  /** All snapshots ordered by time ascending. */
+  listSnapshots(): Promise<SnapshotRecord[]>;
+  removeSnapshots(ids: readonly SnapshotId[]): Promise<void>;
+
+  // ---- prune marking (kept in the database, not in RAM) --------------
+  /** Start a fresh mark set (drops any previous one). */
+  beginMark(): Promise<void>;
+  /** Add ids to the mark set; returns the subset that was not yet marked. */
+  mark(ids: readonly BlobId[]): Promise<BlobId[]>;
+  /** Per pack: how many of its indexed blobs are marked, and their bytes. */
+  packUsage(): AsyncIterable<PackUsage>;
+  /** Index entries in `packId` that are (or are not) marked. */
+  packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]>;
+  endMark(): Promise<void>;
+
+  // ---- leases (locks with heartbeats) ---------------------------------
+  /**
+   * Take a lease. Shared leases coexist; an exclusive lease excludes all
+   * others. Expired leases are ignored and replaced. Returns false when held.
+   */
+  acquireLease(l: LeaseRecord, now: Date): Promise<boolean>;
+  renewLease(name: string, holder: string, expiresAt: Date): Promise<boolean>;
+  releaseLease(name: string, holder: string): Promise<void>;
+  listLeases(now: Date): Promise<LeaseRecord[]>;
+
+  // ---- repository-wide key/value (config fingerprint, schema info) ----
+  getMeta(key: string): Promise<string | null>;
+  setMeta(key: string, value: string): Promise<void>;
+
+  close(): Promise<void>;
+}
+
+/**
+ * Local cache of the backup client: for each directory it backed up, the stat
+ * signature and encoded node of every entry, so an unchanged file is not read
+ * again and an unchanged directory's tree is not re-encoded.
+ */
+export interface FileCache {
+  /** The cached entry list of directory `dir` (raw path bytes), or null. */
+  getDir(dir: Buffer): CachedDir | null;
+  putDir(dir: Buffer, value: CachedDir): void;
+  /** Drop directories not touched since `beginRun` (vanished paths). */
+  beginRun(): void;
+  endRun(): void;
+  close(): void;
+}
+
+export interface CachedDir {
+  /** Opaque encoded payload owned by the repository's backup code. */
+  data: Buffer;
+}
