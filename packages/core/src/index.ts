@@ -6,3 +6,4 @@ export * from "./hash.js";
 export * from "./codec.js";
 export * from "./tree.js";
 export * from "./retention.js";
+export * from "./glob.js";
