@@ -1,1 +1,26 @@
-export {};
+import type { RepoCatalog } from "@strata/repo";
+import { openPostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
+import { openSqliteCatalog } from "./sqlite.js";
+
+export { FILE_CACHE_FLUSH_EVERY, openSqliteFileCache, SqliteFileCache } from "./filecache.js";
+export {
+  COPY_THRESHOLD,
+  openPostgresCatalog,
+  PostgresCatalog,
+  type PostgresCatalogOptions,
+} from "./postgres.js";
+export { openSqliteCatalog, SqliteCatalog } from "./sqlite.js";
+
+/** True when `spec` names a PostgreSQL database rather than a SQLite file. */
+export function isPostgresSpec(spec: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(spec);
+}
+
+/**
+ * Open a catalog from one string: a `postgres://` / `postgresql://` URL, or a
+ * SQLite file path (an optional `sqlite:` prefix is stripped).
+ */
+export async function openCatalog(spec: string, opts: PostgresCatalogOptions = {}): Promise<RepoCatalog> {
+  if (isPostgresSpec(spec)) return openPostgresCatalog(spec, opts);
+  return openSqliteCatalog(spec.startsWith("sqlite:") ? spec.slice("sqlite:".length) : spec);
+}

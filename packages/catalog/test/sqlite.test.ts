@@ -1,0 +1,174 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  FILE_CACHE_FLUSH_EVERY,
+  openCatalog,
+  openSqliteCatalog,
+  openSqliteFileCache,
+  SqliteCatalog,
+} from "../src/index.js";
+import { addFresh, runCatalogContract } from "./contract.js";
+
+const dir = mkdtempSync(join(tmpdir(), "strata-catalog-"));
+let n = 0;
+const file = (name = "catalog") => join(dir, `${name}-${process.pid}-${n++}.db`);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+runCatalogContract("sqlite", () => openSqliteCatalog(file()));
+
+describe("SqliteCatalog specifics", () => {
+  it("creates the file with WAL, runs migrations once, and keeps data across reopen", async () => {
+    const path = join(dir, "sub", "dir", "c.db");
+    const c = await openSqliteCatalog(path);
+    const { ids } = await addFresh(c, "a", 3);
+    await c.setMeta("k", "v");
+    await c.close();
+    await c.close(); // idempotent
+
+    const c2 = await openSqliteCatalog(path);
+    expect((await c2.hasBlobs(ids)).size).toBe(3);
+    expect(await c2.getMeta("k")).toBe("v");
+    await c2.close();
+
+    const db = new Database(path, { readonly: true });
+    expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+    expect(db.prepare("SELECT version, name FROM schema_migrations").all()).toEqual([
+      { version: 1, name: "init" },
+    ]);
+    expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
+      t: "blob",
+      n: 32,
+    });
+    db.close();
+  });
+
+  it("refuses a catalog whose schema is newer than the program", async () => {
+    const path = file();
+    await (await openSqliteCatalog(path)).close();
+    const db = new Database(path);
+    db.prepare("INSERT INTO schema_migrations VALUES (999, 'future', 0)").run();
+    db.close();
+    await expect(openSqliteCatalog(path)).rejects.toThrow(/newer/);
+  });
+
+  it("openCatalog picks SQLite for paths and sqlite: specs", async () => {
+    const a = await openCatalog(file());
+    const b = await openCatalog(`sqlite:${file()}`);
+    expect(a).toBeInstanceOf(SqliteCatalog);
+    expect(b).toBeInstanceOf(SqliteCatalog);
+    await a.close();
+    await b.close();
+  });
+
+  it("two connections to one file see each other's writes and share leases", async () => {
+    const path = file();
+    const a = await openSqliteCatalog(path);
+    const b = await openSqliteCatalog(path);
+    const { ids } = await addFresh(a, "x", 2);
+    expect((await b.hasBlobs(ids)).size).toBe(2);
+    const t = new Date();
+    const l = {
+      name: "repo",
+      holder: "a",
+      mode: "exclusive" as const,
+      acquiredAt: t,
+      expiresAt: new Date(t.getTime() + 1000),
+    };
+    expect(await a.acquireLease(l, t)).toBe(true);
+    expect(await b.acquireLease({ ...l, holder: "b", mode: "shared" }, t)).toBe(false);
+    await a.close();
+    await b.close();
+  });
+});
+
+describe("SqliteFileCache", () => {
+  const key = (s: string) => Buffer.from(s, "latin1");
+
+  it("stores directories by raw path bytes and reads its own buffered writes", () => {
+    const path = file("cache");
+    const fc = openSqliteFileCache(path);
+    const odd = Buffer.from([0x2f, 0x66, 0xff, 0xfe, 0x00, 0x80]); // not UTF-8, with NUL
+    fc.beginRun();
+    expect(fc.getDir(odd)).toBeNull();
+    fc.putDir(odd, { data: Buffer.from("one") });
+    fc.putDir(key("/etc"), { data: Buffer.from("etc") });
+    expect(fc.getDir(odd)?.data.toString()).toBe("one"); // before any flush
+    fc.endRun();
+    fc.close();
+    fc.close(); // idempotent
+
+    const again = openSqliteFileCache(path);
+    expect(again.getDir(odd)?.data.toString()).toBe("one");
+    expect(again.getDir(Buffer.from([0x2f, 0x66, 0xff, 0xfe, 0x00]))).toBeNull();
+    expect(again.getDir(key("/etc"))?.data.toString()).toBe("etc");
+    again.close();
+  });
+
+  it("endRun drops directories neither read nor written in the run", () => {
+    const path = file("cache");
+    const fc = openSqliteFileCache(path);
+    fc.beginRun();
+    for (const d of ["/a", "/b", "/c", "/d"]) fc.putDir(key(d), { data: Buffer.from(d) });
+    fc.endRun();
+
+    fc.beginRun();
+    expect(fc.getDir(key("/a"))?.data.toString()).toBe("/a"); // seen by reading
+    fc.putDir(key("/b"), { data: Buffer.from("/b2") }); // seen by writing
+    fc.putDir(key("/e"), { data: Buffer.from("/e") }); // new
+    fc.endRun(); // /c and /d vanished
+    fc.close();
+
+    const again = openSqliteFileCache(path);
+    expect(again.getDir(key("/a"))?.data.toString()).toBe("/a");
+    expect(again.getDir(key("/b"))?.data.toString()).toBe("/b2");
+    expect(again.getDir(key("/c"))).toBeNull();
+    expect(again.getDir(key("/d"))).toBeNull();
+    expect(again.getDir(key("/e"))?.data.toString()).toBe("/e");
+    again.close();
+  });
+
+  it("copies the caller's buffer and survives many writes across flushes", () => {
+    const path = file("cache");
+    const fc = openSqliteFileCache(path);
+    fc.beginRun();
+    const buf = Buffer.from("orig");
+    fc.putDir(key("/x"), { data: buf });
+    buf.write("XXXX");
+    const N = FILE_CACHE_FLUSH_EVERY * 3 + 17;
+    for (let i = 0; i < N; i++) fc.putDir(key(`/d/${i}`), { data: Buffer.alloc(64, i & 0xff) });
+    fc.endRun();
+    fc.close();
+
+    const db = new Database(path, { readonly: true });
+    expect(db.prepare("SELECT count(*) FROM dirs").pluck().get()).toBe(N + 1);
+    db.close();
+    const again = openSqliteFileCache(path);
+    expect(again.getDir(key("/x"))?.data.toString()).toBe("orig");
+    // A run that reads everything keeps everything.
+    again.beginRun();
+    for (let i = 0; i < N; i++) expect(again.getDir(key(`/d/${i}`))?.data[0]).toBe(i & 0xff);
+    again.endRun();
+    again.beginRun();
+    again.endRun(); // nothing touched: everything goes
+    expect(again.getDir(key("/d/1"))).toBeNull();
+    again.close();
+  });
+
+  it("a crash before endRun deletes nothing", () => {
+    const path = file("cache");
+    const fc = openSqliteFileCache(path);
+    fc.beginRun();
+    fc.putDir(key("/keep"), { data: Buffer.from("k") });
+    fc.endRun();
+    fc.beginRun();
+    fc.putDir(key("/new"), { data: Buffer.from("n") });
+    fc.close(); // no endRun: flushes, sweeps nothing
+    const again = openSqliteFileCache(path);
+    expect(again.getDir(key("/keep"))?.data.toString()).toBe("k");
+    expect(again.getDir(key("/new"))?.data.toString()).toBe("n");
+    again.close();
+  });
+});
