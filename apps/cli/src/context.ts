@@ -1,0 +1,92 @@
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import * as path from "node:path";
+import { StrataError } from "@strata/core";
+import { openSqliteCatalog, openSqliteFileCache } from "@strata/catalog";
+import { DirBlobStore, type FileCache, Repository } from "@strata/repo";
+
+export interface GlobalOptions {
+  repo?: string;
+  passwordFile?: string;
+  json?: boolean;
+}
+
+export function repoDir(g: GlobalOptions): string {
+  const dir = g.repo ?? process.env.STRATA_REPO;
+  if (!dir) {
+    throw new StrataError("INVALID_ARGUMENT", "no repository given", {
+      hint: "pass --repo DIR or set STRATA_REPO",
+    });
+  }
+  return path.resolve(dir);
+}
+
+export function readPassword(g: GlobalOptions): Buffer {
+  if (g.passwordFile) {
+    try {
+      const raw = readFileSync(g.passwordFile);
+      // A trailing newline is not part of the password (echo pw > file).
+      let end = raw.length;
+      while (end > 0 && (raw[end - 1] === 0x0a || raw[end - 1] === 0x0d)) end--;
+      return raw.subarray(0, end);
+    } catch (e) {
+      throw new StrataError("INVALID_ARGUMENT", `cannot read password file ${g.passwordFile}: ${(e as Error).message}`);
+    }
+  }
+  const env = process.env.STRATA_PASSWORD;
+  if (env !== undefined && env !== "") return Buffer.from(env, "utf8");
+  throw new StrataError("INVALID_ARGUMENT", "no repository password given", {
+    hint: "set STRATA_PASSWORD or pass --password-file FILE",
+  });
+}
+
+/** A repository is a directory: config, keys/, packs/, snapshots/ and catalog.db. */
+export async function openRepo(g: GlobalOptions): Promise<Repository> {
+  const dir = repoDir(g);
+  if (!existsSync(path.join(dir, "config"))) {
+    throw new StrataError("REPO_NOT_FOUND", `no repository at ${dir}`, {
+      hint: "create one with `strata repo init --repo DIR`, or check --repo / STRATA_REPO",
+      subject: dir,
+    });
+  }
+  const password = readPassword(g);
+  const catalog = await openSqliteCatalog(path.join(dir, "catalog.db"));
+  try {
+    const repo = await Repository.open(new DirBlobStore(dir), catalog, password);
+    await repo.syncCatalog();
+    return repo;
+  } catch (e) {
+    await catalog.close();
+    throw e;
+  }
+}
+
+export async function initRepo(g: GlobalOptions): Promise<Repository> {
+  const dir = repoDir(g);
+  const password = readPassword(g);
+  if (password.length === 0) throw new StrataError("INVALID_ARGUMENT", "the password must not be empty");
+  if (existsSync(path.join(dir, "config"))) {
+    throw new StrataError("ALREADY_EXISTS", `a repository already exists at ${dir}`, {
+      hint: "use it as it is, or choose another directory",
+    });
+  }
+  mkdirSync(dir, { recursive: true });
+  const catalog = await openSqliteCatalog(path.join(dir, "catalog.db"));
+  return Repository.init(new DirBlobStore(dir), catalog, password);
+}
+
+export async function closeRepo(repo: Repository): Promise<void> {
+  try {
+    await repo.close();
+  } finally {
+    await repo.catalog.close();
+  }
+}
+
+/** The local file cache of this client for this repository. */
+export function openFileCache(repo: Repository): FileCache {
+  const base = process.env.STRATA_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), ".cache"), "strata");
+  const dir = path.join(base, repo.config.id);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  return openSqliteFileCache(path.join(dir, "files.db"));
+}

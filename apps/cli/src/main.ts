@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+import { Command, Option } from "commander";
+import { isStrataError } from "@strata/core";
+import { registerRepoCommands } from "./commands/repo.js";
+import { reportError } from "./output.js";
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("strata")
+    .description("Strata: deduplicated, versioned, full-fidelity copies of Linux machines")
+    .version("0.1.0")
+    .option("--repo <dir>", "repository directory (default: $STRATA_REPO)")
+    .option("--password-file <file>", "read the repository password from FILE (default: $STRATA_PASSWORD)")
+    .addOption(new Option("--json", "print machine-readable JSON on stdout"))
+    .showHelpAfterError("(run with --help for usage)")
+    .configureHelp({ sortSubcommands: false });
+  registerRepoCommands(program);
+  return program;
+}
+
+export async function main(argv = process.argv): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === "commander.helpDisplayed" || code === "commander.version" || code === "commander.help") return 0;
+    if (typeof code === "string" && code.startsWith("commander.")) return 2;
+    reportError(e, program.opts().json === true || process.argv.includes("--json"));
+    return isStrataError(e) ? 1 : 1;
+  }
+}

@@ -1,0 +1,213 @@
+import { randomBytes } from "node:crypto";
+import { constants as C, promises as fsp } from "node:fs";
+import * as path from "node:path";
+import { StrataError, fromSystemError } from "@strata/core";
+
+/**
+ * Where repository files live: packs, snapshots, keys, config. The contract
+ * fits a directory and an S3 bucket alike:
+ *
+ * - Names are relative, '/'-separated, made of [A-Za-z0-9._-] segments; no
+ *   segment is '.' or '..'. Implementations MUST reject other names.
+ * - `put` is atomic: a reader sees the whole object or nothing, never a
+ *   prefix. When `put` resolves the object is durable. Putting a name that
+ *   exists replaces it (objects are content-addressed, so the bytes are the
+ *   same in practice).
+ * - `get`/`getRange` of a missing name MUST throw StrataError NOT_FOUND
+ *   naming it; `getRange` past the end MUST throw DATA_CORRUPT (a truncated
+ *   object), never return short data silently.
+ * - `delete` is idempotent: deleting a missing name succeeds.
+ * - `list(prefix)` yields every object whose name starts with `prefix`, in no
+ *   particular order, without holding all names in memory.
+ */
+export interface BlobStore {
+  put(name: string, data: Buffer | readonly Buffer[]): Promise<void>;
+  get(name: string): Promise<Buffer>;
+  getRange(name: string, offset: number, length: number): Promise<Buffer>;
+  /** Size in bytes, or null when missing. */
+  stat(name: string): Promise<{ size: number; mtime: Date } | null>;
+  list(prefix: string): AsyncIterable<{ name: string; size: number }>;
+  delete(name: string): Promise<void>;
+  /** Human-readable location for messages. */
+  readonly location: string;
+  close(): Promise<void>;
+}
+
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+export function validateBlobName(name: string): void {
+  const segs = name.split("/");
+  if (!name || segs.some((s) => !SEGMENT.test(s) || s === "." || s === "..")) {
+    throw new StrataError("UNSAFE_PATH", `invalid object name ${JSON.stringify(name)}`, { subject: name });
+  }
+}
+
+/**
+ * A BlobStore on a local or shared directory. Writes go to a temporary file
+ * in the same directory, are fsynced, renamed into place and the directory is
+ * fsynced, so a crash leaves either the old state or the whole new object.
+ * Temporary files are named `.tmp-*` and ignored by `list`.
+ */
+export class DirBlobStore implements BlobStore {
+  private readonly fds = new Map<string, Promise<fsp.FileHandle>>();
+  private readonly fdOrder: string[] = [];
+
+  constructor(readonly root: string) {}
+
+  get location(): string {
+    return this.root;
+  }
+
+  private full(name: string): string {
+    validateBlobName(name);
+    return path.join(this.root, name);
+  }
+
+  async put(name: string, data: Buffer | readonly Buffer[]): Promise<void> {
+    const dest = this.full(name);
+    const dir = path.dirname(dest);
+    const tmp = path.join(dir, `.tmp-${randomBytes(8).toString("hex")}`);
+    try {
+      await fsp.mkdir(dir, { recursive: true });
+      const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
+      try {
+        const parts = Buffer.isBuffer(data) ? [data] : data;
+        await fh.writev(parts as Buffer[]);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.rename(tmp, dest);
+      await syncDir(dir);
+    } catch (e) {
+      await fsp.rm(tmp, { force: true }).catch(() => {});
+      throw fromSystemError(e, "writing", `${this.root}/${name}`);
+    }
+  }
+
+  async get(name: string): Promise<Buffer> {
+    try {
+      return await fsp.readFile(this.full(name));
+    } catch (e) {
+      throw this.readError(e, name);
+    }
+  }
+
+  private readError(e: unknown, name: string): StrataError {
+    const err = e as NodeJS.ErrnoException;
+    if (err?.code === "ENOENT") {
+      return new StrataError("NOT_FOUND", `${name} is missing from the repository at ${this.root}`, { subject: name });
+    }
+    return fromSystemError(e, "reading", `${this.root}/${name}`);
+  }
+
+  /** Keep a few read handles open: restore and check read many ranges per pack. */
+  private handle(name: string): Promise<fsp.FileHandle> {
+    let h = this.fds.get(name);
+    if (!h) {
+      h = fsp.open(this.full(name), "r");
+      h.catch(() => this.fds.delete(name));
+      this.fds.set(name, h);
+      this.fdOrder.push(name);
+      while (this.fdOrder.length > 64) {
+        const old = this.fdOrder.shift()!;
+        const p = this.fds.get(old);
+        this.fds.delete(old);
+        p?.then((fh) => fh.close()).catch(() => {});
+      }
+    }
+    return h;
+  }
+
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    try {
+      const fh = await this.handle(name);
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      if (got < length) {
+        throw new StrataError(
+          "DATA_CORRUPT",
+          `${name} is truncated: wanted bytes ${offset}..${offset + length}, file ends at ${offset + got}`,
+          { subject: name },
+        );
+      }
+      return buf;
+    } catch (e) {
+      if (e instanceof StrataError) throw e;
+      throw this.readError(e, name);
+    }
+  }
+
+  async stat(name: string): Promise<{ size: number; mtime: Date } | null> {
+    try {
+      const st = await fsp.stat(this.full(name));
+      return { size: st.size, mtime: st.mtime };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw fromSystemError(e, "reading", `${this.root}/${name}`);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<{ name: string; size: number }> {
+    // Walk the directory under the prefix's directory part.
+    const slash = prefix.lastIndexOf("/");
+    const baseDir = slash >= 0 ? prefix.slice(0, slash) : "";
+    const stack = [baseDir];
+    while (stack.length) {
+      const rel = stack.pop()!;
+      let dir: import("node:fs").Dir;
+      try {
+        dir = await fsp.opendir(path.join(this.root, rel));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR") continue;
+        throw fromSystemError(e, "listing", path.join(this.root, rel));
+      }
+      for await (const ent of dir) {
+        if (ent.name.startsWith(".tmp-")) continue;
+        const name = rel ? `${rel}/${ent.name}` : ent.name;
+        if (ent.isDirectory()) {
+          if (prefix.startsWith(`${name}/`) || name.startsWith(prefix)) stack.push(name);
+        } else if (ent.isFile() && name.startsWith(prefix)) {
+          const st = await fsp.stat(path.join(this.root, name)).catch(() => null);
+          if (st) yield { name, size: st.size };
+        }
+      }
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    const p = this.full(name);
+    const h = this.fds.get(name);
+    if (h) {
+      this.fds.delete(name);
+      h.then((fh) => fh.close()).catch(() => {});
+    }
+    try {
+      await fsp.unlink(p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+      throw fromSystemError(e, "deleting", `${this.root}/${name}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.fds.values()];
+    this.fds.clear();
+    this.fdOrder.length = 0;
+    await Promise.all(all.map((p) => p.then((fh) => fh.close()).catch(() => {})));
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

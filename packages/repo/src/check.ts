@@ -1,0 +1,194 @@
+import { createHash } from "node:crypto";
+import { type BlobId, type FsNode, type PackId, type TreeId, chunkIdsOf } from "@strata/core";
+import { type IndexEntry, MAX_BATCH } from "./catalog.js";
+import { holdLease } from "./lease.js";
+import { packIdFromName, packName, parsePackHeader } from "./pack.js";
+import { type Repository, displayName } from "./repository.js";
+
+export interface CheckOptions {
+  readData?: boolean;
+  /** Fraction 0..1 of packs to read fully (chosen at random). */
+  readDataSubset?: number;
+  onProgress?: (p: { phase: string; done: number; total: number }) => void;
+}
+
+export interface CheckReport {
+  ok: boolean;
+  packs: number;
+  packsRead: number;
+  snapshots: number;
+  trees: number;
+  errors: string[];
+  warnings: string[];
+  damagedPacks: { pack: PackId; problem: string }[];
+  damagedBlobs: { blob: BlobId; pack: PackId | null; problem: string }[];
+  affected: { snapshot: string; path: string; problem: string }[];
+}
+
+/**
+ * Verify the repository. Without readData: every catalog pack exists with
+ * its recorded size, every snapshot object opens, every tree decodes and
+ * every referenced blob is indexed in an intact pack. With readData: also
+ * read packs, verify the pack hash, the header against the catalog, and every
+ * blob's authentication tag and hash. Damage is traced to the snapshots and
+ * files it affects.
+ */
+export async function check(repo: Repository, opts: CheckOptions = {}): Promise<CheckReport> {
+  const r: CheckReport = {
+    ok: true,
+    packs: 0,
+    packsRead: 0,
+    snapshots: 0,
+    trees: 0,
+    errors: [],
+    warnings: [],
+    damagedPacks: [],
+    damagedBlobs: [],
+    affected: [],
+  };
+  const lease = await holdLease(repo.catalog, "marks", `check-${process.pid}`, "exclusive");
+  try {
+    const badBlobs = new Map<BlobId, string>();
+    const badPack = (pack: PackId, problem: string) => {
+      r.damagedPacks.push({ pack, problem });
+      r.errors.push(`pack ${pack}: ${problem}`);
+    };
+    const badBlob = (blob: BlobId, pack: PackId | null, problem: string) => {
+      if (badBlobs.has(blob)) return;
+      badBlobs.set(blob, problem);
+      r.damagedBlobs.push({ blob, pack, problem });
+      r.errors.push(`blob ${blob}${pack ? ` in pack ${pack}` : ""}: ${problem}`);
+    };
+
+    // 1. Packs: present, right size, (optionally) intact.
+    const known = new Set<string>();
+    const packs = [];
+    for await (const p of repo.catalog.listPacks()) packs.push(p);
+    r.packs = packs.length;
+    const subset = opts.readData ? 1 : (opts.readDataSubset ?? 0);
+    let done = 0;
+    for (const p of packs) {
+      known.add(p.id);
+      opts.onProgress?.({ phase: "packs", done: done++, total: packs.length });
+      const st = await repo.store.stat(packName(p.id));
+      const entries = await repo.catalog.packEntries(p.id);
+      if (!st) {
+        badPack(p.id, "missing from the store");
+        for (const e of entries) badBlob(e.id, p.id, "its pack is missing");
+        continue;
+      }
+      if (st.size !== p.size) {
+        badPack(p.id, `size is ${st.size} bytes, catalog says ${p.size} (truncated or replaced)`);
+        for (const e of entries) if (e.offset + e.length > st.size) badBlob(e.id, p.id, "beyond the end of its truncated pack");
+      }
+      const read = subset >= 1 || (subset > 0 && Math.random() < subset);
+      if (!read || st.size !== p.size) {
+        if (read && st.size !== p.size) await readPack(p.id, st.size, entries);
+        continue;
+      }
+      await readPack(p.id, st.size, entries);
+    }
+
+    async function readPack(id: PackId, size: number, entries: IndexEntry[]): Promise<void> {
+      r.packsRead++;
+      let data: Buffer;
+      try {
+        data = await repo.store.get(packName(id));
+      } catch (e) {
+        badPack(id, `cannot be read: ${(e as Error).message}`);
+        return;
+      }
+      if (size === data.length && createHash("sha256").update(data).digest("hex") !== id) {
+        badPack(id, "content does not match its id (damaged)");
+      }
+      try {
+        const header = await parsePackHeader(repo.key, id, data.length, async (o, l) => data.subarray(o, o + l));
+        const byId = new Map(header.map((h) => [h.id, h]));
+        for (const e of entries) {
+          const h = byId.get(e.id);
+          if (!h || h.offset !== e.offset || h.length !== e.length) {
+            r.errors.push(`pack ${id}: header does not list blob ${e.id} where the catalog says`);
+          }
+        }
+      } catch (e) {
+        r.errors.push(`pack ${id}: ${(e as Error).message}`);
+      }
+      for (const e of entries) {
+        if (e.offset + e.length > data.length) continue; // reported above
+        try {
+          repo.codec.decode(e, data.subarray(e.offset, e.offset + e.length));
+        } catch (err) {
+          badBlob(e.id, id, (err as Error).message);
+        }
+      }
+    }
+
+    // 2. Pack files the catalog does not know (left by a killed backup).
+    for await (const obj of repo.store.list("packs/")) {
+      const id = packIdFromName(obj.name);
+      if (!id) r.warnings.push(`unexpected object ${obj.name}`);
+      else if (!known.has(id)) r.warnings.push(`pack ${id} is not indexed (left by an interrupted backup; the next backup or prune adopts it)`);
+    }
+
+    // 3. Snapshots and trees; trace damage to files.
+    const snapshots = await repo.catalog.listSnapshots();
+    r.snapshots = snapshots.length;
+    const treeDamage = new Map<TreeId, { path: string; problem: string }[]>();
+    await repo.catalog.beginMark();
+    const visit = async (id: TreeId): Promise<{ path: string; problem: string }[]> => {
+      const memo = treeDamage.get(id);
+      if (memo) return memo;
+      if ((await repo.catalog.mark([id])).length === 0) return [];
+      r.trees++;
+      const out: { path: string; problem: string }[] = [];
+      let nodes: FsNode[];
+      try {
+        nodes = await repo.loadTree(id);
+      } catch (e) {
+        const problem = `directory listing (tree ${id}) unreadable: ${(e as Error).message}`;
+        badBlob(id, null, (e as Error).message);
+        out.push({ path: "", problem });
+        treeDamage.set(id, out);
+        return out;
+      }
+      const ids: BlobId[] = [];
+      for (const n of nodes) for (const c of chunkIdsOf(n)) ids.push(c);
+      const unique = [...new Set(ids)];
+      const present = new Map<BlobId, IndexEntry>();
+      for (let i = 0; i < unique.length; i += MAX_BATCH) {
+        for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH))) present.set(k, v);
+      }
+      for (const n of nodes) {
+        const name = `/${displayName(n.name)}`;
+        for (const c of chunkIdsOf(n)) {
+          const problem = !present.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
+          if (problem) {
+            if (!present.has(c)) badBlob(c, null, "referenced but not in the index");
+            out.push({ path: name, problem: `chunk ${c.slice(0, 12)}: ${problem}` });
+            break;
+          }
+        }
+        if (n.type === "dir" && n.subtree) {
+          for (const d of await visit(n.subtree)) out.push({ path: name + d.path, problem: d.problem });
+        }
+      }
+      if (out.length) treeDamage.set(id, out);
+      return out;
+    };
+    for (const s of snapshots) {
+      try {
+        await repo.loadSnapshotObject(s.id);
+      } catch (e) {
+        r.errors.push(`snapshot ${s.id}: ${(e as Error).message}`);
+      }
+      for (const d of await visit(s.tree)) {
+        r.affected.push({ snapshot: s.id, path: d.path || "/", problem: d.problem });
+      }
+    }
+    await repo.catalog.endMark();
+    r.ok = r.errors.length === 0 && r.affected.length === 0;
+    return r;
+  } finally {
+    await lease.release();
+  }
+}

@@ -1,0 +1,110 @@
+import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, timingSafeEqual } from "node:crypto";
+import { StrataError } from "@strata/core";
+
+/**
+ * Encryption. Every stored object (blob, pack header, snapshot, config) is
+ * sealed with AES-256-GCM under the repository's master key with a fresh
+ * random 96-bit nonce: nonce(12) || ciphertext || tag(16). The master key is
+ * random and never leaves memory unwrapped; key files hold it wrapped by a
+ * key-encryption key derived from a password with scrypt (memory-hard).
+ */
+export const NONCE_LEN = 12;
+export const TAG_LEN = 16;
+export const SEAL_OVERHEAD = NONCE_LEN + TAG_LEN;
+
+export class MasterKey {
+  constructor(readonly key: Buffer) {
+    if (key.length !== 32) throw new Error("master key must be 32 bytes");
+  }
+  static generate(): MasterKey {
+    return new MasterKey(randomBytes(32));
+  }
+}
+
+export function seal(key: MasterKey, plain: Uint8Array, aad?: Uint8Array): Buffer {
+  const nonce = randomBytes(NONCE_LEN);
+  const c = createCipheriv("aes-256-gcm", key.key, nonce);
+  if (aad) c.setAAD(aad);
+  // A dedicated (non-pooled) buffer: workers transfer its ArrayBuffer.
+  const out = Buffer.allocUnsafeSlow(NONCE_LEN + plain.length + TAG_LEN);
+  nonce.copy(out, 0);
+  let off = NONCE_LEN + c.update(plain).copy(out, NONCE_LEN);
+  off += c.final().copy(out, off);
+  c.getAuthTag().copy(out, off);
+  return out;
+}
+
+/** Returns null when authentication fails (wrong key or damaged bytes). */
+export function openSealed(key: MasterKey, sealed: Uint8Array, aad?: Uint8Array): Buffer | null {
+  if (sealed.length < SEAL_OVERHEAD) return null;
+  const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  const nonce = buf.subarray(0, NONCE_LEN);
+  const tag = buf.subarray(buf.length - TAG_LEN);
+  const d = createDecipheriv("aes-256-gcm", key.key, nonce);
+  if (aad) d.setAAD(aad);
+  d.setAuthTag(tag);
+  try {
+    return Buffer.concat([d.update(buf.subarray(NONCE_LEN, buf.length - TAG_LEN)), d.final()]);
+  } catch {
+    return null;
+  }
+}
+
+export interface KeyFile {
+  version: 1;
+  kdf: "scrypt";
+  /** scrypt cost parameters. N=2^15, r=8, p=1 costs ~32 MiB and ~0.1 s. */
+  N: number;
+  r: number;
+  p: number;
+  salt: string;
+  /** The master key sealed with the derived key (base64). */
+  wrapped: string;
+  created: string;
+  hostname: string;
+}
+
+function scrypt(password: Buffer, salt: Buffer, N: number, r: number, p: number): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scryptCb(password, salt, 32, { N, r, p, maxmem: 256 * N * r + 1024 * 1024 }, (err, k) =>
+      err ? reject(err) : resolve(k),
+    ),
+  );
+}
+
+/** Test runs may lower the cost with STRATA_SCRYPT_LOG_N (never below 10). */
+function defaultLogN(): number {
+  const env = Number(process.env.STRATA_SCRYPT_LOG_N);
+  return Number.isInteger(env) && env >= 10 && env <= 20 ? env : 15;
+}
+
+export async function wrapMasterKey(master: MasterKey, password: Buffer, hostname: string): Promise<KeyFile> {
+  const salt = randomBytes(16);
+  const N = 2 ** defaultLogN();
+  const kek = new MasterKey(await scrypt(password, salt, N, 8, 1));
+  return {
+    version: 1,
+    kdf: "scrypt",
+    N,
+    r: 8,
+    p: 1,
+    salt: salt.toString("base64"),
+    wrapped: seal(kek, master.key).toString("base64"),
+    created: new Date().toISOString(),
+    hostname,
+  };
+}
+
+/** The master key, or null when the password does not open this key file. */
+export async function unwrapMasterKey(kf: KeyFile, password: Buffer): Promise<MasterKey | null> {
+  if (kf.kdf !== "scrypt" || !(kf.N > 1 && kf.N <= 2 ** 22) || kf.r > 32 || kf.p > 16) {
+    throw new StrataError("CONFIG_INVALID", "key file has unsupported KDF parameters");
+  }
+  const kek = new MasterKey(await scrypt(password, Buffer.from(kf.salt, "base64"), kf.N, kf.r, kf.p));
+  const key = openSealed(kek, Buffer.from(kf.wrapped, "base64"));
+  return key && key.length === 32 ? new MasterKey(key) : null;
+}
+
+export function constantTimeEqual(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

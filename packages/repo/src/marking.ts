@@ -1,0 +1,47 @@
+import { type BlobId, StrataError, type TreeId, chunkIdsOf } from "@strata/core";
+import { MAX_BATCH, type SnapshotRecord } from "./catalog.js";
+import type { Repository } from "./repository.js";
+
+/**
+ * Mark every blob reachable from `snapshots` in the catalog's mark set. Each
+ * tree is visited once (the mark set says which were seen), so the cost is
+ * the number of distinct trees, and memory holds one path of the walk plus
+ * one batch of ids. Throws naming the tree when one cannot be read: callers
+ * that delete data must stop then.
+ */
+export async function markReachable(
+  repo: Repository,
+  snapshots: readonly SnapshotRecord[],
+  onTree?: () => void,
+): Promise<void> {
+  const cat = repo.catalog;
+  await cat.beginMark();
+  let batch: BlobId[] = [];
+  const flush = async () => {
+    if (batch.length) await cat.mark(batch);
+    batch = [];
+  };
+  const visit = async (id: TreeId, where: string): Promise<void> => {
+    const fresh = await cat.mark([id]);
+    if (fresh.length === 0) return;
+    let nodes;
+    try {
+      nodes = await repo.loadTree(id);
+    } catch (e) {
+      throw new StrataError("DATA_CORRUPT", `cannot read tree ${id} (${where}): ${(e as Error).message}`, {
+        subject: id,
+        hint: "run `strata check --read-data` to see the damage",
+      });
+    }
+    onTree?.();
+    for (const n of nodes) {
+      for (const c of chunkIdsOf(n)) {
+        batch.push(c);
+        if (batch.length >= MAX_BATCH) await flush();
+      }
+    }
+    for (const n of nodes) if (n.type === "dir" && n.subtree) await visit(n.subtree, `${where}/${n.name.toString()}`);
+  };
+  for (const s of snapshots) await visit(s.tree, `snapshot ${s.id.slice(0, 8)}`);
+  await flush();
+}

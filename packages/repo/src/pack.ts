@@ -1,0 +1,176 @@
+import { createHash } from "node:crypto";
+import { type BlobId, type PackId, Reader, ReadError, StrataError, Writer, bytesToId, idToBytes } from "@strata/core";
+import { Compressor, Decompressor } from "zstd-napi";
+import type { BlobType, IndexEntry } from "./catalog.js";
+import { type MasterKey, SEAL_OVERHEAD, openSealed, seal } from "./crypto.js";
+
+/**
+ * Pack format, version 1:
+ *
+ *   blob_0 || blob_1 || … || header_sealed || u32 headerLength || "STRPACK1"
+ *
+ * Each blob is seal(zstd(plain)) or seal(plain) when compression does not
+ * save at least 1/32 of the size. The header lists, in file order, every
+ * blob: u8 type (0 chunk, 1 tree), u8 flags (bit 0: compressed), 32-byte id,
+ * u32 stored length, u32 raw length. Offsets are the running sum of stored
+ * lengths. The header is sealed too, so the pack alone says what it holds and
+ * the catalog can be rebuilt from packs. The pack id is the SHA-256 of the
+ * whole file.
+ */
+export const PACK_MAGIC = Buffer.from("STRPACK1", "ascii");
+const HEADER_ENTRY = 1 + 1 + 32 + 4 + 4;
+export const PACK_TRAILER_MIN = SEAL_OVERHEAD + 4 + PACK_MAGIC.length;
+
+export interface EncodedBlob {
+  id: BlobId;
+  type: BlobType;
+  data: Buffer;
+  rawLength: number;
+  compressed: boolean;
+}
+
+/** Per-thread codec state (zstd contexts are reused; they are not thread-safe). */
+export class BlobCodec {
+  private readonly cmp = new Compressor();
+  private readonly dec = new Decompressor();
+  constructor(
+    private readonly key: MasterKey,
+    level = 3,
+  ) {
+    this.cmp.setParameters({ compressionLevel: level });
+  }
+
+  encode(id: BlobId, type: BlobType, plain: Uint8Array): EncodedBlob {
+    let body: Uint8Array = plain;
+    let compressed = false;
+    if (plain.length >= 64) {
+      const z = this.cmp.compress(plain);
+      if (z.length < plain.length - (plain.length >> 5)) {
+        body = z;
+        compressed = true;
+      }
+    }
+    return { id, type, data: seal(this.key, body), rawLength: plain.length, compressed };
+  }
+
+  /** Decrypt, decompress and verify the hash; throws DATA_CORRUPT naming the blob and pack. */
+  decode(e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">, stored: Uint8Array): Buffer {
+    const where = `blob ${e.id} in pack ${e.packId}`;
+    const body = openSealed(this.key, stored);
+    if (!body) throw new StrataError("DATA_CORRUPT", `${where} fails authentication (damaged)`, { subject: e.id });
+    let plain: Buffer;
+    try {
+      plain = e.compressed ? this.dec.decompress(body) : body;
+    } catch (err) {
+      throw new StrataError("DATA_CORRUPT", `${where} does not decompress`, { subject: e.id, cause: err });
+    }
+    if (plain.length !== e.rawLength || createHash("sha256").update(plain).digest("hex") !== e.id) {
+      throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
+    }
+    return plain;
+  }
+}
+
+/** Accumulates encoded blobs; `finish` produces the pack's bytes and entries. */
+export class PackBuilder {
+  private readonly parts: Buffer[] = [];
+  private readonly entries: Omit<IndexEntry, "packId">[] = [];
+  private size = 0;
+
+  get bytes(): number {
+    return this.size;
+  }
+  get count(): number {
+    return this.entries.length;
+  }
+
+  add(b: EncodedBlob): void {
+    this.entries.push({
+      id: b.id,
+      type: b.type,
+      offset: this.size,
+      length: b.data.length,
+      rawLength: b.rawLength,
+      compressed: b.compressed,
+    });
+    this.parts.push(b.data);
+    this.size += b.data.length;
+  }
+
+  finish(key: MasterKey): { id: PackId; parts: Buffer[]; size: number; entries: IndexEntry[] } {
+    const w = new Writer(8 + this.entries.length * HEADER_ENTRY);
+    w.u8(1).u32(this.entries.length);
+    for (const e of this.entries) {
+      w.u8(e.type === "tree" ? 1 : 0)
+        .u8(e.compressed ? 1 : 0)
+        .bytes(idToBytes(e.id))
+        .u32(e.length)
+        .u32(e.rawLength);
+    }
+    const header = seal(key, w.finish());
+    const tail = Buffer.alloc(4 + PACK_MAGIC.length);
+    tail.writeUInt32LE(header.length, 0);
+    PACK_MAGIC.copy(tail, 4);
+    const parts = [...this.parts, header, tail];
+    const h = createHash("sha256");
+    for (const p of parts) h.update(p);
+    const id = h.digest("hex") as PackId;
+    const size = this.size + header.length + tail.length;
+    return { id, parts, size, entries: this.entries.map((e) => ({ ...e, packId: id })) };
+  }
+}
+
+/** Parse a pack's header from its last bytes. `tail` must end at the pack's end. */
+export function parsePackHeader(
+  key: MasterKey,
+  packId: PackId,
+  packSize: number,
+  readTail: (offset: number, length: number) => Promise<Buffer>,
+): Promise<IndexEntry[]> {
+  return (async () => {
+    const where = `pack ${packId}`;
+    if (packSize < PACK_TRAILER_MIN) throw new StrataError("DATA_CORRUPT", `${where} is truncated (${packSize} bytes)`, { subject: packId });
+    const tail = await readTail(packSize - 4 - PACK_MAGIC.length, 4 + PACK_MAGIC.length);
+    if (!tail.subarray(4).equals(PACK_MAGIC)) {
+      throw new StrataError("DATA_CORRUPT", `${where} has no pack trailer (truncated or not a pack)`, { subject: packId });
+    }
+    const hlen = tail.readUInt32LE(0);
+    const headerStart = packSize - 4 - PACK_MAGIC.length - hlen;
+    if (hlen < SEAL_OVERHEAD || headerStart < 0) {
+      throw new StrataError("DATA_CORRUPT", `${where} has a bad header length`, { subject: packId });
+    }
+    const sealed = await readTail(headerStart, hlen);
+    const plain = openSealed(key, sealed);
+    if (!plain) throw new StrataError("DATA_CORRUPT", `${where} header fails authentication`, { subject: packId });
+    try {
+      const r = new Reader(plain, `${where} header`);
+      if (r.u8() !== 1) throw new ReadError(`${where}: unknown pack version`);
+      const n = r.u32();
+      if (n * HEADER_ENTRY > r.remaining) throw new ReadError(`${where}: header count too large`);
+      const out: IndexEntry[] = [];
+      let off = 0;
+      for (let i = 0; i < n; i++) {
+        const type: BlobType = r.u8() === 1 ? "tree" : "chunk";
+        const compressed = (r.u8() & 1) === 1;
+        const id = bytesToId<BlobId>(r.bytes(32));
+        const length = r.u32();
+        const rawLength = r.u32();
+        out.push({ id, type, packId, offset: off, length, rawLength, compressed });
+        off += length;
+      }
+      if (off !== headerStart) throw new ReadError(`${where}: header does not cover the pack (${off} != ${headerStart})`);
+      return out;
+    } catch (e) {
+      if (e instanceof ReadError) throw new StrataError("DATA_CORRUPT", e.message, { subject: packId });
+      throw e;
+    }
+  })();
+}
+
+export function packName(id: PackId): string {
+  return `packs/${id.slice(0, 2)}/${id}`;
+}
+export function packIdFromName(name: string): PackId | null {
+  const m = /^packs\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(name);
+  return m ? (m[1] as PackId) : null;
+}

@@ -1,0 +1,156 @@
+import type { PackId } from "@strata/core";
+import type { LeaseRecord, PackRecord } from "./catalog.js";
+import { holdLease } from "./lease.js";
+import { markReachable } from "./marking.js";
+import { PackBuilder, packName } from "./pack.js";
+import type { Repository } from "./repository.js";
+
+export interface PruneOptions {
+  /** Doomed packs are deleted only after this long (ms). */
+  graceMs: number;
+  /** Repack a pack when more than this fraction of its bytes is unused. */
+  maxUnused?: number;
+  now?: () => Date;
+  onProgress?: (phase: string) => void;
+}
+
+export interface PruneReport {
+  snapshots: number;
+  orphansAdopted: number;
+  packsRepacked: number;
+  packsDoomed: number;
+  bytesDoomed: number;
+  packsDeleted: number;
+  bytesDeleted: number;
+  packsRevived: number;
+  /** Doomed packs still waiting out the grace period. */
+  packsWaiting: number;
+}
+
+/**
+ * Prune in two phases so it never blocks or breaks a concurrent backup:
+ *
+ * 1. mark every blob reachable from a snapshot; packs with no used blob are
+ *    doomed; packs with much unused data have their used blobs copied to new
+ *    packs (entries re-pointed) and are doomed. Doomed packs stop counting
+ *    for dedup at once, so new backups re-store what they need.
+ * 2. sweep: a doomed pack is deleted only when (a) its grace period is over,
+ *    (b) it was doomed before this sweep's mark began, (c) no backup that
+ *    started before its doom was running at mark time or is running now, and
+ *    (d) the fresh mark finds none of its blobs in use. A pack that fails
+ *    (d) is revived.
+ *
+ * Catalog rows go before files: a crash leaves an unindexed pack file, which
+ * the next prune adopts and dooms again — never an index entry without data.
+ */
+export async function prune(repo: Repository, opts: PruneOptions): Promise<PruneReport> {
+  const now = opts.now ?? (() => new Date());
+  const maxUnused = opts.maxUnused ?? 0.1;
+  const report: PruneReport = {
+    snapshots: 0,
+    orphansAdopted: 0,
+    packsRepacked: 0,
+    packsDoomed: 0,
+    bytesDoomed: 0,
+    packsDeleted: 0,
+    bytesDeleted: 0,
+    packsRevived: 0,
+    packsWaiting: 0,
+  };
+  const lease = await holdLease(repo.catalog, "marks", `prune-${process.pid}`, "exclusive");
+  try {
+    opts.onProgress?.("adopting unindexed packs");
+    report.orphansAdopted = (await repo.adoptOrphanPacks()).length;
+
+    // Phase 1: mark and doom.
+    opts.onProgress?.("marking used data");
+    const snapshots = await repo.catalog.listSnapshots();
+    report.snapshots = snapshots.length;
+    await markReachable(repo, snapshots);
+    const doom: PackId[] = [];
+    const repack: PackId[] = [];
+    for await (const u of repo.catalog.packUsage()) {
+      const pack = await repo.catalog.getPack(u.packId);
+      if (!pack || pack.state !== "active") continue;
+      if (u.usedCount === 0) {
+        doom.push(u.packId);
+        report.bytesDoomed += u.size;
+      } else if (u.size > 0 && (u.size - u.usedBytes) / u.size > maxUnused) {
+        repack.push(u.packId);
+      }
+    }
+    opts.onProgress?.(`repacking ${repack.length} packs`);
+    let builder = new PackBuilder();
+    const writeBuilder = async () => {
+      if (builder.count === 0) return;
+      const p = builder.finish(repo.key);
+      await repo.store.put(packName(p.id), p.parts);
+      const rec: PackRecord = { id: p.id, size: p.size, blobCount: p.entries.length, createdAt: now(), state: "active", doomedAt: null };
+      await repo.catalog.moveBlobs(rec, p.entries);
+      builder = new PackBuilder();
+    };
+    for (const id of repack) {
+      const used = await repo.catalog.packEntriesMarked(id, true);
+      for (const e of used) {
+        const stored = await repo.store.getRange(packName(id), e.offset, e.length);
+        repo.codec.decode(e, stored); // never copy damaged data
+        builder.add({ id: e.id, type: e.type, data: stored, rawLength: e.rawLength, compressed: e.compressed });
+        if (builder.bytes >= repo.config.pack.targetSize) await writeBuilder();
+      }
+    }
+    await writeBuilder();
+    for (const id of repack) {
+      const pack = await repo.catalog.getPack(id);
+      if (pack) report.bytesDoomed += pack.size;
+    }
+    report.packsRepacked = repack.length;
+    doom.push(...repack);
+    if (doom.length) await repo.catalog.markPacksDoomed(doom, now());
+    report.packsDoomed = doom.length;
+    await repo.catalog.endMark();
+
+    // Phase 2: sweep packs doomed earlier.
+    opts.onProgress?.("deleting packs whose grace period is over");
+    await sweep(repo, opts.graceMs, now, report);
+    return report;
+  } finally {
+    await lease.release();
+  }
+}
+
+async function sweep(repo: Repository, graceMs: number, now: () => Date, report: PruneReport): Promise<void> {
+  const markStart = now();
+  const leasesAtStart = await repo.catalog.listLeases(markStart);
+  const doomed: PackRecord[] = [];
+  for await (const p of repo.catalog.listPacks()) if (p.state === "doomed" && p.doomedAt) doomed.push(p);
+  const blockedBy = (p: PackRecord, leases: LeaseRecord[]) =>
+    leases.some((l) => l.name === "repo" && l.acquiredAt.getTime() <= p.doomedAt!.getTime());
+  const eligible = doomed.filter(
+    (p) =>
+      p.doomedAt!.getTime() + graceMs <= markStart.getTime() &&
+      p.doomedAt!.getTime() < markStart.getTime() &&
+      !blockedBy(p, leasesAtStart),
+  );
+  report.packsWaiting = doomed.length - eligible.length;
+  if (!eligible.length) return;
+  await markReachable(repo, await repo.catalog.listSnapshots());
+  const leasesNow = await repo.catalog.listLeases(now());
+  const revive: PackId[] = [];
+  for (const p of eligible) {
+    if (blockedBy(p, leasesNow)) {
+      report.packsWaiting++;
+      continue;
+    }
+    if ((await repo.catalog.packEntriesMarked(p.id, true)).length > 0) {
+      revive.push(p.id);
+      continue;
+    }
+    await repo.catalog.removePacks([p.id]);
+    await repo.store.delete(packName(p.id));
+    report.packsDeleted++;
+    report.bytesDeleted += p.size;
+  }
+  if (revive.length) await repo.catalog.revivePacks(revive);
+  report.packsRevived = revive.length;
+  await repo.catalog.endMark();
+}

@@ -1,0 +1,465 @@
+import { createHash, randomBytes } from "node:crypto";
+import { hostname as osHostname } from "node:os";
+import {
+  type BlobId,
+  type ChunkerParams,
+  DEFAULT_CHUNKER_PARAMS,
+  type FsNode,
+  type HashAlgorithm,
+  type PackId,
+  type SnapshotId,
+  StrataError,
+  type TreeId,
+  decodeTree,
+  encodeTree,
+  isStrataError,
+  validateChunkerParams,
+} from "@strata/core";
+import type { BlobStore } from "./blob-store.js";
+import { type BlobType, type IndexEntry, MAX_BATCH, type RepoCatalog, type SnapshotRecord } from "./catalog.js";
+import { type KeyFile, MasterKey, openSealed, seal, unwrapMasterKey, wrapMasterKey } from "./crypto.js";
+import { BlobCodec, type EncodedBlob, PackBuilder, packIdFromName, packName, parsePackHeader } from "./pack.js";
+
+/** Stored sealed under the master key as the object `config`. */
+export interface RepoConfig {
+  version: 1;
+  id: string;
+  created: string;
+  hash: HashAlgorithm;
+  chunker: ChunkerParams;
+  compression: { algorithm: "zstd"; level: number };
+  /** Packs are closed once they reach `targetSize` bytes (16–64 MiB). */
+  pack: { targetSize: number };
+}
+
+export interface InitOptions {
+  chunker?: Partial<ChunkerParams>;
+  compressionLevel?: number;
+  packTargetSize?: number;
+}
+
+export function validateConfig(c: unknown): string[] {
+  const errs: string[] = [];
+  const cfg = c as Partial<RepoConfig> | null;
+  if (!cfg || typeof cfg !== "object") return ["config is not an object"];
+  if (cfg.version !== 1) errs.push(`unsupported config version ${String(cfg.version)}`);
+  if (typeof cfg.id !== "string" || !/^[0-9a-f]{32}$/.test(cfg.id)) errs.push("id must be 32 hex characters");
+  if (cfg.hash !== "sha256") errs.push(`unsupported hash ${String(cfg.hash)}`);
+  if (!cfg.chunker) errs.push("chunker parameters missing");
+  else errs.push(...validateChunkerParams(cfg.chunker));
+  if (cfg.compression?.algorithm !== "zstd" || !(cfg.compression.level >= 1 && cfg.compression.level <= 19))
+    errs.push("compression must be zstd with level 1..19");
+  if (!(cfg.pack && cfg.pack.targetSize >= 1024 && cfg.pack.targetSize <= 64 * 1024 * 1024))
+    errs.push("pack.targetSize must be 1 KiB..64 MiB");
+  return errs;
+}
+
+/**
+ * A repository: config + keys + packs + snapshots in a BlobStore, with their
+ * index in a RepoCatalog. Write order (see docs/design/repository-format.md):
+ * a pack is durable in the store before its entries enter the catalog; a tree
+ * is added only after every blob it references has been added to a pack; a
+ * snapshot is written only after every pack holding its blobs is indexed.
+ */
+export class Repository {
+  private builder = new PackBuilder();
+  /** Ids added to packs not yet indexed: known for dedup, not yet in the catalog. */
+  private readonly pending = new Set<BlobId>();
+  private flushChain: Promise<void> = Promise.resolve();
+  private flushError: unknown = null;
+  readonly codec: BlobCodec;
+  /** Statistics of this process's writes. */
+  readonly written = { blobs: 0, storedBytes: 0, packs: 0 };
+
+  private constructor(
+    readonly store: BlobStore,
+    readonly catalog: RepoCatalog,
+    readonly key: MasterKey,
+    readonly config: RepoConfig,
+  ) {
+    this.codec = new BlobCodec(key, config.compression.level);
+  }
+
+  static async init(
+    store: BlobStore,
+    catalog: RepoCatalog,
+    password: Buffer,
+    opts: InitOptions = {},
+  ): Promise<Repository> {
+    if (await store.stat("config")) {
+      throw new StrataError("ALREADY_EXISTS", `a repository already exists at ${store.location}`, {
+        hint: "use it as it is, or choose an empty directory",
+      });
+    }
+    const config: RepoConfig = {
+      version: 1,
+      id: randomBytes(16).toString("hex"),
+      created: new Date().toISOString(),
+      hash: "sha256",
+      chunker: { ...DEFAULT_CHUNKER_PARAMS, ...opts.chunker },
+      compression: { algorithm: "zstd", level: opts.compressionLevel ?? 3 },
+      pack: { targetSize: opts.packTargetSize ?? 16 * 1024 * 1024 },
+    };
+    const errs = validateConfig(config);
+    if (errs.length) throw new StrataError("INVALID_ARGUMENT", `invalid repository settings: ${errs.join("; ")}`);
+    const master = MasterKey.generate();
+    const kf = await wrapMasterKey(master, password, osHostname());
+    const kfBytes = Buffer.from(JSON.stringify(kf));
+    // Key first, config last: a repository "exists" once config is written,
+    // and by then it can be opened.
+    await store.put(`keys/${createHash("sha256").update(kfBytes).digest("hex")}`, kfBytes);
+    await store.put("config", seal(master, Buffer.from(JSON.stringify(config))));
+    await catalog.setMeta("repo.id", config.id);
+    return new Repository(store, catalog, master, config);
+  }
+
+  static async open(store: BlobStore, catalog: RepoCatalog, password: Buffer): Promise<Repository> {
+    const cfgStat = await store.stat("config");
+    if (!cfgStat) {
+      throw new StrataError("REPO_NOT_FOUND", `no repository at ${store.location}`, {
+        hint: "create one with `strata repo init`, or point --repo / STRATA_REPO at an existing repository",
+        subject: store.location,
+      });
+    }
+    let master: MasterKey | null = null;
+    let sawKey = false;
+    for await (const k of store.list("keys/")) {
+      sawKey = true;
+      let kf: KeyFile;
+      try {
+        kf = JSON.parse((await store.get(k.name)).toString("utf8")) as KeyFile;
+      } catch {
+        continue; // a damaged key file must not hide a good one
+      }
+      master = await unwrapMasterKey(kf, password).catch(() => null);
+      if (master) break;
+    }
+    if (!sawKey) {
+      throw new StrataError("REPO_CORRUPT", `repository at ${store.location} has no key files`, {
+        hint: "restore the keys/ directory from a copy of the repository",
+      });
+    }
+    if (!master) {
+      throw new StrataError("WRONG_PASSWORD", `wrong password for the repository at ${store.location}`, {
+        hint: "check STRATA_PASSWORD or --password-file",
+      });
+    }
+    const raw = openSealed(master, await store.get("config"));
+    let config: unknown = null;
+    try {
+      config = raw ? JSON.parse(raw.toString("utf8")) : null;
+    } catch {
+      config = null;
+    }
+    const errs = raw ? validateConfig(config) : ["config fails authentication (damaged)"];
+    if (errs.length) {
+      throw new StrataError("CONFIG_INVALID", `repository config at ${store.location}/config is invalid: ${errs.join("; ")}`, {
+        hint: "restore the config object from a copy of the repository; packs and snapshots are unchanged",
+      });
+    }
+    const repo = new Repository(store, catalog, master, config as RepoConfig);
+    const known = await catalog.getMeta("repo.id");
+    if (known && known !== repo.config.id) {
+      throw new StrataError("CONFIG_INVALID", `catalog belongs to repository ${known}, not ${repo.config.id}`);
+    }
+    if (!known) {
+      // A new or lost catalog: rebuild it from the store (packs carry their
+      // own index, snapshots are objects).
+      repo.catalogIsNew = true;
+      await catalog.setMeta("repo.id", repo.config.id);
+    }
+    return repo;
+  }
+
+  private catalogIsNew = false;
+
+  /**
+   * Bring the catalog up to date with the store: snapshots present as
+   * objects but not in the catalog are added; when the catalog is new, every
+   * pack is indexed from its header. Returns what was added.
+   */
+  async syncCatalog(): Promise<{ packs: number; snapshots: number }> {
+    let packs = 0;
+    if (this.catalogIsNew) packs = (await this.adoptOrphanPacks()).length;
+    let snapshots = 0;
+    for await (const obj of this.store.list("snapshots/")) {
+      const id = obj.name.slice("snapshots/".length) as SnapshotId;
+      if (!/^[0-9a-f]{64}$/.test(id) || (await this.catalog.getSnapshot(id))) continue;
+      try {
+        await this.catalog.addSnapshot(await this.loadSnapshotObject(id));
+        snapshots++;
+      } catch {
+        // A damaged snapshot object is reported by check, not fatal here.
+      }
+    }
+    this.catalogIsNew = false;
+    return { packs, snapshots };
+  }
+
+  // ---- blobs ------------------------------------------------------------
+
+  /** The subset of ids already stored (indexed, or in a pack being written). */
+  async hasBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    const out = new Set<BlobId>();
+    const ask: BlobId[] = [];
+    for (const id of ids) {
+      if (this.pending.has(id)) out.add(id);
+      else ask.push(id);
+    }
+    for (let i = 0; i < ask.length; i += MAX_BATCH) {
+      for (const id of await this.catalog.hasBlobs(ask.slice(i, i + MAX_BATCH))) out.add(id);
+    }
+    return out;
+  }
+
+  isPending(id: BlobId): boolean {
+    return this.pending.has(id);
+  }
+
+  /** Reserve ids for writing: returns those not stored and not reserved yet, and reserves them. */
+  async reserve(ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    const unique = [...new Set(ids)].filter((id) => !this.pending.has(id));
+    const have = await this.hasBlobs(unique);
+    const need = new Set<BlobId>();
+    for (const id of unique) {
+      if (!have.has(id) && !this.pending.has(id)) {
+        this.pending.add(id);
+        need.add(id);
+      }
+    }
+    return need;
+  }
+
+  /** Give back reservations that will not be written (the job failed). */
+  release(ids: Iterable<BlobId>): void {
+    for (const id of ids) if (!this.builderHas(id)) this.pending.delete(id);
+  }
+
+  private builderIds = new Set<BlobId>();
+  private builderHas(id: BlobId): boolean {
+    return this.builderIds.has(id);
+  }
+
+  /** Add an encoded blob (already reserved) to the open pack. */
+  addEncoded(b: EncodedBlob): void {
+    this.throwIfFlushFailed();
+    this.pending.add(b.id);
+    this.builderIds.add(b.id);
+    this.builder.add(b);
+    this.written.blobs++;
+    this.written.storedBytes += b.data.length;
+    if (this.builder.bytes >= this.config.pack.targetSize) this.rotate();
+  }
+
+  /** Encode and store a blob unless already stored; returns true when written. */
+  async saveBlob(id: BlobId, type: BlobType, plain: Uint8Array): Promise<boolean> {
+    const need = await this.reserve([id]);
+    if (!need.has(id)) return false;
+    this.addEncoded(this.codec.encode(id, type, plain));
+    return true;
+  }
+
+  async saveTree(nodes: readonly FsNode[]): Promise<TreeId> {
+    const enc = encodeTree(nodes);
+    const id = createHash("sha256").update(enc).digest("hex") as TreeId;
+    await this.saveBlob(id, "tree", enc);
+    return id;
+  }
+
+  private rotate(): void {
+    const builder = this.builder;
+    const ids = this.builderIds;
+    this.builder = new PackBuilder();
+    this.builderIds = new Set();
+    if (builder.count === 0) return;
+    this.flushChain = this.flushChain.then(async () => {
+      if (this.flushError) return;
+      try {
+        const p = builder.finish(this.key);
+        await this.store.put(packName(p.id), p.parts);
+        await this.catalog.addPack(
+          { id: p.id, size: p.size, blobCount: p.entries.length, createdAt: new Date(), state: "active", doomedAt: null },
+          p.entries,
+        );
+        this.written.packs++;
+        for (const id of ids) this.pending.delete(id);
+      } catch (e) {
+        this.flushError = e;
+      }
+    });
+  }
+
+  private throwIfFlushFailed(): void {
+    if (this.flushError) throw this.flushError;
+  }
+
+  /** Write the open pack and wait until every pack is indexed. */
+  async flush(): Promise<void> {
+    this.rotate();
+    await this.flushChain;
+    this.throwIfFlushFailed();
+  }
+
+  /** Packs not finished yet (bytes buffered in memory). */
+  get bufferedBytes(): number {
+    return this.builder.bytes;
+  }
+
+  async lookup(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {
+    const out = new Map<BlobId, IndexEntry>();
+    for (let i = 0; i < ids.length; i += MAX_BATCH) {
+      for (const [k, v] of await this.catalog.lookupBlobs(ids.slice(i, i + MAX_BATCH))) out.set(k, v);
+    }
+    return out;
+  }
+
+  async readEntry(e: IndexEntry): Promise<Buffer> {
+    const stored = await this.store.getRange(packName(e.packId), e.offset, e.length);
+    return this.codec.decode(e, stored);
+  }
+
+  async loadBlob(id: BlobId): Promise<Buffer> {
+    const e = (await this.catalog.lookupBlobs([id])).get(id);
+    if (!e) throw new StrataError("NOT_FOUND", `blob ${id} is not in the index`, { subject: id });
+    return this.readEntry(e);
+  }
+
+  async loadTree(id: TreeId): Promise<FsNode[]> {
+    return decodeTree(await this.loadBlob(id), `tree ${id}`);
+  }
+
+  // ---- packs --------------------------------------------------------------
+
+  async readPackHeader(id: PackId, size?: number): Promise<IndexEntry[]> {
+    const name = packName(id);
+    const sz = size ?? (await this.store.stat(name))?.size;
+    if (sz === undefined) throw new StrataError("NOT_FOUND", `pack ${id} is missing`, { subject: id });
+    return parsePackHeader(this.key, id, sz, (off, len) => this.store.getRange(name, off, len));
+  }
+
+  /**
+   * Index packs present in the store but not in the catalog (a backup killed
+   * after writing a pack and before indexing it). Damaged ones are reported
+   * and skipped. Returns the ids adopted.
+   */
+  async adoptOrphanPacks(onError?: (id: PackId, e: unknown) => void): Promise<PackId[]> {
+    const known = new Set<string>();
+    for await (const p of this.catalog.listPacks()) known.add(p.id);
+    const adopted: PackId[] = [];
+    for await (const obj of this.store.list("packs/")) {
+      const id = packIdFromName(obj.name);
+      if (!id || known.has(id)) continue;
+      try {
+        const entries = await this.readPackHeader(id, obj.size);
+        await this.catalog.addPack(
+          { id, size: obj.size, blobCount: entries.length, createdAt: new Date(), state: "active", doomedAt: null },
+          entries,
+        );
+        adopted.push(id);
+      } catch (e) {
+        onError?.(id, e);
+      }
+    }
+    return adopted;
+  }
+
+  // ---- snapshots ------------------------------------------------------------
+
+  async saveSnapshot(rec: Omit<SnapshotRecord, "id">): Promise<SnapshotRecord> {
+    await this.flush();
+    const body = Buffer.from(JSON.stringify(snapshotToJson(rec)));
+    const id = createHash("sha256").update(body).digest("hex") as SnapshotId;
+    await this.store.put(`snapshots/${id}`, seal(this.key, body));
+    const full = { ...rec, id };
+    await this.catalog.addSnapshot(full);
+    return full;
+  }
+
+  async loadSnapshotObject(id: SnapshotId): Promise<SnapshotRecord> {
+    const sealed = await this.store.get(`snapshots/${id}`);
+    const plain = openSealed(this.key, sealed);
+    if (!plain) throw new StrataError("DATA_CORRUPT", `snapshot ${id} fails authentication`, { subject: id });
+    return { ...snapshotFromJson(JSON.parse(plain.toString("utf8"))), id };
+  }
+
+  /** "latest", a full id, or a unique id prefix. */
+  async resolveSnapshot(ref: string): Promise<SnapshotRecord> {
+    if (ref === "latest") {
+      const all = await this.catalog.listSnapshots();
+      const last = all[all.length - 1];
+      if (!last) throw new StrataError("NOT_FOUND", "the repository has no snapshots", { hint: "run `strata backup PATH` first" });
+      return last;
+    }
+    if (!/^[0-9a-f]{1,64}$/.test(ref)) {
+      throw new StrataError("INVALID_ARGUMENT", `${JSON.stringify(ref)} is not a snapshot id`, {
+        hint: "use `latest`, a snapshot id or a unique prefix of one (see `strata snapshots`)",
+      });
+    }
+    const found = await this.catalog.findSnapshots(ref);
+    if (found.length === 0) {
+      throw new StrataError("NOT_FOUND", `no snapshot matches ${ref}`, { subject: ref, hint: "list them with `strata snapshots`" });
+    }
+    if (found.length > 1) {
+      throw new StrataError("AMBIGUOUS", `${ref} matches ${found.length} snapshots`, {
+        subject: ref,
+        hint: "give more characters of the id",
+      });
+    }
+    return found[0]!;
+  }
+
+  async removeSnapshots(ids: readonly SnapshotId[]): Promise<void> {
+    // Catalog first: a crash in between leaves an object that check reports
+    // and that `rebuild` would resurrect — never a catalog row without data.
+    await this.catalog.removeSnapshots(ids);
+    for (const id of ids) await this.store.delete(`snapshots/${id}`);
+  }
+
+  /** Walk the tree from `tree`, visiting nodes depth-first with their paths. */
+  async *walk(tree: TreeId, prefix = ""): AsyncGenerator<{ path: string; node: FsNode; rawPath: Buffer[] }> {
+    yield* this.walkRaw(tree, prefix, []);
+  }
+
+  private async *walkRaw(
+    tree: TreeId,
+    prefix: string,
+    raw: Buffer[],
+  ): AsyncGenerator<{ path: string; node: FsNode; rawPath: Buffer[] }> {
+    const nodes = await this.loadTree(tree);
+    for (const node of nodes) {
+      const path = `${prefix}/${displayName(node.name)}`;
+      const rp = [...raw, node.name];
+      yield { path, node, rawPath: rp };
+      if (node.type === "dir" && node.subtree) yield* this.walkRaw(node.subtree, path, rp);
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.flush();
+    } finally {
+      await this.store.close();
+    }
+  }
+}
+
+/** Names for humans: UTF-8 when valid, otherwise with \xNN escapes. */
+export function displayName(name: Buffer): string {
+  const s = name.toString("utf8");
+  if (Buffer.from(s, "utf8").equals(name) && !/[\n\r\t\\]/.test(s) && !s.includes("\uFFFD")) return s;
+  let out = "";
+  for (const b of name) {
+    if (b >= 0x20 && b < 0x7f && b !== 0x5c) out += String.fromCharCode(b);
+    else out += `\\x${b.toString(16).padStart(2, "0")}`;
+  }
+  return out;
+}
+
+export function snapshotToJson(s: Omit<SnapshotRecord, "id">): Record<string, unknown> {
+  return { ...s, time: s.time.toISOString() };
+}
+export function snapshotFromJson(j: Record<string, unknown>): Omit<SnapshotRecord, "id"> {
+  return { ...(j as unknown as SnapshotRecord), time: new Date(j.time as string) };
+}
+
+export { isStrataError };

@@ -1,0 +1,273 @@
+import { constants as C, promises as fsp } from "node:fs";
+import * as nodePath from "node:path";
+import { type BlobId, type FsNode, StrataError, type TreeId, isStrataError } from "@strata/core";
+import { applyMetadata, createSpecial, validateName } from "@strata/fs";
+import type { IndexEntry, SnapshotRecord } from "./catalog.js";
+import { type Repository, displayName } from "./repository.js";
+
+export interface RestoreOptions {
+  target: string;
+  /** Absolute paths inside the snapshot; only these (and their contents) are restored. */
+  includes?: string[];
+  /** Restore the contents of this path of the snapshot into the target, instead of the whole snapshot. */
+  subpath?: string;
+  onProgress?: (p: RestoreProgress) => void;
+  onError?: (e: { path: string; message: string }) => void;
+  /** Files written concurrently. */
+  concurrency?: number;
+}
+
+export interface RestoreProgress {
+  files: number;
+  dirs: number;
+  bytes: number;
+  current: string;
+}
+
+export interface RestoreResult {
+  files: number;
+  dirs: number;
+  bytes: number;
+  errors: { path: string; message: string }[];
+}
+
+const SLASH = Buffer.from("/");
+
+/**
+ * Restore a snapshot (or part of it) into `target`. Never writes outside
+ * the target: every name is validated (no '/', '.', '..', NUL), every
+ * directory we descend into is one we created or checked to be a real
+ * directory, files are created with O_EXCL|O_NOFOLLOW, and an existing
+ * entry in the way is removed (not followed). Directory metadata is applied
+ * after the directory's contents, so mtimes survive.
+ */
+export class Restorer {
+  private readonly result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
+  private readonly links = new Map<string, Buffer>();
+  private readonly includes: string[] | null;
+  private lastProgress = 0;
+  private current = "";
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly opts: RestoreOptions,
+  ) {
+    this.includes = opts.includes?.length ? opts.includes.map((p) => nodePath.posix.resolve("/", p)) : null;
+  }
+
+  async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
+    const target = Buffer.from(nodePath.resolve(this.opts.target));
+    await ensureRealDir(target, this.opts.target);
+    let tree: TreeId = snapshot.tree;
+    let prefix = "";
+    let topNode: FsNode | null = null;
+    if (this.opts.subpath && this.opts.subpath !== "/") {
+      const segs = this.opts.subpath.split("/").filter(Boolean);
+      for (let i = 0; i < segs.length; i++) {
+        const nodes = await this.repo.loadTree(tree);
+        const want = Buffer.from(segs[i]!);
+        const n = nodes.find((x) => x.name.equals(want));
+        if (!n) {
+          throw new StrataError("NOT_FOUND", `${this.opts.subpath} is not in snapshot ${snapshot.id.slice(0, 8)}`, {
+            hint: "list the snapshot with `strata ls SNAPSHOT`",
+          });
+        }
+        prefix += `/${segs[i]}`;
+        if (n.type !== "dir") {
+          if (i !== segs.length - 1) throw new StrataError("NOT_FOUND", `${prefix} is not a directory`);
+          await this.restoreNode(n, target, nodePath.posix.dirname(prefix) === "/" ? "" : nodePath.posix.dirname(prefix));
+          return this.result;
+        }
+        tree = n.subtree!;
+        topNode = n;
+      }
+    }
+    await this.restoreTree(tree, target, prefix);
+    if (topNode) await this.meta(target, topNode, prefix);
+    this.progress(true);
+    return this.result;
+  }
+
+  private error(path: string, message: string): void {
+    const e = { path, message };
+    this.result.errors.push(e);
+    this.opts.onError?.(e);
+  }
+
+  private progress(force = false): void {
+    if (!this.opts.onProgress) return;
+    const now = Date.now();
+    if (!force && now - this.lastProgress < 200) return;
+    this.lastProgress = now;
+    this.opts.onProgress({ files: this.result.files, dirs: this.result.dirs, bytes: this.result.bytes, current: this.current });
+  }
+
+  /** 0: skip, 1: restore whole, 2: only descend (an ancestor of an include). */
+  private selected(path: string): 0 | 1 | 2 {
+    if (!this.includes) return 1;
+    for (const inc of this.includes) if (path === inc || path.startsWith(`${inc}/`) || inc === "/") return 1;
+    for (const inc of this.includes) if (inc.startsWith(`${path}/`)) return 2;
+    return 0;
+  }
+
+  private async restoreTree(id: TreeId, dir: Buffer, prefix: string, mode: 1 | 2 = this.includes ? 2 : 1): Promise<void> {
+    let nodes: FsNode[];
+    try {
+      nodes = await this.repo.loadTree(id);
+    } catch (e) {
+      this.error(prefix || "/", `cannot load directory listing: ${(e as Error).message}`);
+      return;
+    }
+    const pending: Promise<void>[] = [];
+    const limit = this.opts.concurrency ?? 16;
+    for (const node of nodes) {
+      const p = await this.restoreNode(node, dir, prefix, mode);
+      if (p) {
+        pending.push(p);
+        if (pending.length >= limit) await Promise.all(pending.splice(0));
+      }
+    }
+    await Promise.all(pending);
+  }
+
+  /** Creates the node; returns a promise for file content still being written. */
+  private async restoreNode(node: FsNode, dir: Buffer, prefix: string, parentMode: 1 | 2 = 1): Promise<Promise<void> | null> {
+    const path = `${prefix}/${displayName(node.name)}`;
+    try {
+      validateName(node.name);
+    } catch (e) {
+      this.error(path, `refusing unsafe name: ${(e as Error).message}`);
+      return null;
+    }
+    const sel = parentMode === 1 ? 1 : this.selected(path);
+    if (sel === 0) return null;
+    if (sel === 2 && node.type !== "dir") return null;
+    const dest = Buffer.concat([dir, SLASH, node.name]);
+    this.current = path;
+    this.progress();
+    try {
+      if (node.type === "dir") {
+        await makeDir(dest, path);
+        this.result.dirs++;
+        if (node.subtree) await this.restoreTree(node.subtree, dest, path, sel);
+        await this.meta(dest, node, path);
+        return null;
+      }
+      await clearWay(dest);
+      if (node.link) {
+        const key = `${node.link.dev}:${node.link.ino}`;
+        const first = this.links.get(key);
+        if (first) {
+          await fsp.link(first, dest);
+          this.result.files++;
+          return null;
+        }
+        this.links.set(key, dest);
+      }
+      if (node.type === "file") {
+        const fh = await fsp.open(dest, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        this.result.files++;
+        return this.writeContent(fh, node, path).then(
+          () => this.meta(dest, node, path),
+          (e) => this.error(path, (e as Error).message),
+        );
+      }
+      if (node.type === "symlink") {
+        await fsp.symlink(node.target ?? Buffer.alloc(0), dest);
+      } else {
+        await createSpecial(dest, node);
+      }
+      this.result.files++;
+      await this.meta(dest, node, path);
+    } catch (e) {
+      if (isStrataError(e, "UNSAFE_PATH")) this.error(path, e.message);
+      else this.error(path, (e as Error).message);
+    }
+    return null;
+  }
+
+  private async meta(dest: Buffer, node: FsNode, path: string): Promise<void> {
+    try {
+      await applyMetadata(dest, node);
+    } catch (e) {
+      this.error(path, `cannot set metadata: ${(e as Error).message}`);
+    }
+  }
+
+  private async writeContent(fh: fsp.FileHandle, node: FsNode, path: string): Promise<void> {
+    try {
+      const pieces = node.content ?? [];
+      const ids = [...new Set(pieces.filter((p): p is { id: never; len: number } => "id" in p).map((p) => p.id as BlobId))];
+      const index = ids.length ? await this.repo.lookup(ids) : new Map<BlobId, IndexEntry>();
+      let off = 0;
+      const damaged: string[] = [];
+      for (const p of pieces) {
+        if ("hole" in p) {
+          off += p.hole;
+          continue;
+        }
+        const e = index.get(p.id);
+        let data: Buffer | null = null;
+        if (!e) damaged.push(`chunk ${p.id} is not in the index`);
+        else {
+          try {
+            data = await this.repo.readEntry(e);
+          } catch (err) {
+            damaged.push((err as Error).message);
+          }
+        }
+        if (data) {
+          let w = 0;
+          while (w < data.length) w += (await fh.write(data, w, data.length - w, off + w)).bytesWritten;
+          this.result.bytes += data.length;
+        }
+        off += p.len;
+      }
+      // Trailing holes: set the size without writing zeroes.
+      await fh.truncate(node.size);
+      if (damaged.length) {
+        throw new StrataError("DATA_CORRUPT", `restored with damaged parts (zero-filled): ${damaged.join("; ")}`, {
+          subject: path,
+        });
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+async function ensureRealDir(p: Buffer, display: string): Promise<void> {
+  await fsp.mkdir(p, { recursive: true });
+  const st = await fsp.lstat(p);
+  if (!st.isDirectory()) {
+    throw new StrataError("UNSAFE_PATH", `restore target ${display} is not a directory`, { subject: display });
+  }
+}
+
+/** Create a directory, or accept an existing real one; never a symlink. */
+async function makeDir(p: Buffer, display: string): Promise<void> {
+  try {
+    await fsp.mkdir(p, 0o700);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+  const st = await fsp.lstat(p);
+  if (st.isDirectory()) return;
+  await fsp.unlink(p);
+  await fsp.mkdir(p, 0o700);
+  const again = await fsp.lstat(p);
+  if (!again.isDirectory()) throw new StrataError("UNSAFE_PATH", `${display} is not a directory`, { subject: display });
+}
+
+/** Remove whatever is at `p` (without following symlinks) so a new node can be created. */
+async function clearWay(p: Buffer): Promise<void> {
+  const st = await fsp.lstat(p).catch(() => null);
+  if (!st) return;
+  if (st.isDirectory()) await fsp.rm(p, { recursive: true, force: true });
+  else await fsp.unlink(p);
+}
+
+export function restore(repo: Repository, snapshot: SnapshotRecord, opts: RestoreOptions): Promise<RestoreResult> {
+  return new Restorer(repo, opts).run(snapshot);
+}

@@ -1,0 +1,84 @@
+import { createHash, randomBytes } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import type { BlobId } from "@strata/core";
+import {
+  BlobCodec,
+  MasterKey,
+  PackBuilder,
+  isStrataError,
+  openSealed,
+  parsePackHeader,
+  seal,
+  unwrapMasterKey,
+  wrapMasterKey,
+} from "@strata/repo";
+
+const key = MasterKey.generate();
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex") as BlobId;
+
+describe("sealing", () => {
+  it("round-trips and detects any flipped byte or wrong key", () => {
+    const plain = randomBytes(1000);
+    const s = seal(key, plain);
+    expect(openSealed(key, s)?.equals(plain)).toBe(true);
+    for (const i of [0, 12, 500, s.length - 1]) {
+      const bad = Buffer.from(s);
+      bad[i]! ^= 1;
+      expect(openSealed(key, bad)).toBeNull();
+    }
+    expect(openSealed(MasterKey.generate(), s)).toBeNull();
+  });
+
+  it("wraps the master key with a password (scrypt) and refuses a wrong one", async () => {
+    process.env.STRATA_SCRYPT_LOG_N = "10";
+    const kf = await wrapMasterKey(key, Buffer.from("pw"), "h");
+    expect(kf.kdf).toBe("scrypt");
+    expect((await unwrapMasterKey(kf, Buffer.from("pw")))?.key.equals(key.key)).toBe(true);
+    expect(await unwrapMasterKey(kf, Buffer.from("px"))).toBeNull();
+  });
+});
+
+describe("packs", () => {
+  const codec = new BlobCodec(key);
+  const compressible = Buffer.alloc(100_000, "abc");
+  const random = randomBytes(50_000);
+
+  it("stores compressible data compressed and incompressible data raw", () => {
+    const a = codec.encode(sha(compressible), "chunk", compressible);
+    const b = codec.encode(sha(random), "chunk", random);
+    expect(a.compressed).toBe(true);
+    expect(a.data.length).toBeLessThan(2000);
+    expect(b.compressed).toBe(false);
+  });
+
+  it("carries its own index: the header lists every blob at its offset", async () => {
+    const pb = new PackBuilder();
+    for (const d of [compressible, random]) pb.add(codec.encode(sha(d), "chunk", d));
+    const p = pb.finish(key);
+    const file = Buffer.concat(p.parts);
+    expect(sha(file)).toBe(p.id);
+    const header = await parsePackHeader(key, p.id, file.length, async (o, l) => file.subarray(o, o + l));
+    expect(header).toEqual(p.entries);
+    for (const [i, e] of header.entries()) {
+      const plain = codec.decode(e, file.subarray(e.offset, e.offset + e.length));
+      expect(plain.equals([compressible, random][i]!)).toBe(true);
+    }
+  });
+
+  it("names the blob and pack when a blob is damaged, and the pack when truncated", async () => {
+    const pb = new PackBuilder();
+    pb.add(codec.encode(sha(random), "chunk", random));
+    const p = pb.finish(key);
+    const file = Buffer.concat(p.parts);
+    const e = p.entries[0]!;
+    const bad = Buffer.from(file);
+    bad[e.offset + 100]! ^= 0xff;
+    expect(() => codec.decode(e, bad.subarray(e.offset, e.offset + e.length))).toThrow(
+      new RegExp(`blob ${e.id} in pack ${p.id} fails authentication`),
+    );
+    const cut = file.subarray(0, file.length - 10);
+    await expect(parsePackHeader(key, p.id, cut.length, async (o, l) => cut.subarray(o, o + l))).rejects.toSatisfy(
+      (err) => isStrataError(err, "DATA_CORRUPT") && (err as Error).message.includes(p.id),
+    );
+  });
+});
