@@ -1,1 +1,17 @@
-export {};
+export { displayPath } from "./display-path.js";
+export { dropCache, setIdlePriority } from "./io-hints.js";
+export { type NativeFs, native, XATTR_CREATE, XATTR_REPLACE } from "./native.js";
+export { dataRanges, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
+export {
+  applyMetadata,
+  createFile,
+  createHardlink,
+  createSpecial,
+  createSymlink,
+  finishFile,
+  joinName,
+  makeDir,
+  NAME_MAX,
+  validateName,
+  writeAt,
+} from "./restore.js";

@@ -1,0 +1,439 @@
+/*
+ * strata_fs: the few Linux syscalls that Node's fs module lacks and that a
+ * full-fidelity backup needs: xattrs on the link itself, mknod, nanosecond
+ * utimensat without following symlinks, SEEK_DATA/SEEK_HOLE, I/O priority
+ * and page-cache advice.
+ *
+ * Every call is synchronous: each is one short syscall on local metadata, far
+ * cheaper than a trip through the libuv thread pool.
+ *
+ * Paths are Buffers (raw bytes; Linux names need not be UTF-8) or strings.
+ * Xattr names travel as latin1 strings so that any byte sequence round-trips
+ * and matches how the tree codec stores them. Errors are shaped like Node's
+ * errno errors: message "ECODE: description, syscall 'path'", with .code,
+ * .errno (negative, like Node), .syscall and .path.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+/* From linux/ioprio.h, which older kernels' headers lack. */
+#define STRATA_IOPRIO_CLASS_SHIFT 13
+#define STRATA_IOPRIO_CLASS_IDLE 3
+#define STRATA_IOPRIO_WHO_PROCESS 1
+
+#define MAX_ARGS 4
+
+#define CHECK(call)                                                                                \
+  do {                                                                                             \
+    if ((call) != napi_ok) {                                                                       \
+      napi_throw_error(env, "ERR_STRATA_FS_NAPI", "N-API call failed: " #call);                    \
+      return NULL;                                                                                 \
+    }                                                                                              \
+  } while (0)
+
+/* Throw an errno error the way Node's fs does, naming the syscall and the path. */
+static napi_value throw_errno(napi_env env, int err, const char *syscall_name, const char *path) {
+  const char *code = uv_err_name(-err);
+  const char *desc = strerror(err);
+  size_t len = strlen(code) + strlen(desc) + strlen(syscall_name) + (path ? strlen(path) : 0) + 16;
+  char *msg = malloc(len);
+  if (msg == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  if (path)
+    snprintf(msg, len, "%s: %s, %s '%s'", code, desc, syscall_name, path);
+  else
+    snprintf(msg, len, "%s: %s, %s", code, desc, syscall_name);
+
+  napi_value js_msg, js_code, error, js_errno, js_syscall, js_path;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &js_msg);
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &js_code);
+  napi_create_error(env, js_code, js_msg, &error);
+  napi_create_int32(env, -err, &js_errno);
+  napi_set_named_property(env, error, "errno", js_errno);
+  napi_set_named_property(env, error, "code", js_code);
+  napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &js_syscall);
+  napi_set_named_property(env, error, "syscall", js_syscall);
+  if (path) {
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &js_path);
+    napi_set_named_property(env, error, "path", js_path);
+  }
+  free(msg);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+/*
+ * Copy a Buffer or string argument into a NUL-terminated heap string. Returns
+ * NULL (with a JS exception pending) on a wrong type or an embedded NUL, which
+ * would otherwise silently truncate the path.
+ */
+static char *get_bytes(napi_env env, napi_value v, const char *what, int latin1) {
+  bool is_buf = false;
+  napi_is_buffer(env, v, &is_buf);
+  if (is_buf) {
+    void *data;
+    size_t len;
+    if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) return NULL;
+    if (memchr(data, 0, len) != NULL) {
+      char m[128];
+      snprintf(m, sizeof m, "%s must not contain NUL bytes", what);
+      napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", m);
+      return NULL;
+    }
+    char *s = malloc(len + 1);
+    if (s == NULL) return NULL;
+    memcpy(s, data, len);
+    s[len] = 0;
+    return s;
+  }
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_string) {
+    char m[128];
+    snprintf(m, sizeof m, "%s must be a Buffer or a string", what);
+    throw_type(env, m);
+    return NULL;
+  }
+  size_t len;
+  napi_status st = latin1 ? napi_get_value_string_latin1(env, v, NULL, 0, &len)
+                          : napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (st != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (s == NULL) return NULL;
+  st = latin1 ? napi_get_value_string_latin1(env, v, s, len + 1, &len)
+              : napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  if (st != napi_ok || strlen(s) != len) {
+    free(s);
+    char m[128];
+    snprintf(m, sizeof m, "%s must not contain NUL characters", what);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", m);
+    return NULL;
+  }
+  return s;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = MAX_ARGS;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < want) {
+    throw_type(env, "missing arguments");
+    return 0;
+  }
+  return 1;
+}
+
+/* A number or a bigint as int64 (offsets, device numbers, nanoseconds). */
+static int get_int64(napi_env env, napi_value v, int64_t *out, const char *what) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_bigint) {
+    bool lossless;
+    return napi_get_value_bigint_int64(env, v, out, &lossless) == napi_ok && lossless;
+  }
+  if (t == napi_number) {
+    double d;
+    napi_get_value_double(env, v, &d);
+    if (d != d || d > 9007199254740991.0 || d < -9007199254740991.0) return 0;
+    *out = (int64_t)d;
+    return 1;
+  }
+  (void)what;
+  return 0;
+}
+
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+
+  char *list = NULL;
+  ssize_t n;
+  /* The list can grow between the size query and the read: retry on ERANGE. */
+  for (;;) {
+    n = llistxattr(path, NULL, 0);
+    if (n < 0) break;
+    free(list);
+    list = malloc(n > 0 ? (size_t)n : 1);
+    if (list == NULL) {
+      n = -1;
+      errno = ENOMEM;
+      break;
+    }
+    n = llistxattr(path, list, (size_t)n);
+    if (n >= 0 || errno != ERANGE) break;
+  }
+  if (n < 0) {
+    int err = errno;
+    free(list);
+    napi_value r = throw_errno(env, err, "llistxattr", path);
+    free(path);
+    return r;
+  }
+  free(path);
+
+  napi_value arr;
+  CHECK(napi_create_array(env, &arr));
+  uint32_t idx = 0;
+  for (ssize_t off = 0; off < n;) {
+    size_t len = strnlen(list + off, (size_t)(n - off));
+    napi_value name;
+    if (napi_create_string_latin1(env, list + off, len, &name) != napi_ok ||
+        napi_set_element(env, arr, idx++, name) != napi_ok) {
+      free(list);
+      napi_throw_error(env, "ERR_STRATA_FS_NAPI", "building the xattr list failed");
+      return NULL;
+    }
+    off += (ssize_t)len + 1;
+  }
+  free(list);
+  return arr;
+}
+
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name", 1);
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  char *val = NULL;
+  ssize_t n;
+  for (;;) {
+    n = lgetxattr(path, name, NULL, 0);
+    if (n < 0) break;
+    free(val);
+    val = malloc(n > 0 ? (size_t)n : 1);
+    if (val == NULL) {
+      n = -1;
+      errno = ENOMEM;
+      break;
+    }
+    n = lgetxattr(path, name, val, (size_t)n);
+    if (n >= 0 || errno != ERANGE) break;
+  }
+  free(name);
+  if (n < 0) {
+    int err = errno;
+    free(val);
+    napi_value r = throw_errno(env, err, "lgetxattr", path);
+    free(path);
+    return r;
+  }
+  free(path);
+  napi_value buf;
+  napi_status st = napi_create_buffer_copy(env, (size_t)n, val, NULL, &buf);
+  free(val);
+  CHECK(st);
+  return buf;
+}
+
+/* lsetxattr(path, name, value, flags = 0): flags are XATTR_CREATE / XATTR_REPLACE. */
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  size_t argc = MAX_ARGS;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3) return throw_type(env, "lsetxattr(path, name, value[, flags])");
+  bool is_buf = false;
+  napi_is_buffer(env, argv[2], &is_buf);
+  if (!is_buf) return throw_type(env, "value must be a Buffer");
+  int32_t flags = 0;
+  if (argc > 3) napi_get_value_int32(env, argv[3], &flags);
+  void *data;
+  size_t len;
+  CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name", 1);
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  int rc = lsetxattr(path, name, data, len, flags);
+  int err = errno;
+  free(name);
+  napi_value r = NULL;
+  if (rc < 0) r = throw_errno(env, err, "lsetxattr", path);
+  free(path);
+  return r;
+}
+
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name", 1);
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  int rc = lremovexattr(path, name);
+  int err = errno;
+  free(name);
+  napi_value r = NULL;
+  if (rc < 0) r = throw_errno(env, err, "lremovexattr", path);
+  free(path);
+  return r;
+}
+
+/* mknod(path, mode, dev): mode includes the file type bits (S_IFIFO, S_IFCHR, ...). */
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  uint32_t mode;
+  int64_t dev;
+  if (napi_get_value_uint32(env, argv[1], &mode) != napi_ok) return throw_type(env, "mode must be a number");
+  if (!get_int64(env, argv[2], &dev, "dev")) return throw_type(env, "dev must be a safe integer or bigint");
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+  int rc = mknod(path, (mode_t)mode, (dev_t)dev);
+  int err = errno;
+  napi_value r = NULL;
+  if (rc < 0) r = throw_errno(env, err, "mknod", path);
+  free(path);
+  return r;
+}
+
+static int split_ns(int64_t ns, struct timespec *ts) {
+  /* Floor division so times before 1970 get a non-negative tv_nsec. */
+  int64_t sec = ns / 1000000000;
+  int64_t nsec = ns % 1000000000;
+  if (nsec < 0) {
+    nsec += 1000000000;
+    sec -= 1;
+  }
+  ts->tv_sec = (time_t)sec;
+  ts->tv_nsec = (long)nsec;
+  return 1;
+}
+
+/* lutimens(path, atimeNs, mtimeNs): utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW). */
+static napi_value js_lutimens(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int64_t a, m;
+  if (!get_int64(env, argv[1], &a, "atimeNs") || !get_int64(env, argv[2], &m, "mtimeNs"))
+    return throw_type(env, "times must be bigint nanoseconds");
+  struct timespec ts[2];
+  split_ns(a, &ts[0]);
+  split_ns(m, &ts[1]);
+  char *path = get_bytes(env, argv[0], "path", 0);
+  if (path == NULL) return NULL;
+  int rc = utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW);
+  int err = errno;
+  napi_value r = NULL;
+  if (rc < 0) r = throw_errno(env, err, "utimensat", path);
+  free(path);
+  return r;
+}
+
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char *name) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int32_t fd;
+  int64_t off;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
+  if (!get_int64(env, argv[1], &off, "offset")) return throw_type(env, "offset must be a safe integer");
+  off_t r = lseek(fd, (off_t)off, whence);
+  napi_value out;
+  if (r < 0) {
+    /* ENXIO: no data (or hole) at or after offset, i.e. past the last extent. */
+    if (errno == ENXIO) {
+      CHECK(napi_create_int32(env, -1, &out));
+      return out;
+    }
+    return throw_errno(env, errno, name, NULL);
+  }
+  CHECK(napi_create_double(env, (double)r, &out));
+  return out;
+}
+
+static napi_value js_seek_data(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value js_seek_hole(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+/*
+ * Put every thread of this process in the idle I/O class. ioprio is per
+ * thread and only inherited at creation, so setting it for the calling
+ * thread alone would miss libuv's pool threads, which do the actual reads.
+ */
+static napi_value js_ioprio_idle(napi_env env, napi_callback_info info) {
+  (void)info;
+  int prio = STRATA_IOPRIO_CLASS_IDLE << STRATA_IOPRIO_CLASS_SHIFT;
+  if (syscall(SYS_ioprio_set, STRATA_IOPRIO_WHO_PROCESS, 0, prio) < 0)
+    return throw_errno(env, errno, "ioprio_set", NULL);
+  DIR *d = opendir("/proc/self/task");
+  if (d != NULL) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      int tid = atoi(e->d_name);
+      /* A thread may exit while we walk; that is not an error. */
+      if (tid > 0) syscall(SYS_ioprio_set, STRATA_IOPRIO_WHO_PROCESS, tid, prio);
+    }
+    closedir(d);
+  }
+  return NULL;
+}
+
+/* fadviseDontneed(fd, offset, len): drop pages we read once so a backup does not evict the user's cache. */
+static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int32_t fd;
+  int64_t off, len;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || !get_int64(env, argv[1], &off, "offset") ||
+      !get_int64(env, argv[2], &len, "len"))
+    return throw_type(env, "fadviseDontneed(fd, offset, len)");
+  int rc = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+  if (rc != 0) return throw_errno(env, rc, "posix_fadvise", NULL);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lutimens", NULL, js_lutimens, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ioprioIdle", NULL, js_ioprio_idle, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fadviseDontneed", NULL, js_fadvise_dontneed, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

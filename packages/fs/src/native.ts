@@ -1,0 +1,32 @@
+import { createRequire } from "node:module";
+
+/**
+ * The N-API addon (native/strata_fs.c), built by this package's `install`
+ * script. Paths are raw bytes; calls never follow a final symlink. Errors are
+ * Node-style errno errors (`.code` such as ENODATA, ENOTSUP, EPERM; the path in
+ * the message), not StrataErrors: callers that know what they were doing wrap
+ * them with `fromSystemError`.
+ */
+export interface NativeFs {
+  llistxattr(path: Buffer): string[];
+  lgetxattr(path: Buffer, name: string): Buffer;
+  /** flags: 0, XATTR_CREATE (1) or XATTR_REPLACE (2). */
+  lsetxattr(path: Buffer, name: string, value: Buffer, flags?: number): void;
+  lremovexattr(path: Buffer, name: string): void;
+  /** mode includes the type bits (S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK). */
+  mknod(path: Buffer, mode: number, dev: number | bigint): void;
+  lutimens(path: Buffer, atimeNs: bigint, mtimeNs: bigint): void;
+  /** Next data offset at or after `offset`, or -1 when there is none (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  /** Next hole offset at or after `offset` (EOF counts as a hole), or -1 past EOF. */
+  seekHole(fd: number, offset: number): number;
+  ioprioIdle(): void;
+  fadviseDontneed(fd: number, offset: number, len: number): void;
+}
+
+// Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.
+const require = createRequire(import.meta.url);
+export const native: NativeFs = require("../native/build/Release/strata_fs.node") as NativeFs;
+
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
