@@ -41,6 +41,15 @@ export const COPY_THRESHOLD = 1000;
 /** Advisory-lock class id ("Stra"); the second key is a hash of schema and lock name. */
 const LOCK_CLASS = 0x53747261;
 
+/*
+ * Id lists are bound as one bytea[] parameter and matched with
+ * `= ANY (SELECT unnest($n::bytea[]))`: the sub-select makes the planner run
+ * a semi-join that probes the primary key per id. A bare `= ANY($n)` over
+ * thousands of elements is often planned as a (parallel) sequential scan with
+ * a hashed filter — about 6x slower on a 200k-row index in our measurement,
+ * and worse as the index grows.
+ */
+
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 /** int8 as a JS number (counts, sizes and offsets stay far below 2^53); everything else as pg defaults. */
@@ -179,7 +188,7 @@ function redact(url: string): string {
 
 /**
  * The catalog on PostgreSQL, for server clusters: stateless nodes share it.
- * Every list-taking method is one statement over `= ANY($1::bytea[])` or
+ * Every list-taking method is one statement over `= ANY (SELECT unnest($1::bytea[]))` or
  * `unnest(...)`; large entry lists are streamed with COPY.
  */
 export class PostgresCatalog implements RepoCatalog {
@@ -307,7 +316,7 @@ export class PostgresCatalog implements RepoCatalog {
     if (ids.length === 0) return new Set();
     const r = await this.q<{ id: Buffer }>(
       `SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack_id
-       WHERE b.id = ANY($1::bytea[]) AND p.state = 'active'`,
+       WHERE b.id = ANY (SELECT unnest($1::bytea[])) AND p.state = 'active'`,
       [idsBytes(ids)],
     );
     return new Set(r.rows.map((row) => hexId<BlobId>(row.id)));
@@ -316,9 +325,10 @@ export class PostgresCatalog implements RepoCatalog {
   async lookupBlobs(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {
     const out = new Map<BlobId, IndexEntry>();
     if (ids.length === 0) return out;
-    const r = await this.q<BlobRow>(`SELECT ${BLOB_COLS} FROM blobs b WHERE b.id = ANY($1::bytea[])`, [
-      idsBytes(ids),
-    ]);
+    const r = await this.q<BlobRow>(
+      `SELECT ${BLOB_COLS} FROM blobs b WHERE b.id = ANY (SELECT unnest($1::bytea[]))`,
+      [idsBytes(ids)],
+    );
     for (const row of r.rows) {
       const e = toEntry(row);
       out.set(e.id, e);
@@ -372,30 +382,31 @@ export class PostgresCatalog implements RepoCatalog {
   async markPacksDoomed(ids: readonly PackId[], at: Date): Promise<void> {
     if (ids.length === 0) return;
     await this.q(
-      "UPDATE packs SET state = 'doomed', doomed_at = $1 WHERE state = 'active' AND id = ANY($2::bytea[])",
+      "UPDATE packs SET state = 'doomed', doomed_at = $1 WHERE state = 'active' AND id = ANY (SELECT unnest($2::bytea[]))",
       [at, idsBytes(ids)],
     );
   }
 
   async revivePacks(ids: readonly PackId[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.q("UPDATE packs SET state = 'active', doomed_at = NULL WHERE id = ANY($1::bytea[])", [
-      idsBytes(ids),
-    ]);
+    await this.q(
+      "UPDATE packs SET state = 'active', doomed_at = NULL WHERE id = ANY (SELECT unnest($1::bytea[]))",
+      [idsBytes(ids)],
+    );
   }
 
   async removePacks(ids: readonly PackId[]): Promise<void> {
     if (ids.length === 0) return;
     const bytes = idsBytes(ids);
     await this.tx(async (c) => {
-      await c.query("DELETE FROM blobs WHERE pack_id = ANY($1::bytea[])", [bytes]);
-      await c.query("DELETE FROM packs WHERE id = ANY($1::bytea[])", [bytes]);
+      await c.query("DELETE FROM blobs WHERE pack_id = ANY (SELECT unnest($1::bytea[]))", [bytes]);
+      await c.query("DELETE FROM packs WHERE id = ANY (SELECT unnest($1::bytea[]))", [bytes]);
     });
   }
 
   async removeBlobs(ids: readonly BlobId[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.q("DELETE FROM blobs WHERE id = ANY($1::bytea[])", [idsBytes(ids)]);
+    await this.q("DELETE FROM blobs WHERE id = ANY (SELECT unnest($1::bytea[]))", [idsBytes(ids)]);
   }
 
   async countBlobs(): Promise<{ chunks: number; trees: number; rawBytes: number; storedBytes: number }> {
@@ -450,7 +461,7 @@ export class PostgresCatalog implements RepoCatalog {
 
   async removeSnapshots(ids: readonly SnapshotId[]): Promise<void> {
     if (ids.length === 0) return;
-    await this.q("DELETE FROM snapshots WHERE id = ANY($1::bytea[])", [idsBytes(ids)]);
+    await this.q("DELETE FROM snapshots WHERE id = ANY (SELECT unnest($1::bytea[]))", [idsBytes(ids)]);
   }
 
   async beginMark(): Promise<void> {
