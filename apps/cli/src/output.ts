@@ -1,4 +1,18 @@
-import { StrataError } from "@strata/core";
+import { StrataError, fromSystemError } from "@strata/core";
+
+/** Give system and SQLite errors a code and a hint the user can act on. */
+export function toStrataError(e: unknown): StrataError {
+  if (e instanceof StrataError) return e;
+  const code = (e as { code?: string })?.code;
+  if (code === "SQLITE_FULL") {
+    return fromSystemError(Object.assign(new Error("disk full"), { code: "ENOSPC" }), "writing", "the catalog (catalog.db)");
+  }
+  if (code && /^E[A-Z]+$/.test(code)) {
+    const path = (e as { path?: string }).path;
+    return fromSystemError(e, "accessing", path ?? "a file");
+  }
+  return new StrataError("INTERNAL", (e as Error)?.message ?? String(e), { cause: e });
+}
 
 export const isTTY = () => Boolean(process.stderr.isTTY);
 
@@ -16,7 +30,11 @@ export function formatBytes(n: number): string {
 /** A one-line progress display on a terminal; silent otherwise. */
 export class Progress {
   private last = "";
-  constructor(private readonly enabled = isTTY()) {}
+  private readonly enabled: boolean;
+  /** Shown only on a terminal, and never with --json. */
+  constructor(wanted = true) {
+    this.enabled = wanted && isTTY();
+  }
   update(line: string): void {
     if (!this.enabled) return;
     const cols = process.stderr.columns || 100;
@@ -35,10 +53,7 @@ export function printJson(v: unknown): void {
 }
 
 export function reportError(e: unknown, json: boolean): void {
-  const se =
-    e instanceof StrataError
-      ? e
-      : new StrataError("INTERNAL", (e as Error)?.message ?? String(e), { cause: e });
+  const se = toStrataError(e);
   if (json) {
     process.stdout.write(`${JSON.stringify({ error: se.toJSON() })}\n`);
   } else {

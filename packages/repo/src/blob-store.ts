@@ -72,7 +72,17 @@ export class DirBlobStore implements BlobStore {
       const fh = await fsp.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
       try {
         const parts = Buffer.isBuffer(data) ? [data] : data;
-        await fh.writev(parts as Buffer[]);
+        // writev may write less than asked (a full disk reports a short
+        // write before ENOSPC): keep writing until every byte is down, so a
+        // short object is never renamed into place.
+        for (const part of parts) {
+          let off = 0;
+          while (off < part.length) {
+            const { bytesWritten } = await fh.write(part, off, part.length - off);
+            if (bytesWritten <= 0) throw Object.assign(new Error("short write"), { code: "EIO" });
+            off += bytesWritten;
+          }
+        }
         await fh.sync();
       } finally {
         await fh.close();
