@@ -62,7 +62,13 @@ export function validateConfig(c: unknown): string[] {
  * snapshot is written only after every pack holding its blobs is indexed.
  */
 export class Repository {
-  private builder = new PackBuilder();
+  /**
+   * Chunks and trees go to separate packs (as in restic): damage to a data
+   * pack then never hides which files it affects, and check/prune read tree
+   * packs only.
+   */
+  private builders: Record<BlobType, PackBuilder> = { chunk: new PackBuilder(), tree: new PackBuilder() };
+  private builderIds: Record<BlobType, Set<BlobId>> = { chunk: new Set(), tree: new Set() };
   /** Ids added to packs not yet indexed: known for dedup, not yet in the catalog. */
   private readonly pending = new Set<BlobId>();
   private flushChain: Promise<void> = Promise.resolve();
@@ -232,23 +238,22 @@ export class Repository {
 
   /** Give back reservations that will not be written (the job failed). */
   release(ids: Iterable<BlobId>): void {
-    for (const id of ids) if (!this.builderHas(id)) this.pending.delete(id);
-  }
-
-  private builderIds = new Set<BlobId>();
-  private builderHas(id: BlobId): boolean {
-    return this.builderIds.has(id);
+    for (const id of ids) if (!this.builderIds.chunk.has(id) && !this.builderIds.tree.has(id)) this.pending.delete(id);
   }
 
   /** Add an encoded blob (already reserved) to the open pack. */
   addEncoded(b: EncodedBlob): void {
     this.throwIfFlushFailed();
     this.pending.add(b.id);
-    this.builderIds.add(b.id);
-    this.builder.add(b);
+    this.builderIds[b.type].add(b.id);
+    this.builders[b.type].add(b);
     this.written.blobs++;
     this.written.storedBytes += b.data.length;
-    if (this.builder.bytes >= this.config.pack.targetSize) this.rotate();
+    if (this.builders[b.type].bytes >= this.config.pack.targetSize) {
+      // A tree pack may only follow the data packs its trees reference.
+      if (b.type === "tree") this.rotate("chunk");
+      this.rotate(b.type);
+    }
   }
 
   /** Encode and store a blob unless already stored; returns true when written. */
@@ -266,11 +271,11 @@ export class Repository {
     return id;
   }
 
-  private rotate(): void {
-    const builder = this.builder;
-    const ids = this.builderIds;
-    this.builder = new PackBuilder();
-    this.builderIds = new Set();
+  private rotate(type: BlobType): void {
+    const builder = this.builders[type];
+    const ids = this.builderIds[type];
+    this.builders[type] = new PackBuilder();
+    this.builderIds[type] = new Set();
     if (builder.count === 0) return;
     this.flushChain = this.flushChain.then(async () => {
       if (this.flushError) return;
@@ -295,14 +300,15 @@ export class Repository {
 
   /** Write the open pack and wait until every pack is indexed. */
   async flush(): Promise<void> {
-    this.rotate();
+    this.rotate("chunk");
+    this.rotate("tree");
     await this.flushChain;
     this.throwIfFlushFailed();
   }
 
   /** Packs not finished yet (bytes buffered in memory). */
   get bufferedBytes(): number {
-    return this.builder.bytes;
+    return this.builders.chunk.bytes + this.builders.tree.bytes;
   }
 
   async lookup(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {
