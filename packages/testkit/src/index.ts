@@ -1,1 +1,5 @@
-export {};
+export { type DebianRootPaths, debianRoot, debianRootPaths, debianRootSkipReason } from "./debian-root.js";
+export { buildHostileTree, capNetBindService } from "./hostile-tree.js";
+export { repoRoot } from "./repo-root.js";
+export { RSYNC_CHECK_FLAGS, rsyncCopy, rsyncItemize } from "./rsync-itemize.js";
+export { cleanupTempDirs, makeTempDir, removeDir } from "./temp-dir.js";
