@@ -3,6 +3,7 @@ export { dropCache, setIdlePriority } from "./io-hints.js";
 export { type NativeFs, native, XATTR_CREATE, XATTR_REPLACE } from "./native.js";
 export { dataRanges, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
 export {
+  type ApplyOptions,
   applyMetadata,
   createFile,
   createHardlink,

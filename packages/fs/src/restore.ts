@@ -183,6 +183,11 @@ export async function createSpecial(path: Buffer, node: Pick<FsNode, "type" | "r
   }
 }
 
+export interface ApplyOptions {
+  /** Restore uid/gid. Default: only when running as root. */
+  owner?: boolean;
+}
+
 /**
  * Give `path` the owner, xattrs, mode and mtime of `node`, without following
  * a symlink at `path`. The order matters:
@@ -194,13 +199,18 @@ export async function createSpecial(path: Buffer, node: Pick<FsNode, "type" | "r
  *     setuid/setgid survive, after the ACL so the mask matches the mode;
  *  4. lutimens last, since every step above changes ctime and may touch mtime.
  * atime is set to the mtime: snapshots do not record atime.
+ *
+ * Only root may give files away, so by default ownership is restored when
+ * running as root and left to the restoring user otherwise (as tar does).
  */
-export async function applyMetadata(path: Buffer, node: FsNode): Promise<void> {
+export async function applyMetadata(path: Buffer, node: FsNode, opts: ApplyOptions = {}): Promise<void> {
   const shown = displayPath(path);
-  try {
-    await lchown(path, node.uid, node.gid);
-  } catch (e) {
-    throw fromSystemError(e, `setting owner ${node.uid}:${node.gid} of`, shown);
+  if (opts.owner ?? process.geteuid?.() === 0) {
+    try {
+      await lchown(path, node.uid, node.gid);
+    } catch (e) {
+      throw fromSystemError(e, `setting owner ${node.uid}:${node.gid} of`, shown);
+    }
   }
   applyXattrs(path, node);
   if (node.type !== "symlink") {
