@@ -35,7 +35,7 @@ export class ChunkPool {
   constructor(
     private readonly repo: Repository,
     threads = Math.max(1, Math.min(availableParallelism(), 8)),
-    private readonly maxInFlight = threads * 4,
+    private readonly maxInFlight = threads * 8,
   ) {
     const init: WorkerInit = {
       key: new Uint8Array(repo.key.key),
@@ -129,8 +129,9 @@ export class ChunkPool {
         break;
       case "blobs":
         try {
+          const all = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
           for (const b of m.blobs) {
-            const data = Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength);
+            const data = all.subarray(b.offset, b.offset + b.length);
             this.repo.addEncoded({ id: b.id, type: "chunk", data, rawLength: b.rawLength, compressed: b.compressed });
             j.reserved.delete(b.id);
             this.storedBytes += data.length;

@@ -23,12 +23,21 @@ export type ToWorker =
   | { t: "need"; job: number; seq: number; need: boolean[] };
 export type FromWorker =
   | { t: "query"; job: number; seq: number; ids: BlobId[] }
-  | { t: "blobs"; job: number; blobs: { id: BlobId; data: Uint8Array; rawLength: number; compressed: boolean }[] }
+  | {
+      t: "blobs";
+      job: number;
+      data: Uint8Array;
+      blobs: { id: BlobId; offset: number; length: number; rawLength: number; compressed: boolean }[];
+    }
   | { t: "done"; job: number; pieces: ContentPiece[]; size: number; bytesRead: number }
   | { t: "changed"; job: number; why: string }
   | { t: "error"; job: number; code: string; message: string };
 
 const BUF_SIZE = 8 * 1024 * 1024;
+const bufPool: Buffer[] = [];
+const giveBuffer = (b: Buffer) => {
+  if (bufPool.length < 4) bufPool.push(b);
+};
 
 if (parentPort) {
   const port = parentPort;
@@ -66,6 +75,15 @@ if (parentPort) {
       if ((e as NodeJS.ErrnoException).code !== "EPERM") throw e;
       fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW); // O_NOATIME needs ownership
     }
+    let heldBuf: Buffer | null = null;
+    const takeBuffer = (size: number): Buffer => {
+      // Small files get a buffer of their size; large ones reuse pooled
+      // read buffers, so the heap does not churn through 8 MiB per file.
+      const want = Math.max(BUF_SIZE, init.chunker.maxSize * 2);
+      if (size + 1 < want) return Buffer.allocUnsafe(Math.max(size, 1));
+      heldBuf = bufPool.pop() ?? Buffer.allocUnsafeSlow(want);
+      return heldBuf;
+    };
     try {
       const before = fstatSync(fd, { bigint: true });
       if (!before.isFile()) {
@@ -78,7 +96,7 @@ if (parentPort) {
         Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
       const chunker = new Chunker(init.chunker);
       const pieces: ContentPiece[] = [];
-      const buf = Buffer.allocUnsafe(Math.max(BUF_SIZE, init.chunker.maxSize * 2));
+      const buf = takeBuffer(size);
       let cursor = 0;
       let bytesRead = 0;
       for (const [off, len] of ranges) {
@@ -114,18 +132,29 @@ if (parentPort) {
           }
           if (cuts.length) {
             const need = await ask(job, cuts.map((c) => c.id));
-            const blobs = [];
-            const transfer: ArrayBuffer[] = [];
+            const encoded = [];
+            let total = 0;
             for (let i = 0; i < cuts.length; i++) {
               const c = cuts[i]!;
               pieces.push({ id: c.id as never, len: c.len });
               if (need[i]) {
                 const e = codec.encode(c.id, "chunk", buf.subarray(c.start, c.start + c.len));
-                blobs.push({ id: e.id, data: e.data, rawLength: e.rawLength, compressed: e.compressed });
-                transfer.push(e.data.buffer as ArrayBuffer);
+                encoded.push(e);
+                total += e.data.length;
               }
             }
-            if (blobs.length) port.postMessage({ t: "blobs", job, blobs } satisfies FromWorker, transfer);
+            if (encoded.length) {
+              // One transferred buffer per batch: cheaper than one per blob.
+              const data = Buffer.allocUnsafeSlow(total);
+              let off = 0;
+              const blobs = encoded.map((e) => {
+                e.data.copy(data, off);
+                const b = { id: e.id, offset: off, length: e.data.length, rawLength: e.rawLength, compressed: e.compressed };
+                off += e.data.length;
+                return b;
+              });
+              port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [data.buffer as ArrayBuffer]);
+            }
           }
           // Keep the partial chunk at the front of the buffer.
           if (start > 0) {
@@ -149,6 +178,7 @@ if (parentPort) {
       port.postMessage({ t: "done", job, pieces, size, bytesRead } satisfies FromWorker);
     } finally {
       closeSync(fd);
+      if (heldBuf) giveBuffer(heldBuf);
     }
   }
 }

@@ -21,8 +21,21 @@ export class MasterKey {
   }
 }
 
+/** Random nonces drawn from a refilled pool: one getrandom call per 341 blobs. */
+let noncePool = Buffer.alloc(0);
+let noncePos = 0;
+function nextNonce(): Buffer {
+  if (noncePos + NONCE_LEN > noncePool.length) {
+    noncePool = randomBytes(NONCE_LEN * 341);
+    noncePos = 0;
+  }
+  const n = noncePool.subarray(noncePos, noncePos + NONCE_LEN);
+  noncePos += NONCE_LEN;
+  return n;
+}
+
 export function seal(key: MasterKey, plain: Uint8Array, aad?: Uint8Array): Buffer {
-  const nonce = randomBytes(NONCE_LEN);
+  const nonce = nextNonce();
   const c = createCipheriv("aes-256-gcm", key.key, nonce);
   if (aad) c.setAAD(aad);
   // A dedicated (non-pooled) buffer: workers transfer its ArrayBuffer.
