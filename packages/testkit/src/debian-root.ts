@@ -1,51 +1,33 @@
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import path from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
+import { cachedBuild } from "./cached-build.js";
 import { repoRoot } from "./repo-root.js";
 
 /**
  * A real Debian root (bookworm, minbase) used as an endpoint by the heavier
  * tests. Built once with debootstrap and cached under
- * `<repo root>/.cache/debian-bookworm-minbase` (gitignored). The cache is
- * built in a sibling temp dir and renamed into place, so an interrupted build
- * never leaves a half root that later runs would trust. A lock file keeps two
- * test processes from building at once; the loser waits for the winner.
+ * `<repo root>/.cache/debian-bookworm-minbase` (gitignored; STRATA_CACHE_DIR
+ * moves it). See `cachedBuild` for how interrupted and parallel builds are
+ * kept safe. STRATA_DEBIAN_MIRROR overrides the mirror; STRATA_SKIP_DEBIAN=1
+ * skips the tests that need it.
  */
 
 const SUITE = "bookworm";
 const NAME = `debian-${SUITE}-minbase`;
-/** A failed build is remembered this long so every test file does not retry a dead mirror. */
-const FAILURE_TTL_MS = 10 * 60_000;
-/** debootstrap of minbase takes a few minutes; give a slow mirror plenty of room. */
-const BUILD_WAIT_MS = 30 * 60_000;
 
-export interface DebianRootPaths {
-  cacheDir: string;
-  root: string;
-  lock: string;
-  failed: string;
-  log: string;
-}
-
-export function debianRootPaths(): DebianRootPaths {
-  const cacheDir = process.env.STRATA_CACHE_DIR ?? path.join(repoRoot(), ".cache");
-  return {
-    cacheDir,
-    root: path.join(cacheDir, NAME),
-    lock: path.join(cacheDir, `${NAME}.lock`),
-    failed: path.join(cacheDir, `${NAME}.failed`),
-    log: path.join(cacheDir, `${NAME}.log`),
-  };
+/** Where the cached root lives (whether or not it has been built yet). */
+export function debianRootPath(): string {
+  return path.join(process.env.STRATA_CACHE_DIR ?? path.join(repoRoot(), ".cache"), NAME);
 }
 
 let memo: Promise<string | null> | undefined;
 let skipReason: string | undefined;
 
 /**
- * Why `debianRoot()` returned null, for `it.skipIf(...)` messages; undefined
- * when the root is available (or not yet asked for).
+ * Why `debianRoot()` returned null, for skip messages; undefined when the
+ * root is available (or not yet asked for).
  */
 export function debianRootSkipReason(): string | undefined {
   return skipReason;
@@ -59,8 +41,8 @@ export function debianRootSkipReason(): string | undefined {
 export function debianRoot(): Promise<string | null> {
   memo ??= resolveDebianRoot().then(
     (r) => {
-      if (r.root === null) skipReason = r.reason;
-      return r.root;
+      skipReason = r.reason;
+      return r.path;
     },
     (e: unknown) => {
       skipReason = `building the Debian root failed: ${(e as Error).message}`;
@@ -70,100 +52,27 @@ export function debianRoot(): Promise<string | null> {
   return memo;
 }
 
-async function resolveDebianRoot(): Promise<{ root: string | null; reason?: string }> {
-  const p = debianRootPaths();
-  // A finished cache is usable by anyone, root or not (it is only read).
-  if (isComplete(p.root)) return { root: p.root };
-  if (process.env.STRATA_SKIP_DEBIAN === "1") return { root: null, reason: "STRATA_SKIP_DEBIAN=1" };
+async function resolveDebianRoot(): Promise<{ path: string | null; reason?: string | undefined }> {
+  const target = debianRootPath();
+  // A finished cache is usable by anyone, root or not: tests only read it.
+  if (isComplete(target)) return { path: target };
+  if (process.env.STRATA_SKIP_DEBIAN === "1") return { path: null, reason: "STRATA_SKIP_DEBIAN=1" };
   if (process.getuid?.() !== 0)
-    return { root: null, reason: "building a Debian root needs root (debootstrap)" };
-  if (!hasCommand("debootstrap")) {
-    return { root: null, reason: "debootstrap is not installed (apt-get install -y debootstrap)" };
+    return { path: null, reason: "building a Debian root needs root (debootstrap)" };
+  if (spawnSync("sh", ["-c", "command -v debootstrap"], { stdio: "ignore" }).status !== 0) {
+    return { path: null, reason: "debootstrap is not installed (apt-get install -y debootstrap)" };
   }
-  const recent = await recentFailure(p.failed);
-  if (recent) return { root: null, reason: recent };
-
-  await mkdir(p.cacheDir, { recursive: true });
-  const deadline = Date.now() + BUILD_WAIT_MS;
-  for (;;) {
-    if (isComplete(p.root)) return { root: p.root };
-    if (await tryLock(p.lock)) {
-      try {
-        // Re-check under the lock: another process may have just finished.
-        if (isComplete(p.root)) return { root: p.root };
-        await build(p);
-        return { root: p.root };
-      } catch (e) {
-        const reason = `debootstrap ${SUITE} failed (see ${p.log}): ${(e as Error).message}`;
-        await writeFile(p.failed, reason);
-        return { root: null, reason };
-      } finally {
-        await unlink(p.lock).catch(() => {});
-      }
-    }
-    const failed = await recentFailure(p.failed);
-    if (failed) return { root: null, reason: failed };
-    if (Date.now() > deadline)
-      return { root: null, reason: `timed out waiting for the build lock ${p.lock}` };
-    await sleep(2000);
-  }
+  return cachedBuild({ target, isComplete, build: debootstrap });
 }
 
-/** The root is complete once renamed into place; usr/bin/dpkg guards against a foreign directory. */
+/** usr/bin/dpkg marks a finished root, and guards against a foreign directory of the same name. */
 function isComplete(root: string): boolean {
   return existsSync(path.join(root, "usr/bin/dpkg"));
 }
 
-function hasCommand(cmd: string): boolean {
-  return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
-}
-
-async function recentFailure(file: string): Promise<string | undefined> {
-  try {
-    const st = await stat(file);
-    if (Date.now() - st.mtimeMs < FAILURE_TTL_MS) return await readFile(file, "utf8");
-  } catch {
-    // no marker: no recent failure
-  }
-  return undefined;
-}
-
-/**
- * Take the lock by exclusive create. A lock whose owner pid is gone (killed
- * build) is stale and is removed so the next attempt can take it.
- */
-async function tryLock(lock: string): Promise<boolean> {
-  try {
-    const fh = await open(lock, "wx");
-    await fh.writeFile(String(process.pid));
-    await fh.close();
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-  }
-  const owner = Number.parseInt(await readFile(lock, "utf8").catch(() => ""), 10);
-  if (!Number.isNaN(owner) && !pidAlive(owner)) await unlink(lock).catch(() => {});
-  return false;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-async function build(p: DebianRootPaths): Promise<void> {
-  // Leftovers of killed builds: we hold the lock, so no one else is using them.
-  for (const entry of await readdir(p.cacheDir)) {
-    if (entry.startsWith(`.${NAME}.tmp-`)) await removeBuildDir(path.join(p.cacheDir, entry));
-  }
-  await rm(p.failed, { force: true });
-  const tmp = path.join(p.cacheDir, `.${NAME}.tmp-${process.pid}`);
+async function debootstrap(tmp: string, logFile: string): Promise<void> {
   const mirror = process.env.STRATA_DEBIAN_MIRROR ?? "http://deb.debian.org/debian";
-  const log = await open(p.log, "w");
+  const log = await open(logFile, "w");
   try {
     await new Promise<void>((resolve, reject) => {
       const child = spawn("debootstrap", ["--variant=minbase", SUITE, tmp, mirror], {
@@ -174,27 +83,7 @@ async function build(p: DebianRootPaths): Promise<void> {
         code === 0 ? resolve() : reject(new Error(`debootstrap exited with ${signal ?? code}`)),
       );
     });
-  } catch (e) {
-    await removeBuildDir(tmp);
-    throw e;
   } finally {
     await log.close();
   }
-  await rename(tmp, p.root);
-}
-
-/**
- * debootstrap mounts proc and sys inside the target while it runs; a killed
- * build can leave them mounted, and a recursive rm must never descend into
- * the host's /proc or /sys. Unmount (lazily) whatever is mounted below first.
- */
-async function removeBuildDir(dir: string): Promise<void> {
-  const mountinfo = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
-  const below = mountinfo
-    .split("\n")
-    .map((line) => line.split(" ")[4])
-    .filter((m): m is string => m !== undefined && (m === dir || m.startsWith(`${dir}/`)))
-    .sort((a, b) => b.length - a.length);
-  for (const m of below) spawnSync("umount", ["-l", m], { stdio: "ignore" });
-  await rm(dir, { recursive: true, force: true });
 }

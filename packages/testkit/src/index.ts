@@ -1,4 +1,5 @@
-export { type DebianRootPaths, debianRoot, debianRootPaths, debianRootSkipReason } from "./debian-root.js";
+export { type CachedBuildResult, type CachedBuildSpec, cachedBuild } from "./cached-build.js";
+export { debianRoot, debianRootPath, debianRootSkipReason } from "./debian-root.js";
 export { buildHostileTree, capNetBindService } from "./hostile-tree.js";
 export { repoRoot } from "./repo-root.js";
 export { RSYNC_CHECK_FLAGS, rsyncCopy, rsyncItemize } from "./rsync-itemize.js";
