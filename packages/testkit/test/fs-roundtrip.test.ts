@@ -14,7 +14,14 @@ import {
   writeAt,
 } from "@strata/fs";
 import { afterAll, expect, it } from "vitest";
-import { buildHostileTree, cleanupTempDirs, makeTempDir, rsyncItemize } from "../src/index.js";
+import {
+  buildHostileTree,
+  cleanupTempDirs,
+  debianRoot,
+  debianRootSkipReason,
+  makeTempDir,
+  rsyncItemize,
+} from "../src/index.js";
 
 /*
  * End-to-end check of @strata/fs against the hostile tree: read every node
@@ -79,21 +86,34 @@ async function copyTree(from: Buffer, to: Buffer, links: Map<string, Buffer>): P
   }
 }
 
+/** Copy `src` to a new `dst` with @strata/fs alone, the root directory's metadata last. */
+async function copyRoot(src: string, dst: string): Promise<void> {
+  await mkdir(dst);
+  await copyTree(Buffer.from(src), Buffer.from(dst), new Map());
+  const rootNode = await readNode(Buffer.from(src), Buffer.from("root"), await lstat(src, { bigint: true }));
+  await applyMetadata(Buffer.from(dst), rootNode);
+}
+
 it("readNode + restore writers reproduce the hostile tree exactly (rsync -aHAX --checksum)", async () => {
   const tmp = await makeTempDir("strata-roundtrip-");
   const src = path.join(tmp, "src");
   const dst = path.join(tmp, "dst");
   await buildHostileTree(src);
-  await mkdir(dst);
-  const srcBuf = Buffer.from(src);
-  await copyTree(srcBuf, Buffer.from(dst), new Map());
-  await applyMetadata(
-    Buffer.from(dst),
-    await readNode(srcBuf, Buffer.from("src"), await lstat(src, { bigint: true })),
-  );
+  await copyRoot(src, dst);
 
   expect(rsyncItemize(src, dst)).toBe("");
   const big = await lstat(path.join(dst, "sparse/big.img"));
   expect(big.size).toBe(2 * 1024 ** 3);
   expect(big.blocks * 512).toBeLessThan(64 * 1024 * 1024);
 });
+
+const debian = await debianRoot();
+
+it.skipIf(debian === null)(
+  `readNode + restore writers reproduce a Debian root exactly${debian ? "" : ` (skipped: ${debianRootSkipReason()})`}`,
+  async () => {
+    const dst = path.join(await makeTempDir("strata-roundtrip-debian-"), "root");
+    await copyRoot(debian!, dst);
+    expect(rsyncItemize(debian!, dst)).toBe("");
+  },
+);
