@@ -16,10 +16,9 @@ import { fileURLToPath } from "node:url";
 import { Compressor } from "zstd-napi";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const core = await import(path.join(here, "../packages/core/dist/index.js"));
-const { Chunker, DEFAULT_CHUNKER_PARAMS } = core;
 
-export const STUDY_PARAMS = [
+/** The four parameter sets, from `core` (an imported @strata/core dist). */
+export const studyParams = ({ DEFAULT_CHUNKER_PARAMS }) => [
   { label: "avg 32K", minSize: 8 * 1024, avgSize: 32 * 1024, maxSize: 256 * 1024 },
   { label: "avg 64K (default)", minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 512 * 1024 },
   { label: "avg 128K", minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 1024 * 1024 },
@@ -27,7 +26,7 @@ export const STUDY_PARAMS = [
 ].map((p) => ({ ...p, params: { ...DEFAULT_CHUNKER_PARAMS, minSize: p.minSize, avgSize: p.avgSize, maxSize: p.maxSize } }));
 
 class One {
-  constructor(spec) {
+  constructor(spec, Chunker) {
     this.spec = spec;
     this.chunker = new Chunker(spec.params);
     this.cmp = new Compressor();
@@ -73,8 +72,9 @@ class One {
 }
 
 export class ChunkStudy {
-  constructor(specs = STUDY_PARAMS) {
-    this.ones = specs.map((s) => new One(s));
+  /** `core`: the imported @strata/core module whose Chunker is studied. */
+  constructor(core, specs = studyParams(core)) {
+    this.ones = specs.map((s) => new One(s, core.Chunker));
     this.files = 0;
   }
   /** Before the change: every file. `files` are paths relative to dir. */
@@ -141,7 +141,8 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     console.error("usage: node bench/chunk-study.mjs DIR   (DIR is modified: 1% of its files change)");
     process.exit(2);
   }
-  const study = new ChunkStudy();
+  const core = await import(path.join(here, "../packages/core/dist/index.js"));
+  const study = new ChunkStudy(core);
   study.scan(dir, listFiles(dir).map((f) => f.rel));
   const ch = changeOnePercent(dir, 1);
   study.rescan(dir, ch.changes.map((c) => c.rel));

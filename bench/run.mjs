@@ -17,10 +17,24 @@
 //   verify   1                    compare every restore with the source (rsync -c, untimed)
 //   study    1                    run the chunk-size study on data set A
 //   keep     0                    keep repositories and data after the run
+//   strata   head                 "head": benchmark a private build of the committed HEAD
+//            (git archive into bench/out/strata-<sha>, node_modules linked, tsc -b), so
+//            uncommitted work in the shared tree does not leak in; "live": this tree as is
 // Needs root for dropping the page cache; without it the cache is warmed
 // identically (tar of the data set to /dev/null) before every measured step.
 import { execFileSync, spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,7 +61,9 @@ const VERIFY = opt("verify", "1") !== "0";
 const STUDY = opt("study", "1") !== "0";
 const KEEP = opt("keep", "0") !== "0";
 const PASSWORD = "bench-password";
-const STRATA_BIN = path.join(root, "bin/strata.js");
+const STRATA_MODE = opt("strata", "head");
+let STRATA_ROOT = root; // set by prepareStrata()
+let STRATA_BIN = path.join(root, "bin/strata.js");
 
 const log = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]`, ...a);
 
@@ -132,7 +148,7 @@ function makeTools(set) {
   const dir = (tool, what) => path.join(OUT, what, `${set}-${tool}`);
   const tools = {
     strata: {
-      version: () => tryOut(`cd ${q(root)} && git rev-parse --short HEAD`),
+      version: () => STRATA_INFO.commit + (STRATA_INFO.dirty ? " + uncommitted changes" : ""),
       env: () => ({ STRATA_REPO: dir("strata", "repos"), STRATA_PASSWORD: PASSWORD, STRATA_CACHE_DIR: dir("strata", "cache") }),
       repo: () => dir("strata", "repos"),
       cache: () => dir("strata", "cache"),
@@ -209,6 +225,39 @@ function makeTools(set) {
     },
   };
   return tools;
+}
+
+// ---------------------------------------------------------------- strata build
+
+/** A private, frozen build of HEAD (see the `strata` option). Returns its root. */
+function prepareStrata() {
+  if (STRATA_MODE === "live") {
+    if (!existsSync(path.join(root, "apps/cli/dist/main.js"))) sh(`cd ${q(root)} && npx tsc -b`);
+    return { root, commit: tryOut(`cd ${q(root)} && git rev-parse --short HEAD`), dirty: tryOut(`cd ${q(root)} && git status --porcelain --untracked-files=no | wc -l`) !== "0" };
+  }
+  const sha = sh(`cd ${q(root)} && git rev-parse HEAD`).slice(0, 12);
+  const dir = path.join(OUT, `strata-${sha}`);
+  if (!existsSync(path.join(dir, ".bench-built"))) {
+    log(`building a private copy of Strata ${sha} in ${dir}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    sh(`cd ${q(root)} && git archive HEAD | tar -x -C ${q(dir)}`);
+    // Third-party modules are shared (symlinked); the workspace links point into the copy.
+    const nm = path.join(dir, "node_modules");
+    mkdirSync(nm);
+    for (const e of readdirSync(path.join(root, "node_modules"))) {
+      if (e === "@strata") {
+        mkdirSync(path.join(nm, e));
+        for (const w of readdirSync(path.join(root, "node_modules", e)))
+          symlinkSync(readlinkSync(path.join(root, "node_modules", e, w)), path.join(nm, e, w));
+      } else symlinkSync(path.join(root, "node_modules", e), path.join(nm, e));
+    }
+    // The N-API addon is built at install time (not in git): reuse the built one.
+    sh(`cp -a ${q(path.join(root, "packages/fs/native/build"))} ${q(path.join(dir, "packages/fs/native/"))}`);
+    sh(`cd ${q(dir)} && node ${q(path.join(root, "node_modules/typescript/bin/tsc"))} -b`);
+    writeFileSync(path.join(dir, ".bench-built"), "");
+  }
+  return { root: dir, commit: sha, dirty: false };
 }
 
 // ---------------------------------------------------------------- data sets
@@ -296,7 +345,7 @@ function runSet(set, results) {
   if (set === "A" && STUDY) {
     log("chunk study: scanning version 1");
     const { ChunkStudy } = awaitStudy;
-    study = new ChunkStudy();
+    study = new ChunkStudy(strataCore);
     study.scan(data, listFiles(data).map((f) => f.rel));
   }
 
@@ -383,7 +432,7 @@ function machine() {
     borg: get("borg --version"),
     zstd: get("zstd --version"),
     tar: get("tar --version | head -1"),
-    strataCommit: get(`cd ${q(root)} && git rev-parse --short HEAD`),
+    strata: STRATA_INFO,
   };
 }
 
@@ -519,6 +568,8 @@ function renderGoals(results) {
 // ---------------------------------------------------------------- main
 
 let awaitStudy = null;
+let strataCore = null;
+let STRATA_INFO = null;
 
 async function main() {
   const renderFrom = opt("render", "");
@@ -526,15 +577,18 @@ async function main() {
     console.log(render(JSON.parse(readFileSync(renderFrom, "utf8"))));
     return;
   }
-  if (!existsSync(path.join(root, "apps/cli/dist/main.js"))) {
-    log("building Strata (npx tsc -b)");
-    sh(`cd ${q(root)} && npx tsc -b`);
-  }
-  if (STUDY && SETS.includes("A")) awaitStudy = await import("./chunk-study.mjs");
   mkdirSync(OUT, { recursive: true });
+  STRATA_INFO = prepareStrata();
+  STRATA_ROOT = STRATA_INFO.root;
+  STRATA_BIN = path.join(STRATA_ROOT, "bin/strata.js");
+  log(`Strata under test: ${STRATA_INFO.commit}${STRATA_INFO.dirty ? " + uncommitted changes" : ""} at ${STRATA_ROOT}`);
+  if (STUDY && SETS.includes("A")) {
+    awaitStudy = await import("./chunk-study.mjs");
+    strataCore = await import(path.join(STRATA_ROOT, "packages/core/dist/index.js"));
+  }
   const results = {
     started: new Date().toISOString(),
-    config: { sets: SETS, tools: TOOLS, scale: SCALE, seed: SEED, debian: DEBIAN, verify: VERIFY },
+    config: { sets: SETS, tools: TOOLS, scale: SCALE, seed: SEED, debian: DEBIAN, verify: VERIFY, strata: STRATA_MODE },
     machine: machine(),
     sets: {},
   };
