@@ -1,9 +1,26 @@
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import * as path from "node:path";
 import { StrataError } from "@strata/core";
 import { openSqliteCatalog, openSqliteFileCache } from "@strata/catalog";
-import { DirBlobStore, type FileCache, Repository } from "@strata/repo";
+import { DirBlobStore, type FileCache, type InitOptions, Repository } from "@strata/repo";
+
+/**
+ * The catalog holds chunk ids and snapshot paths in clear: readable by the
+ * owner only, like the rest of the repository.
+ */
+async function openCatalogFile(dir: string) {
+  const file = path.join(dir, "catalog.db");
+  const catalog = await openSqliteCatalog(file);
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      chmodSync(f, 0o600);
+    } catch {
+      // -wal/-shm may not exist yet; SQLite creates them with the db's mode.
+    }
+  }
+  return catalog;
+}
 
 export interface GlobalOptions {
   repo?: string;
@@ -50,7 +67,7 @@ export async function openRepo(g: GlobalOptions): Promise<Repository> {
     });
   }
   const password = readPassword(g);
-  const catalog = await openSqliteCatalog(path.join(dir, "catalog.db"));
+  const catalog = await openCatalogFile(dir);
   try {
     const repo = await Repository.open(new DirBlobStore(dir), catalog, password);
     await repo.syncCatalog();
@@ -61,7 +78,7 @@ export async function openRepo(g: GlobalOptions): Promise<Repository> {
   }
 }
 
-export async function initRepo(g: GlobalOptions): Promise<Repository> {
+export async function initRepo(g: GlobalOptions, opts: InitOptions = {}): Promise<Repository> {
   const dir = repoDir(g);
   const password = readPassword(g);
   if (password.length === 0) throw new StrataError("INVALID_ARGUMENT", "the password must not be empty");
@@ -71,8 +88,13 @@ export async function initRepo(g: GlobalOptions): Promise<Repository> {
     });
   }
   mkdirSync(dir, { recursive: true });
-  const catalog = await openSqliteCatalog(path.join(dir, "catalog.db"));
-  return Repository.init(new DirBlobStore(dir), catalog, password);
+  const catalog = await openCatalogFile(dir);
+  try {
+    return await Repository.init(new DirBlobStore(dir), catalog, password, opts);
+  } catch (e) {
+    await catalog.close();
+    throw e;
+  }
 }
 
 export async function closeRepo(repo: Repository): Promise<void> {

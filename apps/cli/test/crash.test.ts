@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { rsyncItemize } from "@strata/testkit";
-import { cleanup, hasCommand, newEnv, ok, spawnStrata, strata, tmp } from "./helpers.js";
+import { cleanup, duBytes, hasCommand, newEnv, ok, spawnStrata, strata, tmp } from "./helpers.js";
 
 afterAll(cleanup);
 
@@ -82,12 +82,17 @@ describe("crash safety", () => {
     // Measure on a copy of the state: a dry prune isn't possible, so use the time of check as the scale.
     ok(env, "check");
     const span = Math.max(300, (Date.now() - t0) * 3);
+    const before = duBytes(path.join(env.repo, "packs"));
+    let killed = 0;
     for (const [i, ms] of moments(20, span, 7).entries()) {
-      await killAfter(env, ms, "prune", "--grace", "0");
+      if (await killAfter(env, ms, "prune", "--grace", "0")) killed++;
       const c = strata(env, "check", "--read-data", "--json");
       expect(c.code, `check after prune kill #${i} at ${ms} ms: ${c.stdout}`).toBe(0);
     }
+    expect(killed).toBeGreaterThanOrEqual(10);
     ok(env, "prune", "--grace", "0");
+    // Forgotten generations are gone: prune freed space despite the kills.
+    expect(duBytes(path.join(env.repo, "packs"))).toBeLessThan(before * 0.8);
     const dst = path.join(tmp(), "r");
     ok(env, "restore", `latest:${src}`, "--target", dst);
     expect(rsyncItemize(src, dst)).toBe("");

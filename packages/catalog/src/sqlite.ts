@@ -289,7 +289,7 @@ export class SqliteCatalog implements RepoCatalog {
          ON CONFLICT (name, holder) DO UPDATE SET
            mode = excluded.mode, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at`,
       ),
-      renewLease: p("UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?"),
+      renewLease: p("UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND expires_at > ?"),
       releaseLease: p("DELETE FROM leases WHERE name = ? AND holder = ?"),
       listLeases: p(
         "SELECT name, holder, mode, acquired_at, expires_at FROM leases WHERE expires_at > ? ORDER BY name, holder",
@@ -496,8 +496,8 @@ export class SqliteCatalog implements RepoCatalog {
   }
 
   /** True when the holder's row still exists (not released, and not replaced after expiring). */
-  async renewLease(name: string, holder: string, expiresAt: Date): Promise<boolean> {
-    return this.s.renewLease!.run(expiresAt.getTime(), name, holder).changes > 0;
+  async renewLease(name: string, holder: string, expiresAt: Date, now: Date): Promise<boolean> {
+    return this.s.renewLease!.run(expiresAt.getTime(), name, holder, now.getTime()).changes > 0;
   }
 
   async releaseLease(name: string, holder: string): Promise<void> {

@@ -42,7 +42,7 @@ export function validateChunkerParams(p: ChunkerParams): string[] {
   if (!(p.maxSize > p.avgSize && p.maxSize <= 64 * 1024 * 1024)) errors.push("maxSize must be > avgSize and <= 64 MiB");
   if (!(Number.isInteger(p.normalization) && p.normalization >= 0 && p.normalization <= 4))
     errors.push("normalization must be 0..4");
-  if (!/^[0-9a-f]*$/.test(p.gearSeed)) errors.push("gearSeed must be hex");
+  if (!/^([0-9a-f]{2})+$/.test(p.gearSeed)) errors.push("gearSeed must be non-empty hex");
   return errors;
 }
 

@@ -1,10 +1,11 @@
-import { randomBytes } from "node:crypto";
 import { type BigIntStats, lstatSync, readdirSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import * as nodePath from "node:path";
 import {
+  type BlobId,
   type FsNode,
   GlobSet,
+  chunkIdsOf,
   Reader,
   type SnapshotId,
   StrataError,
@@ -16,7 +17,7 @@ import {
 import { readNode } from "@strata/fs";
 import type { FileCache, SnapshotRecord, SnapshotStats } from "./catalog.js";
 import { ChunkPool } from "./chunk-pool.js";
-import { type Lease, holdLease } from "./lease.js";
+import { type Lease, holdLease, leaseHolder } from "./lease.js";
 import { type Repository, displayName } from "./repository.js";
 
 export interface BackupProgress {
@@ -140,7 +141,7 @@ export class Backup {
         throw new StrataError("NOT_FOUND", `cannot back up ${p}: ${(e as Error).message}`, { subject: p });
       }
     }
-    const lease: Lease = await holdLease(this.repo.catalog, "repo", `backup-${randomBytes(6).toString("hex")}`, "shared");
+    const lease: Lease = await holdLease(this.repo.catalog, "repo", leaseHolder("backup"), "shared");
     const startWritten = this.repo.written.storedBytes;
     this.pool = new ChunkPool(this.repo, this.opts.threads);
     const cache = this.opts.fileCache ?? null;
@@ -250,7 +251,7 @@ export class Backup {
     }
     names.sort(Buffer.compare);
     const cache = this.opts.fileCache;
-    const cached = cache ? decodeCacheDirOrNull(cache.getDir(abs)?.data) : null;
+    const cached = cache ? await this.validCacheEntries(decodeCacheDirOrNull(cache.getDir(abs)?.data)) : null;
     const nodes: Promise<FsNode | null>[] = [];
     const cacheOut: { node: FsNode; sig: Sig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);
@@ -279,6 +280,31 @@ export class Backup {
       if (++n % 256 === 0) await new Promise((r) => setImmediate(r));
     }
     return this.finishDir(nodes, cache ? abs : null, cacheOut);
+  }
+
+  /**
+   * Drop cached entries whose chunks are not stored (and live) any more: the
+   * cache may have been written by a backup killed before its packs were
+   * indexed, or prune may have removed or doomed the data since. One
+   * catalog query per directory.
+   */
+  private async validCacheEntries(
+    cached: Map<string, { node: FsNode; sig: Sig }> | null,
+  ): Promise<Map<string, { node: FsNode; sig: Sig }> | null> {
+    if (!cached || cached.size === 0) return cached;
+    const ids: BlobId[] = [];
+    for (const { node } of cached.values()) for (const c of chunkIdsOf(node)) ids.push(c);
+    if (ids.length === 0) return cached;
+    const present = await this.repo.hasBlobs([...new Set(ids)]);
+    for (const [k, { node }] of cached) {
+      for (const c of chunkIdsOf(node)) {
+        if (!present.has(c)) {
+          cached.delete(k);
+          break;
+        }
+      }
+    }
+    return cached;
   }
 
   private async entry(

@@ -137,7 +137,11 @@ export interface RepoCatalog {
    * others. Expired leases are ignored and replaced. Returns false when held.
    */
   acquireLease(l: LeaseRecord, now: Date): Promise<boolean>;
-  renewLease(name: string, holder: string, expiresAt: Date): Promise<boolean>;
+  /**
+   * Extend a lease that is still live at `now`. An expired lease cannot be
+   * renewed (someone else may have acted on its expiry): returns false.
+   */
+  renewLease(name: string, holder: string, expiresAt: Date, now: Date): Promise<boolean>;
   releaseLease(name: string, holder: string): Promise<void>;
   listLeases(now: Date): Promise<LeaseRecord[]>;
 

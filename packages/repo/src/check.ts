@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { type BlobId, type FsNode, type PackId, type TreeId, chunkIdsOf } from "@strata/core";
 import { type IndexEntry, MAX_BATCH } from "./catalog.js";
-import { holdLease } from "./lease.js";
+import { holdLease, leaseHolder } from "./lease.js";
 import { packIdFromName, packName, parsePackHeader } from "./pack.js";
 import { type Repository, displayName } from "./repository.js";
 
@@ -46,7 +46,7 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     damagedBlobs: [],
     affected: [],
   };
-  const lease = await holdLease(repo.catalog, "marks", `check-${process.pid}`, "exclusive");
+  const lease = await holdLease(repo.catalog, "marks", leaseHolder("check"), "exclusive");
   try {
     const badBlobs = new Map<BlobId, string>();
     const badPack = (pack: PackId, problem: string) => {
@@ -72,6 +72,10 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       opts.onProgress?.({ phase: "packs", done: done++, total: packs.length });
       const st = await repo.store.stat(packName(p.id));
       const entries = await repo.catalog.packEntries(p.id);
+      if (!st && p.state === "doomed") {
+        r.warnings.push(`pack ${p.id} was deleted by an interrupted prune; the next prune forgets it`);
+        continue;
+      }
       if (!st) {
         badPack(p.id, "missing from the store");
         for (const e of entries) badBlob(e.id, p.id, "its pack is missing");
@@ -186,6 +190,12 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       }
     }
     await repo.catalog.endMark();
+    for await (const obj of repo.store.list("snapshots/")) {
+      const id = obj.name.slice("snapshots/".length);
+      if (!(await repo.catalog.getSnapshot(id as never))) {
+        r.warnings.push(`snapshot object ${id} is not in the catalog (an interrupted forget; the next prune removes it)`);
+      }
+    }
     r.ok = r.errors.length === 0 && r.affected.length === 0;
     return r;
   } finally {

@@ -150,7 +150,9 @@ export function parsePackHeader(
       const out: IndexEntry[] = [];
       let off = 0;
       for (let i = 0; i < n; i++) {
-        const type: BlobType = r.u8() === 1 ? "tree" : "chunk";
+        const tb = r.u8();
+        if (tb > 1) throw new ReadError(`${where}: unknown blob type ${tb}`);
+        const type: BlobType = tb === 1 ? "tree" : "chunk";
         const compressed = (r.u8() & 1) === 1;
         const id = bytesToId<BlobId>(r.bytes(32));
         const length = r.u32();
@@ -158,6 +160,7 @@ export function parsePackHeader(
         out.push({ id, type, packId, offset: off, length, rawLength, compressed });
         off += length;
       }
+      if (r.remaining !== 0) throw new ReadError(`${where}: ${r.remaining} trailing header bytes`);
       if (off !== headerStart) throw new ReadError(`${where}: header does not cover the pack (${off} != ${headerStart})`);
       return out;
     } catch (e) {

@@ -1,6 +1,6 @@
 import type { PackId } from "@strata/core";
 import type { LeaseRecord, PackRecord } from "./catalog.js";
-import { holdLease } from "./lease.js";
+import { type Lease, holdLease, leaseHolder } from "./lease.js";
 import { markReachable } from "./marking.js";
 import { PackBuilder, packName } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -57,7 +57,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     packsRevived: 0,
     packsWaiting: 0,
   };
-  const lease = await holdLease(repo.catalog, "marks", `prune-${process.pid}`, "exclusive");
+  const lease = await holdLease(repo.catalog, "marks", leaseHolder("prune"), "exclusive");
   try {
     opts.onProgress?.("adopting unindexed packs");
     report.orphansAdopted = (await repo.adoptOrphanPacks()).length;
@@ -80,25 +80,29 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
       }
     }
     opts.onProgress?.(`repacking ${repack.length} packs`);
-    let builder = new PackBuilder();
-    const writeBuilder = async () => {
+    // Chunks and trees keep to separate packs, as in backup.
+    const builders = { chunk: new PackBuilder(), tree: new PackBuilder() };
+    const writeBuilder = async (type: "chunk" | "tree") => {
+      const builder = builders[type];
       if (builder.count === 0) return;
       const p = builder.finish(repo.key);
       await repo.store.put(packName(p.id), p.parts);
       const rec: PackRecord = { id: p.id, size: p.size, blobCount: p.entries.length, createdAt: now(), state: "active", doomedAt: null };
       await repo.catalog.moveBlobs(rec, p.entries);
-      builder = new PackBuilder();
+      builders[type] = new PackBuilder();
     };
     for (const id of repack) {
       const used = await repo.catalog.packEntriesMarked(id, true);
       for (const e of used) {
         const stored = await repo.store.getRange(packName(id), e.offset, e.length);
         repo.codec.decode(e, stored); // never copy damaged data
-        builder.add({ id: e.id, type: e.type, data: stored, rawLength: e.rawLength, compressed: e.compressed });
-        if (builder.bytes >= repo.config.pack.targetSize) await writeBuilder();
+        builders[e.type].add({ id: e.id, type: e.type, data: stored, rawLength: e.rawLength, compressed: e.compressed });
+        if (builders[e.type].bytes >= repo.config.pack.targetSize) await writeBuilder(e.type);
       }
+      lease.check();
     }
-    await writeBuilder();
+    await writeBuilder("chunk");
+    await writeBuilder("tree");
     for (const id of repack) {
       const pack = await repo.catalog.getPack(id);
       if (pack) report.bytesDoomed += pack.size;
@@ -111,14 +115,16 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
 
     // Phase 2: sweep packs doomed earlier.
     opts.onProgress?.("deleting packs whose grace period is over");
-    await sweep(repo, opts.graceMs, now, report);
+    lease.check();
+    await sweep(repo, opts.graceMs, now, report, lease);
+    await removeStaleSnapshotObjects(repo);
     return report;
   } finally {
     await lease.release();
   }
 }
 
-async function sweep(repo: Repository, graceMs: number, now: () => Date, report: PruneReport): Promise<void> {
+async function sweep(repo: Repository, graceMs: number, now: () => Date, report: PruneReport, lease: Lease): Promise<void> {
   const markStart = now();
   const leasesAtStart = await repo.catalog.listLeases(markStart);
   const doomed: PackRecord[] = [];
@@ -145,12 +151,28 @@ async function sweep(repo: Repository, graceMs: number, now: () => Date, report:
       revive.push(p.id);
       continue;
     }
-    await repo.catalog.removePacks([p.id]);
+    // File first, rows second: a backup starting in between must not adopt
+    // the file as a live pack. A crash in between leaves rows of a doomed,
+    // unreferenced pack whose file is gone; check ignores those and the
+    // next sweep removes them.
+    lease.check();
     await repo.store.delete(packName(p.id));
+    await repo.catalog.removePacks([p.id]);
     report.packsDeleted++;
     report.bytesDeleted += p.size;
   }
   if (revive.length) await repo.catalog.revivePacks(revive);
   report.packsRevived = revive.length;
   await repo.catalog.endMark();
+}
+
+/**
+ * Snapshot objects without a catalog row were left by a `forget` that was
+ * interrupted between removing the row and the object: finish the job.
+ */
+async function removeStaleSnapshotObjects(repo: Repository): Promise<void> {
+  for await (const obj of repo.store.list("snapshots/")) {
+    const id = obj.name.slice("snapshots/".length);
+    if (/^[0-9a-f]{64}$/.test(id) && !(await repo.catalog.getSnapshot(id as never))) await repo.store.delete(obj.name);
+  }
 }

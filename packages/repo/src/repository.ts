@@ -102,7 +102,9 @@ export class Repository {
       id: randomBytes(16).toString("hex"),
       created: new Date().toISOString(),
       hash: "sha256",
-      chunker: { ...DEFAULT_CHUNKER_PARAMS, ...opts.chunker },
+      // A random gear seed per repository: cut points of known content can't
+      // be predicted from outside (fingerprinting). Dedup is per repository.
+      chunker: { ...DEFAULT_CHUNKER_PARAMS, gearSeed: randomBytes(16).toString("hex"), ...opts.chunker },
       compression: { algorithm: "zstd", level: opts.compressionLevel ?? 3 },
       pack: { targetSize: opts.packTargetSize ?? 16 * 1024 * 1024 },
     };
@@ -180,14 +182,17 @@ export class Repository {
   private catalogIsNew = false;
 
   /**
-   * Bring the catalog up to date with the store: snapshots present as
-   * objects but not in the catalog are added; when the catalog is new, every
-   * pack is indexed from its header. Returns what was added.
+   * Rebuild a new (empty or lost) catalog from the store: every pack is
+   * indexed from its header and every snapshot object is added. Returns
+   * what was added.
    */
   async syncCatalog(): Promise<{ packs: number; snapshots: number }> {
     let packs = 0;
-    if (this.catalogIsNew) packs = (await this.adoptOrphanPacks()).length;
     let snapshots = 0;
+    // Only a new catalog is filled from the store: a snapshot object without
+    // a row in an existing catalog is the leftover of an interrupted forget.
+    if (!this.catalogIsNew) return { packs, snapshots };
+    packs = (await this.adoptOrphanPacks()).length;
     for await (const obj of this.store.list("snapshots/")) {
       const id = obj.name.slice("snapshots/".length) as SnapshotId;
       if (!/^[0-9a-f]{64}$/.test(id) || (await this.catalog.getSnapshot(id))) continue;
@@ -385,6 +390,9 @@ export class Repository {
     const sealed = await this.store.get(`snapshots/${id}`);
     const plain = openSealed(this.key, sealed);
     if (!plain) throw new StrataError("DATA_CORRUPT", `snapshot ${id} fails authentication`, { subject: id });
+    if (createHash("sha256").update(plain).digest("hex") !== id) {
+      throw new StrataError("DATA_CORRUPT", `snapshot ${id} does not match its id`, { subject: id });
+    }
     return { ...snapshotFromJson(JSON.parse(plain.toString("utf8"))), id };
   }
 

@@ -3,6 +3,7 @@ import * as nodePath from "node:path";
 import { type BlobId, type FsNode, StrataError, type TreeId, isStrataError } from "@strata/core";
 import { applyMetadata, createSpecial, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
+import { holdLease, leaseHolder } from "./lease.js";
 import { type Repository, displayName } from "./repository.js";
 
 export interface RestoreOptions {
@@ -56,6 +57,16 @@ export class Restorer {
   }
 
   async run(snapshot: SnapshotRecord): Promise<RestoreResult> {
+    // Shared with backups: prune will not delete packs this restore may read.
+    const lease = await holdLease(this.repo.catalog, "repo", leaseHolder("restore"), "shared");
+    try {
+      return await this.runLeased(snapshot);
+    } finally {
+      await lease.release();
+    }
+  }
+
+  private async runLeased(snapshot: SnapshotRecord): Promise<RestoreResult> {
     const target = Buffer.from(nodePath.resolve(this.opts.target));
     await ensureRealDir(target, this.opts.target);
     let tree: TreeId = snapshot.tree;

@@ -84,14 +84,12 @@ export function registerRepoCommands(program: Command): void {
   const init = repoCmd
     .command("init")
     .description("create a new encrypted repository in --repo DIR")
-    .option("--chunk-avg <bytes>", "average chunk size (power of two)", int)
+    .option("--chunk-avg <bytes>", "average chunk size, a power of two (default 65536); fixed for the repository's life", int)
     .action(async () => {
       const o = init.optsWithGlobals() as Opts;
       const avg = o.chunkAvg as number | undefined;
-      const repo = await initRepo(o);
-      if (avg) {
-        // Not used yet at init: chunker params are fixed at creation.
-      }
+      // min = avg/4 and max = avg*8, the ratios of the defaults.
+      const repo = await initRepo(o, avg ? { chunker: { minSize: avg / 4, avgSize: avg, maxSize: avg * 8 } } : {});
       try {
         const out = { id: repo.config.id, location: repoDir(o), chunker: repo.config.chunker };
         if (o.json) printJson(out);
