@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { StrataError } from "@strata/core";
 
 /**
  * The N-API addon (native/strata_fs.c), built by this package's `install`
@@ -25,8 +26,26 @@ export interface NativeFs {
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.
-const require = createRequire(import.meta.url);
-export const native: NativeFs = require("../native/build/Release/strata_fs.node") as NativeFs;
+const ADDON = "../native/build/Release/strata_fs.node";
+
+function load(): NativeFs {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(ADDON) as NativeFs;
+  } catch (e) {
+    throw new StrataError(
+      "INTERNAL",
+      `cannot load the @strata/fs native addon (${ADDON}): ${(e as Error).message}`,
+      {
+        subject: ADDON,
+        cause: e,
+        hint: "it is built by `npm ci`; if scripts were skipped, run `npm run build:native -w @strata/fs` (needs a C compiler, make, python3)",
+      },
+    );
+  }
+}
+
+export const native: NativeFs = load();
 
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
