@@ -16,6 +16,8 @@ import { repoRoot } from "./repo-root.js";
 
 const SUITE = "bookworm";
 const NAME = `debian-${SUITE}-minbase`;
+/** A minbase debootstrap takes about a minute on a good link. */
+const BUILD_TIMEOUT_MS = 20 * 60_000;
 
 /** Where the cached root lives (whether or not it has been built yet). */
 export function debianRootPath(): string {
@@ -78,10 +80,14 @@ async function debootstrap(tmp: string, logFile: string): Promise<void> {
       const child = spawn("debootstrap", ["--variant=minbase", SUITE, tmp, mirror], {
         stdio: ["ignore", log.fd, log.fd],
       });
+      // A stalled mirror must not hang the test run forever.
+      const timer = setTimeout(() => child.kill("SIGTERM"), BUILD_TIMEOUT_MS);
       child.on("error", reject);
-      child.on("exit", (code, signal) =>
-        code === 0 ? resolve() : reject(new Error(`debootstrap exited with ${signal ?? code}`)),
-      );
+      child.on("exit", (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve();
+        else reject(new Error(`debootstrap exited with ${signal ?? code}`));
+      });
     });
   } finally {
     await log.close();
