@@ -450,20 +450,27 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         expect(await c.listLeases(at(1000))).toEqual([]); // expiresAt <= now is expired
         expect(await c.acquireLease(lease("repo", "b", "shared", 1000, 1000), at(1000))).toBe(true);
         // The crashed holder cannot heartbeat its way back once replaced.
-        expect(await c.renewLease("repo", "crashed", at(99_000))).toBe(false);
+        expect(await c.renewLease("repo", "crashed", at(99_000), at(1500))).toBe(false);
         expect((await c.listLeases(at(1500))).map((l) => l.holder)).toEqual(["b"]);
+      });
+
+      it("an expired lease cannot be renewed, even if nobody replaced it", async () => {
+        const c = await fresh();
+        expect(await c.acquireLease(lease("repo", "slow", "shared", 0, 1000), at(0))).toBe(true);
+        expect(await c.renewLease("repo", "slow", at(5000), at(1000))).toBe(false);
+        expect(await c.renewLease("repo", "slow", at(5000), at(999))).toBe(true);
       });
 
       it("renewal extends a held lease; release ends it", async () => {
         const c = await fresh();
         expect(await c.acquireLease(lease("repo", "a", "exclusive", 0, 1000), at(0))).toBe(true);
-        expect(await c.renewLease("repo", "a", at(5000))).toBe(true);
+        expect(await c.renewLease("repo", "a", at(5000), at(500))).toBe(true);
         expect(await c.acquireLease(lease("repo", "b", "shared", 2000, 1000), at(2000))).toBe(false);
         expect((await c.listLeases(at(4999)))[0]?.expiresAt).toEqual(at(5000));
-        expect(await c.renewLease("repo", "nobody", at(9000))).toBe(false);
+        expect(await c.renewLease("repo", "nobody", at(9000), at(600))).toBe(false);
         await c.releaseLease("repo", "a");
         await c.releaseLease("repo", "a"); // idempotent
-        expect(await c.renewLease("repo", "a", at(9000))).toBe(false);
+        expect(await c.renewLease("repo", "a", at(9000), at(700))).toBe(false);
         expect(await c.listLeases(at(0))).toEqual([]);
         expect(await c.acquireLease(lease("repo", "b", "shared", 2000, 1000), at(2000))).toBe(true);
       });
