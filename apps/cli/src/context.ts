@@ -1,8 +1,8 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import * as path from "node:path";
-import { StrataError } from "@strata/core";
 import { openSqliteCatalog, openSqliteFileCache } from "@strata/catalog";
+import { StrataError } from "@strata/core";
 import { DirBlobStore, type FileCache, type InitOptions, Repository } from "@strata/repo";
 
 /**
@@ -47,7 +47,10 @@ export function readPassword(g: GlobalOptions): Buffer {
       while (end > 0 && (raw[end - 1] === 0x0a || raw[end - 1] === 0x0d)) end--;
       return raw.subarray(0, end);
     } catch (e) {
-      throw new StrataError("INVALID_ARGUMENT", `cannot read password file ${g.passwordFile}: ${(e as Error).message}`);
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `cannot read password file ${g.passwordFile}: ${(e as Error).message}`,
+      );
     }
   }
   const env = process.env.STRATA_PASSWORD;
@@ -107,7 +110,9 @@ export async function closeRepo(repo: Repository): Promise<void> {
 
 /** The local file cache of this client for this repository. */
 export function openFileCache(repo: Repository): FileCache {
-  const base = process.env.STRATA_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), ".cache"), "strata");
+  const base =
+    process.env.STRATA_CACHE_DIR ??
+    path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), ".cache"), "strata");
   const dir = path.join(base, repo.config.id);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   return openSqliteFileCache(path.join(dir, "files.db"));

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-import { Command, Option } from "commander";
 import { isStrataError } from "@strata/core";
+import { Command, Option } from "commander";
 import { registerRepoCommands } from "./commands/repo.js";
 import { reportError } from "./output.js";
 
@@ -27,7 +27,8 @@ export async function main(argv = process.argv): Promise<number> {
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === "commander.helpDisplayed" || code === "commander.version" || code === "commander.help") return 0;
+    if (code === "commander.helpDisplayed" || code === "commander.version" || code === "commander.help")
+      return 0;
     if (typeof code === "string" && code.startsWith("commander.")) return 2;
     reportError(e, program.opts().json === true || process.argv.includes("--json"));
     return isStrataError(e) ? 1 : 1;

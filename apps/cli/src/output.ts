@@ -1,11 +1,15 @@
-import { StrataError, fromSystemError } from "@strata/core";
+import { fromSystemError, StrataError } from "@strata/core";
 
 /** Give system and SQLite errors a code and a hint the user can act on. */
 export function toStrataError(e: unknown): StrataError {
   if (e instanceof StrataError) return e;
   const code = (e as { code?: string })?.code;
   if (code === "SQLITE_FULL") {
-    return fromSystemError(Object.assign(new Error("disk full"), { code: "ENOSPC" }), "writing", "the catalog (catalog.db)");
+    return fromSystemError(
+      Object.assign(new Error("disk full"), { code: "ENOSPC" }),
+      "writing",
+      "the catalog (catalog.db)",
+    );
   }
   if (code && /^E[A-Z]+$/.test(code)) {
     const path = (e as { path?: string }).path;
@@ -60,5 +64,6 @@ export function reportError(e: unknown, json: boolean): void {
     process.stderr.write(`strata: error: ${se.message}\n`);
     if (se.hint) process.stderr.write(`  hint: ${se.hint}\n`);
   }
-  if (!(e instanceof StrataError) && process.env.STRATA_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);
+  if (!(e instanceof StrataError) && process.env.STRATA_DEBUG)
+    process.stderr.write(`${(e as Error)?.stack}\n`);
 }

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { cleanup, duBytes, isRoot, newEnv, ok, sh, strata, tmp } from "./helpers.js";
@@ -97,10 +97,21 @@ describe("bad input gives a clear message and no damage", () => {
     }
     const run = (...args: string[]) => {
       const cmd = [process.execPath, path.resolve("bin/strata.js"), ...args];
-      const r = spawnSync(isRoot ? "setpriv" : cmd[0]!, isRoot ? ["--reuid=nobody", "--regid=nogroup", "--clear-groups", ...cmd] : cmd.slice(1), {
-        encoding: "utf8",
-        env: { ...process.env, STRATA_REPO: env.repo, STRATA_PASSWORD: env.password, STRATA_CACHE_DIR: env.cache, STRATA_SCRYPT_LOG_N: "12", HOME: "/nonexistent" },
-      });
+      const r = spawnSync(
+        isRoot ? "setpriv" : cmd[0]!,
+        isRoot ? ["--reuid=nobody", "--regid=nogroup", "--clear-groups", ...cmd] : cmd.slice(1),
+        {
+          encoding: "utf8",
+          env: {
+            ...process.env,
+            STRATA_REPO: env.repo,
+            STRATA_PASSWORD: env.password,
+            STRATA_CACHE_DIR: env.cache,
+            STRATA_SCRYPT_LOG_N: "12",
+            HOME: "/nonexistent",
+          },
+        },
+      );
       return { code: r.status, stdout: r.stdout, stderr: r.stderr };
     };
     expect(run("repo", "init", ...extraArgs).code).toBe(0);
@@ -123,7 +134,10 @@ describe("bad input gives a clear message and no damage", () => {
     const env = newEnv();
     ok(env, "repo", "init");
     // A writer appending continuously while the backup runs.
-    const writer = spawn("bash", ["-c", `while true; do head -c 65536 /dev/zero >> ${JSON.stringify(growing)}; done`]);
+    const writer = spawn("bash", [
+      "-c",
+      `while true; do head -c 65536 /dev/zero >> ${JSON.stringify(growing)}; done`,
+    ]);
     try {
       const r = strata(env, "backup", src, "--json");
       const out = JSON.parse(r.stdout);
@@ -143,39 +157,54 @@ describe("bad input gives a clear message and no damage", () => {
     expect(strata(env, "check", "--read-data").code).toBe(0);
   });
 
-  it.skipIf(!isRoot)("a full disk on the repository: clear message, check passes, the next backup completes", () => {
-    const base = tmp();
-    const mnt = path.join(base, "small");
-    mkdirSync(mnt);
-    sh(`mount -t tmpfs -o size=12m tmpfs ${JSON.stringify(mnt)}`);
-    try {
-      const env = { ...newEnv(), repo: path.join(mnt, "repo") };
-      ok(env, "repo", "init");
-      const src = path.join(base, "src");
-      mkdirSync(src);
-      sh(`head -c 40000000 /dev/urandom > ${JSON.stringify(path.join(src, "big"))}`);
-      writeFileSync(path.join(src, "small"), "small");
-      const r = strata(env, "backup", src);
-      expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(/no space left while writing/);
-      expect(r.stderr).toMatch(/hint: free space/);
-      expect(strata(env, "check", "--read-data").code).toBe(0);
-      // Make room (a bigger disk) and try again.
-      sh(`mount -o remount,size=80m ${JSON.stringify(mnt)}`);
-      const again = ok(env, "backup", src, "--json");
-      expect(again.errors).toEqual([]);
-      expect(strata(env, "check", "--read-data").code).toBe(0);
-      expect(duBytes(env.repo)).toBeGreaterThan(39_000_000);
-    } finally {
-      sh(`umount ${JSON.stringify(mnt)}`);
-    }
-  });
+  it.skipIf(!isRoot)(
+    "a full disk on the repository: clear message, check passes, the next backup completes",
+    () => {
+      const base = tmp();
+      const mnt = path.join(base, "small");
+      mkdirSync(mnt);
+      sh(`mount -t tmpfs -o size=12m tmpfs ${JSON.stringify(mnt)}`);
+      try {
+        const env = { ...newEnv(), repo: path.join(mnt, "repo") };
+        ok(env, "repo", "init");
+        const src = path.join(base, "src");
+        mkdirSync(src);
+        sh(`head -c 40000000 /dev/urandom > ${JSON.stringify(path.join(src, "big"))}`);
+        writeFileSync(path.join(src, "small"), "small");
+        const r = strata(env, "backup", src);
+        expect(r.code).toBe(1);
+        expect(r.stderr).toMatch(/no space left while writing/);
+        expect(r.stderr).toMatch(/hint: free space/);
+        expect(strata(env, "check", "--read-data").code).toBe(0);
+        // Make room (a bigger disk) and try again.
+        sh(`mount -o remount,size=80m ${JSON.stringify(mnt)}`);
+        const again = ok(env, "backup", src, "--json");
+        expect(again.errors).toEqual([]);
+        expect(strata(env, "check", "--read-data").code).toBe(0);
+        expect(duBytes(env.repo)).toBeGreaterThan(39_000_000);
+      } finally {
+        sh(`umount ${JSON.stringify(mnt)}`);
+      }
+    },
+  );
 });
 
 describe("--help everywhere", () => {
   it("every command has --help", () => {
     const env = newEnv();
-    for (const cmd of [[], ["repo", "init"], ["backup"], ["snapshots"], ["ls"], ["diff"], ["restore"], ["check"], ["forget"], ["prune"], ["stats"]]) {
+    for (const cmd of [
+      [],
+      ["repo", "init"],
+      ["backup"],
+      ["snapshots"],
+      ["ls"],
+      ["diff"],
+      ["restore"],
+      ["check"],
+      ["forget"],
+      ["prune"],
+      ["stats"],
+    ]) {
       const r = strata(env, ...cmd, "--help");
       expect(r.code, cmd.join(" ")).toBe(0);
       expect(r.stdout).toMatch(/Usage: strata/);

@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync, rmSync, truncateSync, writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeEach, describe, expect, it } from "vitest";
 import { cleanup, newEnv, ok, sh, strata, tmp } from "./helpers.js";
@@ -31,8 +31,11 @@ function setup() {
 
 function listPacks(repo: string): string[] {
   const out: string[] = [];
-  for (const d of readdirSync(path.join(repo, "packs"))) for (const f of readdirSync(path.join(repo, "packs", d))) out.push(path.join(repo, "packs", d, f));
-  return out.sort((x, y) => Number(sh(`stat -c %Y%N ${x} >/dev/null; stat -c %W ${x}`)) - Number(sh(`stat -c %W ${y}`)));
+  for (const d of readdirSync(path.join(repo, "packs")))
+    for (const f of readdirSync(path.join(repo, "packs", d))) out.push(path.join(repo, "packs", d, f));
+  return out.sort(
+    (x, y) => Number(sh(`stat -c %Y%N ${x} >/dev/null; stat -c %W ${x}`)) - Number(sh(`stat -c %W ${y}`)),
+  );
 }
 
 /** The pack holding alpha's file: the one whose damage is traced to a1.bin. */

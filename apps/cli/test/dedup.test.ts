@@ -1,8 +1,8 @@
 import { createHash } from "node:crypto";
 import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
 import { debianRoot, debianRootSkipReason } from "@strata/testkit";
+import { afterAll, describe, expect, it } from "vitest";
 import { cleanup, duBytes, isRoot, newEnv, ok, sh, tmp } from "./helpers.js";
 
 afterAll(cleanup);

@@ -49,14 +49,20 @@ export interface Run {
 }
 
 export function strata(e: Env, ...args: string[]): Run {
-  const r = spawnSync(process.execPath, [BIN, ...args], { env: envOf(e), encoding: "utf8", maxBuffer: 256 * 1024 * 1024 });
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    env: envOf(e),
+    encoding: "utf8",
+    maxBuffer: 256 * 1024 * 1024,
+  });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** Run and require exit 0, returning stdout (parsed when --json is given). */
+// biome-ignore lint/suspicious/noExplicitAny: parsed --json output is checked by each test
 export function ok(e: Env, ...args: string[]): any {
   const r = strata(e, ...args);
-  if (r.code !== 0) throw new Error(`strata ${args.join(" ")} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  if (r.code !== 0)
+    throw new Error(`strata ${args.join(" ")} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
   return args.includes("--json") ? JSON.parse(r.stdout) : r.stdout;
 }
 

@@ -556,12 +556,10 @@ export class PostgresCatalog implements RepoCatalog {
 
   /** True when the holder's row still exists (not released, and not replaced after expiring). */
   async renewLease(name: string, holder: string, expiresAt: Date, now: Date): Promise<boolean> {
-    const r = await this.q("UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND expires_at > $4", [
-      expiresAt,
-      name,
-      holder,
-      now,
-    ]);
+    const r = await this.q(
+      "UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3 AND expires_at > $4",
+      [expiresAt, name, holder, now],
+    );
     return (r.rowCount ?? 0) > 0;
   }
 

@@ -39,7 +39,8 @@ export function validateChunkerParams(p: ChunkerParams): string[] {
   const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
   if (!pow2(p.avgSize)) errors.push("avgSize must be a power of two");
   if (!(p.minSize >= 64 && p.minSize < p.avgSize)) errors.push("minSize must be >= 64 and < avgSize");
-  if (!(p.maxSize > p.avgSize && p.maxSize <= 64 * 1024 * 1024)) errors.push("maxSize must be > avgSize and <= 64 MiB");
+  if (!(p.maxSize > p.avgSize && p.maxSize <= 64 * 1024 * 1024))
+    errors.push("maxSize must be > avgSize and <= 64 MiB");
   if (!(Number.isInteger(p.normalization) && p.normalization >= 0 && p.normalization <= 4))
     errors.push("normalization must be 0..4");
   if (!/^([0-9a-f]{2})+$/.test(p.gearSeed)) errors.push("gearSeed must be non-empty hex");
@@ -51,7 +52,10 @@ export function gearTable(seedHex: string): Int32Array {
   const table = new Int32Array(256);
   const seed = Buffer.from(seedHex, "hex");
   for (let i = 0; i < 256; i += 8) {
-    const h = createHash("sha256").update(seed).update(Buffer.from([i])).digest();
+    const h = createHash("sha256")
+      .update(seed)
+      .update(Buffer.from([i]))
+      .digest();
     for (let j = 0; j < 8; j++) table[i + j] = h.readInt32LE(j * 4);
   }
   return table;

@@ -45,7 +45,10 @@ export function isEmptyPolicy(p: RetentionPolicy): boolean {
   return !Object.values(p).some((v) => typeof v === "number" && v > 0);
 }
 
-export function applyRetention<T extends Dated>(items: readonly T[], policy: RetentionPolicy): RetentionDecision<T> {
+export function applyRetention<T extends Dated>(
+  items: readonly T[],
+  policy: RetentionPolicy,
+): RetentionDecision<T> {
   const sorted = [...items].sort((a, b) => b.time.getTime() - a.time.getTime() || (a.id < b.id ? 1 : -1));
   const reasons = new Map<T, string[]>();
   const add = (item: T, why: string) => {
@@ -53,7 +56,7 @@ export function applyRetention<T extends Dated>(items: readonly T[], policy: Ret
     r.push(why);
     reasons.set(item, r);
   };
-  sorted.slice(0, policy.last ?? 0).forEach((s) => add(s, "last"));
+  for (const s of sorted.slice(0, policy.last ?? 0)) add(s, "last");
   for (const b of BUCKETS) {
     let budget = policy[b.key] ?? 0;
     let lastBucket: string | null = null;

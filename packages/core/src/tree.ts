@@ -1,6 +1,6 @@
-import { Reader, ReadError, Writer } from "./codec.js";
+import { ReadError, Reader, Writer } from "./codec.js";
 import { StrataError } from "./errors.js";
-import { type ChunkId, type TreeId, bytesToId, idToBytes } from "./ids.js";
+import { bytesToId, type ChunkId, idToBytes, type TreeId } from "./ids.js";
 import type { ContentPiece, FsNode, NodeType } from "./node.js";
 
 /**
@@ -82,11 +82,20 @@ export function decodeTree(buf: Buffer, what = "tree"): FsNode[] {
     let prev: Buffer | null = null;
     for (let i = 0; i < count; i++) {
       const name = Buffer.from(r.bytes(r.u16()));
-      if (prev && Buffer.compare(prev, name) >= 0) throw new ReadError(`${what}: entries not strictly sorted`);
+      if (prev && Buffer.compare(prev, name) >= 0)
+        throw new ReadError(`${what}: entries not strictly sorted`);
       prev = name;
       const type = TYPES[r.u8()];
       if (!type) throw new ReadError(`${what}: unknown entry type`);
-      const node: FsNode = { name, type, mode: r.u32(), uid: r.u32(), gid: r.u32(), mtimeNs: r.i64(), size: 0 };
+      const node: FsNode = {
+        name,
+        type,
+        mode: r.u32(),
+        uid: r.u32(),
+        gid: r.u32(),
+        mtimeNs: r.i64(),
+        size: 0,
+      };
       switch (type) {
         case "file": {
           node.size = r.u64();

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { describe, expect, it } from "vitest";
 import { Chunker, DEFAULT_CHUNKER_PARAMS, validateChunkerParams } from "@strata/core";
+import { describe, expect, it } from "vitest";
 
 function chunkAll(data: Buffer, feed = data.length): number[] {
   const c = new Chunker();

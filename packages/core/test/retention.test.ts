@@ -1,7 +1,10 @@
-import { describe, expect, it } from "vitest";
 import { applyRetention } from "@strata/core";
+import { describe, expect, it } from "vitest";
 
-const snaps = Array.from({ length: 48 }, (_, i) => ({ id: `s${i}`, time: new Date(Date.UTC(2026, 0, 1 + Math.floor(i / 4), (i % 4) * 6)) }));
+const snaps = Array.from({ length: 48 }, (_, i) => ({
+  id: `s${i}`,
+  time: new Date(Date.UTC(2026, 0, 1 + Math.floor(i / 4), (i % 4) * 6)),
+}));
 
 describe("retention", () => {
   it("keeps last N", () => {

@@ -3,22 +3,22 @@ import { hostname as osHostname } from "node:os";
 import * as nodePath from "node:path";
 import {
   type BlobId,
+  chunkIdsOf,
+  decodeTree,
+  encodeTree,
   type FsNode,
   GlobSet,
-  chunkIdsOf,
   Reader,
   type SnapshotId,
   StrataError,
   type TreeId,
   Writer,
-  decodeTree,
-  encodeTree,
 } from "@strata/core";
 import { readNode } from "@strata/fs";
 import type { FileCache, SnapshotRecord, SnapshotStats } from "./catalog.js";
 import { ChunkPool } from "./chunk-pool.js";
-import { type Lease, holdLease, leaseHolder } from "./lease.js";
-import { type Repository, displayName } from "./repository.js";
+import { holdLease, type Lease, leaseHolder } from "./lease.js";
+import { displayName, type Repository } from "./repository.js";
 
 export interface BackupProgress {
   files: number;
@@ -69,7 +69,11 @@ const sigOf = (st: BigIntStats): Sig => ({
   ctimeNs: st.ctimeNs,
 });
 const sameSig = (a: Sig, b: Sig) =>
-  a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+  a.dev === b.dev &&
+  a.ino === b.ino &&
+  a.size === b.size &&
+  a.mtimeNs === b.mtimeNs &&
+  a.ctimeNs === b.ctimeNs;
 
 /** File-cache payload of one directory: its non-directory nodes with their signatures. */
 function encodeCacheDir(entries: { node: FsNode; sig: Sig }[]): Buffer {
@@ -87,7 +91,13 @@ function decodeCacheDir(buf: Buffer): Map<string, { node: FsNode; sig: Sig }> | 
     if (n !== nodes.length) return null;
     const out = new Map<string, { node: FsNode; sig: Sig }>();
     for (const node of nodes) {
-      const sig = { dev: BigInt(r.u64()), ino: BigInt(r.u64()), size: BigInt(r.u64()), mtimeNs: r.i64(), ctimeNs: r.i64() };
+      const sig = {
+        dev: BigInt(r.u64()),
+        ino: BigInt(r.u64()),
+        size: BigInt(r.u64()),
+        mtimeNs: r.i64(),
+        ctimeNs: r.i64(),
+      };
       out.set(node.name.toString("latin1"), { node, sig });
     }
     return out;
@@ -215,7 +225,10 @@ export class Backup {
       let s = top;
       for (const seg of p.split("/").filter(Boolean)) {
         let c = s.children.get(seg);
-        if (!c) s.children.set(seg, (c = { children: new Map(), full: false }));
+        if (!c) {
+          c = { children: new Map(), full: false };
+          s.children.set(seg, c);
+        }
         s = c;
       }
       s.full = true;
@@ -344,7 +357,10 @@ export class Backup {
       node = await readNode(abs, name, st);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      this.error(display, code === "ENOENT" ? "vanished during backup" : `cannot read metadata: ${(e as Error).message}`);
+      this.error(
+        display,
+        code === "ENOENT" ? "vanished during backup" : `cannot read metadata: ${(e as Error).message}`,
+      );
       return now(null);
     }
     if (node.type !== "file") {
@@ -400,7 +416,10 @@ export class Backup {
         }
         cur = await readNode(abs, node.name, curSt);
       } catch (e) {
-        this.error(display, (e as NodeJS.ErrnoException).code === "ENOENT" ? "vanished during backup" : (e as Error).message);
+        this.error(
+          display,
+          (e as NodeJS.ErrnoException).code === "ENOENT" ? "vanished during backup" : (e as Error).message,
+        );
         return null;
       }
     }
@@ -435,7 +454,8 @@ function decodeCacheDirOrNull(b: Buffer | undefined) {
 }
 
 export function normalizePaths(paths: string[]): string[] {
-  if (paths.length === 0) throw new StrataError("INVALID_ARGUMENT", "no paths to back up", { hint: "give at least one PATH" });
+  if (paths.length === 0)
+    throw new StrataError("INVALID_ARGUMENT", "no paths to back up", { hint: "give at least one PATH" });
   const abs = [...new Set(paths.map((p) => nodePath.resolve(p)))].sort();
   // Drop paths inside other paths: they are already covered.
   return abs.filter((p) => !abs.some((q) => q !== p && (q === "/" || p.startsWith(`${q}/`))));

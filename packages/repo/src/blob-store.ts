@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { constants as C, promises as fsp } from "node:fs";
 import * as path from "node:path";
-import { StrataError, fromSystemError } from "@strata/core";
+import { fromSystemError, StrataError } from "@strata/core";
 
 /**
  * Where repository files live: packs, snapshots, keys, config. The contract
@@ -106,7 +106,9 @@ export class DirBlobStore implements BlobStore {
   private readError(e: unknown, name: string): StrataError {
     const err = e as NodeJS.ErrnoException;
     if (err?.code === "ENOENT") {
-      return new StrataError("NOT_FOUND", `${name} is missing from the repository at ${this.root}`, { subject: name });
+      return new StrataError("NOT_FOUND", `${name} is missing from the repository at ${this.root}`, {
+        subject: name,
+      });
     }
     return fromSystemError(e, "reading", `${this.root}/${name}`);
   }
@@ -174,7 +176,8 @@ export class DirBlobStore implements BlobStore {
       try {
         dir = await fsp.opendir(path.join(this.root, rel));
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR") continue;
+        if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR")
+          continue;
         throw fromSystemError(e, "listing", path.join(this.root, rel));
       }
       for await (const ent of dir) {

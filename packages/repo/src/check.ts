@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
-import { type BlobId, type FsNode, type PackId, type TreeId, chunkIdsOf } from "@strata/core";
+import { type BlobId, chunkIdsOf, type FsNode, type PackId, type TreeId } from "@strata/core";
 import { type IndexEntry, MAX_BATCH } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { packIdFromName, packName, parsePackHeader } from "./pack.js";
-import { type Repository, displayName } from "./repository.js";
+import { displayName, type Repository } from "./repository.js";
 
 export interface CheckOptions {
   readData?: boolean;
@@ -83,7 +83,8 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       }
       if (st.size !== p.size) {
         badPack(p.id, `size is ${st.size} bytes, catalog says ${p.size} (truncated or replaced)`);
-        for (const e of entries) if (e.offset + e.length > st.size) badBlob(e.id, p.id, "beyond the end of its truncated pack");
+        for (const e of entries)
+          if (e.offset + e.length > st.size) badBlob(e.id, p.id, "beyond the end of its truncated pack");
       }
       const read = subset >= 1 || (subset > 0 && Math.random() < subset);
       if (!read || st.size !== p.size) {
@@ -106,7 +107,9 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
         badPack(id, "content does not match its id (damaged)");
       }
       try {
-        const header = await parsePackHeader(repo.key, id, data.length, async (o, l) => data.subarray(o, o + l));
+        const header = await parsePackHeader(repo.key, id, data.length, async (o, l) =>
+          data.subarray(o, o + l),
+        );
         const byId = new Map(header.map((h) => [h.id, h]));
         for (const e of entries) {
           const h = byId.get(e.id);
@@ -131,7 +134,10 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     for await (const obj of repo.store.list("packs/")) {
       const id = packIdFromName(obj.name);
       if (!id) r.warnings.push(`unexpected object ${obj.name}`);
-      else if (!known.has(id)) r.warnings.push(`pack ${id} is not indexed (left by an interrupted backup; the next backup or prune adopts it)`);
+      else if (!known.has(id))
+        r.warnings.push(
+          `pack ${id} is not indexed (left by an interrupted backup; the next backup or prune adopts it)`,
+        );
     }
 
     // 3. Snapshots and trees; trace damage to files.
@@ -160,7 +166,8 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       const unique = [...new Set(ids)];
       const present = new Map<BlobId, IndexEntry>();
       for (let i = 0; i < unique.length; i += MAX_BATCH) {
-        for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH))) present.set(k, v);
+        for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH)))
+          present.set(k, v);
       }
       for (const n of nodes) {
         const name = `/${displayName(n.name)}`;
@@ -193,7 +200,9 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     for await (const obj of repo.store.list("snapshots/")) {
       const id = obj.name.slice("snapshots/".length);
       if (!(await repo.catalog.getSnapshot(id as never))) {
-        r.warnings.push(`snapshot object ${id} is not in the catalog (an interrupted forget; the next prune removes it)`);
+        r.warnings.push(
+          `snapshot object ${id} is not in the catalog (an interrupted forget; the next prune removes it)`,
+        );
       }
     }
     r.ok = r.errors.length === 0 && r.affected.length === 0;

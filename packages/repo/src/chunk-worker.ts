@@ -60,10 +60,17 @@ if (parentPort) {
       waiters.delete(k);
       w?.(m.need);
     } else if (m.t === "file") {
-      processFile(m.job, Buffer.from(m.path.buffer, m.path.byteOffset, m.path.byteLength)).catch((e: unknown) => {
-        const err = e as NodeJS.ErrnoException;
-        port.postMessage({ t: "error", job: m.job, code: err.code ?? "EIO", message: err.message } satisfies FromWorker);
-      });
+      processFile(m.job, Buffer.from(m.path.buffer, m.path.byteOffset, m.path.byteLength)).catch(
+        (e: unknown) => {
+          const err = e as NodeJS.ErrnoException;
+          port.postMessage({
+            t: "error",
+            job: m.job,
+            code: err.code ?? "EIO",
+            message: err.message,
+          } satisfies FromWorker);
+        },
+      );
     }
   });
 
@@ -113,7 +120,11 @@ if (parentPort) {
           if (want > 0) {
             n = readSync(fd, buf, filled, want, readPos);
             if (n === 0) {
-              port.postMessage({ t: "changed", job, why: "file shrank while being read" } satisfies FromWorker);
+              port.postMessage({
+                t: "changed",
+                job,
+                why: "file shrank while being read",
+              } satisfies FromWorker);
               return;
             }
             filled += n;
@@ -127,11 +138,20 @@ if (parentPort) {
           while (start < filled) {
             const l = chunker.next(buf, start, filled, eof);
             if (l <= 0) break;
-            cuts.push({ start, len: l, id: createHash("sha256").update(buf.subarray(start, start + l)).digest("hex") as BlobId });
+            cuts.push({
+              start,
+              len: l,
+              id: createHash("sha256")
+                .update(buf.subarray(start, start + l))
+                .digest("hex") as BlobId,
+            });
             start += l;
           }
           if (cuts.length) {
-            const need = await ask(job, cuts.map((c) => c.id));
+            const need = await ask(
+              job,
+              cuts.map((c) => c.id),
+            );
             const encoded = [];
             let total = 0;
             for (let i = 0; i < cuts.length; i++) {
@@ -149,11 +169,19 @@ if (parentPort) {
               let off = 0;
               const blobs = encoded.map((e) => {
                 e.data.copy(data, off);
-                const b = { id: e.id, offset: off, length: e.data.length, rawLength: e.rawLength, compressed: e.compressed };
+                const b = {
+                  id: e.id,
+                  offset: off,
+                  length: e.data.length,
+                  rawLength: e.rawLength,
+                  compressed: e.compressed,
+                };
                 off += e.data.length;
                 return b;
               });
-              port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [data.buffer as ArrayBuffer]);
+              port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [
+                data.buffer as ArrayBuffer,
+              ]);
             }
           }
           // Keep the partial chunk at the front of the buffer.
@@ -171,7 +199,11 @@ if (parentPort) {
       }
       if (cursor < size) pieces.push({ hole: size - cursor });
       const after = fstatSync(fd, { bigint: true });
-      if (after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) {
+      if (
+        after.size !== before.size ||
+        after.mtimeNs !== before.mtimeNs ||
+        after.ctimeNs !== before.ctimeNs
+      ) {
         port.postMessage({ t: "changed", job, why: "file changed while being read" } satisfies FromWorker);
         return;
       }

@@ -43,16 +43,19 @@ export async function holdLease(
     );
   }
   let lost: unknown = null;
-  const timer = setInterval(() => {
-    catalog
-      .renewLease(name, holder, new Date(now().getTime() + ttlMs), now())
-      .then((ok) => {
-        if (!ok) lost = new StrataError("LOCKED", `lease ${name} held by ${holder} was lost`);
-      })
-      .catch((e) => {
-        lost = e;
-      });
-  }, Math.max(1000, ttlMs / 3));
+  const timer = setInterval(
+    () => {
+      catalog
+        .renewLease(name, holder, new Date(now().getTime() + ttlMs), now())
+        .then((ok) => {
+          if (!ok) lost = new StrataError("LOCKED", `lease ${name} held by ${holder} was lost`);
+        })
+        .catch((e) => {
+          lost = e;
+        });
+    },
+    Math.max(1000, ttlMs / 3),
+  );
   timer.unref();
   return {
     record,

@@ -1,4 +1,4 @@
-import { type BlobId, StrataError, type TreeId, chunkIdsOf } from "@strata/core";
+import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
 import { MAX_BATCH, type SnapshotRecord } from "./catalog.js";
 import type { Repository } from "./repository.js";
 
@@ -24,7 +24,7 @@ export async function markReachable(
   const visit = async (id: TreeId, where: string): Promise<void> => {
     const fresh = await cat.mark([id]);
     if (fresh.length === 0) return;
-    let nodes;
+    let nodes: FsNode[];
     try {
       nodes = await repo.loadTree(id);
     } catch (e) {
@@ -40,7 +40,8 @@ export async function markReachable(
         if (batch.length >= MAX_BATCH) await flush();
       }
     }
-    for (const n of nodes) if (n.type === "dir" && n.subtree) await visit(n.subtree, `${where}/${n.name.toString()}`);
+    for (const n of nodes)
+      if (n.type === "dir" && n.subtree) await visit(n.subtree, `${where}/${n.name.toString()}`);
   };
   for (const s of snapshots) await visit(s.tree, `snapshot ${s.id.slice(0, 8)}`);
   await flush();

@@ -1,8 +1,17 @@
 import { createHash } from "node:crypto";
-import { type BlobId, type PackId, Reader, ReadError, StrataError, Writer, bytesToId, idToBytes } from "@strata/core";
+import {
+  type BlobId,
+  bytesToId,
+  idToBytes,
+  type PackId,
+  ReadError,
+  Reader,
+  StrataError,
+  Writer,
+} from "@strata/core";
 import { Compressor, Decompressor } from "zstd-napi";
 import type { BlobType, IndexEntry } from "./catalog.js";
-import { type MasterKey, SEAL_OVERHEAD, openSealed, seal } from "./crypto.js";
+import { type MasterKey, openSealed, SEAL_OVERHEAD, seal } from "./crypto.js";
 
 /**
  * Pack format, version 1:
@@ -57,7 +66,8 @@ export class BlobCodec {
   decode(e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">, stored: Uint8Array): Buffer {
     const where = `blob ${e.id} in pack ${e.packId}`;
     const body = openSealed(this.key, stored);
-    if (!body) throw new StrataError("DATA_CORRUPT", `${where} fails authentication (damaged)`, { subject: e.id });
+    if (!body)
+      throw new StrataError("DATA_CORRUPT", `${where} fails authentication (damaged)`, { subject: e.id });
     let plain: Buffer;
     try {
       plain = e.compressed ? this.dec.decompress(body) : body;
@@ -129,10 +139,13 @@ export function parsePackHeader(
 ): Promise<IndexEntry[]> {
   return (async () => {
     const where = `pack ${packId}`;
-    if (packSize < PACK_TRAILER_MIN) throw new StrataError("DATA_CORRUPT", `${where} is truncated (${packSize} bytes)`, { subject: packId });
+    if (packSize < PACK_TRAILER_MIN)
+      throw new StrataError("DATA_CORRUPT", `${where} is truncated (${packSize} bytes)`, { subject: packId });
     const tail = await readTail(packSize - 4 - PACK_MAGIC.length, 4 + PACK_MAGIC.length);
     if (!tail.subarray(4).equals(PACK_MAGIC)) {
-      throw new StrataError("DATA_CORRUPT", `${where} has no pack trailer (truncated or not a pack)`, { subject: packId });
+      throw new StrataError("DATA_CORRUPT", `${where} has no pack trailer (truncated or not a pack)`, {
+        subject: packId,
+      });
     }
     const hlen = tail.readUInt32LE(0);
     const headerStart = packSize - 4 - PACK_MAGIC.length - hlen;
@@ -141,7 +154,8 @@ export function parsePackHeader(
     }
     const sealed = await readTail(headerStart, hlen);
     const plain = openSealed(key, sealed);
-    if (!plain) throw new StrataError("DATA_CORRUPT", `${where} header fails authentication`, { subject: packId });
+    if (!plain)
+      throw new StrataError("DATA_CORRUPT", `${where} header fails authentication`, { subject: packId });
     try {
       const r = new Reader(plain, `${where} header`);
       if (r.u8() !== 1) throw new ReadError(`${where}: unknown pack version`);
@@ -161,7 +175,8 @@ export function parsePackHeader(
         off += length;
       }
       if (r.remaining !== 0) throw new ReadError(`${where}: ${r.remaining} trailing header bytes`);
-      if (off !== headerStart) throw new ReadError(`${where}: header does not cover the pack (${off} != ${headerStart})`);
+      if (off !== headerStart)
+        throw new ReadError(`${where}: header does not cover the pack (${off} != ${headerStart})`);
       return out;
     } catch (e) {
       if (e instanceof ReadError) throw new StrataError("DATA_CORRUPT", e.message, { subject: packId });

@@ -1,6 +1,6 @@
 import type { PackId } from "@strata/core";
 import type { LeaseRecord, PackRecord } from "./catalog.js";
-import { type Lease, holdLease, leaseHolder } from "./lease.js";
+import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import { markReachable } from "./marking.js";
 import { PackBuilder, packName } from "./pack.js";
 import type { Repository } from "./repository.js";
@@ -71,7 +71,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     const repack: PackId[] = [];
     for await (const u of repo.catalog.packUsage()) {
       const pack = await repo.catalog.getPack(u.packId);
-      if (!pack || pack.state !== "active") continue;
+      if (pack?.state !== "active") continue;
       if (u.usedCount === 0) {
         doom.push(u.packId);
         report.bytesDoomed += u.size;
@@ -87,7 +87,14 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
       if (builder.count === 0) return;
       const p = builder.finish(repo.key);
       await repo.store.put(packName(p.id), p.parts);
-      const rec: PackRecord = { id: p.id, size: p.size, blobCount: p.entries.length, createdAt: now(), state: "active", doomedAt: null };
+      const rec: PackRecord = {
+        id: p.id,
+        size: p.size,
+        blobCount: p.entries.length,
+        createdAt: now(),
+        state: "active",
+        doomedAt: null,
+      };
       await repo.catalog.moveBlobs(rec, p.entries);
       builders[type] = new PackBuilder();
     };
@@ -96,7 +103,13 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
       for (const e of used) {
         const stored = await repo.store.getRange(packName(id), e.offset, e.length);
         repo.codec.decode(e, stored); // never copy damaged data
-        builders[e.type].add({ id: e.id, type: e.type, data: stored, rawLength: e.rawLength, compressed: e.compressed });
+        builders[e.type].add({
+          id: e.id,
+          type: e.type,
+          data: stored,
+          rawLength: e.rawLength,
+          compressed: e.compressed,
+        });
         if (builders[e.type].bytes >= repo.config.pack.targetSize) await writeBuilder(e.type);
       }
       lease.check();
@@ -124,7 +137,13 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
   }
 }
 
-async function sweep(repo: Repository, graceMs: number, now: () => Date, report: PruneReport, lease: Lease): Promise<void> {
+async function sweep(
+  repo: Repository,
+  graceMs: number,
+  now: () => Date,
+  report: PruneReport,
+  lease: Lease,
+): Promise<void> {
   const markStart = now();
   const leasesAtStart = await repo.catalog.listLeases(markStart);
   const doomed: PackRecord[] = [];
@@ -173,6 +192,7 @@ async function sweep(repo: Repository, graceMs: number, now: () => Date, report:
 async function removeStaleSnapshotObjects(repo: Repository): Promise<void> {
   for await (const obj of repo.store.list("snapshots/")) {
     const id = obj.name.slice("snapshots/".length);
-    if (/^[0-9a-f]{64}$/.test(id) && !(await repo.catalog.getSnapshot(id as never))) await repo.store.delete(obj.name);
+    if (/^[0-9a-f]{64}$/.test(id) && !(await repo.catalog.getSnapshot(id as never)))
+      await repo.store.delete(obj.name);
   }
 }

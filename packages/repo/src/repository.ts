@@ -4,21 +4,34 @@ import {
   type BlobId,
   type ChunkerParams,
   DEFAULT_CHUNKER_PARAMS,
+  decodeTree,
+  encodeTree,
   type FsNode,
   type HashAlgorithm,
+  isStrataError,
   type PackId,
   type SnapshotId,
   StrataError,
   type TreeId,
-  decodeTree,
-  encodeTree,
-  isStrataError,
   validateChunkerParams,
 } from "@strata/core";
 import type { BlobStore } from "./blob-store.js";
-import { type BlobType, type IndexEntry, MAX_BATCH, type RepoCatalog, type SnapshotRecord } from "./catalog.js";
+import {
+  type BlobType,
+  type IndexEntry,
+  MAX_BATCH,
+  type RepoCatalog,
+  type SnapshotRecord,
+} from "./catalog.js";
 import { type KeyFile, MasterKey, openSealed, seal, unwrapMasterKey, wrapMasterKey } from "./crypto.js";
-import { BlobCodec, type EncodedBlob, PackBuilder, packIdFromName, packName, parsePackHeader } from "./pack.js";
+import {
+  BlobCodec,
+  type EncodedBlob,
+  PackBuilder,
+  packIdFromName,
+  packName,
+  parsePackHeader,
+} from "./pack.js";
 
 /** Stored sealed under the master key as the object `config`. */
 export interface RepoConfig {
@@ -109,7 +122,8 @@ export class Repository {
       pack: { targetSize: opts.packTargetSize ?? 16 * 1024 * 1024 },
     };
     const errs = validateConfig(config);
-    if (errs.length) throw new StrataError("INVALID_ARGUMENT", `invalid repository settings: ${errs.join("; ")}`);
+    if (errs.length)
+      throw new StrataError("INVALID_ARGUMENT", `invalid repository settings: ${errs.join("; ")}`);
     const master = MasterKey.generate();
     const kf = await wrapMasterKey(master, password, osHostname());
     const kfBytes = Buffer.from(JSON.stringify(kf));
@@ -161,14 +175,21 @@ export class Repository {
     }
     const errs = raw ? validateConfig(config) : ["config fails authentication (damaged)"];
     if (errs.length) {
-      throw new StrataError("CONFIG_INVALID", `repository config at ${store.location}/config is invalid: ${errs.join("; ")}`, {
-        hint: "restore the config object from a copy of the repository; packs and snapshots are unchanged",
-      });
+      throw new StrataError(
+        "CONFIG_INVALID",
+        `repository config at ${store.location}/config is invalid: ${errs.join("; ")}`,
+        {
+          hint: "restore the config object from a copy of the repository; packs and snapshots are unchanged",
+        },
+      );
     }
     const repo = new Repository(store, catalog, master, config as RepoConfig);
     const known = await catalog.getMeta("repo.id");
     if (known && known !== repo.config.id) {
-      throw new StrataError("CONFIG_INVALID", `catalog belongs to repository ${known}, not ${repo.config.id}`);
+      throw new StrataError(
+        "CONFIG_INVALID",
+        `catalog belongs to repository ${known}, not ${repo.config.id}`,
+      );
     }
     if (!known) {
       // A new or lost catalog: rebuild it from the store (packs carry their
@@ -243,7 +264,8 @@ export class Repository {
 
   /** Give back reservations that will not be written (the job failed). */
   release(ids: Iterable<BlobId>): void {
-    for (const id of ids) if (!this.builderIds.chunk.has(id) && !this.builderIds.tree.has(id)) this.pending.delete(id);
+    for (const id of ids)
+      if (!this.builderIds.chunk.has(id) && !this.builderIds.tree.has(id)) this.pending.delete(id);
   }
 
   /** Add an encoded blob (already reserved) to the open pack. */
@@ -288,7 +310,14 @@ export class Repository {
         const p = builder.finish(this.key);
         await this.store.put(packName(p.id), p.parts);
         await this.catalog.addPack(
-          { id: p.id, size: p.size, blobCount: p.entries.length, createdAt: new Date(), state: "active", doomedAt: null },
+          {
+            id: p.id,
+            size: p.size,
+            blobCount: p.entries.length,
+            createdAt: new Date(),
+            state: "active",
+            doomedAt: null,
+          },
           p.entries,
         );
         this.written.packs++;
@@ -363,7 +392,14 @@ export class Repository {
       try {
         const entries = await this.readPackHeader(id, obj.size);
         await this.catalog.addPack(
-          { id, size: obj.size, blobCount: entries.length, createdAt: new Date(), state: "active", doomedAt: null },
+          {
+            id,
+            size: obj.size,
+            blobCount: entries.length,
+            createdAt: new Date(),
+            state: "active",
+            doomedAt: null,
+          },
           entries,
         );
         adopted.push(id);
@@ -401,7 +437,10 @@ export class Repository {
     if (ref === "latest") {
       const all = await this.catalog.listSnapshots();
       const last = all[all.length - 1];
-      if (!last) throw new StrataError("NOT_FOUND", "the repository has no snapshots", { hint: "run `strata backup PATH` first" });
+      if (!last)
+        throw new StrataError("NOT_FOUND", "the repository has no snapshots", {
+          hint: "run `strata backup PATH` first",
+        });
       return last;
     }
     if (!/^[0-9a-f]{1,64}$/.test(ref)) {
@@ -411,7 +450,10 @@ export class Repository {
     }
     const found = await this.catalog.findSnapshots(ref);
     if (found.length === 0) {
-      throw new StrataError("NOT_FOUND", `no snapshot matches ${ref}`, { subject: ref, hint: "list them with `strata snapshots`" });
+      throw new StrataError("NOT_FOUND", `no snapshot matches ${ref}`, {
+        subject: ref,
+        hint: "list them with `strata snapshots`",
+      });
     }
     if (found.length > 1) {
       throw new StrataError("AMBIGUOUS", `${ref} matches ${found.length} snapshots`, {

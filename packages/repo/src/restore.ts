@@ -1,10 +1,10 @@
 import { constants as C, promises as fsp } from "node:fs";
 import * as nodePath from "node:path";
-import { type BlobId, type FsNode, StrataError, type TreeId, isStrataError } from "@strata/core";
+import { type BlobId, type FsNode, isStrataError, StrataError, type TreeId } from "@strata/core";
 import { applyMetadata, createSpecial, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
-import { type Repository, displayName } from "./repository.js";
+import { displayName, type Repository } from "./repository.js";
 
 export interface RestoreOptions {
   target: string;
@@ -79,14 +79,22 @@ export class Restorer {
         const want = Buffer.from(segs[i]!);
         const n = nodes.find((x) => x.name.equals(want));
         if (!n) {
-          throw new StrataError("NOT_FOUND", `${this.opts.subpath} is not in snapshot ${snapshot.id.slice(0, 8)}`, {
-            hint: "list the snapshot with `strata ls SNAPSHOT`",
-          });
+          throw new StrataError(
+            "NOT_FOUND",
+            `${this.opts.subpath} is not in snapshot ${snapshot.id.slice(0, 8)}`,
+            {
+              hint: "list the snapshot with `strata ls SNAPSHOT`",
+            },
+          );
         }
         prefix += `/${segs[i]}`;
         if (n.type !== "dir") {
           if (i !== segs.length - 1) throw new StrataError("NOT_FOUND", `${prefix} is not a directory`);
-          await this.restoreNode(n, target, nodePath.posix.dirname(prefix) === "/" ? "" : nodePath.posix.dirname(prefix));
+          await this.restoreNode(
+            n,
+            target,
+            nodePath.posix.dirname(prefix) === "/" ? "" : nodePath.posix.dirname(prefix),
+          );
           return this.result;
         }
         tree = n.subtree!;
@@ -110,7 +118,12 @@ export class Restorer {
     const now = Date.now();
     if (!force && now - this.lastProgress < 200) return;
     this.lastProgress = now;
-    this.opts.onProgress({ files: this.result.files, dirs: this.result.dirs, bytes: this.result.bytes, current: this.current });
+    this.opts.onProgress({
+      files: this.result.files,
+      dirs: this.result.dirs,
+      bytes: this.result.bytes,
+      current: this.current,
+    });
   }
 
   /** 0: skip, 1: restore whole, 2: only descend (an ancestor of an include). */
@@ -121,7 +134,12 @@ export class Restorer {
     return 0;
   }
 
-  private async restoreTree(id: TreeId, dir: Buffer, prefix: string, mode: 1 | 2 = this.includes ? 2 : 1): Promise<void> {
+  private async restoreTree(
+    id: TreeId,
+    dir: Buffer,
+    prefix: string,
+    mode: 1 | 2 = this.includes ? 2 : 1,
+  ): Promise<void> {
     let nodes: FsNode[];
     try {
       nodes = await this.repo.loadTree(id);
@@ -142,7 +160,12 @@ export class Restorer {
   }
 
   /** Creates the node; returns a promise for file content still being written. */
-  private async restoreNode(node: FsNode, dir: Buffer, prefix: string, parentMode: 1 | 2 = 1): Promise<Promise<void> | null> {
+  private async restoreNode(
+    node: FsNode,
+    dir: Buffer,
+    prefix: string,
+    parentMode: 1 | 2 = 1,
+  ): Promise<Promise<void> | null> {
     const path = `${prefix}/${displayName(node.name)}`;
     try {
       validateName(node.name);
@@ -208,7 +231,11 @@ export class Restorer {
   private async writeContent(fh: fsp.FileHandle, node: FsNode, path: string): Promise<void> {
     try {
       const pieces = node.content ?? [];
-      const ids = [...new Set(pieces.filter((p): p is { id: never; len: number } => "id" in p).map((p) => p.id as BlobId))];
+      const ids = [
+        ...new Set(
+          pieces.filter((p): p is { id: never; len: number } => "id" in p).map((p) => p.id as BlobId),
+        ),
+      ];
       const index = ids.length ? await this.repo.lookup(ids) : new Map<BlobId, IndexEntry>();
       let off = 0;
       const damaged: string[] = [];
@@ -237,9 +264,13 @@ export class Restorer {
       // Trailing holes: set the size without writing zeroes.
       await fh.truncate(node.size);
       if (damaged.length) {
-        throw new StrataError("DATA_CORRUPT", `restored with damaged parts (zero-filled): ${damaged.join("; ")}`, {
-          subject: path,
-        });
+        throw new StrataError(
+          "DATA_CORRUPT",
+          `restored with damaged parts (zero-filled): ${damaged.join("; ")}`,
+          {
+            subject: path,
+          },
+        );
       }
     } finally {
       await fh.close();
@@ -251,7 +282,9 @@ async function ensureRealDir(p: Buffer, display: string): Promise<void> {
   await fsp.mkdir(p, { recursive: true });
   const st = await fsp.lstat(p);
   if (!st.isDirectory()) {
-    throw new StrataError("UNSAFE_PATH", `restore target ${display} is not a directory`, { subject: display });
+    throw new StrataError("UNSAFE_PATH", `restore target ${display} is not a directory`, {
+      subject: display,
+    });
   }
 }
 
@@ -268,7 +301,8 @@ async function makeDir(p: Buffer, display: string): Promise<void> {
   await fsp.unlink(p);
   await fsp.mkdir(p, 0o700);
   const again = await fsp.lstat(p);
-  if (!again.isDirectory()) throw new StrataError("UNSAFE_PATH", `${display} is not a directory`, { subject: display });
+  if (!again.isDirectory())
+    throw new StrataError("UNSAFE_PATH", `${display} is not a directory`, { subject: display });
 }
 
 /** Remove whatever is at `p` (without following symlinks) so a new node can be created. */
@@ -279,6 +313,10 @@ async function clearWay(p: Buffer): Promise<void> {
   else await fsp.unlink(p);
 }
 
-export function restore(repo: Repository, snapshot: SnapshotRecord, opts: RestoreOptions): Promise<RestoreResult> {
+export function restore(
+  repo: Repository,
+  snapshot: SnapshotRecord,
+  opts: RestoreOptions,
+): Promise<RestoreResult> {
   return new Restorer(repo, opts).run(snapshot);
 }

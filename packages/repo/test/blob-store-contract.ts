@@ -1,5 +1,5 @@
-import { beforeEach, describe, expect, it } from "vitest";
 import { type BlobStore, isStrataError } from "@strata/repo";
+import { beforeEach, describe, expect, it } from "vitest";
 
 /** The BlobStore contract, run against every implementation (dir now, S3 later). */
 export function runBlobStoreContract(name: string, make: () => Promise<BlobStore>): void {
@@ -19,11 +19,15 @@ export function runBlobStoreContract(name: string, make: () => Promise<BlobStore
     it("getRange returns exactly the range and refuses to read past the end", async () => {
       await s.put("r", Buffer.from("0123456789"));
       expect((await s.getRange("r", 3, 4)).toString()).toBe("3456");
-      await expect(s.getRange("r", 8, 5)).rejects.toSatisfy((e) => isStrataError(e, "DATA_CORRUPT") && /r is truncated/.test((e as Error).message));
+      await expect(s.getRange("r", 8, 5)).rejects.toSatisfy(
+        (e) => isStrataError(e, "DATA_CORRUPT") && /r is truncated/.test((e as Error).message),
+      );
     });
 
     it("missing objects give NOT_FOUND naming the object; stat gives null", async () => {
-      await expect(s.get("nope")).rejects.toSatisfy((e) => isStrataError(e, "NOT_FOUND") && /nope/.test((e as Error).message));
+      await expect(s.get("nope")).rejects.toSatisfy(
+        (e) => isStrataError(e, "NOT_FOUND") && /nope/.test((e as Error).message),
+      );
       await expect(s.getRange("nope", 0, 1)).rejects.toSatisfy((e) => isStrataError(e, "NOT_FOUND"));
       expect(await s.stat("nope")).toBeNull();
     });
@@ -60,7 +64,9 @@ export function runBlobStoreContract(name: string, make: () => Promise<BlobStore
 
     it("rejects hostile names", async () => {
       for (const bad of ["../x", "/abs", "a/../b", "a//b", "", "a/./b", "sp ace", "nul\0"]) {
-        await expect(s.put(bad, Buffer.from("x")), bad).rejects.toSatisfy((e) => isStrataError(e, "UNSAFE_PATH"));
+        await expect(s.put(bad, Buffer.from("x")), bad).rejects.toSatisfy((e) =>
+          isStrataError(e, "UNSAFE_PATH"),
+        );
         await expect(s.get(bad), bad).rejects.toSatisfy((e) => isStrataError(e, "UNSAFE_PATH"));
       }
     });

@@ -1,8 +1,8 @@
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
 import { DirBlobStore } from "@strata/repo";
+import { afterAll, describe, expect, it } from "vitest";
 import { runBlobStoreContract } from "./blob-store-contract.js";
 
 const dirs: string[] = [];

@@ -1,17 +1,17 @@
 import { createHash, randomBytes } from "node:crypto";
-import { describe, expect, it } from "vitest";
 import type { BlobId } from "@strata/core";
 import {
   BlobCodec,
-  MasterKey,
-  PackBuilder,
   isStrataError,
+  MasterKey,
   openSealed,
+  PackBuilder,
   parsePackHeader,
   seal,
   unwrapMasterKey,
   wrapMasterKey,
 } from "@strata/repo";
+import { describe, expect, it } from "vitest";
 
 const key = MasterKey.generate();
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex") as BlobId;
@@ -77,8 +77,8 @@ describe("packs", () => {
       new RegExp(`blob ${e.id} in pack ${p.id} fails authentication`),
     );
     const cut = file.subarray(0, file.length - 10);
-    await expect(parsePackHeader(key, p.id, cut.length, async (o, l) => cut.subarray(o, o + l))).rejects.toSatisfy(
-      (err) => isStrataError(err, "DATA_CORRUPT") && (err as Error).message.includes(p.id),
-    );
+    await expect(
+      parsePackHeader(key, p.id, cut.length, async (o, l) => cut.subarray(o, o + l)),
+    ).rejects.toSatisfy((err) => isStrataError(err, "DATA_CORRUPT") && (err as Error).message.includes(p.id));
   });
 });

@@ -1,17 +1,17 @@
 import * as path from "node:path";
-import type { Command } from "commander";
-import { type FsNode, type RetentionPolicy, StrataError, applyRetention, isEmptyPolicy } from "@strata/core";
+import { applyRetention, type FsNode, isEmptyPolicy, type RetentionPolicy, StrataError } from "@strata/core";
 import {
-  type Repository,
-  type SnapshotRecord,
   backup,
   check,
   displayName,
   prune,
+  type Repository,
   restore,
+  type SnapshotRecord,
 } from "@strata/repo";
-import { type GlobalOptions, closeRepo, initRepo, openFileCache, openRepo, repoDir } from "../context.js";
-import { Progress, formatBytes, printJson } from "../output.js";
+import type { Command } from "commander";
+import { closeRepo, type GlobalOptions, initRepo, openFileCache, openRepo, repoDir } from "../context.js";
+import { formatBytes, Progress, printJson } from "../output.js";
 
 type Opts = GlobalOptions & Record<string, unknown>;
 
@@ -32,13 +32,17 @@ function withRepo(cmd: Command, fn: (repo: Repository, o: Opts) => Promise<numbe
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 const int = (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new StrataError("INVALID_ARGUMENT", `${v} is not a non-negative integer`);
+  if (!Number.isInteger(n) || n < 0)
+    throw new StrataError("INVALID_ARGUMENT", `${v} is not a non-negative integer`);
   return n;
 };
 
 export function parseDuration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(s.trim());
-  if (!m) throw new StrataError("INVALID_ARGUMENT", `${s} is not a duration`, { hint: "use e.g. 0, 30s, 15m, 2h, 1d" });
+  if (!m)
+    throw new StrataError("INVALID_ARGUMENT", `${s} is not a duration`, {
+      hint: "use e.g. 0, 30s, 15m, 2h, 1d",
+    });
   const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? "s") as "s"];
   return Number(m[1]) * mult;
 }
@@ -84,12 +88,19 @@ export function registerRepoCommands(program: Command): void {
   const init = repoCmd
     .command("init")
     .description("create a new encrypted repository in --repo DIR")
-    .option("--chunk-avg <bytes>", "average chunk size, a power of two (default 65536); fixed for the repository's life", int)
+    .option(
+      "--chunk-avg <bytes>",
+      "average chunk size, a power of two (default 65536); fixed for the repository's life",
+      int,
+    )
     .action(async () => {
       const o = init.optsWithGlobals() as Opts;
       const avg = o.chunkAvg as number | undefined;
       // min = avg/4 and max = avg*8, the ratios of the defaults.
-      const repo = await initRepo(o, avg ? { chunker: { minSize: avg / 4, avgSize: avg, maxSize: avg * 8 } } : {});
+      const repo = await initRepo(
+        o,
+        avg ? { chunker: { minSize: avg / 4, avgSize: avg, maxSize: avg * 8 } } : {},
+      );
       try {
         const out = { id: repo.config.id, location: repoDir(o), chunker: repo.config.chunker };
         if (o.json) printJson(out);
@@ -104,7 +115,12 @@ export function registerRepoCommands(program: Command): void {
     .description("back up PATHs into a new snapshot (exit 3 if some files could not be read)")
     .argument("<path...>", "files or directories to back up")
     .option("--tag <tag>", "tag the snapshot (repeatable)", collect, [])
-    .option("--exclude <pattern>", "skip matching paths: a glob on the name, or on the absolute path if it contains / (repeatable)", collect, [])
+    .option(
+      "--exclude <pattern>",
+      "skip matching paths: a glob on the name, or on the absolute path if it contains / (repeatable)",
+      collect,
+      [],
+    )
     .option("--host <name>", "hostname recorded in the snapshot")
     .option("--no-cache", "do not use the local file cache (re-read every file)")
     .option("--threads <n>", "worker threads for chunking and compression", int);
@@ -134,13 +150,17 @@ export function registerRepoCommands(program: Command): void {
         if (o.json) printJson({ snapshot: snapshotRow(res.snapshot), errors: res.errors });
         else {
           process.stdout.write(
-            [
+            `${[
               `snapshot ${res.snapshot.id.slice(0, 8)} saved`,
               `files:  ${s.filesNew} new, ${s.filesChanged} changed, ${s.filesUnchanged} unchanged (${s.dirs} directories)`,
               `read:   ${formatBytes(s.bytesRead)}, added to repository: ${formatBytes(s.bytesAdded)}`,
               `total:  ${s.totalFiles} files, ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s`,
-              ...(res.errors.length ? [`${res.errors.length} files could not be read (listed above); they are not in the snapshot`] : []),
-            ].join("\n") + "\n",
+              ...(res.errors.length
+                ? [
+                    `${res.errors.length} files could not be read (listed above); they are not in the snapshot`,
+                  ]
+                : []),
+            ].join("\n")}\n`,
           );
         }
         return res.errors.length ? 3 : 0;
@@ -156,7 +176,9 @@ export function registerRepoCommands(program: Command): void {
       const all = await repo.catalog.listSnapshots();
       if (o.json) printJson(all.map(snapshotRow));
       else {
-        process.stdout.write(`${"ID".padEnd(10)}${"Time".padEnd(22)}${"Host".padEnd(16)}${"Size".padStart(12)}  Paths\n`);
+        process.stdout.write(
+          `${"ID".padEnd(10)}${"Time".padEnd(22)}${"Host".padEnd(16)}${"Size".padStart(12)}  Paths\n`,
+        );
         for (const s of all) {
           process.stdout.write(
             `${s.id.slice(0, 8).padEnd(10)}${s.time.toISOString().replace("T", " ").slice(0, 19).padEnd(22)}${s.hostname.slice(0, 15).padEnd(16)}${formatBytes(s.stats.totalBytes).padStart(12)}  ${s.paths.join(", ")}${s.tags.length ? `  [${s.tags.join(",")}]` : ""}\n`,
@@ -224,7 +246,10 @@ export function registerRepoCommands(program: Command): void {
   const rs = program
     .command("restore")
     .description("restore SNAPSHOT[:PATH] into --target DIR")
-    .argument("<snapshot>", "latest, an id, or a unique prefix; SNAPSHOT:/some/dir restores that directory's contents")
+    .argument(
+      "<snapshot>",
+      "latest, an id, or a unique prefix; SNAPSHOT:/some/dir restores that directory's contents",
+    )
     .requiredOption("--target <dir>", "directory to restore into (created if missing)")
     .option("--include <path>", "restore only this path of the snapshot (repeatable)", collect, []);
   rs.action(async (refArg: string) =>
@@ -262,7 +287,10 @@ export function registerRepoCommands(program: Command): void {
       let subset: number | undefined;
       if (o.readDataSubset !== undefined) {
         const m = /^(\d+(?:\.\d+)?)%?$/.exec(String(o.readDataSubset));
-        if (!m || Number(m[1]) > 100) throw new StrataError("INVALID_ARGUMENT", `bad --read-data-subset ${String(o.readDataSubset)}`, { hint: "use a percentage such as 10%" });
+        if (!m || Number(m[1]) > 100)
+          throw new StrataError("INVALID_ARGUMENT", `bad --read-data-subset ${String(o.readDataSubset)}`, {
+            hint: "use a percentage such as 10%",
+          });
         subset = Number(m[1]) / 100;
       }
       const progress = new Progress(!o.json);
@@ -276,7 +304,8 @@ export function registerRepoCommands(program: Command): void {
       else {
         for (const w of r.warnings) process.stdout.write(`warning: ${w}\n`);
         for (const e of r.errors) process.stdout.write(`error: ${e}\n`);
-        for (const a of r.affected) process.stdout.write(`damaged: snapshot ${a.snapshot.slice(0, 8)} file ${a.path}: ${a.problem}\n`);
+        for (const a of r.affected)
+          process.stdout.write(`damaged: snapshot ${a.snapshot.slice(0, 8)} file ${a.path}: ${a.problem}\n`);
         process.stdout.write(
           `${r.packs} packs (${r.packsRead} read), ${r.snapshots} snapshots, ${r.trees} trees checked: ${r.ok ? "no errors" : `${r.errors.length} errors, ${r.affected.length} damaged files`}\n`,
         );
@@ -308,9 +337,13 @@ export function registerRepoCommands(program: Command): void {
         yearly: o.keepYearly as number,
       };
       if (isEmptyPolicy(policy)) {
-        throw new StrataError("INVALID_ARGUMENT", "no --keep-* rule given; refusing to remove every snapshot", {
-          hint: "give at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly",
-        });
+        throw new StrataError(
+          "INVALID_ARGUMENT",
+          "no --keep-* rule given; refusing to remove every snapshot",
+          {
+            hint: "give at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly",
+          },
+        );
       }
       const all = await repo.catalog.listSnapshots();
       const d = applyRetention(all, policy);
@@ -318,10 +351,20 @@ export function registerRepoCommands(program: Command): void {
       let pr = null;
       if (o.prune && !o.dryRun) pr = await prune(repo, { graceMs: parseDuration(o.grace as string) });
       if (o.json)
-        printJson({ keep: d.keep.map((k) => ({ id: k.item.id, reasons: k.reasons })), remove: d.remove.map((s) => s.id), prune: pr });
+        printJson({
+          keep: d.keep.map((k) => ({ id: k.item.id, reasons: k.reasons })),
+          remove: d.remove.map((s) => s.id),
+          prune: pr,
+        });
       else {
-        for (const k of d.keep) process.stdout.write(`keep   ${k.item.id.slice(0, 8)} ${k.item.time.toISOString()} (${k.reasons.join(", ")})\n`);
-        for (const s of d.remove) process.stdout.write(`${o.dryRun ? "would remove" : "remove"} ${s.id.slice(0, 8)} ${s.time.toISOString()}\n`);
+        for (const k of d.keep)
+          process.stdout.write(
+            `keep   ${k.item.id.slice(0, 8)} ${k.item.time.toISOString()} (${k.reasons.join(", ")})\n`,
+          );
+        for (const s of d.remove)
+          process.stdout.write(
+            `${o.dryRun ? "would remove" : "remove"} ${s.id.slice(0, 8)} ${s.time.toISOString()}\n`,
+          );
         if (pr) printPrune(pr);
       }
       return 0;
@@ -375,13 +418,13 @@ export function registerRepoCommands(program: Command): void {
       if (o.json) printJson(out);
       else
         process.stdout.write(
-          [
+          `${[
             `snapshots:        ${out.snapshots}`,
             `packs:            ${out.packs} (${formatBytes(out.packBytes)})`,
             `chunks:           ${out.chunks}, trees: ${out.trees}`,
             `unique data:      ${formatBytes(out.rawBytes)} (stored ${formatBytes(out.storedBytes)}, compression ${out.compressionRatio.toFixed(2)}x)`,
             `all snapshots:    ${formatBytes(out.logicalBytes)} (dedup ${out.dedupRatio.toFixed(2)}x)`,
-          ].join("\n") + "\n",
+          ].join("\n")}\n`,
         );
       return 0;
     }),
@@ -400,7 +443,7 @@ async function findSubtree(repo: Repository, snap: SnapshotRecord, sub: string) 
   for (const seg of sub.split("/").filter(Boolean)) {
     const nodes = await repo.loadTree(tree);
     const n = nodes.find((x) => x.name.equals(Buffer.from(seg)));
-    if (!n || n.type !== "dir" || !n.subtree) {
+    if (n?.type !== "dir" || !n.subtree) {
       throw new StrataError("NOT_FOUND", `${sub} is not a directory in snapshot ${snap.id.slice(0, 8)}`);
     }
     tree = n.subtree;
@@ -427,11 +470,13 @@ async function diffTrees(
     const cmp = !x ? 1 : !y ? -1 : Buffer.compare(x.name, y.name);
     if (cmp < 0) {
       emit("-", `${prefix}/${displayName(x!.name)}`);
-      if (x!.type === "dir") await diffTrees(repo, x!.subtree ?? null, null, `${prefix}/${displayName(x!.name)}`, emit);
+      if (x!.type === "dir")
+        await diffTrees(repo, x!.subtree ?? null, null, `${prefix}/${displayName(x!.name)}`, emit);
       i++;
     } else if (cmp > 0) {
       emit("+", `${prefix}/${displayName(y!.name)}`);
-      if (y!.type === "dir") await diffTrees(repo, null, y!.subtree ?? null, `${prefix}/${displayName(y!.name)}`, emit);
+      if (y!.type === "dir")
+        await diffTrees(repo, null, y!.subtree ?? null, `${prefix}/${displayName(y!.name)}`, emit);
       j++;
     } else {
       const p = `${prefix}/${displayName(x!.name)}`;
@@ -443,7 +488,13 @@ async function diffTrees(
         const ca = JSON.stringify(x!.content ?? null) + (x!.target?.toString("hex") ?? "");
         const cb = JSON.stringify(y!.content ?? null) + (y!.target?.toString("hex") ?? "");
         if (ca !== cb) emit("M", p);
-        else if (x!.mode !== y!.mode || x!.uid !== y!.uid || x!.gid !== y!.gid || x!.mtimeNs !== y!.mtimeNs || JSON.stringify(x!.xattrs) !== JSON.stringify(y!.xattrs))
+        else if (
+          x!.mode !== y!.mode ||
+          x!.uid !== y!.uid ||
+          x!.gid !== y!.gid ||
+          x!.mtimeNs !== y!.mtimeNs ||
+          JSON.stringify(x!.xattrs) !== JSON.stringify(y!.xattrs)
+        )
           emit("U", p);
       }
       i++;
