@@ -1,0 +1,98 @@
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { cleanup, newEnv, ok, strata, tmp } from "./helpers.js";
+
+afterAll(cleanup);
+
+describe("snapshots, ls, diff, forget, stats", () => {
+  it("diff shows added, removed, modified and metadata changes; ls lists raw names", () => {
+    const src = tmp();
+    mkdirSync(path.join(src, "dir"));
+    writeFileSync(path.join(src, "keep"), "same");
+    writeFileSync(path.join(src, "edit"), "before");
+    writeFileSync(path.join(src, "gone"), "bye");
+    writeFileSync(Buffer.from(`${src}/caf\xe9`, "latin1"), "latin-1 name");
+    const env = newEnv();
+    ok(env, "repo", "init");
+    const s1 = ok(env, "backup", src, "--json", "--tag", "first").snapshot;
+    expect(s1.tags).toEqual(["first"]);
+    writeFileSync(path.join(src, "edit"), "after!");
+    rmSync(path.join(src, "gone"));
+    writeFileSync(path.join(src, "dir/new"), "hello");
+    const s2 = ok(env, "backup", src, "--json").snapshot;
+    expect(s2.parent).toBe(s1.id);
+    const d = ok(env, "diff", s1.id.slice(0, 8), "latest", "--json");
+    const byPath = Object.fromEntries(
+      d.map((c: { change: string; path: string }) => [c.path.slice(src.length), c.change]),
+    );
+    expect(byPath["/edit"]).toBe("M");
+    expect(byPath["/gone"]).toBe("-");
+    expect(byPath["/dir/new"]).toBe("+");
+    expect(byPath["/keep"]).toBeUndefined();
+    const ls = ok(env, "ls", "latest", src, "--json");
+    const names = ls.map((e: { path: string }) => e.path.slice(src.length));
+    expect(names).toContain("/caf\\xe9"); // non-UTF-8 bytes shown escaped, never mangled
+    const human = ok(env, "ls", "latest", src, "-l");
+    expect(human).toMatch(/-rw-r--r-- .* \/.*\/edit/);
+    const snaps = ok(env, "snapshots", "--json");
+    expect(snaps.map((s: { id: string }) => s.id)).toEqual([s1.id, s2.id]);
+  });
+
+  it("forget applies keep rules, --dry-run changes nothing, --prune frees space", () => {
+    const src = tmp();
+    const env = newEnv();
+    ok(env, "repo", "init");
+    for (let i = 0; i < 4; i++) {
+      writeFileSync(path.join(src, "f"), `${i}`.repeat(300_000 + i));
+      ok(env, "backup", src);
+    }
+    const dry = ok(env, "forget", "--keep-last", "2", "--dry-run", "--json");
+    expect(dry.remove).toHaveLength(2);
+    expect(ok(env, "snapshots", "--json")).toHaveLength(4);
+    const before = ok(env, "stats", "--json");
+    const res = ok(env, "forget", "--keep-last", "2", "--prune", "--grace", "0", "--json");
+    expect(res.keep).toHaveLength(2);
+    expect(res.prune.packsDoomed).toBeGreaterThan(0);
+    const after = ok(env, "stats", "--json");
+    expect(after.snapshots).toBe(2);
+    expect(after.packBytes).toBeLessThan(before.packBytes);
+    expect(strata(env, "check", "--read-data").code).toBe(0);
+    // Prune with the default grace period dooms but keeps packs for now.
+    ok(env, "forget", "--keep-last", "1");
+    const waiting = ok(env, "prune", "--json");
+    expect(waiting.packsDoomed).toBeGreaterThan(0);
+    expect(waiting.packsDeleted).toBe(0);
+    expect(strata(env, "check", "--read-data").code).toBe(0);
+  });
+
+  it("stats and check --read-data-subset report on the repository", () => {
+    const src = tmp();
+    writeFileSync(path.join(src, "a"), "x".repeat(1_000_000));
+    writeFileSync(path.join(src, "b"), "x".repeat(1_000_000));
+    const env = newEnv();
+    ok(env, "repo", "init");
+    ok(env, "backup", src);
+    const st = ok(env, "stats", "--json");
+    expect(st.snapshots).toBe(1);
+    expect(st.logicalBytes).toBe(2_000_000);
+    expect(st.rawBytes).toBeLessThan(1_100_000); // the two files share chunks
+    expect(st.storedBytes).toBeLessThan(100_000); // and compress
+    const c = ok(env, "check", "--read-data-subset", "100%", "--json");
+    expect(c.packsRead).toBe(c.packs);
+    expect(strata(env, "check", "--read-data-subset", "abc").stderr).toMatch(/bad --read-data-subset/);
+  });
+
+  it("--exclude skips names and paths", () => {
+    const src = tmp();
+    mkdirSync(path.join(src, "cache"));
+    writeFileSync(path.join(src, "cache/x"), "1");
+    writeFileSync(path.join(src, "a.tmp"), "1");
+    writeFileSync(path.join(src, "keep.txt"), "1");
+    const env = newEnv();
+    ok(env, "repo", "init");
+    ok(env, "backup", src, "--exclude", "*.tmp", "--exclude", `${src}/cache`);
+    const names = ok(env, "ls", "latest", src, "--json").map((e: { path: string }) => path.basename(e.path));
+    expect(names).toEqual(["keep.txt"]);
+  });
+});
