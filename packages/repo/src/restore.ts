@@ -170,7 +170,7 @@ export class Restorer {
     try {
       validateName(node.name);
     } catch (e) {
-      this.error(path, `refusing unsafe name: ${(e as Error).message}`);
+      this.error(path, `not restored: ${(e as Error).message}`);
       return null;
     }
     const sel = parentMode === 1 ? 1 : this.selected(path);
