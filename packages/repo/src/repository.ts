@@ -502,7 +502,8 @@ export class Repository {
 /** Names for humans: UTF-8 when valid, otherwise with \xNN escapes. */
 export function displayName(name: Buffer): string {
   const s = name.toString("utf8");
-  if (Buffer.from(s, "utf8").equals(name) && !/[\x00-\x1f\x7f\\]/.test(s) && !s.includes("\uFFFD")) return s;
+  const plain = name.every((b) => b >= 0x20 && b !== 0x7f && b !== 0x5c);
+  if (plain && Buffer.from(s, "utf8").equals(name) && !s.includes("\uFFFD")) return s;
   let out = "";
   for (const b of name) {
     if (b >= 0x20 && b < 0x7f && b !== 0x5c) out += String.fromCharCode(b);
