@@ -368,7 +368,7 @@ export class Backup {
       return now(node);
     }
     const isNew = !hit;
-    await this.pool.slot();
+    await this.pool.slot(node.size);
     const value = this.readFile(abs, display, node, st, this.opts.retries ?? 3).then((done) => {
       if (!done) return null;
       if (isNew) this.stats.filesNew++;
@@ -391,7 +391,7 @@ export class Backup {
     let cur = node;
     let curSt = st;
     for (let attempt = 0; ; attempt++) {
-      const r = await this.pool.submit(abs);
+      const r = await this.pool.submit(abs, cur.size);
       if (r.ok) {
         this.stats.bytesRead += r.bytesRead;
         // The worker checked the file did not change while read; record the

@@ -1,42 +1,64 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { type BlobId, type ContentPiece, StrataError } from "@strata/core";
-import type { FromWorker, ToWorker, WorkerInit } from "./chunk-worker.js";
+import type { FileOutcome, FromWorker, ToWorker, WorkerInit } from "./chunk-worker.js";
 import type { Repository } from "./repository.js";
 
 export type FileResult =
   | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number }
   | { ok: false; changed: boolean; code: string; message: string };
 
+/** Files below this size travel to workers in batches. */
+export const SMALL_FILE = 256 * 1024;
+const BATCH_FILES = 64;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
 interface Job {
-  resolve: (r: FileResult) => void;
+  resolve: (r: FileResult[]) => void;
   reject: (e: unknown) => void;
   reserved: Set<BlobId>;
   worker: number;
+  files: number;
+  large: boolean;
+}
+
+interface Pending {
+  path: Buffer;
+  size: number;
+  resolve: (r: FileResult) => void;
+  reject: (e: unknown) => void;
 }
 
 /**
- * A pool of chunk workers with a bounded number of files in flight. The
- * main thread answers their "which ids are new?" queries from the repository
- * (reserving new ids so two workers never store the same chunk) and appends
- * the encrypted blobs they send to the open pack.
+ * A pool of chunk workers with bounded work in flight. Large files go one
+ * per job (a worker holds one 8 MiB read buffer per large job); small files
+ * go in batches so a directory of tiny files costs a few messages, not five
+ * per file. The main thread answers the workers' "which ids are new?"
+ * queries from the repository (reserving new ids so two workers never store
+ * the same chunk) and appends the encrypted blobs they send to the open pack.
  */
 export class ChunkPool {
   private readonly workers: Worker[] = [];
   private readonly load: number[] = [];
   private readonly jobs = new Map<number, Job>();
   private nextJob = 1;
-  private inFlight = 0;
-  private readonly slotWaiters: (() => void)[] = [];
+  private largeInFlight = 0;
+  private smallInFlight = 0;
+  private readonly maxLarge: number;
+  private readonly maxSmall: number;
+  private readonly slotWaiters: { large: boolean; wake: () => void }[] = [];
+  private batch: Pending[] = [];
+  private batchBytes = 0;
+  private batchScheduled = false;
   private fatal: unknown = null;
-  /** Bytes handed to the repository by workers. */
-  storedBytes = 0;
+  private closing = false;
 
   constructor(
     private readonly repo: Repository,
     threads = Math.max(1, Math.min(availableParallelism(), 8)),
-    private readonly maxInFlight = threads * 8,
   ) {
+    this.maxLarge = threads * 2;
+    this.maxSmall = threads * BATCH_FILES * 3;
     const init: WorkerInit = {
       key: new Uint8Array(repo.key.key),
       chunker: repo.config.chunker,
@@ -47,59 +69,97 @@ export class ChunkPool {
       w.on("message", (m: FromWorker) => this.onMessage(i, m));
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => {
-        if (code !== 0 && !this.closing)
-          this.fail(new StrataError("INTERNAL", `chunk worker exited with code ${code}`));
+        if (code !== 0 && !this.closing) this.fail(new StrataError("INTERNAL", `chunk worker exited with code ${code}`));
       });
       this.workers.push(w);
       this.load.push(0);
     }
   }
 
-  private closing = false;
-
   private fail(e: unknown): void {
     if (this.fatal) return;
     this.fatal = e;
     for (const j of this.jobs.values()) j.reject(e);
     this.jobs.clear();
-    for (const w of this.slotWaiters.splice(0)) w();
+    for (const p of this.batch.splice(0)) p.reject(e);
+    for (const w of this.slotWaiters.splice(0)) w.wake();
   }
 
-  /** Wait for a free slot; call before `submit` to apply back-pressure. */
-  async slot(): Promise<void> {
-    while (this.inFlight >= this.maxInFlight && !this.fatal) {
-      await new Promise<void>((r) => this.slotWaiters.push(r));
+  private hasRoom(large: boolean): boolean {
+    return large ? this.largeInFlight < this.maxLarge : this.smallInFlight < this.maxSmall;
+  }
+
+  /** Wait until a file of `size` bytes may be submitted (back-pressure). */
+  async slot(size: number): Promise<void> {
+    const large = size >= SMALL_FILE;
+    while (!this.hasRoom(large) && !this.fatal) {
+      // Waiting for room must not hold back a batch that would make room.
+      this.flushBatch();
+      await new Promise<void>((wake) => this.slotWaiters.push({ large, wake }));
     }
     if (this.fatal) throw this.fatal;
   }
 
-  get busy(): number {
-    return this.inFlight;
-  }
-
-  submit(path: Buffer): Promise<FileResult> {
+  submit(path: Buffer, size: number): Promise<FileResult> {
     if (this.fatal) return Promise.reject(this.fatal);
-    const job = this.nextJob++;
-    let wi = 0;
-    for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[wi]!) wi = i;
-    this.load[wi]!++;
-    this.inFlight++;
+    if (size >= SMALL_FILE) {
+      this.largeInFlight++;
+      return this.post({ t: "file", job: 0, path: new Uint8Array(path) }, 1, true).then((r) => r[0]!);
+    }
+    this.smallInFlight++;
     return new Promise<FileResult>((resolve, reject) => {
-      this.jobs.set(job, { resolve, reject, reserved: new Set(), worker: wi });
-      this.workers[wi]!.postMessage({ t: "file", job, path: new Uint8Array(path) } satisfies ToWorker);
+      this.batch.push({ path, size, resolve, reject });
+      this.batchBytes += size;
+      if (this.batch.length >= BATCH_FILES || this.batchBytes >= BATCH_BYTES) this.flushBatch();
+      else if (!this.batchScheduled) {
+        this.batchScheduled = true;
+        setImmediate(() => this.flushBatch());
+      }
     });
   }
 
-  private finish(job: number, r: FileResult): void {
+  private flushBatch(): void {
+    this.batchScheduled = false;
+    if (this.batch.length === 0) return;
+    const batch = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    this.post({ t: "files", job: 0, paths: batch.map((p) => new Uint8Array(p.path)) }, batch.length, false).then(
+      (results) => batch.forEach((p, i) => p.resolve(results[i]!)),
+      (e) => {
+        for (const p of batch) p.reject(e);
+      },
+    );
+  }
+
+  private post(msg: ToWorker & { job: number }, files: number, large: boolean): Promise<FileResult[]> {
+    const job = this.nextJob++;
+    let wi = 0;
+    for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[wi]!) wi = i;
+    this.load[wi]! += files;
+    return new Promise<FileResult[]>((resolve, reject) => {
+      this.jobs.set(job, { resolve, reject, reserved: new Set(), worker: wi, files, large });
+      this.workers[wi]!.postMessage({ ...msg, job });
+    });
+  }
+
+  private finish(job: number, r: FileResult[]): void {
     const j = this.jobs.get(job);
     if (!j) return;
     this.jobs.delete(job);
     // Reservations not fulfilled cannot happen (workers send blobs right after
     // the answer), but release defensively so no id is left claimed.
     if (j.reserved.size) this.repo.release(j.reserved);
-    this.load[j.worker]!--;
-    this.inFlight--;
-    this.slotWaiters.shift()?.();
+    this.load[j.worker]! -= j.files;
+    if (j.large) this.largeInFlight -= j.files;
+    else this.smallInFlight -= j.files;
+    for (let i = 0; i < this.slotWaiters.length; i++) {
+      const w = this.slotWaiters[i]!;
+      if (this.hasRoom(w.large)) {
+        this.slotWaiters.splice(i--, 1);
+        w.wake();
+      }
+    }
     j.resolve(r);
   }
 
@@ -133,34 +193,28 @@ export class ChunkPool {
           const all = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
           for (const b of m.blobs) {
             const data = all.subarray(b.offset, b.offset + b.length);
-            this.repo.addEncoded({
-              id: b.id,
-              type: "chunk",
-              data,
-              rawLength: b.rawLength,
-              compressed: b.compressed,
-            });
+            this.repo.addEncoded({ id: b.id, type: "chunk", data, rawLength: b.rawLength, compressed: b.compressed });
             j.reserved.delete(b.id);
-            this.storedBytes += data.length;
           }
         } catch (e) {
           this.fail(e);
         }
         break;
       case "done":
-        this.finish(m.job, { ok: true, pieces: m.pieces, size: m.size, bytesRead: m.bytesRead });
-        break;
-      case "changed":
-        this.finish(m.job, { ok: false, changed: true, code: "CHANGED", message: m.why });
-        break;
-      case "error":
-        this.finish(m.job, { ok: false, changed: false, code: m.code, message: m.message });
+        this.finish(m.job, m.results.map(toResult));
         break;
     }
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    this.flushBatch();
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+function toResult(o: FileOutcome): FileResult {
+  if (o.t === "ok") return { ok: true, pieces: o.pieces, size: o.size, bytesRead: o.bytesRead };
+  if (o.t === "changed") return { ok: false, changed: true, code: "CHANGED", message: o.why };
+  return { ok: false, changed: false, code: o.code, message: o.message };
 }

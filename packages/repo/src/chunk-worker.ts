@@ -1,9 +1,10 @@
 /**
- * Worker thread: reads one file at a time (several interleaved), cuts it into
- * chunks, hashes them, asks the main thread which ids are new, and compresses
- * and encrypts only those. The main thread owns the catalog and the open
- * pack; workers own CPU-heavy work. Memory per job is bounded by the read
- * buffer (one batch of chunks in flight per job).
+ * Worker thread: reads files, cuts them into chunks, hashes them, asks the
+ * main thread which ids are new, and compresses and encrypts only those.
+ * The main thread owns the catalog and the open pack; workers own the
+ * CPU-heavy work. Large files are streamed through a pooled 8 MiB buffer (one
+ * query per buffer); small files come in batches and are asked about
+ * together.
  */
 import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
@@ -11,7 +12,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { type BlobId, Chunker, type ChunkerParams, type ContentPiece } from "@strata/core";
 import { dataRanges } from "@strata/fs";
 import { MasterKey } from "./crypto.js";
-import { BlobCodec } from "./pack.js";
+import { BlobCodec, type EncodedBlob } from "./pack.js";
 
 export interface WorkerInit {
   key: Uint8Array;
@@ -20,7 +21,12 @@ export interface WorkerInit {
 }
 export type ToWorker =
   | { t: "file"; job: number; path: Uint8Array }
+  | { t: "files"; job: number; paths: Uint8Array[] }
   | { t: "need"; job: number; seq: number; need: boolean[] };
+export type FileOutcome =
+  | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number }
+  | { t: "changed"; why: string }
+  | { t: "error"; code: string; message: string };
 export type FromWorker =
   | { t: "query"; job: number; seq: number; ids: BlobId[] }
   | {
@@ -29,20 +35,16 @@ export type FromWorker =
       data: Uint8Array;
       blobs: { id: BlobId; offset: number; length: number; rawLength: number; compressed: boolean }[];
     }
-  | { t: "done"; job: number; pieces: ContentPiece[]; size: number; bytesRead: number }
-  | { t: "changed"; job: number; why: string }
-  | { t: "error"; job: number; code: string; message: string };
+  | { t: "done"; job: number; results: FileOutcome[] };
 
 const BUF_SIZE = 8 * 1024 * 1024;
-const bufPool: Buffer[] = [];
-const giveBuffer = (b: Buffer) => {
-  if (bufPool.length < 4) bufPool.push(b);
-};
 
 if (parentPort) {
   const port = parentPort;
   const init = workerData as WorkerInit;
   const codec = new BlobCodec(new MasterKey(Buffer.from(init.key)), init.level);
+  const chunker = new Chunker(init.chunker);
+  const bufPool: Buffer[] = [];
   const waiters = new Map<string, (need: boolean[]) => void>();
   let seqCounter = 0;
 
@@ -53,6 +55,12 @@ if (parentPort) {
       port.postMessage({ t: "query", job, seq, ids } satisfies FromWorker);
     });
 
+  const asPath = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+  const errorOutcome = (e: unknown): FileOutcome => {
+    const err = e as NodeJS.ErrnoException;
+    return { t: "error", code: err.code ?? "EIO", message: err.message };
+  };
+
   port.on("message", (m: ToWorker) => {
     if (m.t === "need") {
       const k = `${m.job}:${m.seq}`;
@@ -60,129 +68,166 @@ if (parentPort) {
       waiters.delete(k);
       w?.(m.need);
     } else if (m.t === "file") {
-      processFile(m.job, Buffer.from(m.path.buffer, m.path.byteOffset, m.path.byteLength)).catch(
-        (e: unknown) => {
-          const err = e as NodeJS.ErrnoException;
-          port.postMessage({
-            t: "error",
-            job: m.job,
-            code: err.code ?? "EIO",
-            message: err.message,
-          } satisfies FromWorker);
-        },
+      largeFile(m.job, asPath(m.path)).then(
+        (r) => port.postMessage({ t: "done", job: m.job, results: [r] } satisfies FromWorker),
+        (e) => port.postMessage({ t: "done", job: m.job, results: [errorOutcome(e)] } satisfies FromWorker),
+      );
+    } else if (m.t === "files") {
+      smallFiles(m.job, m.paths.map(asPath)).then(
+        (results) => port.postMessage({ t: "done", job: m.job, results } satisfies FromWorker),
+        (e) => port.postMessage({ t: "done", job: m.job, results: m.paths.map(() => errorOutcome(e)) } satisfies FromWorker),
       );
     }
   });
 
-  async function processFile(job: number, path: Buffer): Promise<void> {
-    let fd: number;
+  function openFile(path: Buffer): number {
     try {
-      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOATIME);
+      return openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOATIME);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EPERM") throw e;
-      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW); // O_NOATIME needs ownership
+      return openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW); // O_NOATIME needs ownership
     }
-    let heldBuf: Buffer | null = null;
-    const takeBuffer = (size: number): Buffer => {
-      // Small files get a buffer of their size; large ones reuse pooled
-      // read buffers, so the heap does not churn through 8 MiB per file.
-      const want = Math.max(BUF_SIZE, init.chunker.maxSize * 2);
-      if (size + 1 < want) return Buffer.allocUnsafe(Math.max(size, 1));
-      heldBuf = bufPool.pop() ?? Buffer.allocUnsafeSlow(want);
-      return heldBuf;
-    };
+  }
+
+  /** Send encrypted blobs in one transferred buffer. */
+  function sendBlobs(job: number, encoded: EncodedBlob[]): void {
+    if (!encoded.length) return;
+    let total = 0;
+    for (const e of encoded) total += e.data.length;
+    const data = Buffer.allocUnsafeSlow(total);
+    let off = 0;
+    const blobs = encoded.map((e) => {
+      e.data.copy(data, off);
+      const b = { id: e.id, offset: off, length: e.data.length, rawLength: e.rawLength, compressed: e.compressed };
+      off += e.data.length;
+      return b;
+    });
+    port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [data.buffer as ArrayBuffer]);
+  }
+
+  type Cut = { data: Uint8Array; id: BlobId };
+  function cutAll(buf: Buffer, filled: number, eof: boolean, out: Cut[]): number {
+    let start = 0;
+    while (start < filled) {
+      const l = chunker.next(buf, start, filled, eof);
+      if (l <= 0) break;
+      const data = buf.subarray(start, start + l);
+      out.push({ data, id: createHash("sha256").update(data).digest("hex") as BlobId });
+      start += l;
+    }
+    return start;
+  }
+
+  /** Small files: read whole, chunk, then one query and one blob message for the batch. */
+  async function smallFiles(job: number, paths: Buffer[]): Promise<FileOutcome[]> {
+    const results: (FileOutcome | null)[] = [];
+    const perFile: { cuts: Cut[]; size: number }[] = [];
+    for (const path of paths) {
+      let fd = -1;
+      try {
+        fd = openFile(path);
+        const before = fstatSync(fd, { bigint: true });
+        if (!before.isFile()) {
+          results.push({ t: "changed", why: "no longer a regular file" });
+          perFile.push({ cuts: [], size: 0 });
+          continue;
+        }
+        const size = Number(before.size);
+        const buf = Buffer.allocUnsafe(size + 1);
+        let got = 0;
+        while (got <= size) {
+          const n = readSync(fd, buf, got, size + 1 - got, got);
+          if (n === 0) break;
+          got += n;
+        }
+        const after = fstatSync(fd, { bigint: true });
+        if (got !== size || after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) {
+          results.push({ t: "changed", why: "file changed while being read" });
+          perFile.push({ cuts: [], size: 0 });
+          continue;
+        }
+        const cuts: Cut[] = [];
+        chunker.reset();
+        if (size > 0) cutAll(buf, size, true, cuts);
+        results.push(null);
+        perFile.push({ cuts, size });
+      } catch (e) {
+        results.push(errorOutcome(e));
+        perFile.push({ cuts: [], size: 0 });
+      } finally {
+        if (fd >= 0) closeSync(fd);
+      }
+    }
+    const all = perFile.flatMap((f) => f.cuts);
+    if (all.length) {
+      const need = await ask(job, all.map((c) => c.id));
+      const encoded: EncodedBlob[] = [];
+      all.forEach((c, i) => {
+        if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
+      });
+      sendBlobs(job, encoded);
+    }
+    return results.map((r, i) => {
+      if (r) return r;
+      const f = perFile[i]!;
+      return {
+        t: "ok",
+        pieces: f.cuts.map((c) => ({ id: c.id as never, len: c.data.length })),
+        size: f.size,
+        bytesRead: f.size,
+      };
+    });
+  }
+
+  async function largeFile(job: number, path: Buffer): Promise<FileOutcome> {
+    const fd = openFile(path);
+    let held: Buffer | null = null;
     try {
       const before = fstatSync(fd, { bigint: true });
-      if (!before.isFile()) {
-        port.postMessage({ t: "changed", job, why: "no longer a regular file" } satisfies FromWorker);
-        return;
-      }
+      if (!before.isFile()) return { t: "changed", why: "no longer a regular file" };
       const size = Number(before.size);
       // Only ask the kernel for holes when the file has fewer blocks than bytes.
-      const ranges: [number, number][] =
-        Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
-      const chunker = new Chunker(init.chunker);
+      const ranges: [number, number][] = Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
+      const fileChunker = new Chunker(init.chunker);
       const pieces: ContentPiece[] = [];
-      const buf = takeBuffer(size);
+      held = bufPool.pop() ?? Buffer.allocUnsafeSlow(Math.max(BUF_SIZE, init.chunker.maxSize * 2));
+      const buf = held;
       let cursor = 0;
       let bytesRead = 0;
       for (const [off, len] of ranges) {
         if (len <= 0) continue;
         if (off > cursor) pieces.push({ hole: off - cursor });
-        cursor = off;
         const end = off + len;
-        let filled = 0; // bytes in buf
+        let filled = 0;
         let readPos = off;
-        chunker.reset();
+        fileChunker.reset();
         while (true) {
           const want = Math.min(buf.length - filled, end - readPos);
-          let n = 0;
           if (want > 0) {
-            n = readSync(fd, buf, filled, want, readPos);
-            if (n === 0) {
-              port.postMessage({
-                t: "changed",
-                job,
-                why: "file shrank while being read",
-              } satisfies FromWorker);
-              return;
-            }
+            const n = readSync(fd, buf, filled, want, readPos);
+            if (n === 0) return { t: "changed", why: "file shrank while being read" };
             filled += n;
             readPos += n;
             bytesRead += n;
           }
           const eof = readPos >= end;
-          // Cut every complete chunk in the buffer.
-          const cuts: { start: number; len: number; id: BlobId }[] = [];
+          const cuts: Cut[] = [];
           let start = 0;
           while (start < filled) {
-            const l = chunker.next(buf, start, filled, eof);
+            const l = fileChunker.next(buf, start, filled, eof);
             if (l <= 0) break;
-            cuts.push({
-              start,
-              len: l,
-              id: createHash("sha256")
-                .update(buf.subarray(start, start + l))
-                .digest("hex") as BlobId,
-            });
+            const data = buf.subarray(start, start + l);
+            cuts.push({ data, id: createHash("sha256").update(data).digest("hex") as BlobId });
             start += l;
           }
           if (cuts.length) {
-            const need = await ask(
-              job,
-              cuts.map((c) => c.id),
-            );
-            const encoded = [];
-            let total = 0;
-            for (let i = 0; i < cuts.length; i++) {
-              const c = cuts[i]!;
-              pieces.push({ id: c.id as never, len: c.len });
-              if (need[i]) {
-                const e = codec.encode(c.id, "chunk", buf.subarray(c.start, c.start + c.len));
-                encoded.push(e);
-                total += e.data.length;
-              }
-            }
-            if (encoded.length) {
-              // One transferred buffer per batch: cheaper than one per blob.
-              const data = Buffer.allocUnsafeSlow(total);
-              let off = 0;
-              const blobs = encoded.map((e) => {
-                e.data.copy(data, off);
-                const b = {
-                  id: e.id,
-                  offset: off,
-                  length: e.data.length,
-                  rawLength: e.rawLength,
-                  compressed: e.compressed,
-                };
-                off += e.data.length;
-                return b;
-              });
-              port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [
-                data.buffer as ArrayBuffer,
-              ]);
-            }
+            const need = await ask(job, cuts.map((c) => c.id));
+            const encoded: EncodedBlob[] = [];
+            cuts.forEach((c, i) => {
+              pieces.push({ id: c.id as never, len: c.data.length });
+              if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
+            });
+            sendBlobs(job, encoded);
           }
           // Keep the partial chunk at the front of the buffer.
           if (start > 0) {
@@ -190,27 +235,18 @@ if (parentPort) {
             filled -= start;
           }
           if (eof && filled === 0) break;
-          if (eof && start === 0 && filled > 0 && cuts.length === 0) {
-            // eof with data left can't happen (next() returns the rest at eof)
-            break;
-          }
         }
         cursor = end;
       }
       if (cursor < size) pieces.push({ hole: size - cursor });
       const after = fstatSync(fd, { bigint: true });
-      if (
-        after.size !== before.size ||
-        after.mtimeNs !== before.mtimeNs ||
-        after.ctimeNs !== before.ctimeNs
-      ) {
-        port.postMessage({ t: "changed", job, why: "file changed while being read" } satisfies FromWorker);
-        return;
+      if (after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) {
+        return { t: "changed", why: "file changed while being read" };
       }
-      port.postMessage({ t: "done", job, pieces, size, bytesRead } satisfies FromWorker);
+      return { t: "ok", pieces, size, bytesRead };
     } finally {
       closeSync(fd);
-      if (heldBuf) giveBuffer(heldBuf);
+      if (held && bufPool.length < 4) bufPool.push(held);
     }
   }
 }
