@@ -5,6 +5,7 @@ export { dataRanges, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
 export {
   type ApplyOptions,
   applyMetadata,
+  applyMetadataSync,
   createFile,
   createHardlink,
   createSpecial,

@@ -69,7 +69,8 @@ export class ChunkPool {
       w.on("message", (m: FromWorker) => this.onMessage(i, m));
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => {
-        if (code !== 0 && !this.closing) this.fail(new StrataError("INTERNAL", `chunk worker exited with code ${code}`));
+        if (code !== 0 && !this.closing)
+          this.fail(new StrataError("INTERNAL", `chunk worker exited with code ${code}`));
       });
       this.workers.push(w);
       this.load.push(0);
@@ -124,7 +125,11 @@ export class ChunkPool {
     const batch = this.batch;
     this.batch = [];
     this.batchBytes = 0;
-    this.post({ t: "files", job: 0, paths: batch.map((p) => new Uint8Array(p.path)) }, batch.length, false).then(
+    this.post(
+      { t: "files", job: 0, paths: batch.map((p) => new Uint8Array(p.path)) },
+      batch.length,
+      false,
+    ).then(
       (results) => batch.forEach((p, i) => p.resolve(results[i]!)),
       (e) => {
         for (const p of batch) p.reject(e);
@@ -193,7 +198,13 @@ export class ChunkPool {
           const all = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
           for (const b of m.blobs) {
             const data = all.subarray(b.offset, b.offset + b.length);
-            this.repo.addEncoded({ id: b.id, type: "chunk", data, rawLength: b.rawLength, compressed: b.compressed });
+            this.repo.addEncoded({
+              id: b.id,
+              type: "chunk",
+              data,
+              rawLength: b.rawLength,
+              compressed: b.compressed,
+            });
             j.reserved.delete(b.id);
           }
         } catch (e) {

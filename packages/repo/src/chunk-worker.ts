@@ -75,7 +75,12 @@ if (parentPort) {
     } else if (m.t === "files") {
       smallFiles(m.job, m.paths.map(asPath)).then(
         (results) => port.postMessage({ t: "done", job: m.job, results } satisfies FromWorker),
-        (e) => port.postMessage({ t: "done", job: m.job, results: m.paths.map(() => errorOutcome(e)) } satisfies FromWorker),
+        (e) =>
+          port.postMessage({
+            t: "done",
+            job: m.job,
+            results: m.paths.map(() => errorOutcome(e)),
+          } satisfies FromWorker),
       );
     }
   });
@@ -98,7 +103,13 @@ if (parentPort) {
     let off = 0;
     const blobs = encoded.map((e) => {
       e.data.copy(data, off);
-      const b = { id: e.id, offset: off, length: e.data.length, rawLength: e.rawLength, compressed: e.compressed };
+      const b = {
+        id: e.id,
+        offset: off,
+        length: e.data.length,
+        rawLength: e.rawLength,
+        compressed: e.compressed,
+      };
       off += e.data.length;
       return b;
     });
@@ -141,7 +152,12 @@ if (parentPort) {
           got += n;
         }
         const after = fstatSync(fd, { bigint: true });
-        if (got !== size || after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) {
+        if (
+          got !== size ||
+          after.size !== before.size ||
+          after.mtimeNs !== before.mtimeNs ||
+          after.ctimeNs !== before.ctimeNs
+        ) {
           results.push({ t: "changed", why: "file changed while being read" });
           perFile.push({ cuts: [], size: 0 });
           continue;
@@ -160,7 +176,10 @@ if (parentPort) {
     }
     const all = perFile.flatMap((f) => f.cuts);
     if (all.length) {
-      const need = await ask(job, all.map((c) => c.id));
+      const need = await ask(
+        job,
+        all.map((c) => c.id),
+      );
       const encoded: EncodedBlob[] = [];
       all.forEach((c, i) => {
         if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
@@ -187,7 +206,8 @@ if (parentPort) {
       if (!before.isFile()) return { t: "changed", why: "no longer a regular file" };
       const size = Number(before.size);
       // Only ask the kernel for holes when the file has fewer blocks than bytes.
-      const ranges: [number, number][] = Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
+      const ranges: [number, number][] =
+        Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
       const fileChunker = new Chunker(init.chunker);
       const pieces: ContentPiece[] = [];
       held = bufPool.pop() ?? Buffer.allocUnsafeSlow(Math.max(BUF_SIZE, init.chunker.maxSize * 2));
@@ -221,7 +241,10 @@ if (parentPort) {
             start += l;
           }
           if (cuts.length) {
-            const need = await ask(job, cuts.map((c) => c.id));
+            const need = await ask(
+              job,
+              cuts.map((c) => c.id),
+            );
             const encoded: EncodedBlob[] = [];
             cuts.forEach((c, i) => {
               pieces.push({ id: c.id as never, len: c.data.length });
@@ -240,7 +263,11 @@ if (parentPort) {
       }
       if (cursor < size) pieces.push({ hole: size - cursor });
       const after = fstatSync(fd, { bigint: true });
-      if (after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs) {
+      if (
+        after.size !== before.size ||
+        after.mtimeNs !== before.mtimeNs ||
+        after.ctimeNs !== before.ctimeNs
+      ) {
         return { t: "changed", why: "file changed while being read" };
       }
       return { t: "ok", pieces, size, bytesRead };

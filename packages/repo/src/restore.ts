@@ -1,7 +1,20 @@
-import { constants as C, promises as fsp } from "node:fs";
+import {
+  constants as C,
+  closeSync,
+  promises as fsp,
+  ftruncateSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
 import * as nodePath from "node:path";
-import { type BlobId, type FsNode, isStrataError, StrataError, type TreeId } from "@strata/core";
-import { applyMetadata, createSpecial, validateName } from "@strata/fs";
+import { type BlobId, type ChunkId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
+import { applyMetadataSync, createSpecial, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { displayName, type Repository } from "./repository.js";
@@ -102,7 +115,7 @@ export class Restorer {
       }
     }
     await this.restoreTree(tree, target, prefix);
-    if (topNode) await this.meta(target, topNode, prefix);
+    if (topNode) this.meta(target, topNode, prefix);
     this.progress(true);
     return this.result;
   }
@@ -139,6 +152,7 @@ export class Restorer {
     dir: Buffer,
     prefix: string,
     mode: 1 | 2 = this.includes ? 2 : 1,
+    fresh = false,
   ): Promise<void> {
     let nodes: FsNode[];
     try {
@@ -147,133 +161,156 @@ export class Restorer {
       this.error(prefix || "/", `cannot load directory listing: ${(e as Error).message}`);
       return;
     }
-    const pending: Promise<void>[] = [];
-    const limit = this.opts.concurrency ?? 16;
-    for (const node of nodes) {
-      const p = await this.restoreNode(node, dir, prefix, mode);
-      if (p) {
-        pending.push(p);
-        if (pending.length >= limit) await Promise.all(pending.splice(0));
+    // One index lookup for every chunk of every file in this directory.
+    const ids = new Set<BlobId>();
+    for (const n of nodes) for (const c of chunkIdsOf(n)) ids.add(c);
+    let index = new Map<BlobId, IndexEntry>();
+    if (ids.size) {
+      try {
+        index = await this.repo.lookup([...ids]);
+      } catch (e) {
+        this.error(prefix || "/", `cannot look up file data: ${(e as Error).message}`);
       }
     }
-    await Promise.all(pending);
+    for (const node of nodes) await this.restoreNode(node, dir, prefix, mode, fresh, index);
   }
 
-  /** Creates the node; returns a promise for file content still being written. */
+  /**
+   * Create one node (recursively for directories). Metadata syscalls are
+   * synchronous: restore performs several per object, and synchronous calls
+   * cost far less than thread-pool round trips; only pack reads are async.
+   */
   private async restoreNode(
     node: FsNode,
     dir: Buffer,
     prefix: string,
     parentMode: 1 | 2 = 1,
-  ): Promise<Promise<void> | null> {
+    fresh = false,
+    index: Map<BlobId, IndexEntry> | null = null,
+  ): Promise<void> {
     const path = `${prefix}/${displayName(node.name)}`;
     try {
       validateName(node.name);
     } catch (e) {
       this.error(path, `not restored: ${(e as Error).message}`);
-      return null;
+      return;
     }
     const sel = parentMode === 1 ? 1 : this.selected(path);
-    if (sel === 0) return null;
-    if (sel === 2 && node.type !== "dir") return null;
+    if (sel === 0) return;
+    if (sel === 2 && node.type !== "dir") return;
     const dest = Buffer.concat([dir, SLASH, node.name]);
     this.current = path;
     this.progress();
     try {
       if (node.type === "dir") {
-        await makeDir(dest, path);
+        const created = makeDir(dest, path);
         this.result.dirs++;
-        if (node.subtree) await this.restoreTree(node.subtree, dest, path, sel);
-        await this.meta(dest, node, path);
-        return null;
+        if (node.subtree) await this.restoreTree(node.subtree, dest, path, sel, created);
+        this.meta(dest, node, path);
+        return;
       }
-      await clearWay(dest);
+      // In a directory we just created nothing can be in the way.
+      if (!fresh) clearWay(dest);
       if (node.link) {
         const key = `${node.link.dev}:${node.link.ino}`;
         const first = this.links.get(key);
         if (first) {
-          await fsp.link(first, dest);
+          linkSync(first, dest);
           this.result.files++;
-          return null;
+          return;
         }
         this.links.set(key, dest);
       }
       if (node.type === "file") {
-        const fh = await fsp.open(dest, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        const fd = openSync(dest, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
         this.result.files++;
-        return this.writeContent(fh, node, path).then(
-          () => this.meta(dest, node, path),
-          (e) => this.error(path, (e as Error).message),
-        );
+        try {
+          await this.writeContent(fd, node, path, index ?? new Map());
+        } finally {
+          closeSync(fd);
+        }
+        this.meta(dest, node, path);
+        return;
       }
-      if (node.type === "symlink") {
-        await fsp.symlink(node.target ?? Buffer.alloc(0), dest);
-      } else {
-        await createSpecial(dest, node);
-      }
+      if (node.type === "symlink") symlinkSync(node.target ?? Buffer.alloc(0), dest);
+      else await createSpecial(dest, node);
       this.result.files++;
-      await this.meta(dest, node, path);
+      this.meta(dest, node, path);
     } catch (e) {
-      if (isStrataError(e, "UNSAFE_PATH")) this.error(path, e.message);
-      else this.error(path, (e as Error).message);
+      this.error(path, (e as Error).message);
     }
-    return null;
   }
 
-  private async meta(dest: Buffer, node: FsNode, path: string): Promise<void> {
+  private meta(dest: Buffer, node: FsNode, path: string): void {
     try {
-      await applyMetadata(dest, node);
+      applyMetadataSync(dest, node);
     } catch (e) {
       this.error(path, `cannot set metadata: ${(e as Error).message}`);
     }
   }
 
-  private async writeContent(fh: fsp.FileHandle, node: FsNode, path: string): Promise<void> {
-    try {
-      const pieces = node.content ?? [];
-      const ids = [
-        ...new Set(
-          pieces.filter((p): p is { id: never; len: number } => "id" in p).map((p) => p.id as BlobId),
-        ),
-      ];
-      const index = ids.length ? await this.repo.lookup(ids) : new Map<BlobId, IndexEntry>();
-      let off = 0;
-      const damaged: string[] = [];
-      for (const p of pieces) {
-        if ("hole" in p) {
-          off += p.hole;
-          continue;
-        }
-        const e = index.get(p.id);
-        let data: Buffer | null = null;
-        if (!e) damaged.push(`chunk ${p.id} is not in the index`);
-        else {
-          try {
-            data = await this.repo.readEntry(e);
-          } catch (err) {
-            damaged.push((err as Error).message);
-          }
-        }
-        if (data) {
-          let w = 0;
-          while (w < data.length) w += (await fh.write(data, w, data.length - w, off + w)).bytesWritten;
-          this.result.bytes += data.length;
-        }
-        off += p.len;
+  private async writeContent(
+    fd: number,
+    node: FsNode,
+    path: string,
+    index: Map<BlobId, IndexEntry>,
+  ): Promise<void> {
+    const pieces = node.content ?? [];
+    const missing = pieces.filter((p): p is { id: ChunkId; len: number } => "id" in p && !index.has(p.id));
+    if (missing.length) {
+      // Not found in the directory's batch (the batch failed): ask per file.
+      for (const [k, v] of await this.repo.lookup(missing.map((p) => p.id))) index.set(k, v);
+    }
+    const damaged: string[] = [];
+    // Read a few chunks ahead so pack reads overlap with decoding and writing.
+    const AHEAD = 4;
+    const reads: (Promise<Buffer> | null)[] = [];
+    const start = (i: number) => {
+      const p = pieces[i];
+      if (!p || "hole" in p) return null;
+      const e = index.get(p.id as BlobId);
+      if (!e) return null;
+      const r = this.repo.readEntry(e);
+      r.catch(() => {});
+      return r;
+    };
+    for (let i = 0; i < Math.min(AHEAD, pieces.length); i++) reads.push(start(i));
+    let off = 0;
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i]!;
+      const pending = reads[i];
+      if (i + AHEAD < pieces.length) reads.push(start(i + AHEAD));
+      reads[i] = null;
+      if ("hole" in p) {
+        off += p.hole;
+        continue;
       }
-      // Trailing holes: set the size without writing zeroes.
-      await fh.truncate(node.size);
-      if (damaged.length) {
-        throw new StrataError(
-          "DATA_CORRUPT",
-          `restored with damaged parts (zero-filled): ${damaged.join("; ")}`,
-          {
-            subject: path,
-          },
-        );
+      let data: Buffer | null = null;
+      if (!pending) damaged.push(`chunk ${p.id} is not in the index`);
+      else {
+        try {
+          data = await pending;
+        } catch (err) {
+          damaged.push((err as Error).message);
+        }
       }
-    } finally {
-      await fh.close();
+      if (data) {
+        let w = 0;
+        while (w < data.length) w += writeSync(fd, data, w, data.length - w, off + w);
+        this.result.bytes += data.length;
+      }
+      off += p.len;
+    }
+    // Trailing holes: set the size without writing zeroes.
+    ftruncateSync(fd, node.size);
+    if (damaged.length) {
+      throw new StrataError(
+        "DATA_CORRUPT",
+        `restored with damaged parts (zero-filled): ${damaged.join("; ")}`,
+        {
+          subject: path,
+        },
+      );
     }
   }
 }
@@ -288,29 +325,32 @@ async function ensureRealDir(p: Buffer, display: string): Promise<void> {
   }
 }
 
-/** Create a directory, or accept an existing real one; never a symlink. */
-async function makeDir(p: Buffer, display: string): Promise<void> {
+/**
+ * Create a directory, or accept an existing real one; never a symlink.
+ * Returns true when the directory was created (so it is known to be empty).
+ */
+function makeDir(p: Buffer, display: string): boolean {
   try {
-    await fsp.mkdir(p, 0o700);
-    return;
+    mkdirSync(p, 0o700);
+    return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
   }
-  const st = await fsp.lstat(p);
-  if (st.isDirectory()) return;
-  await fsp.unlink(p);
-  await fsp.mkdir(p, 0o700);
-  const again = await fsp.lstat(p);
-  if (!again.isDirectory())
+  const st = lstatSync(p);
+  if (st.isDirectory()) return false;
+  unlinkSync(p);
+  mkdirSync(p, 0o700);
+  if (!lstatSync(p).isDirectory())
     throw new StrataError("UNSAFE_PATH", `${display} is not a directory`, { subject: display });
+  return true;
 }
 
 /** Remove whatever is at `p` (without following symlinks) so a new node can be created. */
-async function clearWay(p: Buffer): Promise<void> {
-  const st = await fsp.lstat(p).catch(() => null);
+function clearWay(p: Buffer): void {
+  const st = lstatSync(p, { throwIfNoEntry: false });
   if (!st) return;
-  if (st.isDirectory()) await fsp.rm(p, { recursive: true, force: true });
-  else await fsp.unlink(p);
+  if (st.isDirectory()) rmSync(p, { recursive: true, force: true });
+  else unlinkSync(p);
 }
 
 export function restore(
