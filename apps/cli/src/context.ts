@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import * as path from "node:path";
@@ -109,11 +110,16 @@ export async function closeRepo(repo: Repository): Promise<void> {
 }
 
 /** The local file cache of this client for this repository. */
-export function openFileCache(repo: Repository): FileCache {
+export function openFileCache(repo: Repository, paths: readonly string[]): FileCache {
   const base =
     process.env.STRATA_CACHE_DIR ??
     path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), ".cache"), "strata");
   const dir = path.join(base, repo.config.id);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  return openSqliteFileCache(path.join(dir, "files.db"));
+  // One cache per set of paths: a backup's endRun drops rows it did not
+  // see, which must not evict another path set's rows.
+  const key = createHash("sha256")
+    .update(JSON.stringify([...paths].map((p) => path.resolve(p)).sort()))
+    .digest("hex");
+  return openSqliteFileCache(path.join(dir, `files-${key.slice(0, 16)}.db`));
 }

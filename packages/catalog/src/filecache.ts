@@ -26,7 +26,10 @@ const SCHEMA_VERSION = 1;
  * or un-synced rows, which only costs re-reading those files next time; and
  * without endRun nothing is deleted.
  *
- * One process at a time should use a cache file (the backup holds the lock).
+ * The CLI keeps one cache file per set of backed-up paths, so backups of
+ * different paths do not evict each other's rows. Two processes may share a
+ * file (SQLite serializes them); they only lose efficiency, never safety,
+ * because the backup verifies every hit against the index.
  */
 export class SqliteFileCache implements FileCache {
   readonly path: string;

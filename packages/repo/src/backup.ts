@@ -17,6 +17,7 @@ import {
 import { readNode } from "@strata/fs";
 import type { FileCache, SnapshotRecord, SnapshotStats } from "./catalog.js";
 import { ChunkPool } from "./chunk-pool.js";
+import { statSig } from "./chunk-worker.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import { displayName, type Repository } from "./repository.js";
 
@@ -391,7 +392,12 @@ export class Backup {
     let cur = node;
     let curSt = st;
     for (let attempt = 0; ; attempt++) {
-      const r = await this.pool.submit(abs, cur.size);
+      let r = await this.pool.submit(abs, cur.size);
+      if (r.ok && r.sig !== statSig(curSt)) {
+        // Changed between the walk's lstat and the read: metadata and
+        // content would come from different moments. Read both again.
+        r = { ok: false, changed: true, code: "CHANGED", message: "file changed between stat and read" };
+      }
       if (r.ok) {
         this.stats.bytesRead += r.bytesRead;
         // The worker checked the file did not change while read; record the

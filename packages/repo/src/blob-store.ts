@@ -28,6 +28,11 @@ export interface BlobStore {
   stat(name: string): Promise<{ size: number; mtime: Date } | null>;
   list(prefix: string): AsyncIterable<{ name: string; size: number }>;
   delete(name: string): Promise<void>;
+  /**
+   * Optional: remove temporary objects left by writers that crashed, older
+   * than `before`. Stores whose puts are atomic server-side need none.
+   */
+  sweepTemporary?(before: Date): Promise<number>;
   /** Human-readable location for messages. */
   readonly location: string;
   close(): Promise<void>;
@@ -191,6 +196,31 @@ export class DirBlobStore implements BlobStore {
         }
       }
     }
+  }
+
+  async sweepTemporary(before: Date): Promise<number> {
+    let removed = 0;
+    const walk = async (dir: string): Promise<void> => {
+      let entries: import("node:fs").Dirent[];
+      try {
+        entries = await fsp.readdir(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) await walk(p);
+        else if (e.name.startsWith(".tmp-")) {
+          const st = await fsp.stat(p).catch(() => null);
+          if (st && st.mtime < before) {
+            await fsp.rm(p, { force: true });
+            removed++;
+          }
+        }
+      }
+    };
+    await walk(this.root);
+    return removed;
   }
 
   async delete(name: string): Promise<void> {

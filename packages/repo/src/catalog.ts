@@ -154,8 +154,10 @@ export interface RepoCatalog {
 
 /**
  * Local cache of the backup client: for each directory it backed up, the stat
- * signature and encoded node of every entry, so an unchanged file is not read
- * again and an unchanged directory's tree is not re-encoded.
+ * signature and encoded node of every non-directory entry, so an unchanged
+ * file is not read again. Hits are only used when every chunk they name is
+ * still stored (the backup checks the index). Trees are always re-encoded
+ * (cheap) and deduplicated by id.
  */
 export interface FileCache {
   /** The cached entry list of directory `dir` (raw path bytes), or null. */

@@ -5,7 +5,7 @@ import type { FileOutcome, FromWorker, ToWorker, WorkerInit } from "./chunk-work
 import type { Repository } from "./repository.js";
 
 export type FileResult =
-  | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number }
+  | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string }
   | { ok: false; changed: boolean; code: string; message: string };
 
 /** Files below this size travel to workers in batches. */
@@ -130,7 +130,9 @@ export class ChunkPool {
       batch.length,
       false,
     ).then(
-      (results) => batch.forEach((p, i) => p.resolve(results[i]!)),
+      (results) => {
+        for (const [i, p] of batch.entries()) p.resolve(results[i]!);
+      },
       (e) => {
         for (const p of batch) p.reject(e);
       },
@@ -225,7 +227,7 @@ export class ChunkPool {
 }
 
 function toResult(o: FileOutcome): FileResult {
-  if (o.t === "ok") return { ok: true, pieces: o.pieces, size: o.size, bytesRead: o.bytesRead };
+  if (o.t === "ok") return { ok: true, pieces: o.pieces, size: o.size, bytesRead: o.bytesRead, sig: o.sig };
   if (o.t === "changed") return { ok: false, changed: true, code: "CHANGED", message: o.why };
   return { ok: false, changed: false, code: o.code, message: o.message };
 }

@@ -24,7 +24,7 @@ export type ToWorker =
   | { t: "files"; job: number; paths: Uint8Array[] }
   | { t: "need"; job: number; seq: number; need: boolean[] };
 export type FileOutcome =
-  | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number }
+  | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string }
   | { t: "changed"; why: string }
   | { t: "error"; code: string; message: string };
 export type FromWorker =
@@ -38,6 +38,11 @@ export type FromWorker =
   | { t: "done"; job: number; results: FileOutcome[] };
 
 const BUF_SIZE = 8 * 1024 * 1024;
+
+/** What the content was read under; the walk compares it with its own lstat. */
+export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
+  return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
 
 if (parentPort) {
   const port = parentPort;
@@ -132,7 +137,7 @@ if (parentPort) {
   /** Small files: read whole, chunk, then one query and one blob message for the batch. */
   async function smallFiles(job: number, paths: Buffer[]): Promise<FileOutcome[]> {
     const results: (FileOutcome | null)[] = [];
-    const perFile: { cuts: Cut[]; size: number }[] = [];
+    const perFile: { cuts: Cut[]; size: number; sig: string }[] = [];
     for (const path of paths) {
       let fd = -1;
       try {
@@ -140,7 +145,7 @@ if (parentPort) {
         const before = fstatSync(fd, { bigint: true });
         if (!before.isFile()) {
           results.push({ t: "changed", why: "no longer a regular file" });
-          perFile.push({ cuts: [], size: 0 });
+          perFile.push({ cuts: [], size: 0, sig: "" });
           continue;
         }
         const size = Number(before.size);
@@ -159,17 +164,17 @@ if (parentPort) {
           after.ctimeNs !== before.ctimeNs
         ) {
           results.push({ t: "changed", why: "file changed while being read" });
-          perFile.push({ cuts: [], size: 0 });
+          perFile.push({ cuts: [], size: 0, sig: "" });
           continue;
         }
         const cuts: Cut[] = [];
         chunker.reset();
         if (size > 0) cutAll(buf, size, true, cuts);
         results.push(null);
-        perFile.push({ cuts, size });
+        perFile.push({ cuts, size, sig: statSig(before) });
       } catch (e) {
         results.push(errorOutcome(e));
-        perFile.push({ cuts: [], size: 0 });
+        perFile.push({ cuts: [], size: 0, sig: "" });
       } finally {
         if (fd >= 0) closeSync(fd);
       }
@@ -194,6 +199,7 @@ if (parentPort) {
         pieces: f.cuts.map((c) => ({ id: c.id as never, len: c.data.length })),
         size: f.size,
         bytesRead: f.size,
+        sig: f.sig,
       };
     });
   }
@@ -270,7 +276,7 @@ if (parentPort) {
       ) {
         return { t: "changed", why: "file changed while being read" };
       }
-      return { t: "ok", pieces, size, bytesRead };
+      return { t: "ok", pieces, size, bytesRead, sig: statSig(before) };
     } finally {
       closeSync(fd);
       if (held && bufPool.length < 4) bufPool.push(held);

@@ -131,6 +131,8 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     lease.check();
     await sweep(repo, opts.graceMs, now, report, lease);
     await removeStaleSnapshotObjects(repo);
+    // Temporary files of writers that died; an hour is far longer than any put.
+    await repo.store.sweepTemporary?.(new Date(now().getTime() - 3_600_000));
     return report;
   } finally {
     await lease.release();

@@ -41,7 +41,11 @@ export interface RepoConfig {
   hash: HashAlgorithm;
   chunker: ChunkerParams;
   compression: { algorithm: "zstd"; level: number };
-  /** Packs are closed once they reach `targetSize` bytes (16–64 MiB). */
+  /**
+   * Packs are closed once they reach `targetSize` bytes: 16 MiB by default;
+   * 1 KiB–64 MiB accepted (small values are for tests). The last pack of a
+   * backup is smaller.
+   */
   pack: { targetSize: number };
 }
 

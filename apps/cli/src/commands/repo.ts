@@ -127,7 +127,7 @@ export function registerRepoCommands(program: Command): void {
   bk.action(async (paths: string[]) =>
     withRepo(bk, async (repo, o) => {
       const progress = new Progress(!o.json);
-      const cache = o.cache === false ? null : openFileCache(repo);
+      const cache = o.cache === false ? null : openFileCache(repo, paths);
       try {
         const res = await backup(repo, {
           paths,
