@@ -18,12 +18,16 @@ import { Compressor } from "zstd-napi";
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** The four parameter sets, from `core` (an imported @strata/core dist). */
-export const studyParams = ({ DEFAULT_CHUNKER_PARAMS }) => [
-  { label: "avg 32K", minSize: 8 * 1024, avgSize: 32 * 1024, maxSize: 256 * 1024 },
-  { label: "avg 64K (default)", minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 512 * 1024 },
-  { label: "avg 128K", minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 1024 * 1024 },
-  { label: "avg 1M", minSize: 256 * 1024, avgSize: 1024 * 1024, maxSize: 8 * 1024 * 1024 },
-].map((p) => ({ ...p, params: { ...DEFAULT_CHUNKER_PARAMS, minSize: p.minSize, avgSize: p.avgSize, maxSize: p.maxSize } }));
+export const studyParams = ({ DEFAULT_CHUNKER_PARAMS }) =>
+  [
+    { label: "avg 32K", minSize: 8 * 1024, avgSize: 32 * 1024, maxSize: 256 * 1024 },
+    { label: "avg 64K (default)", minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 512 * 1024 },
+    { label: "avg 128K", minSize: 32 * 1024, avgSize: 128 * 1024, maxSize: 1024 * 1024 },
+    { label: "avg 1M", minSize: 256 * 1024, avgSize: 1024 * 1024, maxSize: 8 * 1024 * 1024 },
+  ].map((p) => ({
+    ...p,
+    params: { ...DEFAULT_CHUNKER_PARAMS, minSize: p.minSize, avgSize: p.avgSize, maxSize: p.maxSize },
+  }));
 
 class One {
   constructor(spec, Chunker) {
@@ -143,9 +147,15 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
   }
   const core = await import(path.join(here, "../packages/core/dist/index.js"));
   const study = new ChunkStudy(core);
-  study.scan(dir, listFiles(dir).map((f) => f.rel));
+  study.scan(
+    dir,
+    listFiles(dir).map((f) => f.rel),
+  );
   const ch = changeOnePercent(dir, 1);
-  study.rescan(dir, ch.changes.map((c) => c.rel));
+  study.rescan(
+    dir,
+    ch.changes.map((c) => c.rel),
+  );
   const rows = study.report();
   console.log(JSON.stringify({ bytesChanged: ch.bytesChanged, filesChanged: ch.files, rows }, null, 2));
   console.log(formatStudy(rows, ch.bytesChanged, 100));

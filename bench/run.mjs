@@ -28,8 +28,8 @@ import {
   existsSync,
   mkdirSync,
   openSync,
-  readFileSync,
   readdirSync,
+  readFileSync,
   readlinkSync,
   rmSync,
   symlinkSync,
@@ -149,7 +149,11 @@ function makeTools(set) {
   const tools = {
     strata: {
       version: () => STRATA_INFO.commit + (STRATA_INFO.dirty ? " + uncommitted changes" : ""),
-      env: () => ({ STRATA_REPO: dir("strata", "repos"), STRATA_PASSWORD: PASSWORD, STRATA_CACHE_DIR: dir("strata", "cache") }),
+      env: () => ({
+        STRATA_REPO: dir("strata", "repos"),
+        STRATA_PASSWORD: PASSWORD,
+        STRATA_CACHE_DIR: dir("strata", "cache"),
+      }),
       repo: () => dir("strata", "repos"),
       cache: () => dir("strata", "cache"),
       init: () => ["node", STRATA_BIN, "repo", "init"],
@@ -165,7 +169,12 @@ function makeTools(set) {
       },
       stats: (env) => {
         try {
-          return JSON.parse(execFileSync("node", [STRATA_BIN, "stats", "--json"], { env: { ...process.env, ...env }, encoding: "utf8" }));
+          return JSON.parse(
+            execFileSync("node", [STRATA_BIN, "stats", "--json"], {
+              env: { ...process.env, ...env },
+              encoding: "utf8",
+            }),
+          );
         } catch {
           return null;
         }
@@ -173,7 +182,11 @@ function makeTools(set) {
     },
     restic: {
       version: () => tryOut("restic version"),
-      env: () => ({ RESTIC_REPOSITORY: dir("restic", "repos"), RESTIC_PASSWORD: PASSWORD, RESTIC_CACHE_DIR: dir("restic", "cache") }),
+      env: () => ({
+        RESTIC_REPOSITORY: dir("restic", "repos"),
+        RESTIC_PASSWORD: PASSWORD,
+        RESTIC_CACHE_DIR: dir("restic", "cache"),
+      }),
       repo: () => dir("restic", "repos"),
       cache: () => dir("restic", "cache"),
       init: () => ["restic", "init"],
@@ -233,7 +246,11 @@ function makeTools(set) {
 function prepareStrata() {
   if (STRATA_MODE === "live") {
     if (!existsSync(path.join(root, "apps/cli/dist/main.js"))) sh(`cd ${q(root)} && npx tsc -b`);
-    return { root, commit: tryOut(`cd ${q(root)} && git rev-parse --short HEAD`), dirty: tryOut(`cd ${q(root)} && git status --porcelain --untracked-files=no | wc -l`) !== "0" };
+    return {
+      root,
+      commit: tryOut(`cd ${q(root)} && git rev-parse --short HEAD`),
+      dirty: tryOut(`cd ${q(root)} && git status --porcelain --untracked-files=no | wc -l`) !== "0",
+    };
   }
   const sha = sh(`cd ${q(root)} && git rev-parse HEAD`).slice(0, 12);
   const dir = path.join(OUT, `strata-${sha}`);
@@ -273,7 +290,9 @@ function ensureDebian() {
   if (existsSync(path.join(own, ".bench-complete"))) return own;
   log(`building ${own} with debootstrap (no ${DEFAULT_DEBIAN})`);
   rmSync(own, { recursive: true, force: true });
-  sh(`debootstrap --variant=minbase bookworm ${q(own)} http://deb.debian.org/debian > ${q(`${own}.log`)} 2>&1`);
+  sh(
+    `debootstrap --variant=minbase bookworm ${q(own)} http://deb.debian.org/debian > ${q(`${own}.log`)} 2>&1`,
+  );
   writeFileSync(path.join(own, ".bench-complete"), "");
   return own;
 }
@@ -304,19 +323,33 @@ function makeData(set) {
   info.entries = Number(sh(`find ${q(data)} | wc -l`));
   info.fileBytes = Number(sh(`find ${q(data)} -type f -printf '%s\\n' | awk '{s+=$1} END {print s+0}'`));
   info.genSeconds = (Date.now() - t0) / 1000;
-  log(`data set ${set}: ${info.regularFiles} files, ${(info.fileBytes / 1e6).toFixed(1)} MB in ${info.genSeconds} s`);
+  log(
+    `data set ${set}: ${info.regularFiles} files, ${(info.fileBytes / 1e6).toFixed(1)} MB in ${info.genSeconds} s`,
+  );
   return info;
 }
 
 function floors(set, data) {
   const f = {};
-  f.statWalk = measure(`${set}-floor-statwalk`, ["bash", "-c", `find ${q(data)} -printf '%i %s %T@ %C@\\n' > /dev/null`], { warmDir: data });
-  f.sha256 = measure(`${set}-floor-sha256`, ["bash", "-c", `find ${q(data)} -type f -print0 | xargs -0 -P2 -n 500 sha256sum > /dev/null`], {
-    warmDir: data,
-  });
-  f.tarZstd = measure(`${set}-floor-tarzstd`, ["bash", "-c", `tar -cf - -C ${q(data)} . | zstd -1 -T0 -q > /dev/null`], {
-    warmDir: data,
-  });
+  f.statWalk = measure(
+    `${set}-floor-statwalk`,
+    ["bash", "-c", `find ${q(data)} -printf '%i %s %T@ %C@\\n' > /dev/null`],
+    { warmDir: data },
+  );
+  f.sha256 = measure(
+    `${set}-floor-sha256`,
+    ["bash", "-c", `find ${q(data)} -type f -print0 | xargs -0 -P2 -n 500 sha256sum > /dev/null`],
+    {
+      warmDir: data,
+    },
+  );
+  f.tarZstd = measure(
+    `${set}-floor-tarzstd`,
+    ["bash", "-c", `tar -cf - -C ${q(data)} . | zstd -1 -T0 -q > /dev/null`],
+    {
+      warmDir: data,
+    },
+  );
   return f;
 }
 
@@ -324,7 +357,10 @@ function verifyRestore(data, restored) {
   // Differences in content (checksum), perms, times, owners, links, devices, hard links.
   const r = spawnSync(
     "bash",
-    ["-c", `rsync -n -i -c -rlptgoDH --numeric-ids --delete ${q(`${data}/`)} ${q(`${restored}/`)} | grep -v '^\\.d\\.\\.t\\.\\.\\.\\.\\.\\. \\./$' | head -n 1000`],
+    [
+      "-c",
+      `rsync -n -i -c -rlptgoDH --numeric-ids --delete ${q(`${data}/`)} ${q(`${restored}/`)} | grep -v '^\\.d\\.\\.t\\.\\.\\.\\.\\.\\. \\./$' | head -n 1000`,
+    ],
     { encoding: "utf8", maxBuffer: 64 << 20 },
   );
   const lines = r.stdout.split("\n").filter(Boolean);
@@ -346,7 +382,10 @@ function runSet(set, results) {
     log("chunk study: scanning version 1");
     const { ChunkStudy } = awaitStudy;
     study = new ChunkStudy(strataCore);
-    study.scan(data, listFiles(data).map((f) => f.rel));
+    study.scan(
+      data,
+      listFiles(data).map((f) => f.rel),
+    );
   }
 
   res.floors = floors(set, data);
@@ -372,11 +411,19 @@ function runSet(set, results) {
 
   log(`changing 1% of the files of ${set}`);
   const ch = changeOnePercent(data, SEED, info.mustChange);
-  res.change = { filesTotal: ch.filesTotal, files: ch.files, bytesChanged: ch.bytesChanged, ops: countOps(ch.changes) };
+  res.change = {
+    filesTotal: ch.filesTotal,
+    files: ch.files,
+    bytesChanged: ch.bytesChanged,
+    ops: countOps(ch.changes),
+  };
   writeFileSync(path.join(OUT, `changes-${set}.json`), JSON.stringify(ch, null, 1));
   if (study) {
     log("chunk study: scanning the changed files");
-    study.rescan(data, ch.changes.map((c) => c.rel));
+    study.rescan(
+      data,
+      ch.changes.map((c) => c.rel),
+    );
     res.study = study.report();
   }
   save();
@@ -404,7 +451,8 @@ function runSet(set, results) {
     if (VERIFY) {
       log(`verifying the ${t} restore`);
       r.verify = verifyRestore(data, path.join(target, data));
-      if (r.verify.differences) log(`  ${r.verify.differences} differences, e.g. ${r.verify.sample.slice(0, 3).join(" | ")}`);
+      if (r.verify.differences)
+        log(`  ${r.verify.differences} differences, e.g. ${r.verify.sample.slice(0, 3).join(" | ")}`);
     }
     rmSync(target, { recursive: true, force: true });
     r.check = measure(`${set}-${t}-check`, tool.check(), { env, warmDir: data });
@@ -456,7 +504,8 @@ const METRICS = [
   ["CPU of first backup, user+sys (s)", (t) => cpu(t.backup1), "time"],
   ["client cache size (MB)", (t) => t.cacheBytes, "bytes"],
 ];
-const peakRss = (t) => Math.max(...["backup1", "backup2", "backup3", "restore", "check"].map((k) => t[k]?.peakRssMB ?? 0));
+const peakRss = (t) =>
+  Math.max(...["backup1", "backup2", "backup3", "restore", "check"].map((k) => t[k]?.peakRssMB ?? 0));
 const cpu = (m) => (m?.userS == null ? null : round(m.userS + m.sysS, 2));
 
 export function render(results) {
@@ -470,7 +519,9 @@ export function render(results) {
     const tools = Object.keys(s.tools);
     const hasR = tools.includes("restic");
     const hasB = tools.includes("borg");
-    out.push(`| metric | ${tools.join(" | ")} |${hasR ? " strata/restic |" : ""}${hasB ? " strata/borg |" : ""}`);
+    out.push(
+      `| metric | ${tools.join(" | ")} |${hasR ? " strata/restic |" : ""}${hasB ? " strata/borg |" : ""}`,
+    );
     out.push(`|---|${tools.map(() => "---:|").join("")}${hasR ? "---:|" : ""}${hasB ? "---:|" : ""}`);
     for (const [label, f, kind] of METRICS) {
       const v = tools.map((t) => f(s.tools[t]));
@@ -494,7 +545,9 @@ export function render(results) {
     const bad = tools.filter((t) => s.tools[t].verify?.differences);
     out.push(
       VERIFY_NOTE(s),
-      bad.length ? `Restore differences: ${bad.map((t) => `${t}: ${s.tools[t].verify.differences} (${s.tools[t].verify.sample.slice(0, 3).join("; ")})`).join(" · ")}` : "",
+      bad.length
+        ? `Restore differences: ${bad.map((t) => `${t}: ${s.tools[t].verify.differences} (${s.tools[t].verify.sample.slice(0, 3).join("; ")})`).join(" · ")}`
+        : "",
       "",
     );
   }
@@ -502,14 +555,22 @@ export function render(results) {
   const a = results.sets.A;
   if (a?.study) {
     const per = a.tools.strata?.catalogBytesPerEntry ?? 100;
-    out.push("", "### Chunk-size study (data set A, two versions)", "", formatStudyTable(a.study, a.change.bytesChanged, per));
+    out.push(
+      "",
+      "### Chunk-size study (data set A, two versions)",
+      "",
+      formatStudyTable(a.study, a.change.bytesChanged, per),
+    );
   }
   return out.join("\n");
 }
 const VERIFY_NOTE = (s) =>
   Object.values(s.tools).some((t) => t.verify)
     ? `Restores verified with rsync -c: ${Object.entries(s.tools)
-        .map(([k, t]) => `${k} ${t.verify ? (t.verify.differences ? `${t.verify.differences} differences` : "identical") : "not verified"}`)
+        .map(
+          ([k, t]) =>
+            `${k} ${t.verify ? (t.verify.differences ? `${t.verify.differences} differences` : "identical") : "not verified"}`,
+        )
         .join(", ")}.`
     : "";
 
@@ -530,7 +591,8 @@ function formatStudyTable(rows, bytesChanged, per) {
 
 function renderGoals(results) {
   const rows = [];
-  const add = (goal, pass, detail) => rows.push(`| ${goal} | ${pass == null ? "n/a" : pass ? "PASS" : "FAIL"} | ${detail} |`);
+  const add = (goal, pass, detail) =>
+    rows.push(`| ${goal} | ${pass == null ? "n/a" : pass ? "PASS" : "FAIL"} | ${detail} |`);
   for (const [set, s] of Object.entries(results.sets)) {
     const S = s.tools.strata;
     if (!S) continue;
@@ -549,17 +611,37 @@ function renderGoals(results) {
     }
     if (R) {
       const rs = ratio(S.repoBytes3, R.repoBytes3);
-      add(`${set}: repository size ≤ restic's`, rs != null && rs <= 1, `${fmtMB(S.repoBytes3)} vs ${fmtMB(R.repoBytes3)} MB (${fmtR(rs)}×)`);
+      add(
+        `${set}: repository size ≤ restic's`,
+        rs != null && rs <= 1,
+        `${fmtMB(S.repoBytes3)} vs ${fmtMB(R.repoBytes3)} MB (${fmtR(rs)}×)`,
+      );
       const rr = ratio(peakRss(S), peakRss(R));
-      add(`${set}: peak RSS ≤ 2× restic's`, rr != null && rr <= 2, `${peakRss(S).toFixed(0)} vs ${peakRss(R).toFixed(0)} MB (${fmtR(rr)}×)`);
+      add(
+        `${set}: peak RSS ≤ 2× restic's`,
+        rr != null && rr <= 2,
+        `${peakRss(S).toFixed(0)} vs ${peakRss(R).toFixed(0)} MB (${fmtR(rr)}×)`,
+      );
       const rg = ratio(S.growthBytes, R.growthBytes);
-      add(`${set}: growth from 1% change ≤ 0.5× restic's`, rg != null && rg <= 0.5, `${fmtMB(S.growthBytes)} vs ${fmtMB(R.growthBytes)} MB (${fmtR(rg)}×)`);
+      add(
+        `${set}: growth from 1% change ≤ 0.5× restic's`,
+        rg != null && rg <= 0.5,
+        `${fmtMB(S.growthBytes)} vs ${fmtMB(R.growthBytes)} MB (${fmtR(rg)}×)`,
+      );
     }
     const ft = ratio(S.backup1?.wallS, s.floors.tarZstd.wallS);
-    add(`${set}: first backup ≤ 2× tar \\| zstd -1`, ft != null && ft <= 2, `${fmtS(S.backup1?.wallS)} vs ${fmtS(s.floors.tarZstd.wallS)} s (${fmtR(ft)}×)`);
+    add(
+      `${set}: first backup ≤ 2× tar \\| zstd -1`,
+      ft != null && ft <= 2,
+      `${fmtS(S.backup1?.wallS)} vs ${fmtS(s.floors.tarZstd.wallS)} s (${fmtR(ft)}×)`,
+    );
     if (set === "B") {
       const fs = ratio(S.backup2?.wallS, s.floors.statWalk.wallS);
-      add("B: no-change backup ≤ 3× stat walk", fs != null && fs <= 3, `${fmtS(S.backup2?.wallS)} vs ${fmtS(s.floors.statWalk.wallS)} s (${fmtR(fs)}×)`);
+      add(
+        "B: no-change backup ≤ 3× stat walk",
+        fs != null && fs <= 3,
+        `${fmtS(S.backup2?.wallS)} vs ${fmtS(s.floors.statWalk.wallS)} s (${fmtR(fs)}×)`,
+      );
     }
   }
   return ["### Goals", "", "| goal | result | measured |", "|---|---|---|", ...rows].join("\n");
@@ -581,20 +663,32 @@ async function main() {
   STRATA_INFO = prepareStrata();
   STRATA_ROOT = STRATA_INFO.root;
   STRATA_BIN = path.join(STRATA_ROOT, "bin/strata.js");
-  log(`Strata under test: ${STRATA_INFO.commit}${STRATA_INFO.dirty ? " + uncommitted changes" : ""} at ${STRATA_ROOT}`);
+  log(
+    `Strata under test: ${STRATA_INFO.commit}${STRATA_INFO.dirty ? " + uncommitted changes" : ""} at ${STRATA_ROOT}`,
+  );
   if (STUDY && SETS.includes("A")) {
     awaitStudy = await import("./chunk-study.mjs");
     strataCore = await import(path.join(STRATA_ROOT, "packages/core/dist/index.js"));
   }
   const results = {
     started: new Date().toISOString(),
-    config: { sets: SETS, tools: TOOLS, scale: SCALE, seed: SEED, debian: DEBIAN, verify: VERIFY, strata: STRATA_MODE },
+    config: {
+      sets: SETS,
+      tools: TOOLS,
+      scale: SCALE,
+      seed: SEED,
+      debian: DEBIAN,
+      verify: VERIFY,
+      strata: STRATA_MODE,
+    },
     machine: machine(),
     sets: {},
   };
   for (const set of SETS) runSet(set, results);
   results.finished = new Date().toISOString();
-  results.pageCache = DROP ? "dropped before every measured step (sync; echo 3 > /proc/sys/vm/drop_caches)" : "warmed identically (tar of the data set) before every step";
+  results.pageCache = DROP
+    ? "dropped before every measured step (sync; echo 3 > /proc/sys/vm/drop_caches)"
+    : "warmed identically (tar of the data set) before every step";
   const file = path.join(OUT, "results.json");
   writeFileSync(file, JSON.stringify(results, null, 2));
   const stamp = results.started.replace(/[:.]/g, "-");

@@ -2,7 +2,17 @@
 // half), the 200k small-file tree (data set B) and the "1% change".
 // Everything is derived from a seed, so two runs produce byte-identical trees.
 import { createCipheriv, createHash } from "node:crypto";
-import { closeSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, readdirSync, writeFileSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import * as path from "node:path";
 
 /** mulberry32: small, fast, deterministic 32-bit PRNG. */
@@ -26,7 +36,9 @@ const seedOf = (...parts) => createHash("sha256").update(parts.join("/")).digest
 
 /** Incompressible bytes: AES-128-CTR keystream keyed by the seed. */
 export function randomBytesSeeded(n, ...seedParts) {
-  const key = createHash("sha256").update(`rand/${seedParts.join("/")}`).digest();
+  const key = createHash("sha256")
+    .update(`rand/${seedParts.join("/")}`)
+    .digest();
   const c = createCipheriv("aes-128-ctr", key.subarray(0, 16), key.subarray(16, 32));
   return c.update(Buffer.alloc(n));
 }
@@ -45,7 +57,25 @@ function vocab() {
     for (let j = 0; j < len; j++) w += letters[Math.floor(letters.length * r.next() ** 1.6)];
     words.push(Buffer.from(w));
   }
-  for (const p of ["{", "}", "(", ");", "=", "==", "return", "if", "const", "#", "//", "-", "*", "0", "1", "true", "null"])
+  for (const p of [
+    "{",
+    "}",
+    "(",
+    ");",
+    "=",
+    "==",
+    "return",
+    "if",
+    "const",
+    "#",
+    "//",
+    "-",
+    "*",
+    "0",
+    "1",
+    "true",
+    "null",
+  ])
     words.push(Buffer.from(p));
   VOCAB = words;
   return words;
@@ -60,7 +90,11 @@ export function textBytes(n, r, log = false) {
   while (o < n) {
     if (log) {
       t += r.int(1, 5000);
-      o += out.write(`${new Date(t).toISOString()} host${r.int(1, 9)} app[${r.int(100, 999)}]: `, o, "latin1");
+      o += out.write(
+        `${new Date(t).toISOString()} host${r.int(1, 9)} app[${r.int(100, 999)}]: `,
+        o,
+        "latin1",
+      );
     } else {
       const indent = r.int(0, 3) * 2;
       out.fill(0x20, o, o + indent);
@@ -86,7 +120,9 @@ function contentFor(kind, size, r, ...seedParts) {
   if (kind === "text") return textBytes(size, r);
   if (kind === "random") return randomBytesSeeded(size, ...seedParts);
   // base64 of random: partly compressible (6 of 8 bits), like JSON blobs / certs.
-  return Buffer.from(randomBytesSeeded(Math.ceil((size * 3) / 4) + 3, ...seedParts).toString("base64")).subarray(0, size);
+  return Buffer.from(
+    randomBytesSeeded(Math.ceil((size * 3) / 4) + 3, ...seedParts).toString("base64"),
+  ).subarray(0, size);
 }
 
 /**
@@ -163,7 +199,11 @@ export function genSmallTree(dir, seed = 1, count = 200_000) {
   let lastDir = "";
   for (let i = 0; i < count; i++) {
     const d = Math.floor(i / perDir);
-    const sub = path.join(dir, `d${String(Math.floor(d / 20)).padStart(3, "0")}`, `e${String(d % 20).padStart(2, "0")}`);
+    const sub = path.join(
+      dir,
+      `d${String(Math.floor(d / 20)).padStart(3, "0")}`,
+      `e${String(d % 20).padStart(2, "0")}`,
+    );
     if (sub !== lastDir) {
       mkdirSync(sub, { recursive: true });
       lastDir = sub;
