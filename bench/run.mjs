@@ -17,6 +17,7 @@
 //   verify   1                    compare every restore with the source (rsync -c, untimed)
 //   study    1                    run the chunk-size study on data set A
 //   keep     0                    keep repositories and data after the run
+//   mirror   (from apt's sources) Debian mirror for debootstrap
 //   strata   head                 "head": benchmark a private build of the committed HEAD
 //            (git archive into bench/out/strata-<sha>, node_modules linked, tsc -b), so
 //            uncommitted work in the shared tree does not leak in; "live": this tree as is
@@ -290,9 +291,14 @@ function ensureDebian() {
   if (existsSync(path.join(own, ".bench-complete"))) return own;
   log(`building ${own} with debootstrap (no ${DEFAULT_DEBIAN})`);
   rmSync(own, { recursive: true, force: true });
-  sh(
-    `debootstrap --variant=minbase bookworm ${q(own)} http://deb.debian.org/debian > ${q(`${own}.log`)} 2>&1`,
-  );
+  // The mirror: --mirror / BENCH_MIRROR, else the first Debian URI apt is configured with.
+  const mirror =
+    opt("mirror", "") ||
+    tryOut(
+      "grep -hoE '^(URIs: *|deb +)[a-z]+://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | sed -E 's/^(URIs: *|deb +)//'",
+    );
+  if (!mirror) throw new Error("no Debian mirror: pass --mirror=URL");
+  sh(`debootstrap --variant=minbase bookworm ${q(own)} ${q(mirror)} > ${q(`${own}.log`)} 2>&1`);
   writeFileSync(path.join(own, ".bench-complete"), "");
   return own;
 }
@@ -394,7 +400,8 @@ function runSet(set, results) {
   const tools = makeTools(set);
   for (const t of TOOLS) {
     const tool = tools[t];
-    const r = (res.tools[t] = { version: tool.version() });
+    const r = { version: tool.version() };
+    res.tools[t] = r;
     rmSync(tool.repo(), { recursive: true, force: true });
     rmSync(tool.cache(), { recursive: true, force: true });
     mkdirSync(tool.cache(), { recursive: true });
@@ -463,7 +470,11 @@ function runSet(set, results) {
   save();
 }
 
-const countOps = (changes) => changes.reduce((m, c) => ((m[c.op] = (m[c.op] ?? 0) + 1), m), {});
+function countOps(changes) {
+  const m = {};
+  for (const c of changes) m[c.op] = (m[c.op] ?? 0) + 1;
+  return m;
+}
 
 function machine() {
   const get = (c) => tryOut(c);
