@@ -47,8 +47,22 @@ export function validateChunkerParams(p: ChunkerParams): string[] {
   return errors;
 }
 
-/** Gear table: 256 pseudo-random 32-bit words derived from the seed. */
+const gearCache = new Map<string, Int32Array>();
+
+/**
+ * Gear table: 256 pseudo-random 32-bit words derived from the seed. Cached
+ * per seed: every file gets a chunker, and deriving the table costs 32
+ * SHA-256 computations.
+ */
 export function gearTable(seedHex: string): Int32Array {
+  const cached = gearCache.get(seedHex);
+  if (cached) return cached;
+  const table = deriveGearTable(seedHex);
+  gearCache.set(seedHex, table);
+  return table;
+}
+
+function deriveGearTable(seedHex: string): Int32Array {
   const table = new Int32Array(256);
   const seed = Buffer.from(seedHex, "hex");
   for (let i = 0; i < 256; i += 8) {

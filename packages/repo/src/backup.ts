@@ -353,6 +353,23 @@ export class Backup {
       cacheOut?.push({ node, sig });
       return now(node);
     }
+    if (st.isFile()) {
+      // Regular files: everything but xattrs comes from lstat; the worker
+      // reads the xattrs with the content.
+      const node = fileNodeFromStat(name, st);
+      const isNew = !hit;
+      await this.pool.slot(node.size);
+      const value = this.readFile(abs, display, node, st, this.opts.retries ?? 3).then((done) => {
+        if (!done) return null;
+        if (isNew) this.stats.filesNew++;
+        else this.stats.filesChanged++;
+        this.stats.totalFiles++;
+        this.stats.totalBytes += done.node.size;
+        cacheOut?.push({ node: done.node, sig: done.sig });
+        return done.node;
+      });
+      return { value };
+    }
     let node: FsNode;
     try {
       node = await readNode(abs, name, st);
@@ -364,22 +381,8 @@ export class Backup {
       );
       return now(null);
     }
-    if (node.type !== "file") {
-      cacheOut?.push({ node, sig });
-      return now(node);
-    }
-    const isNew = !hit;
-    await this.pool.slot(node.size);
-    const value = this.readFile(abs, display, node, st, this.opts.retries ?? 3).then((done) => {
-      if (!done) return null;
-      if (isNew) this.stats.filesNew++;
-      else this.stats.filesChanged++;
-      this.stats.totalFiles++;
-      this.stats.totalBytes += done.node.size;
-      cacheOut?.push({ node: done.node, sig: done.sig });
-      return done.node;
-    });
-    return { value };
+    cacheOut?.push({ node, sig });
+    return now(node);
   }
 
   private async readFile(
@@ -402,7 +405,10 @@ export class Backup {
         this.stats.bytesRead += r.bytesRead;
         // The worker checked the file did not change while read; record the
         // signature seen before reading so a later change is noticed.
-        return { node: { ...cur, size: r.size, content: r.pieces }, sig: sigOf(curSt) };
+        const node: FsNode = { ...cur, size: r.size, content: r.pieces };
+        if (r.xattrs.length) node.xattrs = r.xattrs;
+        else delete node.xattrs;
+        return { node, sig: sigOf(curSt) };
       }
       if (!r.changed || attempt >= retries) {
         const msg = r.changed
@@ -420,7 +426,7 @@ export class Backup {
           this.error(display, "changed type during backup; not stored");
           return null;
         }
-        cur = await readNode(abs, node.name, curSt);
+        cur = fileNodeFromStat(node.name, curSt);
       } catch (e) {
         this.error(
           display,
@@ -469,4 +475,19 @@ export function normalizePaths(paths: string[]): string[] {
 
 export function backup(repo: Repository, opts: BackupOptions): Promise<BackupResult> {
   return new Backup(repo, opts).run();
+}
+
+/** A regular file's node from its lstat (no syscalls): xattrs and content are added by the reader. */
+function fileNodeFromStat(name: Buffer, st: BigIntStats): FsNode {
+  const node: FsNode = {
+    name,
+    type: "file",
+    mode: Number(st.mode) & 0o7777,
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtimeNs: st.mtimeNs,
+    size: Number(st.size),
+  };
+  if (st.nlink > 1n) node.link = { dev: Number(st.dev), ino: Number(st.ino), nlink: Number(st.nlink) };
+  return node;
 }

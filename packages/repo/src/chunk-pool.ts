@@ -1,11 +1,11 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { type BlobId, type ContentPiece, StrataError } from "@strata/core";
+import { type BlobId, type ContentPiece, StrataError, type Xattr } from "@strata/core";
 import type { FileOutcome, FromWorker, ToWorker, WorkerInit } from "./chunk-worker.js";
 import type { Repository } from "./repository.js";
 
 export type FileResult =
-  | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string }
+  | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string; xattrs: Xattr[] }
   | { ok: false; changed: boolean; code: string; message: string };
 
 /** Files below this size travel to workers in batches. */
@@ -59,12 +59,21 @@ export class ChunkPool {
   ) {
     this.maxLarge = threads * 2;
     this.maxSmall = threads * BATCH_FILES * 3;
+    this.threads = threads;
+  }
+
+  private readonly threads: number;
+
+  /** Workers start on first use: a backup with nothing to read starts none. */
+  private start(): void {
+    if (this.workers.length) return;
+    const repo = this.repo;
     const init: WorkerInit = {
       key: new Uint8Array(repo.key.key),
       chunker: repo.config.chunker,
       level: repo.config.compression.level,
     };
-    for (let i = 0; i < threads; i++) {
+    for (let i = 0; i < this.threads; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), { workerData: init });
       w.on("message", (m: FromWorker) => this.onMessage(i, m));
       w.on("error", (e) => this.fail(e));
@@ -125,11 +134,9 @@ export class ChunkPool {
     const batch = this.batch;
     this.batch = [];
     this.batchBytes = 0;
-    this.post(
-      { t: "files", job: 0, paths: batch.map((p) => new Uint8Array(p.path)) },
-      batch.length,
-      false,
-    ).then(
+    const paths = Buffer.concat(batch.map((p) => p.path));
+    const lens = batch.map((p) => p.path.length);
+    this.post({ t: "files", job: 0, paths, lens }, batch.length, false).then(
       (results) => {
         for (const [i, p] of batch.entries()) p.resolve(results[i]!);
       },
@@ -140,6 +147,7 @@ export class ChunkPool {
   }
 
   private post(msg: ToWorker & { job: number }, files: number, large: boolean): Promise<FileResult[]> {
+    this.start();
     const job = this.nextJob++;
     let wi = 0;
     for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[wi]!) wi = i;
@@ -227,7 +235,9 @@ export class ChunkPool {
 }
 
 function toResult(o: FileOutcome): FileResult {
-  if (o.t === "ok") return { ok: true, pieces: o.pieces, size: o.size, bytesRead: o.bytesRead, sig: o.sig };
+  if (o.t === "ok") {
+    return { ok: true, pieces: o.pieces, size: o.size, bytesRead: o.bytesRead, sig: o.sig, xattrs: o.xattrs };
+  }
   if (o.t === "changed") return { ok: false, changed: true, code: "CHANGED", message: o.why };
   return { ok: false, changed: false, code: o.code, message: o.message };
 }

@@ -9,8 +9,8 @@
 import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
-import { type BlobId, Chunker, type ChunkerParams, type ContentPiece } from "@strata/core";
-import { dataRanges } from "@strata/fs";
+import { type BlobId, Chunker, type ChunkerParams, type ContentPiece, type Xattr } from "@strata/core";
+import { dataRanges, readXattrs } from "@strata/fs";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec, type EncodedBlob } from "./pack.js";
 
@@ -21,10 +21,11 @@ export interface WorkerInit {
 }
 export type ToWorker =
   | { t: "file"; job: number; path: Uint8Array }
-  | { t: "files"; job: number; paths: Uint8Array[] }
+  /** Small files: all paths in one buffer (cheaper to post than many). */
+  | { t: "files"; job: number; paths: Uint8Array; lens: number[] }
   | { t: "need"; job: number; seq: number; need: boolean[] };
 export type FileOutcome =
-  | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string }
+  | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string; xattrs: Xattr[] }
   | { t: "changed"; why: string }
   | { t: "error"; code: string; message: string };
 export type FromWorker =
@@ -78,13 +79,20 @@ if (parentPort) {
         (e) => port.postMessage({ t: "done", job: m.job, results: [errorOutcome(e)] } satisfies FromWorker),
       );
     } else if (m.t === "files") {
-      smallFiles(m.job, m.paths.map(asPath)).then(
+      const all = asPath(m.paths);
+      const paths: Buffer[] = [];
+      let off = 0;
+      for (const l of m.lens) {
+        paths.push(all.subarray(off, off + l));
+        off += l;
+      }
+      smallFiles(m.job, paths).then(
         (results) => port.postMessage({ t: "done", job: m.job, results } satisfies FromWorker),
         (e) =>
           port.postMessage({
             t: "done",
             job: m.job,
-            results: m.paths.map(() => errorOutcome(e)),
+            results: m.lens.map(() => errorOutcome(e)),
           } satisfies FromWorker),
       );
     }
@@ -137,7 +145,7 @@ if (parentPort) {
   /** Small files: read whole, chunk, then one query and one blob message for the batch. */
   async function smallFiles(job: number, paths: Buffer[]): Promise<FileOutcome[]> {
     const results: (FileOutcome | null)[] = [];
-    const perFile: { cuts: Cut[]; size: number; sig: string }[] = [];
+    const perFile: { cuts: Cut[]; size: number; sig: string; xattrs: Xattr[] }[] = [];
     for (const path of paths) {
       let fd = -1;
       try {
@@ -145,7 +153,7 @@ if (parentPort) {
         const before = fstatSync(fd, { bigint: true });
         if (!before.isFile()) {
           results.push({ t: "changed", why: "no longer a regular file" });
-          perFile.push({ cuts: [], size: 0, sig: "" });
+          perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
           continue;
         }
         const size = Number(before.size);
@@ -164,17 +172,20 @@ if (parentPort) {
           after.ctimeNs !== before.ctimeNs
         ) {
           results.push({ t: "changed", why: "file changed while being read" });
-          perFile.push({ cuts: [], size: 0, sig: "" });
+          perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
           continue;
         }
         const cuts: Cut[] = [];
         chunker.reset();
         if (size > 0) cutAll(buf, size, true, cuts);
+        // Extended attributes are read here, not by the walk: the worker has
+        // the file in hand and the main thread has enough to do.
+        const xattrs = readXattrs(path);
         results.push(null);
-        perFile.push({ cuts, size, sig: statSig(before) });
+        perFile.push({ cuts, size, sig: statSig(before), xattrs });
       } catch (e) {
         results.push(errorOutcome(e));
-        perFile.push({ cuts: [], size: 0, sig: "" });
+        perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
       } finally {
         if (fd >= 0) closeSync(fd);
       }
@@ -200,6 +211,7 @@ if (parentPort) {
         size: f.size,
         bytesRead: f.size,
         sig: f.sig,
+        xattrs: f.xattrs,
       };
     });
   }
@@ -276,7 +288,7 @@ if (parentPort) {
       ) {
         return { t: "changed", why: "file changed while being read" };
       }
-      return { t: "ok", pieces, size, bytesRead, sig: statSig(before) };
+      return { t: "ok", pieces, size, bytesRead, sig: statSig(before), xattrs: readXattrs(path) };
     } finally {
       closeSync(fd);
       if (held && bufPool.length < 4) bufPool.push(held);
