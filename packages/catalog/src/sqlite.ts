@@ -540,6 +540,11 @@ export async function openSqliteCatalog(path: string): Promise<SqliteCatalog> {
     db.pragma("synchronous = FULL");
     db.pragma("foreign_keys = ON");
     migrate(db);
+    // The mark set lives in a TEMP table that shadows `marks`: it is only
+    // used by the one process holding the exclusive "marks" lease, and temp
+    // tables are never fsynced — marking a large repository would otherwise
+    // pay one synchronous commit per tree.
+    db.exec("CREATE TEMP TABLE IF NOT EXISTS marks (id BLOB PRIMARY KEY) WITHOUT ROWID");
     return new SqliteCatalog(db, path);
   } catch (e) {
     db.close();
