@@ -24,3 +24,19 @@ export async function openCatalog(spec: string, opts: PostgresCatalogOptions = {
   if (isPostgresSpec(spec)) return openPostgresCatalog(spec, opts);
   return openSqliteCatalog(spec.startsWith("sqlite:") ? spec.slice("sqlite:".length) : spec);
 }
+
+export {
+  openPostgresServerStore,
+  PostgresServerStore,
+} from "./server-postgres.js";
+export { openSqliteServerStore, SqliteServerStore } from "./server-sqlite.js";
+export type {
+  ApiTokenRecord,
+  AuditFilter,
+  AuditRecord,
+  NewAuditRecord,
+  RoleRecord,
+  ServerStore,
+  UserPatch,
+  UserRecord,
+} from "./server-store.js";

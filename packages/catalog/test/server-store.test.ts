@@ -1,0 +1,25 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe } from "vitest";
+import { openPostgresServerStore, openSqliteServerStore } from "../src/index.js";
+import { dropTestSchemas, findTestPostgres, newTestSchema } from "./pg-helper.js";
+import { runServerStoreContract } from "./server-contract.js";
+
+const dir = mkdtempSync(join(tmpdir(), "strata-serverstore-"));
+let n = 0;
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("SQLite", () => {
+  runServerStoreContract("sqlite", () => openSqliteServerStore(join(dir, `s-${n++}.db`)));
+});
+
+const target = await findTestPostgres();
+if (target.skip) console.warn(`\n[catalog] SKIPPING PostgreSQL ServerStore tests: ${target.skip}\n`);
+
+describe.skipIf(!target.url)("PostgreSQL", () => {
+  afterAll(() => dropTestSchemas(target.url ?? ""));
+  runServerStoreContract("postgres", () =>
+    openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }),
+  );
+});
