@@ -17,6 +17,7 @@ import { type BlobId, type ChunkId, chunkIdsOf, type FsNode, StrataError, type T
 import { applyMetadataSync, createSpecial, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
+import { packName } from "./pack.js";
 import { displayName, type Repository } from "./repository.js";
 
 export interface RestoreOptions {
@@ -46,6 +47,30 @@ export interface RestoreResult {
 }
 
 const SLASH = Buffer.from("/");
+/** Files whose content is written together (bounds open descriptors). */
+const FILE_GROUP = 128;
+/** Blobs closer than this in a pack are fetched by one read. */
+const RANGE_GAP = 256 * 1024;
+const RANGE_MAX = 8 * 1024 * 1024;
+const READS_IN_FLIGHT = 4;
+
+interface PendingFile {
+  fd: number;
+  node: FsNode;
+  dest: Buffer;
+  path: string;
+  damaged: string[];
+  /** Whether the content has holes (then the size is set by ftruncate). */
+  sparse: boolean;
+  /** Bytes covered by pieces. */
+  written: number;
+}
+
+interface WriteTask {
+  file: PendingFile;
+  offset: number;
+  entry: IndexEntry;
+}
 
 /**
  * Restore a snapshot (or part of it) into `target`. Never writes outside
@@ -172,7 +197,133 @@ export class Restorer {
         this.error(prefix || "/", `cannot look up file data: ${(e as Error).message}`);
       }
     }
-    for (const node of nodes) await this.restoreNode(node, dir, prefix, mode, fresh, index);
+    // Files are created as they come and their content is written in groups
+    // (see writeGroup); a group is written before descending into a
+    // subdirectory so open descriptors stay bounded.
+    const group: PendingFile[] = [];
+    for (const node of nodes) {
+      if (node.type === "dir" && group.length) await this.writeGroup(group.splice(0), index);
+      const pending = await this.restoreNode(node, dir, prefix, mode, fresh, index);
+      if (pending) {
+        group.push(pending);
+        if (group.length >= FILE_GROUP) await this.writeGroup(group.splice(0), index);
+      }
+    }
+    if (group.length) await this.writeGroup(group.splice(0), index);
+  }
+
+  /**
+   * Write the content of a group of created files. Their chunks are sorted
+   * by pack and offset and neighbouring ones are fetched with one ranged
+   * read (up to 8 MiB), a few reads in flight: on a cold cache this turns
+   * thousands of small random reads into a few large sequential ones. A
+   * range that fails is retried blob by blob so damage stays confined to the
+   * files it touches.
+   */
+  private async writeGroup(files: PendingFile[], index: Map<BlobId, IndexEntry>): Promise<void> {
+    const tasks: WriteTask[] = [];
+    for (const f of files) {
+      let off = 0;
+      for (const p of f.node.content ?? []) {
+        if ("hole" in p) {
+          off += p.hole;
+          f.sparse = true;
+          continue;
+        }
+        const e = index.get(p.id);
+        if (!e) f.damaged.push(`chunk ${p.id} is not in the index`);
+        else tasks.push({ file: f, offset: off, entry: e });
+        off += p.len;
+      }
+      f.written = off;
+    }
+    tasks.sort((a, b) =>
+      a.entry.packId < b.entry.packId
+        ? -1
+        : a.entry.packId > b.entry.packId
+          ? 1
+          : a.entry.offset - b.entry.offset,
+    );
+    const ranges: WriteTask[][] = [];
+    for (const t of tasks) {
+      const cur = ranges[ranges.length - 1];
+      const first = cur?.[0];
+      const last = cur?.[cur.length - 1];
+      if (
+        cur &&
+        first &&
+        last &&
+        t.entry.packId === first.entry.packId &&
+        t.entry.offset <= last.entry.offset + last.entry.length + RANGE_GAP &&
+        t.entry.offset + t.entry.length - first.entry.offset <= RANGE_MAX
+      ) {
+        cur.push(t);
+      } else ranges.push([t]);
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < ranges.length) await this.writeRange(ranges[next++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker));
+    for (const f of files) {
+      try {
+        // Holes (and a hole at the end) are made by the size alone.
+        if (f.sparse || f.written !== f.node.size) ftruncateSync(f.fd, f.node.size);
+      } catch (e) {
+        f.damaged.push((e as Error).message);
+      } finally {
+        closeSync(f.fd);
+      }
+      if (f.damaged.length) {
+        this.error(f.path, `restored with damaged parts (zero-filled): ${f.damaged.join("; ")}`);
+      }
+      this.meta(f.dest, f.node, f.path);
+    }
+  }
+
+  private async writeRange(range: WriteTask[]): Promise<void> {
+    const first = range[0]!.entry;
+    const last = range[range.length - 1]!.entry;
+    let buf: Buffer | null = null;
+    try {
+      buf = await this.repo.store.getRange(
+        packName(first.packId),
+        first.offset,
+        last.offset + last.length - first.offset,
+      );
+    } catch {
+      buf = null; // fall back to blob-by-blob reads below
+    }
+    let prev: IndexEntry | null = null;
+    let plain: Buffer | null = null;
+    for (const t of range) {
+      if (t.entry !== prev) {
+        prev = t.entry;
+        plain = null;
+        try {
+          plain = buf
+            ? this.repo.codec.decode(
+                t.entry,
+                buf.subarray(t.entry.offset - first.offset, t.entry.offset - first.offset + t.entry.length),
+              )
+            : await this.repo.readEntry(t.entry);
+        } catch (e) {
+          t.file.damaged.push((e as Error).message);
+        }
+      }
+      if (!plain) {
+        if (!t.file.damaged.length) t.file.damaged.push(`chunk ${t.entry.id} unreadable`);
+        continue;
+      }
+      try {
+        let w = 0;
+        while (w < plain.length) w += writeSync(t.file.fd, plain, w, plain.length - w, t.offset + w);
+        this.result.bytes += plain.length;
+      } catch (e) {
+        t.file.damaged.push((e as Error).message);
+      }
+    }
+    this.progress();
   }
 
   /**
@@ -187,17 +338,17 @@ export class Restorer {
     parentMode: 1 | 2 = 1,
     fresh = false,
     index: Map<BlobId, IndexEntry> | null = null,
-  ): Promise<void> {
+  ): Promise<PendingFile | null> {
     const path = `${prefix}/${displayName(node.name)}`;
     try {
       validateName(node.name);
     } catch (e) {
       this.error(path, `not restored: ${(e as Error).message}`);
-      return;
+      return null;
     }
     const sel = parentMode === 1 ? 1 : this.selected(path);
-    if (sel === 0) return;
-    if (sel === 2 && node.type !== "dir") return;
+    if (sel === 0) return null;
+    if (sel === 2 && node.type !== "dir") return null;
     const dest = Buffer.concat([dir, SLASH, node.name]);
     this.current = path;
     this.progress();
@@ -207,7 +358,7 @@ export class Restorer {
         this.result.dirs++;
         if (node.subtree) await this.restoreTree(node.subtree, dest, path, sel, created);
         this.meta(dest, node, path);
-        return;
+        return null;
       }
       // In a directory we just created nothing can be in the way.
       if (!fresh) clearWay(dest);
@@ -217,20 +368,21 @@ export class Restorer {
         if (first) {
           linkSync(first, dest);
           this.result.files++;
-          return;
+          return null;
         }
         this.links.set(key, dest);
       }
       if (node.type === "file") {
         const fd = openSync(dest, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
         this.result.files++;
-        try {
-          await this.writeContent(fd, node, path, index ?? new Map());
-        } finally {
-          closeSync(fd);
+        if (!index) {
+          // A single file restored on its own (SNAPSHOT:/path/to/file).
+          const ids = [...chunkIdsOf(node)];
+          const own = ids.length ? await this.repo.lookup(ids) : new Map<BlobId, IndexEntry>();
+          await this.writeGroup([{ fd, node, dest, path, damaged: [], sparse: false, written: 0 }], own);
+          return null;
         }
-        this.meta(dest, node, path);
-        return;
+        return { fd, node, dest, path, damaged: [], sparse: false, written: 0 };
       }
       if (node.type === "symlink") symlinkSync(node.target ?? Buffer.alloc(0), dest);
       else await createSpecial(dest, node);
@@ -239,6 +391,7 @@ export class Restorer {
     } catch (e) {
       this.error(path, (e as Error).message);
     }
+    return null;
   }
 
   private meta(dest: Buffer, node: FsNode, path: string): void {
@@ -246,71 +399,6 @@ export class Restorer {
       applyMetadataSync(dest, node);
     } catch (e) {
       this.error(path, `cannot set metadata: ${(e as Error).message}`);
-    }
-  }
-
-  private async writeContent(
-    fd: number,
-    node: FsNode,
-    path: string,
-    index: Map<BlobId, IndexEntry>,
-  ): Promise<void> {
-    const pieces = node.content ?? [];
-    const missing = pieces.filter((p): p is { id: ChunkId; len: number } => "id" in p && !index.has(p.id));
-    if (missing.length) {
-      // Not found in the directory's batch (the batch failed): ask per file.
-      for (const [k, v] of await this.repo.lookup(missing.map((p) => p.id))) index.set(k, v);
-    }
-    const damaged: string[] = [];
-    // Read a few chunks ahead so pack reads overlap with decoding and writing.
-    const AHEAD = 4;
-    const reads: (Promise<Buffer> | null)[] = [];
-    const start = (i: number) => {
-      const p = pieces[i];
-      if (!p || "hole" in p) return null;
-      const e = index.get(p.id as BlobId);
-      if (!e) return null;
-      const r = this.repo.readEntry(e);
-      r.catch(() => {});
-      return r;
-    };
-    for (let i = 0; i < Math.min(AHEAD, pieces.length); i++) reads.push(start(i));
-    let off = 0;
-    for (let i = 0; i < pieces.length; i++) {
-      const p = pieces[i]!;
-      const pending = reads[i];
-      if (i + AHEAD < pieces.length) reads.push(start(i + AHEAD));
-      reads[i] = null;
-      if ("hole" in p) {
-        off += p.hole;
-        continue;
-      }
-      let data: Buffer | null = null;
-      if (!pending) damaged.push(`chunk ${p.id} is not in the index`);
-      else {
-        try {
-          data = await pending;
-        } catch (err) {
-          damaged.push((err as Error).message);
-        }
-      }
-      if (data) {
-        let w = 0;
-        while (w < data.length) w += writeSync(fd, data, w, data.length - w, off + w);
-        this.result.bytes += data.length;
-      }
-      off += p.len;
-    }
-    // Trailing holes: set the size without writing zeroes.
-    ftruncateSync(fd, node.size);
-    if (damaged.length) {
-      throw new StrataError(
-        "DATA_CORRUPT",
-        `restored with damaged parts (zero-filled): ${damaged.join("; ")}`,
-        {
-          subject: path,
-        },
-      );
     }
   }
 }
