@@ -38,7 +38,7 @@ export type FromWorker =
     }
   | { t: "done"; job: number; results: FileOutcome[] };
 
-const BUF_SIZE = 8 * 1024 * 1024;
+const BUF_SIZE = 4 * 1024 * 1024;
 
 /** What the content was read under; the walk compares it with its own lstat. */
 export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
@@ -291,7 +291,7 @@ if (parentPort) {
       return { t: "ok", pieces, size, bytesRead, sig: statSig(before), xattrs: readXattrs(path) };
     } finally {
       closeSync(fd);
-      if (held && bufPool.length < 4) bufPool.push(held);
+      if (held && bufPool.length < 2) bufPool.push(held);
     }
   }
 }

@@ -89,6 +89,7 @@ export class Repository {
   /** Ids added to packs not yet indexed: known for dedup, not yet in the catalog. */
   private readonly pending = new Set<BlobId>();
   private flushChain: Promise<void> = Promise.resolve();
+  private flushesPending = 0;
   private flushError: unknown = null;
   readonly codec: BlobCodec;
   /** Statistics of this process's writes. */
@@ -254,6 +255,9 @@ export class Repository {
 
   /** Reserve ids for writing: returns those not stored and not reserved yet, and reserves them. */
   async reserve(ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    // Back-pressure: while two finished packs wait to be written, new work
+    // waits too, so a slow store cannot make packs pile up in memory.
+    while (this.flushesPending >= 2 && !this.flushError) await this.flushChain;
     const unique = [...new Set(ids)].filter((id) => !this.pending.has(id));
     const have = await this.hasBlobs(unique);
     const need = new Set<BlobId>();
@@ -308,6 +312,7 @@ export class Repository {
     this.builders[type] = new PackBuilder();
     this.builderIds[type] = new Set();
     if (builder.count === 0) return;
+    this.flushesPending++;
     this.flushChain = this.flushChain.then(async () => {
       if (this.flushError) return;
       try {
@@ -328,6 +333,8 @@ export class Repository {
         for (const id of ids) this.pending.delete(id);
       } catch (e) {
         this.flushError = e;
+      } finally {
+        this.flushesPending--;
       }
     });
   }
