@@ -8,7 +8,7 @@ import { repoRoot } from "./repo-root.js";
 /**
  * A real Debian root (bookworm, minbase) used as an endpoint by the heavier
  * tests. Built once with debootstrap and cached under
- * `<repo root>/.cache/debian-bookworm-minbase` (gitignored; STRATA_CACHE_DIR
+ * `<repo root>/.cache/debian-bookworm-minbase` (gitignored; STRATA_TEST_CACHE_DIR
  * moves it). See `cachedBuild` for how interrupted and parallel builds are
  * kept safe. STRATA_DEBIAN_MIRROR overrides the mirror; STRATA_SKIP_DEBIAN=1
  * skips the tests that need it.
@@ -21,7 +21,7 @@ const BUILD_TIMEOUT_MS = 20 * 60_000;
 
 /** Where the cached root lives (whether or not it has been built yet). */
 export function debianRootPath(): string {
-  return path.join(process.env.STRATA_CACHE_DIR ?? path.join(repoRoot(), ".cache"), NAME);
+  return path.join(process.env.STRATA_TEST_CACHE_DIR ?? path.join(repoRoot(), ".cache"), NAME);
 }
 
 let memo: Promise<string | null> | undefined;
