@@ -1,0 +1,235 @@
+/**
+ * buildApp(deps): the fastify application, separate from listen() so tests
+ * drive it with inject() (and start.ts serves it over HTTPS). Routes come
+ * only from the registry; access is checked here once, before any handler.
+ */
+import { randomUUID } from "node:crypto";
+import { StrataError } from "@strata/core";
+import { type SystemInfo, schemas } from "@strata/protocol";
+import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
+import type { Caller } from "../services/context.js";
+import type { Services } from "../services/index.js";
+import { toWireError } from "./errors.js";
+import { Metrics } from "./metrics.js";
+import { buildOpenApi } from "./openapi.js";
+import { describeAccess, type RouteDef } from "./registry.js";
+import { apiRoutes } from "./routes/index.js";
+import { type RawReply, systemRoutes } from "./routes/system.js";
+
+export const SERVER_VERSION = "0.1.0";
+
+/**
+ * Log redaction: whatever a future log call passes, these never reach the
+ * output. (fastify's request serializer already leaves headers and bodies
+ * out; this is the second line.)
+ */
+export const REDACT_PATHS = [
+  "req.headers.authorization",
+  "req.headers.cookie",
+  "headers.authorization",
+  "authorization",
+  "password",
+  "newPassword",
+  "currentPassword",
+  "token",
+  "*.password",
+  "*.newPassword",
+  "*.currentPassword",
+  "*.token",
+  "*.*.password",
+  "*.*.token",
+];
+
+export interface AppDeps {
+  services: Services;
+  /** Log output: false for none; otherwise the level and where to write (default stdout). */
+  logger?: false | { level?: string; stream?: { write(s: string): unknown } };
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
+  metrics?: Metrics;
+  /** TLS key and certificate (PEM): the app then serves HTTPS. */
+  https?: { key: string | Buffer; cert: string | Buffer };
+  tlsFingerprint?: string | null;
+  /** Routes beyond the built-in ones (the next resources register here; tests add probes). */
+  extraRoutes?: RouteDef[];
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    caller: Caller | null;
+  }
+  interface FastifyContextConfig {
+    def?: RouteDef;
+  }
+}
+
+const schemaOf = (r: RouteDef["response"]) =>
+  r === null ? undefined : typeof r === "string" ? schemas[r] : { type: "array", items: schemas[r.arrayOf] };
+
+function isRaw(v: unknown): v is RawReply {
+  return (
+    typeof v === "object" &&
+    v !== null &&
+    typeof (v as RawReply).raw === "string" &&
+    typeof (v as RawReply).type === "string"
+  );
+}
+
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const { services } = deps;
+  const metrics = deps.metrics ?? new Metrics();
+  const startedAt = services.clock.now().toISOString();
+  const app = Fastify({
+    ...(deps.https ? { https: deps.https } : {}),
+    logger:
+      deps.logger === false
+        ? false
+        : {
+            level: deps.logger?.level ?? "info",
+            redact: { paths: REDACT_PATHS, censor: "[redacted]" },
+            ...(deps.logger?.stream ? { stream: deps.logger.stream } : {}),
+          },
+    bodyLimit: deps.bodyLimit ?? 1024 * 1024,
+    genReqId: () => randomUUID(),
+    exposeHeadRoutes: false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: "array", allErrors: false } },
+  }) as unknown as FastifyInstance;
+
+  app.decorateRequest("caller", null);
+
+  // A route without a declared access must not exist: fail at startup.
+  app.addHook("onRoute", (opts) => {
+    const def = opts.config?.def;
+    if (!def || def.access === undefined) {
+      throw new StrataError("INTERNAL", `route ${opts.method} ${opts.url} declares no permission`, {
+        hint: "register routes through the route registry with an `access`",
+      });
+    }
+  });
+
+  app.addHook("onSend", async (req, reply, payload) => {
+    reply.header("x-request-id", req.id);
+    if (req.url.startsWith("/api/")) reply.header("cache-control", "no-store");
+    return payload;
+  });
+  app.addHook("onResponse", async (req, reply) => {
+    metrics.observeRequest(
+      req.method,
+      req.routeOptions.url ?? "unmatched",
+      reply.statusCode,
+      reply.elapsedTime / 1000,
+    );
+    if (req.routeOptions.url === "/api/v1/auth/login" && req.method === "POST") {
+      metrics.observeLogin(
+        reply.statusCode === 200 ? "success" : reply.statusCode === 429 ? "locked" : "failure",
+      );
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const w = toWireError(err, req.id);
+    if (w.status >= 500) req.log.error({ err }, "request failed");
+    else req.log.info({ status: w.status, code: w.body.error.code }, "request refused");
+    if (w.retryAfter) reply.header("retry-after", String(w.retryAfter));
+    void reply.code(w.status).type("application/json").send(w.body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply
+      .code(404)
+      .type("application/json")
+      .send({
+        error: {
+          code: "NOT_FOUND",
+          message: `no route ${req.method} ${req.url.split("?")[0]}`,
+          requestId: req.id,
+        },
+      });
+  });
+
+  const authorize = async (req: FastifyRequest, def: RouteDef): Promise<void> => {
+    if (def.access === "public") return;
+    const m = /^Bearer ([A-Za-z0-9_-]+)$/.exec(req.headers.authorization ?? "");
+    if (!m) {
+      throw new StrataError("WRONG_PASSWORD", "not authenticated: send Authorization: Bearer TOKEN", {
+        hint: "log in with `strata login --server URL`",
+      });
+    }
+    const caller = await services.auth.authenticate(m[1]!, req.ip);
+    if (caller.user.mustChangePassword && !def.whilePasswordMustChange) {
+      throw new StrataError("PERMISSION_DENIED", `${caller.user.name} must change their password first`, {
+        hint: "run `strata users passwd`",
+      });
+    }
+    if (typeof def.access === "object" && !caller.permissions.has(def.access.permission)) {
+      throw new StrataError(
+        "PERMISSION_DENIED",
+        `${caller.user.name} lacks the permission ${def.access.permission}`,
+        {
+          subject: def.access.permission,
+          hint: "ask an administrator for a role that grants it",
+        },
+      );
+    }
+    req.caller = caller;
+  };
+
+  const info = (): SystemInfo => ({
+    version: SERVER_VERSION,
+    startedAt,
+    catalog: services.store.kind,
+    tlsFingerprint: deps.tlsFingerprint ?? null,
+  });
+  const routes: RouteDef[] = [];
+  routes.push(
+    ...systemRoutes({
+      health: () => services.store.ping(),
+      info,
+      metrics: () => metrics.render(),
+      openapi: () => buildOpenApi(routes, SERVER_VERSION),
+    }),
+    ...apiRoutes,
+    ...(deps.extraRoutes ?? []),
+  );
+
+  for (const def of routes) {
+    const response = schemaOf(def.response);
+    app.route({
+      method: def.method,
+      url: def.url,
+      config: { def },
+      schema: {
+        ...(def.body ? { body: schemas[def.body] } : {}),
+        ...(def.params ? { params: schemas[def.params] } : {}),
+        ...(def.query ? { querystring: schemas[def.query] } : {}),
+        ...(response ? { response: { [def.status ?? 200]: response } } : {}),
+      },
+      preHandler: async (req) => authorize(req, def),
+      handler: async (req, reply) => {
+        const out = await def.handler({
+          caller: req.caller,
+          body: req.body,
+          params: req.params,
+          query: req.query,
+          remoteAddr: req.ip,
+          services,
+        });
+        if (isRaw(out))
+          return reply
+            .code(out.status ?? 200)
+            .type(out.type)
+            .send(out.raw);
+        if ((def.status ?? 200) === 204) return reply.code(204).send();
+        return reply.code(def.status ?? 200).send(out);
+      },
+    });
+  }
+  app.decorate("strataRoutes", routes);
+  return app;
+}
+
+/** The registry of a built app (for the per-role test and tooling). */
+export function routesOf(app: FastifyInstance): readonly RouteDef[] {
+  return (app as unknown as { strataRoutes: RouteDef[] }).strataRoutes;
+}
+
+export { describeAccess };

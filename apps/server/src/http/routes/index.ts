@@ -1,0 +1,15 @@
+import type { RouteDef } from "../registry.js";
+import { auditRoutes } from "./audit.js";
+import { authRoutes } from "./auth.js";
+import { roleRoutes } from "./roles.js";
+import { tokenRoutes } from "./tokens.js";
+import { userRoutes } from "./users.js";
+
+/** Every /api/v1 route. A new resource adds its file here. (System routes live in app.ts: they need the app's deps.) */
+export const apiRoutes: RouteDef[] = [
+  ...authRoutes,
+  ...tokenRoutes,
+  ...userRoutes,
+  ...roleRoutes,
+  ...auditRoutes,
+];

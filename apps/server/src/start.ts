@@ -1,0 +1,93 @@
+/**
+ * The composition root: open the store, bootstrap, load TLS, build the app,
+ * listen. The CLI's `strata server` calls startServer; tests do too.
+ */
+import { chmodSync, mkdirSync } from "node:fs";
+import { openPostgresServerStore, openSqliteServerStore, type ServerStore } from "@strata/catalog";
+import type { ServerConfig } from "./config.js";
+import { redactUrl } from "./config.js";
+import { buildApp } from "./http/app.js";
+import { type Clock, systemClock } from "./services/context.js";
+import { bootstrap, createServices } from "./services/index.js";
+import { loadOrCreateTls } from "./tls.js";
+
+export interface StartOptions {
+  /** Where logs go (default stdout). */
+  logStream?: { write(s: string): unknown };
+  clock?: Clock;
+  /** PostgreSQL schema (tests isolate runs with it). */
+  pgSchema?: string;
+}
+
+export interface RunningServer {
+  /** https://HOST:PORT with the actual port. */
+  url: string;
+  port: number;
+  fingerprint: string;
+  certGenerated: boolean;
+  certFile: string;
+  /** The first-start administrator password, or null when users existed. Shown once; never logged. */
+  adminPassword: string | null;
+  catalog: string;
+  close(): Promise<void>;
+}
+
+export async function openServerStore(config: ServerConfig, pgSchema?: string): Promise<ServerStore> {
+  if (config.database.kind === "postgres") {
+    return openPostgresServerStore(config.database.url, pgSchema ? { schema: pgSchema } : {});
+  }
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const store = await openSqliteServerStore(config.database.path);
+  for (const f of [config.database.path, `${config.database.path}-wal`, `${config.database.path}-shm`]) {
+    try {
+      chmodSync(f, 0o600); // password hashes and the audit log: owner only
+    } catch {
+      // -wal/-shm may not exist yet
+    }
+  }
+  return store;
+}
+
+export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
+  const store = await openServerStore(config, opts.pgSchema);
+  try {
+    const services = createServices({
+      store,
+      clock: opts.clock ?? systemClock,
+      loginTokenTtlMs: config.loginTokenTtlHours * 3_600_000,
+    });
+    const { adminPassword } = await bootstrap(services);
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    const tls = await loadOrCreateTls(config.dataDir, config.tls);
+    const app = buildApp({
+      services,
+      logger: { level: config.logLevel, ...(opts.logStream ? { stream: opts.logStream } : {}) },
+      bodyLimit: config.bodyLimit,
+      https: { key: tls.key, cert: tls.cert },
+      tlsFingerprint: tls.fingerprint,
+    });
+    await app.listen({ host: config.host, port: config.port });
+    const addr = app.server.address();
+    const port = typeof addr === "object" && addr ? addr.port : config.port;
+    const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+    const catalog =
+      config.database.kind === "postgres" ? redactUrl(config.database.url) : config.database.path;
+    app.log.info({ port, catalog, fingerprint: tls.fingerprint }, "strata server listening");
+    return {
+      url: `https://${host}:${port}`,
+      port,
+      fingerprint: tls.fingerprint,
+      certGenerated: tls.generated,
+      certFile: tls.certFile,
+      adminPassword,
+      catalog,
+      close: async () => {
+        await app.close();
+        await store.close();
+      },
+    };
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+}
