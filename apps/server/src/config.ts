@@ -206,19 +206,17 @@ export function loadServerConfig(input: LoadConfigInput = {}): ServerConfig {
     problems.push(`${cert.source} is given but --tls-key / STRATA_TLS_KEY is not: give both or neither`);
   if (key && !cert)
     problems.push(`${key.source} is given but --tls-cert / STRATA_TLS_CERT is not: give both or neither`);
-  if (cert && key) {
-    tls = { certFile: path.resolve(cwd, cert.value), keyFile: path.resolve(cwd, key.value) };
-    for (const [f, s] of [
-      [tls.certFile, cert.source],
-      [tls.keyFile, key.source],
-    ] as const) {
-      try {
-        readFileSync(f);
-      } catch (e) {
-        problems.push(`${s}: cannot read ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-      }
+  for (const f of [cert, key]) {
+    if (!f) continue;
+    try {
+      readFileSync(path.resolve(cwd, f.value));
+    } catch (e) {
+      problems.push(
+        `${f.source}: cannot read ${f.value}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
     }
   }
+  if (cert && key) tls = { certFile: path.resolve(cwd, cert.value), keyFile: path.resolve(cwd, key.value) };
 
   let logLevel = DEFAULTS.logLevel;
   const ll = asString("logLevel");

@@ -153,7 +153,9 @@ export class AuthService {
     if (!(await verifyPassword(currentPassword, c.user.passwordHash))) {
       limiter.failure(c.user.name, c.remoteAddr);
       await audit.by(c, "auth.password_change_failed", `user:${c.user.name}`);
-      throw new StrataError("WRONG_PASSWORD", "the current password is wrong");
+      throw new StrataError("INVALID_ARGUMENT", "the current password is wrong", {
+        hint: "give your current password",
+      });
     }
     limiter.success(c.user.name, c.remoteAddr);
     checkPasswordPolicy(newPassword, c.user.name);

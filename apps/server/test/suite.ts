@@ -1,0 +1,507 @@
+/**
+ * The server integration suite, run on every catalog (server.test.ts runs it
+ * on SQLite and PostgreSQL). Requests go through app.inject(): the whole
+ * fastify stack (parsing, validation, access checks, error table) without a
+ * socket; tls.test.ts covers real HTTPS.
+ */
+import type { ServerStore } from "@strata/catalog";
+import { BUILTIN_ROLES } from "@strata/protocol";
+import type { FastifyInstance } from "fastify";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bootstrap, buildApp, createServices, type RouteDef, routesOf, type Services } from "../src/index.js";
+
+const PW = "correct horse battery staple";
+
+/** A body that passes each route's validation, so the access check is what decides. */
+const SAMPLE_BODIES: Record<string, unknown> = {
+  LoginRequest: { user: "nobody", password: "x" },
+  ChangePasswordRequest: { currentPassword: "wrong-password-here", newPassword: "another long password" },
+  CreateUserRequest: { name: "probe-user", role: "Read-only", password: "a very long password 1" },
+  UpdateUserRequest: { disabled: false },
+  ResetPasswordRequest: { password: "a very long password 2" },
+  CreateRoleRequest: { name: "Probe Role", permissions: ["system.read"] },
+  UpdateRoleRequest: { permissions: ["system.read"] },
+  CreateTokenRequest: { name: "probe" },
+};
+const SAMPLE_PARAMS: Record<string, string> = { name: "nobody-here", id: "0123456789abcdef" };
+
+function urlOf(r: RouteDef): string {
+  return r.url.replace(/:(\w+)/g, (_m, p: string) => encodeURIComponent(SAMPLE_PARAMS[p] ?? "x"));
+}
+
+export interface Harness {
+  app: FastifyInstance;
+  services: Services;
+  store: ServerStore;
+  logs: string[];
+  adminToken: string;
+  now: { t: number };
+}
+
+export async function makeHarness(open: () => Promise<ServerStore>): Promise<Harness> {
+  const store = await open();
+  const now = { t: Date.parse("2026-03-01T12:00:00Z") };
+  const services = createServices({ store, clock: { now: () => new Date(now.t) } });
+  const { adminPassword } = await bootstrap(services);
+  const logs: string[] = [];
+  const app = buildApp({
+    services,
+    logger: { level: "trace", stream: { write: (s: string) => logs.push(s) } },
+    bodyLimit: 64 * 1024,
+  });
+  await app.ready();
+  // First login must change the one-time password.
+  const login = await app.inject({
+    method: "POST",
+    url: "/api/v1/auth/login",
+    payload: { user: "admin", password: adminPassword },
+  });
+  expect(login.statusCode).toBe(200);
+  const tmp = login.json().token as string;
+  const blocked = await app.inject({
+    method: "GET",
+    url: "/api/v1/users",
+    headers: { authorization: `Bearer ${tmp}` },
+  });
+  expect(blocked.statusCode).toBe(403);
+  const ch = await app.inject({
+    method: "POST",
+    url: "/api/v1/auth/password",
+    headers: { authorization: `Bearer ${tmp}` },
+    payload: { currentPassword: adminPassword, newPassword: PW },
+  });
+  expect(ch.statusCode).toBe(204);
+  return { app, services, store, logs, adminToken: tmp, now };
+}
+
+export function runServerSuite(name: string, open: () => Promise<ServerStore>): void {
+  describe(`server on ${name}`, () => {
+    let h: Harness;
+    const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+    beforeAll(async () => {
+      h = await makeHarness(open);
+    });
+    afterAll(async () => {
+      await h?.app.close();
+      await h?.store.close();
+    });
+
+    async function userToken(user: string, role: string): Promise<string> {
+      const c = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: auth(h.adminToken),
+        payload: { name: user, role, password: PW, mustChangePassword: false },
+      });
+      expect(c.statusCode, c.body).toBe(201);
+      const l = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/auth/login",
+        payload: { user, password: PW },
+      });
+      expect(l.statusCode, l.body).toBe(200);
+      return l.json().token;
+    }
+
+    it("every route × every built-in role: allowed or 403; unauthenticated 401", async () => {
+      const routes = routesOf(h.app);
+      expect(routes.length).toBeGreaterThan(15);
+      const tokens = new Map<string, string>();
+      for (const role of BUILTIN_ROLES) {
+        tokens.set(
+          role.name,
+          await userToken(`r-${role.name.toLowerCase().replace(/[^a-z]/g, "")}`, role.name),
+        );
+      }
+      for (const r of routes) {
+        const payload = r.body ? SAMPLE_BODIES[r.body] : undefined;
+        if (r.access === "public") {
+          const res = await h.app.inject({
+            method: r.method,
+            url: urlOf(r),
+            ...(payload ? { payload } : {}),
+          });
+          expect([401, 403], `${r.method} ${r.url} public`).not.toContain(
+            res.statusCode === 401 && r.body === "LoginRequest" ? 0 : res.statusCode,
+          );
+          continue;
+        }
+        const anon = await h.app.inject({ method: r.method, url: urlOf(r), ...(payload ? { payload } : {}) });
+        expect(anon.statusCode, `${r.method} ${r.url} without a token`).toBe(401);
+        const bad = await h.app.inject({
+          method: r.method,
+          url: urlOf(r),
+          headers: auth("stk_forged"),
+          ...(payload ? { payload } : {}),
+        });
+        expect(bad.statusCode, `${r.method} ${r.url} forged token`).toBe(401);
+        for (const role of BUILTIN_ROLES) {
+          // logout revokes the token: probe it with a throwaway one.
+          const token = r.url.endsWith("/auth/logout")
+            ? (
+                await h.app.inject({
+                  method: "POST",
+                  url: "/api/v1/tokens",
+                  headers: auth(tokens.get(role.name)!),
+                  payload: { name: "throwaway" },
+                })
+              ).json().token
+            : tokens.get(role.name)!;
+          const res = await h.app.inject({
+            method: r.method,
+            url: urlOf(r),
+            headers: auth(token),
+            ...(payload ? { payload } : {}),
+          });
+          const allowed = typeof r.access === "string" || role.permissions.includes(r.access.permission);
+          const what = `${role.name} ${r.method} ${r.url} → ${res.statusCode} ${res.body.slice(0, 200)}`;
+          if (allowed) {
+            expect([401, 403], what).not.toContain(res.statusCode);
+            expect(res.statusCode, what).toBeLessThan(500);
+          } else {
+            expect(res.statusCode, what).toBe(403);
+            expect(res.json().error.code).toBe("PERMISSION_DENIED");
+          }
+        }
+      }
+    });
+
+    it("a route without a declared permission fails at startup", async () => {
+      const bad = {
+        method: "GET",
+        url: "/api/v1/oops",
+        summary: "x",
+        tag: "x",
+        response: null,
+        handler: () => ({}),
+      } as unknown as RouteDef;
+      // fastify runs onRoute hooks as routes are added: buildApp itself throws.
+      expect(() => buildApp({ services: h.services, logger: false, extraRoutes: [bad] })).toThrow(
+        /declares no permission/,
+      );
+    });
+
+    it("token auth: API tokens work, are stored hashed, revocation and expiry end them, disabled users are out", async () => {
+      const t = await userToken("tok-user", "Help Desk");
+      const created = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/tokens",
+        headers: auth(t),
+        payload: { name: "ci", expiresInDays: 1 },
+      });
+      expect(created.statusCode).toBe(201);
+      const { token, id } = created.json();
+      expect(token).toMatch(/^stk_[A-Za-z0-9_-]{43}$/);
+      const who = await h.app.inject({ method: "GET", url: "/api/v1/auth/whoami", headers: auth(token) });
+      expect(who.json().user.name).toBe("tok-user");
+      const me = await h.store.getUserByName("tok-user");
+      const stored = await h.store.listTokens(me!.id);
+      expect(JSON.stringify(stored)).not.toContain(token); // only the hash is kept
+      const list = await h.app.inject({ method: "GET", url: "/api/v1/tokens", headers: auth(t) });
+      expect(list.body).not.toContain("stk_");
+      // Expiry (injected clock).
+      h.now.t += 2 * 86_400_000;
+      expect(
+        (await h.app.inject({ method: "GET", url: "/api/v1/auth/whoami", headers: auth(token) })).statusCode,
+      ).toBe(401);
+      h.now.t -= 2 * 86_400_000;
+      // Revocation of a token one does not own is NOT_FOUND; of one's own, 204.
+      const other = await userToken("tok-other", "Read-only");
+      expect(
+        (await h.app.inject({ method: "DELETE", url: `/api/v1/tokens/${id}`, headers: auth(other) }))
+          .statusCode,
+      ).toBe(404);
+      expect(
+        (await h.app.inject({ method: "DELETE", url: `/api/v1/tokens/${id}`, headers: auth(t) })).statusCode,
+      ).toBe(204);
+      expect(
+        (await h.app.inject({ method: "GET", url: "/api/v1/auth/whoami", headers: auth(token) })).statusCode,
+      ).toBe(401);
+      // Disabling a user ends their tokens.
+      const d = await h.app.inject({
+        method: "PATCH",
+        url: "/api/v1/users/tok-user",
+        headers: auth(h.adminToken),
+        payload: { disabled: true },
+      });
+      expect(d.json().disabled).toBe(true);
+      expect(
+        (await h.app.inject({ method: "GET", url: "/api/v1/auth/whoami", headers: auth(t) })).statusCode,
+      ).toBe(401);
+      const l = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/auth/login",
+        payload: { user: "tok-user", password: PW },
+      });
+      expect(l.statusCode).toBe(403);
+    });
+
+    it("login is rate limited per user and address, with growing lock times", async () => {
+      await userToken("victim", "Read-only");
+      const attempt = (password: string, remoteAddress = "10.0.0.1") =>
+        h.app.inject({
+          method: "POST",
+          url: "/api/v1/auth/login",
+          remoteAddress,
+          payload: { user: "victim", password },
+        });
+      for (let i = 0; i < 5; i++) expect((await attempt("wrong password!")).statusCode).toBe(401);
+      const locked = await attempt(PW);
+      expect(locked.statusCode).toBe(429); // even the right password waits
+      expect(locked.json().error.code).toBe("LOCKED");
+      expect(Number(locked.headers["retry-after"])).toBe(60);
+      expect((await attempt(PW, "10.0.0.2")).statusCode).toBe(200); // another address is unaffected
+      h.now.t += 61_000;
+      expect((await attempt("wrong again!!")).statusCode).toBe(401);
+      expect(Number((await attempt(PW)).headers["retry-after"])).toBe(120); // doubled
+      h.now.t += 121_000;
+      expect((await attempt(PW)).statusCode).toBe(200);
+      expect((await attempt("wrong once more")).statusCode).toBe(401); // success reset the count
+    });
+
+    it("admin actions are audited with actor, object and address; the log filters", async () => {
+      const t = h.adminToken;
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/roles",
+        headers: auth(t),
+        remoteAddress: "192.0.2.7",
+        payload: { name: "Auditors", permissions: ["audit.read"] },
+      });
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: auth(t),
+        remoteAddress: "192.0.2.7",
+        payload: { name: "aud", role: "Auditors", password: PW },
+      });
+      await h.app.inject({
+        method: "PUT",
+        url: "/api/v1/roles/Auditors",
+        headers: auth(t),
+        payload: { permissions: ["audit.read", "users.read"] },
+      });
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users/aud/password",
+        headers: auth(t),
+        payload: { password: "brand new password 9" },
+      });
+      const res = await h.app.inject({
+        method: "GET",
+        url: "/api/v1/audit?actor=admin&limit=50",
+        headers: auth(t),
+      });
+      expect(res.statusCode).toBe(200);
+      const entries = res.json() as {
+        action: string;
+        object: string;
+        remoteAddr: string;
+        actor: string;
+        detail: unknown;
+      }[];
+      const actions = entries.map((e) => `${e.action} ${e.object}`);
+      expect(actions).toEqual(
+        expect.arrayContaining([
+          "role.create role:Auditors",
+          "user.create user:aud",
+          "role.update role:Auditors",
+          "user.password_reset user:aud",
+        ]),
+      );
+      expect(entries.find((e) => e.action === "role.create")!.remoteAddr).toBe("192.0.2.7");
+      expect(JSON.stringify(entries)).not.toContain("brand new password");
+      const only = await h.app.inject({
+        method: "GET",
+        url: "/api/v1/audit?action=user.create&object=user:aud",
+        headers: auth(t),
+      });
+      expect(only.json()).toHaveLength(1);
+      const failed = await h.app.inject({
+        method: "GET",
+        url: "/api/v1/audit?action=auth.login_failed",
+        headers: auth(t),
+      });
+      expect(failed.json().length).toBeGreaterThan(0);
+      expect(
+        (await h.app.inject({ method: "GET", url: "/api/v1/audit?since=yesterday", headers: auth(t) }))
+          .statusCode,
+      ).toBe(400);
+    });
+
+    it("no privilege escalation: users.write cannot hand out permissions the caller lacks", async () => {
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/roles",
+        headers: auth(h.adminToken),
+        payload: { name: "Account Clerk", permissions: ["users.read", "users.write", "roles.read"] },
+      });
+      const clerk = await userToken("clerk", "Account Clerk");
+      const up = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: auth(clerk),
+        payload: { name: "evil", role: "Administrator", password: PW },
+      });
+      expect(up.statusCode).toBe(403);
+      const reset = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users/admin/password",
+        headers: auth(clerk),
+        payload: { password: "taken over password" },
+      });
+      expect(reset.statusCode).toBe(403);
+      expect(
+        (
+          await h.app.inject({
+            method: "POST",
+            url: "/api/v1/users",
+            headers: auth(clerk),
+            payload: { name: "fine", role: "Account Clerk", password: PW },
+          })
+        ).statusCode,
+      ).toBe(201);
+    });
+
+    it("malformed, oversized and hostile requests get 4xx JSON errors and change nothing", async () => {
+      const t = h.adminToken;
+      const before = (await h.store.listUsers()).length;
+      const auditBefore = (await h.store.listAudit({ limit: 1000 })).length;
+      const cases = [
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: "{not json",
+          headers: { "content-type": "application/json" },
+          status: 400,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: `{"name":"x","pad":"${"a".repeat(70_000)}"}`,
+          headers: { "content-type": "application/json" },
+          status: 413,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: "name=x",
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          status: 415,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload:
+            '{"__proto__":{"admin":true},"name":"p","role":"Read-only","password":"long enough password"}',
+          headers: { "content-type": "application/json" },
+          status: 400,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: { name: "../../etc/passwd", role: "Read-only", password: PW },
+          status: 400,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: { name: "ok-name", role: "Read-only", password: PW, extra: 1 },
+          status: 400,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: { name: "short", role: "Read-only", password: "short" },
+          status: 400,
+        },
+        {
+          method: "POST",
+          url: "/api/v1/users",
+          payload: { name: "ghost", role: "No Such Role", password: PW },
+          status: 404,
+        },
+        { method: "GET", url: "/api/v1/users/..%2F..%2Fetc%2Fpasswd", status: 400 },
+        { method: "GET", url: "/api/v1/users/%00admin", status: 400 },
+        { method: "PATCH", url: "/api/v1/users/a%2Fb", payload: { disabled: true }, status: 400 },
+        { method: "GET", url: "/api/v1/roles/..%2Fusers", status: 400 },
+        { method: "DELETE", url: "/api/v1/tokens/..%2F..", status: 400 },
+        { method: "DELETE", url: "/api/v1/roles/Administrator", status: 400 },
+        { method: "GET", url: "/api/v1/audit?limit=100000", status: 400 },
+        { method: "GET", url: "/api/v1/nope", status: 404 },
+      ] as const;
+      for (const c of cases) {
+        const res = await h.app.inject({
+          method: c.method,
+          url: c.url,
+          headers: { ...auth(t), ...("headers" in c ? c.headers : {}) },
+          ...("payload" in c ? { payload: c.payload } : {}),
+        });
+        expect(res.statusCode, `${c.method} ${c.url}: ${res.body.slice(0, 200)}`).toBe(c.status);
+        const err = res.json().error;
+        expect(typeof err.code).toBe("string");
+        expect(typeof err.message).toBe("string");
+        expect(err.requestId).toBe(res.headers["x-request-id"]);
+      }
+      expect((await h.store.listUsers()).length).toBe(before);
+      expect((await h.store.listAudit({ limit: 1000 })).length).toBe(auditBefore);
+      expect((await h.store.getRole("Administrator"))?.builtin).toBe(true);
+      expect(({} as Record<string, unknown>).admin).toBeUndefined();
+    });
+
+    it("health, metrics and the OpenAPI document", async () => {
+      expect((await h.app.inject({ url: "/healthz" })).json()).toEqual({ status: "ok" });
+      const m = await h.app.inject({ url: "/metrics" });
+      expect(m.headers["content-type"]).toMatch(/^text\/plain/);
+      expect(m.body).toMatch(
+        /strata_http_requests_total\{method="POST",route="\/api\/v1\/auth\/login",status="200"\} \d+/,
+      );
+      expect(m.body).toMatch(/strata_logins_total\{outcome="failure"\} \d+/);
+      const doc = (await h.app.inject({ url: "/api/openapi.json" })).json();
+      expect(doc.openapi).toBe("3.1.0");
+      for (const r of routesOf(h.app)) {
+        const op = doc.paths[r.url.replace(/:(\w+)/g, "{$1}")][r.method.toLowerCase()];
+        expect(op["x-strata-access"]).toBe(typeof r.access === "string" ? r.access : r.access.permission);
+      }
+    });
+
+    it("secrets never reach the log", async () => {
+      const secretPw = "S3cret-Passphrase-For-Logs";
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: auth(h.adminToken),
+        payload: { name: "logged", role: "Read-only", password: secretPw, mustChangePassword: false },
+      });
+      const l = await h.app.inject({
+        method: "POST",
+        url: "/api/v1/auth/login",
+        payload: { user: "logged", password: secretPw },
+      });
+      const token = l.json().token as string;
+      await h.app.inject({ method: "GET", url: "/api/v1/auth/whoami", headers: auth(token) });
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/auth/login",
+        payload: { user: "logged", password: `${secretPw}-wrong` },
+      });
+      await h.app.inject({
+        method: "POST",
+        url: "/api/v1/users",
+        headers: { ...auth(token), "content-type": "application/json" },
+        payload: `{"password":"${secretPw}", broken`,
+      });
+      h.app.log.info(
+        { req: { headers: { authorization: `Bearer ${token}` } }, body: { password: secretPw } },
+        "a careless log call",
+      );
+      const out = h.logs.join("");
+      expect(out.length).toBeGreaterThan(1000);
+      expect(out).toContain('"reqId"');
+      expect(out).not.toContain(secretPw);
+      expect(out).not.toContain(token);
+      expect(out).not.toContain(h.adminToken);
+      expect(out).not.toContain(PW);
+    });
+  });
+}
