@@ -2,6 +2,7 @@
 import { isStrataError } from "@strata/core";
 import { Command, Option } from "commander";
 import { registerRepoCommands } from "./commands/repo.js";
+import { registerServerCommands } from "./commands/server.js";
 import { reportError } from "./output.js";
 
 export function buildProgram(): Command {
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
     .showHelpAfterError("(run with --help for usage)")
     .configureHelp({ sortSubcommands: false });
   registerRepoCommands(program);
+  registerServerCommands(program);
   return program;
 }
 
