@@ -265,7 +265,8 @@ export class Backup {
     }
     names.sort(Buffer.compare);
     const cache = this.opts.fileCache;
-    const cached = cache ? await this.validCacheEntries(decodeCacheDirOrNull(cache.getDir(abs)?.data)) : null;
+    const cachedRaw = cache?.getDir(abs)?.data;
+    const cached = cache ? await this.validCacheEntries(decodeCacheDirOrNull(cachedRaw)) : null;
     const nodes: Promise<FsNode | null>[] = [];
     const cacheOut: { node: FsNode; sig: Sig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);
@@ -293,7 +294,7 @@ export class Backup {
       // Let worker messages through during long synchronous stretches.
       if (++n % 256 === 0) await new Promise((r) => setImmediate(r));
     }
-    return this.finishDir(nodes, cache ? abs : null, cacheOut);
+    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null);
   }
 
   /**
@@ -441,13 +442,17 @@ export class Backup {
     nodes: Promise<FsNode | null>[],
     cacheKey: Buffer | null,
     cacheOut: { node: FsNode; sig: Sig }[] | null,
+    cachedRaw: Buffer | null = null,
   ): Promise<Later<TreeId>> {
     const value = Promise.all(nodes).then(async (resolved) => {
       const list = resolved.filter((n): n is FsNode => n !== null);
       const id = await this.repo.saveTree(list);
       if (cacheKey && cacheOut && this.opts.fileCache) {
         cacheOut.sort((a, b) => Buffer.compare(a.node.name, b.node.name));
-        this.opts.fileCache.putDir(cacheKey, { data: encodeCacheDir(cacheOut) });
+        const data = encodeCacheDir(cacheOut);
+        // An unchanged directory keeps its row (getDir already marked it
+        // seen): no rewrite of the whole cache on a no-change backup.
+        if (!cachedRaw || !cachedRaw.equals(data)) this.opts.fileCache.putDir(cacheKey, { data });
       }
       return id;
     });
