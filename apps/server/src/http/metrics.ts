@@ -51,11 +51,11 @@ export class Metrics {
     out.push("# HELP strata_http_request_duration_seconds HTTP request latency by method and route.");
     out.push("# TYPE strata_http_request_duration_seconds histogram");
     for (const d of this.durations.values()) {
-      BUCKETS.forEach((b, i) =>
+      BUCKETS.forEach((b, i) => {
         out.push(
           `strata_http_request_duration_seconds_bucket${labels({ ...d.labels, le: String(b) })} ${d.buckets[i]}`,
-        ),
-      );
+        );
+      });
       out.push(
         `strata_http_request_duration_seconds_bucket${labels({ ...d.labels, le: "+Inf" })} ${d.count}`,
       );

@@ -49,7 +49,8 @@ export function buildOpenApi(routes: readonly RouteDef[], version: string): Reco
       responses["401"] = errorResponse;
       responses["403"] = errorResponse;
     }
-    (paths[p] ??= {})[r.method.toLowerCase()] = {
+    paths[p] ??= {};
+    paths[p][r.method.toLowerCase()] = {
       summary: r.summary,
       tags: [r.tag],
       operationId: `${r.method.toLowerCase()}${p.replace(/[^A-Za-z0-9]+(\w)?/g, (_m, c: string | undefined) => (c ?? "").toUpperCase())}`,
