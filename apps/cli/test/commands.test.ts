@@ -1,4 +1,4 @@
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { cleanup, newEnv, ok, strata, tmp } from "./helpers.js";
@@ -64,6 +64,31 @@ describe("snapshots, ls, diff, forget, stats", () => {
     expect(waiting.packsDoomed).toBeGreaterThan(0);
     expect(waiting.packsDeleted).toBe(0);
     expect(strata(env, "check", "--read-data").code).toBe(0);
+  });
+
+  it("forget groups by host and paths; a pruned file-cache entry is never trusted", () => {
+    const a = tmp();
+    const b = tmp();
+    writeFileSync(path.join(a, "only-in-a"), "a".repeat(200_000));
+    writeFileSync(path.join(b, "only-in-b"), "b".repeat(200_000));
+    const env = newEnv();
+    ok(env, "repo", "init");
+    ok(env, "backup", a);
+    ok(env, "backup", b);
+    // Grouped: keep-last 1 keeps one snapshot of each path set.
+    expect(ok(env, "forget", "--keep-last", "1", "--dry-run", "--json").remove).toHaveLength(0);
+    // Ungrouped: a's only snapshot goes, and prune deletes its data.
+    ok(env, "forget", "--keep-last", "1", "--group-by", "none", "--prune", "--grace", "0");
+    ok(env, "prune", "--grace", "0");
+    // a's file cache still lists the file as stored; the next backup must not trust it.
+    const again = ok(env, "backup", a, "--json");
+    expect(again.snapshot.stats.bytesRead).toBe(200_000);
+    expect(strata(env, "check", "--read-data").code).toBe(0);
+    const dst = tmp();
+    ok(env, "restore", `latest:${a}`, "--target", dst);
+    expect(readFileSync(path.join(dst, "only-in-a"), "utf8")).toBe("a".repeat(200_000));
+    // And with nothing pruned since, the following backup trusts its cache: nothing read.
+    expect(ok(env, "backup", a, "--json").snapshot.stats.bytesRead).toBe(0);
   });
 
   it("stats and check --read-data-subset report on the repository", () => {

@@ -69,14 +69,14 @@ export class SqliteFileCache implements FileCache {
   getDir(dir: Buffer): CachedDir | null {
     const k = dir.toString("latin1");
     const pending = this.puts.get(k);
-    if (pending) return { data: pending };
+    if (pending) return { data: pending, gen: this.gen };
     const row = this.stGet.get(dir) as { data: Buffer; gen: number } | undefined;
     if (!row) return null;
     if (row.gen !== this.gen) {
       this.touches.add(k);
       this.maybeFlush();
     }
-    return { data: row.data };
+    return { data: row.data, gen: row.gen };
   }
 
   putDir(dir: Buffer, value: CachedDir): void {
@@ -96,8 +96,31 @@ export class SqliteFileCache implements FileCache {
 
   endRun(): void {
     this.flush();
-    if (this.inRun) this.stSweep.run(this.gen);
+    if (this.inRun) {
+      this.stSweep.run(this.gen);
+      this.setMeta("completed_gen", String(this.gen));
+    }
     this.inRun = false;
+  }
+
+  completedGen(): number {
+    return Number(this.getMeta("completed_gen") ?? 0);
+  }
+
+  getMeta(key: string): string | null {
+    return (
+      (this.db.prepare("SELECT value FROM cache_meta WHERE key = ?").pluck().get(key) as
+        | string
+        | undefined) ?? null
+    );
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db
+      .prepare(
+        "INSERT INTO cache_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+      )
+      .run(key, value);
   }
 
   /** Write buffered puts and touches now. */

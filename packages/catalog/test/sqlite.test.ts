@@ -131,6 +131,29 @@ describe("SqliteFileCache", () => {
     again.close();
   });
 
+  it("records the generation of completed runs; rows of an unfinished run are newer", () => {
+    const path = file("cache");
+    const fc = openSqliteFileCache(path);
+    expect(fc.completedGen()).toBe(0);
+    fc.beginRun();
+    fc.putDir(key("/done"), { data: Buffer.from("x") });
+    fc.endRun();
+    const done = fc.completedGen();
+    expect(done).toBeGreaterThan(0);
+    expect(fc.getDir(key("/done"))?.gen).toBe(done);
+    fc.beginRun(); // a run that never ends (killed)
+    fc.putDir(key("/killed"), { data: Buffer.from("y") });
+    fc.flush();
+    fc.close();
+    const again = openSqliteFileCache(path);
+    expect(again.completedGen()).toBe(done);
+    expect(again.getDir(key("/killed"))?.gen).toBeGreaterThan(done);
+    again.setMeta("data.epoch", "e1");
+    expect(again.getMeta("data.epoch")).toBe("e1");
+    expect(again.getMeta("missing")).toBeNull();
+    again.close();
+  });
+
   it("copies the caller's buffer and survives many writes across flushes", () => {
     const path = file("cache");
     const fc = openSqliteFileCache(path);

@@ -108,6 +108,8 @@ function decodeCacheDir(buf: Buffer): Map<string, { node: FsNode; sig: Sig }> | 
 }
 
 const SLASH = Buffer.from("/");
+/** Catalog meta key changed by prune whenever stored data may disappear. */
+export const DATA_EPOCH = "data.epoch";
 
 /**
  * One backup run: walks the given paths depth-first, reuses unchanged files
@@ -132,6 +134,9 @@ export class Backup {
     durationMs: 0,
   };
   private pool!: ChunkPool;
+  /** Cache rows of this generation or older are trusted without an index query. */
+  private trustedGen = 0;
+  private epoch = "0";
   private current = "";
   private lastProgress = 0;
 
@@ -158,6 +163,14 @@ export class Backup {
     const cache = this.opts.fileCache ?? null;
     try {
       await this.repo.adoptOrphanPacks();
+      // Cache rows are trusted without asking the index only when the run
+      // that wrote them completed and no prune has removed or doomed data
+      // since (prune changes the catalog's data epoch).
+      const epoch = (await this.repo.catalog.getMeta(DATA_EPOCH)) ?? "0";
+      if (cache) {
+        this.trustedGen = cache.getMeta(DATA_EPOCH) === epoch ? cache.completedGen() : 0;
+        this.epoch = epoch;
+      }
       cache?.beginRun();
       const root = await this.buildRoot(paths);
       const tree = await root.value;
@@ -180,7 +193,10 @@ export class Backup {
         kind: this.opts.kind ?? "backup",
         stats: this.stats,
       });
-      cache?.endRun();
+      if (cache) {
+        cache.endRun();
+        cache.setMeta(DATA_EPOCH, this.epoch);
+      }
       this.progress(true);
       return { snapshot, errors: this.errors };
     } finally {
@@ -265,8 +281,11 @@ export class Backup {
     }
     names.sort(Buffer.compare);
     const cache = this.opts.fileCache;
-    const cachedRaw = cache?.getDir(abs)?.data;
-    const cached = cache ? await this.validCacheEntries(decodeCacheDirOrNull(cachedRaw)) : null;
+    const row = cache?.getDir(abs) ?? null;
+    const cachedRaw = row?.data;
+    const trusted = row !== null && (row.gen ?? 0) > 0 && (row.gen ?? 0) <= this.trustedGen;
+    const decoded = decodeCacheDirOrNull(cachedRaw);
+    const cached = cache ? (trusted ? decoded : await this.validCacheEntries(decoded)) : null;
     const nodes: Promise<FsNode | null>[] = [];
     const cacheOut: { node: FsNode; sig: Sig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);

@@ -163,6 +163,10 @@ export interface FileCache {
   /** The cached entry list of directory `dir` (raw path bytes), or null. */
   getDir(dir: Buffer): CachedDir | null;
   putDir(dir: Buffer, value: CachedDir): void;
+  /** The generation of the last run that reached `endRun` (0: none). */
+  completedGen(): number;
+  getMeta(key: string): string | null;
+  setMeta(key: string, value: string): void;
   /** Drop directories not touched since `beginRun` (vanished paths). */
   beginRun(): void;
   endRun(): void;
@@ -172,4 +176,6 @@ export interface FileCache {
 export interface CachedDir {
   /** Opaque encoded payload owned by the repository's backup code. */
   data: Buffer;
+  /** Generation of the run that wrote or last saw the row (0 when unknown). */
+  gen?: number;
 }

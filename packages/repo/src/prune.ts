@@ -1,4 +1,6 @@
+import { randomBytes } from "node:crypto";
 import type { PackId } from "@strata/core";
+import { DATA_EPOCH } from "./backup.js";
 import type { LeaseRecord, PackRecord } from "./catalog.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import { markReachable } from "./marking.js";
@@ -122,7 +124,12 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     }
     report.packsRepacked = repack.length;
     doom.push(...repack);
-    if (doom.length) await repo.catalog.markPacksDoomed(doom, now());
+    if (doom.length) {
+      await repo.catalog.markPacksDoomed(doom, now());
+      // Data has disappeared for new backups: file caches written before now
+      // are no longer trusted without checking the index.
+      await repo.catalog.setMeta(DATA_EPOCH, randomBytes(8).toString("hex"));
+    }
     report.packsDoomed = doom.length;
     await repo.catalog.endMark();
 

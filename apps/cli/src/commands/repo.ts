@@ -324,6 +324,11 @@ export function registerRepoCommands(program: Command): void {
     .option("--keep-monthly <n>", "… of each of the last N months", int)
     .option("--keep-yearly <n>", "… of each of the last N years", int)
     .option("--dry-run", "only show what would be removed")
+    .option(
+      "--group-by <keys>",
+      "apply the rules per group: host,paths (default), host, paths or none",
+      "host,paths",
+    )
     .option("--prune", "run prune afterwards")
     .option("--grace <duration>", "prune: wait this long before deleting doomed packs", "15m");
   fg.action(
@@ -346,7 +351,27 @@ export function registerRepoCommands(program: Command): void {
         );
       }
       const all = await repo.catalog.listSnapshots();
-      const d = applyRetention(all, policy);
+      // Rules apply within each group (like restic): by default one group per
+      // host and set of paths, so a backup of /etc never pushes out /home's.
+      const groupBy = String(o.groupBy ?? "host,paths");
+      if (!/^(none|host|paths|host,paths|paths,host)$/.test(groupBy)) {
+        throw new StrataError("INVALID_ARGUMENT", `bad --group-by ${groupBy}`, {
+          hint: "use host,paths, host, paths or none",
+        });
+      }
+      const key = (x: SnapshotRecord) =>
+        [
+          groupBy.includes("host") ? x.hostname : "",
+          groupBy.includes("paths") ? x.paths.join("\0") : "",
+        ].join("\n");
+      const groups = new Map<string, SnapshotRecord[]>();
+      for (const x of all) groups.set(key(x), [...(groups.get(key(x)) ?? []), x]);
+      const d: ReturnType<typeof applyRetention<SnapshotRecord>> = { keep: [], remove: [] };
+      for (const g of groups.values()) {
+        const r = applyRetention(g, policy);
+        d.keep.push(...r.keep);
+        d.remove.push(...r.remove);
+      }
       if (!o.dryRun && d.remove.length) await repo.removeSnapshots(d.remove.map((s) => s.id));
       let pr = null;
       if (o.prune && !o.dryRun) pr = await prune(repo, { graceMs: parseDuration(o.grace as string) });
