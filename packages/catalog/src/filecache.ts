@@ -108,11 +108,13 @@ export class SqliteFileCache implements FileCache {
   }
 
   getMeta(key: string): string | null {
-    return (
-      (this.db.prepare("SELECT value FROM cache_meta WHERE key = ?").pluck().get(key) as
-        | string
-        | undefined) ?? null
-    );
+    // cache_meta.value has integer affinity (it holds the generation): a
+    // numeric-looking string comes back as a number.
+    const v = this.db.prepare("SELECT value FROM cache_meta WHERE key = ?").pluck().get(key) as
+      | string
+      | number
+      | undefined;
+    return v === undefined || v === null ? null : String(v);
   }
 
   setMeta(key: string, value: string): void {

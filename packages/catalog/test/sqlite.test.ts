@@ -150,6 +150,8 @@ describe("SqliteFileCache", () => {
     expect(again.getDir(key("/killed"))?.gen).toBeGreaterThan(done);
     again.setMeta("data.epoch", "e1");
     expect(again.getMeta("data.epoch")).toBe("e1");
+    again.setMeta("data.epoch", "0"); // numeric-looking strings stay strings
+    expect(again.getMeta("data.epoch")).toBe("0");
     expect(again.getMeta("missing")).toBeNull();
     again.close();
   });
