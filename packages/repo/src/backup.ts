@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { type BigIntStats, lstatSync, readdirSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import * as nodePath from "node:path";
@@ -77,16 +78,27 @@ const sameSig = (a: Sig, b: Sig) =>
   a.ctimeNs === b.ctimeNs;
 
 /** File-cache payload of one directory: its non-directory nodes with their signatures. */
-function encodeCacheDir(entries: { node: FsNode; sig: Sig }[]): Buffer {
+/**
+ * Cache row layout, version 2: u8 2, the non-directory nodes as an encoded
+ * tree, u32 count, per node its signature (dev, ino, size, mtimeNs,
+ * ctimeNs), then the 32-byte id of the directory's tree as last stored.
+ */
+function encodeCacheDir(entries: { node: FsNode; sig: Sig }[], treeId: TreeId): Buffer {
   const tree = encodeTree(entries.map((e) => e.node));
-  const w = new Writer(tree.length + entries.length * 40 + 8);
-  w.lbytes(tree).u32(entries.length);
+  const w = new Writer(tree.length + entries.length * 40 + 48);
+  w.u8(2).lbytes(tree).u32(entries.length);
   for (const { sig } of entries) w.u64(sig.dev).u64(sig.ino).u64(sig.size).i64(sig.mtimeNs).i64(sig.ctimeNs);
+  w.bytes(Buffer.from(treeId, "hex"));
   return w.finish();
 }
-function decodeCacheDir(buf: Buffer): Map<string, { node: FsNode; sig: Sig }> | null {
+interface CachedEntries {
+  entries: Map<string, { node: FsNode; sig: Sig }>;
+  treeId: TreeId;
+}
+function decodeCacheDir(buf: Buffer): CachedEntries | null {
   try {
     const r = new Reader(buf, "file cache");
+    if (r.u8() !== 2) return null;
     const nodes = decodeTree(Buffer.from(r.lbytes()), "file cache");
     const n = r.u32();
     if (n !== nodes.length) return null;
@@ -101,7 +113,7 @@ function decodeCacheDir(buf: Buffer): Map<string, { node: FsNode; sig: Sig }> | 
       };
       out.set(node.name.toString("latin1"), { node, sig });
     }
-    return out;
+    return { entries: out, treeId: r.bytes(32).toString("hex") as TreeId };
   } catch {
     return null; // a damaged cache only costs a re-read
   }
@@ -285,7 +297,14 @@ export class Backup {
     const cachedRaw = row?.data;
     const trusted = row !== null && (row.gen ?? 0) > 0 && (row.gen ?? 0) <= this.trustedGen;
     const decoded = decodeCacheDirOrNull(cachedRaw);
-    const cached = cache ? (trusted ? decoded : await this.validCacheEntries(decoded)) : null;
+    const cached = cache
+      ? trusted
+        ? decoded?.entries
+        : await this.validCacheEntries(decoded?.entries ?? null)
+      : null;
+    // A trusted row's tree id is known to be stored: an identical tree
+    // needs no index query.
+    const knownTree = trusted ? (decoded?.treeId ?? null) : null;
     const nodes: Promise<FsNode | null>[] = [];
     const cacheOut: { node: FsNode; sig: Sig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);
@@ -313,7 +332,7 @@ export class Backup {
       // Let worker messages through during long synchronous stretches.
       if (++n % 256 === 0) await new Promise((r) => setImmediate(r));
     }
-    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null);
+    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null, knownTree);
   }
 
   /**
@@ -462,13 +481,16 @@ export class Backup {
     cacheKey: Buffer | null,
     cacheOut: { node: FsNode; sig: Sig }[] | null,
     cachedRaw: Buffer | null = null,
+    knownTree: TreeId | null = null,
   ): Promise<Later<TreeId>> {
     const value = Promise.all(nodes).then(async (resolved) => {
       const list = resolved.filter((n): n is FsNode => n !== null);
-      const id = await this.repo.saveTree(list);
+      const enc = encodeTree(list);
+      const id = createHash("sha256").update(enc).digest("hex") as TreeId;
+      if (id !== knownTree) await this.repo.saveBlob(id, "tree", enc);
       if (cacheKey && cacheOut && this.opts.fileCache) {
         cacheOut.sort((a, b) => Buffer.compare(a.node.name, b.node.name));
-        const data = encodeCacheDir(cacheOut);
+        const data = encodeCacheDir(cacheOut, id);
         // An unchanged directory keeps its row (getDir already marked it
         // seen): no rewrite of the whole cache on a no-change backup.
         if (!cachedRaw || !cachedRaw.equals(data)) this.opts.fileCache.putDir(cacheKey, { data });
@@ -485,7 +507,7 @@ interface Later<T> {
 }
 const now = <T>(v: T): Later<T> => ({ value: Promise.resolve(v) });
 
-function decodeCacheDirOrNull(b: Buffer | undefined) {
+function decodeCacheDirOrNull(b: Buffer | undefined): CachedEntries | null {
   return b ? decodeCacheDir(b) : null;
 }
 
