@@ -11,9 +11,8 @@ import { createInterface } from "node:readline/promises";
 import type { TLSSocket } from "node:tls";
 import { StrataError } from "@strata/core";
 import { ApiError, type FetchLike, StrataClient } from "@strata/protocol";
-import { loadServerConfig, normalizeFingerprint, startServer } from "@strata/server";
 import type { Command } from "commander";
-import { Agent, buildConnector, fetch as undiciFetch } from "undici";
+import { createRequire } from "node:module";
 import { type GlobalOptions, readPassword } from "../context.js";
 import { printJson } from "../output.js";
 
@@ -70,6 +69,9 @@ function normalizeUrl(u: string): string {
 
 /** A fetch whose TLS connections are accepted only when the server certificate has fingerprint `pin` (null: any, recorded in `seen`). */
 export function pinnedFetch(pin: string | null, seen: { fingerprint?: string } = {}): FetchLike {
+  // Loaded on use: commands that never talk to a server (backup, restore…)
+  // should not pay for the HTTP client at start-up.
+  const { Agent, buildConnector, fetch: undiciFetch } = createRequire(import.meta.url)("undici") as typeof import("undici");
   const connect = buildConnector({ rejectUnauthorized: false });
   const agent = new Agent({
     connect: (opts, cb) =>
@@ -204,6 +206,8 @@ export function registerServerCommands(program: Command): void {
     )
     .action(async () => {
       const o = srv.opts() as Record<string, string | undefined>;
+      // The server (fastify, pino, TLS) is loaded only by `strata server`.
+      const { loadServerConfig, startServer } = await import("@strata/server");
       const config = loadServerConfig({ flags: o, env: process.env });
       const s = await startServer(config, { logStream: process.stderr });
       const info = {
@@ -247,6 +251,7 @@ export function registerServerCommands(program: Command): void {
       const creds = readCredentials();
       let pin: string | null = null;
       if (o.fingerprint) {
+        const { normalizeFingerprint } = await import("@strata/server");
         pin = normalizeFingerprint(String(o.fingerprint));
         if (!pin)
           throw new StrataError("INVALID_ARGUMENT", `${o.fingerprint} is not a SHA-256 fingerprint`, {
