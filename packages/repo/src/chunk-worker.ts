@@ -130,10 +130,11 @@ if (parentPort) {
   }
 
   type Cut = { data: Uint8Array; id: BlobId };
-  function cutAll(buf: Buffer, filled: number, eof: boolean, out: Cut[]): number {
+  /** Cut every complete chunk of buf[0..filled) into `out`; returns the bytes consumed. */
+  function cutAll(c: Chunker, buf: Buffer, filled: number, eof: boolean, out: Cut[]): number {
     let start = 0;
     while (start < filled) {
-      const l = chunker.next(buf, start, filled, eof);
+      const l = c.next(buf, start, filled, eof);
       if (l <= 0) break;
       const data = buf.subarray(start, start + l);
       out.push({ data, id: createHash("sha256").update(data).digest("hex") as BlobId });
@@ -177,7 +178,7 @@ if (parentPort) {
         }
         const cuts: Cut[] = [];
         chunker.reset();
-        if (size > 0) cutAll(buf, size, true, cuts);
+        if (size > 0) cutAll(chunker, buf, size, true, cuts);
         // Extended attributes are read here, not by the walk: the worker has
         // the file in hand and the main thread has enough to do.
         const xattrs = readXattrs(path);
@@ -250,14 +251,7 @@ if (parentPort) {
           }
           const eof = readPos >= end;
           const cuts: Cut[] = [];
-          let start = 0;
-          while (start < filled) {
-            const l = fileChunker.next(buf, start, filled, eof);
-            if (l <= 0) break;
-            const data = buf.subarray(start, start + l);
-            cuts.push({ data, id: createHash("sha256").update(data).digest("hex") as BlobId });
-            start += l;
-          }
+          const start = cutAll(fileChunker, buf, filled, eof, cuts);
           if (cuts.length) {
             const need = await ask(
               job,
