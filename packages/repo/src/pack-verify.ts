@@ -1,0 +1,57 @@
+import { createHash } from "node:crypto";
+import type { BlobId, PackId } from "@strata/core";
+import type { IndexEntry } from "./catalog.js";
+import type { MasterKey } from "./crypto.js";
+import { BlobCodec, parsePackHeader } from "./pack.js";
+
+export interface PackVerdict {
+  /** Problems of the pack as a whole (hash, header). */
+  packProblems: string[];
+  /** Header vs catalog disagreements. */
+  errors: string[];
+  badBlobs: { id: BlobId; problem: string }[];
+}
+
+type Entry = Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed">;
+
+/**
+ * Verify a whole pack held in memory: its hash against its id, its header
+ * against the catalog's entries, and every blob (authentication, size and
+ * plaintext hash). Pure computation, so check can run it on worker threads.
+ */
+export async function verifyPackBytes(
+  key: MasterKey,
+  codec: BlobCodec,
+  id: PackId,
+  data: Buffer,
+  expectedSize: number,
+  entries: readonly Entry[],
+): Promise<PackVerdict> {
+  const v: PackVerdict = { packProblems: [], errors: [], badBlobs: [] };
+  if (expectedSize === data.length && createHash("sha256").update(data).digest("hex") !== id) {
+    v.packProblems.push("content does not match its id (damaged)");
+  }
+  try {
+    const header = await parsePackHeader(key, id, data.length, async (o, l) => data.subarray(o, o + l));
+    const byId = new Map(header.map((h) => [h.id, h]));
+    for (const e of entries) {
+      const h = byId.get(e.id);
+      if (!h || h.offset !== e.offset || h.length !== e.length) {
+        v.errors.push(`pack ${id}: header does not list blob ${e.id} where the catalog says`);
+      }
+    }
+  } catch (e) {
+    v.errors.push(`pack ${id}: ${(e as Error).message}`);
+  }
+  for (const e of entries) {
+    if (e.offset + e.length > data.length) continue; // reported by the size check
+    try {
+      codec.decode(e, data.subarray(e.offset, e.offset + e.length));
+    } catch (err) {
+      v.badBlobs.push({ id: e.id, problem: (err as Error).message });
+    }
+  }
+  return v;
+}
+
+export { BlobCodec };

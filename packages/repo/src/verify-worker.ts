@@ -1,0 +1,27 @@
+/** Worker thread for `check --read-data`: verifies whole packs (see pack-verify.ts). */
+import { parentPort, workerData } from "node:worker_threads";
+import type { PackId } from "@strata/core";
+import type { IndexEntry } from "./catalog.js";
+import { MasterKey } from "./crypto.js";
+import { BlobCodec, verifyPackBytes } from "./pack-verify.js";
+
+export interface VerifyRequest {
+  seq: number;
+  id: PackId;
+  data: Uint8Array;
+  size: number;
+  entries: Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed">[];
+}
+
+if (parentPort) {
+  const port = parentPort;
+  const key = new MasterKey(Buffer.from((workerData as { key: Uint8Array }).key));
+  const codec = new BlobCodec(key, 1);
+  port.on("message", (m: VerifyRequest) => {
+    const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    verifyPackBytes(key, codec, m.id, data, m.size, m.entries).then(
+      (verdict) => port.postMessage({ seq: m.seq, verdict }),
+      (e) => port.postMessage({ seq: m.seq, error: (e as Error).message }),
+    );
+  });
+}
