@@ -5,5 +5,6 @@ export * from "./glob.js";
 export * from "./hash.js";
 export * from "./ids.js";
 export * from "./node.js";
+export * from "./policy.js";
 export * from "./retention.js";
 export * from "./tree.js";
