@@ -8,7 +8,7 @@ import type { VerifyRequest } from "./verify-worker.js";
 
 /**
  * Worker threads verifying whole packs for `check --read-data`, so every
- * core decrypts and hashes. At most `2 × threads` packs are in flight (each
+ * core decrypts and hashes. At most `threads` packs are in flight (each
  * up to 64 MiB): the caller awaits `slot()` before reading the next pack.
  */
 export class VerifyPool {
@@ -54,7 +54,7 @@ export class VerifyPool {
   }
 
   async slot(): Promise<void> {
-    while (this.waiting.size >= this.threads * 2) await new Promise<void>((r) => this.slotWaiters.push(r));
+    while (this.waiting.size >= this.threads) await new Promise<void>((r) => this.slotWaiters.push(r));
   }
 
   /** Verify `data` (transferred: the caller must not use it afterwards). */
