@@ -493,7 +493,7 @@ export class Backup {
         const data = encodeCacheDir(cacheOut, id);
         // An unchanged directory keeps its row (getDir already marked it
         // seen): no rewrite of the whole cache on a no-change backup.
-        if (!cachedRaw || !cachedRaw.equals(data)) this.opts.fileCache.putDir(cacheKey, { data });
+        if (!cachedRaw?.equals(data)) this.opts.fileCache.putDir(cacheKey, { data });
       }
       return id;
     });

@@ -13,7 +13,7 @@ import {
   writeSync,
 } from "node:fs";
 import * as nodePath from "node:path";
-import { type BlobId, type ChunkId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
+import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
 import { applyMetadataSync, createSpecial, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";

@@ -5,6 +5,7 @@
  * --fingerprint); the client itself is @strata/protocol's.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { homedir, hostname } from "node:os";
 import * as path from "node:path";
 import { createInterface } from "node:readline/promises";
@@ -12,7 +13,6 @@ import type { TLSSocket } from "node:tls";
 import { StrataError } from "@strata/core";
 import { ApiError, type FetchLike, StrataClient } from "@strata/protocol";
 import type { Command } from "commander";
-import { createRequire } from "node:module";
 import { type GlobalOptions, readPassword } from "../context.js";
 import { printJson } from "../output.js";
 
@@ -71,7 +71,11 @@ function normalizeUrl(u: string): string {
 export function pinnedFetch(pin: string | null, seen: { fingerprint?: string } = {}): FetchLike {
   // Loaded on use: commands that never talk to a server (backup, restore…)
   // should not pay for the HTTP client at start-up.
-  const { Agent, buildConnector, fetch: undiciFetch } = createRequire(import.meta.url)("undici") as typeof import("undici");
+  const {
+    Agent,
+    buildConnector,
+    fetch: undiciFetch,
+  } = createRequire(import.meta.url)("undici") as typeof import("undici");
   const connect = buildConnector({ rejectUnauthorized: false });
   const agent = new Agent({
     connect: (opts, cb) =>
