@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import * as path from "node:path";
 import { openSqliteCatalog } from "@strata/catalog";
 import type { FsNode, TreeId } from "@strata/core";
-import { DirBlobStore, Repository } from "@strata/repo";
+import { DirBlobStore, emptySnapshotStats, Repository } from "@strata/repo";
 import { afterAll, describe, expect, it } from "vitest";
 import { cleanup, newEnv, ok, strata, tmp } from "./helpers.js";
 
@@ -56,18 +56,7 @@ describe("restore of a hostile snapshot", () => {
       tree: root,
       parent: null,
       kind: "backup",
-      stats: {
-        filesNew: 0,
-        filesChanged: 0,
-        filesUnchanged: 0,
-        dirs: 0,
-        bytesRead: 0,
-        bytesAdded: 0,
-        totalBytes: 0,
-        totalFiles: 0,
-        errors: 0,
-        durationMs: 0,
-      },
+      stats: emptySnapshotStats(),
     });
     await repo.close();
     await catalog.close();

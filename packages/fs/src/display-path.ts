@@ -1,6 +1,7 @@
 /**
- * A byte path as text for messages and logs. Valid UTF-8 is shown as is;
- * otherwise each byte that is not printable ASCII is escaped as \xNN so two
+ * A byte path as text for messages, logs and listings. Valid UTF-8 without
+ * control characters or backslashes is shown as is; otherwise each byte that
+ * is not printable ASCII (and every backslash) is escaped as \xNN, so two
  * different names never print the same and nothing unprintable reaches a
  * terminal.
  */
@@ -8,7 +9,7 @@ export function displayPath(p: Buffer | string): string {
   if (typeof p === "string") return p;
   const s = p.toString("utf8");
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what we escape
-  if (Buffer.from(s, "utf8").equals(p) && !/[\x00-\x1f\x7f]/.test(s)) return s;
+  if (Buffer.from(s, "utf8").equals(p) && !/[\x00-\x1f\x7f\\]/.test(s)) return s;
   let out = "";
   for (const b of p)
     out +=

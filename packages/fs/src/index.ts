@@ -1,7 +1,7 @@
 export { displayPath } from "./display-path.js";
 export { dropCache, setIdlePriority } from "./io-hints.js";
 export { type NativeFs, native, XATTR_CREATE, XATTR_REPLACE } from "./native.js";
-export { dataRanges, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
+export { dataRanges, nodeFromStat, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
 export {
   type ApplyOptions,
   applyMetadata,

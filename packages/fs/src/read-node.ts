@@ -35,6 +35,28 @@ export function nodeTypeOf(mode: number): NodeType | undefined {
  * and subtree are left for the repository to fill.
  */
 export async function readNode(path: Buffer, name: Buffer, st: BigIntStats): Promise<FsNode> {
+  const node = nodeFromStat(path, name, st);
+  const type = node.type;
+  if (type === "symlink") {
+    try {
+      node.target = await readlink(path, { encoding: "buffer" });
+    } catch (e) {
+      throw fromSystemError(e, "reading symlink", displayPath(path));
+    }
+  }
+  if (type === "chardev" || type === "blockdev") node.rdev = Number(st.rdev);
+  const xattrs = readXattrs(path);
+  if (xattrs.length > 0) node.xattrs = xattrs;
+  return node;
+}
+
+/**
+ * The part of a node that `lstat` alone gives (no further syscalls): type,
+ * mode, owner, mtime, size and hard-link identity. `readNode` adds the
+ * symlink target, device number and xattrs; the backup walk uses this for
+ * regular files, whose xattrs are read by the worker that reads the content.
+ */
+export function nodeFromStat(path: Buffer, name: Buffer, st: BigIntStats): FsNode {
   const mode = Number(st.mode);
   const type = nodeTypeOf(mode);
   if (type === undefined) {
@@ -55,16 +77,6 @@ export async function readNode(path: Buffer, name: Buffer, st: BigIntStats): Pro
     mtimeNs: st.mtimeNs,
     size: type === "file" ? Number(st.size) : 0,
   };
-  if (type === "symlink") {
-    try {
-      node.target = await readlink(path, { encoding: "buffer" });
-    } catch (e) {
-      throw fromSystemError(e, "reading symlink", displayPath(path));
-    }
-  }
-  if (type === "chardev" || type === "blockdev") node.rdev = Number(st.rdev);
-  const xattrs = readXattrs(path);
-  if (xattrs.length > 0) node.xattrs = xattrs;
   // Hard links are only recorded when there is another name for the inode, so
   // identical trees from different disks encode identically.
   if (type !== "dir" && st.nlink > 1n) {

@@ -15,12 +15,12 @@ import {
   type TreeId,
   Writer,
 } from "@strata/core";
-import { readNode } from "@strata/fs";
-import type { FileCache, SnapshotRecord, SnapshotStats } from "./catalog.js";
+import { displayPath, nodeFromStat, readNode } from "@strata/fs";
+import { emptySnapshotStats, type FileCache, type SnapshotRecord, type SnapshotStats } from "./catalog.js";
 import { ChunkPool } from "./chunk-pool.js";
 import { statSig } from "./chunk-worker.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
-import { displayName, type Repository } from "./repository.js";
+import type { Repository } from "./repository.js";
 
 export interface BackupProgress {
   files: number;
@@ -133,18 +133,7 @@ export const DATA_EPOCH = "data.epoch";
 export class Backup {
   private readonly excludes: GlobSet;
   private readonly errors: BackupError[] = [];
-  private readonly stats: SnapshotStats = {
-    filesNew: 0,
-    filesChanged: 0,
-    filesUnchanged: 0,
-    dirs: 0,
-    bytesRead: 0,
-    bytesAdded: 0,
-    totalBytes: 0,
-    totalFiles: 0,
-    errors: 0,
-    durationMs: 0,
-  };
+  private readonly stats: SnapshotStats = emptySnapshotStats();
   private pool!: ChunkPool;
   /** Cache rows of this generation or older are trusted without an index query. */
   private trustedGen = 0;
@@ -309,10 +298,12 @@ export class Backup {
     const cacheOut: { node: FsNode; sig: Sig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);
     let n = 0;
+    /** Non-directory entries that are not unchanged cache hits. */
+    let fresh = 0;
     for (const name of names) {
       const childAbs = Buffer.concat([base, name]);
-      const childDisplay = display === "/" ? `/${displayName(name)}` : `${display}/${displayName(name)}`;
-      if (!this.excludes.empty && this.excludes.matches(childDisplay, displayName(name))) continue;
+      const childDisplay = display === "/" ? `/${displayPath(name)}` : `${display}/${displayPath(name)}`;
+      if (!this.excludes.empty && this.excludes.matches(childDisplay, displayPath(name))) continue;
       let st: BigIntStats | undefined;
       try {
         st = lstatSync(childAbs, { bigint: true, throwIfNoEntry: false });
@@ -325,6 +316,7 @@ export class Backup {
         continue;
       }
       const hit = cached?.get(name.toString("latin1"));
+      if (!st.isDirectory() && !(hit && sameSig(hit.sig, sigOf(st)))) fresh++;
       const p = (await this.entry(childAbs, childDisplay, name, st, hit ?? null, cacheOut)).value;
       // Rejections are collected by finishDir; mark them handled meanwhile.
       p.catch(() => {});
@@ -332,7 +324,8 @@ export class Backup {
       // Let worker messages through during long synchronous stretches.
       if (++n % 256 === 0) await new Promise((r) => setImmediate(r));
     }
-    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null, knownTree);
+    // Nothing new and the same tree as the trusted row: the row stays as it is.
+    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null, knownTree, fresh === 0);
   }
 
   /**
@@ -395,7 +388,7 @@ export class Backup {
     if (st.isFile()) {
       // Regular files: everything but xattrs comes from lstat; the worker
       // reads the xattrs with the content.
-      const node = fileNodeFromStat(name, st);
+      const node = nodeFromStat(abs, name, st);
       const isNew = !hit;
       await this.pool.slot(node.size);
       const value = this.readFile(abs, display, node, st, this.opts.retries ?? 3).then((done) => {
@@ -465,7 +458,7 @@ export class Backup {
           this.error(display, "changed type during backup; not stored");
           return null;
         }
-        cur = fileNodeFromStat(node.name, curSt);
+        cur = nodeFromStat(abs, node.name, curSt);
       } catch (e) {
         this.error(
           display,
@@ -482,13 +475,17 @@ export class Backup {
     cacheOut: { node: FsNode; sig: Sig }[] | null,
     cachedRaw: Buffer | null = null,
     knownTree: TreeId | null = null,
+    allHits = false,
   ): Promise<Later<TreeId>> {
     const value = Promise.all(nodes).then(async (resolved) => {
       const list = resolved.filter((n): n is FsNode => n !== null);
       const enc = encodeTree(list);
       const id = createHash("sha256").update(enc).digest("hex") as TreeId;
       if (id !== knownTree) await this.repo.saveBlob(id, "tree", enc);
-      if (cacheKey && cacheOut && this.opts.fileCache) {
+      // An unchanged directory (trusted row, every entry a hit, same tree)
+      // needs no new row: getDir already marked it seen.
+      const unchanged = allHits && id === knownTree;
+      if (cacheKey && cacheOut && this.opts.fileCache && !unchanged) {
         cacheOut.sort((a, b) => Buffer.compare(a.node.name, b.node.name));
         const data = encodeCacheDir(cacheOut, id);
         // An unchanged directory keeps its row (getDir already marked it
@@ -521,19 +518,4 @@ export function normalizePaths(paths: string[]): string[] {
 
 export function backup(repo: Repository, opts: BackupOptions): Promise<BackupResult> {
   return new Backup(repo, opts).run();
-}
-
-/** A regular file's node from its lstat (no syscalls): xattrs and content are added by the reader. */
-function fileNodeFromStat(name: Buffer, st: BigIntStats): FsNode {
-  const node: FsNode = {
-    name,
-    type: "file",
-    mode: Number(st.mode) & 0o7777,
-    uid: Number(st.uid),
-    gid: Number(st.gid),
-    mtimeNs: st.mtimeNs,
-    size: Number(st.size),
-  };
-  if (st.nlink > 1n) node.link = { dev: Number(st.dev), ino: Number(st.ino), nlink: Number(st.nlink) };
-  return node;
 }

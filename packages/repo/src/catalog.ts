@@ -54,6 +54,21 @@ export interface SnapshotStats {
   durationMs: number;
 }
 
+export function emptySnapshotStats(): SnapshotStats {
+  return {
+    filesNew: 0,
+    filesChanged: 0,
+    filesUnchanged: 0,
+    dirs: 0,
+    bytesRead: 0,
+    bytesAdded: 0,
+    totalBytes: 0,
+    totalFiles: 0,
+    errors: 0,
+    durationMs: 0,
+  };
+}
+
 export interface SnapshotRecord {
   id: SnapshotId;
   time: Date;

@@ -1,8 +1,9 @@
 import { type BlobId, chunkIdsOf, type FsNode, type PackId, type TreeId } from "@strata/core";
+import { displayPath } from "@strata/fs";
 import { type IndexEntry, MAX_BATCH } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { packIdFromName, packName } from "./pack.js";
-import { displayName, type Repository } from "./repository.js";
+import type { Repository } from "./repository.js";
 import { VerifyPool } from "./verify-pool.js";
 
 export interface CheckOptions {
@@ -165,7 +166,7 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
           present.set(k, v);
       }
       for (const n of nodes) {
-        const name = `/${displayName(n.name)}`;
+        const name = `/${displayPath(n.name)}`;
         for (const c of chunkIdsOf(n)) {
           const problem = !present.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
           if (problem) {

@@ -15,6 +15,7 @@ import {
   type TreeId,
   validateChunkerParams,
 } from "@strata/core";
+import { displayPath } from "@strata/fs";
 import type { BlobStore } from "./blob-store.js";
 import {
   type BlobType,
@@ -494,7 +495,7 @@ export class Repository {
   ): AsyncGenerator<{ path: string; node: FsNode; rawPath: Buffer[] }> {
     const nodes = await this.loadTree(tree);
     for (const node of nodes) {
-      const path = `${prefix}/${displayName(node.name)}`;
+      const path = `${prefix}/${displayPath(node.name)}`;
       const rp = [...raw, node.name];
       yield { path, node, rawPath: rp };
       if (node.type === "dir" && node.subtree) yield* this.walkRaw(node.subtree, path, rp);
@@ -508,19 +509,6 @@ export class Repository {
       await this.store.close();
     }
   }
-}
-
-/** Names for humans: UTF-8 when valid, otherwise with \xNN escapes. */
-export function displayName(name: Buffer): string {
-  const s = name.toString("utf8");
-  const plain = name.every((b) => b >= 0x20 && b !== 0x7f && b !== 0x5c);
-  if (plain && Buffer.from(s, "utf8").equals(name) && !s.includes("\uFFFD")) return s;
-  let out = "";
-  for (const b of name) {
-    if (b >= 0x20 && b < 0x7f && b !== 0x5c) out += String.fromCharCode(b);
-    else out += `\\x${b.toString(16).padStart(2, "0")}`;
-  }
-  return out;
 }
 
 export function snapshotToJson(s: Omit<SnapshotRecord, "id">): Record<string, unknown> {

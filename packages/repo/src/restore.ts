@@ -14,11 +14,11 @@ import {
 } from "node:fs";
 import * as nodePath from "node:path";
 import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
-import { applyMetadataSync, createSpecial, validateName } from "@strata/fs";
+import { applyMetadataSync, createSpecial, displayPath, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { packName } from "./pack.js";
-import { displayName, type Repository } from "./repository.js";
+import type { Repository } from "./repository.js";
 
 export interface RestoreOptions {
   target: string;
@@ -339,7 +339,7 @@ export class Restorer {
     fresh = false,
     index: Map<BlobId, IndexEntry> | null = null,
   ): Promise<PendingFile | null> {
-    const path = `${prefix}/${displayName(node.name)}`;
+    const path = `${prefix}/${displayPath(node.name)}`;
     try {
       validateName(node.name);
     } catch (e) {

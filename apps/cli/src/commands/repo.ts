@@ -1,14 +1,7 @@
 import * as path from "node:path";
 import { applyRetention, type FsNode, isEmptyPolicy, type RetentionPolicy, StrataError } from "@strata/core";
-import {
-  backup,
-  check,
-  displayName,
-  prune,
-  type Repository,
-  restore,
-  type SnapshotRecord,
-} from "@strata/repo";
+import { displayPath } from "@strata/fs";
+import { backup, check, prune, type Repository, restore, type SnapshotRecord } from "@strata/repo";
 import type { Command } from "commander";
 import { closeRepo, type GlobalOptions, initRepo, openFileCache, openRepo, repoDir } from "../context.js";
 import { formatBytes, Progress, printJson } from "../output.js";
@@ -211,11 +204,11 @@ export function registerRepoCommands(program: Command): void {
             gid: node.gid,
             size: node.size,
             mtime: new Date(Number(node.mtimeNs / 1000000n)).toISOString(),
-            ...(node.target ? { target: displayName(node.target) } : {}),
+            ...(node.target ? { target: displayPath(node.target) } : {}),
           });
         } else if (o.long) {
           process.stdout.write(
-            `${modeString(node)} ${String(node.uid).padStart(5)} ${String(node.gid).padStart(5)} ${String(node.size).padStart(12)} ${new Date(Number(node.mtimeNs / 1000000n)).toISOString().slice(0, 19)} ${p}${node.target ? ` -> ${displayName(node.target)}` : ""}\n`,
+            `${modeString(node)} ${String(node.uid).padStart(5)} ${String(node.gid).padStart(5)} ${String(node.size).padStart(12)} ${new Date(Number(node.mtimeNs / 1000000n)).toISOString().slice(0, 19)} ${p}${node.target ? ` -> ${displayPath(node.target)}` : ""}\n`,
           );
         } else process.stdout.write(`${p}\n`);
       }
@@ -494,17 +487,17 @@ async function diffTrees(
     const y = nb[j];
     const cmp = !x ? 1 : !y ? -1 : Buffer.compare(x.name, y.name);
     if (cmp < 0) {
-      emit("-", `${prefix}/${displayName(x!.name)}`);
+      emit("-", `${prefix}/${displayPath(x!.name)}`);
       if (x!.type === "dir")
-        await diffTrees(repo, x!.subtree ?? null, null, `${prefix}/${displayName(x!.name)}`, emit);
+        await diffTrees(repo, x!.subtree ?? null, null, `${prefix}/${displayPath(x!.name)}`, emit);
       i++;
     } else if (cmp > 0) {
-      emit("+", `${prefix}/${displayName(y!.name)}`);
+      emit("+", `${prefix}/${displayPath(y!.name)}`);
       if (y!.type === "dir")
-        await diffTrees(repo, null, y!.subtree ?? null, `${prefix}/${displayName(y!.name)}`, emit);
+        await diffTrees(repo, null, y!.subtree ?? null, `${prefix}/${displayPath(y!.name)}`, emit);
       j++;
     } else {
-      const p = `${prefix}/${displayName(x!.name)}`;
+      const p = `${prefix}/${displayPath(x!.name)}`;
       if (x!.type !== y!.type) emit("T", p);
       else if (x!.type === "dir") {
         if (x!.mode !== y!.mode || x!.uid !== y!.uid || x!.gid !== y!.gid) emit("U", p);
