@@ -111,7 +111,12 @@ describe("crash safety", () => {
       let added = 0;
       const duBytesAdded = (b: { snapshot: { stats: { bytesAdded: number } } }) =>
         b.snapshot.stats.bytesAdded;
-      for (const [i, ms] of moments(20, span, 7).entries()) {
+      // Until 20 prunes were really killed: a prune that finished before its
+      // moment (a busy machine changes timings) shortens the next moments.
+      const planned = moments(40, span, 7);
+      let scale = 1;
+      for (let i = 0; killed < 20 && i < planned.length; i++) {
+        const ms = Math.floor(planned[i]! * scale);
         if (i > 0) {
           // New garbage each round, so every prune has work to be killed in.
           buildData(path.join(src, `gen${i % 2}`), `round${i}`, 240);
@@ -119,10 +124,11 @@ describe("crash safety", () => {
           ok(env, "forget", "--keep-last", "1");
         }
         if (await killAfter(env, ms, "prune", "--grace", "0")) killed++;
+        else scale *= 0.6;
         const c = strata(env, "check", "--read-data", "--json");
         expect(c.code, `check after prune kill #${i} at ${ms} ms: ${c.stdout}`).toBe(0);
       }
-      expect(killed).toBeGreaterThanOrEqual(10);
+      expect(killed).toBeGreaterThanOrEqual(20);
       // Twice: the second sweep deletes what the first doomed.
       ok(env, "prune", "--grace", "0");
       const last = ok(env, "prune", "--grace", "0", "--json");
