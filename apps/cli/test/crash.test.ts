@@ -83,6 +83,8 @@ describe("crash safety", () => {
       ok(env2, "restore", `latest:${src}`, "--target", dst);
       expect(rsyncItemize(src, dst)).toBe("");
     },
+    // Twenty kill rounds, each followed by check --read-data: slow on a busy machine.
+    600_000,
   );
 
   it.skipIf(!hasCommand("rsync"))(
@@ -141,5 +143,7 @@ describe("crash safety", () => {
       const b = ok(env, "backup", src, "--json");
       expect(b.errors).toEqual([]);
     },
+    // Twenty kill rounds, each followed by check --read-data: slow on a busy machine.
+    600_000,
   );
 });
