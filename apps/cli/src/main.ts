@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { isStrataError } from "@strata/core";
 import { Command, Option } from "commander";
+import { registerAgentCommands } from "./commands/agent.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerServerCommands } from "./commands/server.js";
 import { reportError } from "./output.js";
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
     .configureHelp({ sortSubcommands: false });
   registerRepoCommands(program);
   registerServerCommands(program);
+  registerAgentCommands(program);
   return program;
 }
 
