@@ -17,7 +17,8 @@ import {
 } from "@strata/core";
 import { displayPath, nodeFromStat, readNode } from "@strata/fs";
 import { emptySnapshotStats, type FileCache, type SnapshotRecord, type SnapshotStats } from "./catalog.js";
-import { ChunkPool } from "./chunk-pool.js";
+import { ChunkPool, type ChunkSink, repositorySink } from "./chunk-pool.js";
+import type { WorkerInit } from "./chunk-worker.js";
 import { statSig } from "./chunk-worker.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import type { Repository } from "./repository.js";
@@ -36,18 +37,60 @@ export interface BackupError {
   message: string;
 }
 
-export interface BackupOptions {
-  paths: string[];
-  tags?: string[];
+/** What the walk needs from where it stores: the local repository or an upload session. */
+export interface WalkTarget {
+  /** The chunk pool's sink and worker setup. */
+  readonly sink: ChunkSink;
+  readonly workerInit: WorkerInit;
+  /** Which of these chunk ids the target holds: validates untrusted file-cache rows. */
+  hasBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>>;
+  /**
+   * Store one tree. Called only for trees that differ from the cache's
+   * known tree at that place, children before parents. `path` is the
+   * directory's path in the snapshot: raw bytes, `/`-separated, no leading
+   * slash, empty for the root.
+   */
+  saveTree(id: TreeId, encoded: Buffer, path: Buffer): Promise<void>;
+  /** Bytes this run added to the target so far (progress and stats). */
+  bytesAdded(): number;
+}
+
+/** Which paths a walk leaves out: a glob exclude list or an upload policy. */
+export interface WalkFilter {
+  /** True: the entry is not recorded at all. `path` is the snapshot path with a leading slash. */
+  excluded(path: Buffer, display: string): boolean;
+  /** False: the directory is recorded (its own metadata) with no entries. */
+  descend(path: Buffer): boolean;
+}
+
+export interface WalkOptions {
   excludes?: string[];
-  hostname?: string;
-  kind?: string;
+  filter?: WalkFilter;
   fileCache?: FileCache | null;
   threads?: number;
   onProgress?: (p: BackupProgress) => void;
   onError?: (e: BackupError) => void;
   /** How many times a file that changes while read is re-read before giving up. */
   retries?: number;
+  /**
+   * File-cache rows of this generation or older are trusted without asking
+   * the target (`hasBlobs`); 0 trusts none.
+   */
+  trustedGen?: number;
+  signal?: AbortSignal;
+}
+
+export interface BackupOptions extends WalkOptions {
+  paths: string[];
+  tags?: string[];
+  hostname?: string;
+  kind?: string;
+}
+
+export interface WalkResult {
+  tree: TreeId;
+  stats: SnapshotStats;
+  errors: BackupError[];
 }
 
 export interface BackupResult {
@@ -124,29 +167,15 @@ const SLASH = Buffer.from("/");
 export const DATA_EPOCH = "data.epoch";
 
 /**
- * One backup run: walks the given paths depth-first, reuses unchanged files
- * from the file cache, sends changed files through the chunk pool, writes
- * trees bottom-up and commits a snapshot. Holds a shared lease on the
- * repository for its whole duration so prune never deletes packs it may
- * still reference.
+ * One backup run against the local repository: holds a shared lease for
+ * its whole duration (so prune never deletes packs it may still
+ * reference), walks, flushes, then commits the snapshot.
  */
 export class Backup {
-  private readonly excludes: GlobSet;
-  private readonly errors: BackupError[] = [];
-  private readonly stats: SnapshotStats = emptySnapshotStats();
-  private pool!: ChunkPool;
-  /** Cache rows of this generation or older are trusted without an index query. */
-  private trustedGen = 0;
-  private epoch = "0";
-  private current = "";
-  private lastProgress = 0;
-
   constructor(
     private readonly repo: Repository,
     private readonly opts: BackupOptions,
-  ) {
-    this.excludes = new GlobSet(opts.excludes ?? []);
-  }
+  ) {}
 
   async run(): Promise<BackupResult> {
     const started = Date.now();
@@ -158,33 +187,39 @@ export class Backup {
         throw new StrataError("NOT_FOUND", `cannot back up ${p}: ${(e as Error).message}`, { subject: p });
       }
     }
-    const lease: Lease = await holdLease(this.repo.catalog, "repo", leaseHolder("backup"), "shared");
-    const startWritten = this.repo.written.storedBytes;
-    this.pool = new ChunkPool(this.repo, this.opts.threads);
+    const repo = this.repo;
+    const lease: Lease = await holdLease(repo.catalog, "repo", leaseHolder("backup"), "shared");
+    const startWritten = repo.written.storedBytes;
     const cache = this.opts.fileCache ?? null;
     try {
-      await this.repo.adoptOrphanPacks();
+      await repo.adoptOrphanPacks();
       // Cache rows are trusted without asking the index only when the run
       // that wrote them completed and no prune has removed or doomed data
       // since (prune changes the catalog's data epoch).
-      const epoch = (await this.repo.catalog.getMeta(DATA_EPOCH)) ?? "0";
-      if (cache) {
-        this.trustedGen = cache.getMeta(DATA_EPOCH) === epoch ? cache.completedGen() : 0;
-        this.epoch = epoch;
-      }
+      const epoch = (await repo.catalog.getMeta(DATA_EPOCH)) ?? "0";
+      const trustedGen = cache && cache.getMeta(DATA_EPOCH) === epoch ? cache.completedGen() : 0;
+      const local = repositorySink(repo);
+      const target: WalkTarget = {
+        sink: local.sink,
+        workerInit: local.init,
+        hasBlobs: (ids) => repo.hasBlobs(ids),
+        saveTree: async (id, enc) => {
+          await repo.saveBlob(id, "tree", enc);
+        },
+        bytesAdded: () => repo.written.storedBytes - startWritten,
+      };
+      const walker = new TreeWalker(target, { ...this.opts, trustedGen });
       cache?.beginRun();
-      const root = await this.buildRoot(paths);
-      const tree = await root.value;
-      await this.repo.flush();
+      const { tree, stats, errors } = await walker.walkPaths(paths);
+      await repo.flush();
       lease.check();
-      this.stats.bytesAdded = this.repo.written.storedBytes - startWritten;
-      this.stats.errors = this.errors.length;
-      this.stats.durationMs = Date.now() - started;
+      stats.bytesAdded = repo.written.storedBytes - startWritten;
+      stats.durationMs = Date.now() - started;
       const hostname = this.opts.hostname ?? osHostname();
-      const prior = (await this.repo.catalog.listSnapshots())
+      const prior = (await repo.catalog.listSnapshots())
         .filter((s) => s.hostname === hostname && JSON.stringify(s.paths) === JSON.stringify(paths))
         .pop();
-      const snapshot = await this.repo.saveSnapshot({
+      const snapshot = await repo.saveSnapshot({
         time: new Date(),
         hostname,
         paths,
@@ -192,18 +227,82 @@ export class Backup {
         tree,
         parent: (prior?.id ?? null) as SnapshotId | null,
         kind: this.opts.kind ?? "backup",
-        stats: this.stats,
+        stats,
       });
       if (cache) {
         cache.endRun();
-        cache.setMeta(DATA_EPOCH, this.epoch);
+        cache.setMeta(DATA_EPOCH, epoch);
       }
-      this.progress(true);
-      return { snapshot, errors: this.errors };
+      walker.progress(true);
+      return { snapshot, errors };
     } finally {
-      await this.pool.close();
       await lease.release();
     }
+  }
+}
+
+/**
+ * The walk of one backup or upload: depth-first over the given paths (or
+ * one root directory), reusing unchanged files from the file cache, sending
+ * changed files through the chunk pool, and handing trees to the target
+ * bottom-up.
+ */
+export class TreeWalker {
+  private readonly excludes: GlobSet;
+  private readonly errors: BackupError[] = [];
+  private readonly stats: SnapshotStats = emptySnapshotStats();
+  private pool!: ChunkPool;
+  /** Cache rows of this generation or older are trusted without asking the target. */
+  private readonly trustedGen: number;
+  private current = "";
+  private lastProgress = 0;
+  /** Length of the walked root's path prefix on disk: snapshot paths start after it. */
+  private rootLen = 1;
+
+  constructor(
+    private readonly target: WalkTarget,
+    private readonly opts: WalkOptions,
+  ) {
+    this.excludes = new GlobSet(opts.excludes ?? []);
+    this.trustedGen = opts.trustedGen ?? 0;
+  }
+
+  /** Walk absolute paths; the snapshot root mirrors them (backing up /srv/a gives srv → a). */
+  walkPaths(paths: string[]): Promise<WalkResult> {
+    return this.walk(() => this.buildRoot(paths));
+  }
+
+  /**
+   * Walk one directory as the snapshot's root: an endpoint's `/` mounted or
+   * copied at `dir`. Snapshot paths (filter, errors, tree paths) are
+   * relative to it.
+   */
+  walkRoot(dir: string): Promise<WalkResult> {
+    const abs = nodePath.resolve(dir);
+    this.rootLen = abs === "/" ? 1 : Buffer.byteLength(abs) + 1;
+    return this.walk(() => this.walkDir(Buffer.from(abs), "/"));
+  }
+
+  private async walk(build: () => Promise<Later<TreeId>>): Promise<WalkResult> {
+    this.pool = new ChunkPool(this.target.sink, this.target.workerInit, this.opts.threads);
+    try {
+      const root = await build();
+      const tree = await root.value;
+      this.stats.errors = this.errors.length;
+      this.stats.bytesAdded = this.target.bytesAdded();
+      return { tree, stats: this.stats, errors: this.errors };
+    } finally {
+      await this.pool.close();
+    }
+  }
+
+  /** The snapshot path of a directory on disk (no leading slash; empty for the root). */
+  private snapshotPath(abs: Buffer): Buffer {
+    return abs.length < this.rootLen ? Buffer.alloc(0) : abs.subarray(this.rootLen);
+  }
+
+  private async storeTree(id: TreeId, enc: Buffer, abs: Buffer): Promise<void> {
+    await this.target.saveTree(id, enc, this.snapshotPath(abs));
   }
 
   private error(path: string, message: string): void {
@@ -212,7 +311,7 @@ export class Backup {
     this.opts.onError?.(e);
   }
 
-  private progress(force = false): void {
+  progress(force = false): void {
     if (!this.opts.onProgress) return;
     const now = Date.now();
     if (!force && now - this.lastProgress < 200) return;
@@ -221,7 +320,7 @@ export class Backup {
       files: this.stats.totalFiles,
       dirs: this.stats.dirs,
       bytesRead: this.stats.bytesRead,
-      bytesAdded: this.repo.written.storedBytes,
+      bytesAdded: this.target.bytesAdded(),
       errors: this.errors.length,
       current: this.current,
     });
@@ -265,7 +364,7 @@ export class Backup {
           nodes.push(sub.value.then((subtree) => ({ ...node, subtree })));
         }
       }
-      return this.finishDir(nodes, null, null);
+      return this.finishDir(Buffer.from(dir), nodes, null, null);
     };
     return build("/", top);
   }
@@ -273,12 +372,16 @@ export class Backup {
   /** Walk `abs` now; returns a promise for its tree id once its files are stored. */
   private async walkDir(abs: Buffer, display: string): Promise<Later<TreeId>> {
     this.stats.dirs++;
+    this.opts.signal?.throwIfAborted();
+    const filter = this.opts.filter;
+    if (filter && !filter.descend(Buffer.concat([SLASH, this.snapshotPath(abs)])))
+      return this.finishDir(abs, [], null, null);
     let names: Buffer[];
     try {
       names = readdirSync(abs, { encoding: "buffer" });
     } catch (e) {
       this.error(display, `cannot read directory: ${(e as Error).message}`);
-      return { value: this.repo.saveTree([]) };
+      return this.finishDir(abs, [], null, null);
     }
     names.sort(Buffer.compare);
     const cache = this.opts.fileCache;
@@ -304,6 +407,7 @@ export class Backup {
       const childAbs = Buffer.concat([base, name]);
       const childDisplay = display === "/" ? `/${displayPath(name)}` : `${display}/${displayPath(name)}`;
       if (!this.excludes.empty && this.excludes.matches(childDisplay, displayPath(name))) continue;
+      if (filter?.excluded(Buffer.concat([SLASH, this.snapshotPath(childAbs)]), childDisplay)) continue;
       let st: BigIntStats | undefined;
       try {
         st = lstatSync(childAbs, { bigint: true, throwIfNoEntry: false });
@@ -325,7 +429,15 @@ export class Backup {
       if (++n % 256 === 0) await new Promise((r) => setImmediate(r));
     }
     // Nothing new and the same tree as the trusted row: the row stays as it is.
-    return this.finishDir(nodes, cache ? abs : null, cacheOut, cachedRaw ?? null, knownTree, fresh === 0);
+    return this.finishDir(
+      abs,
+      nodes,
+      cache ? abs : null,
+      cacheOut,
+      cachedRaw ?? null,
+      knownTree,
+      fresh === 0,
+    );
   }
 
   /**
@@ -341,7 +453,7 @@ export class Backup {
     const ids: BlobId[] = [];
     for (const { node } of cached.values()) for (const c of chunkIdsOf(node)) ids.push(c);
     if (ids.length === 0) return cached;
-    const present = await this.repo.hasBlobs([...new Set(ids)]);
+    const present = await this.target.hasBlobs([...new Set(ids)]);
     for (const [k, { node }] of cached) {
       for (const c of chunkIdsOf(node)) {
         if (!present.has(c)) {
@@ -470,6 +582,7 @@ export class Backup {
   }
 
   private async finishDir(
+    abs: Buffer,
     nodes: Promise<FsNode | null>[],
     cacheKey: Buffer | null,
     cacheOut: { node: FsNode; sig: Sig }[] | null,
@@ -481,7 +594,7 @@ export class Backup {
       const list = resolved.filter((n): n is FsNode => n !== null);
       const enc = encodeTree(list);
       const id = createHash("sha256").update(enc).digest("hex") as TreeId;
-      if (id !== knownTree) await this.repo.saveBlob(id, "tree", enc);
+      if (id !== knownTree) await this.storeTree(id, enc, abs);
       // An unchanged directory (trusted row, every entry a hit, same tree)
       // needs no new row: getDir already marked it seen.
       const unchanged = allHits && id === knownTree;

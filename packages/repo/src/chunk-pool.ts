@@ -2,7 +2,37 @@ import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { type BlobId, type ContentPiece, StrataError, type Xattr } from "@strata/core";
 import type { FileOutcome, FromWorker, ToWorker, WorkerInit } from "./chunk-worker.js";
+import type { EncodedBlob } from "./pack.js";
 import type { Repository } from "./repository.js";
+
+/**
+ * Where the pool's chunks go: the local repository (sealed into packs) or
+ * an upload session (compressed frames for the server). `reserve` answers
+ * which of the ids must be sent — and claims them so no other job sends
+ * them; `proofs` (32 bytes per id) are given when the pool has a proof key.
+ */
+export interface ChunkSink {
+  reserve(ids: readonly BlobId[], proofs: Buffer | null): Promise<Set<BlobId>>;
+  release(ids: Iterable<BlobId>): void;
+  addEncoded(b: EncodedBlob): void;
+}
+
+/** The local repository as a chunk sink, with the worker setup that seals for it. */
+export function repositorySink(repo: Repository): { sink: ChunkSink; init: WorkerInit } {
+  return {
+    sink: {
+      reserve: (ids) => repo.reserve(ids),
+      release: (ids) => repo.release(ids),
+      addEncoded: (b) => repo.addEncoded(b),
+    },
+    init: {
+      key: new Uint8Array(repo.key.key),
+      proofKey: null,
+      chunker: repo.config.chunker,
+      level: repo.config.compression.level,
+    },
+  };
+}
 
 export type FileResult =
   | { ok: true; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string; xattrs: Xattr[] }
@@ -54,7 +84,8 @@ export class ChunkPool {
   private closing = false;
 
   constructor(
-    private readonly repo: Repository,
+    private readonly repo: ChunkSink,
+    private readonly init: WorkerInit,
     threads = Math.max(1, Math.min(availableParallelism(), 8)),
   ) {
     this.maxLarge = threads * 2;
@@ -67,12 +98,7 @@ export class ChunkPool {
   /** Workers start on first use: a backup with nothing to read starts none. */
   private start(): void {
     if (this.workers.length) return;
-    const repo = this.repo;
-    const init: WorkerInit = {
-      key: new Uint8Array(repo.key.key),
-      chunker: repo.config.chunker,
-      level: repo.config.compression.level,
-    };
+    const init = this.init;
     for (let i = 0; i < this.threads; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), { workerData: init });
       w.on("message", (m: FromWorker) => this.onMessage(i, m));
@@ -183,25 +209,30 @@ export class ChunkPool {
     if (!j) return;
     switch (m.t) {
       case "query":
-        this.repo.reserve(m.ids).then(
-          (need) => {
-            for (const id of need) j.reserved.add(id);
-            this.workers[wi]!.postMessage({
-              t: "need",
-              job: m.job,
-              seq: m.seq,
-              need: m.ids.map((id) => {
-                // An id repeated inside one batch is stored once: the first asks.
-                if (need.has(id)) {
-                  need.delete(id);
-                  return true;
-                }
-                return false;
-              }),
-            } satisfies ToWorker);
-          },
-          (e) => this.fail(e),
-        );
+        this.repo
+          .reserve(
+            m.ids,
+            m.proofs ? Buffer.from(m.proofs.buffer, m.proofs.byteOffset, m.proofs.byteLength) : null,
+          )
+          .then(
+            (need) => {
+              for (const id of need) j.reserved.add(id);
+              this.workers[wi]!.postMessage({
+                t: "need",
+                job: m.job,
+                seq: m.seq,
+                need: m.ids.map((id) => {
+                  // An id repeated inside one batch is stored once: the first asks.
+                  if (need.has(id)) {
+                    need.delete(id);
+                    return true;
+                  }
+                  return false;
+                }),
+              } satisfies ToWorker);
+            },
+            (e) => this.fail(e),
+          );
         break;
       case "blobs":
         try {

@@ -6,16 +6,23 @@
  * query per buffer); small files come in batches and are asked about
  * together.
  */
-import { createHash } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { type BlobId, Chunker, type ChunkerParams, type ContentPiece, type Xattr } from "@strata/core";
 import { dataRanges, readXattrs } from "@strata/fs";
 import { MasterKey } from "./crypto.js";
-import { BlobCodec, type EncodedBlob } from "./pack.js";
+import { BlobCodec, type EncodedBlob, WireCodec } from "./pack.js";
 
+/**
+ * `key` set: blobs are compressed and sealed for a local pack. `key` null:
+ * blobs are only compressed (the wire form of the upload protocol; the
+ * server seals). `proofKey` set: every query carries, per id, the proof of
+ * possession HMAC-SHA256(proofKey, plaintext) (docs/design/protocol.md).
+ */
 export interface WorkerInit {
-  key: Uint8Array;
+  key: Uint8Array | null;
+  proofKey: Uint8Array | null;
   chunker: ChunkerParams;
   level: number;
 }
@@ -29,7 +36,8 @@ export type FileOutcome =
   | { t: "changed"; why: string }
   | { t: "error"; code: string; message: string };
 export type FromWorker =
-  | { t: "query"; job: number; seq: number; ids: BlobId[] }
+  /** `proofs`: 32 bytes per id, in order, when the pool was set up with a proof key. */
+  | { t: "query"; job: number; seq: number; ids: BlobId[]; proofs?: Uint8Array }
   | {
       t: "blobs";
       job: number;
@@ -48,17 +56,34 @@ export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeN
 if (parentPort) {
   const port = parentPort;
   const init = workerData as WorkerInit;
-  const codec = new BlobCodec(new MasterKey(Buffer.from(init.key)), init.level);
+  const codec = init.key
+    ? new BlobCodec(new MasterKey(Buffer.from(init.key)), init.level)
+    : new WireCodec(init.level);
+  const proofKey = init.proofKey ? Buffer.from(init.proofKey) : null;
   const chunker = new Chunker(init.chunker);
   const bufPool: Buffer[] = [];
   const waiters = new Map<string, (need: boolean[]) => void>();
   let seqCounter = 0;
 
-  const ask = (job: number, ids: BlobId[]): Promise<boolean[]> =>
+  const ask = (job: number, cuts: Cut[]): Promise<boolean[]> =>
     new Promise((resolve) => {
       const seq = ++seqCounter;
       waiters.set(`${job}:${seq}`, resolve);
-      port.postMessage({ t: "query", job, seq, ids } satisfies FromWorker);
+      const ids = cuts.map((c) => c.id);
+      if (!proofKey) {
+        port.postMessage({ t: "query", job, seq, ids } satisfies FromWorker);
+        return;
+      }
+      const proofs = Buffer.allocUnsafeSlow(32 * cuts.length);
+      cuts.forEach((c, i) => {
+        createHmac("sha256", proofKey)
+          .update(c.data)
+          .digest()
+          .copy(proofs, i * 32);
+      });
+      port.postMessage({ t: "query", job, seq, ids, proofs } satisfies FromWorker, [
+        proofs.buffer as ArrayBuffer,
+      ]);
     });
 
   const asPath = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -193,10 +218,7 @@ if (parentPort) {
     }
     const all = perFile.flatMap((f) => f.cuts);
     if (all.length) {
-      const need = await ask(
-        job,
-        all.map((c) => c.id),
-      );
+      const need = await ask(job, all);
       const encoded: EncodedBlob[] = [];
       all.forEach((c, i) => {
         if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
@@ -253,10 +275,7 @@ if (parentPort) {
           const cuts: Cut[] = [];
           const start = cutAll(fileChunker, buf, filled, eof, cuts);
           if (cuts.length) {
-            const need = await ask(
-              job,
-              cuts.map((c) => c.id),
-            );
+            const need = await ask(job, cuts);
             const encoded: EncodedBlob[] = [];
             cuts.forEach((c, i) => {
               pieces.push({ id: c.id as never, len: c.data.length });

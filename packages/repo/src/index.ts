@@ -2,6 +2,8 @@ export * from "./backup.js";
 export * from "./blob-store.js";
 export * from "./catalog.js";
 export * from "./check.js";
+export { type ChunkSink, repositorySink } from "./chunk-pool.js";
+export type { WorkerInit } from "./chunk-worker.js";
 export * from "./crypto.js";
 export * from "./faulty-blob-store.js";
 export * from "./lease.js";

@@ -39,6 +39,39 @@ export interface EncodedBlob {
 }
 
 /** Per-thread codec state (zstd contexts are reused; they are not thread-safe). */
+/**
+ * zstd at `level`, kept only when it saves at least 1/32 — the rule both
+ * the repository and the upload protocol's wire form use.
+ */
+export function compressIfWorth(
+  cmp: Compressor,
+  plain: Uint8Array,
+): { body: Uint8Array; compressed: boolean } {
+  if (plain.length >= 64) {
+    const z = cmp.compress(plain);
+    if (z.length < plain.length - (plain.length >> 5)) return { body: z, compressed: true };
+  }
+  return { body: plain, compressed: false };
+}
+
+/** The upload protocol's chunk form: compressed (when worth it), not sealed. */
+export class WireCodec {
+  private readonly cmp = new Compressor();
+  constructor(level = 3) {
+    this.cmp.setParameters({ compressionLevel: level });
+  }
+  encode(id: BlobId, type: BlobType, plain: Uint8Array): EncodedBlob {
+    const { body, compressed } = compressIfWorth(this.cmp, plain);
+    return {
+      id,
+      type,
+      data: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+      rawLength: plain.length,
+      compressed,
+    };
+  }
+}
+
 export class BlobCodec {
   private readonly cmp = new Compressor();
   private readonly dec = new Decompressor();
@@ -50,15 +83,7 @@ export class BlobCodec {
   }
 
   encode(id: BlobId, type: BlobType, plain: Uint8Array): EncodedBlob {
-    let body: Uint8Array = plain;
-    let compressed = false;
-    if (plain.length >= 64) {
-      const z = this.cmp.compress(plain);
-      if (z.length < plain.length - (plain.length >> 5)) {
-        body = z;
-        compressed = true;
-      }
-    }
+    const { body, compressed } = compressIfWorth(this.cmp, plain);
     return { id, type, data: seal(this.key, body), rawLength: plain.length, compressed };
   }
 
