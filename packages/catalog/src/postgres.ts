@@ -322,6 +322,40 @@ export class PostgresCatalog implements RepoCatalog {
     return new Set(r.rows.map((row) => hexId<BlobId>(row.id)));
   }
 
+  async addPins(holder: string, ids: readonly BlobId[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.q("INSERT INTO pins (holder, id) SELECT $1, unnest($2::bytea[]) ON CONFLICT DO NOTHING", [
+      holder,
+      idsBytes(ids),
+    ]);
+  }
+
+  async pinned(holder: string, ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    if (ids.length === 0) return new Set();
+    const r = await this.q<{ id: Buffer }>(
+      "SELECT id FROM pins WHERE holder = $1 AND id = ANY (SELECT unnest($2::bytea[]))",
+      [holder, idsBytes(ids)],
+    );
+    return new Set(r.rows.map((row) => hexId<BlobId>(row.id)));
+  }
+
+  async removePins(holder: string): Promise<void> {
+    await this.q("DELETE FROM pins WHERE holder = $1", [holder]);
+  }
+
+  async *listPins(): AsyncIterable<BlobId[]> {
+    let after: Buffer = Buffer.alloc(0);
+    for (;;) {
+      const r = await this.q<{ id: Buffer }>(
+        "SELECT DISTINCT id FROM pins WHERE id > $1 ORDER BY id LIMIT $2",
+        [after, PAGE_SIZE],
+      );
+      if (r.rows.length) yield r.rows.map((row) => hexId<BlobId>(row.id));
+      if (r.rows.length < PAGE_SIZE) return;
+      after = r.rows[r.rows.length - 1]!.id;
+    }
+  }
+
   async lookupBlobs(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {
     const out = new Map<BlobId, IndexEntry>();
     if (ids.length === 0) return out;

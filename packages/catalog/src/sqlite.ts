@@ -241,6 +241,14 @@ export class SqliteCatalog implements RepoCatalog {
          WHERE p.state = 'active'`,
       ).pluck(),
       lookupBlobs: p(`SELECT ${BLOB_COLS} FROM json_each(?) j JOIN blobs b ON b.id = unhex(j.value)`),
+      addPins: p(
+        "INSERT INTO pins (holder, id) SELECT ?, unhex(j.value) FROM json_each(?) j WHERE true ON CONFLICT DO NOTHING",
+      ),
+      pinned: p(
+        "SELECT p.id FROM json_each(?) j JOIN pins p ON p.holder = ? AND p.id = unhex(j.value)",
+      ).pluck(),
+      removePins: p("DELETE FROM pins WHERE holder = ?"),
+      listPins: p("SELECT DISTINCT id FROM pins WHERE id > ? ORDER BY id LIMIT ?").pluck(),
       getPack: p(`SELECT ${PACK_COLS} FROM packs WHERE id = ?`),
       listPacks: p(`SELECT ${PACK_COLS} FROM packs WHERE id > ? ORDER BY id LIMIT ?`),
       packEntries: p(`SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = ? ORDER BY b."offset"`),
@@ -336,6 +344,29 @@ export class SqliteCatalog implements RepoCatalog {
     if (ids.length === 0) return new Set();
     const rows = this.s.hasBlobs!.all(idsJson(ids)) as Buffer[];
     return new Set(rows.map((b) => hexId<BlobId>(b)));
+  }
+
+  async addPins(holder: string, ids: readonly BlobId[]): Promise<void> {
+    if (ids.length) this.s.addPins!.run(holder, idsJson(ids));
+  }
+
+  async pinned(holder: string, ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    if (ids.length === 0) return new Set();
+    return new Set((this.s.pinned!.all(idsJson(ids), holder) as Buffer[]).map((b) => hexId<BlobId>(b)));
+  }
+
+  async removePins(holder: string): Promise<void> {
+    this.s.removePins!.run(holder);
+  }
+
+  async *listPins(): AsyncIterable<BlobId[]> {
+    let after: Buffer = Buffer.alloc(0);
+    for (;;) {
+      const rows = this.s.listPins!.all(after, PAGE_SIZE) as Buffer[];
+      if (rows.length) yield rows.map((b) => hexId<BlobId>(b));
+      if (rows.length < PAGE_SIZE) return;
+      after = rows[rows.length - 1]!;
+    }
   }
 
   async lookupBlobs(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {

@@ -422,6 +422,30 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
       });
     });
 
+    describe("pins", () => {
+      it("pins per holder, answers by holder, lists every pinned id once, and unpins a holder", async () => {
+        const c = await fresh();
+        const many = Array.from({ length: 2500 }, (_, i) => blob(`pin/${i}`));
+        await c.addPins("up_a", many);
+        await c.addPins("up_a", many.slice(0, 10)); // idempotent
+        await c.addPins("up_b", [many[0]!, blob("b-only")]);
+        expect(sorted(await c.pinned("up_a", [many[0]!, many[2499]!, blob("b-only")]))).toEqual(
+          sorted([many[0]!, many[2499]!]),
+        );
+        expect([...(await c.pinned("up_b", [many[1]!, blob("b-only")]))]).toEqual([blob("b-only")]);
+        expect(await c.pinned("up_c", many.slice(0, 5))).toEqual(new Set());
+        const listed: BlobId[] = [];
+        for await (const page of c.listPins()) listed.push(...page);
+        expect(listed.length).toBe(2501); // many[0] is pinned twice but listed once
+        expect(new Set(listed)).toEqual(new Set([...many, blob("b-only")]));
+        await c.removePins("up_a");
+        expect(await c.pinned("up_a", many.slice(0, 5))).toEqual(new Set());
+        const left: BlobId[] = [];
+        for await (const page of c.listPins()) left.push(...page);
+        expect(sorted(left)).toEqual(sorted([many[0]!, blob("b-only")]));
+      });
+    });
+
     describe("leases", () => {
       it("shared leases coexist; exclusive excludes everything", async () => {
         const c = await fresh();

@@ -26,6 +26,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
       expect(r.rows).toEqual([
         { version: 1, name: "init" },
         { version: 2, name: "server" },
+        { version: 4, name: "uploads" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",

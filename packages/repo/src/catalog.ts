@@ -146,6 +146,15 @@ export interface RepoCatalog {
   packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]>;
   endMark(): Promise<void>;
 
+  // ---- pins: blobs an open upload session holds -----------------------
+  /** Pin `ids` for `holder` (idempotent). Prune keeps pinned blobs as if a snapshot used them. */
+  addPins(holder: string, ids: readonly BlobId[]): Promise<void>;
+  /** The subset of `ids` pinned by `holder`. */
+  pinned(holder: string, ids: readonly BlobId[]): Promise<Set<BlobId>>;
+  removePins(holder: string): Promise<void>;
+  /** Every pinned id of every holder, in pages (an id may repeat across holders). */
+  listPins(): AsyncIterable<BlobId[]>;
+
   // ---- leases (locks with heartbeats) ---------------------------------
   /**
    * Take a lease. Shared leases coexist; an exclusive lease excludes all

@@ -44,5 +44,18 @@ export async function markReachable(
       if (n.type === "dir" && n.subtree) await visit(n.subtree, `${where}/${n.name.toString()}`);
   };
   for (const s of snapshots) await visit(s.tree, `snapshot ${s.id.slice(0, 8)}`);
+  // Blobs pinned by open upload sessions are kept like a snapshot's: the
+  // chunks a session possesses and the trees it uploaded (with what they reach).
+  for await (const page of cat.listPins()) {
+    const entries = await cat.lookupBlobs(page);
+    for (const id of page) {
+      const e = entries.get(id);
+      if (e?.type === "tree") await visit(id as unknown as TreeId, `upload pin ${id.slice(0, 8)}`);
+      else {
+        batch.push(id);
+        if (batch.length >= MAX_BATCH) await flush();
+      }
+    }
+  }
   await flush();
 }
