@@ -5,3 +5,4 @@
  * scheduler, watcher, throttle, control socket).
  */
 export const AGENT_VERSION = "0.1.0";
+export * from "./upload.js";

@@ -40,3 +40,13 @@ export type {
   UserPatch,
   UserRecord,
 } from "./server-store.js";
+export {
+  openSqliteUploadStore,
+  PostgresUploadStore,
+  SqliteUploadStore,
+  type TreeAtPath,
+  type UploadCounters,
+  type UploadSessionRecord,
+  type UploadState,
+  type UploadStore,
+} from "./uploads.js";

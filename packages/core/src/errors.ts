@@ -19,6 +19,12 @@ export const ErrorCodes = {
   LOCKED: "LOCKED",
   UNSUPPORTED: "UNSUPPORTED",
   PERMISSION_DENIED: "PERMISSION_DENIED",
+  /** A request or frame over a declared limit. */
+  TOO_LARGE: "TOO_LARGE",
+  /** An upload referenced a chunk or tree the session does not own (protocol.md, "Ownership"). */
+  NOT_POSSESSED: "NOT_POSSESSED",
+  /** The upload session was committed, aborted or expired. */
+  SESSION_EXPIRED: "SESSION_EXPIRED",
   INTERNAL: "INTERNAL",
 } as const;
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -50,7 +50,7 @@ export interface WalkTarget {
    * directory's path in the snapshot: raw bytes, `/`-separated, no leading
    * slash, empty for the root.
    */
-  saveTree(id: TreeId, encoded: Buffer, path: Buffer): Promise<void>;
+  saveTree(id: TreeId, encoded: Buffer, path: Buffer, nodes: readonly FsNode[]): Promise<void>;
   /** Bytes this run added to the target so far (progress and stats). */
   bytesAdded(): number;
 }
@@ -301,8 +301,8 @@ export class TreeWalker {
     return abs.length < this.rootLen ? Buffer.alloc(0) : abs.subarray(this.rootLen);
   }
 
-  private async storeTree(id: TreeId, enc: Buffer, abs: Buffer): Promise<void> {
-    await this.target.saveTree(id, enc, this.snapshotPath(abs));
+  private async storeTree(id: TreeId, enc: Buffer, abs: Buffer, nodes: readonly FsNode[]): Promise<void> {
+    await this.target.saveTree(id, enc, this.snapshotPath(abs), nodes);
   }
 
   private error(path: string, message: string): void {
@@ -374,11 +374,12 @@ export class TreeWalker {
     this.stats.dirs++;
     this.opts.signal?.throwIfAborted();
     const filter = this.opts.filter;
-    if (filter && !filter.descend(Buffer.concat([SLASH, this.snapshotPath(abs)])))
-      return this.finishDir(abs, [], null, null);
+    // A directory whose every entry is excluded is recorded empty (its own
+    // metadata only), through the cache like any other, so it is not sent again.
+    const descend = !filter || filter.descend(Buffer.concat([SLASH, this.snapshotPath(abs)]));
     let names: Buffer[];
     try {
-      names = readdirSync(abs, { encoding: "buffer" });
+      names = descend ? readdirSync(abs, { encoding: "buffer" }) : [];
     } catch (e) {
       this.error(display, `cannot read directory: ${(e as Error).message}`);
       return this.finishDir(abs, [], null, null);
@@ -594,7 +595,7 @@ export class TreeWalker {
       const list = resolved.filter((n): n is FsNode => n !== null);
       const enc = encodeTree(list);
       const id = createHash("sha256").update(enc).digest("hex") as TreeId;
-      if (id !== knownTree) await this.storeTree(id, enc, abs);
+      if (id !== knownTree) await this.storeTree(id, enc, abs, list);
       // An unchanged directory (trusted row, every entry a hit, same tree)
       // needs no new row: getDir already marked it seen.
       const unchanged = allHits && id === knownTree;

@@ -12,3 +12,4 @@ export * from "./pack.js";
 export * from "./prune.js";
 export * from "./repository.js";
 export * from "./restore.js";
+export * from "./wire.js";

@@ -1,0 +1,240 @@
+/**
+ * The upload protocol's rules, agent against server service, on real files,
+ * a real repository and a real SQLite catalog: centralization, fleet dedup
+ * through proofs of possession, incremental uploads, forged trees refused,
+ * interrupted uploads resumed without resending, pins surviving prune.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { CACHE_PARENT, uploadOnce } from "@strata/agent";
+import { openSqliteFileCache } from "@strata/catalog";
+import { compilePolicy, defaultPolicy, encodeTree, type FsNode, isStrataError } from "@strata/core";
+import { check, encodeTreeFrame, prune, restore } from "@strata/repo";
+import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type UploadHarness, uploadHarness } from "./upload-helpers.js";
+
+process.env.STRATA_SCRYPT_LOG_N = "10";
+
+const policy = compilePolicy(defaultPolicy("pol_1", "Default"), {
+  homes: ["/home/alice"],
+  agentStateDir: "/var/lib/strata-agent",
+});
+
+/** A small endpoint root: system files, a user's files, and areas policy excludes. */
+function buildEndpoint(root: string, seed: string): void {
+  const rnd = (n: number, s: string) => {
+    const out = Buffer.alloc(n);
+    let h = createHash("sha256").update(s).digest();
+    for (let o = 0; o < n; o += 32) {
+      h.copy(out, o);
+      h = createHash("sha256").update(h).digest();
+    }
+    return out;
+  };
+  for (const d of ["etc", "usr/bin", "usr/lib", "home/alice/docs", "tmp", "proc/1", "var/lib/strata-agent"])
+    mkdirSync(path.join(root, d), { recursive: true });
+  writeFileSync(path.join(root, "etc/hostname"), `${seed}\n`);
+  writeFileSync(path.join(root, "etc/os-release"), 'ID=debian\nVERSION_ID="12"\n');
+  writeFileSync(path.join(root, "usr/bin/tool"), rnd(3_000_000, "tool")); // shared by every endpoint
+  writeFileSync(path.join(root, "usr/lib/libx.so"), rnd(1_500_000, "libx"));
+  for (let i = 0; i < 40; i++)
+    writeFileSync(path.join(root, `usr/lib/small${i}`), rnd(2000 + i, `small${i}`));
+  writeFileSync(path.join(root, "home/alice/docs/own.bin"), rnd(700_000, `own-${seed}`)); // this endpoint's only
+  writeFileSync(path.join(root, "tmp/junk"), "scratch");
+  writeFileSync(path.join(root, "proc/1/status"), "not really proc");
+  writeFileSync(path.join(root, "var/lib/strata-agent/credential"), "sep_secret");
+}
+
+let dir: string;
+let h: UploadHarness;
+
+beforeAll(async () => {
+  dir = await makeTempDir("strata-upload-");
+  h = await uploadHarness(dir);
+});
+afterAll(async () => {
+  await h?.close();
+  await cleanupTempDirs();
+});
+
+describe("upload protocol (agent ↔ server service)", () => {
+  let firstBytes = 0;
+  let rootA = "";
+  let snapA = "";
+
+  it("centralizes an endpoint; the snapshot restores its protected area and leaves out what policy excludes", async () => {
+    rootA = path.join(dir, "ep-a");
+    buildEndpoint(rootA, "a");
+    const t = h.transport("cvd_a");
+    const cache = openSqliteFileCache(path.join(dir, "cache-a.db"));
+    const r = await uploadOnce({
+      transport: t,
+      cvdId: "cvd_a",
+      root: rootA,
+      policy,
+      parent: null,
+      fileCache: cache,
+      hostname: "ep-a",
+    });
+    cache.close();
+    expect(r.errors).toEqual([]);
+    expect(r.resumed).toBe(false);
+    firstBytes = t.received;
+    snapA = r.snapshot;
+    expect(r.bytesSent).toBe(t.received);
+    const snap = await h.service.cvdSnapshot("cvd_a", r.snapshot);
+    expect(snap.tags).toContain("cvd:cvd_a");
+    expect(snap.parent).toBeNull();
+    expect(snap.kind).toBe("centralize");
+    const out = path.join(dir, "restore-a");
+    await restore(h.server.repo, snap, { target: out });
+    expect(
+      readFileSync(path.join(out, "usr/bin/tool")).equals(readFileSync(path.join(rootA, "usr/bin/tool"))),
+    ).toBe(true);
+    expect(readFileSync(path.join(out, "home/alice/docs/own.bin")).length).toBe(700_000);
+    expect(() => readFileSync(path.join(out, "tmp/junk"))).toThrow(/ENOENT/);
+    expect(() => readFileSync(path.join(out, "proc/1/status"))).toThrow(/ENOENT/);
+    expect(() => readFileSync(path.join(out, "var/lib/strata-agent/credential"))).toThrow(/ENOENT/);
+    const tx = await h.service.transactions("cvd_a");
+    expect(tx[0]).toMatchObject({ state: "committed", snapshot: r.snapshot, kind: "centralize" });
+    expect(tx[0]!.bytesSent).toBe(t.received);
+  });
+
+  it("a second endpoint with the same system sends < 5% of the first's bytes (proofs, not data)", async () => {
+    const rootB = path.join(dir, "ep-b");
+    cpSync(rootA, rootB, { recursive: true });
+    writeFileSync(path.join(rootB, "etc/hostname"), "b\n");
+    const t = h.transport("cvd_b");
+    const r = await uploadOnce({
+      transport: t,
+      cvdId: "cvd_b",
+      root: rootB,
+      policy,
+      parent: null,
+      hostname: "ep-b",
+    });
+    expect(r.chunksProven).toBeGreaterThan(10);
+    expect(t.received).toBeLessThan(firstBytes * 0.05);
+  });
+
+  it("a no-change upload sends no chunk and no tree; a 1% change sends < 2x the changed bytes", async () => {
+    const cache = openSqliteFileCache(path.join(dir, "cache-a.db"));
+    expect(cache.getMeta(CACHE_PARENT)).toBe(snapA);
+    const t = h.transport("cvd_a");
+    const r = await uploadOnce({
+      transport: t,
+      cvdId: "cvd_a",
+      root: rootA,
+      policy,
+      parent: snapA,
+      fileCache: cache,
+      hostname: "ep-a",
+    });
+    expect(r.stats).toMatchObject({ filesNew: 0, filesChanged: 0 });
+    expect(r.chunksSent).toBe(0);
+    expect(r.treesSent).toBe(0);
+    expect(t.received).toBe(0);
+    const snap = await h.service.cvdSnapshot("cvd_a", r.snapshot);
+    expect(snap.parent).toBe(snapA);
+    // Change 64 KiB in the middle of a 3 MB file: the 1% change.
+    const f = path.join(rootA, "usr/lib/libx.so");
+    const b = readFileSync(f);
+    randomBytes(65536).copy(b, 700_000);
+    writeFileSync(f, b);
+    const t2 = h.transport("cvd_a");
+    const r2 = await uploadOnce({
+      transport: t2,
+      cvdId: "cvd_a",
+      root: rootA,
+      policy,
+      parent: r.snapshot,
+      fileCache: cache,
+      hostname: "ep-a",
+    });
+    cache.close();
+    expect(r2.stats.filesChanged).toBe(1);
+    expect(r2.chunksSent).toBeGreaterThan(0);
+    expect(t2.received).toBeLessThan(2 * 65536 + 64 * 1024 * 3); // changed chunks (≤ 2 × avg around the edit) + trees
+    snapA = r2.snapshot;
+  });
+
+  it("refuses to let an endpoint reference another endpoint's chunks by hash (forged tree)", async () => {
+    // Endpoint B knows the ids of A's private file (from a leaked log, say) but not its content.
+    const victim = (await h.service.cvdSnapshot("cvd_a", snapA)).tree;
+    let own: FsNode | undefined;
+    for await (const e of h.server.repo.walk(victim)) if (e.path.endsWith("own.bin")) own = e.node;
+    expect(own?.type).toBe("file");
+    const ids = [...(own?.content ?? [])].flatMap((p) => ("id" in p ? [p.id] : []));
+    expect(ids.length).toBeGreaterThan(0);
+    const view = await h.service.create("cvd_b", { parent: null, kind: "upload" });
+    const session = view.view.session;
+    // No proof: "prove", whether or not the server stores it; a made-up proof: "send".
+    const asked = await h.service.have(
+      "cvd_b",
+      session,
+      [{ id: ids[0]! }, { id: ids[1] ?? ids[0]!, proof: randomBytes(32).toString("base64") }].slice(
+        0,
+        ids.length > 1 ? 2 : 1,
+      ),
+    );
+    expect(asked.status[0]).toBe("prove");
+    if (ids.length > 1) expect(asked.status[1]).toBe("send");
+    const forged = encodeTree([{ ...own!, name: Buffer.from("stolen.bin") }]);
+    const tid = createHash("sha256").update(forged).digest();
+    const frames = encodeTreeFrame(tid, Buffer.alloc(0), false, forged);
+    const err = await h.service
+      .putTrees(
+        "cvd_b",
+        session,
+        (async function* () {
+          yield* frames;
+        })(),
+      )
+      .catch((e) => e);
+    expect(isStrataError(err, "NOT_POSSESSED")).toBe(true);
+    expect(String(err.message)).toContain("stolen.bin");
+    // Committing A's root as B's is refused too.
+    const err2 = await h.service
+      .commit("cvd_b", session, { root: victim, time: new Date().toISOString(), hostname: "ep-b" })
+      .catch((e) => e);
+    expect(isStrataError(err2, "NOT_POSSESSED")).toBe(true);
+    // Another CVD's session and snapshot look like nothing at all.
+    await expect(h.service.status("cvd_a", session)).rejects.toMatchObject({ code: "NOT_FOUND" });
+    await expect(h.service.cvdSnapshot("cvd_b", snapA)).rejects.toMatchObject({ code: "NOT_FOUND" });
+    await h.service.abort("cvd_b", session);
+  });
+
+  it("an interrupted upload resumes its session without resending acknowledged chunks, and pins survive prune", async () => {
+    const rootC = path.join(dir, "ep-c");
+    buildEndpoint(rootC, "c");
+    for (let i = 0; i < 6; i++)
+      writeFileSync(path.join(rootC, `home/alice/docs/big${i}`), randomBytes(1_000_000));
+    const cut = (what: string) => {
+      if (what.endsWith("/commit")) throw new Error("connection reset (test)");
+    };
+    const t1 = h.transport("cvd_c", cut);
+    const e1 = await uploadOnce({
+      transport: t1,
+      cvdId: "cvd_c",
+      root: rootC,
+      policy,
+      parent: null,
+      streamBytes: 1 << 20,
+    }).catch((e) => e);
+    expect(String(e1)).toContain("connection reset");
+    expect(t1.received).toBeGreaterThan(6_000_000);
+    // Prune runs while the session is open: its pinned chunks stay.
+    await prune(h.server.repo, { graceMs: 0 });
+    const t2 = h.transport("cvd_c");
+    const r = await uploadOnce({ transport: t2, cvdId: "cvd_c", root: rootC, policy, parent: null });
+    expect(r.resumed).toBe(true);
+    expect(r.chunksSent).toBe(0); // everything was acknowledged before the cut
+    expect(t2.received).toBeLessThan(200_000); // trees only
+    const report = await check(h.server.repo, { readData: true });
+    expect(report.ok).toBe(true);
+    const tx = await h.service.transactions("cvd_c");
+    expect(tx[0]).toMatchObject({ state: "committed", retries: 1 });
+  });
+});

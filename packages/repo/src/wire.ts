@@ -1,0 +1,194 @@
+/**
+ * The upload protocol's binary forms (docs/design/protocol.md, "Chunks" and
+ * "Trees"): frames of a chunk stream and of a tree stream, a reader that
+ * takes them off a request body with bounded memory, and decompression with
+ * an output bound.
+ */
+import { createRequire } from "node:module";
+import { StrataError } from "@strata/core";
+
+const require = createRequire(import.meta.url);
+const binding = require("zstd-napi/binding") as {
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+};
+
+export const FRAMES_CONTENT_TYPE = "application/vnd.strata.frames";
+export const FLAG_ZSTD = 1;
+
+export interface ChunkFrame {
+  id: Buffer;
+  flags: number;
+  payload: Buffer;
+}
+export interface TreeFrame extends ChunkFrame {
+  path: Buffer;
+}
+
+/** Chunk frame: id(32) u32 n u8 flags payload(n). */
+export function encodeChunkFrame(id: Buffer, compressed: boolean, payload: Uint8Array): Buffer[] {
+  const h = Buffer.allocUnsafe(37);
+  id.copy(h, 0);
+  h.writeUInt32LE(payload.length, 32);
+  h[36] = compressed ? FLAG_ZSTD : 0;
+  return [h, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)];
+}
+
+/** Tree frame: id(32) u32 p path(p) u32 n u8 flags payload(n). */
+export function encodeTreeFrame(
+  id: Buffer,
+  path: Buffer,
+  compressed: boolean,
+  payload: Uint8Array,
+): Buffer[] {
+  const h = Buffer.allocUnsafe(36 + path.length + 5);
+  id.copy(h, 0);
+  h.writeUInt32LE(path.length, 32);
+  path.copy(h, 36);
+  h.writeUInt32LE(payload.length, 36 + path.length);
+  h[40 + path.length] = compressed ? FLAG_ZSTD : 0;
+  return [h, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)];
+}
+
+/**
+ * Reads exact byte counts from an async stream of buffers, holding at most
+ * one frame plus one incoming buffer. Counts the bytes consumed.
+ */
+export class ByteReader {
+  private readonly it: AsyncIterator<Buffer | Uint8Array | string>;
+  private bufs: Buffer[] = [];
+  private have = 0;
+  private done = false;
+  consumed = 0;
+
+  constructor(src: AsyncIterable<Buffer | Uint8Array | string>) {
+    this.it = src[Symbol.asyncIterator]();
+  }
+
+  /** True at a clean end of stream (no byte pending). */
+  async atEnd(): Promise<boolean> {
+    if (this.have > 0) return false;
+    await this.fill(1);
+    return this.have === 0;
+  }
+
+  private async fill(n: number): Promise<void> {
+    while (this.have < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.done = true;
+        break;
+      }
+      const b =
+        typeof r.value === "string"
+          ? Buffer.from(r.value)
+          : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+      if (b.length) {
+        this.bufs.push(b);
+        this.have += b.length;
+      }
+    }
+  }
+
+  /** Exactly n bytes; throws `what` truncated when the stream ends first. */
+  async read(n: number, what: string): Promise<Buffer> {
+    await this.fill(n);
+    if (this.have < n)
+      throw new StrataError("INVALID_ARGUMENT", `${what} is truncated (${this.have} of ${n} bytes)`);
+    let out: Buffer;
+    if (this.bufs[0]!.length >= n) {
+      out = this.bufs[0]!.subarray(0, n);
+      if (this.bufs[0]!.length === n) this.bufs.shift();
+      else this.bufs[0] = this.bufs[0]!.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const b = this.bufs[0]!;
+        const take = Math.min(b.length, n - off);
+        b.copy(out, off, 0, take);
+        off += take;
+        if (take === b.length) this.bufs.shift();
+        else this.bufs[0] = b.subarray(take);
+      }
+    }
+    this.have -= n;
+    this.consumed += n;
+    return out;
+  }
+
+  /** Drop what is left of the stream (so the connection can be reused). */
+  async drain(): Promise<void> {
+    this.bufs = [];
+    this.have = 0;
+    while (!this.done) {
+      const r = await this.it.next();
+      if (r.done) this.done = true;
+    }
+  }
+}
+
+function checkFlags(flags: number, what: string): void {
+  if (flags & ~FLAG_ZSTD) throw new StrataError("INVALID_ARGUMENT", `${what} has unknown flags ${flags}`);
+}
+
+export async function readChunkFrame(r: ByteReader, maxPayload: number, index: number): Promise<ChunkFrame> {
+  const what = `chunk frame ${index}`;
+  const h = await r.read(37, what);
+  const n = h.readUInt32LE(32);
+  const flags = h[36]!;
+  checkFlags(flags, what);
+  if (n > maxPayload)
+    throw new StrataError(
+      "TOO_LARGE",
+      `${what} (${h.subarray(0, 32).toString("hex")}) has a ${n}-byte payload; the limit is ${maxPayload}`,
+    );
+  return { id: Buffer.from(h.subarray(0, 32)), flags, payload: await r.read(n, what) };
+}
+
+export async function readTreeFrame(
+  r: ByteReader,
+  maxPayload: number,
+  maxPath: number,
+  index: number,
+): Promise<TreeFrame> {
+  const what = `tree frame ${index}`;
+  const h = await r.read(36, what);
+  const p = h.readUInt32LE(32);
+  if (p > maxPath)
+    throw new StrataError("TOO_LARGE", `${what} has a ${p}-byte path; the limit is ${maxPath}`);
+  const path = await r.read(p, what);
+  const h2 = await r.read(5, what);
+  const n = h2.readUInt32LE(0);
+  const flags = h2[4]!;
+  checkFlags(flags, what);
+  if (n > maxPayload)
+    throw new StrataError(
+      "TOO_LARGE",
+      `${what} (${h.subarray(0, 32).toString("hex")}) has a ${n}-byte payload; the limit is ${maxPayload}`,
+    );
+  return {
+    id: Buffer.from(h.subarray(0, 32)),
+    path: Buffer.from(path),
+    flags,
+    payload: await r.read(n, what),
+  };
+}
+
+/**
+ * Decompress a zstd payload into at most `max` bytes: a payload that
+ * inflates further (a decompression bomb) or is not valid zstd is
+ * DATA_CORRUPT naming `what`.
+ */
+export function boundedDecompress(payload: Uint8Array, max: number, what: string): Buffer {
+  const out = Buffer.allocUnsafe(max);
+  let n: number;
+  try {
+    n = new binding.DCtx().decompress(out, payload);
+  } catch (e) {
+    throw new StrataError(
+      "DATA_CORRUPT",
+      `${what} does not decompress within ${max} bytes: ${(e as Error).message}`,
+    );
+  }
+  return out.subarray(0, n);
+}
