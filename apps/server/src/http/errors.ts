@@ -12,7 +12,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   UNSAFE_PATH: 400,
   WRONG_PASSWORD: 401, // bad credentials, or a missing/invalid/expired token
   PERMISSION_DENIED: 403,
-  NOT_POSSESSED: 403,
+  NOT_POSSESSED: 409,
   TOO_LARGE: 413,
   SESSION_EXPIRED: 410,
   NOT_FOUND: 404,

@@ -672,9 +672,14 @@ export class UploadService {
     });
   }
 
+  /** Idempotent for aborted and expired sessions; a committed one is ALREADY_EXISTS. */
   async abort(cvdId: string, id: string): Promise<void> {
-    const s = await this.session(cvdId, id);
-    await this.d.uploads.finish(s.id, "aborted", this.d.clock.now(), null, null);
+    const s = await this.session(cvdId, id, false);
+    if (s.state === "committed")
+      throw new StrataError("ALREADY_EXISTS", `upload session ${s.id} is committed (snapshot ${s.snapshot})`, {
+        subject: s.id,
+      });
+    if (s.state === "open") await this.d.uploads.finish(s.id, "aborted", this.d.clock.now(), null, null);
     await this.repo.catalog.removePins(s.id);
   }
 
