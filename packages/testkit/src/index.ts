@@ -3,4 +3,5 @@ export { debianRoot, debianRootPath, debianRootSkipReason } from "./debian-root.
 export { buildHostileTree, capNetBindService } from "./hostile-tree.js";
 export { repoRoot } from "./repo-root.js";
 export { RSYNC_CHECK_FLAGS, rsyncCopy, rsyncItemize } from "./rsync-itemize.js";
+export { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
 export { cleanupTempDirs, makeTempDir, removeDir } from "./temp-dir.js";
