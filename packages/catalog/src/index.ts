@@ -25,6 +25,19 @@ export async function openCatalog(spec: string, opts: PostgresCatalogOptions = {
   return openSqliteCatalog(spec.startsWith("sqlite:") ? spec.slice("sqlite:".length) : spec);
 }
 
+export { PostgresFleetStore } from "./fleet-postgres.js";
+export { SqliteFleetStore } from "./fleet-sqlite.js";
+export type {
+  CvdRecord,
+  CvdSummary,
+  EndpointFilter,
+  EndpointRecord,
+  EndpointState,
+  EnrollmentTokenRecord,
+  FleetStore,
+  NewEndpoint,
+  PolicyRecord,
+} from "./fleet-store.js";
 export {
   openPostgresServerStore,
   PostgresServerStore,

@@ -1,5 +1,6 @@
 import { StrataError } from "@strata/core";
 import type pg from "pg";
+import { PostgresFleetStore } from "./fleet-postgres.js";
 import { openPostgresCatalog, type PostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
 import type {
   ApiTokenRecord,
@@ -85,18 +86,13 @@ const FOREIGN_KEY = "23503";
 const pgCode = (e: unknown) => (e as { code?: string }).code;
 
 /** ServerStore on PostgreSQL: shares the catalog's pool and schema. */
-export class PostgresServerStore implements ServerStore {
+export class PostgresServerStore extends PostgresFleetStore implements ServerStore {
   readonly kind = "postgres" as const;
   private readonly catalog: PostgresCatalog;
-  private readonly pool: pg.Pool;
 
   constructor(catalog: PostgresCatalog) {
+    super(catalog.pool);
     this.catalog = catalog;
-    this.pool = catalog.pool;
-  }
-
-  private async q<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []) {
-    return this.pool.query<R>(sql, params);
   }
 
   async upsertBuiltinRoles(

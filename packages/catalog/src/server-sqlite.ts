@@ -1,5 +1,6 @@
 import { StrataError } from "@strata/core";
 import Database from "better-sqlite3";
+import { SqliteFleetStore } from "./fleet-sqlite.js";
 import type {
   ApiTokenRecord,
   AuditFilter,
@@ -100,13 +101,8 @@ function mapConstraint(e: unknown, what: string): never {
 }
 
 /** ServerStore on the embedded SQLite catalog file (its own connection, same file). */
-export class SqliteServerStore implements ServerStore {
+export class SqliteServerStore extends SqliteFleetStore implements ServerStore {
   readonly kind = "sqlite" as const;
-  private readonly db: Db;
-
-  constructor(db: Db) {
-    this.db = db;
-  }
 
   async upsertBuiltinRoles(
     roles: readonly { name: string; permissions: readonly string[] }[],

@@ -12,7 +12,12 @@
  * - deleteRole MUST throw INVALID_ARGUMENT when users
  *   still hold the role, and return false when it is missing.
  * - appendAudit assigns increasing ids; listAudit returns newest first.
+ *
+ * The fleet's tables (policies, enrollment tokens, endpoints, CVDs) are
+ * FleetStore's (fleet-store.ts), with their own contract.
  */
+import type { FleetStore } from "./fleet-store.js";
+
 export interface UserRecord {
   id: string;
   name: string;
@@ -71,7 +76,7 @@ export interface AuditFilter {
   limit: number;
 }
 
-export interface ServerStore {
+export interface ServerStore extends FleetStore {
   readonly kind: "sqlite" | "postgres";
 
   /** Writes the built-in roles (insert or overwrite permissions; marks them builtin). */

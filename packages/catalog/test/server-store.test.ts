@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe } from "vitest";
 import { openPostgresServerStore, openSqliteServerStore } from "../src/index.js";
+import { runFleetStoreContract } from "./fleet-contract.js";
 import { dropTestSchemas, findTestPostgres, newTestSchema } from "./pg-helper.js";
 import { runServerStoreContract } from "./server-contract.js";
 
@@ -12,6 +13,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("SQLite", () => {
   runServerStoreContract("sqlite", () => openSqliteServerStore(join(dir, `s-${n++}.db`)));
+  runFleetStoreContract("sqlite", () => openSqliteServerStore(join(dir, `s-${n++}.db`)));
 });
 
 const target = await findTestPostgres();
@@ -19,7 +21,7 @@ if (target.skip) console.warn(`\n[catalog] SKIPPING PostgreSQL ServerStore tests
 
 describe.skipIf(!target.url)("PostgreSQL", () => {
   afterAll(() => dropTestSchemas(target.url ?? ""));
-  runServerStoreContract("postgres", () =>
-    openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }),
-  );
+  const openPg = () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() });
+  runServerStoreContract("postgres", openPg);
+  runFleetStoreContract("postgres", openPg);
 });
