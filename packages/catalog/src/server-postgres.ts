@@ -1,5 +1,4 @@
 import { StrataError } from "@strata/core";
-import type pg from "pg";
 import { PostgresFleetStore } from "./fleet-postgres.js";
 import { openPostgresCatalog, type PostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
 import type {

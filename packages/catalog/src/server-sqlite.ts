@@ -13,8 +13,6 @@ import type {
 } from "./server-store.js";
 import { openSqliteCatalog } from "./sqlite.js";
 
-type Db = Database.Database;
-
 interface UserRow {
   id: string;
   name: string;
