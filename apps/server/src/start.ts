@@ -8,7 +8,7 @@ import type { ServerConfig } from "./config.js";
 import { redactUrl } from "./config.js";
 import { buildApp } from "./http/app.js";
 import { type Clock, systemClock } from "./services/context.js";
-import { bootstrap, createServices } from "./services/index.js";
+import { bootstrap, createServices, type SnapshotsOf } from "./services/index.js";
 import { loadOrCreateTls } from "./tls.js";
 
 export interface StartOptions {
@@ -17,6 +17,8 @@ export interface StartOptions {
   clock?: Clock;
   /** PostgreSQL schema (tests isolate runs with it). */
   pgSchema?: string;
+  /** A CVD's snapshots (the integrator wires the repository in); default none. */
+  snapshotsOf?: SnapshotsOf;
 }
 
 export interface RunningServer {
@@ -51,14 +53,16 @@ export async function openServerStore(config: ServerConfig, pgSchema?: string): 
 export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
   const store = await openServerStore(config, opts.pgSchema);
   try {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    const tls = await loadOrCreateTls(config.dataDir, config.tls);
     const services = createServices({
       store,
       clock: opts.clock ?? systemClock,
       loginTokenTtlMs: config.loginTokenTtlHours * 3_600_000,
+      serverFingerprint: tls.fingerprint,
+      ...(opts.snapshotsOf ? { snapshotsOf: opts.snapshotsOf } : {}),
     });
     const { adminPassword } = await bootstrap(services);
-    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-    const tls = await loadOrCreateTls(config.dataDir, config.tls);
     const app = buildApp({
       services,
       logger: { level: config.logLevel, ...(opts.logStream ? { stream: opts.logStream } : {}) },

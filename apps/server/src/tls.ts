@@ -10,6 +10,9 @@ import * as path from "node:path";
 import { fromSystemError, StrataError } from "@strata/core";
 import { generate } from "selfsigned";
 
+/** The one parser of fingerprints, shared with the CLI and the agent. */
+export { normalizeFingerprint } from "@strata/protocol";
+
 export interface TlsMaterial {
   key: string;
   cert: string;
@@ -21,17 +24,6 @@ export interface TlsMaterial {
 
 export function fingerprintOf(certPem: string): string {
   return new X509Certificate(certPem).fingerprint256;
-}
-
-/** Accepts "sha256:ab:cd…", "AB:CD…" or 64 plain hex digits; returns the canonical "AB:CD:…" form or null. */
-export function normalizeFingerprint(s: string): string | null {
-  const hex = s
-    .trim()
-    .replace(/^sha-?256:/i, "")
-    .replace(/:/g, "")
-    .toUpperCase();
-  if (!/^[0-9A-F]{64}$/.test(hex)) return null;
-  return hex.match(/../g)!.join(":");
 }
 
 export async function loadOrCreateTls(

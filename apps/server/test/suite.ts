@@ -8,7 +8,17 @@ import type { ServerStore } from "@strata/catalog";
 import { BUILTIN_ROLES } from "@strata/protocol";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bootstrap, buildApp, createServices, type RouteDef, routesOf, type Services } from "../src/index.js";
+import {
+  bootstrap,
+  buildApp,
+  type CreateServicesOptions,
+  createServices,
+  describeAccess,
+  isEndpointAccess,
+  type RouteDef,
+  routesOf,
+  type Services,
+} from "../src/index.js";
 
 const PW = "correct horse battery staple";
 
@@ -22,12 +32,44 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   CreateRoleRequest: { name: "Probe Role", permissions: ["system.read"] },
   UpdateRoleRequest: { permissions: ["system.read"] },
   CreateTokenRequest: { name: "probe" },
+  CreateEnrollmentTokenRequest: { uses: 1 },
+  EnrollRequest: { facts: { hostname: "probe", machineId: "f".repeat(32) } },
+  ApproveEndpointRequest: {},
+  SetCvdPolicyRequest: { policy: "Default" },
+  PolicyInput: { name: "Probe Policy" },
+  PolicyDocument: { format: "strata-upload-policy", schemaVersion: 1, policy: { name: "Probe Import" } },
 };
-const SAMPLE_PARAMS: Record<string, string> = { name: "nobody-here", id: "0123456789abcdef" };
 
-function urlOf(r: RouteDef): string {
-  return r.url.replace(/:(\w+)/g, (_m, p: string) => encodeURIComponent(SAMPLE_PARAMS[p] ?? "x"));
+/** A parameter that passes validation (and names nothing), by parameter and resource. */
+function sampleParam(url: string, p: string): string {
+  if (p === "policy") return "No Such Policy";
+  if (p === "name") return "nobody-here";
+  if (url.includes("/endpoints/")) return "ep_nothere";
+  if (url.includes("/cvds/")) return "cvd_nothere";
+  return "0123456789abcdef";
 }
+
+export function urlOf(r: RouteDef): string {
+  return r.url.replace(/:(\w+)/g, (_m, p: string) => encodeURIComponent(sampleParam(r.url, p)));
+}
+
+export const FACTS = (n: number, machineId = n.toString(16).padStart(32, "0")) => ({
+  hostname: `host-${n}`,
+  machineId,
+  os: { id: "debian", versionId: "12", prettyName: "Debian GNU/Linux 12 (bookworm)" },
+  kernel: "6.1.0-18-amd64",
+  arch: "x86_64",
+  cpu: { model: "QEMU Virtual CPU", count: 2 },
+  memoryBytes: 2 ** 31,
+  disks: [{ name: "vda", sizeBytes: 2 ** 34 }],
+  macs: ["52:54:00:12:34:56"],
+  agentVersion: "0.1.0",
+  agentStateDir: "/var/lib/strata-agent",
+});
+
+let keySeq = 0;
+/** A fresh Idempotency-Key. */
+export const idemKey = () => (keySeq++).toString(16).padStart(32, "a");
 
 export interface Harness {
   app: FastifyInstance;
@@ -38,10 +80,46 @@ export interface Harness {
   now: { t: number };
 }
 
-export async function makeHarness(open: () => Promise<ServerStore>): Promise<Harness> {
+/** Admin helpers over a harness: enrollment tokens and enrolled endpoints. */
+export async function enrollmentToken(
+  h: Harness,
+  body: Record<string, unknown> = {},
+): Promise<{ token: string; id: string; serverFingerprint: string | null }> {
+  const r = await h.app.inject({
+    method: "POST",
+    url: "/api/v1/enrollment-tokens",
+    headers: { authorization: `Bearer ${h.adminToken}` },
+    payload: body,
+  });
+  expect(r.statusCode, r.body).toBe(201);
+  return r.json();
+}
+
+export async function enroll(
+  h: Harness,
+  token: string,
+  facts: unknown,
+  key = idemKey(),
+): Promise<{
+  statusCode: number;
+  body: string;
+  json(): { endpointId: string; credential: string; state: string };
+}> {
+  return h.app.inject({
+    method: "POST",
+    url: "/api/v1/enroll",
+    headers: { authorization: `Bearer ${token}`, "idempotency-key": key, "strata-protocol": "1" },
+    payload: { facts },
+  });
+}
+
+export async function makeHarness(
+  open: () => Promise<ServerStore>,
+  opts: Omit<CreateServicesOptions, "store" | "clock"> = {},
+): Promise<Harness> {
   const store = await open();
   const now = { t: Date.parse("2026-03-01T12:00:00Z") };
-  const services = createServices({ store, clock: { now: () => new Date(now.t) } });
+  const services = createServices({ ...opts, store, clock: { now: () => new Date(now.t) } });
   const { adminPassword } = await bootstrap(services);
   const logs: string[] = [];
   const app = buildApp({
@@ -103,7 +181,7 @@ export function runServerSuite(name: string, open: () => Promise<ServerStore>): 
       return l.json().token;
     }
 
-    it("every route × every built-in role: allowed or 403; unauthenticated 401", async () => {
+    it("every route × every built-in role: allowed or 403; unauthenticated 401; each route takes only its kind of secret", async () => {
       const routes = routesOf(h.app);
       expect(routes.length).toBeGreaterThan(15);
       const tokens = new Map<string, string>();
@@ -113,28 +191,74 @@ export function runServerSuite(name: string, open: () => Promise<ServerStore>): 
           await userToken(`r-${role.name.toLowerCase().replace(/[^a-z]/g, "")}`, role.name),
         );
       }
+      // Two endpoints: one pending, one approved (active).
+      const set = await enrollmentToken(h, { uses: 2 });
+      const pending = (await enroll(h, set.token, FACTS(1001))).json();
+      const active = (await enroll(h, set.token, FACTS(1002))).json();
+      const ok = await h.app.inject({
+        method: "POST",
+        url: `/api/v1/endpoints/${active.endpointId}/approve`,
+        headers: auth(h.adminToken),
+        payload: {},
+      });
+      expect(ok.statusCode, ok.body).toBe(200);
+      const spare = await enrollmentToken(h, { uses: 1 });
+      const agentRoutes = routes.filter((r) => r.access === "enrollment" || isEndpointAccess(r.access));
+      expect(agentRoutes.map((r) => `${r.method} ${r.url}`)).toEqual(
+        expect.arrayContaining(["POST /api/v1/enroll", "GET /api/v1/agent/self"]),
+      );
       for (const r of routes) {
         const payload = r.body ? SAMPLE_BODIES[r.body] : undefined;
-        if (r.access === "public") {
-          const res = await h.app.inject({
+        const call = (token?: string) =>
+          h.app.inject({
             method: r.method,
             url: urlOf(r),
+            headers: {
+              ...(token ? auth(token) : {}),
+              "idempotency-key": idemKey(),
+              "strata-protocol": "1",
+            },
             ...(payload ? { payload } : {}),
           });
+        if (r.access === "public") {
+          const res = await call();
           expect([401, 403], `${r.method} ${r.url} public`).not.toContain(
             res.statusCode === 401 && r.body === "LoginRequest" ? 0 : res.statusCode,
           );
           continue;
         }
-        const anon = await h.app.inject({ method: r.method, url: urlOf(r), ...(payload ? { payload } : {}) });
-        expect(anon.statusCode, `${r.method} ${r.url} without a token`).toBe(401);
-        const bad = await h.app.inject({
-          method: r.method,
-          url: urlOf(r),
-          headers: auth("stk_forged"),
-          ...(payload ? { payload } : {}),
-        });
-        expect(bad.statusCode, `${r.method} ${r.url} forged token`).toBe(401);
+        expect((await call()).statusCode, `${r.method} ${r.url} without a token`).toBe(401);
+        for (const forged of ["stk_forged", "sep_forged", "set_forged", `sep_${"A".repeat(43)}`]) {
+          expect((await call(forged)).statusCode, `${r.method} ${r.url} forged ${forged}`).toBe(401);
+        }
+        if (r.access === "enrollment" || isEndpointAccess(r.access)) {
+          // Users' API tokens are refused on agent routes, whatever their role.
+          for (const role of BUILTIN_ROLES) {
+            const res = await call(tokens.get(role.name)!);
+            expect(res.statusCode, `${role.name} on ${r.method} ${r.url}`).toBe(401);
+            expect(res.json().error.code).toBe("WRONG_PASSWORD");
+          }
+          if (r.access === "enrollment") {
+            expect((await call(active.credential)).statusCode, `credential on ${r.url}`).toBe(401);
+            expect((await call(spare.token)).statusCode, `${r.url} with its token`).toBe(201);
+            continue;
+          }
+          expect((await call(set.token)).statusCode, `enrollment token on ${r.url}`).toBe(401);
+          const a = await call(active.credential);
+          expect(a.statusCode, `active endpoint ${r.method} ${r.url} ${a.body}`).toBeLessThan(400);
+          const p = await call(pending.credential);
+          if (r.access.endpoint === "active") {
+            expect(p.statusCode, `pending endpoint ${r.url}`).toBe(403);
+            expect(p.json().error.code).toBe("PERMISSION_DENIED");
+          } else expect(p.statusCode, `pending endpoint ${r.url}`).toBeLessThan(400);
+          continue;
+        }
+        // Endpoint credentials and enrollment tokens never reach an administrative route.
+        for (const secret of [active.credential, pending.credential, set.token]) {
+          const res = await call(secret);
+          expect(res.statusCode, `${secret.slice(0, 4)} on ${r.method} ${r.url}`).toBe(401);
+          expect(res.json().error.code).toBe("WRONG_PASSWORD");
+        }
         for (const role of BUILTIN_ROLES) {
           // logout revokes the token: probe it with a throwaway one.
           const token = r.url.endsWith("/auth/logout")
@@ -147,13 +271,10 @@ export function runServerSuite(name: string, open: () => Promise<ServerStore>): 
                 })
               ).json().token
             : tokens.get(role.name)!;
-          const res = await h.app.inject({
-            method: r.method,
-            url: urlOf(r),
-            headers: auth(token),
-            ...(payload ? { payload } : {}),
-          });
-          const allowed = typeof r.access === "string" || role.permissions.includes(r.access.permission);
+          const res = await call(token);
+          const allowed =
+            typeof r.access === "string" ||
+            ("permission" in r.access && role.permissions.includes(r.access.permission));
           const what = `${role.name} ${r.method} ${r.url} → ${res.statusCode} ${res.body.slice(0, 200)}`;
           if (allowed) {
             expect([401, 403], what).not.toContain(res.statusCode);
@@ -461,7 +582,7 @@ export function runServerSuite(name: string, open: () => Promise<ServerStore>): 
       expect(doc.openapi).toBe("3.1.0");
       for (const r of routesOf(h.app)) {
         const op = doc.paths[r.url.replace(/:(\w+)/g, "{$1}")][r.method.toLowerCase()];
-        expect(op["x-strata-access"]).toBe(typeof r.access === "string" ? r.access : r.access.permission);
+        expect(op["x-strata-access"]).toBe(describeAccess(r.access));
       }
     });
 

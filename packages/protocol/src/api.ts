@@ -3,6 +3,8 @@
  * validates requests and documents responses with the schemas; the client
  * returns the types. Times travel as ISO 8601 strings.
  */
+import { fleetSchemas } from "./fleet.js";
+import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
 import { PERMISSION_NAMES } from "./permissions.js";
 
 export const API_PREFIX = "/api/v1";
@@ -88,18 +90,6 @@ export interface AuditQuery {
 }
 
 // ---- JSON Schemas ---------------------------------------------------------
-
-type Schema = Record<string, unknown>;
-
-const str = (extra: Schema = {}): Schema => ({ type: "string", ...extra });
-const dateTime = { type: "string", format: "date-time" };
-const nullableDateTime = { type: ["string", "null"], format: "date-time" };
-const obj = (properties: Record<string, Schema>, required: string[] = Object.keys(properties)): Schema => ({
-  type: "object",
-  additionalProperties: false,
-  properties,
-  required,
-});
 
 const userName = str({ pattern: USER_NAME_PATTERN });
 const roleName = str({ pattern: ROLE_NAME_PATTERN });
@@ -210,6 +200,7 @@ export const schemas = {
     },
     [],
   ),
+  ...fleetSchemas,
 } satisfies Record<string, Schema>;
 
 export type SchemaName = keyof typeof schemas;

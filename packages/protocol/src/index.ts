@@ -1,4 +1,6 @@
 export * from "./api.js";
 export * from "./client.js";
 export * from "./errors.js";
+export * from "./fingerprint.js";
+export * from "./fleet.js";
 export * from "./permissions.js";

@@ -5,14 +5,15 @@
  */
 import { randomUUID } from "node:crypto";
 import { StrataError } from "@strata/core";
-import { type SystemInfo, schemas } from "@strata/protocol";
+import { PROTOCOL_HEADER, PROTOCOL_VERSION, type SystemInfo, schemas } from "@strata/protocol";
 import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
-import type { Caller } from "../services/context.js";
+import type { AgentIdentity, Caller } from "../services/context.js";
 import type { Services } from "../services/index.js";
+import { ENDPOINT_CREDENTIAL_PREFIX, ENROLLMENT_TOKEN_PREFIX, TOKEN_PREFIX } from "../services/tokens.js";
 import { toWireError } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { buildOpenApi } from "./openapi.js";
-import { describeAccess, type RouteDef } from "./registry.js";
+import { describeAccess, isEndpointAccess, type RouteDef } from "./registry.js";
 import { apiRoutes } from "./routes/index.js";
 import { type RawReply, systemRoutes } from "./routes/system.js";
 
@@ -57,6 +58,8 @@ export interface AppDeps {
 declare module "fastify" {
   interface FastifyRequest {
     caller: Caller | null;
+    agent: AgentIdentity | null;
+    enrollmentToken: string | null;
   }
   interface FastifyContextConfig {
     def?: RouteDef;
@@ -73,6 +76,25 @@ function isRaw(v: unknown): v is RawReply {
     typeof (v as RawReply).raw === "string" &&
     typeof (v as RawReply).type === "string"
   );
+}
+
+const WHAT_TAKES: Record<string, string> = {
+  [TOKEN_PREFIX]: "a user's API token (stk_…)",
+  [ENROLLMENT_TOKEN_PREFIX]: "an enrollment token (set_…)",
+  [ENDPOINT_CREDENTIAL_PREFIX]: "an endpoint credential (sep_…)",
+};
+
+/**
+ * Agents send `Strata-Protocol: 1` (protocol.md, "Versioning"). A request
+ * without the header is taken as version 1, so a human with curl can
+ * still ask `agent/self`; any other version is UNSUPPORTED.
+ */
+function checkProtocolVersion(req: FastifyRequest): void {
+  const v = req.headers[PROTOCOL_HEADER];
+  if (v === undefined || v === String(PROTOCOL_VERSION)) return;
+  throw new StrataError("UNSUPPORTED", `protocol version ${String(v)} is not supported`, {
+    hint: `this server speaks Strata-Protocol ${PROTOCOL_VERSION}`,
+  });
 }
 
 export function buildApp(deps: AppDeps): FastifyInstance {
@@ -96,6 +118,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   }) as unknown as FastifyInstance;
 
   app.decorateRequest("caller", null);
+  app.decorateRequest("agent", null);
+  app.decorateRequest("enrollmentToken", null);
 
   // A route without a declared access must not exist: fail at startup.
   app.addHook("onRoute", (opts) => {
@@ -148,19 +172,60 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   const authorize = async (req: FastifyRequest, def: RouteDef): Promise<void> => {
     if (def.access === "public") return;
+    const forAgents = def.access === "enrollment" || isEndpointAccess(def.access);
     const m = /^Bearer ([A-Za-z0-9_-]+)$/.exec(req.headers.authorization ?? "");
     if (!m) {
       throw new StrataError("WRONG_PASSWORD", "not authenticated: send Authorization: Bearer TOKEN", {
-        hint: "log in with `strata login --server URL`",
+        hint: forAgents
+          ? "agents enroll with `strata agent enroll`, then send their endpoint credential"
+          : "log in with `strata login --server URL`",
       });
     }
-    const caller = await services.auth.authenticate(m[1]!, req.ip);
+    const secret = m[1]!;
+    // The prefix decides, before any lookup: a secret of another kind is never looked up here.
+    const expected =
+      def.access === "enrollment"
+        ? ENROLLMENT_TOKEN_PREFIX
+        : isEndpointAccess(def.access)
+          ? ENDPOINT_CREDENTIAL_PREFIX
+          : TOKEN_PREFIX;
+    if (!secret.startsWith(expected)) {
+      throw new StrataError("WRONG_PASSWORD", `this route takes ${WHAT_TAKES[expected]}`, {
+        hint: forAgents
+          ? "users' API tokens are not accepted on agent routes"
+          : "log in with `strata login --server URL`",
+      });
+    }
+    if (forAgents) checkProtocolVersion(req);
+    if (def.access === "enrollment") {
+      req.enrollmentToken = secret;
+      return;
+    }
+    if (isEndpointAccess(def.access)) {
+      const agent = await services.enrollment.authenticateEndpoint(secret);
+      if (def.access.endpoint === "active" && agent.state !== "active") {
+        throw new StrataError("PERMISSION_DENIED", `endpoint ${agent.endpointId} is ${agent.state}`, {
+          subject: agent.endpointId,
+          hint:
+            agent.state === "pending"
+              ? "an administrator must approve it (`strata endpoints approve`)"
+              : "an administrator disabled it",
+        });
+      }
+      req.agent = agent;
+      return;
+    }
+    const caller = await services.auth.authenticate(secret, req.ip);
     if (caller.user.mustChangePassword && !def.whilePasswordMustChange) {
       throw new StrataError("PERMISSION_DENIED", `${caller.user.name} must change their password first`, {
         hint: "run `strata users passwd`",
       });
     }
-    if (typeof def.access === "object" && !caller.permissions.has(def.access.permission)) {
+    if (
+      typeof def.access === "object" &&
+      "permission" in def.access &&
+      !caller.permissions.has(def.access.permission)
+    ) {
       throw new StrataError(
         "PERMISSION_DENIED",
         `${caller.user.name} lacks the permission ${def.access.permission}`,
@@ -177,7 +242,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     version: SERVER_VERSION,
     startedAt,
     catalog: services.store.kind,
-    tlsFingerprint: deps.tlsFingerprint ?? null,
+    tlsFingerprint: deps.tlsFingerprint ?? services.enrollment.serverFingerprint,
   });
   const routes: RouteDef[] = [];
   routes.push(
@@ -207,6 +272,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       handler: async (req, reply) => {
         const out = await def.handler({
           caller: req.caller,
+          agent: req.agent,
+          enrollmentToken: req.enrollmentToken,
+          headers: req.headers,
           body: req.body,
           params: req.params,
           query: req.query,

@@ -1,7 +1,15 @@
 /** The OpenAPI 3.1 document, generated from the route registry and the protocol's JSON Schemas. */
 import { schemas } from "@strata/protocol";
 import { STATUS_BY_CODE } from "./errors.js";
-import { describeAccess, type RouteDef } from "./registry.js";
+import { describeAccess, isEndpointAccess, type RouteDef } from "./registry.js";
+
+/** The OpenAPI security scheme of each kind of access. */
+function securityOf(r: RouteDef): Record<string, string[]>[] {
+  if (r.access === "public") return [];
+  if (r.access === "enrollment") return [{ enrollment: [] }];
+  if (isEndpointAccess(r.access)) return [{ endpoint: [] }];
+  return [{ bearer: [] }];
+}
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 
@@ -55,7 +63,7 @@ export function buildOpenApi(routes: readonly RouteDef[], version: string): Reco
       tags: [r.tag],
       operationId: `${r.method.toLowerCase()}${p.replace(/[^A-Za-z0-9]+(\w)?/g, (_m, c: string | undefined) => (c ?? "").toUpperCase())}`,
       "x-strata-access": describeAccess(r.access),
-      security: r.access === "public" ? [] : [{ bearer: [] }],
+      security: securityOf(r),
       ...(parameters.length ? { parameters } : {}),
       ...(r.body
         ? { requestBody: { required: true, content: { "application/json": { schema: ref(r.body) } } } }
@@ -80,6 +88,16 @@ export function buildOpenApi(routes: readonly RouteDef[], version: string): Reco
           type: "http",
           scheme: "bearer",
           description: "an API token (stk_…) from login or POST /api/v1/tokens",
+        },
+        endpoint: {
+          type: "http",
+          scheme: "bearer",
+          description: "an endpoint credential (sep_…) from POST /api/v1/enroll",
+        },
+        enrollment: {
+          type: "http",
+          scheme: "bearer",
+          description: "an enrollment token (set_…) from POST /api/v1/enrollment-tokens",
         },
       },
     },

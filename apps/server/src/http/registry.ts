@@ -4,24 +4,44 @@
  * that arrives without a declared access (see app.ts's onRoute hook). The
  * per-role test and the OpenAPI document are generated from the same list.
  */
+import type { IncomingHttpHeaders } from "node:http";
+import { StrataError } from "@strata/core";
 import type { Permission, SchemaName } from "@strata/protocol";
-import type { Caller } from "../services/context.js";
+import type { AgentIdentity, Caller } from "../services/context.js";
 import type { Services } from "../services/index.js";
 
 /**
- * - `{ permission }`: an authenticated caller whose role grants it.
- * - `"authenticated"`: any authenticated caller (their own session, tokens, password).
+ * Who may call a route. Each kind takes one kind of bearer secret, told
+ * apart by its prefix before any lookup: a secret of another kind is
+ * refused (401) without touching the catalog.
+ *
+ * - `{ permission }`: a user's API token (`stk_…`) whose role grants it.
+ * - `"authenticated"`: any user's API token (their own session, tokens, password).
+ * - `{ endpoint: "any" }`: an endpoint credential (`sep_…`) of an endpoint in any state.
+ * - `{ endpoint: "active" }`: an endpoint credential of an active endpoint
+ *   (pending and disabled endpoints get 403 PERMISSION_DENIED).
+ * - `"enrollment"`: an enrollment token (`set_…`), checked by the handler's service.
  * - `"public"`: no credentials (login, health, metrics, the API document).
  */
-export type Access = { permission: Permission } | "authenticated" | "public";
+export type Access =
+  | { permission: Permission }
+  | { endpoint: "any" | "active" }
+  | "enrollment"
+  | "authenticated"
+  | "public";
 
 export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
 
 export type ResponseSchema = SchemaName | { arrayOf: SchemaName } | null;
 
 export interface HandlerContext<B, P, Q> {
-  /** Null only on public routes. */
+  /** The user: set on permission and authenticated routes, null elsewhere. */
   caller: Caller | null;
+  /** The endpoint: set on endpoint routes, null elsewhere. */
+  agent: AgentIdentity | null;
+  /** The `set_…` secret on the enrollment route, null elsewhere. */
+  enrollmentToken: string | null;
+  headers: IncomingHttpHeaders;
   body: B;
   params: P;
   query: Q;
@@ -58,6 +78,31 @@ export function callerOf(ctx: { caller: Caller | null }): Caller {
   return ctx.caller;
 }
 
+/** The endpoint of an endpoint route (the HTTP layer guarantees it is set). */
+export function agentOf(ctx: { agent: AgentIdentity | null }): AgentIdentity {
+  if (!ctx.agent) throw new Error("route declared for endpoints but has no agent");
+  return ctx.agent;
+}
+
+/**
+ * The caller's own CVD id, for endpoint routes with a `{cvd}` parameter. A
+ * CVD that is not the caller's is answered exactly like one that does not
+ * exist (NOT_FOUND), so ids of other endpoints cannot be probed.
+ */
+export function ownCvdOf(ctx: { agent: AgentIdentity | null }, cvdId: string): string {
+  const agent = agentOf(ctx);
+  if (agent.cvdId === null || agent.cvdId !== cvdId) {
+    throw new StrataError("NOT_FOUND", `CVD ${cvdId} does not exist`, { subject: cvdId });
+  }
+  return cvdId;
+}
+
+export function isEndpointAccess(a: Access): a is { endpoint: "any" | "active" } {
+  return typeof a === "object" && "endpoint" in a;
+}
+
+/** `users.read`, `endpoint:active`, `enrollment`, `public`…: the form the OpenAPI document and tests print. */
 export function describeAccess(a: Access): string {
-  return typeof a === "string" ? a : a.permission;
+  if (typeof a === "string") return a;
+  return "permission" in a ? a.permission : `endpoint:${a.endpoint}`;
 }

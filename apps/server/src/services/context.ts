@@ -16,6 +16,16 @@ export interface Caller {
   remoteAddr: string;
 }
 
+/**
+ * The endpoint behind an `Authorization: Bearer sep_…` credential,
+ * established by the HTTP layer on endpoint routes only.
+ */
+export interface AgentIdentity {
+  endpointId: string;
+  cvdId: string | null;
+  state: "pending" | "active" | "disabled";
+}
+
 /** What the services need; the composition root (start.ts or a test) builds it. */
 export interface ServiceDeps {
   store: ServerStore;

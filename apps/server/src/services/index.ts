@@ -5,7 +5,10 @@ import { ADMINISTRATOR_ROLE } from "@strata/protocol";
 import { AuditService } from "./audit-service.js";
 import { AuthService } from "./auth-service.js";
 import { type Clock, systemClock } from "./context.js";
+import { EndpointService } from "./endpoint-service.js";
+import { EnrollmentService, type SnapshotsOf } from "./enrollment-service.js";
 import { generatePassword, hashPassword } from "./passwords.js";
+import { PolicyService } from "./policy-service.js";
 import { LoginRateLimiter, type RateLimitOptions } from "./rate-limit.js";
 import { RoleService } from "./role-service.js";
 import { UserService } from "./user-service.js";
@@ -17,6 +20,9 @@ export interface Services {
   auth: AuthService;
   users: UserService;
   roles: RoleService;
+  policies: PolicyService;
+  enrollment: EnrollmentService;
+  endpoints: EndpointService;
 }
 
 export interface CreateServicesOptions {
@@ -24,6 +30,17 @@ export interface CreateServicesOptions {
   clock?: Clock;
   loginTokenTtlMs?: number;
   rateLimit?: Partial<RateLimitOptions>;
+  /**
+   * The server certificate's SHA-256 fingerprint ("AB:CD:…"): handed to the
+   * administrator with each enrollment token and to agents at enrollment.
+   */
+  serverFingerprint?: string | null;
+  /**
+   * The snapshots of a CVD (the repository's snapshots tagged `cvd:<id>`),
+   * in any order. The composition root wires the repository in; the default
+   * knows none.
+   */
+  snapshotsOf?: SnapshotsOf;
 }
 
 export function createServices(o: CreateServicesOptions): Services {
@@ -31,9 +48,20 @@ export function createServices(o: CreateServicesOptions): Services {
   const base = { store: o.store, clock };
   const audit = new AuditService(base);
   const limiter = new LoginRateLimiter(o.rateLimit, () => clock.now().getTime());
+  const snapshotsOf: SnapshotsOf = o.snapshotsOf ?? (async () => []);
+  const policies = new PolicyService({ ...base, audit });
   return {
     ...base,
     audit,
+    policies,
+    enrollment: new EnrollmentService({
+      ...base,
+      audit,
+      policies,
+      serverFingerprint: o.serverFingerprint ?? null,
+      snapshotsOf,
+    }),
+    endpoints: new EndpointService({ ...base, audit, policies, snapshotsOf }),
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
     roles: new RoleService({ ...base, audit }),
@@ -46,10 +74,12 @@ export const FIRST_ADMIN = "admin";
  * Bring a store to a usable state: built-in roles written, and — only when
  * there is no user at all — the Administrator `admin` created with a random
  * one-time password that must be changed at first login. Returns that
- * password (to print once) or null. Safe when several nodes start at once.
+ * password (to print once) or null. The default upload policy is created
+ * once. Safe when several nodes start at once.
  */
 export async function bootstrap(s: Services): Promise<{ adminPassword: string | null }> {
   await s.roles.ensureBuiltinRoles();
+  await s.policies.ensureDefault();
   if ((await s.store.countUsers()) > 0) return { adminPassword: null };
   const password = generatePassword();
   try {
@@ -76,5 +106,16 @@ export async function bootstrap(s: Services): Promise<{ adminPassword: string | 
   return { adminPassword: password };
 }
 
-export type { Caller, Clock } from "./context.js";
-export { AuditService, AuthService, LoginRateLimiter, RoleService, UserService };
+export type { AgentIdentity, Caller, Clock } from "./context.js";
+export type { SnapshotsOf } from "./enrollment-service.js";
+export { DEFAULT_POLICY_ID, DEFAULT_POLICY_NAME } from "./policy-service.js";
+export {
+  AuditService,
+  AuthService,
+  EndpointService,
+  EnrollmentService,
+  LoginRateLimiter,
+  PolicyService,
+  RoleService,
+  UserService,
+};

@@ -1,6 +1,9 @@
 import type { RouteDef } from "../registry.js";
 import { auditRoutes } from "./audit.js";
 import { authRoutes } from "./auth.js";
+import { endpointRoutes } from "./endpoints.js";
+import { enrollmentRoutes } from "./enrollment.js";
+import { policyRoutes } from "./policies.js";
 import { roleRoutes } from "./roles.js";
 import { tokenRoutes } from "./tokens.js";
 import { userRoutes } from "./users.js";
@@ -12,4 +15,7 @@ export const apiRoutes: RouteDef[] = [
   ...userRoutes,
   ...roleRoutes,
   ...auditRoutes,
+  ...enrollmentRoutes,
+  ...endpointRoutes,
+  ...policyRoutes,
 ];
