@@ -8,6 +8,7 @@ import {
   findTestPostgres,
   newTestSchema,
 } from "../../../packages/catalog/test/pg-helper.js";
+import { runFleetSuite } from "./fleet-suite.js";
 import { runServerSuite } from "./suite.js";
 
 const dir = mkdtempSync(join(tmpdir(), "strata-server-"));
@@ -15,6 +16,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("SQLite catalog", () => {
   runServerSuite("sqlite", () => openSqliteServerStore(join(dir, "catalog.db")));
+  runFleetSuite("sqlite", () => openSqliteServerStore(join(dir, "fleet.db")));
 });
 
 const target = await findTestPostgres();
@@ -23,4 +25,5 @@ if (target.skip) console.warn(`\n[server] SKIPPING the PostgreSQL server suite: 
 describe.skipIf(!target.url)("PostgreSQL catalog", () => {
   afterAll(() => dropTestSchemas(target.url ?? ""));
   runServerSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
+  runFleetSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
 });
