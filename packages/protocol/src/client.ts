@@ -13,6 +13,22 @@ import {
   type WhoAmI,
 } from "./api.js";
 import { ApiError, type ApiErrorBody } from "./errors.js";
+import type {
+  AgentSelf,
+  ApproveEndpointRequest,
+  CreatedEnrollmentToken,
+  CreateEnrollmentTokenRequest,
+  Cvd,
+  CvdSnapshotSummary,
+  Endpoint,
+  EndpointDetail,
+  EndpointFacts,
+  EndpointState,
+  EnrollmentToken,
+  EnrollResponse,
+  PolicyDetail,
+  PolicySummary,
+} from "./fleet.js";
 
 /** The subset of `fetch` the client needs; the CLI passes one bound to a certificate-pinning agent. */
 export type FetchLike = (
@@ -25,6 +41,8 @@ export interface ClientOptions {
   baseUrl: string;
   token?: string;
   fetch?: FetchLike;
+  /** Sent with every request (agents: `Strata-Protocol`). */
+  headers?: Record<string, string>;
 }
 
 /**
@@ -35,19 +53,41 @@ export class StrataClient {
   readonly baseUrl: string;
   private token: string | undefined;
   private readonly doFetch: FetchLike;
+  private readonly headers: Record<string, string>;
 
   constructor(opts: ClientOptions) {
     this.baseUrl = opts.baseUrl.replace(/\/+$/, "");
     this.token = opts.token;
     this.doFetch = opts.fetch ?? ((url, init) => fetch(url, init));
+    this.headers = { ...opts.headers };
   }
 
   withToken(token: string): StrataClient {
-    return new StrataClient({ baseUrl: this.baseUrl, token, fetch: this.doFetch });
+    return new StrataClient({ baseUrl: this.baseUrl, token, fetch: this.doFetch, headers: this.headers });
   }
 
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = { accept: "application/json" };
+  async request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    extra: Record<string, string> = {},
+  ): Promise<T> {
+    const text = await this.requestText(method, path, body, extra);
+    try {
+      return (text === "" ? undefined : JSON.parse(text)) as T;
+    } catch {
+      return undefined as T;
+    }
+  }
+
+  /** The response body as text (errors still come back as ApiError). */
+  async requestText(
+    method: string,
+    path: string,
+    body?: unknown,
+    extra: Record<string, string> = {},
+  ): Promise<string> {
+    const headers: Record<string, string> = { accept: "application/json", ...this.headers, ...extra };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     const init: { method: string; headers: Record<string, string>; body?: string } = { method, headers };
     if (body !== undefined) {
@@ -56,13 +96,13 @@ export class StrataClient {
     }
     const res = await this.doFetch(this.baseUrl + path, init);
     const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text === "" ? undefined : JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
     if (res.status >= 400) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
       const err = (parsed as { error?: ApiErrorBody } | undefined)?.error;
       throw new ApiError(
         res.status,
@@ -71,7 +111,7 @@ export class StrataClient {
           : { code: "INTERNAL", message: `HTTP ${res.status} from ${this.baseUrl}: ${text.slice(0, 200)}` },
       );
     }
-    return parsed as T;
+    return text;
   }
 
   // auth
@@ -154,5 +194,72 @@ export class StrataClient {
   // system
   system(): Promise<SystemInfo> {
     return this.request("GET", `${API_PREFIX}/system`);
+  }
+  // agent (enrollment token or endpoint credential as the token)
+  enroll(facts: EndpointFacts, idempotencyKey: string): Promise<EnrollResponse> {
+    return this.request("POST", `${API_PREFIX}/enroll`, { facts }, { "idempotency-key": idempotencyKey });
+  }
+  agentSelf(): Promise<AgentSelf> {
+    return this.request("GET", `${API_PREFIX}/agent/self`);
+  }
+  // enrollment tokens
+  createEnrollmentToken(req: CreateEnrollmentTokenRequest): Promise<CreatedEnrollmentToken> {
+    return this.request("POST", `${API_PREFIX}/enrollment-tokens`, req);
+  }
+  listEnrollmentTokens(): Promise<EnrollmentToken[]> {
+    return this.request("GET", `${API_PREFIX}/enrollment-tokens`);
+  }
+  revokeEnrollmentToken(id: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/enrollment-tokens/${encodeURIComponent(id)}`);
+  }
+  // endpoints
+  listEndpoints(state?: EndpointState): Promise<Endpoint[]> {
+    return this.request("GET", `${API_PREFIX}/endpoints${state ? `?state=${state}` : ""}`);
+  }
+  getEndpoint(id: string): Promise<EndpointDetail> {
+    return this.request("GET", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}`);
+  }
+  approveEndpoint(id: string, req: ApproveEndpointRequest = {}): Promise<EndpointDetail> {
+    return this.request("POST", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/approve`, req);
+  }
+  disableEndpoint(id: string): Promise<EndpointDetail> {
+    return this.request("POST", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/disable`);
+  }
+  // CVDs
+  listCvds(): Promise<Cvd[]> {
+    return this.request("GET", `${API_PREFIX}/cvds`);
+  }
+  getCvd(id: string): Promise<Cvd> {
+    return this.request("GET", `${API_PREFIX}/cvds/${encodeURIComponent(id)}`);
+  }
+  cvdSnapshots(id: string): Promise<CvdSnapshotSummary[]> {
+    return this.request("GET", `${API_PREFIX}/cvds/${encodeURIComponent(id)}/snapshots`);
+  }
+  setCvdPolicy(id: string, policy: string): Promise<Cvd> {
+    return this.request("PUT", `${API_PREFIX}/cvds/${encodeURIComponent(id)}/policy`, { policy });
+  }
+  // upload policies (by id or name)
+  listPolicies(): Promise<PolicySummary[]> {
+    return this.request("GET", `${API_PREFIX}/policies`);
+  }
+  getPolicy(ref: string): Promise<PolicyDetail> {
+    return this.request("GET", `${API_PREFIX}/policies/${encodeURIComponent(ref)}`);
+  }
+  createPolicy(policy: unknown): Promise<PolicyDetail> {
+    return this.request("POST", `${API_PREFIX}/policies`, policy);
+  }
+  updatePolicy(ref: string, policy: unknown): Promise<PolicyDetail> {
+    return this.request("PUT", `${API_PREFIX}/policies/${encodeURIComponent(ref)}`, policy);
+  }
+  deletePolicy(ref: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/policies/${encodeURIComponent(ref)}`);
+  }
+  /** The export document, as the server wrote it. */
+  exportPolicy(ref: string): Promise<string> {
+    return this.requestText("GET", `${API_PREFIX}/policies/${encodeURIComponent(ref)}/export`);
+  }
+  importPolicy(document: unknown, name?: string): Promise<PolicyDetail> {
+    const q = name ? `?name=${encodeURIComponent(name)}` : "";
+    return this.request("POST", `${API_PREFIX}/policies/import${q}`, document);
   }
 }

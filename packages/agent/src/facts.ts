@@ -1,0 +1,129 @@
+/**
+ * The endpoint's facts, read from a root directory (`/`, or a chroot or a
+ * test fixture): hostname, machine id, OS, kernel, architecture, CPU,
+ * memory, disks (/sys/block) and MAC addresses (/sys/class/net). Every
+ * source is optional: a missing or unreadable file leaves its fact out (or,
+ * for what the running kernel knows — kernel, CPU, memory — falls back to
+ * node:os). Strings and lists are cut to the protocol's bounds.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { type EndpointFacts, FACTS_MAX_ITEMS, FACTS_MAX_STRING } from "@strata/protocol";
+
+/** EndpointFacts, except that the machine id may be missing (enroll refuses that). */
+export type GatheredFacts = Omit<EndpointFacts, "machineId"> & { machineId: string | null };
+
+export interface FactsOptions {
+  /** The endpoint's root directory (default `/`). */
+  root?: string;
+  agentVersion?: string;
+  agentStateDir?: string;
+}
+
+/** Block devices that are not disks. */
+const NOT_DISKS = /^(loop|ram|zram|dm-|md|sr|fd|nbd)\d*/;
+
+const cut = (s: string) => s.slice(0, FACTS_MAX_STRING);
+
+function read(root: string, rel: string): string | null {
+  try {
+    return readFileSync(path.join(root, rel), "utf8");
+  } catch {
+    return null;
+  }
+}
+
+function list(root: string, rel: string): string[] {
+  try {
+    return readdirSync(path.join(root, rel)).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** `KEY=value` lines of os-release(5), with shell quoting removed. */
+export function parseOsRelease(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (!m) continue;
+    let v = m[2]!;
+    if (/^".*"$|^'.*'$/.test(v)) v = v.slice(1, -1).replace(/\\(["\\$`])/g, "$1");
+    out[m[1]!] = v;
+  }
+  return out;
+}
+
+function machineId(root: string): string | null {
+  for (const rel of ["etc/machine-id", "var/lib/dbus/machine-id"]) {
+    const v = read(root, rel)?.trim().toLowerCase();
+    if (v && /^[0-9a-f]{32}$/.test(v)) return v;
+  }
+  return null;
+}
+
+function cpu(root: string): { model?: string; count?: number } {
+  const info = read(root, "proc/cpuinfo");
+  if (info) {
+    const count = info.split("\n").filter((l) => /^processor\s*:/.test(l)).length;
+    const model = /^model name\s*:\s*(.+)$/m.exec(info)?.[1]?.trim();
+    if (count > 0) return { ...(model ? { model: cut(model) } : {}), count };
+  }
+  const cpus = os.cpus();
+  return cpus.length ? { model: cut(cpus[0]!.model.trim()), count: cpus.length } : {};
+}
+
+function memoryBytes(root: string): number {
+  const kb = /^MemTotal:\s+(\d+)\s*kB/m.exec(read(root, "proc/meminfo") ?? "")?.[1];
+  return kb ? Number(kb) * 1024 : os.totalmem();
+}
+
+function disks(root: string): { name: string; sizeBytes: number; model?: string }[] {
+  const out: { name: string; sizeBytes: number; model?: string }[] = [];
+  for (const name of list(root, "sys/block")) {
+    if (NOT_DISKS.test(name)) continue;
+    const sectors = Number(read(root, `sys/block/${name}/size`)?.trim());
+    if (!Number.isFinite(sectors)) continue;
+    const model = read(root, `sys/block/${name}/device/model`)?.trim();
+    out.push({ name: cut(name), sizeBytes: sectors * 512, ...(model ? { model: cut(model) } : {}) });
+  }
+  return out.slice(0, FACTS_MAX_ITEMS);
+}
+
+function macs(root: string): string[] {
+  const out: string[] = [];
+  for (const dev of list(root, "sys/class/net")) {
+    if (dev === "lo") continue;
+    const mac = read(root, `sys/class/net/${dev}/address`)?.trim().toLowerCase();
+    if (mac && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac) && mac !== "00:00:00:00:00:00") out.push(mac);
+  }
+  return [...new Set(out)].slice(0, FACTS_MAX_ITEMS);
+}
+
+export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
+  const root = path.resolve(o.root ?? "/");
+  const isHost = root === "/";
+  const hostname =
+    read(root, "etc/hostname")?.split("\n")[0]?.trim() || (isHost ? os.hostname() : "") || "localhost";
+  const rel = parseOsRelease(read(root, "etc/os-release") ?? read(root, "usr/lib/os-release") ?? "");
+  const osFacts = {
+    ...(rel.ID ? { id: cut(rel.ID) } : {}),
+    ...(rel.VERSION_ID ? { versionId: cut(rel.VERSION_ID) } : {}),
+    ...(rel.PRETTY_NAME ? { prettyName: cut(rel.PRETTY_NAME) } : {}),
+  };
+  const kernel = read(root, "proc/sys/kernel/osrelease")?.trim() || os.release();
+  return {
+    hostname: cut(hostname),
+    machineId: machineId(root),
+    ...(Object.keys(osFacts).length ? { os: osFacts } : {}),
+    kernel: cut(kernel),
+    arch: cut(os.machine()),
+    cpu: cpu(root),
+    memoryBytes: memoryBytes(root),
+    disks: disks(root),
+    macs: macs(root),
+    ...(o.agentVersion ? { agentVersion: cut(o.agentVersion) } : {}),
+    ...(o.agentStateDir ? { agentStateDir: cut(o.agentStateDir) } : {}),
+  };
+}
