@@ -2,6 +2,8 @@
 import { isStrataError } from "@strata/core";
 import { Command, Option } from "commander";
 import { registerAgentCommands } from "./commands/agent.js";
+import { registerAgentEnroll } from "./commands/agent-enroll.js";
+import { registerFleetCommands } from "./commands/fleet.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerServerCommands } from "./commands/server.js";
 import { reportError } from "./output.js";
@@ -19,7 +21,8 @@ export function buildProgram(): Command {
     .configureHelp({ sortSubcommands: false });
   registerRepoCommands(program);
   registerServerCommands(program);
-  registerAgentCommands(program);
+  registerFleetCommands(program);
+  registerAgentEnroll(registerAgentCommands(program));
   return program;
 }
 

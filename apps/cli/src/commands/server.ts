@@ -5,18 +5,17 @@
  * --fingerprint); the client itself is @strata/protocol's.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { homedir, hostname } from "node:os";
 import * as path from "node:path";
 import { createInterface } from "node:readline/promises";
-import type { TLSSocket } from "node:tls";
+import { fetchServerFingerprint, normalizeServerUrl, pinnedFetch } from "@strata/agent";
 import { StrataError } from "@strata/core";
-import { ApiError, type FetchLike, StrataClient } from "@strata/protocol";
+import { ApiError, normalizeFingerprint, StrataClient } from "@strata/protocol";
 import type { Command } from "commander";
 import { type GlobalOptions, readPassword } from "../context.js";
 import { printJson } from "../output.js";
 
-type Opts = GlobalOptions & Record<string, unknown>;
+export type Opts = GlobalOptions & Record<string, unknown>;
 
 // ---- credentials -----------------------------------------------------------
 
@@ -53,70 +52,6 @@ function writeCredentials(c: Credentials): void {
   renameSync(tmp, f);
 }
 
-function normalizeUrl(u: string): string {
-  let url: URL;
-  try {
-    url = new URL(/^[a-z]+:\/\//i.test(u) ? u : `https://${u}`);
-  } catch {
-    throw new StrataError("INVALID_ARGUMENT", `${u} is not a server URL`, { hint: "use https://HOST:8640" });
-  }
-  if (url.protocol !== "https:") throw new StrataError("INVALID_ARGUMENT", "the server URL must be https://");
-  if (!url.port) url.port = "8640";
-  return `https://${url.host}`;
-}
-
-// ---- pinned HTTPS ----------------------------------------------------------
-
-/** A fetch whose TLS connections are accepted only when the server certificate has fingerprint `pin` (null: any, recorded in `seen`). */
-export function pinnedFetch(pin: string | null, seen: { fingerprint?: string } = {}): FetchLike {
-  // Loaded on use: commands that never talk to a server (backup, restore…)
-  // should not pay for the HTTP client at start-up.
-  const {
-    Agent,
-    buildConnector,
-    fetch: undiciFetch,
-  } = createRequire(import.meta.url)("undici") as typeof import("undici");
-  const connect = buildConnector({ rejectUnauthorized: false });
-  const agent = new Agent({
-    connect: (opts, cb) =>
-      connect(opts, (err, socket) => {
-        if (err || !socket) return cb(err ?? new Error("no socket"), null);
-        const got = (socket as TLSSocket).getPeerCertificate?.()?.fingerprint256;
-        seen.fingerprint = got;
-        if (pin && got !== pin) {
-          socket.destroy();
-          return cb(
-            new StrataError(
-              "PERMISSION_DENIED",
-              `the server's certificate (SHA256 ${got}) is not the pinned one (${pin})`,
-              {
-                hint: "someone may be intercepting the connection; if the server's certificate really changed, log in again with --fingerprint NEW",
-              },
-            ),
-            null,
-          );
-        }
-        cb(null, socket);
-      }),
-  });
-  return async (url, init) => {
-    try {
-      const res = await undiciFetch(url, { ...init, dispatcher: agent });
-      return { status: res.status, text: () => res.text() };
-    } catch (e) {
-      const cause = (e as { cause?: unknown }).cause;
-      if (cause instanceof StrataError) throw cause;
-      throw new StrataError(
-        "IO_ERROR",
-        `cannot reach ${url}: ${(cause as Error)?.message ?? (e as Error).message}`,
-        {
-          hint: "check the URL and that `strata server` is running",
-        },
-      );
-    }
-  };
-}
-
 function fromApi(e: unknown): never {
   if (e instanceof ApiError) {
     const codes = [
@@ -126,6 +61,9 @@ function fromApi(e: unknown): never {
       "WRONG_PASSWORD",
       "PERMISSION_DENIED",
       "LOCKED",
+      "UNSUPPORTED",
+      "IO_ERROR",
+      "NO_SPACE",
     ];
     const code = (codes.includes(e.code) ? e.code : "INTERNAL") as "INTERNAL";
     throw new StrataError(code, e.message, e.hint ? { hint: e.hint } : {});
@@ -134,9 +72,9 @@ function fromApi(e: unknown): never {
 }
 
 /** The client for the current (or --server) login. */
-function client(o: Opts): StrataClient {
+export function client(o: Opts): StrataClient {
   const creds = readCredentials();
-  const url = o.server ? normalizeUrl(String(o.server)) : creds.current;
+  const url = o.server ? normalizeServerUrl(String(o.server)) : creds.current;
   const entry = url ? creds.servers[url] : undefined;
   if (!url || !entry) {
     throw new StrataError("INVALID_ARGUMENT", "not logged in to a server", {
@@ -146,7 +84,8 @@ function client(o: Opts): StrataClient {
   return new StrataClient({ baseUrl: url, token: entry.token, fetch: pinnedFetch(entry.fingerprint) });
 }
 
-async function call<T>(p: Promise<T>): Promise<T> {
+/** Await an API call, turning the server's error into a StrataError the CLI reports. */
+export async function call<T>(p: Promise<T>): Promise<T> {
   try {
     return await p;
   } catch (e) {
@@ -177,7 +116,7 @@ async function passwordFrom(o: Opts, question: string): Promise<string> {
   return prompt(question);
 }
 
-function table(rows: string[][]): string {
+export function table(rows: string[][]): string {
   const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
   return `${rows
     .map((r) =>
@@ -251,11 +190,10 @@ export function registerServerCommands(program: Command): void {
     .addHelpText("after", "\nThe password comes from --password-file FILE, $STRATA_PASSWORD, or a prompt.")
     .action(async () => {
       const o = login.optsWithGlobals() as Opts;
-      const url = normalizeUrl(String(o.server));
+      const url = normalizeServerUrl(String(o.server));
       const creds = readCredentials();
       let pin: string | null = null;
       if (o.fingerprint) {
-        const { normalizeFingerprint } = await import("@strata/server");
         pin = normalizeFingerprint(String(o.fingerprint));
         if (!pin)
           throw new StrataError("INVALID_ARGUMENT", `${o.fingerprint} is not a SHA-256 fingerprint`, {
@@ -264,12 +202,9 @@ export function registerServerCommands(program: Command): void {
       } else if (creds.servers[url]) {
         pin = creds.servers[url].fingerprint; // pinned earlier: a changed certificate is refused
       }
-      const seen: { fingerprint?: string } = {};
       if (!pin) {
         // Trust on first use: learn the fingerprint on a request that carries no secret.
-        await pinnedFetch(null, seen)(`${url}/healthz`, { method: "GET", headers: {} });
-        pin = seen.fingerprint ?? null;
-        if (!pin) throw new StrataError("IO_ERROR", `${url} presented no certificate`);
+        pin = await fetchServerFingerprint(url);
         process.stderr.write(`trusting the server certificate on first use: SHA256 ${pin}\n`);
       }
       const user = String(o.user ?? process.env.USER ?? "admin");

@@ -1,0 +1,416 @@
+/**
+ * The fleet's admin commands, over the stored login (`strata login`):
+ *
+ * - `strata tokens`: enrollment tokens for endpoints (create, list, revoke);
+ * - `strata endpoints`: list, show, approve, disable;
+ * - `strata cvd`: list, show, snapshots, set-policy;
+ * - `strata policy`: upload policies (list, show, create, update, delete,
+ *   export, import).
+ *
+ * Handlers fetch data and print it, as a table or with --json as JSON.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { StrataError } from "@strata/core";
+import type { Cvd, Endpoint, EndpointDetail, EnrollmentToken, PolicyDetail } from "@strata/protocol";
+import type { Command } from "commander";
+import { printJson } from "../output.js";
+import { call, client, type Opts, table } from "./server.js";
+
+const opts = (cmd: Command) => cmd.optsWithGlobals() as Opts;
+const out = (s: string) => process.stdout.write(s);
+const dash = (v: string | null | undefined) => v ?? "-";
+
+/** `30m`, `24h`, `7d` (or plain minutes) as minutes. */
+export function parseDuration(s: string): number {
+  const m = /^(\d+)\s*([mhd]?)$/.exec(s.trim());
+  if (!m || Number(m[1]) <= 0) {
+    throw new StrataError("INVALID_ARGUMENT", `${s} is not a duration`, { hint: "use e.g. 30m, 24h or 7d" });
+  }
+  return Number(m[1]) * ({ "": 1, m: 1, h: 60, d: 1440 } as const)[m[2] as "" | "m" | "h" | "d"];
+}
+
+function positiveInt(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1)
+    throw new StrataError("INVALID_ARGUMENT", `${s} is not a positive integer`);
+  return n;
+}
+
+function readJsonFile(file: string): unknown {
+  let text: string;
+  try {
+    text = file === "-" ? readFileSync(0, "utf8") : readFileSync(file, "utf8");
+  } catch (e) {
+    throw new StrataError("INVALID_ARGUMENT", `cannot read ${file}: ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new StrataError("INVALID_ARGUMENT", `${file} is not JSON: ${(e as Error).message}`, {
+      hint: "start from `strata policy export Default`",
+    });
+  }
+}
+
+function tokenRows(list: EnrollmentToken[]): string {
+  return table([
+    ["ID", "STATUS", "USES LEFT", "EXPIRES", "POLICY", "AUTO-APPROVE", "CREATED BY"],
+    ...list.map((t) => [
+      t.id,
+      t.status,
+      `${t.usesLeft}/${t.maxUses}`,
+      t.expiresAt,
+      dash(t.policy),
+      t.autoApprove ? "yes" : "no",
+      t.createdBy,
+    ]),
+  ]);
+}
+
+function endpointRows(list: Endpoint[]): string {
+  return table([
+    ["ID", "HOSTNAME", "STATE", "CVD", "OS", "LAST SEEN"],
+    ...list.map((e) => [
+      e.id,
+      e.hostname,
+      e.state + (e.duplicateMachineId ? " (duplicate machine id)" : ""),
+      dash(e.cvdId),
+      dash(e.os),
+      dash(e.lastSeenAt),
+    ]),
+  ]);
+}
+
+function showEndpoint(e: EndpointDetail): string {
+  const f = e.facts as { kernel?: string; arch?: string; memoryBytes?: number; macs?: string[] };
+  const lines = [
+    `endpoint ${e.id}`,
+    `  hostname:    ${e.hostname}`,
+    `  state:       ${e.state}`,
+    `  machine id:  ${e.machineId}${e.duplicateMachineId ? "  (DUPLICATE: a clone or a re-install; check before approving)" : ""}`,
+    `  CVD:         ${dash(e.cvdId)}`,
+    `  OS:          ${dash(e.os)}`,
+    `  kernel:      ${dash(f.kernel)} ${f.arch ?? ""}`.trimEnd(),
+    `  memory:      ${f.memoryBytes ? `${Math.round(f.memoryBytes / 2 ** 20)} MiB` : "-"}`,
+    `  MACs:        ${(f.macs ?? []).join(", ") || "-"}`,
+    `  enrolled:    ${e.createdAt}${e.enrollmentTokenId ? ` with token ${e.enrollmentTokenId}` : ""}`,
+    `  last seen:   ${dash(e.lastSeenAt)}`,
+  ];
+  if (e.sameMachineId.length) lines.push(`  same machine id as: ${e.sameMachineId.join(", ")}`);
+  if (e.state === "pending") lines.push(`\napprove it with \`strata endpoints approve ${e.id}\``);
+  return `${lines.join("\n")}\n`;
+}
+
+function cvdRows(list: Cvd[]): string {
+  return table([
+    ["ID", "ENDPOINT", "HOSTNAME", "POLICY", "CREATED"],
+    ...list.map((c) => [
+      c.id,
+      dash(c.endpointId),
+      dash(c.hostname),
+      `${c.policy} (v${c.policyVersion})`,
+      c.createdAt,
+    ]),
+  ]);
+}
+
+function showPolicy(p: PolicyDetail): string {
+  const rules = (name: string, list: { dir: string; pattern?: string }[]) =>
+    `  ${name}:${list.length ? "" : " -"}\n${list.map((r) => `    ${r.dir}${r.pattern ? `  ${r.pattern}` : ""}\n`).join("")}`;
+  const r = p.policy.retention;
+  return (
+    `policy ${p.name} (${p.id}, version ${p.version}${p.isDefault ? ", the default" : ""})\n` +
+    `  interval:  every ${p.policy.intervalMinutes} min\n` +
+    `  retention: ${r.hourly} hourly, ${r.daily} daily, ${r.weekly} weekly, ${r.monthly} monthly\n` +
+    `  bandwidth: ${p.policy.bandwidthLimitKBps ? `${p.policy.bandwidthLimitKBps} KiB/s` : "unlimited"}\n` +
+    rules("unprotected", p.policy.unprotected) +
+    rules("unprotected exceptions", p.policy.unprotectedExceptions) +
+    rules("user area", p.policy.userArea) +
+    rules("user area exceptions", p.policy.userAreaExceptions) +
+    `  used by:   ${p.usage.cvds} CVD(s), ${p.usage.enrollmentTokens} enrollment token(s)\n`
+  );
+}
+
+export function registerFleetCommands(program: Command): void {
+  // ---- enrollment tokens ---------------------------------------------------
+  const tokens = program
+    .command("tokens")
+    .description("enrollment tokens: what an endpoint's agent needs to enroll (`strata agent enroll`)");
+  tokens
+    .command("create")
+    .description(
+      "create an enrollment token; prints it (once), the server's fingerprint and the command to run on the endpoint",
+    )
+    .option("--uses <n>", "how many endpoints may enroll with it", positiveInt, 1)
+    .option("--expires <duration>", "valid for this long: 30m, 24h, 7d", "24h")
+    .option(
+      "--policy <name>",
+      "upload policy of the CVDs of endpoints it auto-approves (default: the default policy)",
+    )
+    .option(
+      "--auto-approve",
+      "endpoints enrolling with it get a CVD at once (never a clone: duplicates stay pending)",
+    )
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const c = client(o);
+      const t = await call(
+        c.createEnrollmentToken({
+          uses: o.uses as number,
+          expiresInMinutes: parseDuration(String(o.expires)),
+          ...(o.policy ? { policy: String(o.policy) } : {}),
+          ...(o.autoApprove ? { autoApprove: true } : {}),
+        }),
+      );
+      const fp = t.serverFingerprint;
+      const enroll = `strata agent enroll --server ${c.baseUrl} --token ${t.token}${fp ? ` --fingerprint ${fp}` : ""}`;
+      if (o.json) return printJson({ ...t, server: c.baseUrl, enrollCommand: enroll });
+      out(
+        `enrollment token ${t.id} (${t.maxUses} use(s), valid until ${t.expiresAt}${t.autoApprove ? ", auto-approves" : ""}); shown only now:\n\n` +
+          `    ${t.token}\n\n` +
+          `server certificate SHA256 fingerprint: ${dash(fp)}\n\n` +
+          `on the endpoint, as root, run:\n\n    ${enroll}\n\n` +
+          (t.autoApprove ? "" : "then approve it with `strata endpoints approve ENDPOINT_ID`\n"),
+      );
+    });
+  tokens
+    .command("list")
+    .alias("ls")
+    .description("list enrollment tokens (never their secrets)")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const list = await call(client(o).listEnrollmentTokens());
+      if (o.json) return printJson(list);
+      out(list.length ? tokenRows(list) : "no enrollment tokens; create one with `strata tokens create`\n");
+    });
+  tokens
+    .command("revoke")
+    .description("revoke an enrollment token (endpoints already enrolled with it stay)")
+    .argument("<id>", "the token's id (see `strata tokens list`)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      await call(client(o).revokeEnrollmentToken(id));
+      if (o.json) return printJson({ revoked: id });
+      out(`revoked enrollment token ${id}\n`);
+    });
+
+  // ---- endpoints -----------------------------------------------------------
+  const endpoints = program
+    .command("endpoints")
+    .description("the managed machines: list, show, approve, disable");
+  endpoints
+    .command("list")
+    .alias("ls")
+    .description("list endpoints")
+    .option("--state <state>", "only pending, active or disabled ones")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const state = o.state as string | undefined;
+      if (state && !["pending", "active", "disabled"].includes(state)) {
+        throw new StrataError("INVALID_ARGUMENT", `unknown state ${state}`, {
+          hint: "pending, active or disabled",
+        });
+      }
+      const list = await call(client(o).listEndpoints(state as "pending" | undefined));
+      if (o.json) return printJson(list);
+      out(
+        list.length
+          ? endpointRows(list)
+          : "no endpoints; enroll one with `strata tokens create` and `strata agent enroll`\n",
+      );
+    });
+  endpoints
+    .command("show")
+    .description("show an endpoint: state, CVD, facts, endpoints with the same machine id")
+    .argument("<id>", "endpoint id (ep_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const e = await call(client(o).getEndpoint(id));
+      if (o.json) return printJson(e);
+      out(showEndpoint(e));
+    });
+  endpoints
+    .command("approve")
+    .description(
+      "approve an endpoint: a new CVD with a policy, or --cvd to give it an existing CVD (a replacement device)",
+    )
+    .argument("<id>", "endpoint id (ep_…)")
+    .option("--policy <name>", "upload policy of the new CVD (default: the default policy)")
+    .option("--cvd <id>", "attach this existing CVD instead (disable its old endpoint first)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const e = await call(
+        client(o).approveEndpoint(id, {
+          ...(o.policy ? { policy: String(o.policy) } : {}),
+          ...(o.cvd ? { cvd: String(o.cvd) } : {}),
+        }),
+      );
+      if (o.json) return printJson(e);
+      out(
+        `approved ${e.id} (${e.hostname}): CVD ${dash(e.cvdId)}; its agent starts protecting at its next check-in\n`,
+      );
+    });
+  endpoints
+    .command("disable")
+    .description(
+      "disable an endpoint: its credential stops working (except to learn it is disabled); its CVD is kept",
+    )
+    .argument("<id>", "endpoint id (ep_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const e = await call(client(o).disableEndpoint(id));
+      if (o.json) return printJson(e);
+      out(`disabled ${e.id} (${e.hostname}); its CVD ${dash(e.cvdId)} is kept\n`);
+    });
+
+  // ---- CVDs ----------------------------------------------------------------
+  const cvd = program
+    .command("cvd")
+    .description("CVDs, the endpoints' centralized copies: list, show, snapshots, set-policy");
+  cvd
+    .command("list")
+    .alias("ls")
+    .description("list CVDs with their endpoint and policy")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const list = await call(client(o).listCvds());
+      if (o.json) return printJson(list);
+      out(list.length ? cvdRows(list) : "no CVDs; approving an endpoint creates one\n");
+    });
+  cvd
+    .command("show")
+    .description("show a CVD")
+    .argument("<id>", "CVD id (cvd_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const c = await call(client(o).getCvd(id));
+      if (o.json) return printJson(c);
+      out(
+        `CVD ${c.id}\n  endpoint: ${dash(c.endpointId)} ${c.hostname ? `(${c.hostname})` : ""}\n  policy:   ${c.policy} (version ${c.policyVersion})\n  created:  ${c.createdAt}\n  snoozed until: ${dash(c.snoozedUntil)}\n`,
+      );
+    });
+  cvd
+    .command("snapshots")
+    .description("list a CVD's snapshots, newest first")
+    .argument("<id>", "CVD id (cvd_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const list = await call(client(o).cvdSnapshots(id));
+      if (o.json) return printJson(list);
+      out(
+        list.length
+          ? table([
+              ["ID", "TIME", "KIND", "HOSTNAME", "FILES"],
+              ...list.map((s) => [s.id.slice(0, 16), s.time, s.kind, s.hostname, String(s.totalFiles)]),
+            ])
+          : `CVD ${id} has no snapshots yet\n`,
+      );
+    });
+  cvd
+    .command("set-policy")
+    .description("give a CVD another upload policy (its agent picks it up at its next check-in)")
+    .argument("<id>", "CVD id (cvd_…)")
+    .argument("<policy>", "policy name or id")
+    .action(async (id: string, policy: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const c = await call(client(o).setCvdPolicy(id, policy));
+      if (o.json) return printJson(c);
+      out(`CVD ${c.id} now has policy ${c.policy} (version ${c.policyVersion})\n`);
+    });
+
+  // ---- upload policies -----------------------------------------------------
+  const policy = program
+    .command("policy")
+    .description("upload policies: what endpoints protect, how often, how long");
+  policy
+    .command("list")
+    .alias("ls")
+    .description("list upload policies")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const list = await call(client(o).listPolicies());
+      if (o.json) return printJson(list);
+      out(
+        table([
+          ["NAME", "ID", "VERSION", "INTERVAL", "UPDATED"],
+          ...list.map((p) => [
+            p.name + (p.isDefault ? " (default)" : ""),
+            p.id,
+            String(p.version),
+            `${p.intervalMinutes} min`,
+            p.updatedAt,
+          ]),
+        ]),
+      );
+    });
+  policy
+    .command("show")
+    .description("show a policy's rules and who uses it")
+    .argument("<name>", "policy name or id")
+    .action(async (name: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const p = await call(client(o).getPolicy(name));
+      if (o.json) return printJson(p);
+      out(showPolicy(p));
+    });
+  policy
+    .command("create")
+    .description(
+      "create a policy from a JSON file (a policy object, or a `policy export` document); fields left out take defaults",
+    )
+    .requiredOption("--file <file>", "JSON file (- for stdin)")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const p = await call(client(o).createPolicy(readJsonFile(String(o.file))));
+      if (o.json) return printJson(p);
+      out(`created policy ${p.name} (${p.id})\n`);
+    });
+  policy
+    .command("update")
+    .description("replace a policy with a JSON file (edit a `policy export`; a stale version is refused)")
+    .argument("<name>", "policy name or id")
+    .requiredOption("--file <file>", "JSON file (- for stdin)")
+    .action(async (name: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const p = await call(client(o).updatePolicy(name, readJsonFile(String(o.file))));
+      if (o.json) return printJson(p);
+      out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+    });
+  policy
+    .command("delete")
+    .description("delete a policy no CVD or enrollment token uses")
+    .argument("<name>", "policy name or id")
+    .action(async (name: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      await call(client(o).deletePolicy(name));
+      if (o.json) return printJson({ deleted: name });
+      out(`deleted policy ${name}\n`);
+    });
+  policy
+    .command("export")
+    .description("print a policy as a portable JSON document (or write it with --output)")
+    .argument("<name>", "policy name or id")
+    .option("--output <file>", "write to FILE instead of stdout")
+    .action(async (name: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const doc = await call(client(o).exportPolicy(name));
+      if (o.output) {
+        writeFileSync(String(o.output), doc);
+        if (o.json) printJson({ exported: name, file: o.output });
+        else out(`wrote ${o.output}\n`);
+      } else out(doc);
+    });
+  policy
+    .command("import")
+    .description("create a policy from a `policy export` document")
+    .requiredOption("--file <file>", "the exported document (- for stdin)")
+    .option("--name <name>", "import it under this name")
+    .action(async (_a, cmd: Command) => {
+      const o = opts(cmd);
+      const p = await call(
+        client(o).importPolicy(readJsonFile(String(o.file)), o.name ? String(o.name) : undefined),
+      );
+      if (o.json) return printJson(p);
+      out(`imported policy ${p.name} (${p.id})\n`);
+    });
+}
