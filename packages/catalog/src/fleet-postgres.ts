@@ -171,7 +171,7 @@ export class PostgresFleetStore implements FleetStore {
 
   async ensurePolicy(p: PolicyRecord): Promise<PolicyRecord> {
     await this.q(this.insertPolicySql("ON CONFLICT DO NOTHING"), this.policyArgs(p));
-    return (await this.getPolicyByName(p.name))!;
+    return (await this.getPolicy(p.id)) ?? (await this.getPolicyByName(p.name))!;
   }
 
   async getPolicy(id: string): Promise<PolicyRecord | null> {

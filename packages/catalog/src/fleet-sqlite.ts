@@ -151,7 +151,7 @@ export class SqliteFleetStore implements FleetStore {
 
   async ensurePolicy(p: PolicyRecord): Promise<PolicyRecord> {
     this.insertPolicy(p, true);
-    return (await this.getPolicyByName(p.name))!;
+    return (await this.getPolicy(p.id)) ?? (await this.getPolicyByName(p.name))!;
   }
 
   async getPolicy(id: string): Promise<PolicyRecord | null> {

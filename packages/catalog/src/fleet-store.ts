@@ -8,7 +8,8 @@
  *   in one query (no per-row follow-up), ordered as documented.
  * - createPolicy / createEnrollmentToken MUST throw ALREADY_EXISTS on a taken
  *   id, name or hash and leave the store unchanged. ensurePolicy MUST be
- *   safe when two nodes call it at once: both get the same stored row.
+ *   safe when two nodes call it at once: both get the same stored row, the
+ *   one with p's id if there is one, else the one with p's name.
  * - updatePolicy MUST bump the version by exactly one per call and return
  *   null for a missing policy. deletePolicy MUST throw INVALID_ARGUMENT while
  *   a CVD or an enrollment token names the policy, and return false when it
@@ -106,7 +107,11 @@ export interface EndpointFilter {
 
 export interface FleetStore {
   createPolicy(p: PolicyRecord): Promise<void>;
-  /** Creates `p` unless a policy with its name exists; returns the stored policy of that name either way. */
+  /**
+   * Creates `p` unless a policy with its id or name exists. Returns the
+   * stored policy with p's id, or else the one with p's name (a renamed
+   * default policy stays the default).
+   */
   ensurePolicy(p: PolicyRecord): Promise<PolicyRecord>;
   getPolicy(id: string): Promise<PolicyRecord | null>;
   getPolicyByName(name: string): Promise<PolicyRecord | null>;

@@ -93,6 +93,7 @@ export function runFleetStoreContract(name: string, open: () => Promise<ServerSt
       ]);
       expect(both[0]).toEqual(both[1]);
       expect(await s.ensurePolicy(policy("Default", "pol_again"))).toEqual(d);
+      expect(await s.getPolicy("pol_again")).toBeNull();
       expect((await s.listPolicies()).map((p) => p.name)).toEqual(["Default", "Laptops"]);
       const u = await s.updatePolicy(d.id, { name: "Default", body: { intervalMinutes: 15 } }, later(1));
       expect(u).toMatchObject({
@@ -105,6 +106,9 @@ export function runFleetStoreContract(name: string, open: () => Promise<ServerSt
       expect((await s.updatePolicy(d.id, { name: "Renamed", body: {} }, later(2)))?.version).toBe(3);
       await rejectsWith(s.updatePolicy(d.id, { name: "Laptops", body: {} }, later(3)), "ALREADY_EXISTS");
       expect((await s.getPolicy(d.id))?.name).toBe("Renamed");
+      // A renamed policy is still found by its id: a restart does not make a second "Default".
+      expect((await s.ensurePolicy(policy("Default"))).name).toBe("Renamed");
+      expect(await s.getPolicyByName("Default")).toBeNull();
       expect(await s.updatePolicy("pol_missing", { name: "x", body: {} }, later(3))).toBeNull();
       // In use by a token, then by a CVD.
       await s.createEnrollmentToken(token("00000000000000a1", { policyId: d.id }));
