@@ -39,6 +39,8 @@ export const REDACT_PATHS = [
   "*.token",
   "*.*.password",
   "*.*.token",
+  "credential",
+  "*.credential",
 ];
 
 export interface AppDeps {
