@@ -26,6 +26,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
       expect(r.rows).toEqual([
         { version: 1, name: "init" },
         { version: 2, name: "server" },
+        { version: 3, name: "fleet" },
         { version: 4, name: "uploads" },
       ]);
       const t = await cs[1]!.pool.query(

@@ -38,6 +38,7 @@ describe("SqliteCatalog specifics", () => {
     expect(db.prepare("SELECT version, name FROM schema_migrations ORDER BY version").all()).toEqual([
       { version: 1, name: "init" },
       { version: 2, name: "server" },
+      { version: 3, name: "fleet" },
       { version: 4, name: "uploads" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
