@@ -5,7 +5,6 @@
  * active with its policy. The server's log is captured and searched for
  * secrets.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -13,31 +12,13 @@ import { endpointClient } from "@strata/agent";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fakeRoot } from "../../../packages/agent/test/fixtures.js";
+import { type Run, strataAsync } from "./helpers.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-fleet-"));
-const bin = path.resolve(__dirname, "../../../bin/strata.js");
 const NEW_PW = "a long new secret phrase";
 
-function strata(
-  env: Record<string, string>,
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args], {
-      env: {
-        ...process.env,
-        HOME: path.join(dir, "home"),
-        XDG_CONFIG_HOME: "",
-        STRATA_CREDENTIALS: "",
-        ...env,
-      },
-    });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
-    p.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+function strata(env: Record<string, string>, ...args: string[]): Promise<Run> {
+  return strataAsync(path.join(dir, "home"), env, ...args);
 }
 
 /** Run and require exit 0; parse stdout when --json is given. */

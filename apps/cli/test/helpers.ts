@@ -83,3 +83,20 @@ export function hasCommand(c: string): boolean {
 export function duBytes(dir: string): number {
   return Number(sh(`du -sb ${JSON.stringify(dir)} | cut -f1`).trim());
 }
+
+/**
+ * The CLI as a child process, asynchronously (for tests whose server runs
+ * in this process), with HOME at `home` and no inherited credentials file.
+ */
+export function strataAsync(home: string, env: Record<string, string>, ...args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "", ...env },
+    });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    p.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}

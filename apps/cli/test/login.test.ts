@@ -1,36 +1,16 @@
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { loadServerConfig, startServer } from "@strata/server";
 import { afterAll, describe, expect, it } from "vitest";
+import { type Run, strataAsync } from "./helpers.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-login-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const bin = path.resolve(__dirname, "../../../bin/strata.js");
 const creds = path.join(dir, "home/.config/strata/credentials.json");
 
-/** The CLI as a child process (async: the server runs in this process). */
-function strata(
-  env: Record<string, string>,
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args], {
-      env: {
-        ...process.env,
-        HOME: path.join(dir, "home"),
-        XDG_CONFIG_HOME: "",
-        STRATA_CREDENTIALS: "",
-        ...env,
-      },
-    });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
-    p.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+function strata(env: Record<string, string>, ...args: string[]): Promise<Run> {
+  return strataAsync(path.join(dir, "home"), env, ...args);
 }
 
 describe("strata login pins the server certificate", () => {

@@ -213,25 +213,31 @@ export class EnrollmentService {
       throw e;
     }
     if (!ep) throw badEnrollmentToken(); // used up or expired meanwhile
+    return this.enrolled(ep, t, credential.token, remoteAddr, "endpoint.enroll", {
+      hostname: ep.hostname,
+      machineId: ep.machineId,
+      duplicateMachineId: ep.duplicateMachineId,
+      cvdId: ep.cvdId,
+    });
+  }
+
+  /** Audit the enrollment (the token is the actor) and answer it. */
+  private async enrolled(
+    ep: EndpointRecord,
+    t: EnrollmentTokenRecord,
+    credential: string,
+    remoteAddr: string,
+    action: string,
+    detail: Record<string, unknown>,
+  ): Promise<EnrollResponse> {
     await this.deps.audit.record({
       actor: `enrollment-token:${t.id}`,
-      action: "endpoint.enroll",
+      action,
       object: `endpoint:${ep.id}`,
-      detail: {
-        hostname: ep.hostname,
-        machineId: ep.machineId,
-        state: ep.state,
-        duplicateMachineId: ep.duplicateMachineId,
-        cvdId: ep.cvdId,
-      },
+      detail: { ...detail, state: ep.state },
       remoteAddr,
     });
-    return {
-      endpointId: ep.id,
-      credential: credential.token,
-      state: ep.state,
-      serverFingerprint: this.deps.serverFingerprint,
-    };
+    return { endpointId: ep.id, credential, state: ep.state, serverFingerprint: this.deps.serverFingerprint };
   }
 
   private async repeatEnrollment(
@@ -246,19 +252,7 @@ export class EnrollmentService {
     }
     const credential = generateSecret(ENDPOINT_CREDENTIAL_PREFIX);
     await this.deps.store.setEndpointCredential(ep.id, credential.hash);
-    await this.deps.audit.record({
-      actor: `enrollment-token:${t.id}`,
-      action: "endpoint.enroll_retry",
-      object: `endpoint:${ep.id}`,
-      detail: { state: ep.state },
-      remoteAddr,
-    });
-    return {
-      endpointId: ep.id,
-      credential: credential.token,
-      state: ep.state,
-      serverFingerprint: this.deps.serverFingerprint,
-    };
+    return this.enrolled(ep, t, credential.token, remoteAddr, "endpoint.enroll_retry", {});
   }
 
   // ---- endpoints (agents) --------------------------------------------------
