@@ -167,6 +167,10 @@ export function runFleetSuite(name: string, open: () => Promise<ServerStore>): v
         await enroll(h, t.token, { ...FACTS(4), surprise: 1 }),
       ];
       expect(bad.map((r) => r.statusCode)).toEqual([400, 400, 400, 400, 400]);
+      const disk = { name: "d".repeat(256), sizeBytes: 1, model: "m".repeat(256) };
+      const huge = await enroll(h, t.token, { ...FACTS(4), disks: Array.from({ length: 64 }, () => disk) });
+      expect(huge.statusCode).toBe(413);
+      expect(huge.json().error.code).toBe("TOO_LARGE");
       const unsupported = await h.app.inject({
         method: "POST",
         url: "/api/v1/enroll",

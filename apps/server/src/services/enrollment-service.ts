@@ -32,8 +32,8 @@ import {
 export const IDEMPOTENCY_WINDOW_MS = 24 * 3_600_000;
 /** last_seen_at is written at most this often per endpoint (it is informational). */
 const TOUCH_EVERY_MS = 60_000;
-/** The facts as JSON, at most (each string and list is bounded by the schema too). */
-export const FACTS_MAX_BYTES = 64 * 1024;
+/** The facts as JSON, at most (each string and list is bounded by the schema too; real facts take about 1 KiB). */
+export const FACTS_MAX_BYTES = 32 * 1024;
 const DEFAULT_TOKEN_MINUTES = 24 * 60;
 
 export type SnapshotsOf = (cvdId: string) => Promise<CvdSnapshotSummary[]>;
@@ -169,7 +169,9 @@ export class EnrollmentService {
     if (!looksLikeSecret(ENROLLMENT_TOKEN_PREFIX, token)) throw badEnrollmentToken();
     const size = Buffer.byteLength(JSON.stringify(facts));
     if (size > FACTS_MAX_BYTES) {
-      throw new StrataError("INVALID_ARGUMENT", `the facts take ${size} bytes; at most ${FACTS_MAX_BYTES}`);
+      throw new StrataError("TOO_LARGE", `the facts take ${size} bytes; at most ${FACTS_MAX_BYTES}`, {
+        hint: "report fewer facts",
+      });
     }
     const t = await store.getEnrollmentTokenByHash(hashToken(token));
     if (!t || t.revokedAt) throw badEnrollmentToken();

@@ -676,9 +676,13 @@ export class UploadService {
   async abort(cvdId: string, id: string): Promise<void> {
     const s = await this.session(cvdId, id, false);
     if (s.state === "committed")
-      throw new StrataError("ALREADY_EXISTS", `upload session ${s.id} is committed (snapshot ${s.snapshot})`, {
-        subject: s.id,
-      });
+      throw new StrataError(
+        "ALREADY_EXISTS",
+        `upload session ${s.id} is committed (snapshot ${s.snapshot})`,
+        {
+          subject: s.id,
+        },
+      );
     if (s.state === "open") await this.d.uploads.finish(s.id, "aborted", this.d.clock.now(), null, null);
     await this.repo.catalog.removePins(s.id);
   }
