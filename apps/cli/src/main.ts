@@ -3,6 +3,7 @@ import { isStrataError } from "@strata/core";
 import { Command, Option } from "commander";
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
+import { registerAgentUpload } from "./commands/agent-upload.js";
 import { registerFleetCommands } from "./commands/fleet.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerServerCommands } from "./commands/server.js";
@@ -22,7 +23,9 @@ export function buildProgram(): Command {
   registerRepoCommands(program);
   registerServerCommands(program);
   registerFleetCommands(program);
-  registerAgentEnroll(registerAgentCommands(program));
+  const agent = registerAgentCommands(program);
+  registerAgentEnroll(agent);
+  registerAgentUpload(agent);
   return program;
 }
 

@@ -7,8 +7,11 @@ import { openPostgresServerStore, openSqliteServerStore, type ServerStore } from
 import type { ServerConfig } from "./config.js";
 import { redactUrl } from "./config.js";
 import { buildApp } from "./http/app.js";
+import { openServerRepository, type ServerRepository } from "./repository.js";
+import type { AuditService } from "./services/audit-service.js";
 import { type Clock, systemClock } from "./services/context.js";
 import { bootstrap, createServices, type SnapshotsOf } from "./services/index.js";
+import { snapshotSummaries, UploadService } from "./services/upload-service.js";
 import { loadOrCreateTls } from "./tls.js";
 
 export interface StartOptions {
@@ -52,15 +55,22 @@ export async function openServerStore(config: ServerConfig, pgSchema?: string): 
 
 export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
   const store = await openServerStore(config, opts.pgSchema);
+  let data: ServerRepository | null = null;
   try {
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     const tls = await loadOrCreateTls(config.dataDir, config.tls);
+    data = await openServerRepository(config, opts.pgSchema);
+    const repoData = data;
+    const clock = opts.clock ?? systemClock;
+    const uploads = (audit: AuditService) =>
+      new UploadService({ repo: repoData.repo, uploads: repoData.uploads, clock, audit });
     const services = createServices({
       store,
-      clock: opts.clock ?? systemClock,
+      clock,
       loginTokenTtlMs: config.loginTokenTtlHours * 3_600_000,
       serverFingerprint: tls.fingerprint,
-      ...(opts.snapshotsOf ? { snapshotsOf: opts.snapshotsOf } : {}),
+      snapshotsOf: opts.snapshotsOf ?? ((cvdId) => snapshotSummaries(repoData.repo, cvdId)),
+      uploads,
     });
     const { adminPassword } = await bootstrap(services);
     const app = buildApp({
@@ -71,6 +81,13 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       tlsFingerprint: tls.fingerprint,
     });
     await app.listen({ host: config.host, port: config.port });
+    // Open upload sessions idle past their expiry are closed and unpinned.
+    const expiry = setInterval(() => {
+      services.uploads
+        ?.expireStale()
+        .catch((e) => app.log.warn({ err: e }, "expiring upload sessions failed"));
+    }, 3_600_000);
+    expiry.unref();
     const addr = app.server.address();
     const port = typeof addr === "object" && addr ? addr.port : config.port;
     const host = config.host.includes(":") ? `[${config.host}]` : config.host;
@@ -86,11 +103,14 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       adminPassword,
       catalog,
       close: async () => {
+        clearInterval(expiry);
         await app.close();
+        await repoData.close();
         await store.close();
       },
     };
   } catch (e) {
+    await data?.close();
     await store.close();
     throw e;
   }

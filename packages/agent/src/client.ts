@@ -34,15 +34,46 @@ export function normalizeServerUrl(u: string): string {
  * first use: use it only for a request that carries no secret).
  */
 export function pinnedFetch(pin: string | null, seen: { fingerprint?: string } = {}): FetchLike {
-  // Loaded on use: commands that never talk to a server (backup, restore…)
-  // should not pay for the HTTP client at start-up.
-  const {
-    Agent,
-    buildConnector,
-    fetch: undiciFetch,
-  } = createRequire(import.meta.url)("undici") as typeof import("undici");
-  const connect = buildConnector({ rejectUnauthorized: false });
-  const agent = new Agent({
+  const { fetch: undiciFetch } = undici();
+  const agent = pinnedDispatcher(pin, seen);
+  return async (url, init) => {
+    try {
+      const res = await undiciFetch(url, { ...init, dispatcher: agent });
+      return { status: res.status, text: () => res.text() };
+    } catch (e) {
+      throw reachError(url, e);
+    }
+  };
+}
+
+/** Loaded on use: commands that never talk to a server (backup, restore…) should not pay for the HTTP client at start-up. */
+export function undici(): typeof import("undici") {
+  return createRequire(import.meta.url)("undici") as typeof import("undici");
+}
+
+/** A network failure as the error users see (a pinning refusal stays what it is). */
+export function reachError(url: string, e: unknown): StrataError {
+  if (e instanceof StrataError) return e;
+  const cause = (e as { cause?: unknown }).cause;
+  if (cause instanceof StrataError) return cause;
+  return new StrataError(
+    "IO_ERROR",
+    `cannot reach ${url}: ${(cause as Error)?.message ?? (e as Error).message}`,
+    {
+      hint: "check the URL and that `strata server` is running",
+    },
+  );
+}
+
+/** The undici dispatcher behind pinnedFetch: TLS connections accepted only with the pinned certificate. */
+export function pinnedDispatcher(
+  pin: string | null,
+  seen: { fingerprint?: string } = {},
+): import("undici").Dispatcher {
+  const { Agent, buildConnector } = undici();
+  // No TLS session resumption: a resumed session carries no certificate to check the pin against.
+  const connect = buildConnector({ rejectUnauthorized: false, maxCachedSessions: 0 });
+  return new Agent({
     connect: (opts, cb) =>
       connect(opts, (err, socket) => {
         if (err || !socket) return cb(err ?? new Error("no socket"), null);
@@ -64,22 +95,6 @@ export function pinnedFetch(pin: string | null, seen: { fingerprint?: string } =
         cb(null, socket);
       }),
   });
-  return async (url, init) => {
-    try {
-      const res = await undiciFetch(url, { ...init, dispatcher: agent });
-      return { status: res.status, text: () => res.text() };
-    } catch (e) {
-      const cause = (e as { cause?: unknown }).cause;
-      if (cause instanceof StrataError) throw cause;
-      throw new StrataError(
-        "IO_ERROR",
-        `cannot reach ${url}: ${(cause as Error)?.message ?? (e as Error).message}`,
-        {
-          hint: "check the URL and that `strata server` is running",
-        },
-      );
-    }
-  };
 }
 
 /**

@@ -7,6 +7,7 @@
  * second use of the token.
  */
 import { randomBytes } from "node:crypto";
+import * as path from "node:path";
 import { StrataError } from "@strata/core";
 import { ApiError, type EndpointState, type EnrollResponse, normalizeFingerprint } from "@strata/protocol";
 import { agentClient, fetchServerFingerprint, normalizeServerUrl } from "./client.js";
@@ -123,6 +124,7 @@ export async function enrollEndpoint(o: EnrollOptions): Promise<EnrollResult> {
     fingerprint,
     endpointId: res.endpointId,
     enrolledAt: new Date().toISOString(),
+    root: path.resolve(o.root ?? "/"),
   });
   return {
     serverUrl,

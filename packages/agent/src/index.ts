@@ -14,6 +14,7 @@ export {
 } from "./client.js";
 export { type EnrollOptions, type EnrollResult, enrollEndpoint } from "./enroll.js";
 export { type FactsOptions, type GatheredFacts, gatherFacts, parseOsRelease } from "./facts.js";
+export * from "./protect.js";
 export {
   type AgentState,
   CREDENTIAL_FILE,
@@ -26,5 +27,6 @@ export {
   writeFileAtomic,
   writeState,
 } from "./state.js";
+export * from "./transport.js";
 export * from "./upload.js";
 export { AGENT_VERSION } from "./version.js";

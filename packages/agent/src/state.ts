@@ -41,6 +41,8 @@ export interface AgentState {
   fingerprint: string;
   endpointId: string;
   enrolledAt: string;
+  /** The endpoint's root directory the agent protects (`/` unless enrolled with --root). */
+  root?: string;
 }
 
 /** Create the directory (0700), or tighten an existing one to 0700. */

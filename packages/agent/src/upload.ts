@@ -258,7 +258,10 @@ class RemoteSink implements ChunkSink {
     this.frames.push(...encodeChunkFrame(id, b.compressed, b.data));
     this.frameBytes += 37 + b.data.length;
     this.frameIds.push(b.id);
-    // In a buffer now: any tree naming it is queued after this buffer's stream.
+    // In a buffer now: any tree naming it is queued after this buffer's
+    // stream, and no later question sends it again (a failed stream fails
+    // the whole upload; the next one starts a fresh sink).
+    this.settle(b.id);
     const o = this.outstanding.get(b.id);
     this.outstanding.delete(b.id);
     o?.resolve();
@@ -287,7 +290,6 @@ class RemoteSink implements ChunkSink {
         await this.send(`/uploads/${this.view.session}/chunks`, frames, bytes);
         this.counts.bytesSent += bytes;
         this.counts.chunksSent += ids.length;
-        for (const id of ids) this.settle(id);
       } catch (e) {
         this.fail(e);
       } finally {

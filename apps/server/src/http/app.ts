@@ -3,9 +3,11 @@
  * drive it with inject() (and start.ts serves it over HTTPS). Routes come
  * only from the registry; access is checked here once, before any handler.
  */
+
 import { randomUUID } from "node:crypto";
 import { StrataError } from "@strata/core";
 import { PROTOCOL_HEADER, PROTOCOL_VERSION, type SystemInfo, schemas } from "@strata/protocol";
+import { FRAMES_CONTENT_TYPE } from "@strata/repo";
 import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
 import type { AgentIdentity, Caller } from "../services/context.js";
 import type { Services } from "../services/index.js";
@@ -118,6 +120,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     exposeHeadRoutes: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: "array", allErrors: false } },
   }) as unknown as FastifyInstance;
+
+  // Upload streams reach their handler unread: the upload service reads
+  // frames as they arrive, with its own bounds (protocol.md, "Limits").
+  app.addContentTypeParser(FRAMES_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
 
   app.decorateRequest("caller", null);
   app.decorateRequest("agent", null);

@@ -11,6 +11,7 @@ import { generatePassword, hashPassword } from "./passwords.js";
 import { PolicyService } from "./policy-service.js";
 import { LoginRateLimiter, type RateLimitOptions } from "./rate-limit.js";
 import { RoleService } from "./role-service.js";
+import type { UploadService } from "./upload-service.js";
 import { UserService } from "./user-service.js";
 
 export interface Services {
@@ -23,6 +24,8 @@ export interface Services {
   policies: PolicyService;
   enrollment: EnrollmentService;
   endpoints: EndpointService;
+  /** The upload protocol; null when the server runs without a repository (some unit tests). */
+  uploads: UploadService | null;
 }
 
 export interface CreateServicesOptions {
@@ -41,6 +44,8 @@ export interface CreateServicesOptions {
    * knows none.
    */
   snapshotsOf?: SnapshotsOf;
+  /** Built by the composition root around the repository (it needs this audit service: see `uploadsFor`). */
+  uploads?: (audit: AuditService) => UploadService;
 }
 
 export function createServices(o: CreateServicesOptions): Services {
@@ -65,6 +70,7 @@ export function createServices(o: CreateServicesOptions): Services {
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
     roles: new RoleService({ ...base, audit }),
+    uploads: o.uploads ? o.uploads(audit) : null,
   };
 }
 

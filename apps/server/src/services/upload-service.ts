@@ -18,6 +18,7 @@ import {
   type TreeId,
 } from "@strata/core";
 import { validateName } from "@strata/fs";
+import type { CvdSnapshotSummary } from "@strata/protocol";
 import {
   ByteReader,
   boundedDecompress,
@@ -693,6 +694,22 @@ export class UploadService {
       transactionView,
     );
   }
+}
+
+/** The snapshots of a CVD as the fleet routes show them, oldest first. */
+export async function snapshotSummaries(repo: Repository, cvdId: string): Promise<CvdSnapshotSummary[]> {
+  const tag = cvdTag(cvdId);
+  return (await repo.catalog.listSnapshots())
+    .filter((s) => s.tags.includes(tag))
+    .map((s) => ({
+      id: s.id,
+      time: s.time.toISOString(),
+      hostname: s.hostname,
+      kind: s.kind,
+      parent: s.parent,
+      totalFiles: s.stats.totalFiles,
+      totalBytes: s.stats.totalBytes,
+    }));
 }
 
 function splitPath(p: Buffer): Buffer[] {

@@ -6,6 +6,7 @@ import { enrollmentRoutes } from "./enrollment.js";
 import { policyRoutes } from "./policies.js";
 import { roleRoutes } from "./roles.js";
 import { tokenRoutes } from "./tokens.js";
+import { uploadRoutes } from "./uploads.js";
 import { userRoutes } from "./users.js";
 
 /** Every /api/v1 route. A new resource adds its file here. (System routes live in app.ts: they need the app's deps.) */
@@ -18,4 +19,5 @@ export const apiRoutes: RouteDef[] = [
   ...enrollmentRoutes,
   ...endpointRoutes,
   ...policyRoutes,
+  ...uploadRoutes,
 ];

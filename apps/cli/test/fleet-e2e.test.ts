@@ -1,0 +1,173 @@
+/**
+ * Issue 3's first "done when", as a new user would do it, over real HTTPS
+ * on loopback: start the server, enroll two endpoints — each a copy of a
+ * debootstrapped Debian root plus a user's files under /home — let both
+ * centralize, see both CVDs with snapshots in the admin CLI; the second
+ * endpoint sends < 5% of the first's bytes, a 1% change sends < 2x the
+ * changed bytes, and the server's data restores byte-exact and checks
+ * clean with --read-data.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
+import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isRoot, type Run, strataAsync } from "./helpers.js";
+
+const dir = mkdtempSync(path.join(tmpdir(), "strata-fleet-e2e-"));
+const NEW_PW = "a long new secret phrase";
+const root = await debianRoot();
+const skip = !root || !isRoot;
+
+function strata(env: Record<string, string>, ...args: string[]): Promise<Run> {
+  return strataAsync(path.join(dir, "home"), env, ...args);
+}
+// biome-ignore lint/suspicious/noExplicitAny: parsed --json output is checked by each assertion
+async function ok(...args: string[]): Promise<any> {
+  const r = await strata({ STRATA_PASSWORD: "" }, ...args);
+  if (r.code !== 0) throw new Error(`strata ${args.join(" ")} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+  return args.includes("--json") ? JSON.parse(r.stdout) : r.stdout;
+}
+
+/** Company documents every user has, plus a little that is this user's own. */
+const shared = Array.from({ length: 12 }, (_, i) => randomBytes(400_000 + i * 1000));
+const bigImage = randomBytes(5_000_000);
+function makeEndpoint(name: string): string {
+  const ep = path.join(dir, name);
+  rsyncCopy(root!, ep);
+  writeFileSync(path.join(ep, "etc/machine-id"), `${randomBytes(16).toString("hex")}\n`);
+  writeFileSync(path.join(ep, "etc/hostname"), `${name}\n`);
+  const home = path.join(ep, "home/alice");
+  mkdirSync(path.join(home, "docs"), { recursive: true });
+  shared.forEach((b, i) => writeFileSync(path.join(home, `docs/handbook-${i}.pdf`), b));
+  writeFileSync(path.join(home, "docs/notes.txt"), `notes of ${name}\n`.repeat(2000));
+  writeFileSync(path.join(home, "own.bin"), randomBytes(150_000));
+  writeFileSync(path.join(home, "big.img"), bigImage); // the department's VM image, on every desk
+  mkdirSync(path.join(ep, "tmp"), { recursive: true });
+  writeFileSync(path.join(ep, "tmp/scratch"), randomBytes(1_000_000)); // excluded by the factory rules
+  return ep;
+}
+
+describe.skipIf(skip)(
+  `two endpoints centralize into one server (${debianRootSkipReason() ?? (isRoot ? "" : "needs root")})`,
+  () => {
+    let server: RunningServer;
+    const data = path.join(dir, "server");
+    const eps: { name: string; root: string; state: string; endpointId?: string; cvd?: string }[] = [];
+
+    beforeAll(async () => {
+      server = await startServer(
+        loadServerConfig({ flags: { data, listen: "127.0.0.1:0", logLevel: "warn" }, env: {} }),
+        { logStream: { write: () => true } },
+      );
+      const login = await strata(
+        { STRATA_PASSWORD: server.adminPassword! },
+        "login",
+        "--server",
+        server.url,
+        "--user",
+        "admin",
+      );
+      expect(login.code, login.stderr).toBe(0);
+      const pw = await strata(
+        { STRATA_CURRENT_PASSWORD: server.adminPassword!, STRATA_PASSWORD: NEW_PW },
+        "users",
+        "passwd",
+      );
+      expect(pw.code, pw.stderr).toBe(0);
+      for (const name of ["ws-1", "ws-2"])
+        eps.push({ name, root: makeEndpoint(name), state: path.join(dir, `state-${name}`) });
+    }, 600_000);
+    afterAll(async () => {
+      await server?.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it("enrolls both, centralizes both, and the second sends < 5% of the first's bytes", async () => {
+      const token = await ok("tokens", "create", "--uses", "2", "--auto-approve", "--json");
+      for (const ep of eps) {
+        const e = await ok(
+          "agent",
+          "enroll",
+          "--server",
+          server.url,
+          "--token",
+          token.token,
+          "--fingerprint",
+          token.serverFingerprint,
+          "--root",
+          ep.root,
+          "--state",
+          ep.state,
+          "--json",
+        );
+        expect(e.state).toBe("active");
+        ep.endpointId = e.endpointId;
+      }
+      const first = await ok("agent", "upload", "--state", eps[0]!.state, "--json");
+      expect(first.errors).toEqual([]);
+      expect(first.bytesSent).toBeGreaterThan(50_000_000);
+      const second = await ok("agent", "upload", "--state", eps[1]!.state, "--json");
+      expect(second.errors).toEqual([]);
+      expect(second.chunksProven).toBeGreaterThan(1000);
+      expect(second.bytesSent).toBeLessThan(first.bytesSent * 0.05);
+      eps[0]!.cvd = first.cvdId;
+      eps[1]!.cvd = second.cvdId;
+
+      const cvds = await ok("cvd", "list", "--json");
+      for (const ep of eps) {
+        expect(cvds.map((c: { id: string }) => c.id)).toContain(ep.cvd);
+        const snaps = await ok("cvd", "snapshots", ep.cvd!, "--json");
+        expect(snaps).toHaveLength(1);
+        expect(snaps[0].hostname).toBe(ep.name);
+        expect(snaps[0].kind).toBe("centralize");
+      }
+      const human = await ok("cvd", "list");
+      expect(human).toContain("ws-1");
+      expect(human).toContain("ws-2");
+    }, 900_000);
+
+    it("a 1% change sends < 2x the changed bytes; the server's data restores byte-exact and checks clean", async () => {
+      const ep = eps[0]!;
+      let changed = 0;
+      for (let i = 0; i < 4; i++) {
+        writeFileSync(path.join(ep.root, `home/alice/new-${i}.dat`), randomBytes(250_000));
+        changed += 250_000;
+      }
+      const big = path.join(ep.root, "home/alice/big.img");
+      const b = readFileSync(big);
+      randomBytes(131_072).copy(b, 2_000_000);
+      writeFileSync(big, b);
+      changed += 131_072;
+      writeFileSync(path.join(ep.root, "etc/motd"), "changed by the test\n");
+      const r = await ok("agent", "upload", "--state", ep.state, "--json");
+      expect(r.stats.filesNew + r.stats.filesChanged).toBe(6);
+      expect(r.bytesSent).toBeLessThan(2 * changed);
+
+      const snaps = await ok("cvd", "snapshots", ep.cvd!, "--json");
+      expect(snaps).toHaveLength(2);
+      const latest = snaps.map((s: { id: string }) => s.id).find((id: string) => id === r.snapshot);
+      expect(latest).toBe(r.snapshot);
+      // The server's data directory is a repository: the operator's offline tools work on it.
+      const pwFile = path.join(data, "repository.password");
+      for (const sub of ["usr", "etc", "home"]) {
+        const target = path.join(dir, `restored-${sub}`);
+        await ok(
+          "restore",
+          "--repo",
+          data,
+          "--password-file",
+          pwFile,
+          `${r.snapshot}:/${sub}`,
+          "--target",
+          target,
+        );
+        expect(rsyncItemize(path.join(ep.root, sub), target)).toBe("");
+      }
+      const chk = await ok("check", "--repo", data, "--password-file", pwFile, "--read-data", "--json");
+      expect(chk.ok).toBe(true);
+    }, 900_000);
+  },
+);
