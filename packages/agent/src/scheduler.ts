@@ -104,6 +104,11 @@ export class UploadScheduler {
     return this.snoozedUntil !== null && this.snoozedUntil > now ? this.snoozedUntil : null;
   }
 
+  /** Forget a sync-now that cannot be served (the endpoint is not active). */
+  dropSyncNow(): void {
+    this.syncRequested = false;
+  }
+
   /** An upload starts: it serves any sync-now asked before it. */
   started(): void {
     this.syncRequested = false;
