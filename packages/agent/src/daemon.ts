@@ -30,7 +30,6 @@ import {
   readStatus,
   STATUS_VERSION,
   timeOf,
-  type UploadProgress,
   type UploadRecord,
   writeStatus,
 } from "./status.js";
@@ -42,6 +41,8 @@ export interface AgentSelf {
   state: EndpointState;
   /** The CVD's upload policy; null while pending or disabled. */
   policy: UploadPolicy | null;
+  /** The CVD, for the upload (its id, the parent snapshot); the service itself does not read it. */
+  cvd?: { id: string; latestSnapshot: string | null } | null;
 }
 
 export type FetchSelf = (opts: { signal: AbortSignal }) => Promise<AgentSelf>;
@@ -54,10 +55,15 @@ export interface UploadContext {
    * paths) to rescan, or "full" to walk everything.
    */
   dirty: DirtySet;
-  /** Report progress; cheap to call often (the status file is written at most once a second). */
-  onProgress: (p: UploadProgress) => void;
+  /**
+   * Report progress (any flat JSON object; upload.ts's UploadProgress as
+   * is). Cheap to call often: status.json is written at most once a second.
+   */
+  onProgress: (p: object) => void;
   /** The policy in force for this upload. */
   policy: UploadPolicy;
+  /** The server's answer this upload was decided on (fetched just before it). */
+  self: AgentSelf;
   /** The agent-wide bandwidth cap, already set to the policy's: pace every request body with it. */
   throttle: Throttle;
 }
@@ -359,7 +365,7 @@ class Agent {
 
   // ---- uploads -----------------------------------------------------------
 
-  private async runUpload(policy: UploadPolicy): Promise<void> {
+  private async runUpload(self: AgentSelf, policy: UploadPolicy): Promise<void> {
     this.scheduler.started();
     this.fresh = false;
     const ac = new AbortController();
@@ -388,6 +394,7 @@ class Agent {
         signal: ac.signal,
         dirty,
         policy,
+        self,
         throttle: this.throttle,
         onProgress: (p) => {
           if (this.status.current) this.status.current.progress = { ...p };
@@ -489,9 +496,10 @@ class Agent {
             this.save();
             continue;
           }
-          const policy = this.self?.state === "active" ? this.self.policy : null;
-          if (policy && !signal.aborted && this.scheduler.isDue(this.clock.now()))
-            await this.runUpload(policy);
+          const self = this.self;
+          const policy = self?.state === "active" ? self.policy : null;
+          if (self && policy && !signal.aborted && this.scheduler.isDue(this.clock.now()))
+            await this.runUpload(self, policy);
           continue;
         }
         if (this.nextFetchAt() <= now) {

@@ -60,10 +60,10 @@ export {
   type AgentActivity,
   type AgentStatus,
   type EndpointState,
+  type ProgressReport,
   readStatus,
   STATUS_FILE,
   statusPath,
-  type UploadProgress,
   type UploadRecord,
 } from "./status.js";
 export { type Throttle, TokenBucket, throttleIterable, throttleStream } from "./throttle.js";

@@ -32,14 +32,12 @@ export type AgentActivity =
   | "inactive"
   | "stopped";
 
-export interface UploadProgress {
-  /** What the upload does now, for people: "scanning", "uploading", "committing". */
-  phase?: string;
-  filesDone?: number;
-  filesTotal?: number;
-  bytesDone?: number;
-  bytesTotal?: number;
-}
+/**
+ * What the upload last reported, kept as it said it (upload.ts's
+ * UploadProgress: files, dirs, bytesRead, bytesSent, …). By convention
+ * `phase` ("scanning", "committing") and `files` are shown to people.
+ */
+export type ProgressReport = Record<string, unknown>;
 
 export interface UploadRecord {
   startedAt: string;
@@ -77,7 +75,7 @@ export interface AgentStatus {
     full: boolean;
     reason: string | null;
     dirtyDirs: number;
-    progress: UploadProgress;
+    progress: ProgressReport;
   } | null;
   lastUpload: UploadRecord | null;
   lastSuccessAt: string | null;

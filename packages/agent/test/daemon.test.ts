@@ -24,6 +24,7 @@ function policy(over: Partial<UploadPolicy> = {}): UploadPolicy {
 
 interface Call {
   at: number;
+  cvd: string | undefined;
   dirty: UploadContext["dirty"];
   policyVersion: number;
   rateKBps: number;
@@ -65,6 +66,7 @@ class Harness {
       uploadOnce: async (ctx) => {
         this.calls.push({
           at: this.clock.now(),
+          cvd: ctx.self.cvd?.id,
           dirty: ctx.dirty,
           policyVersion: ctx.policy.version,
           rateKBps: (ctx.throttle as TokenBucket).rateKBps,
@@ -276,11 +278,15 @@ describe("runAgent", () => {
     await h.start({ selfPollMs: 10 * MIN });
     await h.uploads(1);
     expect(h.calls[0]?.rateKBps).toBe(0);
-    h.self = { state: "active", policy: policy({ version: 2, intervalMinutes: 5, bandwidthLimitKBps: 512 }) };
+    h.self = {
+      state: "active",
+      policy: policy({ version: 2, intervalMinutes: 5, bandwidthLimitKBps: 512 }),
+      cvd: { id: "cvd_2", latestSnapshot: "snap1" },
+    };
     // The next poll (10 min) learns the 5-minute interval: an upload is overdue.
     await h.clock.advance(10 * MIN);
     await h.uploads(2);
-    expect(h.calls[1]).toMatchObject({ at: T0 + 10 * MIN, policyVersion: 2, rateKBps: 512 });
+    expect(h.calls[1]).toMatchObject({ at: T0 + 10 * MIN, policyVersion: 2, rateKBps: 512, cvd: "cvd_2" });
     const s = await h.status();
     expect(s.policy).toMatchObject({ version: 2, intervalMinutes: 5, bandwidthLimitKBps: 512 });
     expect(s.nextUploadAt).toBe(iso(T0 + 15 * MIN));

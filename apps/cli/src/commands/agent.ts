@@ -15,7 +15,7 @@ import type {
 import { defaultPolicy, StrataError } from "@strata/core";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
-import { printJson } from "../output.js";
+import { formatBytes, printJson } from "../output.js";
 import { parseDuration } from "./repo.js";
 
 type Opts = GlobalOptions & { state?: string; root?: string };
@@ -104,7 +104,11 @@ export function whatNext(s: AgentStatus, now = Date.now()): string {
   if (!s.running) return "the agent is not running";
   if (s.current) {
     const p = s.current.progress;
-    const parts = [p.phase, p.filesDone !== undefined ? `${p.filesDone} files` : undefined].filter(Boolean);
+    const parts = [
+      typeof p.phase === "string" ? p.phase : undefined,
+      typeof p.files === "number" ? `${p.files} files` : undefined,
+      typeof p.bytesSent === "number" ? `${formatBytes(p.bytesSent)} sent` : undefined,
+    ].filter(Boolean);
     return `uploading now, since ${when(s.current.startedAt, now)}${parts.length ? `: ${parts.join(", ")}` : ""}`;
   }
   if (s.state === "unknown")
