@@ -4,6 +4,8 @@
  * `resume` talk to it over its control socket. Enrollment adds its own
  * subcommand (agent-enroll.ts).
  */
+
+import * as path from "node:path";
 import type {
   AgentLogger,
   AgentStatus,
@@ -56,7 +58,8 @@ function noopHooks(): { fetchSelf: FetchSelf; uploadOnce: UploadOnce } {
 }
 
 function stateDirOf(o: Opts, fallback: string): string {
-  return o.state ?? process.env.STRATA_AGENT_STATE ?? fallback;
+  // Absolute: the policy's %agentstate% and the watcher compare paths with it.
+  return path.resolve(o.state ?? process.env.STRATA_AGENT_STATE ?? fallback);
 }
 
 /** Log lines on stderr (journald keeps them): text, or one JSON object per line with --json. */
@@ -238,7 +241,7 @@ export function registerAgentCommands(program: Command): Command {
       const o = run.optsWithGlobals() as Opts;
       const a = await import("@strata/agent");
       const stateDir = stateDirOf(o, a.DEFAULT_STATE_DIR);
-      const root = o.root ?? "/";
+      const root = path.resolve(o.root ?? "/");
       const logger = stderrLogger(o.json === true);
       const testMode = process.env[TEST_UPLOAD_ENV];
       let hooks: { fetchSelf: FetchSelf; uploadOnce: UploadOnce };
