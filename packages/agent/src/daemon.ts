@@ -7,7 +7,7 @@
  * are injected (`fetchSelf`, `uploadOnce`): the composition root wires the
  * real ones, tests pass their own. Rules: docs/design/agent.md.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import {
   type CompiledPolicy,
@@ -22,6 +22,7 @@ import {
 import { type Clock, isAbort, systemClock } from "./clock.js";
 import { type ControlRequest, startControlServer } from "./control.js";
 import { UploadScheduler } from "./scheduler.js";
+import { ensureStateDir } from "./state.js";
 import {
   type AgentActivity,
   type AgentStatus,
@@ -120,7 +121,6 @@ export interface ControlResult {
   outcome: "status" | "starting" | "queued" | "checking" | "snoozed" | "resumed";
 }
 
-export const DEFAULT_STATE_DIR = "/var/lib/strata-agent";
 export const DEFAULT_SELF_POLL_MS = 15 * 60_000;
 const PROGRESS_WRITE_MS = 1000;
 
@@ -536,7 +536,7 @@ class Agent {
  * (another agent owns the state directory: LOCKED).
  */
 export async function runAgent(opts: RunAgentOptions): Promise<void> {
-  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  ensureStateDir(opts.stateDir);
   const agent = new Agent(opts);
   // Fails (LOCKED) while another agent runs here: then nothing of its state is touched.
   const control = await startControlServer(opts.stateDir, (req) => agent.handle(req));

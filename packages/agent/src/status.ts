@@ -96,7 +96,12 @@ export function statusPath(stateDir: string): string {
   return path.join(stateDir, STATUS_FILE);
 }
 
-/** Replace status.json whole. Readable by all: it holds no secret. */
+/**
+ * Replace status.json whole. Readable by all: it holds no secret. Unlike
+ * state.ts's writeFileAtomic it does not fsync: it is written up to once a
+ * second during an upload, by a process in the idle I/O class, and losing
+ * the last version to a power cut costs at most one early upload.
+ */
 export function writeStatus(stateDir: string, status: AgentStatus): void {
   const file = statusPath(stateDir);
   const tmp = `${file}.${process.pid}.tmp`;
