@@ -12,9 +12,39 @@ export {
   normalizeServerUrl,
   pinnedFetch,
 } from "./client.js";
+export { type Clock, isAbort, systemClock } from "./clock.js";
+export {
+  CONTROL_SOCKET,
+  type ControlRequest,
+  type ControlResponse,
+  type ControlServer,
+  controlRequest,
+  controlSocketPath,
+  NOT_RUNNING_HINT,
+  startControlServer,
+} from "./control.js";
+export {
+  type AgentLogger,
+  type AgentSelf,
+  type ControlResult,
+  DEFAULT_SELF_POLL_MS,
+  type FetchSelf,
+  type RunAgentOptions,
+  runAgent,
+  type UploadContext,
+  type UploadOnce,
+} from "./daemon.js";
 export { type EnrollOptions, type EnrollResult, enrollEndpoint } from "./enroll.js";
 export { type FactsOptions, type GatheredFacts, gatherFacts, parseOsRelease } from "./facts.js";
 export * from "./protect.js";
+export {
+  IDLE_NICE,
+  type IoClass,
+  type LowerPriorityResult,
+  lowerPriority,
+  readPriorities,
+} from "./priority.js";
+export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,
   CREDENTIAL_FILE,
@@ -28,5 +58,17 @@ export {
   writeState,
 } from "./state.js";
 export * from "./transport.js";
+export {
+  type AgentActivity,
+  type AgentStatus,
+  type EndpointState,
+  type ProgressReport,
+  readStatus,
+  STATUS_FILE,
+  statusPath,
+  type UploadRecord,
+} from "./status.js";
+export { type Throttle, TokenBucket, throttleIterable, throttleStream } from "./throttle.js";
 export * from "./upload.js";
 export { AGENT_VERSION } from "./version.js";
+export { ChangeWatcher, type DirtySet } from "./watcher.js";

@@ -405,6 +405,23 @@ static napi_value js_ioprio_idle(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * ioprioGet(tid): the raw I/O priority of thread `tid` (0: the calling
+ * thread): class << 13 | data, as ioprio_get(2) returns it. Lets the agent
+ * (and its tests) check what ioprioIdle did, thread by thread.
+ */
+static napi_value js_ioprio_get(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t tid;
+  if (napi_get_value_int32(env, argv[0], &tid) != napi_ok) return throw_type(env, "tid must be a number");
+  long r = syscall(SYS_ioprio_get, STRATA_IOPRIO_WHO_PROCESS, tid);
+  if (r < 0) return throw_errno(env, errno, "ioprio_get", NULL);
+  napi_value out;
+  CHECK(napi_create_int32(env, (int32_t)r, &out));
+  return out;
+}
+
 /* fadviseDontneed(fd, offset, len): drop pages we read once so a backup does not evict the user's cache. */
 static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS];
@@ -430,6 +447,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioprioIdle", NULL, js_ioprio_idle, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ioprioGet", NULL, js_ioprio_get, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseDontneed", NULL, js_fadvise_dontneed, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

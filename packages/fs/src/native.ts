@@ -21,7 +21,10 @@ export interface NativeFs {
   seekData(fd: number, offset: number): number;
   /** Next hole offset at or after `offset` (EOF counts as a hole), or -1 past EOF. */
   seekHole(fd: number, offset: number): number;
+  /** Every thread of the process to the idle I/O class. */
   ioprioIdle(): void;
+  /** Raw ioprio of thread `tid` (0: the caller): class << 13 | data. */
+  ioprioGet(tid: number): number;
   fadviseDontneed(fd: number, offset: number, len: number): void;
 }
 
