@@ -11,9 +11,16 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { StrataError } from "@strata/core";
-import type { Cvd, Endpoint, EndpointDetail, EnrollmentToken, PolicyDetail } from "@strata/protocol";
+import {
+  API_PREFIX,
+  type Cvd,
+  type Endpoint,
+  type EndpointDetail,
+  type EnrollmentToken,
+  type PolicyDetail,
+} from "@strata/protocol";
 import type { Command } from "commander";
-import { printJson } from "../output.js";
+import { formatBytes, printJson } from "../output.js";
 import { call, client, type Opts, table } from "./server.js";
 
 const opts = (cmd: Command) => cmd.optsWithGlobals() as Opts;
@@ -307,6 +314,37 @@ export function registerFleetCommands(program: Command): void {
       );
     });
   cvd
+    .command("transactions")
+    .description("a CVD's uploads (centralization, incremental uploads), newest first, with what they sent")
+    .argument("<id>", "CVD id (cvd_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const list = await call(
+        client(o).request<TransactionRow[]>(
+          "GET",
+          `${API_PREFIX}/cvds/${encodeURIComponent(id)}/transactions`,
+        ),
+      );
+      if (o.json) return printJson(list);
+      out(
+        list.length
+          ? table([
+              ["ID", "KIND", "STATE", "STARTED", "CHANGED", "SENT", "PROVED", "RETRIES"],
+              ...list.map((t) => [
+                t.id,
+                t.kind,
+                t.state,
+                t.startedAt,
+                t.changedFiles === null ? "-" : String(t.changedFiles),
+                formatBytes(t.bytesSent),
+                String(t.chunksProven),
+                String(t.retries),
+              ]),
+            ])
+          : `CVD ${id} has no uploads yet\n`,
+      );
+    });
+  cvd
     .command("set-policy")
     .description("give a CVD another upload policy (its agent picks it up at its next check-in)")
     .argument("<id>", "CVD id (cvd_…)")
@@ -413,4 +451,15 @@ export function registerFleetCommands(program: Command): void {
       if (o.json) return printJson(p);
       out(`imported policy ${p.name} (${p.id})\n`);
     });
+}
+
+interface TransactionRow {
+  id: string;
+  kind: string;
+  state: string;
+  startedAt: string;
+  changedFiles: number | null;
+  bytesSent: number;
+  chunksProven: number;
+  retries: number;
 }
