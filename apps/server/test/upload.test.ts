@@ -10,9 +10,10 @@ import * as path from "node:path";
 import { CACHE_PARENT, uploadOnce } from "@strata/agent";
 import { openSqliteFileCache } from "@strata/catalog";
 import { compilePolicy, defaultPolicy, encodeTree, type FsNode, isStrataError } from "@strata/core";
-import { check, encodeTreeFrame, prune, restore } from "@strata/repo";
+import { check, encodeChunkFrame, encodeTreeFrame, prune, restore } from "@strata/repo";
 import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Compressor } from "zstd-napi";
 import { type UploadHarness, uploadHarness } from "./upload-helpers.js";
 
 process.env.STRATA_SCRYPT_LOG_N = "10";
@@ -119,7 +120,7 @@ describe("upload protocol (agent ↔ server service)", () => {
     expect(t.received).toBeLessThan(firstBytes * 0.05);
   });
 
-  it("a no-change upload sends no chunk and no tree; a 1% change sends < 2x the changed bytes", async () => {
+  it("a no-change upload sends no chunk and no tree; a change inside a file sends only the chunks around it", async () => {
     const cache = openSqliteFileCache(path.join(dir, "cache-a.db"));
     expect(cache.getMeta(CACHE_PARENT)).toBe(snapA);
     const t = h.transport("cvd_a");
@@ -156,7 +157,8 @@ describe("upload protocol (agent ↔ server service)", () => {
     cache.close();
     expect(r2.stats.filesChanged).toBe(1);
     expect(r2.chunksSent).toBeGreaterThan(0);
-    expect(t2.received).toBeLessThan(2 * 65536 + 64 * 1024 * 3); // changed chunks (≤ 2 × avg around the edit) + trees
+    // Only the chunks around the edit travel (chunks are 16-512 KiB), not the 1.5 MB file.
+    expect(t2.received).toBeLessThan(700_000);
     snapA = r2.snapshot;
   });
 
@@ -236,5 +238,80 @@ describe("upload protocol (agent ↔ server service)", () => {
     expect(report.ok).toBe(true);
     const tx = await h.service.transactions("cvd_c");
     expect(tx[0]).toMatchObject({ state: "committed", retries: 1 });
+  });
+
+  it("answers malformed, oversized and hostile requests with 4xx codes and keeps the data intact", async () => {
+    const { view } = await h.service.create("cvd_d", { parent: null });
+    const sid = view.session;
+    const codeOf = (p: Promise<unknown>) =>
+      p.then(
+        () => "ok",
+        (e) => (isStrataError(e) ? e.code : String(e)),
+      );
+    const stream = (...parts: Buffer[]) =>
+      (async function* () {
+        yield* parts;
+      })();
+    // Bad ids, duplicates, huge batches, bad proofs.
+    expect(await codeOf(h.service.have("cvd_d", sid, [{ id: "../../etc/passwd" }]))).toBe("INVALID_ARGUMENT");
+    const id = createHash("sha256").update("x").digest("hex");
+    expect(await codeOf(h.service.have("cvd_d", sid, [{ id }, { id }]))).toBe("INVALID_ARGUMENT");
+    expect(
+      await codeOf(
+        h.service.have(
+          "cvd_d",
+          sid,
+          Array.from({ length: 5001 }, (_, i) => ({
+            id: createHash("sha256").update(String(i)).digest("hex"),
+          })),
+        ),
+      ),
+    ).toBe("TOO_LARGE");
+    expect(await codeOf(h.service.have("cvd_d", sid, [{ id, proof: "short" }]))).toBe("INVALID_ARGUMENT");
+    expect(await codeOf(h.service.status("cvd_d", "up_../../x"))).toBe("NOT_FOUND");
+    // A chunk whose content is not its id; a frame over the limit; a truncated stream; a decompression bomb.
+    const bad = encodeChunkFrame(Buffer.from(id, "hex"), false, Buffer.from("not x"));
+    expect(await codeOf(h.service.putChunks("cvd_d", sid, stream(...bad)))).toBe("INVALID_ARGUMENT");
+    const header = Buffer.alloc(37);
+    header.writeUInt32LE(64 * 1024 * 1024, 32);
+    expect(await codeOf(h.service.putChunks("cvd_d", sid, stream(header)))).toBe("TOO_LARGE");
+    const good = Buffer.from("hello chunk");
+    const gid = createHash("sha256").update(good).digest();
+    const truncated = Buffer.concat(encodeChunkFrame(gid, false, good)).subarray(0, 40);
+    expect(await codeOf(h.service.putChunks("cvd_d", sid, stream(truncated)))).toBe("INVALID_ARGUMENT");
+    const zeros = Buffer.alloc(8 * 1024 * 1024);
+    const bomb = new Compressor().compress(zeros);
+    const bombFrame = encodeChunkFrame(createHash("sha256").update(zeros).digest(), true, bomb);
+    expect(await codeOf(h.service.putChunks("cvd_d", sid, stream(...bombFrame)))).toBe("INVALID_ARGUMENT");
+    // Hostile names in trees: "..", "/" inside a name, a path that climbs out.
+    for (const [name, p] of [
+      ["..", ""],
+      ["a/b", ""],
+      ["ok", "../etc"],
+      ["ok", "home//x"],
+    ] as const) {
+      const enc = encodeTree([
+        {
+          type: "symlink",
+          name: Buffer.from(name),
+          mode: 0o777,
+          uid: 0,
+          gid: 0,
+          mtimeNs: 0n,
+          target: Buffer.from("/etc/shadow"),
+        } as unknown as FsNode,
+      ]);
+      const f = encodeTreeFrame(createHash("sha256").update(enc).digest(), Buffer.from(p), false, enc);
+      expect(await codeOf(h.service.putTrees("cvd_d", sid, stream(...f))), `${name} at ${p}`).toBe(
+        "UNSAFE_PATH",
+      );
+    }
+    // Another CVD's session cannot be used or aborted.
+    expect(await codeOf(h.service.putChunks("cvd_a", sid, stream()))).toBe("NOT_FOUND");
+    expect(await codeOf(h.service.abort("cvd_a", sid))).toBe("NOT_FOUND");
+    await h.service.abort("cvd_d", sid);
+    await h.service.abort("cvd_d", sid); // idempotent
+    const report = await check(h.server.repo, { readData: true });
+    expect(report.ok).toBe(true);
   });
 });

@@ -177,7 +177,7 @@ export async function readTreeFrame(
 /**
  * Decompress a zstd payload into at most `max` bytes: a payload that
  * inflates further (a decompression bomb) or is not valid zstd is
- * DATA_CORRUPT naming `what`.
+ * INVALID_ARGUMENT naming `what` (it is the sender's bad frame).
  */
 export function boundedDecompress(payload: Uint8Array, max: number, what: string): Buffer {
   const out = Buffer.allocUnsafe(max);
@@ -186,8 +186,9 @@ export function boundedDecompress(payload: Uint8Array, max: number, what: string
     n = new binding.DCtx().decompress(out, payload);
   } catch (e) {
     throw new StrataError(
-      "DATA_CORRUPT",
+      "INVALID_ARGUMENT",
       `${what} does not decompress within ${max} bytes: ${(e as Error).message}`,
+      { hint: "a frame's payload must be zstd that inflates to at most the limit" },
     );
   }
   return out.subarray(0, n);
