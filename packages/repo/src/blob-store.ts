@@ -1,5 +1,14 @@
 import { randomBytes } from "node:crypto";
-import { constants as C, promises as fsp } from "node:fs";
+import {
+  constants as C,
+  closeSync,
+  promises as fsp,
+  fsync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  writeSync,
+} from "node:fs";
 import * as path from "node:path";
 import { fromSystemError, StrataError } from "@strata/core";
 
@@ -29,6 +38,15 @@ export interface BlobStore {
   list(prefix: string): AsyncIterable<{ name: string; size: number }>;
   delete(name: string): Promise<void>;
   /**
+   * Optional: a temporary object for bytes whose name is known only once
+   * they are all written (a pack is named by the hash of its bytes), so a
+   * writer need not hold them in memory. `commit(name)` gives `put`'s
+   * guarantees: atomic, durable when it resolves, replacing `name`. Until
+   * then the object is invisible to `list`, and one left by a crash is
+   * removed by `sweepTemporary`. Stores without it get whole buffers via `put`.
+   */
+  createTemp?(): TempObject;
+  /**
    * Optional: remove temporary objects left by writers that crashed, older
    * than `before`. Stores whose puts are atomic server-side need none.
    */
@@ -36,6 +54,18 @@ export interface BlobStore {
   /** Human-readable location for messages. */
   readonly location: string;
   close(): Promise<void>;
+}
+
+/** Bytes being written to a store under a name given at the end (see `BlobStore.createTemp`). */
+export interface TempObject {
+  /** Append bytes (synchronously: the caller may reuse or drop them at once). */
+  write(data: Uint8Array): void;
+  /** Bytes written so far. */
+  readonly size: number;
+  /** Make the bytes durable under `name`; the temporary object is gone afterwards. */
+  commit(name: string): Promise<void>;
+  /** Drop the temporary object (idempotent). */
+  abort(): Promise<void>;
 }
 
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
@@ -98,6 +128,74 @@ export class DirBlobStore implements BlobStore {
       await fsp.rm(tmp, { force: true }).catch(() => {});
       throw fromSystemError(e, "writing", `${this.root}/${name}`);
     }
+  }
+
+  /**
+   * A temporary file `.tmp-<16 hex>` in the store's root (mode 0600, O_EXCL),
+   * written with synchronous positional writes until every byte is down.
+   * `commit` fsyncs it, renames it to its name and fsyncs the target's
+   * directory — the same steps as `put`, so the same crash guarantees.
+   */
+  createTemp(): TempObject {
+    const root = this.root;
+    const tmp = path.join(root, `.tmp-${randomBytes(8).toString("hex")}`);
+    let fd: number;
+    try {
+      mkdirSync(root, { recursive: true });
+      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
+    } catch (e) {
+      throw fromSystemError(e, "writing", tmp);
+    }
+    let size = 0;
+    let open = true;
+    const close = () => {
+      if (open) {
+        open = false;
+        closeSync(fd);
+      }
+    };
+    const full = (name: string) => this.full(name);
+    return {
+      get size() {
+        return size;
+      },
+      write(data: Uint8Array): void {
+        if (!open) throw new StrataError("INTERNAL", `temporary object ${tmp} is closed`);
+        let off = 0;
+        try {
+          while (off < data.length) {
+            const n = writeSync(fd, data, off, data.length - off, size + off);
+            if (n <= 0) throw Object.assign(new Error("short write"), { code: "EIO" });
+            off += n;
+          }
+        } catch (e) {
+          throw fromSystemError(e, "writing", tmp);
+        }
+        size += data.length;
+      },
+      async commit(name: string): Promise<void> {
+        try {
+          const dest = full(name);
+          const dir = path.dirname(dest);
+          if (!open) throw new StrataError("INTERNAL", `temporary object ${tmp} is closed`);
+          // A write that failed half-way may have left bytes past `size`.
+          ftruncateSync(fd, size);
+          await new Promise<void>((resolve, reject) => fsync(fd, (e) => (e ? reject(e) : resolve())));
+          close();
+          await fsp.mkdir(dir, { recursive: true });
+          await fsp.rename(tmp, dest);
+          await syncDir(dir);
+        } catch (e) {
+          close();
+          await fsp.rm(tmp, { force: true }).catch(() => {});
+          throw e instanceof StrataError ? e : fromSystemError(e, "writing", `${root}/${name}`);
+        }
+      },
+      async abort(): Promise<void> {
+        close();
+        await fsp.rm(tmp, { force: true }).catch(() => {});
+      },
+    };
   }
 
   async get(name: string): Promise<Buffer> {

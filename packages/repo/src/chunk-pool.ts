@@ -41,7 +41,14 @@ export type FileResult =
 /** Files below this size travel to workers in batches. */
 export const SMALL_FILE = 256 * 1024;
 const BATCH_FILES = 64;
-const BATCH_BYTES = 4 * 1024 * 1024;
+const BATCH_BYTES = 2 * 1024 * 1024;
+/**
+ * Bytes of small files in flight per thread. A worker holds a batch's
+ * content until the main thread has said which chunks are new, and the main
+ * thread may be slow to answer (it owns the catalog): without a byte bound,
+ * a fast walk queued dozens of batches per worker.
+ */
+const SMALL_BYTES_PER_THREAD = 2 * BATCH_BYTES;
 
 interface Job {
   resolve: (r: FileResult[]) => void;
@@ -49,6 +56,7 @@ interface Job {
   reserved: Set<BlobId>;
   worker: number;
   files: number;
+  bytes: number;
   large: boolean;
 }
 
@@ -60,8 +68,19 @@ interface Pending {
 }
 
 /**
+ * One worker per core but one: the main thread is busy too (walk, catalog,
+ * pack writes), and each worker is a V8 isolate with its own heap and
+ * buffers (~60 MB at full speed). On two cores a second worker only
+ * competed with the main thread and raised the peak RSS of a backup of data
+ * set A from ~230 to ~300 MB (docs/benchmarks.md).
+ */
+export function defaultChunkThreads(): number {
+  return Math.max(1, Math.min(availableParallelism() - 1, 8));
+}
+
+/**
  * A pool of chunk workers with bounded work in flight. Large files go one
- * per job (a worker holds one 8 MiB read buffer per large job); small files
+ * per job (a worker holds one 1 MiB read buffer per large job); small files
  * go in batches so a directory of tiny files costs a few messages, not five
  * per file. The main thread answers the workers' "which ids are new?"
  * queries from the repository (reserving new ids so two workers never store
@@ -76,7 +95,9 @@ export class ChunkPool {
   private smallInFlight = 0;
   private readonly maxLarge: number;
   private readonly maxSmall: number;
-  private readonly slotWaiters: { large: boolean; wake: () => void }[] = [];
+  private readonly maxSmallBytes: number;
+  private smallBytes = 0;
+  private readonly slotWaiters: { size: number; wake: () => void }[] = [];
   private batch: Pending[] = [];
   private batchBytes = 0;
   private batchScheduled = false;
@@ -86,10 +107,11 @@ export class ChunkPool {
   constructor(
     private readonly repo: ChunkSink,
     private readonly init: WorkerInit,
-    threads = Math.max(1, Math.min(availableParallelism(), 8)),
+    threads = defaultChunkThreads(),
   ) {
     this.maxLarge = threads * 2;
     this.maxSmall = threads * BATCH_FILES * 3;
+    this.maxSmallBytes = threads * SMALL_BYTES_PER_THREAD;
     this.threads = threads;
   }
 
@@ -121,17 +143,20 @@ export class ChunkPool {
     for (const w of this.slotWaiters.splice(0)) w.wake();
   }
 
-  private hasRoom(large: boolean): boolean {
-    return large ? this.largeInFlight < this.maxLarge : this.smallInFlight < this.maxSmall;
+  private hasRoom(size: number): boolean {
+    if (size >= SMALL_FILE) return this.largeInFlight < this.maxLarge;
+    return (
+      this.smallInFlight < this.maxSmall &&
+      (this.smallBytes === 0 || this.smallBytes + size <= this.maxSmallBytes)
+    );
   }
 
   /** Wait until a file of `size` bytes may be submitted (back-pressure). */
   async slot(size: number): Promise<void> {
-    const large = size >= SMALL_FILE;
-    while (!this.hasRoom(large) && !this.fatal) {
+    while (!this.hasRoom(size) && !this.fatal) {
       // Waiting for room must not hold back a batch that would make room.
       this.flushBatch();
-      await new Promise<void>((wake) => this.slotWaiters.push({ large, wake }));
+      await new Promise<void>((wake) => this.slotWaiters.push({ size, wake }));
     }
     if (this.fatal) throw this.fatal;
   }
@@ -143,6 +168,7 @@ export class ChunkPool {
       return this.post({ t: "file", job: 0, path: new Uint8Array(path) }, 1, true).then((r) => r[0]!);
     }
     this.smallInFlight++;
+    this.smallBytes += size;
     return new Promise<FileResult>((resolve, reject) => {
       this.batch.push({ path, size, resolve, reject });
       this.batchBytes += size;
@@ -162,7 +188,9 @@ export class ChunkPool {
     this.batchBytes = 0;
     const paths = Buffer.concat(batch.map((p) => p.path));
     const lens = batch.map((p) => p.path.length);
-    this.post({ t: "files", job: 0, paths, lens }, batch.length, false).then(
+    const sizes = batch.map((p) => p.size);
+    const bytes = sizes.reduce((a, b) => a + b, 0);
+    this.post({ t: "files", job: 0, paths, lens, sizes }, batch.length, false, bytes).then(
       (results) => {
         for (const [i, p] of batch.entries()) p.resolve(results[i]!);
       },
@@ -172,14 +200,19 @@ export class ChunkPool {
     );
   }
 
-  private post(msg: ToWorker & { job: number }, files: number, large: boolean): Promise<FileResult[]> {
+  private post(
+    msg: ToWorker & { job: number },
+    files: number,
+    large: boolean,
+    bytes = 0,
+  ): Promise<FileResult[]> {
     this.start();
     const job = this.nextJob++;
     let wi = 0;
     for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[wi]!) wi = i;
     this.load[wi]! += files;
     return new Promise<FileResult[]>((resolve, reject) => {
-      this.jobs.set(job, { resolve, reject, reserved: new Set(), worker: wi, files, large });
+      this.jobs.set(job, { resolve, reject, reserved: new Set(), worker: wi, files, bytes, large });
       this.workers[wi]!.postMessage({ ...msg, job });
     });
   }
@@ -193,10 +226,13 @@ export class ChunkPool {
     if (j.reserved.size) this.repo.release(j.reserved);
     this.load[j.worker]! -= j.files;
     if (j.large) this.largeInFlight -= j.files;
-    else this.smallInFlight -= j.files;
+    else {
+      this.smallInFlight -= j.files;
+      this.smallBytes -= j.bytes;
+    }
     for (let i = 0; i < this.slotWaiters.length; i++) {
       const w = this.slotWaiters[i]!;
-      if (this.hasRoom(w.large)) {
+      if (this.hasRoom(w.size)) {
         this.slotWaiters.splice(i--, 1);
         w.wake();
       }

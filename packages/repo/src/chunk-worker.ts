@@ -2,7 +2,7 @@
  * Worker thread: reads files, cuts them into chunks, hashes them, asks the
  * main thread which ids are new, and compresses and encrypts only those.
  * The main thread owns the catalog and the open pack; workers own the
- * CPU-heavy work. Large files are streamed through a pooled 8 MiB buffer (one
+ * CPU-heavy work. Large files are streamed through a pooled 1 MiB buffer (one
  * query per buffer); small files come in batches and are asked about
  * together.
  */
@@ -12,7 +12,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { type BlobId, Chunker, type ChunkerParams, type ContentPiece, type Xattr } from "@strata/core";
 import { dataRanges, readXattrs } from "@strata/fs";
 import { MasterKey } from "./crypto.js";
-import { BlobCodec, type EncodedBlob, WireCodec } from "./pack.js";
+import { BlobCodec, WireCodec } from "./pack.js";
 
 /**
  * `key` set: blobs are compressed and sealed for a local pack. `key` null:
@@ -29,7 +29,7 @@ export interface WorkerInit {
 export type ToWorker =
   | { t: "file"; job: number; path: Uint8Array }
   /** Small files: all paths in one buffer (cheaper to post than many). */
-  | { t: "files"; job: number; paths: Uint8Array; lens: number[] }
+  | { t: "files"; job: number; paths: Uint8Array; lens: number[]; sizes: number[] }
   | { t: "need"; job: number; seq: number; need: boolean[] };
 export type FileOutcome =
   | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string; xattrs: Xattr[] }
@@ -46,7 +46,10 @@ export type FromWorker =
     }
   | { t: "done"; job: number; results: FileOutcome[] };
 
-const BUF_SIZE = 4 * 1024 * 1024;
+/** Read buffer of a large file (at least twice the largest chunk). */
+const BUF_SIZE = 1024 * 1024;
+/** Smallest read buffer of a batch of small files (sized to the batch). */
+const BATCH_BUF = 64 * 1024;
 
 /** What the content was read under; the walk compares it with its own lstat. */
 export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
@@ -111,7 +114,7 @@ if (parentPort) {
         paths.push(all.subarray(off, off + l));
         off += l;
       }
-      smallFiles(m.job, paths).then(
+      smallFiles(m.job, paths, m.sizes).then(
         (results) => port.postMessage({ t: "done", job: m.job, results } satisfies FromWorker),
         (e) =>
           port.postMessage({
@@ -132,27 +135,25 @@ if (parentPort) {
     }
   }
 
-  /** Send encrypted blobs in one transferred buffer. */
-  function sendBlobs(job: number, encoded: EncodedBlob[]): void {
-    if (!encoded.length) return;
-    let total = 0;
-    for (const e of encoded) total += e.data.length;
-    const data = Buffer.allocUnsafeSlow(total);
-    let off = 0;
-    const blobs = encoded.map((e) => {
-      e.data.copy(data, off);
-      const b = {
-        id: e.id,
-        offset: off,
-        length: e.data.length,
-        rawLength: e.rawLength,
-        compressed: e.compressed,
-      };
-      off += e.data.length;
-      return b;
-    });
+  /** Encode the cuts the main thread asked for and send them in one transferred buffer. */
+  function sendBlobs(job: number, cuts: readonly Cut[], need: readonly boolean[]): void {
+    const items = cuts.filter((_, i) => need[i]).map((c) => ({ id: c.id, plain: c.data }));
+    if (!items.length) return;
+    const { data, blobs } = codec.encodeMany(items);
     port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [data.buffer as ArrayBuffer]);
   }
+
+  /**
+   * Read buffers for batches of small files, reused: a batch is read into
+   * one buffer instead of one allocation per file.
+   */
+  const batchPool: Buffer[] = [];
+  const takeBatchBuffer = (min: number): Buffer => {
+    const b = batchPool.pop();
+    if (b && b.length >= min) return b;
+    if (b) batchPool.push(b);
+    return Buffer.allocUnsafeSlow(Math.max(min, BATCH_BUF));
+  };
 
   type Cut = { data: Uint8Array; id: BlobId };
   /** Cut every complete chunk of buf[0..filled) into `out`; returns the bytes consumed. */
@@ -169,74 +170,88 @@ if (parentPort) {
   }
 
   /** Small files: read whole, chunk, then one query and one blob message for the batch. */
-  async function smallFiles(job: number, paths: Buffer[]): Promise<FileOutcome[]> {
-    const results: (FileOutcome | null)[] = [];
-    const perFile: { cuts: Cut[]; size: number; sig: string; xattrs: Xattr[] }[] = [];
-    for (const path of paths) {
-      let fd = -1;
-      try {
-        fd = openFile(path);
-        const before = fstatSync(fd, { bigint: true });
-        if (!before.isFile()) {
-          results.push({ t: "changed", why: "no longer a regular file" });
+  async function smallFiles(job: number, paths: Buffer[], sizes: number[]): Promise<FileOutcome[]> {
+    // The walk's sizes (a file may have grown since: the buffer then grows).
+    let batchBuf = takeBatchBuffer(sizes.reduce((a, b) => a + b + 1, 0));
+    let used = 0;
+    try {
+      return await readSmallFiles();
+    } finally {
+      if (batchPool.length < 2) batchPool.push(batchBuf);
+    }
+
+    async function readSmallFiles(): Promise<FileOutcome[]> {
+      const results: (FileOutcome | null)[] = [];
+      const perFile: { cuts: Cut[]; size: number; sig: string; xattrs: Xattr[] }[] = [];
+      for (const path of paths) {
+        let fd = -1;
+        try {
+          fd = openFile(path);
+          const before = fstatSync(fd, { bigint: true });
+          if (!before.isFile()) {
+            results.push({ t: "changed", why: "no longer a regular file" });
+            perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
+            continue;
+          }
+          const size = Number(before.size);
+          if (used + size + 1 > batchBuf.length) {
+            // Cuts of earlier files point into the old buffer: keep it (it
+            // becomes garbage once this batch is done) and start a bigger one.
+            batchBuf = takeBatchBuffer(Math.max(batchBuf.length * 2, size + 1));
+            used = 0;
+          }
+          const buf = batchBuf.subarray(used, used + size + 1);
+          used += size;
+          let got = 0;
+          while (got <= size) {
+            const n = readSync(fd, buf, got, size + 1 - got, got);
+            if (n === 0) break;
+            got += n;
+          }
+          const after = fstatSync(fd, { bigint: true });
+          if (
+            got !== size ||
+            after.size !== before.size ||
+            after.mtimeNs !== before.mtimeNs ||
+            after.ctimeNs !== before.ctimeNs
+          ) {
+            results.push({ t: "changed", why: "file changed while being read" });
+            perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
+            continue;
+          }
+          const cuts: Cut[] = [];
+          chunker.reset();
+          if (size > 0) cutAll(chunker, buf, size, true, cuts);
+          // Extended attributes are read here, not by the walk: the worker has
+          // the file in hand and the main thread has enough to do.
+          const xattrs = readXattrs(path);
+          results.push(null);
+          perFile.push({ cuts, size, sig: statSig(before), xattrs });
+        } catch (e) {
+          results.push(errorOutcome(e));
           perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
-          continue;
+        } finally {
+          if (fd >= 0) closeSync(fd);
         }
-        const size = Number(before.size);
-        const buf = Buffer.allocUnsafe(size + 1);
-        let got = 0;
-        while (got <= size) {
-          const n = readSync(fd, buf, got, size + 1 - got, got);
-          if (n === 0) break;
-          got += n;
-        }
-        const after = fstatSync(fd, { bigint: true });
-        if (
-          got !== size ||
-          after.size !== before.size ||
-          after.mtimeNs !== before.mtimeNs ||
-          after.ctimeNs !== before.ctimeNs
-        ) {
-          results.push({ t: "changed", why: "file changed while being read" });
-          perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
-          continue;
-        }
-        const cuts: Cut[] = [];
-        chunker.reset();
-        if (size > 0) cutAll(chunker, buf, size, true, cuts);
-        // Extended attributes are read here, not by the walk: the worker has
-        // the file in hand and the main thread has enough to do.
-        const xattrs = readXattrs(path);
-        results.push(null);
-        perFile.push({ cuts, size, sig: statSig(before), xattrs });
-      } catch (e) {
-        results.push(errorOutcome(e));
-        perFile.push({ cuts: [], size: 0, sig: "", xattrs: [] });
-      } finally {
-        if (fd >= 0) closeSync(fd);
       }
-    }
-    const all = perFile.flatMap((f) => f.cuts);
-    if (all.length) {
-      const need = await ask(job, all);
-      const encoded: EncodedBlob[] = [];
-      all.forEach((c, i) => {
-        if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
+      const all = perFile.flatMap((f) => f.cuts);
+      if (all.length) {
+        const need = await ask(job, all);
+        sendBlobs(job, all, need);
+      }
+      return results.map((r, i) => {
+        if (r) return r;
+        const f = perFile[i]!;
+        return {
+          t: "ok",
+          pieces: f.cuts.map((c) => ({ id: c.id as never, len: c.data.length })),
+          size: f.size,
+          bytesRead: f.size,
+          sig: f.sig,
+          xattrs: f.xattrs,
+        };
       });
-      sendBlobs(job, encoded);
     }
-    return results.map((r, i) => {
-      if (r) return r;
-      const f = perFile[i]!;
-      return {
-        t: "ok",
-        pieces: f.cuts.map((c) => ({ id: c.id as never, len: c.data.length })),
-        size: f.size,
-        bytesRead: f.size,
-        sig: f.sig,
-        xattrs: f.xattrs,
-      };
-    });
   }
 
   async function largeFile(job: number, path: Buffer): Promise<FileOutcome> {
@@ -276,12 +291,8 @@ if (parentPort) {
           const start = cutAll(fileChunker, buf, filled, eof, cuts);
           if (cuts.length) {
             const need = await ask(job, cuts);
-            const encoded: EncodedBlob[] = [];
-            cuts.forEach((c, i) => {
-              pieces.push({ id: c.id as never, len: c.data.length });
-              if (need[i]) encoded.push(codec.encode(c.id, "chunk", c.data));
-            });
-            sendBlobs(job, encoded);
+            for (const c of cuts) pieces.push({ id: c.id as never, len: c.data.length });
+            sendBlobs(job, cuts, need);
           }
           // Keep the partial chunk at the front of the buffer.
           if (start > 0) {

@@ -41,16 +41,33 @@ function nextNonce(): Buffer {
 }
 
 export function seal(key: MasterKey, plain: Uint8Array, aad?: Uint8Array): Buffer {
+  // A dedicated (non-pooled) buffer: workers transfer its ArrayBuffer.
+  const out = Buffer.allocUnsafeSlow(NONCE_LEN + plain.length + TAG_LEN);
+  sealInto(key, plain, out, 0, aad);
+  return out;
+}
+
+/**
+ * Seal `plain` into `out` at `offset` (nonce || ciphertext || tag, i.e.
+ * `plain.length + SEAL_OVERHEAD` bytes); returns the bytes written. Lets a
+ * caller place many sealed values in one buffer without a copy each.
+ */
+export function sealInto(
+  key: MasterKey,
+  plain: Uint8Array,
+  out: Buffer,
+  offset: number,
+  aad?: Uint8Array,
+): number {
   const nonce = nextNonce();
   const c = createCipheriv("aes-256-gcm", key.key, nonce);
   if (aad) c.setAAD(aad);
-  // A dedicated (non-pooled) buffer: workers transfer its ArrayBuffer.
-  const out = Buffer.allocUnsafeSlow(NONCE_LEN + plain.length + TAG_LEN);
-  nonce.copy(out, 0);
-  let off = NONCE_LEN + c.update(plain).copy(out, NONCE_LEN);
+  nonce.copy(out, offset);
+  let off = offset + NONCE_LEN;
+  off += c.update(plain).copy(out, off);
   off += c.final().copy(out, off);
-  c.getAuthTag().copy(out, off);
-  return out;
+  off += c.getAuthTag().copy(out, off);
+  return off - offset;
 }
 
 /** Returns null when authentication fails (wrong key or damaged bytes). */

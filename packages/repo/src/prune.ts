@@ -4,7 +4,7 @@ import { DATA_EPOCH } from "./backup.js";
 import type { LeaseRecord, PackRecord } from "./catalog.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import { markReachable } from "./marking.js";
-import { PackBuilder, packName } from "./pack.js";
+import { packName, storePack } from "./pack.js";
 import type { Repository } from "./repository.js";
 
 export interface PruneOptions {
@@ -83,12 +83,12 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     }
     opts.onProgress?.(`repacking ${repack.length} packs`);
     // Chunks and trees keep to separate packs, as in backup.
-    const builders = { chunk: new PackBuilder(), tree: new PackBuilder() };
+    const builders = { chunk: repo.newPackBuilder(), tree: repo.newPackBuilder() };
     const writeBuilder = async (type: "chunk" | "tree") => {
       const builder = builders[type];
       if (builder.count === 0) return;
       const p = builder.finish(repo.key);
-      await repo.store.put(packName(p.id), p.parts);
+      await storePack(repo.store, p);
       const rec: PackRecord = {
         id: p.id,
         size: p.size,
@@ -98,7 +98,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
         doomedAt: null,
       };
       await repo.catalog.moveBlobs(rec, p.entries);
-      builders[type] = new PackBuilder();
+      builders[type] = repo.newPackBuilder();
     };
     for (const id of repack) {
       const used = await repo.catalog.packEntriesMarked(id, true);

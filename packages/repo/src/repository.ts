@@ -32,6 +32,7 @@ import {
   packIdFromName,
   packName,
   parsePackHeader,
+  storePack,
 } from "./pack.js";
 
 /** Stored sealed under the master key as the object `config`. */
@@ -85,7 +86,7 @@ export class Repository {
    * pack then never hides which files it affects, and check/prune read tree
    * packs only.
    */
-  private builders: Record<BlobType, PackBuilder> = { chunk: new PackBuilder(), tree: new PackBuilder() };
+  private builders: Record<BlobType, PackBuilder>;
   private builderIds: Record<BlobType, Set<BlobId>> = { chunk: new Set(), tree: new Set() };
   /** Ids added to packs not yet indexed: known for dedup, not yet in the catalog. */
   private readonly pending = new Set<BlobId>();
@@ -103,6 +104,16 @@ export class Repository {
     readonly config: RepoConfig,
   ) {
     this.codec = new BlobCodec(key, config.compression.level);
+    this.builders = { chunk: this.newPackBuilder(), tree: this.newPackBuilder() };
+  }
+
+  /**
+   * Packs stream to a temporary object of the store when it offers one, so
+   * an open pack costs its entry list, not its 16 MiB of blobs.
+   */
+  newPackBuilder(): PackBuilder {
+    const store = this.store;
+    return new PackBuilder(store.createTemp ? () => store.createTemp!() : undefined);
   }
 
   static async init(
@@ -310,15 +321,19 @@ export class Repository {
   private rotate(type: BlobType): void {
     const builder = this.builders[type];
     const ids = this.builderIds[type];
-    this.builders[type] = new PackBuilder();
+    this.builders[type] = this.newPackBuilder();
     this.builderIds[type] = new Set();
     if (builder.count === 0) return;
     this.flushesPending++;
     this.flushChain = this.flushChain.then(async () => {
-      if (this.flushError) return;
+      if (this.flushError) {
+        await builder.discard();
+        return;
+      }
       try {
         const p = builder.finish(this.key);
-        await this.store.put(packName(p.id), p.parts);
+        // Durable before indexed (a crash in between leaves an orphan pack).
+        await storePack(this.store, p);
         await this.catalog.addPack(
           {
             id: p.id,
@@ -334,6 +349,7 @@ export class Repository {
         for (const id of ids) this.pending.delete(id);
       } catch (e) {
         this.flushError = e;
+        await builder.discard();
       } finally {
         this.flushesPending--;
       }

@@ -62,6 +62,27 @@ export function runBlobStoreContract(name: string, make: () => Promise<BlobStore
       expect((await s.get("p")).toString()).toBe("new");
     });
 
+    it("a temporary object (if offered) is invisible until committed, then is a whole object", async () => {
+      if (!s.createTemp) return;
+      const t = s.createTemp();
+      t.write(Buffer.from("hel"));
+      t.write(Buffer.from("lo"));
+      expect(t.size).toBe(5);
+      const seen = [];
+      for await (const o of s.list("")) seen.push(o.name);
+      expect(seen).toEqual([]);
+      await t.commit("packs/ab/streamed");
+      expect((await s.get("packs/ab/streamed")).toString()).toBe("hello");
+      const aborted = s.createTemp();
+      aborted.write(Buffer.from("never"));
+      await aborted.abort();
+      await aborted.abort();
+      const names = [];
+      for await (const o of s.list("")) names.push(o.name);
+      expect(names).toEqual(["packs/ab/streamed"]);
+      await expect(s.createTemp().commit("../x")).rejects.toSatisfy((e) => isStrataError(e, "UNSAFE_PATH"));
+    });
+
     it("rejects hostile names", async () => {
       for (const bad of ["../x", "/abs", "a/../b", "a//b", "", "a/./b", "sp ace", "nul\0"]) {
         await expect(s.put(bad, Buffer.from("x")), bad).rejects.toSatisfy((e) =>

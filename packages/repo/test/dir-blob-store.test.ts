@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { DirBlobStore } from "@strata/repo";
@@ -23,5 +23,25 @@ describe("DirBlobStore specifics", () => {
     const s = new DirBlobStore(root);
     await s.put("packs/aa/x", Buffer.alloc(100));
     expect(readdirSync(path.join(root, "packs/aa"))).toEqual(["x"]);
+  });
+
+  it("temporary objects live as .tmp-* files in the root and leave nothing behind", async () => {
+    const root = fresh();
+    const s = new DirBlobStore(root);
+    const t = s.createTemp();
+    t.write(Buffer.alloc(10, 1));
+    const tmp = readdirSync(root).filter((n) => n.startsWith(".tmp-"));
+    expect(tmp).toHaveLength(1);
+    expect(statSync(path.join(root, tmp[0]!)).mode & 0o777).toBe(0o600);
+    await t.commit("packs/aa/y");
+    expect(readdirSync(root).filter((n) => n.startsWith(".tmp-"))).toEqual([]);
+    expect(readdirSync(path.join(root, "packs/aa"))).toEqual(["y"]);
+    const dropped = s.createTemp();
+    dropped.write(Buffer.alloc(3));
+    await dropped.abort();
+    expect(readdirSync(root).filter((n) => n.startsWith(".tmp-"))).toEqual([]);
+    // A crash leaves a temporary file: sweepTemporary removes old ones.
+    s.createTemp().write(Buffer.alloc(3));
+    expect(await s.sweepTemporary(new Date(Date.now() + 1000))).toBe(1);
   });
 });
