@@ -100,6 +100,12 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
 
     async function readPack(id: PackId, size: number, entries: IndexEntry[]): Promise<void> {
       r.packsRead++;
+      // Verified on the worker threads; results are applied as they come.
+      // A pack is read only once a worker is free for it, so at most one
+      // pack per worker is in memory.
+      pool.verifier ??= new VerifyPool(repo.key);
+      const verifier = pool.verifier;
+      await verifier.slot();
       let data: Buffer;
       try {
         data = await repo.store.get(packName(id));
@@ -107,10 +113,6 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
         badPack(id, `cannot be read: ${(e as Error).message}`);
         return;
       }
-      // Verified on the worker threads; results are applied as they come.
-      pool.verifier ??= new VerifyPool(repo.key);
-      const verifier = pool.verifier;
-      await verifier.slot();
       const done = verifier.verify(id, data, size, entries).then(
         (v) => {
           for (const p of v.packProblems) badPack(id, p);
