@@ -60,10 +60,11 @@ const TYPES = {
   }) as typeof pg.types.getTypeParser,
 };
 
-const BLOB_COLS = `b.id, b.type, b.pack_id, b."offset" AS "offset", b.length, b.raw_length, b.compressed`;
+/** Index entry columns; `p` is the entry's pack (blobs.pack = packs.seq, migration 0005). */
+const BLOB_COLS = `b.id, b.type, p.id AS pack_id, b."offset" AS "offset", b.length, b.raw_length, b.compressed`;
 const PACK_COLS = "id, size, blob_count, created_at, state, doomed_at";
 const SNAP_COLS = "id, time, hostname, paths, tags, tree, parent, kind, stats";
-const BLOB_SET = `type = EXCLUDED.type, pack_id = EXCLUDED.pack_id, "offset" = EXCLUDED."offset",
+const BLOB_SET = `type = EXCLUDED.type, pack = EXCLUDED.pack, "offset" = EXCLUDED."offset",
   length = EXCLUDED.length, raw_length = EXCLUDED.raw_length, compressed = EXCLUDED.compressed`;
 /**
  * First writer wins — unless the existing entry's pack is doomed: then
@@ -71,7 +72,7 @@ const BLOB_SET = `type = EXCLUDED.type, pack_id = EXCLUDED.pack_id, "offset" = E
  * must become the indexed one or prune would drop it with the old pack.
  */
 const ON_CONFLICT_FIRST_WINS = `ON CONFLICT (id) DO UPDATE SET ${BLOB_SET}
-  WHERE (SELECT p.state FROM packs p WHERE p.id = blobs.pack_id) = 'doomed'`;
+  WHERE (SELECT p.state FROM packs p WHERE p.seq = blobs.pack) = 'doomed'`;
 const ON_CONFLICT_MOVE = `ON CONFLICT (id) DO UPDATE SET ${BLOB_SET}`;
 
 interface BlobRow {
@@ -239,16 +240,17 @@ export class PostgresCatalog implements RepoCatalog {
     onConflict: string,
   ): Promise<void> {
     if (entries.length === 0) return;
-    const packId = idBytes(pack.id);
+    const seqRow = await c.query<{ seq: number }>("SELECT seq FROM packs WHERE id = $1", [idBytes(pack.id)]);
+    const packSeq = seqRow.rows[0]!.seq;
     if (entries.length <= COPY_THRESHOLD) {
       await c.query(
-        `INSERT INTO blobs (id, type, pack_id, "offset", length, raw_length, compressed)
+        `INSERT INTO blobs (id, type, pack, "offset", length, raw_length, compressed)
          SELECT u.id, u.type, $1, u.off, u.len, u.raw, u.comp
          FROM unnest($2::bytea[], $3::smallint[], $4::int8[], $5::int4[], $6::int4[], $7::bool[])
            AS u (id, type, off, len, raw, comp)
          ${onConflict}`,
         [
-          packId,
+          packSeq,
           entries.map((e) => idBytes(e.id)),
           entries.map((e) => blobTypeCode(e.type)),
           entries.map((e) => e.offset),
@@ -292,10 +294,10 @@ export class PostgresCatalog implements RepoCatalog {
     }
     await pipeline(Readable.from(lines()), stream);
     await c.query(
-      `INSERT INTO blobs (id, type, pack_id, "offset", length, raw_length, compressed)
+      `INSERT INTO blobs (id, type, pack, "offset", length, raw_length, compressed)
        SELECT s.id, s.type, $1, s."offset", s.length, s.raw_length, s.compressed FROM pg_temp.strata_blobs_in s
        ${onConflict}`,
-      [packId],
+      [packSeq],
     );
   }
 
@@ -315,7 +317,7 @@ export class PostgresCatalog implements RepoCatalog {
   async hasBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>> {
     if (ids.length === 0) return new Set();
     const r = await this.q<{ id: Buffer }>(
-      `SELECT b.id FROM blobs b JOIN packs p ON p.id = b.pack_id
+      `SELECT b.id FROM blobs b JOIN packs p ON p.seq = b.pack
        WHERE b.id = ANY (SELECT unnest($1::bytea[])) AND p.state = 'active'`,
       [idsBytes(ids)],
     );
@@ -360,7 +362,8 @@ export class PostgresCatalog implements RepoCatalog {
     const out = new Map<BlobId, IndexEntry>();
     if (ids.length === 0) return out;
     const r = await this.q<BlobRow>(
-      `SELECT ${BLOB_COLS} FROM blobs b WHERE b.id = ANY (SELECT unnest($1::bytea[]))`,
+      `SELECT ${BLOB_COLS} FROM blobs b JOIN packs p ON p.seq = b.pack
+       WHERE b.id = ANY (SELECT unnest($1::bytea[]))`,
       [idsBytes(ids)],
     );
     for (const row of r.rows) {
@@ -390,7 +393,7 @@ export class PostgresCatalog implements RepoCatalog {
 
   async packEntries(packId: PackId): Promise<IndexEntry[]> {
     const r = await this.q<BlobRow>(
-      `SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = $1 ORDER BY b."offset"`,
+      `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = $1 ORDER BY b."offset"`,
       [idBytes(packId)],
     );
     return r.rows.map(toEntry);
@@ -433,7 +436,10 @@ export class PostgresCatalog implements RepoCatalog {
     if (ids.length === 0) return;
     const bytes = idsBytes(ids);
     await this.tx(async (c) => {
-      await c.query("DELETE FROM blobs WHERE pack_id = ANY (SELECT unnest($1::bytea[]))", [bytes]);
+      await c.query(
+        "DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE id = ANY (SELECT unnest($1::bytea[])))",
+        [bytes],
+      );
       await c.query("DELETE FROM packs WHERE id = ANY (SELECT unnest($1::bytea[]))", [bytes]);
     });
   }
@@ -529,8 +535,8 @@ export class PostgresCatalog implements RepoCatalog {
       }>(
         `SELECT p.id, p.size, count(b.id)::int8 AS blob_count, count(m.id)::int8 AS used_count,
                 coalesce(sum(b.length) FILTER (WHERE m.id IS NOT NULL), 0)::int8 AS used_bytes
-         FROM (SELECT id, size FROM packs WHERE id > $1 ORDER BY id LIMIT $2) p
-         LEFT JOIN blobs b ON b.pack_id = p.id
+         FROM (SELECT seq, id, size FROM packs WHERE id > $1 ORDER BY id LIMIT $2) p
+         LEFT JOIN blobs b ON b.pack = p.seq
          LEFT JOIN marks m ON m.id = b.id
          GROUP BY p.id, p.size
          ORDER BY p.id`,
@@ -552,7 +558,7 @@ export class PostgresCatalog implements RepoCatalog {
 
   async packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]> {
     const r = await this.q<BlobRow>(
-      `SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = $1
+      `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = $1
          AND ${marked ? "" : "NOT"} EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id)
        ORDER BY b."offset"`,
       [idBytes(packId)],

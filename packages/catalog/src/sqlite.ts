@@ -59,7 +59,8 @@ interface LeaseRow {
   expires_at: number;
 }
 
-const BLOB_COLS = `b.id, b.type, b.pack_id, b."offset" AS "offset", b.length, b.raw_length, b.compressed`;
+/** Index entry columns; `p` is the entry's pack (blobs.pack = packs.seq, migration 0005). */
+const BLOB_COLS = `b.id, b.type, p.id AS pack_id, b."offset" AS "offset", b.length, b.raw_length, b.compressed`;
 const PACK_COLS = "id, size, blob_count, created_at, state, doomed_at";
 const SNAP_COLS = "id, time, hostname, paths, tags, tree, parent, kind, stats";
 /** Ids travel into SQL as one JSON array of hex strings, unpacked with json_each + unhex: one statement, any batch size. */
@@ -139,11 +140,11 @@ function packParams(p: PackRecord): unknown[] {
     p.doomedAt === null ? null : p.doomedAt.getTime(),
   ];
 }
-function entryParams(e: IndexEntry): unknown[] {
+function entryParams(e: IndexEntry, packSeq: number): unknown[] {
   return [
     idBytes(e.id),
     blobTypeCode(e.type),
-    idBytes(e.packId),
+    packSeq,
     e.offset,
     e.length,
     e.rawLength,
@@ -190,7 +191,27 @@ function migrate(db: Db): void {
       record.run(m.version, m.name, Date.now());
     }
   });
+  const before = applied(db);
   run.immediate();
+  // A migration that rebuilt tables (0005) leaves the old pages on the
+  // freelist: give them back once, when they are a quarter of the file.
+  // VACUUM needs the database to itself; if another process is using it,
+  // the space is simply reused by later writes.
+  if (applied(db) !== before) {
+    const free = Number(db.pragma("freelist_count", { simple: true }));
+    const total = Number(db.pragma("page_count", { simple: true }));
+    if (free > 0 && free * 4 > total) {
+      try {
+        db.exec("VACUUM");
+      } catch {
+        // busy: keep the free pages
+      }
+    }
+  }
+}
+
+function applied(db: Db): number {
+  return Number(db.prepare("SELECT count(*) FROM schema_migrations").pluck().get());
 }
 
 /**
@@ -220,27 +241,29 @@ export class SqliteCatalog implements RepoCatalog {
       // hasBlobs said "absent", the caller stored the blob again, and the new
       // copy must become the indexed one or prune would drop it with the old pack.
       insertEntry: p(
-        `INSERT INTO blobs (id, type, pack_id, "offset", length, raw_length, compressed)
+        `INSERT INTO blobs (id, type, pack, "offset", length, raw_length, compressed)
          VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET
-           type = excluded.type, pack_id = excluded.pack_id, "offset" = excluded."offset",
+           type = excluded.type, pack = excluded.pack, "offset" = excluded."offset",
            length = excluded.length, raw_length = excluded.raw_length, compressed = excluded.compressed
-         WHERE (SELECT state FROM packs WHERE packs.id = blobs.pack_id) = 'doomed'`,
+         WHERE (SELECT state FROM packs WHERE packs.seq = blobs.pack) = 'doomed'`,
       ),
       upsertEntry: p(
-        `INSERT INTO blobs (id, type, pack_id, "offset", length, raw_length, compressed)
+        `INSERT INTO blobs (id, type, pack, "offset", length, raw_length, compressed)
          VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET
-           type = excluded.type, pack_id = excluded.pack_id, "offset" = excluded."offset",
+           type = excluded.type, pack = excluded.pack, "offset" = excluded."offset",
            length = excluded.length, raw_length = excluded.raw_length, compressed = excluded.compressed`,
       ),
       hasBlobs: p(
         `SELECT b.id FROM json_each(?) j
          JOIN blobs b ON b.id = unhex(j.value)
-         JOIN packs p ON p.id = b.pack_id
+         JOIN packs p ON p.seq = b.pack
          WHERE p.state = 'active'`,
       ).pluck(),
-      lookupBlobs: p(`SELECT ${BLOB_COLS} FROM json_each(?) j JOIN blobs b ON b.id = unhex(j.value)`),
+      lookupBlobs: p(
+        `SELECT ${BLOB_COLS} FROM json_each(?) j JOIN blobs b ON b.id = unhex(j.value) JOIN packs p ON p.seq = b.pack`,
+      ),
       addPins: p(
         "INSERT INTO pins (holder, id) SELECT ?, unhex(j.value) FROM json_each(?) j WHERE true ON CONFLICT DO NOTHING",
       ),
@@ -250,11 +273,14 @@ export class SqliteCatalog implements RepoCatalog {
       removePins: p("DELETE FROM pins WHERE holder = ?"),
       listPins: p("SELECT DISTINCT id FROM pins WHERE id > ? ORDER BY id LIMIT ?").pluck(),
       getPack: p(`SELECT ${PACK_COLS} FROM packs WHERE id = ?`),
+      packSeq: p("SELECT seq FROM packs WHERE id = ?").pluck(),
       listPacks: p(`SELECT ${PACK_COLS} FROM packs WHERE id > ? ORDER BY id LIMIT ?`),
-      packEntries: p(`SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = ? ORDER BY b."offset"`),
+      packEntries: p(
+        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ? ORDER BY b."offset"`,
+      ),
       doom: p(`UPDATE packs SET state = 'doomed', doomed_at = ? WHERE state = 'active' AND id IN ${IDS}`),
       revive: p(`UPDATE packs SET state = 'active', doomed_at = NULL WHERE id IN ${IDS}`),
-      deleteEntriesOfPacks: p(`DELETE FROM blobs WHERE pack_id IN ${IDS}`),
+      deleteEntriesOfPacks: p(`DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE id IN ${IDS})`),
       deletePacks: p(`DELETE FROM packs WHERE id IN ${IDS}`),
       deleteBlobs: p(`DELETE FROM blobs WHERE id IN ${IDS}`),
       countBlobs: p(
@@ -276,18 +302,18 @@ export class SqliteCatalog implements RepoCatalog {
       packUsage: p(
         `SELECT p.id AS id, p.size AS size, count(b.id) AS blob_count, count(m.id) AS used_count,
                 coalesce(sum(CASE WHEN m.id IS NOT NULL THEN b.length END), 0) AS used_bytes
-         FROM (SELECT id, size FROM packs WHERE id > ? ORDER BY id LIMIT ?) p
-         LEFT JOIN blobs b ON b.pack_id = p.id
+         FROM (SELECT seq, id, size FROM packs WHERE id > ? ORDER BY id LIMIT ?) p
+         LEFT JOIN blobs b ON b.pack = p.seq
          LEFT JOIN marks m ON m.id = b.id
          GROUP BY p.id, p.size
          ORDER BY p.id`,
       ),
       packEntriesMarked: p(
-        `SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = ?
+        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ?
            AND EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id) ORDER BY b."offset"`,
       ),
       packEntriesUnmarked: p(
-        `SELECT ${BLOB_COLS} FROM blobs b WHERE b.pack_id = ?
+        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ?
            AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id) ORDER BY b."offset"`,
       ),
       dropExpiredLeases: p("DELETE FROM leases WHERE name = ? AND expires_at <= ?"),
@@ -312,12 +338,14 @@ export class SqliteCatalog implements RepoCatalog {
     const addPack = db.transaction((pack: PackRecord, entries: readonly IndexEntry[]) => {
       // Already recorded: change nothing (the first addPack wrote its entries in the same transaction).
       if (s.insertPack!.run(...packParams(pack)).changes === 0) return;
-      for (const e of entries) s.insertEntry!.run(...entryParams(e));
+      const seq = s.packSeq!.get(idBytes(pack.id)) as number;
+      for (const e of entries) s.insertEntry!.run(...entryParams(e, seq));
     });
     this.txAddPack = (pack, entries) => addPack.immediate(pack, entries);
     const moveBlobs = db.transaction((pack: PackRecord, entries: readonly IndexEntry[]) => {
       s.insertPack!.run(...packParams(pack));
-      for (const e of entries) s.upsertEntry!.run(...entryParams(e));
+      const seq = s.packSeq!.get(idBytes(pack.id)) as number;
+      for (const e of entries) s.upsertEntry!.run(...entryParams(e, seq));
     });
     this.txMoveBlobs = (pack, entries) => moveBlobs.immediate(pack, entries);
     const removePacks = db.transaction((json: string) => {

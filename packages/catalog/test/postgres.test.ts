@@ -28,6 +28,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
         { version: 2, name: "server" },
         { version: 3, name: "fleet" },
         { version: 4, name: "uploads" },
+        { version: 5, name: "pack_seq" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",

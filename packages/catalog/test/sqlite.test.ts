@@ -1,8 +1,10 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { BlobId, PackId } from "@strata/core";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
+import { loadMigrations } from "../src/common.js";
 import {
   FILE_CACHE_FLUSH_EVERY,
   openCatalog,
@@ -40,12 +42,71 @@ describe("SqliteCatalog specifics", () => {
       { version: 2, name: "server" },
       { version: 3, name: "fleet" },
       { version: 4, name: "uploads" },
+      { version: 5, name: "pack_seq" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
       t: "blob",
       n: 32,
     });
     db.close();
+  });
+
+  it("migration 0005 re-points an existing index at integer pack keys, losing nothing", async () => {
+    const path = file();
+    const db = new Database(path);
+    db.exec(`CREATE TABLE schema_migrations (
+      version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+    for (const m of loadMigrations("sqlite").filter((m) => m.version < 5)) {
+      db.exec(m.sql);
+      db.prepare("INSERT INTO schema_migrations VALUES (?, ?, 0)").run(m.version, m.name);
+    }
+    const hex = (c: string) => c.repeat(64);
+    const packs = [hex("a"), hex("b")];
+    for (const [i, p] of packs.entries()) {
+      db.prepare("INSERT INTO packs VALUES (?, 100, 2, ?, ?, ?)").run(
+        Buffer.from(p, "hex"),
+        1000 + i,
+        i === 0 ? "active" : "doomed",
+        i === 0 ? null : 5000,
+      );
+    }
+    const blobs = [
+      [hex("1"), 0, packs[0], 0, 40, 50, 1],
+      [hex("2"), 1, packs[0], 40, 60, 60, 0],
+      [hex("3"), 0, packs[1], 0, 70, 90, 1],
+    ] as const;
+    for (const [id, type, pack, off, len, raw, comp] of blobs) {
+      db.prepare("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)").run(
+        Buffer.from(id, "hex"),
+        type,
+        Buffer.from(pack, "hex"),
+        off,
+        len,
+        raw,
+        comp,
+      );
+    }
+    db.close();
+
+    const c = await openSqliteCatalog(path);
+    const found = await c.lookupBlobs(blobs.map((b) => b[0] as BlobId));
+    expect([...found.values()].sort((x, y) => x.id.localeCompare(y.id))).toEqual(
+      blobs.map(([id, type, pack, offset, length, rawLength, comp]) => ({
+        id,
+        type: type === 1 ? "tree" : "chunk",
+        packId: pack,
+        offset,
+        length,
+        rawLength,
+        compressed: comp === 1,
+      })),
+    );
+    expect(await c.hasBlobs(blobs.map((b) => b[0] as BlobId))).toEqual(new Set([hex("1"), hex("2")]));
+    expect((await c.packEntries(packs[0] as PackId)).map((e) => e.id)).toEqual([hex("1"), hex("2")]);
+    expect((await c.getPack(packs[1] as PackId))?.doomedAt).toEqual(new Date(5000));
+    await c.removePacks([packs[1] as PackId]);
+    expect((await c.lookupBlobs([hex("3") as BlobId])).size).toBe(0);
+    await c.close();
   });
 
   it("refuses a catalog whose schema is newer than the program", async () => {
