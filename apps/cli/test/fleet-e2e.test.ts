@@ -7,6 +7,7 @@
  * changed bytes, and the server's data restores byte-exact and checks
  * clean with --read-data.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,7 +15,7 @@ import * as path from "node:path";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isRoot, type Run, strataAsync } from "./helpers.js";
+import { BIN, isRoot, type Run, strataAsync } from "./helpers.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-fleet-e2e-"));
 const NEW_PW = "a long new secret phrase";
@@ -128,6 +129,59 @@ describe.skipIf(skip)(
       expect(human).toContain("ws-1");
       expect(human).toContain("ws-2");
     }, 900_000);
+
+    it("`strata agent run` uploads on `sync-now`, reports it in `status`, and stops cleanly", async () => {
+      const ep = eps[1]!;
+      writeFileSync(path.join(ep.root, "home/alice/docs/today.txt"), "written before sync-now\n");
+      const run = spawn(process.execPath, [BIN, "agent", "run", "--state", ep.state], {
+        env: { ...process.env, HOME: path.join(dir, "home") },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let log = "";
+      run.stderr!.on("data", (d) => (log += d));
+      try {
+        // biome-ignore lint/suspicious/noExplicitAny: status JSON
+        const status = async (): Promise<any> => {
+          const r = await strata({}, "agent", "status", "--state", ep.state, "--json");
+          return r.code === 0 ? JSON.parse(r.stdout) : null;
+        };
+        const deadline = Date.now() + 300_000;
+        let s = await status();
+        while (!(s?.running && s.state === "active")) {
+          if (Date.now() > deadline) throw new Error(`agent never became ready:\n${log}`);
+          await new Promise((r) => setTimeout(r, 100));
+          s = await status();
+        }
+        const before = s.lastUpload?.finishedAt ?? "";
+        await ok("agent", "sync-now", "--state", ep.state, "--json");
+        while (!(s?.lastUpload && s.lastUpload.finishedAt !== before && s.activity !== "uploading")) {
+          if (Date.now() > deadline)
+            throw new Error(`no upload after sync-now:\n${JSON.stringify(s)}\n${log}`);
+          await new Promise((r) => setTimeout(r, 200));
+          s = await status();
+        }
+        expect(s.lastUpload.result, JSON.stringify(s.lastUpload)).toBe("ok");
+        const snap = s.lastUpload.summary.snapshot;
+        // The file written before sync-now is in the snapshot (the agent may have
+        // uploaded it at start already; sync-now then adds one more snapshot).
+        const listing = await ok(
+          "ls",
+          "--repo",
+          path.join(dir, "server"),
+          "--password-file",
+          path.join(dir, "server", "repository.password"),
+          snap,
+          "/home/alice/docs",
+        );
+        expect(listing).toContain("today.txt");
+        const snaps = await ok("cvd", "snapshots", ep.cvd!, "--json");
+        expect(snaps.map((x: { id: string }) => x.id)).toContain(snap);
+      } finally {
+        run.kill("SIGTERM");
+        await new Promise((r) => run.once("exit", r));
+      }
+      expect(run.exitCode ?? 0).toBe(0);
+    }, 600_000);
 
     it("a 1% change sends < 2x the changed bytes; the server's data restores byte-exact and checks clean", async () => {
       const ep = eps[0]!;
