@@ -311,6 +311,25 @@ export class Repository {
     return true;
   }
 
+  /**
+   * Store a blob whose body is already in its stored form before sealing:
+   * zstd-compressed (`compressed`) or raw. The caller has checked that the
+   * body decodes to `rawLength` bytes hashing to `id` (the upload service
+   * keeps an agent's compressed frame instead of compressing again).
+   */
+  async saveBody(
+    id: BlobId,
+    type: BlobType,
+    body: Uint8Array,
+    compressed: boolean,
+    rawLength: number,
+  ): Promise<boolean> {
+    const need = await this.reserve([id]);
+    if (!need.has(id)) return false;
+    this.addEncoded({ id, type, data: seal(this.key, body), rawLength, compressed });
+    return true;
+  }
+
   async saveTree(nodes: readonly FsNode[]): Promise<TreeId> {
     const enc = encodeTree(nodes);
     const id = createHash("sha256").update(enc).digest("hex") as TreeId;

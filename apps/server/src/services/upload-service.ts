@@ -442,7 +442,18 @@ export class UploadService {
             throw new StrataError("INVALID_ARGUMENT", `chunk ${cid}: the content does not match its id`, {
               subject: cid,
             });
-          if (await this.repo.saveBlob(cid as BlobId, "chunk", plain)) {
+          // The agent's compressed form is kept as it is (it follows the
+          // repository's rule: compressed only when that saves 1/32).
+          const compressed = (f.flags & FLAG_ZSTD) !== 0;
+          if (
+            await this.repo.saveBody(
+              cid as BlobId,
+              "chunk",
+              compressed ? f.payload : plain,
+              compressed,
+              plain.length,
+            )
+          ) {
             stored++;
             bytes += plain.length;
           }
