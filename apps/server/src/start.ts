@@ -11,6 +11,7 @@ import { openServerRepository, type ServerRepository } from "./repository.js";
 import type { AuditService } from "./services/audit-service.js";
 import { type Clock, systemClock } from "./services/context.js";
 import { bootstrap, createServices, type SnapshotsOf } from "./services/index.js";
+import { uploadPolicyOf } from "./services/policy-service.js";
 import { snapshotSummaries, UploadService } from "./services/upload-service.js";
 import { loadOrCreateTls } from "./tls.js";
 
@@ -63,7 +64,17 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const repoData = data;
     const clock = opts.clock ?? systemClock;
     const uploads = (audit: AuditService) =>
-      new UploadService({ repo: repoData.repo, uploads: repoData.uploads, clock, audit });
+      new UploadService({
+        repo: repoData.repo,
+        uploads: repoData.uploads,
+        clock,
+        audit,
+        retentionOf: async (cvdId) => {
+          const cvd = await store.getCvd(cvdId);
+          const policy = cvd ? await store.getPolicy(cvd.policyId) : null;
+          return policy ? uploadPolicyOf(policy).retention : null;
+        },
+      });
     const services = createServices({
       store,
       clock,

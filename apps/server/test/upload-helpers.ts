@@ -7,7 +7,7 @@ import { mkdirSync } from "node:fs";
 import * as path from "node:path";
 import type { UploadTransport } from "@strata/agent";
 import { openSqliteServerStore } from "@strata/catalog";
-import { StrataError } from "@strata/core";
+import { type RetentionCounts, StrataError } from "@strata/core";
 import { loadServerConfig } from "../src/config.js";
 import { openServerRepository, type ServerRepository } from "../src/repository.js";
 import { AuditService } from "../src/services/audit-service.js";
@@ -24,7 +24,11 @@ export interface UploadHarness {
   close(): Promise<void>;
 }
 
-export async function uploadHarness(dir: string): Promise<UploadHarness> {
+/** `retention`: the retention counts of each CVD's policy (absent: keep all). */
+export async function uploadHarness(
+  dir: string,
+  retention: Map<string, RetentionCounts> = new Map(),
+): Promise<UploadHarness> {
   const dataDir = path.join(dir, "data");
   mkdirSync(dataDir, { recursive: true });
   const config = loadServerConfig({ flags: { data: dataDir }, env: {} });
@@ -36,6 +40,7 @@ export async function uploadHarness(dir: string): Promise<UploadHarness> {
     uploads: server.uploads,
     clock: systemClock,
     audit,
+    retentionOf: async (cvd) => retention.get(cvd) ?? null,
   });
   return {
     dataDir,

@@ -9,7 +9,14 @@ import { cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { CACHE_PARENT, uploadOnce } from "@strata/agent";
 import { openSqliteFileCache } from "@strata/catalog";
-import { compilePolicy, defaultPolicy, encodeTree, type FsNode, isStrataError } from "@strata/core";
+import {
+  compilePolicy,
+  defaultPolicy,
+  encodeTree,
+  type FsNode,
+  isStrataError,
+  type RetentionCounts,
+} from "@strata/core";
 import { check, encodeChunkFrame, encodeTreeFrame, prune, restore } from "@strata/repo";
 import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -50,10 +57,11 @@ function buildEndpoint(root: string, seed: string): void {
 
 let dir: string;
 let h: UploadHarness;
+const retention = new Map<string, RetentionCounts>();
 
 beforeAll(async () => {
   dir = await makeTempDir("strata-upload-");
-  h = await uploadHarness(dir);
+  h = await uploadHarness(dir, retention);
 });
 afterAll(async () => {
   await h?.close();
@@ -311,6 +319,29 @@ describe("upload protocol (agent ↔ server service)", () => {
     expect(await codeOf(h.service.abort("cvd_a", sid))).toBe("NOT_FOUND");
     await h.service.abort("cvd_d", sid);
     await h.service.abort("cvd_d", sid); // idempotent
+    const report = await check(h.server.repo, { readData: true });
+    expect(report.ok).toBe(true);
+  });
+
+  it("applies the CVD policy's retention after each commit, always keeping the newest snapshot", async () => {
+    retention.set("cvd_r", { hourly: 0, daily: 0, weekly: 0, monthly: 0 });
+    const rootR = path.join(dir, "ep-r");
+    buildEndpoint(rootR, "r");
+    let parent: string | null = null;
+    for (let i = 0; i < 3; i++) {
+      writeFileSync(path.join(rootR, "etc/motd"), `round ${i}\n`);
+      const r = await uploadOnce({
+        transport: h.transport("cvd_r"),
+        cvdId: "cvd_r",
+        root: rootR,
+        policy,
+        parent,
+      });
+      parent = r.snapshot;
+    }
+    const left = await h.service.snapshotsOf("cvd_r");
+    expect(left.map((s) => s.id)).toEqual([parent]);
+    expect((await h.service.snapshotsOf("cvd_a")).length).toBeGreaterThan(1); // other CVDs untouched
     const report = await check(h.server.repo, { readData: true });
     expect(report.ok).toBe(true);
   });

@@ -9,10 +9,12 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { UploadCounters, UploadSessionRecord, UploadStore } from "@strata/catalog";
 import {
+  applyRetention,
   type BlobId,
   chunkIdsOf,
   decodeTree,
   type FsNode,
+  type RetentionCounts,
   type SnapshotId,
   StrataError,
   type TreeId,
@@ -168,6 +170,8 @@ export class UploadService {
       clock: Clock;
       audit: AuditService;
       limits?: Partial<UploadLimits>;
+      /** The retention counts of the CVD's policy; null keeps every snapshot. */
+      retentionOf?: (cvdId: string) => Promise<RetentionCounts | null>;
     },
   ) {
     this.limits = { ...DEFAULT_UPLOAD_LIMITS, ...d.limits };
@@ -679,12 +683,39 @@ export class UploadService {
         typeof body.uniqueFiles === "number" && Number.isFinite(body.uniqueFiles) ? body.uniqueFiles : null;
       await this.d.uploads.finish(s.id, "committed", now, snap.id, { stats, errors, uniqueFiles });
       await this.repo.catalog.removePins(s.id);
+      await this.applyRetention(cvdId).catch(() => {
+        // Retention runs again after the next commit; the upload itself succeeded.
+      });
       const done = (await this.d.uploads.getSession(s.id))!;
       return { snapshot: snap.id, transaction: transactionView(done) };
     });
   }
 
   /** Idempotent for aborted and expired sessions; a committed one is ALREADY_EXISTS. */
+  /**
+   * Forget the CVD's snapshots that its policy's retention counts no longer
+   * keep (restic `forget` semantics, UTC periods). The newest snapshot is
+   * always kept: it is the parent of the next upload. Space is freed by the
+   * next prune. Returns the forgotten ids.
+   */
+  async applyRetention(cvdId: string): Promise<string[]> {
+    const counts = await this.d.retentionOf?.(cvdId);
+    if (!counts) return [];
+    const snaps = await this.snapshotsOf(cvdId);
+    const { remove } = applyRetention(snaps, { last: 1, ...counts });
+    if (!remove.length) return [];
+    const ids = remove.map((r) => r.id);
+    await this.repo.removeSnapshots(ids);
+    await this.d.audit.record({
+      actor: "system",
+      action: "cvd.retention",
+      object: `cvd:${cvdId}`,
+      detail: { forgotten: ids.length, kept: snaps.length - ids.length, counts },
+      remoteAddr: "local",
+    });
+    return ids;
+  }
+
   async abort(cvdId: string, id: string): Promise<void> {
     const s = await this.session(cvdId, id, false);
     if (s.state === "committed")
