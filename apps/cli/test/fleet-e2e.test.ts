@@ -201,9 +201,11 @@ describe.skipIf(skip)(
       expect(r.bytesSent).toBeLessThan(2 * changed);
 
       const snaps = await ok("cvd", "snapshots", ep.cvd!, "--json");
-      expect(snaps).toHaveLength(2);
-      const latest = snaps.map((s: { id: string }) => s.id).find((id: string) => id === r.snapshot);
-      expect(latest).toBe(r.snapshot);
+      // The default retention keeps the newest snapshot of each hour: the
+      // centralization of a minute ago made way for this one.
+      expect(snaps.map((s: { id: string }) => s.id)).toEqual([r.snapshot]);
+      const tx = await ok("cvd", "transactions", ep.cvd!, "--json");
+      expect(tx.map((t: { kind: string }) => t.kind)).toEqual(["upload", "centralize"]);
       // The server's data directory is a repository: the operator's offline tools work on it.
       const pwFile = path.join(data, "repository.password");
       for (const sub of ["usr", "etc", "home"]) {
@@ -220,6 +222,23 @@ describe.skipIf(skip)(
         );
         expect(rsyncItemize(path.join(ep.root, sub), target)).toBe("");
       }
+      // Policy preview on the CVD: its own policy, then one that leaves /usr/share/doc out.
+      const own = await ok("policy", "preview", "--cvd", ep.cvd!, "--json");
+      expect(own.counts.user.files).toBeGreaterThanOrEqual(15); // /home/alice
+      expect(own.counts.machine.files).toBeGreaterThan(1000); // the Debian system
+      expect(own.counts.excluded.files).toBe(0); // the snapshot holds only what the policy kept
+      const doc = JSON.parse(await ok("policy", "export", "Default"));
+      doc.policy.unprotected.push("/usr/share/doc");
+      const docFile = path.join(dir, "nodocs.json");
+      writeFileSync(docFile, JSON.stringify(doc));
+      await ok("policy", "import", "--file", docFile, "--name", "NoDocs");
+      const nodocs = await ok("policy", "preview", "NoDocs", "--cvd", ep.cvd!, "--json");
+      expect(nodocs.policy).toBe("NoDocs");
+      expect(nodocs.counts.excluded.files).toBeGreaterThan(100);
+      expect(nodocs.samples.excluded.map((x: { path: string }) => x.path)).toContain("/usr/share/doc");
+      expect(await ok("policy", "preview", "NoDocs", "--cvd", ep.cvd!)).toMatch(
+        /excluded area, for example:\n {2}\/usr\/share\/doc/,
+      );
       const chk = await ok("check", "--repo", data, "--password-file", pwFile, "--read-data", "--json");
       expect(chk.ok).toBe(true);
     }, 900_000);

@@ -36,7 +36,6 @@ export {
 } from "./daemon.js";
 export { type EnrollOptions, type EnrollResult, enrollEndpoint } from "./enroll.js";
 export { type FactsOptions, type GatheredFacts, gatherFacts, parseOsRelease } from "./facts.js";
-export * from "./protect.js";
 export {
   IDLE_NICE,
   type IoClass,
@@ -44,6 +43,7 @@ export {
   lowerPriority,
   readPriorities,
 } from "./priority.js";
+export * from "./protect.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,
@@ -57,7 +57,6 @@ export {
   writeFileAtomic,
   writeState,
 } from "./state.js";
-export * from "./transport.js";
 export {
   type AgentActivity,
   type AgentStatus,
@@ -69,6 +68,7 @@ export {
   type UploadRecord,
 } from "./status.js";
 export { type Throttle, TokenBucket, throttleIterable, throttleStream } from "./throttle.js";
+export * from "./transport.js";
 export * from "./upload.js";
 export { AGENT_VERSION } from "./version.js";
 export { ChangeWatcher, type DirtySet } from "./watcher.js";

@@ -439,6 +439,36 @@ export function registerFleetCommands(program: Command): void {
       } else out(doc);
     });
   policy
+    .command("preview")
+    .description(
+      "what a policy protects on a CVD: files and bytes per area, with samples and the deciding rules",
+    )
+    .argument("[name]", "policy name or id (default: the CVD's own policy)")
+    .requiredOption("--cvd <id>", "the CVD whose newest snapshot is listed")
+    .action(async (name: string | undefined, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const q = name ? `?policy=${encodeURIComponent(name)}` : "";
+      const p = await call(
+        client(o).request<PreviewResult>(
+          "GET",
+          `${API_PREFIX}/cvds/${encodeURIComponent(String(o.cvd))}/preview${q}`,
+        ),
+      );
+      if (o.json) return printJson(p);
+      const rows: string[][] = [["AREA", "FILES", "DIRS", "OTHER", "BYTES"]];
+      for (const k of ["machine", "user", "excluded"] as const) {
+        const c = p.counts[k];
+        rows.push([k, String(c.files), String(c.dirs), String(c.other), formatBytes(c.bytes)]);
+      }
+      out(`policy ${p.policy} on ${p.cvd} (snapshot ${p.snapshot.slice(0, 12)}):\n`);
+      out(table(rows));
+      for (const k of ["user", "excluded"] as const) {
+        if (!p.samples[k].length) continue;
+        out(`\n${k} area, for example:\n`);
+        for (const x of p.samples[k].slice(0, 10)) out(`  ${x.path}${x.reason ? `   (${x.reason})` : ""}\n`);
+      }
+    });
+  policy
     .command("import")
     .description("create a policy from a `policy export` document")
     .requiredOption("--file <file>", "the exported document (- for stdin)")
@@ -462,4 +492,15 @@ interface TransactionRow {
   bytesSent: number;
   chunksProven: number;
   retries: number;
+}
+
+interface PreviewResult {
+  cvd: string;
+  policy: string;
+  snapshot: string;
+  counts: Record<
+    "machine" | "user" | "excluded",
+    { files: number; dirs: number; other: number; bytes: number }
+  >;
+  samples: Record<"machine" | "user" | "excluded", { path: string; reason?: string }[]>;
 }

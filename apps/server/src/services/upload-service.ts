@@ -12,12 +12,16 @@ import {
   applyRetention,
   type BlobId,
   chunkIdsOf,
+  compilePolicy,
   decodeTree,
   type FsNode,
+  type PolicyPreview,
+  PolicyPreviewBuilder,
   type RetentionCounts,
   type SnapshotId,
   StrataError,
   type TreeId,
+  type UploadPolicy,
 } from "@strata/core";
 import { validateName } from "@strata/fs";
 import type { CvdSnapshotSummary } from "@strata/protocol";
@@ -714,6 +718,34 @@ export class UploadService {
       remoteAddr: "local",
     });
     return ids;
+  }
+
+  /**
+   * What `policy` protects on a CVD, over the files of its newest snapshot:
+   * counts and bytes per class (excluded, user area, machine area) and
+   * samples with the deciding rule. The snapshot holds only what the CVD's
+   * current policy protected, so a policy cannot be previewed on more.
+   */
+  async previewOnCvd(cvdId: string, policy: UploadPolicy): Promise<PolicyPreview & { snapshot: string }> {
+    const snaps = await this.snapshotsOf(cvdId);
+    const latest = snaps[snaps.length - 1];
+    if (!latest)
+      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot yet`, {
+        subject: cvdId,
+        hint: "a preview lists the files of the CVD's newest snapshot: wait for its first upload",
+      });
+    const compiled = compilePolicy(policy, { homes: [], agentStateDir: "/var/lib/strata-agent" });
+    const b = new PolicyPreviewBuilder(compiled);
+    const slash = Buffer.from("/");
+    for await (const e of this.repo.walk(latest.tree)) {
+      const n = e.node;
+      b.add({
+        path: Buffer.concat(e.rawPath.flatMap((seg) => [slash, seg])),
+        type: n.type === "file" || n.type === "dir" || n.type === "symlink" ? n.type : "other",
+        size: n.type === "file" ? n.size : 0,
+      });
+    }
+    return { snapshot: latest.id, ...b.result() };
   }
 
   async abort(cvdId: string, id: string): Promise<void> {

@@ -1,5 +1,6 @@
 import { StrataError } from "@strata/core";
 import { API_PREFIX } from "@strata/protocol";
+import { uploadPolicyOf } from "../../services/policy-service.js";
 import type { CommitRequest, HaveEntry, UploadService } from "../../services/upload-service.js";
 import { agentOf, ownCvdOf, type RouteDef, route } from "../registry.js";
 
@@ -100,6 +101,24 @@ export const uploadRoutes: RouteDef[] = [
     status: 204,
     response: null,
     handler: (ctx) => uploads(ctx).abort(cvdOf(ctx), ctx.params.session),
+  }),
+  route<unknown, { cvd: string }, { policy?: string }>({
+    method: "GET",
+    url: `${API_PREFIX}/cvds/:cvd/preview`,
+    access: { permission: "policy.read" },
+    summary: "What a policy (default: the CVD's own) protects on the CVD, over its newest snapshot",
+    tag: "policies",
+    response: null,
+    handler: async (ctx) => {
+      const cvd = await ctx.services.store.getCvd(ctx.params.cvd);
+      if (!cvd)
+        throw new StrataError("NOT_FOUND", `CVD ${ctx.params.cvd} does not exist`, {
+          subject: ctx.params.cvd,
+        });
+      const ref = typeof ctx.query?.policy === "string" && ctx.query.policy ? ctx.query.policy : cvd.policyId;
+      const policy = uploadPolicyOf(await ctx.services.policies.resolve(ref));
+      return { cvd: cvd.id, policy: policy.name, ...(await uploads(ctx).previewOnCvd(cvd.id, policy)) };
+    },
   }),
   route<unknown, { cvd: string }>({
     method: "GET",
