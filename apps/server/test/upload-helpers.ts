@@ -6,7 +6,7 @@
 import { mkdirSync } from "node:fs";
 import * as path from "node:path";
 import type { UploadTransport } from "@strata/agent";
-import { openSqliteServerStore } from "@strata/catalog";
+import { openSqliteServerStore, type ServerStore } from "@strata/catalog";
 import { type RetentionCounts, StrataError } from "@strata/core";
 import { loadServerConfig } from "../src/config.js";
 import { openServerRepository, type ServerRepository } from "../src/repository.js";
@@ -19,6 +19,7 @@ export interface UploadHarness {
   server: ServerRepository;
   service: UploadService;
   audit: AuditService;
+  store: ServerStore;
   /** A transport for the endpoint owning `cvdId`; `fault` may throw to cut a request. */
   transport(cvdId: string, fault?: (what: string, n: number) => void): UploadTransport & { received: number };
   close(): Promise<void>;
@@ -41,12 +42,14 @@ export async function uploadHarness(
     clock: systemClock,
     audit,
     retentionOf: async (cvd) => retention.get(cvd) ?? null,
+    limits: { failedProofAudit: 2 },
   });
   return {
     dataDir,
     server,
     service,
     audit,
+    store,
     transport(cvdId, fault) {
       let n = 0;
       const t = {

@@ -191,6 +191,14 @@ describe("upload protocol (agent ↔ server service)", () => {
     );
     expect(asked.status[0]).toBe("prove");
     if (ids.length > 1) expect(asked.status[1]).toBe("send");
+    // Probing stored contents with made-up proofs is audited once the session's
+    // failures reach the threshold (2 in this harness, 1000 by default).
+    const probe = ids.slice(0, 3).map((id) => ({ id, proof: randomBytes(32).toString("base64") }));
+    expect((await h.service.have("cvd_b", session, probe)).status).toEqual(probe.map(() => "send"));
+    const audited = await h.store.listAudit({ limit: 50 });
+    expect(
+      audited.filter((a) => a.action === "upload.failed_proofs" && a.object === `upload:${session}`),
+    ).toHaveLength(1);
     const forged = encodeTree([{ ...own!, name: Buffer.from("stolen.bin") }]);
     const tid = createHash("sha256").update(forged).digest();
     const frames = encodeTreeFrame(tid, Buffer.alloc(0), false, forged);

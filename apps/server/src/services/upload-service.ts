@@ -51,6 +51,8 @@ export interface UploadLimits {
   maxStreamBytes: number;
   maxConcurrentStreams: number;
   sessionTtlMs: number;
+  /** Failed proofs in one session that get an audit record (once). */
+  failedProofAudit: number;
 }
 
 export const DEFAULT_UPLOAD_LIMITS: UploadLimits = {
@@ -59,6 +61,7 @@ export const DEFAULT_UPLOAD_LIMITS: UploadLimits = {
   maxStreamBytes: 256 * 1024 * 1024,
   maxConcurrentStreams: 2,
   sessionTtlMs: 7 * 86_400_000,
+  failedProofAudit: 1000,
 };
 
 /** Tag that ties a snapshot to its CVD (kept in the snapshot object, so a rebuilt catalog keeps it). */
@@ -401,6 +404,18 @@ export class UploadService {
       // Possession is durable before the answer says so.
       if (accepted.length) await this.repo.catalog.addPins(s.id, accepted);
       await this.touch(s, { chunksProven: accepted.length, failedProofs: failed });
+      // A correct agent never fails a proof: many failures are someone
+      // probing which contents the fleet stores (protocol.md, "Timing").
+      const T = this.limits.failedProofAudit;
+      if (failed > 0 && s.failedProofs < T && s.failedProofs + failed >= T) {
+        await this.d.audit.record({
+          actor: `cvd:${s.cvdId}`,
+          action: "upload.failed_proofs",
+          object: `upload:${s.id}`,
+          detail: { failedProofs: s.failedProofs + failed, threshold: T },
+          remoteAddr: "agent",
+        });
+      }
       return { status };
     });
   }
