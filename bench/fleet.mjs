@@ -140,6 +140,7 @@ mkdirSync(OUT, { recursive: true });
 process.env.STRATA_SCRYPT_LOG_N ??= "15";
 const srv = await startServer(path.join(OUT, "server"));
 process.on("exit", () => srv.proc.kill("SIGKILL"));
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
 const admin = await adminClient(srv);
 const tok = await admin.createEnrollmentToken({
   uses: Math.max(N, 1),
