@@ -68,14 +68,13 @@ interface Pending {
 }
 
 /**
- * One worker per core but one: the main thread is busy too (walk, catalog,
- * pack writes), and each worker is a V8 isolate with its own heap and
- * buffers (~60 MB at full speed). On two cores a second worker only
- * competed with the main thread and raised the peak RSS of a backup of data
- * set A from ~230 to ~300 MB (docs/benchmarks.md).
+ * One worker per core (at most 8). Each worker is a V8 isolate with its own
+ * heap and buffers (~60 MB at full speed), so cores − 1 saves memory — but
+ * on this 2-core machine it made every backup 10–25% slower on a quiet
+ * machine (docs/benchmarks.md, 2026-11-26), so speed wins.
  */
 export function defaultChunkThreads(): number {
-  return Math.max(1, Math.min(availableParallelism() - 1, 8));
+  return Math.max(1, Math.min(availableParallelism(), 8));
 }
 
 /**

@@ -24,7 +24,7 @@ export class VerifyPool {
 
   constructor(
     key: MasterKey,
-    private readonly threads = Math.max(1, Math.min(availableParallelism() - 1, 4)),
+    private readonly threads = Math.max(1, Math.min(availableParallelism(), 4)),
   ) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(new URL("./verify-worker.js", import.meta.url), {
