@@ -494,8 +494,13 @@ export class PostgresCatalog implements RepoCatalog {
     return r.rows.map(toSnapshot);
   }
 
-  async listSnapshots(): Promise<SnapshotRecord[]> {
-    const r = await this.q<SnapshotRow>(`SELECT ${SNAP_COLS} FROM snapshots ORDER BY time, id`);
+  async listSnapshots(filter: { tag?: string } = {}): Promise<SnapshotRecord[]> {
+    const r =
+      filter.tag === undefined
+        ? await this.q<SnapshotRow>(`SELECT ${SNAP_COLS} FROM snapshots ORDER BY time, id`)
+        : await this.q<SnapshotRow>(`SELECT ${SNAP_COLS} FROM snapshots WHERE tags ? $1 ORDER BY time, id`, [
+            filter.tag,
+          ]);
     return r.rows.map(toSnapshot);
   }
 

@@ -294,6 +294,10 @@ export class SqliteCatalog implements RepoCatalog {
       getSnapshot: p(`SELECT ${SNAP_COLS} FROM snapshots WHERE id = ?`),
       findSnapshots: p(`SELECT ${SNAP_COLS} FROM snapshots WHERE id BETWEEN ? AND ? ORDER BY time, id`),
       listSnapshots: p(`SELECT ${SNAP_COLS} FROM snapshots ORDER BY time, id`),
+      listSnapshotsTagged: p(
+        `SELECT ${SNAP_COLS} FROM snapshots
+         WHERE EXISTS (SELECT 1 FROM json_each(snapshots.tags) t WHERE t.value = ?) ORDER BY time, id`,
+      ),
       removeSnapshots: p(`DELETE FROM snapshots WHERE id IN ${IDS}`),
       clearMarks: p("DELETE FROM marks"),
       // RETURNING reports only rows actually inserted, i.e. the newly marked ids.
@@ -494,8 +498,10 @@ export class SqliteCatalog implements RepoCatalog {
     return (this.s.findSnapshots!.all(range[0], range[1]) as SnapshotRow[]).map(toSnapshot);
   }
 
-  async listSnapshots(): Promise<SnapshotRecord[]> {
-    return (this.s.listSnapshots!.all() as SnapshotRow[]).map(toSnapshot);
+  async listSnapshots(filter: { tag?: string } = {}): Promise<SnapshotRecord[]> {
+    const rows =
+      filter.tag === undefined ? this.s.listSnapshots!.all() : this.s.listSnapshotsTagged!.all(filter.tag);
+    return (rows as SnapshotRow[]).map(toSnapshot);
   }
 
   async removeSnapshots(ids: readonly SnapshotId[]): Promise<void> {

@@ -335,6 +335,19 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         expect((await c.listSnapshots()).map((s) => s.id)).toEqual([s2.id, s1.id]);
       });
 
+      it("lists only the snapshots carrying a tag, in the database", async () => {
+        const c = await fresh();
+        const a1 = snapshot("a1", at(1000), { tags: ["cvd:cvd_a", "daily"] });
+        const b1 = snapshot("b1", at(2000), { tags: ["cvd:cvd_b"] });
+        const a2 = snapshot("a2", at(3000), { tags: ["cvd:cvd_a"] });
+        const none = snapshot("n", at(4000), { tags: [] });
+        for (const s of [a2, none, b1, a1]) await c.addSnapshot(s);
+        expect((await c.listSnapshots({ tag: "cvd:cvd_a" })).map((s) => s.id)).toEqual([a1.id, a2.id]);
+        expect(await c.listSnapshots({ tag: "cvd:cvd_b" })).toEqual([b1]);
+        expect(await c.listSnapshots({ tag: "cvd:cvd" })).toEqual([]); // whole tags only
+        expect(await c.listSnapshots({})).toHaveLength(4);
+      });
+
       it("finds snapshots by hex prefix, ordered by time", async () => {
         const c = await fresh();
         const mk = (id: string, t: number) => snapshot(id, at(t), { id: asSnapshotId(id) });

@@ -131,8 +131,11 @@ export interface RepoCatalog {
   getSnapshot(id: SnapshotId): Promise<SnapshotRecord | null>;
   /** Snapshots whose id starts with `prefix` (hex). */
   findSnapshots(prefix: string): Promise<SnapshotRecord[]>;
-  /** All snapshots ordered by time ascending. */
-  listSnapshots(): Promise<SnapshotRecord[]>;
+  /**
+   * All snapshots ordered by time ascending; with `tag`, only those carrying
+   * it (filtered in the database: a CVD's snapshots among a fleet's).
+   */
+  listSnapshots(filter?: { tag?: string }): Promise<SnapshotRecord[]>;
   removeSnapshots(ids: readonly SnapshotId[]): Promise<void>;
 
   // ---- prune marking (kept in the database, not in RAM) --------------

@@ -223,9 +223,8 @@ export class UploadService {
   }
 
   /** Snapshots of a CVD, oldest first. */
-  async snapshotsOf(cvdId: string): Promise<SnapshotRecord[]> {
-    const tag = cvdTag(cvdId);
-    return (await this.repo.catalog.listSnapshots()).filter((s) => s.tags.includes(tag));
+  snapshotsOf(cvdId: string): Promise<SnapshotRecord[]> {
+    return this.repo.catalog.listSnapshots({ tag: cvdTag(cvdId) });
   }
 
   async create(
@@ -787,18 +786,15 @@ export class UploadService {
 
 /** The snapshots of a CVD as the fleet routes show them, oldest first. */
 export async function snapshotSummaries(repo: Repository, cvdId: string): Promise<CvdSnapshotSummary[]> {
-  const tag = cvdTag(cvdId);
-  return (await repo.catalog.listSnapshots())
-    .filter((s) => s.tags.includes(tag))
-    .map((s) => ({
-      id: s.id,
-      time: s.time.toISOString(),
-      hostname: s.hostname,
-      kind: s.kind,
-      parent: s.parent,
-      totalFiles: s.stats.totalFiles,
-      totalBytes: s.stats.totalBytes,
-    }));
+  return (await repo.catalog.listSnapshots({ tag: cvdTag(cvdId) })).map((s) => ({
+    id: s.id,
+    time: s.time.toISOString(),
+    hostname: s.hostname,
+    kind: s.kind,
+    parent: s.parent,
+    totalFiles: s.stats.totalFiles,
+    totalBytes: s.stats.totalBytes,
+  }));
 }
 
 function splitPath(p: Buffer): Buffer[] {
