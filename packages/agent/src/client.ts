@@ -12,7 +12,7 @@ import { createRequire } from "node:module";
 import type { TLSSocket } from "node:tls";
 import { StrataError } from "@strata/core";
 import { type FetchLike, PROTOCOL_HEADER, PROTOCOL_VERSION, StrataClient } from "@strata/protocol";
-import { readCredential, readState } from "./state.js";
+import { type AgentState, readCredential, readState } from "./state.js";
 
 /** `host`, `host:port` or `https://host[:port]` as `https://host:port` (port 8640 by default). */
 export function normalizeServerUrl(u: string): string {
@@ -118,8 +118,8 @@ export function agentClient(url: string, fingerprint: string, credential?: strin
   });
 }
 
-/** The client of an enrolled endpoint, from its state directory (pinned, with its credential). */
-export function endpointClient(stateDir: string): StrataClient {
+/** The state and credential of an enrolled endpoint, or NOT_FOUND saying how to enroll. */
+export function enrolledState(stateDir: string): { state: AgentState; credential: string } {
   const state = readState(stateDir);
   const credential = readCredential(stateDir);
   if (!state || !credential) {
@@ -128,5 +128,11 @@ export function endpointClient(stateDir: string): StrataClient {
       hint: "enroll it with `strata agent enroll --server URL --token TOKEN`",
     });
   }
+  return { state, credential };
+}
+
+/** The client of an enrolled endpoint, from its state directory (pinned, with its credential). */
+export function endpointClient(stateDir: string): StrataClient {
+  const { state, credential } = enrolledState(stateDir);
   return agentClient(state.serverUrl, state.fingerprint, credential);
 }

@@ -17,8 +17,8 @@ import {
   StrataError,
   type UploadPolicy,
 } from "@strata/core";
-import { endpointClient } from "./client.js";
-import { DEFAULT_STATE_DIR, readState } from "./state.js";
+import { endpointClient, enrolledState } from "./client.js";
+import { DEFAULT_STATE_DIR } from "./state.js";
 import { endpointTransport } from "./transport.js";
 import { type UploadOptions, type UploadResult, uploadOnce } from "./upload.js";
 
@@ -53,11 +53,7 @@ export function endpointHostname(root: string): string {
 }
 
 export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
-  const state = readState(o.stateDir);
-  if (!state)
-    throw new StrataError("NOT_FOUND", `this endpoint is not enrolled (no state in ${o.stateDir})`, {
-      hint: "enroll it with `strata agent enroll --server URL --token TOKEN`",
-    });
+  const { state } = enrolledState(o.stateDir);
   const root = path.resolve(o.root ?? state.root ?? "/");
   const self = await endpointClient(o.stateDir).agentSelf();
   if (self.state !== "active" || !self.cvd)

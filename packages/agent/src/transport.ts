@@ -4,11 +4,9 @@
  * agent's buffers, both on the pinned connection (client.ts).
  */
 import { Readable } from "node:stream";
-import { StrataError } from "@strata/core";
 import { API_PREFIX, ApiError, PROTOCOL_HEADER, PROTOCOL_VERSION } from "@strata/protocol";
 import { FRAMES_CONTENT_TYPE } from "@strata/repo";
-import { agentClient, pinnedDispatcher, reachError, undici } from "./client.js";
-import { readCredential, readState } from "./state.js";
+import { agentClient, enrolledState, pinnedDispatcher, reachError, undici } from "./client.js";
 import type { UploadTransport } from "./upload.js";
 
 export function httpTransport(url: string, fingerprint: string, credential: string): UploadTransport {
@@ -59,12 +57,6 @@ export function httpTransport(url: string, fingerprint: string, credential: stri
 
 /** The transport of an enrolled endpoint, from its state directory. */
 export function endpointTransport(stateDir: string): UploadTransport {
-  const state = readState(stateDir);
-  const credential = readCredential(stateDir);
-  if (!state || !credential)
-    throw new StrataError("NOT_FOUND", `this endpoint is not enrolled (no state in ${stateDir})`, {
-      subject: stateDir,
-      hint: "enroll it with `strata agent enroll --server URL --token TOKEN`",
-    });
+  const { state, credential } = enrolledState(stateDir);
   return httpTransport(state.serverUrl, state.fingerprint, credential);
 }

@@ -386,11 +386,11 @@ export class UploadService {
           a.packId === b.packId ? a.offset - b.offset : a.packId < b.packId ? -1 : 1,
         );
         const ok = new Set<BlobId>();
+        const proofOf = new Map(ids.map((cid, i) => [cid, proofs[i]]));
         for (const e of entries) {
           const plain = await this.repo.readEntry(e);
-          const i = ids.indexOf(e.id);
           const mac = createHmac("sha256", s.nonce).update(plain).digest();
-          if (timingSafeEqual(mac, proofs[i]!)) ok.add(e.id);
+          if (timingSafeEqual(mac, proofOf.get(e.id)!)) ok.add(e.id);
           else failed++;
         }
         for (const [i, cid] of ids.entries()) {
