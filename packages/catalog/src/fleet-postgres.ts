@@ -13,6 +13,7 @@ import {
   policyInUse,
   sameCvdRefusal,
 } from "./fleet-store.js";
+import { withTransaction } from "./postgres.js";
 
 interface PolicyRow {
   id: string;
@@ -130,24 +131,8 @@ export class PostgresFleetStore implements FleetStore {
     return this.pool.query<R>(sql, params);
   }
 
-  private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
-    let broken: Error | undefined;
-    try {
-      await c.query("BEGIN");
-      const r = await fn(c);
-      await c.query("COMMIT");
-      return r;
-    } catch (e) {
-      try {
-        await c.query("ROLLBACK");
-      } catch (e2) {
-        broken = e2 as Error;
-      }
-      throw e;
-    } finally {
-      c.release(broken);
-    }
+  private tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    return withTransaction(this.pool, fn);
   }
 
   private insertPolicySql(onConflict: string): string {

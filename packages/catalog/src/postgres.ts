@@ -192,6 +192,36 @@ function redact(url: string): string {
  * Every list-taking method is one statement over `= ANY (SELECT unnest($1::bytea[]))` or
  * `unnest(...)`; large entry lists are streamed with COPY.
  */
+/**
+ * Run `fn` in a transaction on one pooled connection: COMMIT on success,
+ * ROLLBACK on error (a connection whose ROLLBACK fails is discarded, not
+ * returned to the pool). `onRollback` runs before the ROLLBACK.
+ */
+export async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (c: PoolClient) => Promise<T>,
+  onRollback?: (c: PoolClient) => void,
+): Promise<T> {
+  const c = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await c.query("BEGIN");
+    const r = await fn(c);
+    await c.query("COMMIT");
+    return r;
+  } catch (e) {
+    onRollback?.(c);
+    try {
+      await c.query("ROLLBACK");
+    } catch (e2) {
+      broken = e2 as Error;
+    }
+    throw e;
+  } finally {
+    c.release(broken);
+  }
+}
+
 export class PostgresCatalog implements RepoCatalog {
   readonly pool: pg.Pool;
   readonly schema: string | undefined;
@@ -203,26 +233,9 @@ export class PostgresCatalog implements RepoCatalog {
     this.schema = schema;
   }
 
-  private async tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect();
-    let broken: Error | undefined;
-    try {
-      await c.query("BEGIN");
-      const r = await fn(c);
-      await c.query("COMMIT");
-      return r;
-    } catch (e) {
-      // A rolled-back transaction may have created the staging table: forget it.
-      this.staged.delete(c);
-      try {
-        await c.query("ROLLBACK");
-      } catch (e2) {
-        broken = e2 as Error;
-      }
-      throw e;
-    } finally {
-      c.release(broken);
-    }
+  private tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    // A rolled-back transaction may have created the staging table: forget it.
+    return withTransaction(this.pool, fn, (c) => this.staged.delete(c));
   }
 
   private async q<R extends pg.QueryResultRow>(

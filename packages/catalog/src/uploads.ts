@@ -10,7 +10,7 @@ import type { SnapshotId, TreeId } from "@strata/core";
 import Database from "better-sqlite3";
 import type pg from "pg";
 import { hexId, idBytes } from "./common.js";
-import type { PostgresCatalog } from "./postgres.js";
+import { type PostgresCatalog, withTransaction } from "./postgres.js";
 import { openSqliteCatalog } from "./sqlite.js";
 
 export type UploadState = "open" | "committed" | "aborted" | "expired";
@@ -350,9 +350,7 @@ export class PostgresUploadStore implements UploadStore {
     snapshot: SnapshotId | null,
     report: unknown,
   ): Promise<void> {
-    const c = await this.pool.connect();
-    try {
-      await c.query("BEGIN");
+    await withTransaction(this.pool, async (c) => {
       await c.query(
         `UPDATE upload_sessions SET state = $1, finished_at = $2, updated_at = $2, snapshot = $3, report = $4::jsonb
          WHERE id = $5 AND state = 'open'`,
@@ -365,13 +363,7 @@ export class PostgresUploadStore implements UploadStore {
         ],
       );
       await c.query("DELETE FROM upload_trees WHERE session_id = $1", [id]);
-      await c.query("COMMIT");
-    } catch (e) {
-      await c.query("ROLLBACK").catch(() => {});
-      throw e;
-    } finally {
-      c.release();
-    }
+    });
   }
 
   async listSessions(cvdId: string, limit: number): Promise<UploadSessionRecord[]> {
