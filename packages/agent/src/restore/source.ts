@@ -1,0 +1,59 @@
+import type { BlobId, ChunkerParams, FsNode, TreeId } from "@strata/core";
+
+/**
+ * Where a restore reads a snapshot from (docs/design/restore.md, "Sources").
+ * The engine (engine.ts) only ever sees this interface, so the same code
+ * restores from a local repository (tests, `strata restore` later), from the
+ * server over HTTPS (RemoteRestoreSource), or through the agent's user socket
+ * (single files for an unprivileged user).
+ */
+
+/**
+ * A tree the caller may read, with the capability that lets it. A local
+ * source ignores `grant`; the server issues one per tree it serves
+ * (HMAC of the restore session and the tree id), so knowing a tree or chunk
+ * id grants nothing.
+ */
+export interface TreeRef {
+  id: TreeId;
+  grant?: string;
+}
+
+export interface SourceTree {
+  nodes: FsNode[];
+  /** `subtrees[i]` is the ref of `nodes[i]`'s subtree (directories only). */
+  subtrees: (TreeRef | undefined)[];
+}
+
+export interface ChunkRequest {
+  /** The tree whose files name `ids` (the grant is checked against it). */
+  tree: TreeRef;
+  ids: BlobId[];
+}
+
+export interface SourceStats {
+  /** Bytes received over the network (0 for a local source). */
+  bytesReceived: number;
+  chunksReceived: number;
+}
+
+export interface RestoreSource {
+  /** The snapshot restored. */
+  readonly snapshot: { id: string; time: string; root: TreeRef };
+  /** The repository's chunker parameters, so seed files are cut the same way. */
+  readonly chunker: ChunkerParams;
+  readonly stats: SourceStats;
+  /** Load one tree; its hash is verified before it is returned. */
+  loadTree(ref: TreeRef, signal?: AbortSignal): Promise<SourceTree>;
+  /**
+   * Fetch chunks, in any order; each chunk's SHA-256 is checked before
+   * `onChunk` sees its plaintext. Ids the source cannot deliver reject the
+   * promise with a StrataError naming them (after delivering the others).
+   */
+  fetchChunks(
+    requests: ChunkRequest[],
+    onChunk: (id: BlobId, plain: Buffer) => void | Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void>;
+  close?(): Promise<void>;
+}
