@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -436,6 +437,32 @@ static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * peerCred(fd): the credentials of the process at the other end of a
+ * connected Unix socket (SO_PEERCRED), as the kernel recorded them at
+ * connect time: { pid, uid, gid }. The agent's user socket uses it to know
+ * which user asks, without trusting anything the client says.
+ */
+static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t fd;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+    return throw_errno(env, errno, "getsockopt(SO_PEERCRED)", NULL);
+  napi_value out, v;
+  CHECK(napi_create_object(env, &out));
+  CHECK(napi_create_int64(env, (int64_t)cred.pid, &v));
+  CHECK(napi_set_named_property(env, out, "pid", v));
+  CHECK(napi_create_int64(env, (int64_t)cred.uid, &v));
+  CHECK(napi_set_named_property(env, out, "uid", v));
+  CHECK(napi_create_int64(env, (int64_t)cred.gid, &v));
+  CHECK(napi_set_named_property(env, out, "gid", v));
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -449,6 +476,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"ioprioIdle", NULL, js_ioprio_idle, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioprioGet", NULL, js_ioprio_get, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseDontneed", NULL, js_fadvise_dontneed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"peerCred", NULL, js_peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -26,6 +26,8 @@ export interface NativeFs {
   /** Raw ioprio of thread `tid` (0: the caller): class << 13 | data. */
   ioprioGet(tid: number): number;
   fadviseDontneed(fd: number, offset: number, len: number): void;
+  /** SO_PEERCRED of a connected Unix socket: who is at the other end. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.
