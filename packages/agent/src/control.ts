@@ -52,7 +52,7 @@ export function parseControlRequest(v: unknown): ControlRequest {
   }
 }
 
-function errorBody(e: unknown): ControlResponse & { ok: false } {
+export function errorBody(e: unknown): ControlResponse & { ok: false } {
   const se = e instanceof StrataError ? e : new StrataError("INTERNAL", (e as Error)?.message ?? String(e));
   return {
     ok: false,
@@ -60,8 +60,8 @@ function errorBody(e: unknown): ControlResponse & { ok: false } {
   };
 }
 
-/** Split a socket's data into lines; a line too long ends the connection. */
-function lineReader(sock: Socket, onLine: (line: string) => void): void {
+/** Split a socket's data into lines; a line longer than `max` bytes ends the connection. */
+export function lineReader(sock: Socket, onLine: (line: string) => void, max = MAX_LINE_BYTES): void {
   let buf = "";
   sock.setEncoding("utf8");
   sock.on("data", (chunk: string) => {
@@ -71,7 +71,7 @@ function lineReader(sock: Socket, onLine: (line: string) => void): void {
       buf = buf.slice(i + 1);
       if (line.trim()) onLine(line);
     }
-    if (Buffer.byteLength(buf) > MAX_LINE_BYTES) sock.destroy();
+    if (Buffer.byteLength(buf) > max) sock.destroy();
   });
 }
 
@@ -80,7 +80,7 @@ export interface ControlServer {
   close(): Promise<void>;
 }
 
-function probe(file: string): Promise<"live" | "dead"> {
+export function probe(file: string): Promise<"live" | "dead"> {
   return new Promise((resolve) => {
     const s = connect(file);
     s.once("connect", () => {

@@ -72,3 +72,8 @@ export * from "./transport.js";
 export * from "./upload.js";
 export { AGENT_VERSION } from "./version.js";
 export { ChangeWatcher, type DirtySet } from "./watcher.js";
+export * from "./restore/socket-source.js";
+export type * from "./restore/source.js";
+export type * from "./restore/types.js";
+export * from "./restore/user-relay.js";
+export * from "./user-socket.js";
