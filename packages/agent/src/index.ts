@@ -2,7 +2,8 @@
  * @strata/agent: what runs on an endpoint. Enrollment and state
  * (state.ts, facts.ts, client.ts, enroll.ts), the upload of the protected
  * area into the CVD (upload.ts), and the long-running service around it
- * (daemon.ts: scheduler, watcher, throttle, control socket).
+ * (daemon.ts: scheduler, watcher, throttle, control socket), and the restore
+ * engine (restore/: staged, journaled, streaming restores from a RestoreSource).
  */
 
 export {
@@ -44,6 +45,17 @@ export {
   readPriorities,
 } from "./priority.js";
 export * from "./protect.js";
+export { DEFAULT_MINIMAL_SET, type RestoreRun, recoverPendingRestore, runRestore } from "./restore/engine.js";
+export { LocalRestoreSource, type LocalSourceOptions } from "./restore/local-source.js";
+export type { ChunkRequest, RestoreSource, SourceStats, SourceTree, TreeRef } from "./restore/source.js";
+export type {
+  PendingOutcome,
+  RestoreKind,
+  RestoreOptions,
+  RestoreProgress,
+  RestoreResult,
+  RestoreStep,
+} from "./restore/types.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,

@@ -10,6 +10,7 @@ export * from "./lease.js";
 export * from "./marking.js";
 export * from "./pack.js";
 export * from "./prune.js";
+export * from "./read-blobs.js";
 export * from "./repository.js";
 export * from "./restore.js";
 export * from "./wire.js";

@@ -17,7 +17,7 @@ import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "
 import { applyMetadataSync, createSpecial, displayPath, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
-import { packName } from "./pack.js";
+import { readBlobs } from "./read-blobs.js";
 import type { Repository } from "./repository.js";
 
 export interface RestoreOptions {
@@ -49,10 +49,6 @@ export interface RestoreResult {
 const SLASH = Buffer.from("/");
 /** Files whose content is written together (bounds open descriptors). */
 const FILE_GROUP = 128;
-/** Blobs closer than this in a pack are fetched by one read. */
-const RANGE_GAP = 256 * 1024;
-const RANGE_MAX = 8 * 1024 * 1024;
-const READS_IN_FLIGHT = 4;
 
 interface PendingFile {
   fd: number;
@@ -213,12 +209,9 @@ export class Restorer {
   }
 
   /**
-   * Write the content of a group of created files. Their chunks are sorted
-   * by pack and offset and neighbouring ones are fetched with one ranged
-   * read (up to 8 MiB), a few reads in flight: on a cold cache this turns
-   * thousands of small random reads into a few large sequential ones. A
-   * range that fails is retried blob by blob so damage stays confined to the
-   * files it touches.
+   * Write the content of a group of created files. Their chunks are read
+   * pack by pack with ranged reads (see `readBlobs`); a chunk that cannot
+   * be read leaves its part of the file zero-filled and is reported.
    */
   private async writeGroup(files: PendingFile[], index: Map<BlobId, IndexEntry>): Promise<void> {
     const tasks: WriteTask[] = [];
@@ -237,34 +230,20 @@ export class Restorer {
       }
       f.written = off;
     }
-    tasks.sort((a, b) =>
-      a.entry.packId < b.entry.packId
-        ? -1
-        : a.entry.packId > b.entry.packId
-          ? 1
-          : a.entry.offset - b.entry.offset,
-    );
-    const ranges: WriteTask[][] = [];
-    for (const t of tasks) {
-      const cur = ranges[ranges.length - 1];
-      const first = cur?.[0];
-      const last = cur?.[cur.length - 1];
-      if (
-        cur &&
-        first &&
-        last &&
-        t.entry.packId === first.entry.packId &&
-        t.entry.offset <= last.entry.offset + last.entry.length + RANGE_GAP &&
-        t.entry.offset + t.entry.length - first.entry.offset <= RANGE_MAX
-      ) {
-        cur.push(t);
-      } else ranges.push([t]);
-    }
-    let next = 0;
-    const worker = async () => {
-      while (next < ranges.length) await this.writeRange(ranges[next++]!);
-    };
-    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker));
+    await readBlobs(this.repo, tasks, (t, plain, error) => {
+      if (!plain) {
+        t.file.damaged.push(error?.message ?? `chunk ${t.entry.id} unreadable`);
+        return;
+      }
+      try {
+        let w = 0;
+        while (w < plain.length) w += writeSync(t.file.fd, plain, w, plain.length - w, t.offset + w);
+        this.result.bytes += plain.length;
+      } catch (e) {
+        t.file.damaged.push((e as Error).message);
+      }
+      this.progress();
+    });
     for (const f of files) {
       try {
         // Holes (and a hole at the end) are made by the size alone.
@@ -279,51 +258,6 @@ export class Restorer {
       }
       this.meta(f.dest, f.node, f.path);
     }
-  }
-
-  private async writeRange(range: WriteTask[]): Promise<void> {
-    const first = range[0]!.entry;
-    const last = range[range.length - 1]!.entry;
-    let buf: Buffer | null = null;
-    try {
-      buf = await this.repo.store.getRange(
-        packName(first.packId),
-        first.offset,
-        last.offset + last.length - first.offset,
-      );
-    } catch {
-      buf = null; // fall back to blob-by-blob reads below
-    }
-    let prev: IndexEntry | null = null;
-    let plain: Buffer | null = null;
-    for (const t of range) {
-      if (t.entry !== prev) {
-        prev = t.entry;
-        plain = null;
-        try {
-          plain = buf
-            ? this.repo.codec.decode(
-                t.entry,
-                buf.subarray(t.entry.offset - first.offset, t.entry.offset - first.offset + t.entry.length),
-              )
-            : await this.repo.readEntry(t.entry);
-        } catch (e) {
-          t.file.damaged.push((e as Error).message);
-        }
-      }
-      if (!plain) {
-        if (!t.file.damaged.length) t.file.damaged.push(`chunk ${t.entry.id} unreadable`);
-        continue;
-      }
-      try {
-        let w = 0;
-        while (w < plain.length) w += writeSync(t.file.fd, plain, w, plain.length - w, t.offset + w);
-        this.result.bytes += plain.length;
-      } catch (e) {
-        t.file.damaged.push((e as Error).message);
-      }
-    }
-    this.progress();
   }
 
   /**

@@ -38,8 +38,13 @@ export interface SourceStats {
 }
 
 export interface RestoreSource {
-  /** The snapshot restored. */
-  readonly snapshot: { id: string; time: string; root: TreeRef };
+  /**
+   * The snapshot restored. `node`, when the source knows it, is the entry
+   * of the restored directory itself (its mode, owner, times, xattrs): the
+   * engine gives the root those (a source over a sub-path of a snapshot
+   * knows it; a whole endpoint snapshot records no entry for `/`).
+   */
+  readonly snapshot: { id: string; time: string; root: TreeRef; node?: FsNode };
   /** The repository's chunker parameters, so seed files are cut the same way. */
   readonly chunker: ChunkerParams;
   readonly stats: SourceStats;

@@ -43,6 +43,30 @@ export interface RestoreOptions {
   /** Per-path problems that did not stop the restore. */
   onError?: (e: { path: string; message: string }) => void;
   signal?: AbortSignal;
+  /**
+   * Accept a regular file whose size, mtime, mode, owner and xattrs equal
+   * the snapshot's as unchanged without reading it. Off by default: the
+   * engine then hashes the local file at the snapshot's chunk boundaries,
+   * so content changed behind an unchanged mtime is repaired. The agent
+   * sets it when its file cache vouches for the files (restore.md, "The
+   * engine").
+   */
+  trustMtime?: boolean;
+  /** Streaming batch limits (restore.md: 2,000 files, 32 MiB); tests make them small. */
+  batchLimits?: { files?: number; bytes?: number };
+  /**
+   * Fault-injection hook: called synchronously before every step that
+   * changes the disk (each staged entry, the commit rename, each applied
+   * operation, each cleanup step), numbered from 1 across the run. Crash
+   * tests kill the process from here at a chosen step.
+   */
+  onStep?: (step: RestoreStep) => void;
+}
+
+export interface RestoreStep {
+  phase: "stage" | "commit" | "apply" | "cleanup";
+  /** 1, 2, 3, … across the whole run. */
+  n: number;
 }
 
 export interface RestoreResult {
@@ -60,6 +84,8 @@ export interface RestoreResult {
   bytesReceived: number;
   errors: { path: string; message: string }[];
   durationMs: number;
+  /** Committed batches (1 unless streaming). */
+  batches: number;
 }
 
 /**
@@ -68,5 +94,10 @@ export interface RestoreResult {
  */
 export type PendingOutcome =
   | { outcome: "none" }
-  | { outcome: "rolled-forward"; id: string }
+  | {
+      outcome: "rolled-forward";
+      id: string;
+      /** Operations refused while rolling forward (UNSAFE_PATH), the rest applied. */
+      errors?: { path: string; message: string }[];
+    }
   | { outcome: "rolled-back"; id: string };

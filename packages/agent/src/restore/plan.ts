@@ -1,0 +1,743 @@
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  ftruncateSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  symlinkSync,
+  writeSync,
+} from "node:fs";
+import type { BlobId, CompiledPolicy, FsNode } from "@strata/core";
+import { StrataError } from "@strata/core";
+import {
+  applyMetadataSync,
+  createSpecial,
+  displayPath,
+  nodeTypeOf,
+  readXattrs,
+  validateName,
+} from "@strata/fs";
+import type { Fetcher, PendingFile, SyncQueue } from "./fetcher.js";
+import { type JournalWriter, journalNode, WORKDIR_PREFIX, type Workdirs } from "./journal.js";
+import type { SeedReader } from "./seed.js";
+import type { RestoreSource, TreeRef } from "./source.js";
+import type { RestoreKind, RestoreStep } from "./types.js";
+
+/*
+ * Plan and stage (docs/design/restore.md, "Phases" 1): walk the snapshot's
+ * trees and the root side by side, depth first in name order, and for each
+ * entry in scope decide unchanged / meta / put / del. New versions are
+ * built in the stage; operations stream to the journal. Nothing under the
+ * root is modified here (a hard link from an unchanged root file into the
+ * stage only adds a name to its inode).
+ */
+
+/** One entry of a snapshot directory listing. */
+export interface SnapItem {
+  node: FsNode;
+  subtree?: TreeRef;
+  /** The tree that lists this entry: chunk requests for a file name it. */
+  owner: TreeRef;
+  /** Absolute path in the snapshot (bytes): what the policy classifies. */
+  snapPath: Buffer;
+  /** Content written as is instead of chunks (recover's /etc/machine-id). */
+  literal?: Buffer;
+}
+
+/** Which entries a batch handles: all of them, or a streaming part. */
+export type Selection = "in" | "through" | "out";
+export type Selector = (snapPath: Buffer) => Selection;
+
+export interface RunCounters {
+  totalFiles: number;
+  totalBytes: number;
+  restoredFiles: number;
+  restoredBytes: number;
+  seededBytes: number;
+  files: number;
+  unchangedFiles: number;
+  putOps: number;
+  deleted: number;
+  metaOps: number;
+  bytes: number;
+  current: string;
+}
+
+/** What stays the same across the batches of one run. */
+export interface PlanEnv {
+  source: RestoreSource;
+  kind: RestoreKind;
+  policy: CompiledPolicy | undefined;
+  root: Buffer;
+  /** Set owners (only root may give files away). */
+  owner: boolean;
+  trustMtime: boolean;
+  /** Stage a directory absent from the root whole (false when streaming: batches stay bounded). */
+  wholeDirs: boolean;
+  seeds: SeedReader;
+  work: Workdirs;
+  /** Never touched: the state directory, our workdirs. */
+  protectedPaths: Buffer[];
+  /** Hard-link groups: snapshot inode key → where its first name went. */
+  links: Map<string, { rel: Buffer; stage: Buffer | null; batch: number }>;
+  counters: RunCounters;
+  /** Count totals (files, bytes) while planning (false when a separate count did). */
+  countTotals: boolean;
+  error(path: string, message: string): void;
+  step(phase: RestoreStep["phase"]): void;
+  progress(): void;
+  signal: AbortSignal | undefined;
+}
+
+export interface BatchState {
+  n: number;
+  journal: JournalWriter;
+  fetcher: Fetcher;
+  syncs: SyncQueue;
+  /** Stop at an entry boundary once this much is staged (streaming). */
+  budget: { files: number; bytes: number } | null;
+  stagedFiles: number;
+  stagedBytes: number;
+  /** Files and bytes that are in their final place once this batch is applied. */
+  putFiles: number;
+  putBytes: number;
+  /** Stage entries named so far. */
+  nextStage: number;
+  /** Streaming: user-area entries met by a machine pass, handled later (relative paths). */
+  deferred: Buffer[][] | null;
+  /** The last entry completed (relative components): where a stopped batch resumes. */
+  lastDone: Buffer[];
+}
+
+interface DirCtx {
+  /** Where the directory is (or will be) in the root. */
+  abs: Buffer;
+  comps: Buffer[];
+  /** A real directory in the root now (its listing is merged). */
+  exists: boolean;
+  /** Device of the directory (its parent's when it does not exist yet). */
+  dev: number;
+  /** Inside a directory staged whole: its stage path (children are created there, no operations). */
+  stage: Buffer | null;
+  snapPath: Buffer;
+  cursor: Buffer[] | null;
+}
+
+interface Outcome {
+  /** An entry directly inside the directory was renamed in or out (its mtime changes). */
+  dirty: boolean;
+  stopped: boolean;
+}
+const CLEAN: Outcome = { dirty: false, stopped: false };
+const DIRTY: Outcome = { dirty: true, stopped: false };
+
+const SLASH = Buffer.from("/");
+const join = (a: Buffer, b: Buffer): Buffer =>
+  a.length === 1 && a[0] === 0x2f ? Buffer.concat([a, b]) : Buffer.concat([a, SLASH, b]);
+const relOf = (comps: Buffer[]): Buffer => Buffer.concat(comps.flatMap((c, i) => (i ? [SLASH, c] : [c])));
+const WORKDIR = Buffer.from(WORKDIR_PREFIX);
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
+
+/** Paths `recover` never writes (restore.md, "Identity files"). */
+export function isIdentityPath(snapPath: Buffer): boolean {
+  const p = snapPath.toString("latin1");
+  return p === "/etc/machine-id" || p === "/var/lib/dbus/machine-id" || p.startsWith("/etc/ssh/ssh_host_");
+}
+
+/**
+ * Whether a path of this class is this kind's to change: excluded paths
+ * never are, the user area not for `system`, identity files not for
+ * `recover`. "defer": a user-area path met by a streaming machine pass.
+ */
+export function classScope(
+  env: Pick<PlanEnv, "policy" | "kind">,
+  snapPath: Buffer,
+  literal: boolean,
+  deferring: boolean,
+): boolean | "defer" {
+  if (env.policy) {
+    const cls = env.policy.classify(snapPath);
+    if (cls === "excluded") return false;
+    if (cls === "user" && env.kind === "system") return false;
+    if (cls === "user" && deferring) return "defer";
+  }
+  if (env.kind === "recover" && !literal && isIdentityPath(snapPath)) return false;
+  return true;
+}
+
+export class Planner {
+  constructor(
+    private readonly env: PlanEnv,
+    private readonly b: BatchState,
+    private readonly select: Selector,
+  ) {}
+
+  /** Load a snapshot directory listing, dropping (and reporting) names no filesystem can hold. */
+  async listing(ref: TreeRef, snapPath: Buffer): Promise<SnapItem[]> {
+    const t = await this.env.source.loadTree(ref, this.env.signal);
+    const out: SnapItem[] = [];
+    let prev: Buffer | null = null;
+    for (let i = 0; i < t.nodes.length; i++) {
+      const node = t.nodes[i]!;
+      if (prev && Buffer.compare(prev, node.name) >= 0) {
+        throw new StrataError("DATA_CORRUPT", `the listing of ${displayPath(snapPath)} is not sorted`, {
+          subject: displayPath(snapPath),
+        });
+      }
+      prev = node.name;
+      try {
+        validateName(node.name);
+      } catch (e) {
+        this.env.error(displayPath(snapPath), `entry not restored: ${(e as Error).message}`);
+        continue;
+      }
+      const sub = t.subtrees[i];
+      out.push({ node, owner: ref, snapPath: join(snapPath, node.name), ...(sub ? { subtree: sub } : {}) });
+    }
+    return out;
+  }
+
+  /** The root directory's own metadata (when the source knows it): after everything below. */
+  rootMeta(n: FsNode, dirty: boolean): void {
+    const st = lstatSync(this.env.root, { bigint: true });
+    if (dirty || !this.sameMeta(this.env.root, st, n)) this.meta([], n);
+  }
+
+  /** Plan the root directory. */
+  async top(items: SnapItem[], dev: number, cursor: Buffer[] | null): Promise<Outcome> {
+    return this.dir(
+      { abs: this.env.root, comps: [], exists: true, dev, stage: null, snapPath: SLASH, cursor },
+      items,
+    );
+  }
+
+  private full(): boolean {
+    const bud = this.b.budget;
+    if (!bud) return false;
+    const staged = this.b.stagedFiles + this.b.journal.count;
+    return staged > 0 && (staged >= bud.files || this.b.stagedBytes >= bud.bytes);
+  }
+
+  private async dir(d: DirCtx, items: SnapItem[]): Promise<Outcome> {
+    const env = this.env;
+    let names: Buffer[] = [];
+    if (d.exists) {
+      try {
+        names = readdirSync(d.abs, { encoding: "buffer" });
+      } catch (e) {
+        throw new StrataError("IO_ERROR", `cannot list ${displayPath(d.abs)}: ${(e as Error).message}`, {
+          subject: displayPath(d.abs),
+        });
+      }
+      names.sort(Buffer.compare);
+    }
+    if (env.kind === "recover" && d.snapPath.toString("latin1") === "/etc") {
+      items = this.withMachineId(items, names, d);
+    }
+    let dirty = false;
+    let cursor = d.cursor;
+    let i = 0;
+    let j = 0;
+    while (i < items.length || j < names.length) {
+      env.signal?.throwIfAborted();
+      const item = items[i];
+      const rname = names[j];
+      const c = item && rname ? Buffer.compare(item.node.name, rname) : item ? -1 : 1;
+      const name = c <= 0 ? item!.node.name : rname!;
+      const snapItem = c <= 0 ? item : undefined;
+      const inRoot = c >= 0;
+      if (c <= 0) i++;
+      if (c >= 0) j++;
+      let childCursor: Buffer[] | null = null;
+      if (cursor) {
+        const k = Buffer.compare(name, cursor[0]!);
+        if (k < 0 || (k === 0 && cursor.length === 1)) continue;
+        if (k === 0) childCursor = cursor.slice(1);
+        cursor = null;
+      }
+      if (!childCursor && this.full()) return { dirty, stopped: true };
+      const out = await this.entry(d, name, snapItem, inRoot, childCursor);
+      dirty ||= out.dirty;
+      if (out.stopped) return { dirty, stopped: true };
+      this.b.lastDone = [...d.comps, name];
+    }
+    return { dirty, stopped: false };
+  }
+
+  /** recover: a device without /etc/machine-id gets "uninitialized\n" (first boot makes a new id). */
+  private withMachineId(items: SnapItem[], names: Buffer[], d: DirCtx): SnapItem[] {
+    const mid = Buffer.from("machine-id");
+    if (names.some((n) => n.equals(mid))) return items;
+    const literal = Buffer.from("uninitialized\n");
+    const node: FsNode = {
+      name: mid,
+      type: "file",
+      mode: 0o444,
+      uid: 0,
+      gid: 0,
+      mtimeNs: BigInt(Date.now()) * 1_000_000n,
+      size: literal.length,
+    };
+    const synth: SnapItem = {
+      node,
+      owner: this.env.source.snapshot.root,
+      snapPath: join(d.snapPath, mid),
+      literal,
+    };
+    const rest = items.filter((it) => !it.node.name.equals(mid));
+    const at = rest.findIndex((it) => Buffer.compare(it.node.name, mid) > 0);
+    rest.splice(at < 0 ? rest.length : at, 0, synth);
+    return rest;
+  }
+
+  private isProtected(abs: Buffer): boolean {
+    return this.env.protectedPaths.some((p) => p.equals(abs));
+  }
+
+  private inClassScope(snapPath: Buffer, literal: boolean): boolean | "defer" {
+    return classScope(this.env, snapPath, literal, this.b.deferred !== null);
+  }
+
+  private async entry(
+    d: DirCtx,
+    name: Buffer,
+    item: SnapItem | undefined,
+    inRoot: boolean,
+    cursor: Buffer[] | null,
+  ): Promise<Outcome> {
+    const env = this.env;
+    const abs = join(d.abs, name);
+    if (this.isProtected(abs)) return CLEAN;
+    if (!item && name.subarray(0, WORKDIR.length).equals(WORKDIR)) return CLEAN;
+    const snapPath = item?.snapPath ?? join(d.snapPath, name);
+    const sel = this.select(snapPath);
+    if (sel === "out") return CLEAN;
+    const scope = this.inClassScope(snapPath, item?.literal !== undefined);
+    if (scope === false) return CLEAN;
+    if (scope === "defer") {
+      if (sel === "in") this.b.deferred!.push([...d.comps, name]);
+      return CLEAN;
+    }
+    const comps = [...d.comps, name];
+    const shown = displayPath(snapPath);
+    env.counters.current = shown;
+    let r: BigIntStats | undefined;
+    if (inRoot) {
+      try {
+        r = lstatSync(abs, { bigint: true, throwIfNoEntry: false });
+      } catch (e) {
+        env.error(shown, `cannot stat: ${(e as Error).message}`);
+        return CLEAN;
+      }
+    }
+    const n = item?.node;
+    if (!n) {
+      if (!r || sel !== "in" || env.kind === "files") return CLEAN;
+      return this.remove(d, abs, comps, r, snapPath);
+    }
+    if (n.type === "dir" ? false : sel !== "in") return CLEAN;
+    if (n.type !== "dir" && env.countTotals) {
+      env.counters.totalFiles++;
+      env.counters.totalBytes += n.type === "file" ? n.size : 0;
+    }
+    if (n.type !== "dir") env.counters.files++;
+    env.progress();
+    const rtype = r ? nodeTypeOf(Number(r.mode)) : undefined;
+    if (!r || d.stage) return this.create(d, item!, comps, undefined);
+    if (rtype !== n.type) {
+      if (rtype === "dir") {
+        if (Number(r.dev) !== d.dev) {
+          env.error(shown, "not restored: a mount point is in the way");
+          return CLEAN;
+        }
+        if (env.kind === "files") {
+          env.error(shown, "not restored: a directory is in the way (files never deletes)");
+          return CLEAN;
+        }
+        if (!(await this.replaceable(abs, snapPath, Number(r.dev)))) {
+          env.error(
+            shown,
+            "not restored: the directory in its place holds paths this restore must not touch",
+          );
+          return CLEAN;
+        }
+      }
+      return this.create(d, item!, comps, undefined);
+    }
+    switch (n.type) {
+      case "dir": {
+        const dev = Number(r.dev);
+        const sub = item!.subtree ? await this.listing(item!.subtree, snapPath) : [];
+        const out = await this.dir({ abs, comps, exists: true, dev, stage: null, snapPath, cursor }, sub);
+        if (out.dirty || !this.sameMeta(abs, r, n)) this.meta(comps, n);
+        return { dirty: false, stopped: out.stopped };
+      }
+      case "file":
+        return this.file(d, item!, comps, abs, r);
+      case "symlink": {
+        let target: Buffer | null = null;
+        try {
+          target = readlinkSync(abs, { encoding: "buffer" });
+        } catch {
+          target = null;
+        }
+        if (!target?.equals(n.target ?? Buffer.alloc(0))) return this.create(d, item!, comps, undefined);
+        return this.metaOrUnchanged(abs, r, n, comps);
+      }
+      default: {
+        const sameDev =
+          n.type !== "chardev" && n.type !== "blockdev" ? true : Number(r.rdev) === (n.rdev ?? 0);
+        if (!sameDev) return this.create(d, item!, comps, undefined);
+        return this.metaOrUnchanged(abs, r, n, comps);
+      }
+    }
+  }
+
+  private metaOrUnchanged(abs: Buffer, r: BigIntStats, n: FsNode, comps: Buffer[]): Outcome {
+    const c = this.env.counters;
+    if (!this.sameMeta(abs, r, n)) this.meta(comps, n);
+    else c.unchangedFiles++;
+    c.restoredFiles++;
+    return CLEAN;
+  }
+
+  private async file(
+    d: DirCtx,
+    item: SnapItem,
+    comps: Buffer[],
+    abs: Buffer,
+    r: BigIntStats,
+  ): Promise<Outcome> {
+    const env = this.env;
+    const n = item.node;
+    const c = env.counters;
+    const key = n.link ? `${n.link.dev}:${n.link.ino}` : null;
+    const first = key ? env.links.get(key) : undefined;
+    if (first) {
+      // Another name of an inode already handled: unchanged when it is that inode now.
+      if (first.stage === null || first.batch !== this.b.n) {
+        const st = lstatSync(join(env.root, first.rel), { bigint: true, throwIfNoEntry: false });
+        if (st && st.ino === r.ino && st.dev === r.dev) {
+          c.unchangedFiles++;
+          c.restoredFiles++;
+          c.restoredBytes += n.size;
+          return CLEAN;
+        }
+      }
+      return this.create(d, item, comps, undefined);
+    }
+    const metaEq = this.sameMeta(abs, r, n);
+    // A file with other names that the snapshot does not group with it gets its own inode.
+    const linksOk = r.nlink === 1n || key !== null;
+    const same =
+      linksOk &&
+      ((this.env.trustMtime && metaEq && Number(r.size) === n.size) || env.seeds.sameContent(abs, r, n));
+    if (!same) return this.create(d, item, comps, abs);
+    if (key) env.links.set(key, { rel: relOf(comps), stage: null, batch: this.b.n });
+    if (metaEq) c.unchangedFiles++;
+    else this.meta(comps, n);
+    c.restoredFiles++;
+    c.restoredBytes += n.size;
+    return CLEAN;
+  }
+
+  /** Same mode, owner, mtime and xattrs (what a `meta` operation would set). */
+  private sameMeta(abs: Buffer, st: BigIntStats, n: FsNode): boolean {
+    if (n.type !== "symlink" && (Number(st.mode) & 0o7777) !== n.mode) return false;
+    if (this.env.owner && (Number(st.uid) !== n.uid || Number(st.gid) !== n.gid)) return false;
+    if (st.mtimeNs !== n.mtimeNs) return false;
+    let have: { name: string; value: Buffer }[];
+    try {
+      have = readXattrs(abs);
+    } catch {
+      return false;
+    }
+    const keep = (x: { name: string }) =>
+      this.env.owner || x.name.startsWith("user.") || x.name.startsWith("system.posix_acl_");
+    have = have.filter(keep);
+    const want = (n.xattrs ?? []).filter(keep);
+    if (have.length !== want.length) return false;
+    for (let i = 0; i < want.length; i++) {
+      if (have[i]!.name !== want[i]!.name || !have[i]!.value.equals(want[i]!.value)) return false;
+    }
+    return true;
+  }
+
+  private meta(comps: Buffer[], n: FsNode): void {
+    this.env.step("stage");
+    this.b.journal.add({ op: "meta", pathB64: relOf(comps).toString("base64"), node: journalNode(n) });
+    this.env.counters.metaOps++;
+  }
+
+  /** A new stage entry for a path whose parent is in the root (or will be, by an earlier put). */
+  private stageEntry(d: DirCtx): { path: Buffer; work: number; stage: string } {
+    const work = this.env.work.forDir(this.existingAncestor(d.abs), d.dev);
+    const stage = String(this.b.nextStage++);
+    const path = Buffer.concat([this.env.work.list[work]!.path, Buffer.from(`/stage/${stage}`)]);
+    return { path, work, stage };
+  }
+
+  private existingAncestor(abs: Buffer): Buffer {
+    let cur = abs;
+    for (;;) {
+      const st = lstatSync(cur, { throwIfNoEntry: false });
+      if (st?.isDirectory()) return cur;
+      const i = cur.lastIndexOf(0x2f);
+      if (i <= 0 || cur.length <= this.env.root.length) return this.env.root;
+      cur = cur.subarray(0, i);
+    }
+  }
+
+  /**
+   * Write the snapshot's version of an entry into the stage (inside the
+   * staged directory `d.stage`, or as a new stage entry with a `put`).
+   * `seed`: the root's regular file at the same path, for local chunks.
+   */
+  private async create(
+    d: DirCtx,
+    item: SnapItem,
+    comps: Buffer[],
+    seed: Buffer | undefined,
+  ): Promise<Outcome> {
+    const env = this.env;
+    const n = item.node;
+    const shown = displayPath(item.snapPath);
+    const entry = d.stage ? null : this.stageEntry(d);
+    const dest = d.stage ? join(d.stage, n.name) : entry!.path;
+    const abs = join(d.abs, n.name);
+    env.step("stage");
+    try {
+      if (n.type === "dir") {
+        mkdirSync(dest, 0o700);
+        if (env.wholeDirs || d.stage) {
+          // Staged whole: its content is created inside, no operations.
+          const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
+          await this.dir(
+            { abs, comps, exists: false, dev: d.dev, stage: dest, snapPath: item.snapPath, cursor: null },
+            sub,
+          );
+          this.applyMeta(dest, n, shown);
+          this.b.syncs.add(dest);
+          if (entry) this.put(comps, entry);
+          return entry ? DIRTY : CLEAN;
+        }
+        // Streaming: put the directory empty, then its entries one by one.
+        this.applyMeta(dest, n, shown);
+        this.b.syncs.add(dest);
+        this.put(comps, entry!);
+        const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
+        const out = await this.dir(
+          { abs, comps, exists: false, dev: d.dev, stage: null, snapPath: item.snapPath, cursor: null },
+          sub,
+        );
+        if (out.dirty) this.meta(comps, n);
+        return { dirty: true, stopped: out.stopped };
+      }
+      if (n.type === "file") await this.stageFile(dest, item, comps, seed);
+      else {
+        if (n.type === "symlink") symlinkSync(n.target ?? Buffer.alloc(0), dest);
+        else await createSpecial(dest, n);
+        this.applyMeta(dest, n, shown);
+      }
+    } catch (e) {
+      if (e instanceof StrataError && e.code === "UNSAFE_PATH") throw e;
+      if ((e as Error).name === "AbortError") throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "ENOSPC" || code === "EDQUOT" || code === "EIO") throw e;
+      env.error(shown, `not restored: ${(e as Error).message}`);
+      return CLEAN;
+    }
+    this.b.stagedFiles++;
+    this.b.stagedBytes += n.type === "file" ? n.size : 0;
+    this.b.putFiles++;
+    this.b.putBytes += n.type === "file" ? n.size : 0;
+    if (!entry) return CLEAN;
+    this.put(comps, entry);
+    return DIRTY;
+  }
+
+  private put(comps: Buffer[], entry: { work: number; stage: string }): void {
+    this.b.journal.add({
+      op: "put",
+      pathB64: relOf(comps).toString("base64"),
+      stage: entry.stage,
+      work: entry.work,
+    });
+    this.env.counters.putOps++;
+  }
+
+  private async stageFile(
+    dest: Buffer,
+    item: SnapItem,
+    comps: Buffer[],
+    seed: Buffer | undefined,
+  ): Promise<void> {
+    const env = this.env;
+    const n = item.node;
+    const shown = displayPath(item.snapPath);
+    const key = n.link ? `${n.link.dev}:${n.link.ino}` : null;
+    if (key) {
+      const first = env.links.get(key);
+      if (first) {
+        const src = first.stage && first.batch === this.b.n ? first.stage : join(env.root, first.rel);
+        try {
+          linkSync(src, dest);
+          return;
+        } catch (e) {
+          env.error(
+            shown,
+            `restored as a separate file: cannot link it to ${displayPath(first.rel)}: ${(e as Error).message}`,
+          );
+        }
+      } else env.links.set(key, { rel: relOf(comps), stage: dest, batch: this.b.n });
+    }
+    const wanted = new Map<BlobId, number[]>();
+    const lens = new Map<BlobId, number>();
+    let off = 0;
+    for (const p of n.content ?? []) {
+      if ("hole" in p) {
+        off += p.hole;
+        continue;
+      }
+      const at = wanted.get(p.id);
+      if (at) at.push(off);
+      else wanted.set(p.id, [off]);
+      lens.set(p.id, p.len);
+      off += p.len;
+    }
+    if (!item.literal && off !== n.size) {
+      throw new StrataError("DATA_CORRUPT", `${shown}: its pieces add up to ${off} bytes, not ${n.size}`, {
+        subject: shown,
+      });
+    }
+    const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    try {
+      // Holes (and a hole at the end) are made by the size alone.
+      ftruncateSync(fd, n.size);
+      if (item.literal) {
+        let w = 0;
+        while (w < item.literal.length) w += writeSync(fd, item.literal, w, item.literal.length - w, w);
+      } else if (seed) {
+        env.counters.seededBytes += env.seeds.copyFrom(seed, wanted, fd);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const file: PendingFile = {
+      path: dest,
+      missing: 0,
+      finish: () => {
+        this.applyMeta(dest, n, shown);
+        this.b.syncs.add(dest);
+      },
+    };
+    if (wanted.size && !item.literal) await this.b.fetcher.add(file, item.owner, wanted, lens);
+    else file.finish();
+    await this.b.syncs.throttle();
+  }
+
+  /**
+   * Metadata on a staged entry. Failures are reported, not fatal: as
+   * non-root the owner is left to the restoring user and xattrs it may not
+   * set (security.*, trusted.*) are dropped; mode and times still apply.
+   */
+  private applyMeta(dest: Buffer, n: FsNode, shown: string): void {
+    try {
+      applyMetadataSync(dest, n, { owner: this.env.owner });
+    } catch (e) {
+      this.env.error(shown, `metadata not fully restored: ${(e as Error).message}`);
+      try {
+        const { xattrs: _dropped, ...rest } = n;
+        applyMetadataSync(dest, rest, { owner: this.env.owner });
+      } catch (e2) {
+        this.env.error(shown, `metadata not restored: ${(e2 as Error).message}`);
+      }
+    }
+  }
+
+  /** A root entry the snapshot lacks: `del`, or (a directory holding paths out of scope) `del`s below it. */
+  private async remove(
+    d: DirCtx,
+    abs: Buffer,
+    comps: Buffer[],
+    r: BigIntStats,
+    snapPath: Buffer,
+  ): Promise<Outcome> {
+    if (r.isDirectory()) {
+      if (Number(r.dev) !== d.dev) return CLEAN; // a mount point is not the snapshot's to remove
+      if (!(await this.replaceable(abs, snapPath, d.dev))) return CLEAN;
+    }
+    this.del(comps, d.abs, d.dev);
+    return DIRTY;
+  }
+
+  /** `del` of `comps`, whose parent directory `parentAbs` is on device `dev`. */
+  private del(comps: Buffer[], parentAbs: Buffer, dev: number): void {
+    this.env.step("stage");
+    const work = this.env.work.forDir(parentAbs, dev);
+    this.b.journal.add({ op: "del", pathB64: relOf(comps).toString("base64"), work });
+    this.env.counters.deleted++;
+  }
+
+  /**
+   * Whether everything below the root directory `abs` is this restore's to
+   * delete. When not, the parts that are get their own `del`s here (so
+   * the directory stays, with what must be kept).
+   */
+  private async replaceable(abs: Buffer, snapPath: Buffer, dev: number): Promise<boolean> {
+    let names: Buffer[];
+    try {
+      names = readdirSync(abs, { encoding: "buffer" });
+    } catch {
+      return false;
+    }
+    names.sort(Buffer.compare);
+    const comps = abs.length > this.env.root.length ? relComps(abs.subarray(this.env.root.length + 1)) : [];
+    const doomed: Buffer[] = [];
+    let all = true;
+    for (const name of names) {
+      const cabs = join(abs, name);
+      const csnap = join(snapPath, name);
+      if (
+        this.isProtected(cabs) ||
+        this.env.protectedPaths.some((p) =>
+          p.subarray(0, cabs.length + 1).equals(Buffer.concat([cabs, SLASH])),
+        ) ||
+        name.subarray(0, WORKDIR.length).equals(WORKDIR) ||
+        this.inClassScope(csnap, false) !== true
+      ) {
+        all = false;
+        continue;
+      }
+      const st = lstatSync(cabs, { throwIfNoEntry: false });
+      if (!st) continue;
+      if (st.isDirectory()) {
+        if (st.dev !== dev || !(await this.replaceable(cabs, csnap, dev))) {
+          all = false;
+          continue;
+        }
+      }
+      doomed.push(name);
+    }
+    if (all) return true;
+    for (const name of doomed) this.del([...comps, name], abs, dev);
+    return false;
+  }
+}
+
+function relComps(rel: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  let start = 0;
+  for (let i = 0; i <= rel.length; i++) {
+    if (i === rel.length || rel[i] === 0x2f) {
+      if (i > start) out.push(rel.subarray(start, i));
+      start = i + 1;
+    }
+  }
+  return out;
+}
