@@ -1,4 +1,13 @@
-import { closeSync, constants, ftruncateSync, linkSync, mkdirSync, openSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  ftruncateSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
 import * as path from "node:path";
 import { native } from "@strata/fs";
 import { link, noise, put, settleDirs } from "./restore-helpers.js";
@@ -38,4 +47,38 @@ export function buildSmallRoot(root: string): void {
   put(root, "tmp/scratch", "excluded\n");
   put(root, "var/cache/apt/pkg.deb", "excluded\n");
   settleDirs(root);
+}
+
+/**
+ * A medium root (~2,400 entries: machine area under etc/ usr/ opt/, a user
+ * area under home/alice) for crash tests: big enough that a kill lands in
+ * every phase, small enough to restore in about a second.
+ */
+export function buildMediumRoot(root: string): void {
+  mkdirSync(root, { recursive: true });
+  for (let d = 0; d < 40; d++) {
+    for (let f = 0; f < 50; f++) {
+      const area = d < 30 ? `usr/share/pkg${d}` : d < 35 ? `etc/conf${d}` : `home/alice/dir${d}`;
+      put(root, `${area}/file${f}`, noise(500 + ((d * 50 + f) % 17) * 300, d * 1000 + f + 1));
+    }
+  }
+  put(root, "opt/app/bin/app", noise(1_500_000, 9), { mode: 0o755 });
+  linkSync(path.join(root, "opt/app/bin/app"), path.join(root, "opt/app/bin/app-link"));
+  link(root, "opt/app/current", "bin");
+  put(root, "home/alice/big.bin", noise(600_000, 11));
+  settleDirs(root);
+}
+
+/** `v1` drifted: ~15% of the files changed, some deleted, newer files and directories added. */
+export function driftMediumRoot(root: string): void {
+  for (let d = 0; d < 40; d++) {
+    const area = d < 30 ? `usr/share/pkg${d}` : d < 35 ? `etc/conf${d}` : `home/alice/dir${d}`;
+    for (let f = 0; f < 50; f += 7) put(root, `${area}/file${f}`, noise(700 + f, 77_000 + d * 50 + f));
+    for (let f = 3; f < 50; f += 11) rmSync(path.join(root, `${area}/file${f}`));
+    if (d % 4 === 0) put(root, `${area}/newer`, "added after the snapshot\n");
+  }
+  rmSync(path.join(root, "usr/share/pkg7"), { recursive: true });
+  for (let f = 0; f < 30; f++) put(root, `usr/share/newpkg/file${f}`, noise(900, 500 + f));
+  rmSync(path.join(root, "opt/app/current"));
+  put(root, "opt/app/current", "a file where a symlink was\n");
 }
