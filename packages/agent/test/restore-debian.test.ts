@@ -8,7 +8,15 @@ import { runRestore } from "../src/restore/engine.js";
 import type { LocalRestoreSource } from "../src/restore/local-source.js";
 import type { RestoreKind, RestoreOptions } from "../src/restore/types.js";
 import { cleanup, tmp } from "./helpers.js";
-import { closeTestRepo, copyTree, createTestRepo, diff, put, snapshotOf, testPolicy } from "./restore-helpers.js";
+import {
+  closeTestRepo,
+  copyTree,
+  createTestRepo,
+  diff,
+  put,
+  snapshotOf,
+  testPolicy,
+} from "./restore-helpers.js";
 
 /**
  * Every kind against the real Debian root (testkit fixture), backed up
@@ -91,9 +99,13 @@ d("restore engine on a real Debian root", () => {
     put(root, "etc/ssh/ssh_host_ed25519_key", "device key\n", { mode: 0o600 });
     const r = await runRestore(src, opts(root, "recover")).done;
     expect(r.errors).toEqual([]);
-    expect(readFileSync(path.join(root, "etc/machine-id"), "utf8")).toBe("0123456789abcdef0123456789abcdef\n");
+    expect(readFileSync(path.join(root, "etc/machine-id"), "utf8")).toBe(
+      "0123456789abcdef0123456789abcdef\n",
+    );
     expect(readFileSync(path.join(root, "etc/ssh/ssh_host_ed25519_key"), "utf8")).toBe("device key\n");
-    expect(diff(debian!, root, new RegExp(`${EXCLUDED.source}|etc/machine-id|etc/ssh|(^| )etc/$`))).toEqual([]);
+    expect(diff(debian!, root, new RegExp(`${EXCLUDED.source}|etc/machine-id|etc/ssh|(^| )etc/$`))).toEqual(
+      [],
+    );
   });
 
   it("files restores /etc/apt and /usr/bin/dpkg into a directory", async () => {
@@ -101,6 +113,8 @@ d("restore engine on a real Debian root", () => {
     const r = await runRestore(src, opts("/", "files", { paths: ["/etc/apt", "/usr/bin/dpkg"], to })).done;
     expect(r.errors).toEqual([]);
     expect(diff(path.join(debian!, "etc/apt"), path.join(to, "apt"))).toEqual([]);
-    expect(readFileSync(path.join(to, "dpkg")).equals(readFileSync(path.join(debian!, "usr/bin/dpkg")))).toBe(true);
+    expect(readFileSync(path.join(to, "dpkg")).equals(readFileSync(path.join(debian!, "usr/bin/dpkg")))).toBe(
+      true,
+    );
   });
 });

@@ -241,3 +241,103 @@ describe("seeds", () => {
     }
   });
 });
+
+describe("files as a non-root process", () => {
+  it.skipIf(process.getuid?.() !== 0)(
+    "restores into a directory the user owns, without owners or privileged xattrs, and says so",
+    async () => {
+      const { spawnSync } = await import("node:child_process");
+      const { chownSync } = await import("node:fs");
+      const { fileURLToPath } = await import("node:url");
+      const base = tmp("strata-nonroot-");
+      chmodSync(base, 0o755);
+      const r3 = await createTestRepo(path.join(base, "repo"));
+      const tree = path.join(base, "tree");
+      put(tree, "home/alice/notes.txt", "notes\n");
+      put(tree, "home/alice/docs/report.txt", "report\n", { mode: 0o640 });
+      native.lsetxattr(Buffer.from(path.join(tree, "home/alice/notes.txt")), "user.tag", Buffer.from("x"));
+      native.lsetxattr(
+        Buffer.from(path.join(tree, "home/alice/notes.txt")),
+        "trusted.secret",
+        Buffer.from("y"),
+      );
+      await snapshotOf(r3, tree);
+      await r3.flush();
+      execFileSync("chmod", ["-R", "a+rX", base]);
+      const to = path.join(base, "to");
+      const state = path.join(base, "state");
+      for (const d of [to, state]) {
+        mkdirSync(d);
+        chownSync(d, 65534, 65534);
+      }
+      const child = path.join(path.dirname(fileURLToPath(import.meta.url)), "restore-child.ts");
+      const res = spawnSync(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          child,
+          JSON.stringify({
+            repo: path.join(base, "repo"),
+            snapshotPath: tree,
+            root: "/",
+            stateDir: state,
+            kind: "files",
+            policy: false,
+            paths: ["/home/alice"],
+            to,
+            uid: 65534,
+          }),
+        ],
+        { encoding: "utf8" },
+      );
+      await closeTestRepo(r3);
+      expect(res.status, res.stderr).toBe(0);
+      const out = JSON.parse(res.stdout) as { result: { errors: { path: string; message: string }[] } };
+      expect(out.result.errors.map((e) => e.message).join("\n")).toMatch(
+        /trusted\.secret|metadata not fully/,
+      );
+      expect(readFileSync(path.join(to, "alice/docs/report.txt"), "utf8")).toBe("report\n");
+      expect(statSync(path.join(to, "alice/docs/report.txt")).uid).toBe(65534);
+      expect(statSync(path.join(to, "alice/docs/report.txt")).mode & 0o777).toBe(0o640);
+      expect(native.lgetxattr(Buffer.from(path.join(to, "alice/notes.txt")), "user.tag").toString()).toBe(
+        "x",
+      );
+      expect(readdirSync(path.join(state, "restore"))).toEqual([]);
+    },
+  );
+});
+
+describe("a root spanning two filesystems", () => {
+  it.skipIf(process.getuid?.() !== 0)(
+    "stages /home on its own filesystem (a tmpfs) and leaves no workdir behind",
+    async (ctx) => {
+      const root = tmp("strata-root-");
+      mkdirSync(path.join(root, "home"));
+      try {
+        execFileSync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", path.join(root, "home")]);
+      } catch (e) {
+        ctx.skip(`cannot mount a tmpfs here: ${(e as Error).message}`);
+        return;
+      }
+      try {
+        put(root, "home/alice/newer.txt", "newer\n");
+        const seen: string[] = [];
+        const o = opts(root, {
+          kind: "full",
+          onStep: (s) => {
+            if (s.phase === "commit") seen.push(...readdirSync(path.join(root, "home")));
+          },
+        });
+        const r = await runRestore(src, o).done;
+        expect(r.errors).toEqual([]);
+        // The stage of /home's filesystem was at its top, inside the root.
+        expect(seen).toContain(".strata-restore-t1");
+        expect(readdirSync(path.join(root, "home"))).toEqual(["alice"]);
+        expect(diff(v1, root, new RegExp(`${EXCLUDED.source}|(^| )home/$`))).toEqual([]);
+      } finally {
+        execFileSync("umount", ["-l", path.join(root, "home")]);
+      }
+    },
+  );
+});

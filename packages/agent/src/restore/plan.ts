@@ -143,6 +143,11 @@ const relOf = (comps: Buffer[]): Buffer => Buffer.concat(comps.flatMap((c, i) =>
 const WORKDIR = Buffer.from(WORKDIR_PREFIX);
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 
+/** Extended attributes a process without privileges may set on its own files. */
+export function userSettable(name: string): boolean {
+  return name.startsWith("user.") || name.startsWith("system.posix_acl_");
+}
+
 /** Paths `recover` never writes (restore.md, "Identity files"). */
 export function isIdentityPath(snapPath: Buffer): boolean {
   const p = snapPath.toString("latin1");
@@ -457,8 +462,7 @@ export class Planner {
     } catch {
       return false;
     }
-    const keep = (x: { name: string }) =>
-      this.env.owner || x.name.startsWith("user.") || x.name.startsWith("system.posix_acl_");
+    const keep = (x: { name: string }) => this.env.owner || userSettable(x.name);
     have = have.filter(keep);
     const want = (n.xattrs ?? []).filter(keep);
     if (have.length !== want.length) return false;
@@ -470,7 +474,10 @@ export class Planner {
 
   private meta(comps: Buffer[], n: FsNode): void {
     this.env.step("stage");
-    this.b.journal.add({ op: "meta", pathB64: relOf(comps).toString("base64"), node: journalNode(n) });
+    // Without privileges only the xattrs a user may set are asked for (applyMeta reports the rest).
+    const node =
+      this.env.owner || !n.xattrs ? n : { ...n, xattrs: n.xattrs.filter((x) => userSettable(x.name)) };
+    this.b.journal.add({ op: "meta", pathB64: relOf(comps).toString("base64"), node: journalNode(node) });
     this.env.counters.metaOps++;
   }
 
@@ -647,12 +654,18 @@ export class Planner {
    * set (security.*, trusted.*) are dropped; mode and times still apply.
    */
   private applyMeta(dest: Buffer, n: FsNode, shown: string): void {
+    let node = n;
+    if (!this.env.owner && n.xattrs?.some((x) => !userSettable(x.name))) {
+      const dropped = n.xattrs.filter((x) => !userSettable(x.name)).map((x) => x.name);
+      this.env.error(shown, `metadata not fully restored: ${dropped.join(", ")} need root`);
+      node = { ...n, xattrs: n.xattrs.filter((x) => userSettable(x.name)) };
+    }
     try {
-      applyMetadataSync(dest, n, { owner: this.env.owner });
+      applyMetadataSync(dest, node, { owner: this.env.owner });
     } catch (e) {
       this.env.error(shown, `metadata not fully restored: ${(e as Error).message}`);
       try {
-        const { xattrs: _dropped, ...rest } = n;
+        const { xattrs: _dropped, ...rest } = node;
         applyMetadataSync(dest, rest, { owner: this.env.owner });
       } catch (e2) {
         this.env.error(shown, `metadata not restored: ${(e2 as Error).message}`);
