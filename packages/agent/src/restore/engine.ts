@@ -171,8 +171,9 @@ class Engine {
       phase: this.phase,
       totalFiles: c.totalFiles,
       totalBytes: c.totalBytes,
-      restoredFiles: c.restoredFiles,
-      restoredBytes: c.restoredBytes,
+      // A fetched path is met again by its pass (unchanged then): never report more than the total.
+      restoredFiles: c.totalFiles ? Math.min(c.restoredFiles, c.totalFiles) : c.restoredFiles,
+      restoredBytes: c.totalBytes ? Math.min(c.restoredBytes, c.totalBytes) : c.restoredBytes,
       seededBytes: c.seededBytes,
       fetchedBytes: this.fetched + (this.fetcher?.fetchedBytes ?? 0),
       usable: this.isUsable,
