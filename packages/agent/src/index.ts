@@ -47,15 +47,10 @@ export {
 export * from "./protect.js";
 export { DEFAULT_MINIMAL_SET, type RestoreRun, recoverPendingRestore, runRestore } from "./restore/engine.js";
 export { LocalRestoreSource, type LocalSourceOptions } from "./restore/local-source.js";
-export type { ChunkRequest, RestoreSource, SourceStats, SourceTree, TreeRef } from "./restore/source.js";
-export type {
-  PendingOutcome,
-  RestoreKind,
-  RestoreOptions,
-  RestoreProgress,
-  RestoreResult,
-  RestoreStep,
-} from "./restore/types.js";
+export * from "./restore/socket-source.js";
+export type * from "./restore/source.js";
+export type * from "./restore/types.js";
+export * from "./restore/user-relay.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,
@@ -82,10 +77,6 @@ export {
 export { type Throttle, TokenBucket, throttleIterable, throttleStream } from "./throttle.js";
 export * from "./transport.js";
 export * from "./upload.js";
+export * from "./user-socket.js";
 export { AGENT_VERSION } from "./version.js";
 export { ChangeWatcher, type DirtySet } from "./watcher.js";
-export * from "./restore/socket-source.js";
-export type * from "./restore/source.js";
-export type * from "./restore/types.js";
-export * from "./restore/user-relay.js";
-export * from "./user-socket.js";
