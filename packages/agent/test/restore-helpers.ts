@@ -40,7 +40,7 @@ export function diff(src: string, dst: string, ignore?: RegExp): string[] {
   return rsyncItemize(src, dst)
     .split("\n")
     .filter((l) => l.trim() !== "")
-    .filter((l) => !ignore || !ignore.test(l));
+    .filter((l) => !ignore?.test(l));
 }
 
 export function copyTree(src: string, dst: string): void {
