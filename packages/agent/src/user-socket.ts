@@ -1,8 +1,8 @@
 /**
  * The user socket: how an endpoint's unprivileged users reach the running
  * agent (`strata agent restore-file`, `strata agent fetch`). A Unix socket
- * `user.sock` in the agent's state directory, mode 0666 — beside the
- * root-only `control.sock` — so any local user may connect, and the agent
+ * `user.sock` (see userSocketDir), mode 0666 — unlike the root-only
+ * `control.sock` — so any local user may connect, and the agent
  * learns who did from the kernel (SO_PEERCRED), never from the request.
  * docs/design/restore.md, "Single files".
  *
@@ -12,12 +12,13 @@
  * connection are answered in order. State a handler keeps (open restore
  * sessions) belongs to the connection and ends with it.
  */
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import * as path from "node:path";
 import { ErrorCodes, StrataError } from "@strata/core";
 import { native } from "@strata/fs";
 import { errorBody, lineReader, probe } from "./control.js";
+import { DEFAULT_STATE_DIR } from "./state.js";
 
 export const USER_SOCKET = "user.sock";
 /** Requests are small; answers may carry a chunk of up to 512 KiB in base64. */
@@ -47,8 +48,20 @@ export type UserHandler = (
   part: (p: unknown) => Promise<void>,
 ) => Promise<unknown> | unknown;
 
+/**
+ * Where the user socket lives. Not in the state directory: that is 0700
+ * (it holds the credential and the file cache, whose rows name every file
+ * of the machine), so users could not reach a socket inside it. For the
+ * default state directory it is /run/strata-agent/user.sock; for another
+ * one (chroots, tests) the directory `STATE.run` beside it.
+ */
+export function userSocketDir(stateDir: string): string {
+  const s = path.resolve(stateDir);
+  return s === DEFAULT_STATE_DIR ? "/run/strata-agent" : `${s}.run`;
+}
+
 export function userSocketPath(stateDir: string): string {
-  return path.join(stateDir, USER_SOCKET);
+  return path.join(userSocketDir(stateDir), USER_SOCKET);
 }
 
 /** SO_PEERCRED of an accepted connection. */
@@ -71,6 +84,15 @@ export interface UserServer {
  */
 export async function startUserServer(stateDir: string, handle: UserHandler): Promise<UserServer> {
   const file = userSocketPath(stateDir);
+  const dir = userSocketDir(stateDir);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const dst = lstatSync(dir);
+  if (!dst.isDirectory() || dst.uid !== process.getuid?.())
+    throw new StrataError("UNSAFE_PATH", `${dir} is not a directory of the agent's user`, {
+      subject: dir,
+      hint: "remove it; the agent creates it for its user socket",
+    });
+  chmodSync(dir, 0o755);
   const st = lstatSync(file, { throwIfNoEntry: false });
   if (st) {
     if (!st.isSocket())

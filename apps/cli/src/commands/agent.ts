@@ -18,6 +18,7 @@ import { defaultPolicy, parsePolicy, StrataError } from "@strata/core";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
 import { formatBytes, printJson } from "../output.js";
+import { registerAgentUserCommands } from "./agent-user.js";
 import { parseDuration } from "./repo.js";
 
 type Opts = GlobalOptions & { state?: string; root?: string };
@@ -369,5 +370,6 @@ export function registerAgentCommands(program: Command): Command {
     "<duration>",
   );
   control("resume", "end a snooze now", () => ({ cmd: "resume" }));
+  registerAgentUserCommands(agent);
   return agent;
 }
