@@ -39,6 +39,26 @@ export type {
   PolicyRecord,
 } from "./fleet-store.js";
 export {
+  openSqliteRestoreStore,
+  PostgresRestoreStore,
+  PostgresTaskStore,
+  type RestoreCounters,
+  type RestoreSessionRecord,
+  type RestoreSessionState,
+  type RestoreSessionStore,
+  SqliteRestoreStore,
+  SqliteTaskStore,
+  TASK_KINDS,
+  TASK_STATES,
+  type TaskError,
+  type TaskFilter,
+  type TaskKind,
+  type TaskPatch,
+  type TaskRecord,
+  type TaskState,
+  type TaskStore,
+} from "./restores.js";
+export {
   openPostgresServerStore,
   PostgresServerStore,
 } from "./server-postgres.js";

@@ -1,6 +1,7 @@
 import { StrataError } from "@strata/core";
 import { PostgresFleetStore } from "./fleet-postgres.js";
 import { openPostgresCatalog, type PostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
+import { PostgresTaskStore, type TaskStore } from "./restores.js";
 import type {
   ApiTokenRecord,
   AuditFilter,
@@ -87,11 +88,13 @@ const pgCode = (e: unknown) => (e as { code?: string }).code;
 /** ServerStore on PostgreSQL: shares the catalog's pool and schema. */
 export class PostgresServerStore extends PostgresFleetStore implements ServerStore {
   readonly kind = "postgres" as const;
+  readonly tasks: TaskStore;
   private readonly catalog: PostgresCatalog;
 
   constructor(catalog: PostgresCatalog) {
     super(catalog.pool);
     this.catalog = catalog;
+    this.tasks = new PostgresTaskStore(catalog.pool);
   }
 
   async upsertBuiltinRoles(

@@ -1,6 +1,7 @@
 import { StrataError } from "@strata/core";
 import Database from "better-sqlite3";
 import { SqliteFleetStore } from "./fleet-sqlite.js";
+import { SqliteTaskStore, type TaskStore } from "./restores.js";
 import type {
   ApiTokenRecord,
   AuditFilter,
@@ -101,6 +102,7 @@ function mapConstraint(e: unknown, what: string): never {
 /** ServerStore on the embedded SQLite catalog file (its own connection, same file). */
 export class SqliteServerStore extends SqliteFleetStore implements ServerStore {
   readonly kind = "sqlite" as const;
+  readonly tasks: TaskStore = new SqliteTaskStore(this.db);
 
   async upsertBuiltinRoles(
     roles: readonly { name: string; permissions: readonly string[] }[],

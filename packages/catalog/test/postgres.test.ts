@@ -29,6 +29,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
         { version: 3, name: "fleet" },
         { version: 4, name: "uploads" },
         { version: 5, name: "pack_seq" },
+        { version: 6, name: "restores" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",

@@ -43,6 +43,7 @@ describe("SqliteCatalog specifics", () => {
       { version: 3, name: "fleet" },
       { version: 4, name: "uploads" },
       { version: 5, name: "pack_seq" },
+      { version: 6, name: "restores" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
       t: "blob",
