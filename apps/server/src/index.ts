@@ -16,6 +16,7 @@ export {
   describeAccess,
   type HandlerContext,
   isEndpointAccess,
+  isUserOrEndpointAccess,
   ownCvdOf,
   type RouteDef,
   route,

@@ -13,8 +13,11 @@ import * as path from "node:path";
 import {
   openPostgresCatalog,
   openSqliteCatalog,
+  openSqliteRestoreStore,
   openSqliteUploadStore,
+  PostgresRestoreStore,
   PostgresUploadStore,
+  type RestoreSessionStore,
   type UploadStore,
 } from "@strata/catalog";
 import { StrataError } from "@strata/core";
@@ -26,6 +29,7 @@ export const PASSWORD_FILE = "repository.password";
 export interface ServerRepository {
   repo: Repository;
   uploads: UploadStore;
+  restores: RestoreSessionStore & { close(): Promise<void> };
   close(): Promise<void>;
 }
 
@@ -56,6 +60,7 @@ export async function openServerRepository(
       ? await openPostgresCatalog(config.database.url, pgSchema ? { schema: pgSchema } : {})
       : await openSqliteCatalog(config.database.path);
   let uploads: UploadStore | null = null;
+  let restores: (RestoreSessionStore & { close(): Promise<void> }) | null = null;
   try {
     const store = new DirBlobStore(dataDir);
     const fresh = !existsSync(path.join(dataDir, "config"));
@@ -68,18 +73,26 @@ export async function openServerRepository(
       config.database.kind === "postgres"
         ? new PostgresUploadStore(catalog as Awaited<ReturnType<typeof openPostgresCatalog>>)
         : await openSqliteUploadStore(config.database.path);
+    restores =
+      config.database.kind === "postgres"
+        ? new PostgresRestoreStore(catalog as Awaited<ReturnType<typeof openPostgresCatalog>>)
+        : await openSqliteRestoreStore(config.database.path);
     const u = uploads;
+    const r = restores;
     return {
       repo,
       uploads: u,
+      restores: r,
       close: async () => {
         await repo.close().catch(() => {});
         await u.close();
+        await r.close();
         await catalog.close();
       },
     };
   } catch (e) {
     await uploads?.close();
+    await restores?.close();
     await catalog.close();
     throw e;
   }

@@ -12,6 +12,7 @@ import type { AuditService } from "./services/audit-service.js";
 import { type Clock, systemClock } from "./services/context.js";
 import { bootstrap, createServices, type SnapshotsOf } from "./services/index.js";
 import { uploadPolicyOf } from "./services/policy-service.js";
+import { RestoreService } from "./services/restore-service.js";
 import { snapshotSummaries, UploadService } from "./services/upload-service.js";
 import { loadOrCreateTls } from "./tls.js";
 
@@ -82,6 +83,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       serverFingerprint: tls.fingerprint,
       snapshotsOf: opts.snapshotsOf ?? ((cvdId) => snapshotSummaries(repoData.repo, cvdId)),
       uploads,
+      restores: (audit) =>
+        new RestoreService({ repo: repoData.repo, sessions: repoData.restores, clock, audit }),
     });
     const { adminPassword } = await bootstrap(services);
     const app = buildApp({
@@ -97,6 +100,9 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       services.uploads
         ?.expireStale()
         .catch((e) => app.log.warn({ err: e }, "expiring upload sessions failed"));
+      services.restores
+        ?.expireStale()
+        .catch((e) => app.log.warn({ err: e }, "expiring restore sessions failed"));
     }, 3_600_000);
     expiry.unref();
     const addr = app.server.address();

@@ -66,6 +66,7 @@ export function runFleetSuite(name: string, open: () => Promise<ServerStore>): v
         endpointId,
         state: "pending",
         cvd: null,
+        tasks: [],
         serverTime: new Date(h.now.t).toISOString(),
       });
       const listed = (await get("/api/v1/endpoints?state=pending")).json();

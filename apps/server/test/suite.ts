@@ -19,11 +19,13 @@ import {
   createServices,
   describeAccess,
   isEndpointAccess,
+  isUserOrEndpointAccess,
   type RouteDef,
   routesOf,
   type Services,
 } from "../src/index.js";
 import { openServerRepository } from "../src/repository.js";
+import { RestoreService } from "../src/services/restore-service.js";
 import { UploadService } from "../src/services/upload-service.js";
 
 const PW = "correct horse battery staple";
@@ -44,11 +46,27 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   SetCvdPolicyRequest: { policy: "Default" },
   PolicyInput: { name: "Probe Policy" },
   PolicyDocument: { format: "strata-upload-policy", schemaVersion: 1, policy: { name: "Probe Import" } },
+  OpenRestoreRequest: {},
+  ChunkFetchRequest: { requests: [{ tree: "a".repeat(64), grant: "A".repeat(22), ids: ["b".repeat(64)] }] },
+  RevertRequest: {},
+  RecoverRequest: { endpoint: "ep_nothere" },
+  TaskProgressRequest: { progress: { restoredBytes: 1 } },
+  TaskFinishRequest: { result: {} },
+};
+
+/** A query that passes validation, by schema: required query parameters are checked before access. */
+const SAMPLE_QUERIES: Record<string, string> = {
+  RestoreTreeQuery: `?grant=${"A".repeat(22)}`,
+  HistoryQuery: "?path=/etc",
 };
 
 /** A parameter that passes validation (and names nothing), by parameter and resource. */
 function sampleParam(url: string, p: string): string {
   if (p === "policy") return "No Such Policy";
+  if (p === "session") return "rs_nothere";
+  if (p === "tree") return "c".repeat(64);
+  if (p === "cvd") return "cvd_nothere";
+  if (url.includes("/tasks/")) return "task_nothere";
   if (p === "name") return "nobody-here";
   if (url.includes("/endpoints/")) return "ep_nothere";
   if (url.includes("/cvds/")) return "cvd_nothere";
@@ -56,7 +74,8 @@ function sampleParam(url: string, p: string): string {
 }
 
 export function urlOf(r: RouteDef): string {
-  return r.url.replace(/:(\w+)/g, (_m, p: string) => encodeURIComponent(sampleParam(r.url, p)));
+  const path = r.url.replace(/:(\w+)/g, (_m, p: string) => encodeURIComponent(sampleParam(r.url, p)));
+  return path + (r.query ? (SAMPLE_QUERIES[r.query] ?? "") : "");
 }
 
 export const FACTS = (n: number, machineId = n.toString(16).padStart(32, "0")) => ({
@@ -135,6 +154,7 @@ export async function makeHarness(
   const data = await openServerRepository(loadServerConfig({ flags: { data: dataDir }, env: {} }));
   const services = createServices({
     uploads: (audit) => new UploadService({ repo: data.repo, uploads: data.uploads, clock, audit }),
+    restores: (audit) => new RestoreService({ repo: data.repo, sessions: data.restores, clock, audit }),
     ...opts,
     store,
     clock,
@@ -254,6 +274,27 @@ export function runServerSuite(name: string, open: () => Promise<ServerStore>): 
         expect((await call()).statusCode, `${r.method} ${r.url} without a token`).toBe(401);
         for (const forged of ["stk_forged", "sep_forged", "set_forged", `sep_${"A".repeat(43)}`]) {
           expect((await call(forged)).statusCode, `${r.method} ${r.url} forged ${forged}`).toBe(401);
+        }
+        if (isUserOrEndpointAccess(r.access)) {
+          // Either an active endpoint's credential or a user whose role grants the permission.
+          expect((await call(set.token)).statusCode, `enrollment token on ${r.url}`).toBe(401);
+          const a = await call(active.credential);
+          expect([401, 403], `active endpoint ${r.method} ${r.url} ${a.body}`).not.toContain(a.statusCode);
+          expect(a.statusCode, `active endpoint ${r.method} ${r.url} ${a.body}`).toBeLessThan(500);
+          const p = await call(pending.credential);
+          expect(p.statusCode, `pending endpoint ${r.url}`).toBe(403);
+          for (const role of BUILTIN_ROLES) {
+            const res = await call(tokens.get(role.name)!);
+            const what = `${role.name} ${r.method} ${r.url} → ${res.statusCode} ${res.body.slice(0, 200)}`;
+            if (role.permissions.includes(r.access.permission)) {
+              expect([401, 403], what).not.toContain(res.statusCode);
+              expect(res.statusCode, what).toBeLessThan(500);
+            } else {
+              expect(res.statusCode, what).toBe(403);
+              expect(res.json().error.code).toBe("PERMISSION_DENIED");
+            }
+          }
+          continue;
         }
         if (r.access === "enrollment" || isEndpointAccess(r.access)) {
           // Users' API tokens are refused on agent routes, whatever their role.

@@ -6,6 +6,7 @@
 import { fleetSchemas } from "./fleet.js";
 import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
 import { PERMISSION_NAMES } from "./permissions.js";
+import { restoreSchemas } from "./restore.js";
 
 export const API_PREFIX = "/api/v1";
 
@@ -201,6 +202,7 @@ export const schemas = {
     [],
   ),
   ...fleetSchemas,
+  ...restoreSchemas,
 } satisfies Record<string, Schema>;
 
 export type SchemaName = keyof typeof schemas;

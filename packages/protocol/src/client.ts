@@ -29,6 +29,28 @@ import type {
   PolicyDetail,
   PolicySummary,
 } from "./fleet.js";
+import type {
+  CvdHistory,
+  HistoryQuery,
+  OpenRestoreRequest,
+  RecoverRequest,
+  RestoreSessionInfo,
+  RevertRequest,
+  Task,
+  TaskFinishRequest,
+  TaskProgressAnswer,
+  TaskQuery,
+} from "./restore.js";
+
+const enc = encodeURIComponent;
+/** `?a=1&b=x` from the defined members of `q` ("" when none). */
+function queryString(q: object): string {
+  const qs = Object.entries(q)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${enc(k)}=${enc(String(v))}`)
+    .join("&");
+  return qs ? `?${qs}` : "";
+}
 
 /** The subset of `fetch` the client needs; the CLI passes one bound to a certificate-pinning agent. */
 export type FetchLike = (
@@ -237,6 +259,47 @@ export class StrataClient {
   }
   setCvdPolicy(id: string, policy: string): Promise<Cvd> {
     return this.request("PUT", `${API_PREFIX}/cvds/${encodeURIComponent(id)}/policy`, { policy });
+  }
+  /** Upload and restore transactions of a CVD, newest first. */
+  cvdTransactions<T = Record<string, unknown>>(id: string): Promise<T[]> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(id)}/transactions`);
+  }
+  /** For the folder `path`, each entry across the CVD's snapshots (newest first, paged). */
+  cvdHistory(id: string, q: HistoryQuery): Promise<CvdHistory> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(id)}/history${queryString(q)}`);
+  }
+  // restore sessions (an endpoint for its own CVD, or a user with restore.run)
+  openRestore(cvd: string, req: OpenRestoreRequest = {}): Promise<RestoreSessionInfo> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/restores`, req);
+  }
+  closeRestore(session: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/restores/${enc(session)}`);
+  }
+  // restore tasks
+  revertCvd(cvd: string, req: RevertRequest = {}): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/revert`, req);
+  }
+  recoverCvd(cvd: string, req: RecoverRequest): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/recover`, req);
+  }
+  listTasks(q: TaskQuery = {}): Promise<Task[]> {
+    return this.request("GET", `${API_PREFIX}/tasks${queryString(q)}`);
+  }
+  getTask(id: string): Promise<Task> {
+    return this.request("GET", `${API_PREFIX}/tasks/${enc(id)}`);
+  }
+  cancelTask(id: string): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/tasks/${enc(id)}/cancel`);
+  }
+  // the agent's side of tasks (endpoint credential)
+  startAgentTask(id: string): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(id)}/start`);
+  }
+  reportTaskProgress(id: string, progress: Record<string, unknown>): Promise<TaskProgressAnswer> {
+    return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(id)}/progress`, { progress });
+  }
+  finishAgentTask(id: string, req: TaskFinishRequest): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(id)}/finish`, req);
   }
   // upload policies (by id or name)
   listPolicies(): Promise<PolicySummary[]> {

@@ -4,6 +4,7 @@
  * docs/design/protocol.md specifies it.
  */
 import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
+import type { AgentTaskRef } from "./restore.js";
 
 /** The protocol version agents send as `Strata-Protocol`. */
 export const PROTOCOL_VERSION = 1;
@@ -84,6 +85,8 @@ export interface AgentSelf {
     policy: UploadPolicyDoc;
     snoozedUntil: string | null;
   } | null;
+  /** The endpoint's queued and running tasks (restore.md, "Tasks"), oldest first. */
+  tasks: AgentTaskRef[];
   serverTime: string;
 }
 
@@ -280,6 +283,14 @@ export const fleetSchemas = {
           snoozedUntil: nullableDateTime,
         }),
       ],
+    },
+    tasks: {
+      type: "array",
+      items: obj({
+        id: str(),
+        kind: str({ enum: ["system", "full", "recover", "files"] }),
+        state: str({ enum: ["queued", "running"] }),
+      }),
     },
     serverTime: dateTime,
   }),

@@ -4,3 +4,4 @@ export * from "./errors.js";
 export * from "./fingerprint.js";
 export * from "./fleet.js";
 export * from "./permissions.js";
+export * from "./restore.js";

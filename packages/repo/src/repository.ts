@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, hkdfSync, randomBytes } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import {
   type BlobId,
@@ -403,6 +403,34 @@ export class Repository {
   async readEntry(e: IndexEntry): Promise<Buffer> {
     const stored = await this.store.getRange(packName(e.packId), e.offset, e.length);
     return this.codec.decode(e, stored);
+  }
+
+  /**
+   * A stored blob as the wire carries it (docs/design/protocol.md): opened
+   * but not decompressed, with its flag. The receiver decompresses and
+   * checks the hash; a blob that fails authentication here is DATA_CORRUPT.
+   */
+  openWire(e: IndexEntry, stored: Uint8Array): { body: Buffer; compressed: boolean } {
+    const body = openSealed(this.key, stored);
+    if (!body)
+      throw new StrataError(
+        "DATA_CORRUPT",
+        `blob ${e.id} in pack ${e.packId} fails authentication (damaged)`,
+        {
+          subject: e.id,
+        },
+      );
+    return { body, compressed: e.compressed };
+  }
+
+  /**
+   * A 32-byte key for one purpose, derived from the master key with HKDF
+   * (SHA-256, the repository id as salt, `info` naming the purpose): every
+   * server node holding the repository derives the same key, and a derived
+   * key reveals nothing of the master key or of keys for other purposes.
+   */
+  deriveKey(info: string): Buffer {
+    return Buffer.from(hkdfSync("sha256", this.key.key, Buffer.from(this.config.id, "hex"), info, 32));
   }
 
   async loadBlob(id: BlobId): Promise<Buffer> {

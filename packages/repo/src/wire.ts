@@ -1,6 +1,7 @@
 /**
  * The upload protocol's binary forms (docs/design/protocol.md, "Chunks" and
- * "Trees"): frames of a chunk stream and of a tree stream, a reader that
+ * "Trees"; the restore protocol reuses them, restore.md "Protocol"): frames
+ * of a chunk stream and of a tree stream, a JSON frame, a reader that
  * takes them off a request body with bounded memory, and decompression with
  * an output bound.
  */
@@ -172,6 +173,29 @@ export async function readTreeFrame(
     flags,
     payload: await r.read(n, what),
   };
+}
+
+/**
+ * JSON frame (restore protocol, after a tree frame): u32 n, then n bytes
+ * of UTF-8 JSON.
+ */
+export function encodeJsonFrame(value: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(value), "utf8");
+  const h = Buffer.allocUnsafe(4);
+  h.writeUInt32LE(body.length, 0);
+  return Buffer.concat([h, body]);
+}
+
+export async function readJsonFrame(r: ByteReader, maxPayload: number, what: string): Promise<unknown> {
+  const n = (await r.read(4, what)).readUInt32LE(0);
+  if (n > maxPayload)
+    throw new StrataError("TOO_LARGE", `${what} has a ${n}-byte payload; the limit is ${maxPayload}`);
+  const body = await r.read(n, what);
+  try {
+    return JSON.parse(body.toString("utf8"));
+  } catch (e) {
+    throw new StrataError("INVALID_ARGUMENT", `${what} is not JSON: ${(e as Error).message}`);
+  }
 }
 
 /**

@@ -5,6 +5,7 @@
  */
 
 import { randomUUID } from "node:crypto";
+import { Readable } from "node:stream";
 import { StrataError } from "@strata/core";
 import { PROTOCOL_HEADER, PROTOCOL_VERSION, type SystemInfo, schemas } from "@strata/protocol";
 import { FRAMES_CONTENT_TYPE } from "@strata/repo";
@@ -15,7 +16,7 @@ import { ENDPOINT_CREDENTIAL_PREFIX, ENROLLMENT_TOKEN_PREFIX, TOKEN_PREFIX } fro
 import { toWireError } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { buildOpenApi } from "./openapi.js";
-import { describeAccess, isEndpointAccess, type RouteDef } from "./registry.js";
+import { describeAccess, isEndpointAccess, isUserOrEndpointAccess, type RouteDef } from "./registry.js";
 import { apiRoutes } from "./routes/index.js";
 import { type RawReply, systemRoutes } from "./routes/system.js";
 
@@ -74,12 +75,9 @@ const schemaOf = (r: RouteDef["response"]) =>
   r === null ? undefined : typeof r === "string" ? schemas[r] : { type: "array", items: schemas[r.arrayOf] };
 
 function isRaw(v: unknown): v is RawReply {
-  return (
-    typeof v === "object" &&
-    v !== null &&
-    typeof (v as RawReply).raw === "string" &&
-    typeof (v as RawReply).type === "string"
-  );
+  if (typeof v !== "object" || v === null || typeof (v as RawReply).type !== "string") return false;
+  const raw = (v as RawReply).raw;
+  return typeof raw === "string" || Buffer.isBuffer(raw) || raw instanceof Readable;
 }
 
 const WHAT_TAKES: Record<string, string> = {
@@ -178,8 +176,17 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       });
   });
 
-  const authorize = async (req: FastifyRequest, def: RouteDef): Promise<void> => {
+  const authorize = async (req: FastifyRequest, route: RouteDef): Promise<void> => {
+    let def = route;
     if (def.access === "public") return;
+    if (isUserOrEndpointAccess(def.access)) {
+      // The secret's prefix picks the branch; each branch is checked as its own kind.
+      const endpointSecret = /^Bearer sep_/.test(req.headers.authorization ?? "");
+      def = {
+        ...def,
+        access: endpointSecret ? { endpoint: def.access.orEndpoint } : { permission: def.access.permission },
+      };
+    }
     const forAgents = def.access === "enrollment" || isEndpointAccess(def.access);
     const m = /^Bearer ([A-Za-z0-9_-]+)$/.exec(req.headers.authorization ?? "");
     if (!m) {

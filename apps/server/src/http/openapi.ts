@@ -1,13 +1,15 @@
 /** The OpenAPI 3.1 document, generated from the route registry and the protocol's JSON Schemas. */
 import { schemas } from "@strata/protocol";
 import { STATUS_BY_CODE } from "./errors.js";
-import { describeAccess, isEndpointAccess, type RouteDef } from "./registry.js";
+import { describeAccess, isEndpointAccess, isUserOrEndpointAccess, type RouteDef } from "./registry.js";
 
 /** The OpenAPI security scheme of each kind of access. */
 function securityOf(r: RouteDef): Record<string, string[]>[] {
   if (r.access === "public") return [];
   if (r.access === "enrollment") return [{ enrollment: [] }];
   if (isEndpointAccess(r.access)) return [{ endpoint: [] }];
+  // Either scheme (OpenAPI: alternatives are separate requirement objects).
+  if (isUserOrEndpointAccess(r.access)) return [{ bearer: [] }, { endpoint: [] }];
   return [{ bearer: [] }];
 }
 

@@ -20,11 +20,16 @@ import type { Services } from "../services/index.js";
  * - `{ endpoint: "any" }`: an endpoint credential (`sep_…`) of an endpoint in any state.
  * - `{ endpoint: "active" }`: an endpoint credential of an active endpoint
  *   (pending and disabled endpoints get 403 PERMISSION_DENIED).
+ * - `{ permission, orEndpoint: "active" }`: either of the two above, told
+ *   apart by the secret's prefix (restore sessions: an endpoint for its own
+ *   CVD, or a user with the permission). The handler sees `caller` or
+ *   `agent`, never both.
  * - `"enrollment"`: an enrollment token (`set_…`), checked by the handler's service.
  * - `"public"`: no credentials (login, health, metrics, the API document).
  */
 export type Access =
   | { permission: Permission }
+  | { permission: Permission; orEndpoint: "active" }
   | { endpoint: "any" | "active" }
   | "enrollment"
   | "authenticated"
@@ -101,8 +106,13 @@ export function isEndpointAccess(a: Access): a is { endpoint: "any" | "active" }
   return typeof a === "object" && "endpoint" in a;
 }
 
+export function isUserOrEndpointAccess(a: Access): a is { permission: Permission; orEndpoint: "active" } {
+  return typeof a === "object" && "orEndpoint" in a;
+}
+
 /** `users.read`, `endpoint:active`, `enrollment`, `public`…: the form the OpenAPI document and tests print. */
 export function describeAccess(a: Access): string {
   if (typeof a === "string") return a;
+  if ("orEndpoint" in a) return `${a.permission}|endpoint:${a.orEndpoint}`;
   return "permission" in a ? a.permission : `endpoint:${a.endpoint}`;
 }

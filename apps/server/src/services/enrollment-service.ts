@@ -271,8 +271,8 @@ export class EnrollmentService {
     return { endpointId: ep.id, cvdId: ep.cvdId, state: ep.state };
   }
 
-  /** `GET /agent/self`: the CVD and its policy only while active. */
-  async self(agent: AgentIdentity): Promise<AgentSelf> {
+  /** `GET /agent/self`: the CVD and its policy only while active; `tasks` as the task service lists them. */
+  async self(agent: AgentIdentity, tasks: AgentSelf["tasks"] = []): Promise<AgentSelf> {
     const { store, clock, snapshotsOf } = this.deps;
     let cvd: AgentSelf["cvd"] = null;
     if (agent.state === "active" && agent.cvdId) {
@@ -292,6 +292,12 @@ export class EnrollmentService {
         };
       }
     }
-    return { endpointId: agent.endpointId, state: agent.state, cvd, serverTime: clock.now().toISOString() };
+    return {
+      endpointId: agent.endpointId,
+      state: agent.state,
+      cvd,
+      tasks,
+      serverTime: clock.now().toISOString(),
+    };
   }
 }

@@ -10,7 +10,9 @@ import { EnrollmentService, type SnapshotsOf } from "./enrollment-service.js";
 import { generatePassword, hashPassword } from "./passwords.js";
 import { PolicyService } from "./policy-service.js";
 import { LoginRateLimiter, type RateLimitOptions } from "./rate-limit.js";
+import { pickSnapshot, type RestoreService } from "./restore-service.js";
 import { RoleService } from "./role-service.js";
+import { TaskService } from "./task-service.js";
 import type { UploadService } from "./upload-service.js";
 import { UserService } from "./user-service.js";
 
@@ -26,6 +28,9 @@ export interface Services {
   endpoints: EndpointService;
   /** The upload protocol; null when the server runs without a repository (some unit tests). */
   uploads: UploadService | null;
+  /** The restore protocol and history; null without a repository. */
+  restores: RestoreService | null;
+  tasks: TaskService;
 }
 
 export interface CreateServicesOptions {
@@ -46,6 +51,8 @@ export interface CreateServicesOptions {
   snapshotsOf?: SnapshotsOf;
   /** Built by the composition root around the repository (it needs this audit service: see `uploadsFor`). */
   uploads?: (audit: AuditService) => UploadService;
+  /** Built by the composition root around the repository, like `uploads`. */
+  restores?: (audit: AuditService) => RestoreService;
 }
 
 export function createServices(o: CreateServicesOptions): Services {
@@ -55,6 +62,19 @@ export function createServices(o: CreateServicesOptions): Services {
   const limiter = new LoginRateLimiter(o.rateLimit, () => clock.now().getTime());
   const snapshotsOf: SnapshotsOf = o.snapshotsOf ?? (async () => []);
   const policies = new PolicyService({ ...base, audit });
+  const endpoints = new EndpointService({ ...base, audit, policies, snapshotsOf });
+  const tasks = new TaskService({
+    ...base,
+    audit,
+    endpoints,
+    resolveSnapshot: async (cvdId, ref) => {
+      const list = [...(await snapshotsOf(cvdId))].sort((a, b) =>
+        a.time !== b.time ? (a.time < b.time ? 1 : -1) : a.id < b.id ? 1 : -1,
+      );
+      const s = pickSnapshot(list, ref, cvdId);
+      return { id: s.id, time: new Date(s.time) };
+    },
+  });
   return {
     ...base,
     audit,
@@ -66,11 +86,13 @@ export function createServices(o: CreateServicesOptions): Services {
       serverFingerprint: o.serverFingerprint ?? null,
       snapshotsOf,
     }),
-    endpoints: new EndpointService({ ...base, audit, policies, snapshotsOf }),
+    endpoints,
+    tasks,
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
     roles: new RoleService({ ...base, audit }),
     uploads: o.uploads ? o.uploads(audit) : null,
+    restores: o.restores ? o.restores(audit) : null,
   };
 }
 

@@ -118,8 +118,10 @@ export interface CommitRequest {
 export interface TransactionView {
   id: string;
   cvd: string;
+  /** An upload kind (centralize, upload, pre-apply) or `restore`. */
   kind: string;
-  state: UploadSessionRecord["state"];
+  /** Uploads: open, committed, aborted, expired. Restores: open, closed, expired. */
+  state: string;
   snapshot: string | null;
   startedAt: string;
   finishedAt: string | null;
@@ -132,6 +134,12 @@ export interface TransactionView {
   changedFiles: number | null;
   uniqueFiles: number | null;
   errors: number | null;
+  /** Restores: `endpoint:ep_…` or `user:NAME`. */
+  openedBy?: string;
+  /** Restores: trees served. */
+  treesSent?: number;
+  /** Restores: the path the session was opened on. */
+  path?: string;
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;

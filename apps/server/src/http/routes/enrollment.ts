@@ -58,9 +58,12 @@ export const enrollmentRoutes: RouteDef[] = [
     method: "GET",
     url: `${API_PREFIX}/agent/self`,
     access: { endpoint: "any" },
-    summary: "The calling endpoint's state, CVD and upload policy, and the server's time",
+    summary: "The calling endpoint's state, CVD and upload policy, its queued tasks, and the server's time",
     tag: "agent",
     response: "AgentSelf",
-    handler: (ctx) => ctx.services.enrollment.self(agentOf(ctx)),
+    handler: async (ctx) => {
+      const agent = agentOf(ctx);
+      return ctx.services.enrollment.self(agent, await ctx.services.tasks.forAgent(agent));
+    },
   }),
 ];

@@ -4,6 +4,7 @@ import { authRoutes } from "./auth.js";
 import { endpointRoutes } from "./endpoints.js";
 import { enrollmentRoutes } from "./enrollment.js";
 import { policyRoutes } from "./policies.js";
+import { restoreRoutes } from "./restores.js";
 import { roleRoutes } from "./roles.js";
 import { tokenRoutes } from "./tokens.js";
 import { uploadRoutes } from "./uploads.js";
@@ -20,4 +21,5 @@ export const apiRoutes: RouteDef[] = [
   ...endpointRoutes,
   ...policyRoutes,
   ...uploadRoutes,
+  ...restoreRoutes,
 ];

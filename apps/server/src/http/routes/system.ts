@@ -9,9 +9,12 @@ export interface SystemRouteDeps {
   openapi(): unknown;
 }
 
-/** Raw responses (text, or a document without a schema) are returned as { raw, type }. */
+/**
+ * Raw responses (text, a document without a schema, a binary body or a
+ * stream sent as it is produced) are returned as { raw, type }.
+ */
 export interface RawReply {
-  raw: string;
+  raw: string | Buffer | import("node:stream").Readable;
   type: string;
   status?: number;
 }

@@ -124,9 +124,15 @@ export const uploadRoutes: RouteDef[] = [
     method: "GET",
     url: `${API_PREFIX}/cvds/:cvd/transactions`,
     access: { permission: "cvd.read" },
-    summary: "The CVD's upload transactions, newest first",
+    summary: "The CVD's upload and restore transactions, newest first",
     tag: "cvds",
     response: null,
-    handler: (ctx) => uploads(ctx).transactions(ctx.params.cvd),
+    handler: async (ctx) => {
+      const up = await uploads(ctx).transactions(ctx.params.cvd);
+      const down = (await ctx.services.restores?.transactions(ctx.params.cvd)) ?? [];
+      return [...up, ...down]
+        .sort((a, b) => (a.startedAt < b.startedAt ? 1 : a.startedAt > b.startedAt ? -1 : 0))
+        .slice(0, 100);
+    },
   }),
 ];

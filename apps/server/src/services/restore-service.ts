@@ -1,0 +1,644 @@
+/**
+ * The server side of the restore protocol (docs/design/restore.md,
+ * "Protocol"): restore sessions, trees served with grants, chunks served in
+ * wire form, and a CVD's history.
+ *
+ * A session is opened by an endpoint for its own CVD or by a user with
+ * `restore.run`, and is usable only by whoever opened it. Every tree is
+ * reached through a grant the server issued (HMAC of the session and the
+ * tree id under a key derived from the repository's master key, so every
+ * node checks grants without shared state); every chunk must be named by a
+ * file of a granted tree. Knowing a hash grants nothing, and a refusal
+ * never says whether the chunk exists elsewhere.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { Readable } from "node:stream";
+import type { RestoreCounters, RestoreSessionRecord, RestoreSessionStore } from "@strata/catalog";
+import {
+  type BlobId,
+  chunkIdsOf,
+  decodeTree,
+  type FsNode,
+  type SnapshotId,
+  StrataError,
+  type TreeId,
+} from "@strata/core";
+import type {
+  CvdHistory,
+  HistoryEntry,
+  HistoryQuery,
+  OpenRestoreRequest,
+  RestoreSessionInfo,
+} from "@strata/protocol";
+import {
+  encodeChunkFrame,
+  encodeJsonFrame,
+  encodeTreeFrame,
+  holdLease,
+  type IndexEntry,
+  leaseHolder,
+  packName,
+  type Repository,
+  type SnapshotRecord,
+} from "@strata/repo";
+import type { AuditService } from "./audit-service.js";
+import type { Caller, Clock } from "./context.js";
+import { cvdTag, type TransactionView } from "./upload-service.js";
+
+/** Who opens and uses a session: an endpoint (its own CVD) or a user. */
+export type RestoreActor = { endpointId: string; cvdId: string } | { caller: Caller };
+
+export interface RestoreLimits {
+  /** A session idle this long expires (restore.md: 1 hour). */
+  sessionTtlMs: number;
+  /** Chunk ids in one chunk request. */
+  maxChunkIds: number;
+  /** Snapshots one history page looks at. */
+  maxHistorySnapshots: number;
+}
+
+export const DEFAULT_RESTORE_LIMITS: RestoreLimits = {
+  sessionTtlMs: 3_600_000,
+  maxChunkIds: 8192,
+  maxHistorySnapshots: 500,
+};
+
+export const GRANT_INFO = "strata restore grant";
+const GRANT_LENGTH = 22;
+const HEX64 = /^[0-9a-f]{64}$/;
+const GRANT_RE = /^[A-Za-z0-9_-]{22}$/;
+/** Blobs closer than this in a pack are read by one ranged read (as the local Restorer does). */
+const RANGE_GAP = 256 * 1024;
+const RANGE_MAX = 8 * 1024 * 1024;
+
+const actorName = (a: RestoreActor) =>
+  "caller" in a ? `user:${a.caller.user.name}` : `endpoint:${a.endpointId}`;
+
+function checkHex(id: unknown, what: string): string {
+  if (typeof id !== "string" || !HEX64.test(id))
+    throw new StrataError("INVALID_ARGUMENT", `${what} must be 64 lowercase hex characters`, {
+      subject: String(id).slice(0, 80),
+    });
+  return id;
+}
+
+/** An absolute snapshot path as name segments; `.`, `..` and NUL are refused. */
+export function parseSnapshotPath(p: unknown): Buffer[] {
+  if (typeof p !== "string" || !p.startsWith("/") || p.length > 4096)
+    throw new StrataError("INVALID_ARGUMENT", `path must be an absolute path (got ${JSON.stringify(p)})`, {
+      hint: "e.g. /home/alice/docs",
+    });
+  const segs = p.split("/").filter((s) => s !== "");
+  for (const s of segs) {
+    if (s === "." || s === ".." || s.includes("\0"))
+      throw new StrataError("INVALID_ARGUMENT", `path ${p} has a ${JSON.stringify(s)} segment`, {
+        hint: "give the path as it is in the snapshot, without . or ..",
+      });
+  }
+  return segs.map((s) => Buffer.from(s, "utf8"));
+}
+
+const shownPath = (segs: Buffer[]) => `/${segs.map((s) => s.toString("utf8")).join("/")}`;
+
+/** A small LRU keyed by id. */
+class Lru<V> {
+  private readonly map = new Map<string, V>();
+  constructor(private readonly max: number) {}
+  get(k: string): V | undefined {
+    const v = this.map.get(k);
+    if (v !== undefined) {
+      this.map.delete(k);
+      this.map.set(k, v);
+    }
+    return v;
+  }
+  set(k: string, v: V): void {
+    this.map.set(k, v);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+  }
+}
+
+export interface ChunkRequestBody {
+  requests: { tree: string; grant: string; ids: string[] }[];
+}
+
+/** A frame stream answer: the HTTP layer sends it as application/vnd.strata.frames. */
+export interface FrameStream {
+  stream: Readable;
+}
+
+export class RestoreService {
+  private readonly limits: RestoreLimits;
+  private readonly grantKey: Buffer;
+  /** Chunk ids named by the files of a tree (trees are immutable: cached by id). */
+  private readonly fileChunks = new Lru<Set<string>>(128);
+
+  constructor(
+    private readonly d: {
+      repo: Repository;
+      sessions: RestoreSessionStore;
+      clock: Clock;
+      audit: AuditService;
+      limits?: Partial<RestoreLimits>;
+    },
+  ) {
+    this.limits = { ...DEFAULT_RESTORE_LIMITS, ...d.limits };
+    this.grantKey = d.repo.deriveKey(GRANT_INFO);
+  }
+
+  private get repo() {
+    return this.d.repo;
+  }
+
+  /** `base64url(HMAC-SHA256(K, session ‖ tree id bytes))[0..22]`. */
+  grant(session: string, tree: string): string {
+    return createHmac("sha256", this.grantKey)
+      .update(session, "utf8")
+      .update(Buffer.from(tree, "hex"))
+      .digest("base64url")
+      .slice(0, GRANT_LENGTH);
+  }
+
+  private checkGrant(session: string, tree: string, grant: unknown): void {
+    if (typeof grant !== "string" || !GRANT_RE.test(grant))
+      throw new StrataError("INVALID_ARGUMENT", `grant must be ${GRANT_LENGTH} base64url characters`);
+    const want = Buffer.from(this.grant(session, tree));
+    if (!timingSafeEqual(want, Buffer.from(grant)))
+      throw new StrataError(
+        "PERMISSION_DENIED",
+        `the grant does not open tree ${tree} in session ${session}`,
+        {
+          subject: tree,
+          hint: "use the grant the server sent with the tree's parent (or with the session)",
+        },
+      );
+  }
+
+  private expiry(): Date {
+    return new Date(this.d.clock.now().getTime() + this.limits.sessionTtlMs);
+  }
+
+  /** Snapshots of a CVD, oldest first. */
+  private snapshotsOf(cvdId: string): Promise<SnapshotRecord[]> {
+    return this.repo.catalog.listSnapshots({ tag: cvdTag(cvdId) });
+  }
+
+  /** `latest`, a full id or a unique prefix, among the CVD's snapshots only. */
+  async resolveSnapshot(cvdId: string, ref: string | undefined): Promise<SnapshotRecord> {
+    return pickSnapshot(newestFirst(await this.snapshotsOf(cvdId)), ref, cvdId);
+  }
+
+  /** Walk `segs` from `tree`; the last node found and the tree holding it. */
+  private async walkPath(
+    root: TreeId,
+    segs: Buffer[],
+    snap: string,
+  ): Promise<{ tree: TreeId; node: FsNode | null }> {
+    let tree = root;
+    let node: FsNode | null = null;
+    for (let i = 0; i < segs.length; i++) {
+      const parentTree = tree;
+      const nodes = await this.repo.loadTree(tree);
+      const n = nodes.find((x) => x.name.equals(segs[i]!));
+      const here = shownPath(segs.slice(0, i + 1));
+      if (!n)
+        throw new StrataError("NOT_FOUND", `${here} is not in snapshot ${snap.slice(0, 12)}`, {
+          subject: here,
+          hint: "see which snapshots hold it with `strata cvd history CVD FOLDER`",
+        });
+      if (n.type === "dir" && n.subtree) {
+        tree = n.subtree;
+        node = null;
+        continue;
+      }
+      if (i !== segs.length - 1)
+        throw new StrataError("NOT_FOUND", `${here} is not a directory in snapshot ${snap.slice(0, 12)}`, {
+          subject: here,
+        });
+      return { tree: parentTree, node: n };
+    }
+    return { tree, node };
+  }
+
+  /** Open a restore session (the caller's access to the CVD is checked by the route). */
+  async open(actor: RestoreActor, cvdId: string, body: OpenRestoreRequest): Promise<RestoreSessionInfo> {
+    const b = body ?? {};
+    const segs = b.path === undefined ? [] : parseSnapshotPath(b.path);
+    const snap = await this.resolveSnapshot(cvdId, b.snapshot);
+    await this.expireStale().catch(() => {
+      // Expiry runs again at the next open and on the server's timer.
+    });
+    const { tree, node } = await this.walkPath(snap.tree, segs, snap.id);
+    const now = this.d.clock.now();
+    const rec: RestoreSessionRecord = {
+      id: `rs_${randomBytes(16).toString("base64url")}`,
+      cvdId,
+      snapshot: snap.id,
+      root: tree,
+      path: segs.length ? shownPath(segs) : null,
+      openedBy: actorName(actor),
+      state: "open",
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: this.expiry(),
+      closedAt: null,
+      bytesSent: 0,
+      chunksSent: 0,
+      treesSent: 0,
+    };
+    await this.d.sessions.createRestoreSession(rec);
+    if ("caller" in actor) {
+      await this.d.audit.by(actor.caller, "restore.open", `cvd:${cvdId}`, {
+        session: rec.id,
+        snapshot: snap.id,
+        path: rec.path ?? "/",
+      });
+    }
+    const c = this.repo.config.chunker;
+    return {
+      session: rec.id,
+      snapshot: { id: snap.id, time: snap.time.toISOString() },
+      chunker: { ...c },
+      root: { id: tree, grant: this.grant(rec.id, tree) },
+      ...(node
+        ? {
+            node: {
+              name: node.name.toString("utf8"),
+              nameB64: node.name.toString("base64"),
+              type: node.type,
+            },
+          }
+        : {}),
+      path: rec.path ?? "/",
+      expiresAt: rec.expiresAt.toISOString(),
+    };
+  }
+
+  /** Close open sessions idle past their expiry. */
+  async expireStale(): Promise<number> {
+    const now = this.d.clock.now();
+    const stale = await this.d.sessions.expiredRestoreSessions(now);
+    for (const s of stale) await this.d.sessions.closeRestoreSession(s.id, "expired", now);
+    return stale.length;
+  }
+
+  /** The session, if `actor` opened it and it is open; NOT_FOUND for anyone else's. */
+  private async session(actor: RestoreActor, id: string, mustBeOpen = true): Promise<RestoreSessionRecord> {
+    const s = typeof id === "string" && id.length <= 64 ? await this.d.sessions.getRestoreSession(id) : null;
+    if (!s || s.openedBy !== actorName(actor) || ("cvdId" in actor && s.cvdId !== actor.cvdId))
+      throw new StrataError("NOT_FOUND", `restore session ${String(id).slice(0, 64)} does not exist`, {
+        subject: String(id).slice(0, 64),
+      });
+    if (!mustBeOpen) return s;
+    if (s.state === "open" && s.expiresAt < this.d.clock.now()) {
+      await this.d.sessions.closeRestoreSession(s.id, "expired", this.d.clock.now());
+      s.state = "expired";
+    }
+    if (s.state !== "open")
+      throw new StrataError("SESSION_EXPIRED", `restore session ${s.id} is ${s.state}`, {
+        subject: s.id,
+        hint: "open a new session with POST /cvds/{cvd}/restores",
+      });
+    return s;
+  }
+
+  private async touch(s: RestoreSessionRecord, add: Partial<RestoreCounters>): Promise<void> {
+    await this.d.sessions.touchRestoreSession(s.id, this.d.clock.now(), this.expiry(), add);
+  }
+
+  private async loadEntry(id: string, what: string): Promise<IndexEntry> {
+    const e = (await this.repo.catalog.lookupBlobs([id as BlobId])).get(id as BlobId);
+    if (!e) throw new StrataError("NOT_FOUND", `${what} ${id} is not in the repository`, { subject: id });
+    return e;
+  }
+
+  /**
+   * `GET /restores/:session/trees/:tree?grant=G`: one tree frame (the
+   * tree's encoding in wire form), then a JSON frame `{ grants }` with, for
+   * each entry in order, the grant of its subtree (null for non-directories).
+   */
+  async tree(actor: RestoreActor, sessionId: string, treeId: string, grant: unknown): Promise<Buffer> {
+    const s = await this.session(actor, sessionId);
+    checkHex(treeId, "tree id");
+    this.checkGrant(s.id, treeId, grant);
+    const e = await this.loadEntry(treeId, "tree");
+    const stored = await this.repo.store.getRange(packName(e.packId), e.offset, e.length);
+    const wire = this.repo.openWire(e, stored);
+    const decoded = decodeTree(this.repo.codec.decode(e, stored), `tree ${treeId}`);
+    const grants = decoded.map((n) => (n.type === "dir" && n.subtree ? this.grant(s.id, n.subtree) : null));
+    const out = Buffer.concat([
+      ...encodeTreeFrame(Buffer.from(treeId, "hex"), Buffer.alloc(0), wire.compressed, wire.body),
+      encodeJsonFrame({ grants }),
+    ]);
+    await this.touch(s, { treesSent: 1, bytesSent: out.length });
+    return out;
+  }
+
+  private async chunksOfTree(tree: string): Promise<Set<string>> {
+    const hit = this.fileChunks.get(tree);
+    if (hit) return hit;
+    const set = new Set<string>();
+    for (const n of await this.repo.loadTree(tree as TreeId)) {
+      if (n.type === "file") for (const c of chunkIdsOf(n)) set.add(c);
+    }
+    this.fileChunks.set(tree, set);
+    return set;
+  }
+
+  /**
+   * `POST /restores/:session/chunks`: every grant is checked and every id
+   * must be named by a file of its tree before a byte is read; then the
+   * chunks are read pack by pack in offset order (ranged reads of up to
+   * 8 MiB) and streamed as chunk frames in wire form (compressed, not
+   * sealed) as they are read. A chunk the repository cannot deliver
+   * (missing, damaged) is left out: the receiver names what it lacks.
+   */
+  async chunks(actor: RestoreActor, sessionId: string, body: ChunkRequestBody): Promise<FrameStream> {
+    const s = await this.session(actor, sessionId);
+    const reqs = body?.requests;
+    if (!Array.isArray(reqs) || reqs.length === 0)
+      throw new StrataError("INVALID_ARGUMENT", "requests must be a non-empty array of { tree, grant, ids }");
+    let total = 0;
+    for (const [i, r] of reqs.entries()) {
+      checkHex(r?.tree, `requests[${i}].tree`);
+      if (!Array.isArray(r.ids) || r.ids.length === 0)
+        throw new StrataError(
+          "INVALID_ARGUMENT",
+          `requests[${i}].ids must be a non-empty array of chunk ids`,
+        );
+      total += r.ids.length;
+      if (total > this.limits.maxChunkIds)
+        throw new StrataError("TOO_LARGE", `more than ${this.limits.maxChunkIds} chunk ids in one request`, {
+          hint: "split the request",
+        });
+      for (const [j, id] of r.ids.entries()) checkHex(id, `requests[${i}].ids[${j}]`);
+    }
+    // Grants first, then membership: nothing is looked up in the index
+    // before every id is known to be named by a granted tree.
+    for (const r of reqs) this.checkGrant(s.id, r.tree, r.grant);
+    const wanted = new Set<string>();
+    for (const r of reqs) {
+      const named = await this.chunksOfTree(r.tree);
+      for (const id of r.ids) {
+        if (!named.has(id))
+          throw new StrataError("NOT_FOUND", `chunk ${id} is not named by a file of tree ${r.tree}`, {
+            subject: id,
+            hint: "ask for a chunk with the tree whose file names it",
+          });
+        wanted.add(id);
+      }
+    }
+    const lease = await holdLease(this.repo.catalog, "repo", leaseHolder("restore-serve"), "shared");
+    let entries: IndexEntry[];
+    try {
+      entries = [...(await this.repo.lookup([...wanted] as BlobId[])).values()];
+    } catch (e) {
+      await lease.release();
+      throw e;
+    }
+    entries.sort((a, b) => (a.packId === b.packId ? a.offset - b.offset : a.packId < b.packId ? -1 : 1));
+    const stream = Readable.from(
+      this.serve(s, entries, () => lease.release()),
+      {
+        objectMode: false,
+        highWaterMark: 1024 * 1024,
+      },
+    );
+    return { stream };
+  }
+
+  private async *serve(
+    s: RestoreSessionRecord,
+    entries: IndexEntry[],
+    release: () => Promise<void>,
+  ): AsyncGenerator<Buffer> {
+    let bytes = 0;
+    let chunks = 0;
+    try {
+      for (const range of ranges(entries)) {
+        const first = range[0]!;
+        const last = range[range.length - 1]!;
+        let buf: Buffer | null = null;
+        try {
+          buf = await this.repo.store.getRange(
+            packName(first.packId),
+            first.offset,
+            last.offset + last.length - first.offset,
+          );
+        } catch {
+          buf = null; // blob by blob below, so one bad read loses only its blobs
+        }
+        for (const e of range) {
+          let frame: Buffer[];
+          try {
+            const stored = buf
+              ? buf.subarray(e.offset - first.offset, e.offset - first.offset + e.length)
+              : await this.repo.store.getRange(packName(e.packId), e.offset, e.length);
+            const w = this.repo.openWire(e, stored);
+            frame = encodeChunkFrame(Buffer.from(e.id, "hex"), w.compressed, w.body);
+          } catch {
+            continue; // the receiver reports what it lacks
+          }
+          chunks++;
+          for (const part of frame) {
+            bytes += part.length;
+            yield part;
+          }
+        }
+      }
+    } finally {
+      await release().catch(() => {});
+      await this.touch(s, { chunksSent: chunks, bytesSent: bytes }).catch(() => {});
+    }
+  }
+
+  /** `DELETE /restores/:session`: idempotent. */
+  async close(actor: RestoreActor, sessionId: string): Promise<void> {
+    const s = await this.session(actor, sessionId, false);
+    if (s.state === "open") await this.d.sessions.closeRestoreSession(s.id, "closed", this.d.clock.now());
+  }
+
+  /** The CVD's restore sessions as transactions (kind `restore`), newest first. */
+  async transactions(cvdId: string, limit = 100): Promise<TransactionView[]> {
+    return (await this.d.sessions.listRestoreSessions(cvdId, limit)).map(restoreTransactionView);
+  }
+
+  /**
+   * For the folder `path`, every entry across a page of the CVD's snapshots
+   * (newest first) with the snapshots holding it. Trees are cached by id
+   * while walking: snapshots share most of them.
+   */
+  async history(cvdId: string, q: HistoryQuery): Promise<CvdHistory> {
+    const segs = parseSnapshotPath(q?.path);
+    const limit = Math.min(Math.max(Number(q.limit ?? 50) || 50, 1), this.limits.maxHistorySnapshots);
+    const all = newestFirst(await this.snapshotsOf(cvdId));
+    let start = 0;
+    if (q.before) {
+      const i = all.findIndex((x) => x.id === q.before);
+      if (i < 0)
+        throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot ${q.before}`, { subject: q.before });
+      start = i + 1;
+    }
+    const page = all.slice(start, start + limit);
+    const trees = new Lru<FsNode[]>(256);
+    const load = async (id: TreeId) => {
+      const hit = trees.get(id);
+      if (hit) return hit;
+      const nodes = await this.repo.loadTree(id);
+      trees.set(id, nodes);
+      return nodes;
+    };
+    /** The folder's tree id under a snapshot's root (null: absent or not a directory), by root tree. */
+    const folderOf = new Map<string, TreeId | null>();
+    const entries = new Map<string, HistoryEntry & { raw: Buffer; seen: Set<string> }>();
+    const snapshots: CvdHistory["snapshots"] = [];
+    for (const [i, snap] of page.entries()) {
+      let folder = folderOf.get(snap.tree);
+      if (folder === undefined) {
+        folder = snap.tree;
+        for (const seg of segs) {
+          const n: FsNode | undefined = (await load(folder)).find((x) => x.name.equals(seg));
+          if (n?.type !== "dir" || !n.subtree) {
+            folder = null;
+            break;
+          }
+          folder = n.subtree;
+        }
+        folderOf.set(snap.tree, folder);
+      }
+      snapshots.push({ id: snap.id, time: snap.time.toISOString(), present: folder !== null });
+      if (folder === null) continue;
+      for (const n of await load(folder)) {
+        const key = n.name.toString("latin1");
+        let e = entries.get(key);
+        if (!e) {
+          e = {
+            raw: n.name,
+            name: n.name.toString("utf8"),
+            nameB64: n.name.toString("base64"),
+            type: n.type,
+            size: n.type === "file" ? n.size : 0,
+            mtime: nsToIso(n.mtimeNs),
+            present: [],
+            lastSeen: snap.id,
+            firstSeen: snap.id,
+            versions: 0,
+            seen: new Set(),
+          };
+          entries.set(key, e);
+        }
+        e.present.push(i);
+        e.firstSeen = snap.id;
+        e.seen.add(`${n.type}:${n.size}:${n.mtimeNs}`);
+      }
+    }
+    const list = [...entries.values()]
+      .sort((a, b) => Buffer.compare(a.raw, b.raw))
+      .map(({ raw: _raw, seen, ...e }) => ({ ...e, versions: seen.size }));
+    const end = start + page.length;
+    return {
+      cvd: cvdId,
+      path: shownPath(segs),
+      snapshots,
+      entries: list,
+      next: end < all.length && page.length ? page[page.length - 1]!.id : null,
+    };
+  }
+}
+
+function nsToIso(ns: bigint): string | null {
+  const ms = Number(ns / 1_000_000n);
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? null : d.toISOString();
+}
+
+/**
+ * The snapshot `ref` names in a CVD's list (newest first): `latest` (the
+ * default), a full id or a unique prefix; NOT_FOUND, AMBIGUOUS or
+ * INVALID_ARGUMENT otherwise.
+ */
+export function pickSnapshot<T extends { id: string }>(
+  newestFirst: T[],
+  ref: string | undefined,
+  cvdId: string,
+): T {
+  const r = ref ?? "latest";
+  if (r === "latest") {
+    const last = newestFirst[0];
+    if (!last)
+      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot yet`, {
+        subject: cvdId,
+        hint: "wait for the endpoint's first upload",
+      });
+    return last;
+  }
+  if (!/^[0-9a-f]{4,64}$/.test(r))
+    throw new StrataError("INVALID_ARGUMENT", `${JSON.stringify(r)} is not a snapshot id`, {
+      hint: "use latest, a snapshot id or a unique prefix of one (`strata cvd snapshots CVD`)",
+    });
+  const found = newestFirst.filter((s) => s.id.startsWith(r));
+  if (found.length === 0)
+    throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot ${r}`, {
+      subject: r,
+      hint: "list them with `strata cvd snapshots CVD`",
+    });
+  if (found.length > 1)
+    throw new StrataError("AMBIGUOUS", `${r} matches ${found.length} snapshots of CVD ${cvdId}`, {
+      subject: r,
+      hint: "give more characters of the id",
+    });
+  return found[0]!;
+}
+
+/** Newest first (time, then id). */
+function newestFirst(snaps: SnapshotRecord[]): SnapshotRecord[] {
+  return [...snaps].sort((a, b) =>
+    b.time.getTime() !== a.time.getTime() ? b.time.getTime() - a.time.getTime() : a.id < b.id ? 1 : -1,
+  );
+}
+
+/** Entries (sorted by pack and offset) grouped into ranged reads. */
+function* ranges(entries: IndexEntry[]): Generator<IndexEntry[]> {
+  let cur: IndexEntry[] = [];
+  for (const e of entries) {
+    const first = cur[0];
+    const last = cur[cur.length - 1];
+    if (
+      first &&
+      last &&
+      e.packId === first.packId &&
+      e.offset <= last.offset + last.length + RANGE_GAP &&
+      e.offset + e.length - first.offset <= RANGE_MAX
+    ) {
+      cur.push(e);
+      continue;
+    }
+    if (cur.length) yield cur;
+    cur = [e];
+  }
+  if (cur.length) yield cur;
+}
+
+export function restoreTransactionView(s: RestoreSessionRecord): TransactionView {
+  return {
+    id: s.id,
+    cvd: s.cvdId,
+    kind: "restore",
+    state: s.state,
+    snapshot: s.snapshot as SnapshotId,
+    startedAt: s.createdAt.toISOString(),
+    finishedAt: s.closedAt?.toISOString() ?? null,
+    durationMs: s.closedAt ? s.closedAt.getTime() - s.createdAt.getTime() : null,
+    chunksSent: s.chunksSent,
+    chunksProven: 0,
+    treesUploaded: 0,
+    bytesSent: s.bytesSent,
+    retries: 0,
+    changedFiles: null,
+    uniqueFiles: null,
+    errors: null,
+    openedBy: s.openedBy,
+    treesSent: s.treesSent,
+    path: s.path ?? "/",
+  };
+}
