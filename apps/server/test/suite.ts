@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { ServerStore } from "@strata/catalog";
 import { BUILTIN_ROLES } from "@strata/protocol";
+import type { Repository } from "@strata/repo";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadServerConfig } from "../src/config.js";
@@ -103,6 +104,8 @@ export interface Harness {
   logs: string[];
   adminToken: string;
   now: { t: number };
+  /** The harness's repository (behind the upload and restore routes). */
+  repo: Repository;
 }
 
 /** Admin helpers over a harness: enrollment tokens and enrolled endpoints. */
@@ -192,7 +195,7 @@ export async function makeHarness(
     payload: { currentPassword: adminPassword, newPassword: PW },
   });
   expect(ch.statusCode).toBe(204);
-  return { app, services, store, logs, adminToken: tmp, now };
+  return { app, services, store, logs, adminToken: tmp, now, repo: data.repo };
 }
 
 export function runServerSuite(name: string, open: () => Promise<ServerStore>): void {

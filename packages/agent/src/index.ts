@@ -51,6 +51,15 @@ export * from "./restore/socket-source.js";
 export type * from "./restore/source.js";
 export type * from "./restore/types.js";
 export * from "./restore/user-relay.js";
+export {
+  asStrataError,
+  httpRestoreTransport,
+  MAX_IDS_PER_REQUEST,
+  MAX_TREE_BYTES,
+  oneBuffer,
+  RemoteRestoreSource,
+  type RestoreTransport,
+} from "./restore/remote-source.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,
