@@ -44,7 +44,40 @@ export interface AgentSelf {
   policy: UploadPolicy | null;
   /** The CVD, for the upload (its id, the parent snapshot); the service itself does not read it. */
   cvd?: { id: string; latestSnapshot: string | null } | null;
+  /** Queued and running tasks of this endpoint, oldest first (restore.md, "Tasks"). */
+  tasks?: AgentTaskRef[];
 }
+
+/** A task as `GET /agent/self` lists it. */
+export interface AgentTaskRef {
+  id: string;
+  kind: "system" | "full" | "recover" | "files";
+  state: "queued" | "running";
+}
+
+export interface TaskContext {
+  /** Aborted when the agent stops: stop promptly (the engine leaves the old or the new state). */
+  signal: AbortSignal;
+  /** The server's answer the task was found in. */
+  self: AgentSelf;
+  /** The CVD's policy compiled with this endpoint's homes (null while there is none). */
+  policy: CompiledPolicy | null;
+  /** The endpoint's root and the agent's state directory. */
+  root: string;
+  stateDir: string;
+  /** The agent-wide bandwidth cap (for the safety upload). */
+  throttle: Throttle;
+  /** Report progress (flat JSON; restored/total bytes and files, usable): kept in status.json. */
+  onProgress: (p: object) => void;
+}
+
+/**
+ * Runs one task to its end: claims it at the server, runs it, reports
+ * progress and the end there. Resolves with a JSON summary for the status,
+ * or throws. A task listed as running is one this agent claimed before a
+ * restart: run it again (the engine resumes from its journal).
+ */
+export type RunTask = (task: AgentTaskRef, ctx: TaskContext) => Promise<unknown>;
 
 export type FetchSelf = (opts: { signal: AbortSignal }) => Promise<AgentSelf>;
 
@@ -105,6 +138,15 @@ export interface RunAgentOptions {
   logger?: AgentLogger;
   /** Called once the control socket listens and status.json is written. */
   onReady?: (info: { socket: string; status: AgentStatus }) => void;
+  /** Runs the tasks the server queues for this endpoint; without it tasks are left for an agent that can. */
+  runTask?: RunTask;
+  /**
+   * Finish or roll back a restore a crash interrupted (the engine's
+   * recoverPendingRestore), once, before anything else runs. Its outcome
+   * is logged; if it throws, the agent does not start (the root may be
+   * between two states).
+   */
+  recoverPendingRestore?: (stateDir: string, root: string) => Promise<unknown>;
 }
 
 /** The result of every control command: the status after it, and what it did. */
@@ -157,6 +199,12 @@ class Agent {
   private watcher: ChangeWatcher | null = null;
   private watchedPolicy = "";
   private upload: AbortController | null = null;
+  private task: AbortController | null = null;
+  /** A task that failed here, and when: not retried before the backoff. */
+  private failedTask: { id: string; at: number } | null = null;
+  /** Tasks that ended here: never run twice by this process, whatever a stale answer lists. */
+  private readonly endedTasks = new Set<string>();
+  private warnedNoRunner = false;
   private kick = new AbortController();
   private lastWrite = 0;
 
@@ -221,6 +269,7 @@ class Agent {
 
   private activity(snoozed: boolean, failing: boolean): AgentActivity {
     if (!this.status.running) return "stopped";
+    if (this.task) return "restoring";
     if (this.upload) return "uploading";
     if (this.status.state === "unknown" && this.lastFetchAt === null) return "starting";
     if (this.status.state !== "active" || !this.status.policy) return "inactive";
@@ -434,6 +483,94 @@ class Agent {
     this.save();
   }
 
+  // ---- tasks -------------------------------------------------------------
+
+  /** The next task to run now, if any (only while active; a task that just failed waits out the backoff). */
+  private nextTask(): AgentTaskRef | null {
+    const self = this.self;
+    if (self?.state !== "active" || !self.tasks?.length) return null;
+    if (!this.opts.runTask) {
+      if (!this.warnedNoRunner)
+        this.log.warn({ tasks: self.tasks.length }, "tasks are queued but this agent runs none");
+      this.warnedNoRunner = true;
+      return null;
+    }
+    const now = this.clock.now();
+    const backoff = this.opts.retryBaseMs ?? 30_000;
+    return (
+      self.tasks.find(
+        (t) =>
+          !this.endedTasks.has(t.id) && !(this.failedTask?.id === t.id && now - this.failedTask.at < backoff),
+      ) ?? null
+    );
+  }
+
+  private compiledPolicy(policy: UploadPolicy | null): CompiledPolicy | null {
+    if (!policy) return null;
+    const stateDir = path.resolve(this.opts.stateDir);
+    const stateInEndpoint = path.relative(this.root, stateDir).startsWith("..")
+      ? stateDir
+      : this.toEndpoint(stateDir);
+    try {
+      return compilePolicy(
+        policy,
+        (this.opts.policyContext ?? defaultPolicyContext(this.root))(stateInEndpoint),
+      );
+    } catch (e) {
+      this.log.error({ err: errorOf(e) }, "cannot compile the upload policy for a task");
+      return null;
+    }
+  }
+
+  /** Run one task; uploads wait (the loop is sequential), snoozes do not stop it, stopping the agent does. */
+  private async runTaskNow(self: AgentSelf, t: AgentTaskRef): Promise<void> {
+    const ac = new AbortController();
+    const stop = () => ac.abort(new Error("the agent is stopping"));
+    this.opts.signal.addEventListener("abort", stop, { once: true });
+    this.task = ac;
+    this.fresh = false;
+    const started = this.clock.now();
+    this.status.task = { id: t.id, kind: t.kind, startedAt: new Date(started).toISOString(), progress: {} };
+    this.log.info({ task: t.id, kind: t.kind, resumed: t.state === "running" }, "task starts");
+    this.save();
+    try {
+      const summary = await this.opts.runTask!(t, {
+        signal: ac.signal,
+        self,
+        policy: this.compiledPolicy(self.policy),
+        root: this.root,
+        stateDir: this.opts.stateDir,
+        throttle: this.throttle,
+        onProgress: (p) => {
+          if (this.status.task) this.status.task.progress = { ...p };
+          this.save(false);
+        },
+      });
+      this.failedTask = null;
+      this.endedTasks.add(t.id);
+      this.status.lastTask = { id: t.id, kind: t.kind, result: "ok", error: null, summary: summary ?? null };
+      this.log.info({ task: t.id, summary }, "task done");
+    } catch (e) {
+      const aborted = ac.signal.aborted;
+      if (!aborted) this.failedTask = { id: t.id, at: this.clock.now() };
+      this.status.lastTask = {
+        id: t.id,
+        kind: t.kind,
+        result: aborted ? "aborted" : "failed",
+        error: errorOf(e),
+        summary: null,
+      };
+      this.log.error({ task: t.id, err: errorOf(e) }, aborted ? "task aborted" : "task failed");
+    } finally {
+      this.opts.signal.removeEventListener("abort", stop);
+      this.task = null;
+      this.status.task = null;
+      // The server's list changed (this task ended): ask again before anything else.
+      this.refreshWanted = true;
+    }
+    this.save();
+  }
+
   // ---- control -----------------------------------------------------------
 
   handle(req: ControlRequest): ControlResult {
@@ -444,7 +581,7 @@ class Agent {
         break;
       case "sync-now":
         this.scheduler.syncNow();
-        if (this.upload) outcome = "queued";
+        if (this.upload || this.task) outcome = "queued";
         else if (this.status.state === "active" && this.status.policy) outcome = "starting";
         else {
           outcome = "checking";
@@ -486,6 +623,12 @@ class Agent {
     while (!signal.aborted) {
       try {
         const now = this.clock.now();
+        // A queued task (a restore) comes before uploads, which wait for it.
+        const task = this.nextTask();
+        if (task && this.self) {
+          await this.runTaskNow(this.self, task);
+          continue;
+        }
         if (this.scheduler.isDue(now)) {
           // Before each upload: the endpoint may have been disabled, or its policy changed.
           if (!this.fresh && !(await this.refresh())) {
@@ -507,7 +650,17 @@ class Agent {
           continue;
         }
         const due = this.scheduler.nextDueAt(now);
-        const until = Math.min(due ?? Number.POSITIVE_INFINITY, this.nextFetchAt());
+        // A task that failed here is tried again after the backoff (with a fresh answer).
+        const retryTaskAt =
+          this.failedTask && this.opts.runTask
+            ? this.failedTask.at + (this.opts.retryBaseMs ?? 30_000)
+            : Number.POSITIVE_INFINITY;
+        if (retryTaskAt <= now) {
+          this.failedTask = null;
+          this.refreshWanted = true;
+          continue;
+        }
+        const until = Math.min(due ?? Number.POSITIVE_INFINITY, this.nextFetchAt(), retryTaskAt);
         const ms = Math.min(Math.max(0, until - now), this.opts.maxSleepMs ?? 60_000);
         this.save();
         if (this.kick.signal.aborted) this.kick = new AbortController();
@@ -541,6 +694,11 @@ export async function runAgent(opts: RunAgentOptions): Promise<void> {
   // Fails (LOCKED) while another agent runs here: then nothing of its state is touched.
   const control = await startControlServer(opts.stateDir, (req) => agent.handle(req));
   try {
+    if (opts.recoverPendingRestore) {
+      // Before anything else: a restore a crash interrupted is finished or rolled back.
+      const outcome = await opts.recoverPendingRestore(opts.stateDir, path.resolve(opts.root ?? "/"));
+      opts.logger?.info({ outcome }, "pending restore checked");
+    }
     const ready = agent.handle({ cmd: "status" }).status;
     writeStatus(opts.stateDir, ready);
     opts.logger?.info({ socket: control.path, stateDir: opts.stateDir }, "strata agent started");

@@ -27,11 +27,14 @@ export {
 export {
   type AgentLogger,
   type AgentSelf,
+  type AgentTaskRef,
   type ControlResult,
   DEFAULT_SELF_POLL_MS,
   type FetchSelf,
   type RunAgentOptions,
+  type RunTask,
   runAgent,
+  type TaskContext,
   type UploadContext,
   type UploadOnce,
 } from "./daemon.js";
@@ -51,6 +54,7 @@ export * from "./restore/socket-source.js";
 export type * from "./restore/source.js";
 export type * from "./restore/types.js";
 export * from "./restore/user-relay.js";
+export { loadRestoreEngine, type RestoreEngine } from "./restore/engine-loader.js";
 export {
   asStrataError,
   httpRestoreTransport,

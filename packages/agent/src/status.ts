@@ -18,6 +18,7 @@ export type EndpointState = "pending" | "active" | "disabled";
  * - starting: before the first answer from the server
  * - idle: waiting for the next upload
  * - uploading: an upload runs
+ * - restoring: a task (a restore) runs; uploads wait for it
  * - snoozed: the user snoozed uploads
  * - retrying: the last attempt failed; waiting out the backoff
  * - inactive: the endpoint is pending approval, disabled, or unknown to the agent
@@ -27,6 +28,7 @@ export type AgentActivity =
   | "starting"
   | "idle"
   | "uploading"
+  | "restoring"
   | "snoozed"
   | "retrying"
   | "inactive"
@@ -78,6 +80,16 @@ export interface AgentStatus {
     progress: ProgressReport;
   } | null;
   lastUpload: UploadRecord | null;
+  /** The task running now (restore.md, "Tasks"), with its last progress report. */
+  task?: { id: string; kind: string; startedAt: string; progress: ProgressReport } | null;
+  /** How the last task ended here. */
+  lastTask?: {
+    id: string;
+    kind: string;
+    result: "ok" | "failed" | "aborted";
+    error: { code: string; message: string } | null;
+    summary: unknown;
+  } | null;
   lastSuccessAt: string | null;
   consecutiveFailures: number;
   nextUploadAt: string | null;

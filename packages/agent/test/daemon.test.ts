@@ -8,6 +8,7 @@ import {
   type ControlResult,
   type RunAgentOptions,
   runAgent,
+  type TaskContext,
   type UploadContext,
 } from "../src/daemon.js";
 import { type AgentStatus, readStatus } from "../src/status.js";
@@ -271,6 +272,84 @@ describe("runAgent", () => {
     expect(h.calls.length).toBe(2);
     expect(h.maxRunning).toBe(1);
     expect((await h.status()).syncRequested).toBe(false);
+  });
+
+  it("recovers a pending restore before anything else, runs a queued task before uploads, and uploads wait for it", async () => {
+    const h = harness();
+    const order: string[] = [];
+    h.self = {
+      state: "active",
+      policy: policy(),
+      cvd: { id: "cvd_1", latestSnapshot: "s1" },
+      tasks: [{ id: "task_1", kind: "system", state: "queued" }],
+    };
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const seen: TaskContext[] = [];
+    h.behaviour = async () => {
+      order.push("upload");
+      return { snapshot: "snapX" };
+    };
+    await h.start({
+      recoverPendingRestore: async (stateDir, root) => {
+        order.push(`recover ${stateDir === h.stateDir} ${root}`);
+        return { outcome: "none" };
+      },
+      runTask: async (t, ctx) => {
+        order.push(`task ${t.id}`);
+        seen.push(ctx);
+        ctx.onProgress({ restoredBytes: 5, totalBytes: 10, usable: false });
+        await gate;
+        // Done at the server: the next answer lists it no more.
+        h.self = { ...(h.self as AgentSelf), tasks: [] };
+        return { files: 3 };
+      },
+    });
+    const s = await h.until("restoring", (x) => x.activity === "restoring");
+    expect(s.task).toMatchObject({
+      id: "task_1",
+      kind: "system",
+      progress: { restoredBytes: 5, usable: false },
+    });
+    expect(seen[0]?.policy?.classify("/home/alice/x")).toBe("user");
+    expect((await h.control({ cmd: "sync-now" })).outcome).toBe("queued");
+    expect(h.calls.length).toBe(0);
+    release();
+    await h.uploads(1);
+    expect(order).toEqual(["recover true /", "task task_1", "upload"]);
+    const after = await h.status();
+    expect(after.task).toBeNull();
+    expect(after.lastTask).toMatchObject({ id: "task_1", result: "ok", summary: { files: 3 } });
+  });
+
+  it("a failing task is not retried before the backoff; a running one is resumed after a restart; stop aborts it", async () => {
+    const h = harness();
+    h.self = {
+      state: "active",
+      policy: policy(),
+      tasks: [{ id: "task_2", kind: "full", state: "running" }],
+    };
+    const runs: { at: number; state: string }[] = [];
+    let fail = true;
+    await h.start({
+      retryBaseMs: 30_000,
+      runTask: async (t, ctx) => {
+        runs.push({ at: h.clock.now(), state: t.state });
+        if (fail) throw new StrataError("IO_ERROR", "server went away");
+        return untilAborted(ctx as unknown as UploadContext);
+      },
+    });
+    await h.until("task failed", (x) => x.lastTask?.result === "failed");
+    expect(runs).toEqual([{ at: T0, state: "running" }]);
+    expect((await h.status()).lastTask?.error).toEqual({ code: "IO_ERROR", message: "server went away" });
+    fail = false;
+    await h.clock.advance(30_000);
+    await h.until("restoring again", (x) => x.activity === "restoring");
+    expect(runs.length).toBe(2);
+    await h.stop();
+    expect(readStatus(h.stateDir)?.lastTask).toMatchObject({ id: "task_2", result: "aborted" });
   });
 
   it("applies a policy change: new interval and bandwidth cap", async () => {
