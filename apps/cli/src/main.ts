@@ -6,6 +6,7 @@ import { registerAgentEnroll } from "./commands/agent-enroll.js";
 import { registerAgentUpload } from "./commands/agent-upload.js";
 import { registerFleetCommands } from "./commands/fleet.js";
 import { registerRepoCommands } from "./commands/repo.js";
+import { registerRestoreCommands } from "./commands/restore.js";
 import { registerServerCommands } from "./commands/server.js";
 import { reportError } from "./output.js";
 
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerRepoCommands(program);
   registerServerCommands(program);
   registerFleetCommands(program);
+  registerRestoreCommands(program);
   const agent = registerAgentCommands(program);
   registerAgentEnroll(agent);
   registerAgentUpload(agent);

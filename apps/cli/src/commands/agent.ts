@@ -12,6 +12,8 @@ import type {
   ControlRequest,
   ControlResult,
   FetchSelf,
+  RunTask,
+  TaskContext,
   UploadOnce,
 } from "@strata/agent";
 import { defaultPolicy, parsePolicy, StrataError } from "@strata/core";
@@ -29,11 +31,15 @@ type Opts = GlobalOptions & { state?: string; root?: string };
  * land; until then `run` refuses to start, except in the test mode below.
  */
 export interface AgentHooks {
-  connect?: (ctx: {
-    stateDir: string;
-    root: string;
-    logger: AgentLogger;
-  }) => Promise<{ fetchSelf: FetchSelf; uploadOnce: UploadOnce }>;
+  connect?: (ctx: { stateDir: string; root: string; logger: AgentLogger }) => Promise<AgentWiring>;
+}
+
+/** What `strata agent run` hands runAgent besides its own options. */
+export interface AgentWiring {
+  fetchSelf: FetchSelf;
+  uploadOnce: UploadOnce;
+  runTask?: RunTask;
+  recoverPendingRestore?: (stateDir: string, root: string) => Promise<unknown>;
 }
 export const agentHooks: AgentHooks = {};
 
@@ -59,15 +65,34 @@ function noopHooks(): { fetchSelf: FetchSelf; uploadOnce: UploadOnce } {
 }
 
 /**
- * The real hooks: the endpoint's state and policy from `GET /agent/self`,
- * and one protection run (protect.ts) paced by the policy's bandwidth cap.
+ * The real hooks: the endpoint's state, policy and tasks from `GET
+ * /agent/self`; one protection run (protect.ts) paced by the policy's
+ * bandwidth cap; restore tasks (restore.md, "Tasks") run by the engine
+ * through RemoteRestoreSource; a pending restore finished at start.
  */
-async function serverHooks(ctx: { stateDir: string; root: string }): Promise<{
-  fetchSelf: FetchSelf;
-  uploadOnce: UploadOnce;
-}> {
+async function serverHooks(ctx: { stateDir: string; root: string }): Promise<AgentWiring> {
   const a = await import("@strata/agent");
   const client = a.endpointClient(ctx.stateDir);
+  const protect = (
+    signal: AbortSignal,
+    pace: TaskContext["throttle"] | null,
+    onProgress: (p: object) => void,
+  ) =>
+    a.protectOnce({
+      stateDir: ctx.stateDir,
+      root: ctx.root,
+      signal,
+      ...(pace ? { pace: (body: AsyncIterable<Buffer>) => a.throttleIterable(body, pace, { signal }) } : {}),
+      onProgress: (p) =>
+        onProgress({
+          files: p.files,
+          bytesRead: p.bytesRead,
+          bytesSent: p.bytesSent,
+          chunksProven: p.chunksProven,
+          current: p.current,
+        }),
+    });
+  const engine = await a.loadRestoreEngine();
   return {
     fetchSelf: async () => {
       const s = await client.agentSelf();
@@ -75,23 +100,11 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<{
         state: s.state,
         policy: s.cvd ? parsePolicy(s.cvd.policy) : null,
         cvd: s.cvd ? { id: s.cvd.id, latestSnapshot: s.cvd.latestSnapshot } : null,
+        tasks: s.tasks ?? [],
       };
     },
     uploadOnce: async (u) => {
-      const r = await a.protectOnce({
-        stateDir: ctx.stateDir,
-        root: ctx.root,
-        signal: u.signal,
-        pace: (body) => a.throttleIterable(body, u.throttle, { signal: u.signal }),
-        onProgress: (p) =>
-          u.onProgress({
-            files: p.files,
-            bytesRead: p.bytesRead,
-            bytesSent: p.bytesSent,
-            chunksProven: p.chunksProven,
-            current: p.current,
-          }),
-      });
+      const r = await protect(u.signal, u.throttle, u.onProgress);
       return {
         snapshot: r.snapshot,
         cvd: r.cvdId,
@@ -103,7 +116,122 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<{
         errors: r.errors.length,
       };
     },
+    runTask: (task, t) => runRestoreTask(a, client, engine, protect, task, t),
+    ...(engine
+      ? { recoverPendingRestore: (stateDir, root) => engine.recoverPendingRestore(stateDir, root) }
+      : {}),
   };
+}
+
+type AgentModule = typeof import("@strata/agent");
+
+/**
+ * One restore task, end to end: claim it, upload a safety snapshot before
+ * a system or full revert, restore with the engine through
+ * RemoteRestoreSource, report progress at most once a second (a
+ * `cancelled` answer stops it), and report the end.
+ */
+async function runRestoreTask(
+  a: AgentModule,
+  client: ReturnType<AgentModule["endpointClient"]>,
+  engine: Awaited<ReturnType<AgentModule["loadRestoreEngine"]>>,
+  protect: (
+    signal: AbortSignal,
+    pace: TaskContext["throttle"] | null,
+    onProgress: (p: object) => void,
+  ) => ReturnType<AgentModule["protectOnce"]>,
+  ref: Parameters<RunTask>[0],
+  ctx: TaskContext,
+): Promise<unknown> {
+  let task: Awaited<ReturnType<typeof client.startAgentTask>>;
+  try {
+    task = await client.startAgentTask(ref.id);
+  } catch (e) {
+    // Cancelled or ended meanwhile: nothing to run.
+    if ((e as { code?: string }).code === "ALREADY_EXISTS") return { skipped: (e as Error).message };
+    throw e;
+  }
+  const ac = new AbortController();
+  const stop = () => ac.abort(ctx.signal.reason);
+  ctx.signal.addEventListener("abort", stop, { once: true });
+  let lastReport = 0;
+  let reporting: Promise<void> = Promise.resolve();
+  const report = (p: object, force = false) => {
+    ctx.onProgress(p);
+    const now = Date.now();
+    if (!force && now - lastReport < 1000) return;
+    lastReport = now;
+    reporting = reporting
+      .then(() => client.reportTaskProgress(task.id, { ...p }))
+      .then((ans) => {
+        if (ans.state === "cancelled")
+          ac.abort(new StrataError("INVALID_ARGUMENT", `task ${task.id} was cancelled`));
+      })
+      .catch(() => {
+        // A lost progress report is not worth failing a restore for; the next one goes out.
+      });
+  };
+  try {
+    if (!engine)
+      throw new StrataError("UNSUPPORTED", "this agent has no restore engine yet", {
+        hint: "update the agent on this endpoint",
+      });
+    let safetySnapshot: string | null = null;
+    if (task.kind === "system" || task.kind === "full") {
+      // So the revert can itself be reverted (restore.md, "Kinds").
+      const r = await protect(ac.signal, ctx.throttle, (p) => report({ phase: "safety-upload", ...p }));
+      safetySnapshot = r.snapshot;
+    }
+    const cvd = task.cvd;
+    const source = await a.RemoteRestoreSource.forEndpoint(ctx.stateDir, cvd, {
+      snapshot: String(task.params.snapshot),
+    });
+    try {
+      const run = engine.runRestore(source, {
+        root: ctx.root,
+        stateDir: ctx.stateDir,
+        id: task.id,
+        kind: task.kind,
+        ...(ctx.policy ? { policy: ctx.policy } : {}),
+        ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
+        signal: ac.signal,
+        onProgress: (p) => report({ ...p }),
+      });
+      const r = await run.done;
+      await reporting;
+      const result = {
+        ...r,
+        errors: r.errors.length,
+        firstErrors: r.errors.slice(0, 20),
+        safetySnapshot,
+        bytesReceived: source.stats.bytesReceived,
+      };
+      await client.finishAgentTask(task.id, { result });
+      return {
+        snapshot: r.snapshot,
+        files: r.files,
+        bytesReceived: source.stats.bytesReceived,
+        safetySnapshot,
+      };
+    } finally {
+      await source.close();
+    }
+  } catch (e) {
+    await reporting;
+    // The agent is stopping: the task stays running at the server and is resumed at the next start.
+    if (ctx.signal.aborted) throw e;
+    const err = e instanceof StrataError ? e : null;
+    await client
+      .finishAgentTask(task.id, {
+        error: { code: err?.code ?? "INTERNAL", message: (e as Error)?.message ?? String(e) },
+      })
+      .catch(() => {
+        // Reported again when the agent resumes the task (it stays running at the server).
+      });
+    throw e;
+  } finally {
+    ctx.signal.removeEventListener("abort", stop);
+  }
 }
 
 function stateDirOf(o: Opts, fallback: string): string {
@@ -294,7 +422,7 @@ export function registerAgentCommands(program: Command): Command {
       const root = path.resolve(o.root ?? a.readState(stateDir)?.root ?? "/");
       const logger = stderrLogger(o.json === true);
       const testMode = process.env[TEST_UPLOAD_ENV];
-      let hooks: { fetchSelf: FetchSelf; uploadOnce: UploadOnce };
+      let hooks: AgentWiring;
       if (testMode === "noop") {
         logger.warn({ env: TEST_UPLOAD_ENV }, "test mode: no server, no upload");
         hooks = noopHooks();

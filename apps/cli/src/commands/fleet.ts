@@ -273,7 +273,9 @@ export function registerFleetCommands(program: Command): void {
   // ---- CVDs ----------------------------------------------------------------
   const cvd = program
     .command("cvd")
-    .description("CVDs, the endpoints' centralized copies: list, show, snapshots, set-policy");
+    .description(
+      "CVDs, the endpoints' centralized copies: list, show, snapshots, transactions, set-policy, history, revert, recover, restore-file",
+    );
   cvd
     .command("list")
     .alias("ls")
@@ -315,7 +317,7 @@ export function registerFleetCommands(program: Command): void {
     });
   cvd
     .command("transactions")
-    .description("a CVD's uploads (centralization, incremental uploads), newest first, with what they sent")
+    .description("a CVD's uploads and restores, newest first, with what they sent")
     .argument("<id>", "CVD id (cvd_…)")
     .action(async (id: string, _o, cmd: Command) => {
       const o = opts(cmd);
@@ -341,7 +343,7 @@ export function registerFleetCommands(program: Command): void {
                 String(t.retries),
               ]),
             ])
-          : `CVD ${id} has no uploads yet\n`,
+          : `CVD ${id} has no transactions yet\n`,
       );
     });
   cvd

@@ -58,6 +58,9 @@ function fromApi(e: unknown): never {
       "INVALID_ARGUMENT",
       "NOT_FOUND",
       "ALREADY_EXISTS",
+      "AMBIGUOUS",
+      "SESSION_EXPIRED",
+      "TOO_LARGE",
       "WRONG_PASSWORD",
       "PERMISSION_DENIED",
       "LOCKED",
@@ -71,8 +74,8 @@ function fromApi(e: unknown): never {
   throw e;
 }
 
-/** The client for the current (or --server) login. */
-export function client(o: Opts): StrataClient {
+/** The current (or --server) login: the server, its pinned certificate and the API token. */
+export function loginOf(o: Opts): { url: string; fingerprint: string; token: string } {
   const creds = readCredentials();
   const url = o.server ? normalizeServerUrl(String(o.server)) : creds.current;
   const entry = url ? creds.servers[url] : undefined;
@@ -81,7 +84,13 @@ export function client(o: Opts): StrataClient {
       hint: "run `strata login --server https://HOST:8640`",
     });
   }
-  return new StrataClient({ baseUrl: url, token: entry.token, fetch: pinnedFetch(entry.fingerprint) });
+  return { url, fingerprint: entry.fingerprint, token: entry.token };
+}
+
+/** The client for the current (or --server) login. */
+export function client(o: Opts): StrataClient {
+  const l = loginOf(o);
+  return new StrataClient({ baseUrl: l.url, token: l.token, fetch: pinnedFetch(l.fingerprint) });
 }
 
 /** Await an API call, turning the server's error into a StrataError the CLI reports. */
