@@ -6,15 +6,25 @@
  * the snapshot back over the pinned connection with a user's token and
  * with the endpoint's credential.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { endpointClient, loadRestoreEngine, RemoteRestoreSource, type TreeRef } from "@strata/agent";
+import { endpointClient, RemoteRestoreSource, type TreeRef } from "@strata/agent";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fakeRoot } from "../../../packages/agent/test/fixtures.js";
-import { type Run, strataAsync } from "./helpers.js";
+import { BIN, type Run, strataAsync } from "./helpers.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-restore-cli-"));
 const NEW_PW = "a long new secret phrase";
@@ -181,7 +191,7 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     expect(restores.every((t: { state: string }) => t.state === "closed")).toBe(true);
   });
 
-  it("restore-file writes the file with the engine, or says the engine is missing", async () => {
+  it("restore-file writes a file of the latest or an older snapshot (--snapshot, --at) into a directory", async () => {
     const to = path.join(dir, "out");
     const r = await strata(
       "cvd",
@@ -193,14 +203,27 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       "--snapshot",
       snaps[0]!,
     );
-    if (await loadRestoreEngine()) {
-      expect(r.code, r.stderr).toBe(0);
-      expect(readFileSync(path.join(to, "report.odt")).equals(big)).toBe(true);
-    } else {
-      // INTEGRATION POINT: the engine (engine.ts) is not in this build yet; the lead adds the end-to-end check.
-      expect(r.code).toBe(1);
-      expect(r.stderr).toContain("no restore engine yet");
-    }
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(path.join(to, "report.odt")).equals(big)).toBe(true);
+    // --at picks the newest snapshot at or before a time: the draft is only in the older one.
+    const older = new Date(Date.now() - 3 * 86_400_000 + 3_600_000).toISOString();
+    const r2 = await ok(
+      "cvd",
+      "restore-file",
+      cvd,
+      "/home/alice/docs/draft.txt",
+      "--to",
+      to,
+      "--at",
+      older,
+      "--json",
+    );
+    expect(r2).toMatchObject({ files: 1, snapshot: snaps[0] });
+    expect(readFileSync(path.join(to, "draft.txt"), "utf8")).toBe("draft\n");
+    expect(readdirSync(to).sort()).toEqual(["draft.txt", "report.odt"]);
+    const missing = await strata("cvd", "restore-file", cvd, "/home/alice/docs/draft.txt", "--to", to);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("is not in snapshot");
     const both = await strata(
       "cvd",
       "restore-file",
@@ -215,5 +238,31 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     );
     expect(both.code).toBe(1);
     expect(both.stderr).toContain("not both");
+  });
+  it("strata agent run claims a queued full revert: safety upload, restore, done; the deleted draft is back", async () => {
+    const before = readFileSync(path.join(root, "home/alice/docs/report.odt"));
+    writeFileSync(path.join(root, "home/alice/docs/new.txt"), "made after the snapshot\n");
+    const t = await ok("cvd", "revert", cvd, "--full", "--snapshot", snaps[0]!, "--json");
+    const agent = spawn(process.execPath, [BIN, "agent", "run", "--state", state], {
+      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "" },
+    });
+    let log = "";
+    agent.stderr.on("data", (d) => {
+      log += d;
+    });
+    try {
+      const done = await strata("task", "show", t.id, "--wait", "--json");
+      expect(done.code, `${done.stdout}\n${done.stderr}\n${log}`).toBe(0);
+      const task = JSON.parse(done.stdout);
+      expect(task).toMatchObject({ state: "done", kind: "full", result: { snapshot: snaps[0], errors: 0 } });
+      expect(task.result.safetySnapshot).toMatch(/^[0-9a-f]{64}$/);
+      expect(readFileSync(path.join(root, "home/alice/docs/draft.txt"), "utf8")).toBe("draft\n");
+      expect(readFileSync(path.join(root, "home/alice/docs/report.odt")).equals(before)).toBe(true);
+      // A full revert deletes what the snapshot lacks (the safety snapshot had it).
+      expect(existsSync(path.join(root, "home/alice/docs/new.txt"))).toBe(false);
+    } finally {
+      agent.kill("SIGTERM");
+      await new Promise((r) => agent.once("close", r));
+    }
   });
 });

@@ -50,11 +50,6 @@ export {
 export * from "./protect.js";
 export { DEFAULT_MINIMAL_SET, type RestoreRun, recoverPendingRestore, runRestore } from "./restore/engine.js";
 export { LocalRestoreSource, type LocalSourceOptions } from "./restore/local-source.js";
-export * from "./restore/socket-source.js";
-export type * from "./restore/source.js";
-export type * from "./restore/types.js";
-export * from "./restore/user-relay.js";
-export { loadRestoreEngine, type RestoreEngine } from "./restore/engine-loader.js";
 export {
   asStrataError,
   httpRestoreTransport,
@@ -64,6 +59,10 @@ export {
   RemoteRestoreSource,
   type RestoreTransport,
 } from "./restore/remote-source.js";
+export * from "./restore/socket-source.js";
+export type * from "./restore/source.js";
+export type * from "./restore/types.js";
+export * from "./restore/user-relay.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,

@@ -92,7 +92,6 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
           current: p.current,
         }),
     });
-  const engine = await a.loadRestoreEngine();
   return {
     fetchSelf: async () => {
       const s = await client.agentSelf();
@@ -116,10 +115,8 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
         errors: r.errors.length,
       };
     },
-    runTask: (task, t) => runRestoreTask(a, client, engine, protect, task, t),
-    ...(engine
-      ? { recoverPendingRestore: (stateDir, root) => engine.recoverPendingRestore(stateDir, root) }
-      : {}),
+    runTask: (task, t) => runRestoreTask(a, client, protect, task, t),
+    recoverPendingRestore: (stateDir, root) => a.recoverPendingRestore(stateDir, root),
   };
 }
 
@@ -134,7 +131,6 @@ type AgentModule = typeof import("@strata/agent");
 async function runRestoreTask(
   a: AgentModule,
   client: ReturnType<AgentModule["endpointClient"]>,
-  engine: Awaited<ReturnType<AgentModule["loadRestoreEngine"]>>,
   protect: (
     signal: AbortSignal,
     pace: TaskContext["throttle"] | null,
@@ -172,10 +168,6 @@ async function runRestoreTask(
       });
   };
   try {
-    if (!engine)
-      throw new StrataError("UNSUPPORTED", "this agent has no restore engine yet", {
-        hint: "update the agent on this endpoint",
-      });
     let safetySnapshot: string | null = null;
     if (task.kind === "system" || task.kind === "full") {
       // So the revert can itself be reverted (restore.md, "Kinds").
@@ -187,7 +179,7 @@ async function runRestoreTask(
       snapshot: String(task.params.snapshot),
     });
     try {
-      const run = engine.runRestore(source, {
+      const run = a.runRestore(source, {
         root: ctx.root,
         stateDir: ctx.stateDir,
         id: task.id,

@@ -264,11 +264,6 @@ export function registerRestoreCommands(program: Command): void {
           ? String(o.snapshot)
           : undefined;
       const a = await import("@strata/agent");
-      const engine = await a.loadRestoreEngine();
-      if (!engine)
-        throw new StrataError("UNSUPPORTED", "this build of strata has no restore engine yet", {
-          hint: "update strata; meanwhile browse the file's versions with `strata cvd history`",
-        });
       const to = path.resolve(String(o.to));
       mkdirSync(to, { recursive: true });
       // The whole snapshot is opened (restore.run reaches the whole CVD anyway); the engine restores PATH only.
@@ -277,7 +272,7 @@ export function registerRestoreCommands(program: Command): void {
       const stateDir = path.join(to, `.strata-restore-${runId}`);
       const progressOn = !o.json && isTTY();
       try {
-        const run = engine.runRestore(source, {
+        const run = a.runRestore(source, {
           root: to,
           stateDir,
           id: runId,
