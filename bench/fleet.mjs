@@ -120,7 +120,7 @@ function makeTree(dir, i) {
   mkdirSync(path.join(dir, "usr/lib"), { recursive: true });
   mkdirSync(path.join(dir, "home/user"), { recursive: true });
   writeFileSync(path.join(dir, "etc/hostname"), `sim-${i}\n`);
-  shared.forEach((b, k) => writeFileSync(path.join(dir, `usr/lib/lib${k}.so`), b));
+  for (const [k, b] of shared.entries()) writeFileSync(path.join(dir, `usr/lib/lib${k}.so`), b);
   for (let f = 0; f < FILES; f++)
     writeFileSync(path.join(dir, `home/user/f${f}`), randomBytes(4096 + ((i * 7 + f * 131) % 36) * 1024));
 }

@@ -42,7 +42,7 @@ function makeEndpoint(name: string): string {
   writeFileSync(path.join(ep, "etc/hostname"), `${name}\n`);
   const home = path.join(ep, "home/alice");
   mkdirSync(path.join(home, "docs"), { recursive: true });
-  shared.forEach((b, i) => writeFileSync(path.join(home, `docs/handbook-${i}.pdf`), b));
+  for (const [i, b] of shared.entries()) writeFileSync(path.join(home, `docs/handbook-${i}.pdf`), b);
   writeFileSync(path.join(home, "docs/notes.txt"), `notes of ${name}\n`.repeat(2000));
   writeFileSync(path.join(home, "own.bin"), randomBytes(150_000));
   writeFileSync(path.join(home, "big.img"), bigImage); // the department's VM image, on every desk
