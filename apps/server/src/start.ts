@@ -75,6 +75,10 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
           const policy = cvd ? await store.getPolicy(cvd.policyId) : null;
           return policy ? uploadPolicyOf(policy).retention : null;
         },
+        pinnedByTasks: async (cvdId) =>
+          (await store.tasks.listTasks({ cvdId, states: ["queued", "running"], limit: 100 }))
+            .map((t) => t.params.snapshot)
+            .filter((x): x is string => typeof x === "string"),
       });
     const services = createServices({
       store,

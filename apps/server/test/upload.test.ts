@@ -353,4 +353,28 @@ describe("upload protocol (agent ↔ server service)", () => {
     const report = await check(h.server.repo, { readData: true });
     expect(report.ok).toBe(true);
   });
+
+  it("keeps a safety snapshot (pre-restore) through retention, whatever the counts", async () => {
+    retention.set("cvd_s", { hourly: 0, daily: 0, weekly: 0, monthly: 0 });
+    const rootS = path.join(dir, "ep-s");
+    buildEndpoint(rootS, "s");
+    let parent: string | null = null;
+    let safety = "";
+    for (const kind of ["centralize", "pre-restore", "upload", "upload"] as const) {
+      writeFileSync(path.join(rootS, "etc/motd"), `${kind} ${parent}\n`);
+      const r = await uploadOnce({
+        transport: h.transport("cvd_s"),
+        cvdId: "cvd_s",
+        root: rootS,
+        policy,
+        parent,
+        kind,
+      });
+      if (kind === "pre-restore") safety = r.snapshot;
+      parent = r.snapshot;
+    }
+    const left = await h.service.snapshotsOf("cvd_s");
+    expect(left.map((s) => s.id).sort()).toEqual([parent, safety].sort());
+    expect(left.find((s) => s.id === safety)?.kind).toBe("pre-restore");
+  });
 });

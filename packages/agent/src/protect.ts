@@ -31,6 +31,8 @@ export interface ProtectOptions {
   onError?: UploadOptions["onError"];
   pace?: UploadOptions["pace"];
   threads?: number;
+  /** The upload's kind; default centralize for the first, upload after. */
+  kind?: UploadOptions["kind"];
 }
 
 export interface ProtectResult extends UploadResult {
@@ -89,6 +91,7 @@ export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
       onError: o.onError,
       pace: o.pace,
       threads: o.threads,
+      ...(o.kind ? { kind: o.kind } : {}),
     });
     return { ...r, cvdId: self.cvd.id, policy };
   } finally {

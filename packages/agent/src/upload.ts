@@ -66,7 +66,8 @@ export interface UploadOptions {
   policy: CompiledPolicy;
   /** The CVD's newest snapshot, or null for the first upload. */
   parent: string | null;
-  kind?: "centralize" | "upload" | "pre-apply";
+  /** pre-restore / pre-apply: a safety snapshot, kept by retention for a week (restore.md). */
+  kind?: "centralize" | "upload" | "pre-apply" | "pre-restore";
   hostname?: string;
   fileCache?: FileCache | null;
   threads?: number;

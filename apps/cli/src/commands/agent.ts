@@ -77,11 +77,13 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
     signal: AbortSignal,
     pace: TaskContext["throttle"] | null,
     onProgress: (p: object) => void,
+    kind?: "pre-restore",
   ) =>
     a.protectOnce({
       stateDir: ctx.stateDir,
       root: ctx.root,
       signal,
+      ...(kind ? { kind } : {}),
       ...(pace ? { pace: (body: AsyncIterable<Buffer>) => a.throttleIterable(body, pace, { signal }) } : {}),
       onProgress: (p) =>
         onProgress({
@@ -135,6 +137,7 @@ async function runRestoreTask(
     signal: AbortSignal,
     pace: TaskContext["throttle"] | null,
     onProgress: (p: object) => void,
+    kind?: "pre-restore",
   ) => ReturnType<AgentModule["protectOnce"]>,
   ref: Parameters<RunTask>[0],
   ctx: TaskContext,
@@ -171,7 +174,12 @@ async function runRestoreTask(
     let safetySnapshot: string | null = null;
     if (task.kind === "system" || task.kind === "full") {
       // So the revert can itself be reverted (restore.md, "Kinds").
-      const r = await protect(ac.signal, ctx.throttle, (p) => report({ phase: "safety-upload", ...p }));
+      const r = await protect(
+        ac.signal,
+        ctx.throttle,
+        (p) => report({ phase: "safety-upload", ...p }),
+        "pre-restore",
+      );
       safetySnapshot = r.snapshot;
     }
     const cvd = task.cvd;

@@ -42,7 +42,10 @@ import {
 import type { AuditService } from "./audit-service.js";
 import type { Clock } from "./context.js";
 
-export const UPLOAD_KINDS = ["centralize", "upload", "pre-apply"] as const;
+export const UPLOAD_KINDS = ["centralize", "upload", "pre-apply", "pre-restore"] as const;
+/** Snapshots taken before a risky operation: retention keeps them this long whatever its counts. */
+export const SAFETY_KINDS: readonly string[] = ["pre-apply", "pre-restore"];
+export const SAFETY_KEEP_MS = 7 * 24 * 3_600_000;
 export type UploadKind = (typeof UPLOAD_KINDS)[number];
 
 export interface UploadLimits {
@@ -187,6 +190,8 @@ export class UploadService {
       limits?: Partial<UploadLimits>;
       /** The retention counts of the CVD's policy; null keeps every snapshot. */
       retentionOf?: (cvdId: string) => Promise<RetentionCounts | null>;
+      /** Snapshots open tasks still need (a revert's target): retention never forgets them. */
+      pinnedByTasks?: (cvdId: string) => Promise<string[]>;
     },
   ) {
     this.limits = { ...DEFAULT_UPLOAD_LIMITS, ...d.limits };
@@ -728,7 +733,14 @@ export class UploadService {
     const counts = await this.d.retentionOf?.(cvdId);
     if (!counts) return [];
     const snaps = await this.snapshotsOf(cvdId);
-    const { remove } = applyRetention(snaps, { last: 1, ...counts });
+    // Safety snapshots (taken before a revert or a layer apply) stay for a
+    // week, so the operation can be undone; so does what a queued or running
+    // task is about to restore.
+    const now = this.d.clock.now().getTime();
+    const needed = new Set(await (this.d.pinnedByTasks?.(cvdId) ?? []));
+    const remove = applyRetention(snaps, { last: 1, ...counts }).remove.filter(
+      (r) => !needed.has(r.id) && !(SAFETY_KINDS.includes(r.kind) && now - r.time.getTime() < SAFETY_KEEP_MS),
+    );
     if (!remove.length) return [];
     const ids = remove.map((r) => r.id);
     await this.repo.removeSnapshots(ids);
