@@ -35,6 +35,7 @@ import {
   writeStatus,
 } from "./status.js";
 import { type Throttle, TokenBucket } from "./throttle.js";
+import { startUserServer, type UserHandler, type UserServer } from "./user-socket.js";
 import { ChangeWatcher, type DirtySet } from "./watcher.js";
 
 /** What `GET /agent/self` tells the agent, reduced to what the service needs. */
@@ -147,6 +148,11 @@ export interface RunAgentOptions {
    * between two states).
    */
   recoverPendingRestore?: (stateDir: string, root: string) => Promise<unknown>;
+  /**
+   * Answers the user socket (user-socket.ts: restore-file, fetch for the
+   * endpoint's unprivileged users); without it no user socket is opened.
+   */
+  userHandler?: (agent: { policy: () => CompiledPolicy | null }) => UserHandler;
 }
 
 /** The result of every control command: the status after it, and what it did. */
@@ -505,6 +511,11 @@ class Agent {
     );
   }
 
+  /** The CVD's policy compiled for this endpoint, as last fetched (null before the first answer). */
+  currentPolicy(): CompiledPolicy | null {
+    return this.compiledPolicy(this.self?.policy ?? null);
+  }
+
   private compiledPolicy(policy: UploadPolicy | null): CompiledPolicy | null {
     if (!policy) return null;
     const stateDir = path.resolve(this.opts.stateDir);
@@ -693,7 +704,10 @@ export async function runAgent(opts: RunAgentOptions): Promise<void> {
   const agent = new Agent(opts);
   // Fails (LOCKED) while another agent runs here: then nothing of its state is touched.
   const control = await startControlServer(opts.stateDir, (req) => agent.handle(req));
+  let user: UserServer | null = null;
   try {
+    if (opts.userHandler)
+      user = await startUserServer(opts.stateDir, opts.userHandler({ policy: () => agent.currentPolicy() }));
     if (opts.recoverPendingRestore) {
       // Before anything else: a restore a crash interrupted is finished or rolled back.
       const outcome = await opts.recoverPendingRestore(opts.stateDir, path.resolve(opts.root ?? "/"));
@@ -705,6 +719,7 @@ export async function runAgent(opts: RunAgentOptions): Promise<void> {
     opts.onReady?.({ socket: control.path, status: ready });
     await agent.run();
   } finally {
+    await user?.close();
     await control.close();
     await agent.stop();
     opts.logger?.info({}, "strata agent stopped");

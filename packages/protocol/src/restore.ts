@@ -20,6 +20,8 @@ export const MAX_RESTORE_PATH = 4096;
 export interface OpenRestoreRequest {
   /** `latest` (default), a snapshot id or a unique prefix. */
   snapshot?: string;
+  /** Instead of `snapshot`: the newest snapshot taken at or before this time (RFC 3339). */
+  at?: string;
   /** Absolute path in the snapshot: the session then reaches only that directory (or that file's directory). */
   path?: string;
 }
@@ -155,6 +157,7 @@ export const restoreSchemas = {
   OpenRestoreRequest: obj(
     {
       snapshot: str({ pattern: SNAPSHOT_REF_PATTERN }),
+      at: dateTime,
       path: str({ minLength: 1, maxLength: MAX_RESTORE_PATH }),
     },
     [],

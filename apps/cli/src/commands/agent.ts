@@ -12,6 +12,8 @@ import type {
   ControlRequest,
   ControlResult,
   FetchSelf,
+  RestoreRun,
+  RunAgentOptions,
   RunTask,
   TaskContext,
   UploadOnce,
@@ -40,6 +42,7 @@ export interface AgentWiring {
   uploadOnce: UploadOnce;
   runTask?: RunTask;
   recoverPendingRestore?: (stateDir: string, root: string) => Promise<unknown>;
+  userHandler?: RunAgentOptions["userHandler"];
 }
 export const agentHooks: AgentHooks = {};
 
@@ -73,6 +76,8 @@ function noopHooks(): { fetchSelf: FetchSelf; uploadOnce: UploadOnce } {
 async function serverHooks(ctx: { stateDir: string; root: string }): Promise<AgentWiring> {
   const a = await import("@strata/agent");
   const client = a.endpointClient(ctx.stateDir);
+  /** The restore a task is running (streaming: `strata agent fetch` reaches it). */
+  let current: RestoreRun | null = null;
   const protect = (
     signal: AbortSignal,
     pace: TaskContext["throttle"] | null,
@@ -117,9 +122,55 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
         errors: r.errors.length,
       };
     },
-    runTask: (task, t) => runRestoreTask(a, client, protect, task, t),
+    runTask: async (task, t) => {
+      try {
+        return await runRestoreTask(a, client, protect, task, t, (run) => {
+          current = run;
+        });
+      } finally {
+        current = null;
+      }
+    },
     recoverPendingRestore: (stateDir, root) => a.recoverPendingRestore(stateDir, root),
+    userHandler: ({ policy }) => {
+      const restore = a.userRestoreHandler({
+        root: ctx.root,
+        policy,
+        open: async (sel, dir) => {
+          const self = await client.agentSelf();
+          if (!self.cvd)
+            throw new StrataError("NOT_FOUND", "this endpoint has no CVD yet: nothing to restore from");
+          return a.RemoteRestoreSource.forEndpoint(ctx.stateDir, self.cvd.id, {
+            ...(sel.snapshot ? { snapshot: sel.snapshot } : {}),
+            ...(sel.at ? { at: isoTime(sel.at) } : {}),
+            path: dir,
+          });
+        },
+      });
+      return async (req, conn, part) => {
+        if (req.cmd !== "fetch") return restore(req, conn, part);
+        if (typeof req.path !== "string" || !req.path.startsWith("/"))
+          throw new StrataError("INVALID_ARGUMENT", "fetch needs an absolute path");
+        const run = current;
+        if (!run)
+          throw new StrataError("NOT_FOUND", "no restore is running on this endpoint", {
+            hint: "fetch is for a streaming restore in progress; see `strata agent status`",
+          });
+        await run.fetch(req.path);
+        return { path: req.path, restored: true };
+      };
+    },
   };
+}
+
+/** A time as the user typed it (2026-11-20T09:00, a date) as RFC 3339. */
+function isoTime(at: string): string {
+  const t = new Date(at);
+  if (Number.isNaN(t.getTime()))
+    throw new StrataError("INVALID_ARGUMENT", `${JSON.stringify(at)} is not a time`, {
+      hint: "e.g. 2026-11-20T09:00 or 2026-11-20",
+    });
+  return t.toISOString();
 }
 
 type AgentModule = typeof import("@strata/agent");
@@ -141,6 +192,7 @@ async function runRestoreTask(
   ) => ReturnType<AgentModule["protectOnce"]>,
   ref: Parameters<RunTask>[0],
   ctx: TaskContext,
+  onRun: (run: RestoreRun) => void = () => {},
 ): Promise<unknown> {
   let task: Awaited<ReturnType<typeof client.startAgentTask>>;
   try {
@@ -197,6 +249,7 @@ async function runRestoreTask(
         signal: ac.signal,
         onProgress: (p) => report({ ...p }),
       });
+      onRun(run);
       const r = await run.done;
       await reporting;
       const result = {

@@ -188,6 +188,26 @@ export class RestoreService {
     return pickSnapshot(newestFirst(await this.snapshotsOf(cvdId)), ref, cvdId);
   }
 
+  /** The CVD's newest snapshot taken at or before `at`. */
+  async snapshotAt(cvdId: string, at: string): Promise<SnapshotRecord> {
+    const t = new Date(at);
+    if (Number.isNaN(t.getTime()))
+      throw new StrataError("INVALID_ARGUMENT", `${JSON.stringify(at)} is not a time`, {
+        hint: "e.g. 2026-11-20T09:00:00Z",
+      });
+    const found = newestFirst(await this.snapshotsOf(cvdId)).find((s) => s.time.getTime() <= t.getTime());
+    if (!found)
+      throw new StrataError(
+        "NOT_FOUND",
+        `CVD ${cvdId} has no snapshot taken at or before ${t.toISOString()}`,
+        {
+          subject: at,
+          hint: "list the snapshots with `strata cvd snapshots CVD`, or give a later --at",
+        },
+      );
+    return found;
+  }
+
   /** Walk `segs` from `tree`; the last node found and the tree holding it. */
   private async walkPath(
     root: TreeId,
@@ -224,7 +244,10 @@ export class RestoreService {
   async open(actor: RestoreActor, cvdId: string, body: OpenRestoreRequest): Promise<RestoreSessionInfo> {
     const b = body ?? {};
     const segs = b.path === undefined ? [] : parseSnapshotPath(b.path);
-    const snap = await this.resolveSnapshot(cvdId, b.snapshot);
+    if (b.at !== undefined && b.snapshot !== undefined)
+      throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
+    const snap =
+      b.at !== undefined ? await this.snapshotAt(cvdId, b.at) : await this.resolveSnapshot(cvdId, b.snapshot);
     await this.expireStale().catch(() => {
       // Expiry runs again at the next open and on the server's timer.
     });
