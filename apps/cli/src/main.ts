@@ -5,6 +5,7 @@ import { registerAgentCommands } from "./commands/agent.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
 import { registerAgentUpload } from "./commands/agent-upload.js";
 import { registerFleetCommands } from "./commands/fleet.js";
+import { registerRecoveryCommands } from "./commands/recovery.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerRestoreCommands } from "./commands/restore.js";
 import { registerServerCommands } from "./commands/server.js";
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   const agent = registerAgentCommands(program);
   registerAgentEnroll(agent);
   registerAgentUpload(agent);
+  registerRecoveryCommands(program);
   return program;
 }
 

@@ -32,6 +32,12 @@ export interface EnrollOptions {
   log?: (line: string) => void;
   /** Tries of a request that failed on the network or with 429/503/507 (default 4). */
   attempts?: number;
+  /**
+   * Facts that replace what `root` says: the recovery tool enrolls a
+   * replacement device from a live system, whose hostname and machine id
+   * are not the device's, and whose state directory is below the target.
+   */
+  facts?: { hostname?: string; machineId?: string; agentStateDir?: string };
 }
 
 export interface EnrollResult {
@@ -81,7 +87,10 @@ export async function enrollEndpoint(o: EnrollOptions): Promise<EnrollResult> {
       { subject: stateDir, hint: "pass --force to enroll it again (it becomes a new endpoint)" },
     );
   }
-  const facts = gatherFacts({ root: o.root ?? "/", agentVersion: AGENT_VERSION, agentStateDir: stateDir });
+  const facts = {
+    ...gatherFacts({ root: o.root ?? "/", agentVersion: AGENT_VERSION, agentStateDir: stateDir }),
+    ...o.facts,
+  };
   if (!facts.machineId) {
     throw new StrataError("INVALID_ARGUMENT", `no machine id in ${o.root ?? "/"}etc/machine-id`, {
       hint: "create one with `systemd-machine-id-setup` (or `dbus-uuidgen --ensure=/etc/machine-id`)",

@@ -7,13 +7,13 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { homedir, hostname } from "node:os";
 import * as path from "node:path";
-import { createInterface } from "node:readline/promises";
 import { fetchServerFingerprint, normalizeServerUrl, pinnedFetch } from "@strata/agent";
 import { StrataError } from "@strata/core";
 import { ApiError, normalizeFingerprint, StrataClient } from "@strata/protocol";
 import type { Command } from "commander";
 import { type GlobalOptions, readPassword } from "../context.js";
 import { printJson } from "../output.js";
+import { askSecret } from "../prompt.js";
 
 export type Opts = GlobalOptions & Record<string, unknown>;
 
@@ -102,27 +102,9 @@ export async function call<T>(p: Promise<T>): Promise<T> {
   }
 }
 
-async function prompt(question: string): Promise<string> {
-  if (!process.stdin.isTTY)
-    throw new StrataError("INVALID_ARGUMENT", "no password given", {
-      hint: "set STRATA_PASSWORD or pass --password-file FILE",
-    });
-  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
-  // Do not echo: mute output after the question.
-  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
-  process.stderr.write(question);
-  out._writeToOutput = () => {};
-  try {
-    return await rl.question("");
-  } finally {
-    rl.close();
-    process.stderr.write("\n");
-  }
-}
-
 async function passwordFrom(o: Opts, question: string): Promise<string> {
   if (o.passwordFile || process.env.STRATA_PASSWORD) return readPassword(o).toString("utf8");
-  return prompt(question);
+  return askSecret(question);
 }
 
 export function table(rows: string[][]): string {
@@ -308,7 +290,7 @@ export function registerServerCommands(program: Command): void {
         else process.stdout.write(`set the password of ${name}; they must change it at next login\n`);
         return;
       }
-      const current = process.env.STRATA_CURRENT_PASSWORD ?? (await prompt("current password: "));
+      const current = process.env.STRATA_CURRENT_PASSWORD ?? (await askSecret("current password: "));
       const next = await passwordFrom(o, "new password: ");
       await call(c.changePassword(current, next));
       if (o.json) printJson({ changed: true });
