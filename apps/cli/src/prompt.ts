@@ -23,24 +23,43 @@ export async function ask(question: string, what: string, hint: string): Promise
   }
 }
 
-/** A secret, not echoed. */
+/**
+ * A secret, not echoed. The terminal is put in raw mode and read here
+ * (readline's promise interface echoes whatever its output hook says):
+ * Enter ends it, Backspace erases, Ctrl-C or Ctrl-D on an empty line
+ * gives up.
+ */
 export async function askSecret(
   question: string,
   what = "password",
   hint = "set STRATA_PASSWORD or pass --password-file FILE",
 ): Promise<string> {
   if (!canAsk()) refuse(what, hint);
-  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
-  // Do not echo: mute output after the question.
-  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
+  const stdin = process.stdin;
   process.stderr.write(question);
-  out._writeToOutput = () => {};
-  try {
-    return await rl.question("");
-  } finally {
-    rl.close();
-    process.stderr.write("\n");
-  }
+  stdin.setRawMode(true);
+  stdin.resume();
+  return new Promise<string>((resolve, reject) => {
+    let chars: string[] = [];
+    const finish = (err?: StrataError) => {
+      stdin.off("data", onData);
+      stdin.setRawMode(false);
+      stdin.pause();
+      process.stderr.write("\n");
+      if (err) reject(err);
+      else resolve(chars.join(""));
+    };
+    const onData = (d: Buffer) => {
+      for (const ch of d.toString("utf8")) {
+        if (ch === "\r" || ch === "\n") return finish();
+        if (ch === "\u0003" || (ch === "\u0004" && chars.length === 0))
+          return finish(new StrataError("INVALID_ARGUMENT", `no ${what} given`, { hint }));
+        if (ch === "\u007f" || ch === "\b") chars = chars.slice(0, -1);
+        else if (ch >= " ") chars.push(ch);
+      }
+    };
+    stdin.on("data", onData);
+  });
 }
 
 /** Yes or no; anything but y/yes is no. */
