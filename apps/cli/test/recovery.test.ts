@@ -240,6 +240,40 @@ describe.skipIf(!debian || !isRoot)(
       expect(human.stderr).toContain("trusting it on first use");
     });
 
+    it("on a terminal, asks for what no flag gives: server, the certificate's confirmation, user, password", async () => {
+      // script(1) gives the tool a pseudo-terminal; each answer is typed once its question shows.
+      const dialog: [string, string][] = [
+        ["server (https://HOST:8640): ", server.url],
+        ["is it the server's?", "y"],
+        ["operator user name: ", "operator"],
+        ["password of operator@", "a helpdesk secret phrase"],
+      ];
+      const r = await new Promise<Run>((resolve) => {
+        const p = spawn("script", ["-qfec", `sh ${tool} list-cvds`, "/dev/null"], {
+          cwd: empty,
+          env: { PATH: "/usr/bin:/bin", TMPDIR: toolTmp, TERM: "dumb" },
+          stdio: ["pipe", "pipe", "pipe"],
+        });
+        let out = "";
+        let seen = 0;
+        p.stdout.on("data", (d) => {
+          out += d;
+          const step = dialog[0];
+          if (step && out.indexOf(step[0], seen) >= 0) {
+            seen = out.indexOf(step[0], seen) + step[0].length;
+            dialog.shift();
+            p.stdin.write(`${step[1]}\r`);
+          }
+        });
+        p.on("close", (code) => resolve({ code: code ?? -1, stdout: out, stderr: "" }));
+      });
+      expect(r.code, r.stdout).toBe(0);
+      expect(dialog).toEqual([]);
+      expect(r.stdout).toContain(`the server presents the certificate SHA256 ${server.fingerprint}`);
+      expect(r.stdout).not.toContain("a helpdesk secret phrase"); // not echoed
+      expect(r.stdout).toMatch(new RegExp(`${lost.cvd}\\s+ws-lost`));
+    });
+
     it("refuses a wrong password and a certificate that is not the pinned one, saying what to do", async () => {
       const wrong = path.join(dir, "wrong.pw");
       writeFileSync(wrong, "not it\n");
