@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { isStrataError } from "@strata/core";
 import { Command, Option } from "commander";
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
@@ -9,7 +8,7 @@ import { registerRecoveryCommands } from "./commands/recovery.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerRestoreCommands } from "./commands/restore.js";
 import { registerServerCommands } from "./commands/server.js";
-import { reportError } from "./output.js";
+import { runProgram } from "./run.js";
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -33,18 +32,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-export async function main(argv = process.argv): Promise<number> {
-  const program = buildProgram();
-  program.exitOverride();
-  try {
-    await program.parseAsync(argv);
-    return typeof process.exitCode === "number" ? process.exitCode : 0;
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    if (code === "commander.helpDisplayed" || code === "commander.version" || code === "commander.help")
-      return 0;
-    if (typeof code === "string" && code.startsWith("commander.")) return 2;
-    reportError(e, program.opts().json === true || process.argv.includes("--json"));
-    return isStrataError(e) ? 1 : 1;
-  }
+export function main(argv = process.argv): Promise<number> {
+  return runProgram(buildProgram(), argv);
 }
