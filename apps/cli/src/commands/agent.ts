@@ -123,10 +123,18 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
       };
     },
     runTask: async (task, t) => {
+      const { runRestoreTask } = await import("../restore-task.js");
       try {
-        return await runRestoreTask(a, client, protect, task, t, (run) => {
+        const o = await runRestoreTask(client, task, t, protect, (run) => {
           current = run;
         });
+        if ("skipped" in o) return o;
+        return {
+          snapshot: o.result.snapshot,
+          files: o.result.files,
+          bytesReceived: o.bytesReceived,
+          safetySnapshot: o.safetySnapshot,
+        };
       } finally {
         current = null;
       }
@@ -171,120 +179,6 @@ function isoTime(at: string): string {
       hint: "e.g. 2026-11-20T09:00 or 2026-11-20",
     });
   return t.toISOString();
-}
-
-type AgentModule = typeof import("@strata/agent");
-
-/**
- * One restore task, end to end: claim it, upload a safety snapshot before
- * a system or full revert, restore with the engine through
- * RemoteRestoreSource, report progress at most once a second (a
- * `cancelled` answer stops it), and report the end.
- */
-async function runRestoreTask(
-  a: AgentModule,
-  client: ReturnType<AgentModule["endpointClient"]>,
-  protect: (
-    signal: AbortSignal,
-    pace: TaskContext["throttle"] | null,
-    onProgress: (p: object) => void,
-    kind?: "pre-restore",
-  ) => ReturnType<AgentModule["protectOnce"]>,
-  ref: Parameters<RunTask>[0],
-  ctx: TaskContext,
-  onRun: (run: RestoreRun) => void = () => {},
-): Promise<unknown> {
-  let task: Awaited<ReturnType<typeof client.startAgentTask>>;
-  try {
-    task = await client.startAgentTask(ref.id);
-  } catch (e) {
-    // Cancelled or ended meanwhile: nothing to run.
-    if ((e as { code?: string }).code === "ALREADY_EXISTS") return { skipped: (e as Error).message };
-    throw e;
-  }
-  const ac = new AbortController();
-  const stop = () => ac.abort(ctx.signal.reason);
-  ctx.signal.addEventListener("abort", stop, { once: true });
-  let lastReport = 0;
-  let reporting: Promise<void> = Promise.resolve();
-  const report = (p: object, force = false) => {
-    ctx.onProgress(p);
-    const now = Date.now();
-    if (!force && now - lastReport < 1000) return;
-    lastReport = now;
-    reporting = reporting
-      .then(() => client.reportTaskProgress(task.id, { ...p }))
-      .then((ans) => {
-        if (ans.state === "cancelled")
-          ac.abort(new StrataError("INVALID_ARGUMENT", `task ${task.id} was cancelled`));
-      })
-      .catch(() => {
-        // A lost progress report is not worth failing a restore for; the next one goes out.
-      });
-  };
-  try {
-    let safetySnapshot: string | null = null;
-    if (task.kind === "system" || task.kind === "full") {
-      // So the revert can itself be reverted (restore.md, "Kinds").
-      const r = await protect(
-        ac.signal,
-        ctx.throttle,
-        (p) => report({ phase: "safety-upload", ...p }),
-        "pre-restore",
-      );
-      safetySnapshot = r.snapshot;
-    }
-    const cvd = task.cvd;
-    const source = await a.RemoteRestoreSource.forEndpoint(ctx.stateDir, cvd, {
-      snapshot: String(task.params.snapshot),
-    });
-    try {
-      const run = a.runRestore(source, {
-        root: ctx.root,
-        stateDir: ctx.stateDir,
-        id: task.id,
-        kind: task.kind,
-        ...(ctx.policy ? { policy: ctx.policy } : {}),
-        ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
-        signal: ac.signal,
-        onProgress: (p) => report({ ...p }),
-      });
-      onRun(run);
-      const r = await run.done;
-      await reporting;
-      const result = {
-        ...r,
-        errors: r.errors.length,
-        firstErrors: r.errors.slice(0, 20),
-        safetySnapshot,
-        bytesReceived: source.stats.bytesReceived,
-      };
-      await client.finishAgentTask(task.id, { result });
-      return {
-        snapshot: r.snapshot,
-        files: r.files,
-        bytesReceived: source.stats.bytesReceived,
-        safetySnapshot,
-      };
-    } finally {
-      await source.close();
-    }
-  } catch (e) {
-    await reporting;
-    // The agent is stopping: the task stays running at the server and is resumed at the next start.
-    if (ctx.signal.aborted) throw e;
-    const err = e instanceof StrataError ? e : null;
-    await client
-      .finishAgentTask(task.id, {
-        error: { code: err?.code ?? "INTERNAL", message: (e as Error)?.message ?? String(e) },
-      })
-      .catch(() => {
-        // Reported again when the agent resumes the task (it stays running at the server).
-      });
-    throw e;
-  } finally {
-    ctx.signal.removeEventListener("abort", stop);
-  }
 }
 
 function stateDirOf(o: Opts, fallback: string): string {
