@@ -4,7 +4,7 @@
  * from an empty directory — no node on PATH, no node_modules to find — and
  * leaves nothing behind in its temporary directory.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import {
   existsSync,
@@ -18,8 +18,10 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { pinnedFetch } from "@strata/agent";
+import { StrataClient } from "@strata/protocol";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
-import { debianRoot, debianRootSkipReason, rsyncCopy } from "@strata/testkit";
+import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isRoot, type Run, strataAsync } from "./helpers.js";
 
@@ -195,6 +197,14 @@ describe.skipIf(!debian || !isRoot)(
       writeFileSync(path.join(lost.root, "etc/hostname"), "ws-lost\n");
       mkdirSync(path.join(lost.root, "home/alice"), { recursive: true });
       writeFileSync(path.join(lost.root, "home/alice/thesis.txt"), "chapter one\n".repeat(1000));
+      // A bootable machine has GRUB; its SSH host keys are its own (never restored onto another).
+      mkdirSync(path.join(lost.root, "boot/grub"), { recursive: true });
+      writeFileSync(path.join(lost.root, "boot/grub/grub.cfg"), "set default=0\n");
+      mkdirSync(path.join(lost.root, "etc/ssh"), { recursive: true });
+      writeFileSync(path.join(lost.root, "etc/ssh/sshd_config"), "PermitRootLogin no\n");
+      writeFileSync(path.join(lost.root, "etc/ssh/ssh_host_ed25519_key"), "the lost machine's key\n", {
+        mode: 0o600,
+      });
       const token = await json("tokens", "create", "--auto-approve");
       const e = await json(
         "agent",
@@ -293,11 +303,11 @@ describe.skipIf(!debian || !isRoot)(
       expect(pin.stderr).toContain("is not the pinned one");
     });
 
-    it("restore: enrolls the replacement, gives it the CVD, and leaves the agent's state in the target", async () => {
+    it("restore: the built tool restores the CVD into an empty disk, leaves the agent's state there, and says what is left", async () => {
       const token = await json("tokens", "create");
       const target = path.join(dir, "new-disk");
       mkdirSync(path.join(target, "lost+found"), { recursive: true });
-      const r = await runTool([
+      const args = [
         "restore",
         ...op(),
         "--fingerprint",
@@ -308,21 +318,80 @@ describe.skipIf(!debian || !isRoot)(
         "ws-lost",
         "--target",
         target,
-        "--json",
-      ]);
+      ];
+      const r = await runTool([...args, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      const report = JSON.parse(r.stdout);
+
+      // The agent's enrolled state, as the agent keeps it, for the restored system's first boot.
       const state = path.join(target, "var/lib/strata-agent");
       expect(statSync(state).mode & 0o777).toBe(0o700);
       expect(statSync(path.join(state, "credential")).mode & 0o777).toBe(0o600);
       const saved = JSON.parse(readFileSync(path.join(state, "state.json"), "utf8"));
       expect(saved).toMatchObject({ serverUrl: server.url, fingerprint: server.fingerprint, root: "/" });
+      expect(report).toMatchObject({
+        endpointId: saved.endpointId,
+        cvd: { id: lost.cvd },
+        disabledEndpoint: lost.endpoint,
+      });
       const ep = await json("endpoints", "show", saved.endpointId);
       expect(ep).toMatchObject({ state: "active", cvdId: lost.cvd, hostname: "ws-lost" });
       expect(ep.machineId).not.toBe(readFileSync(path.join(lost.root, "etc/machine-id"), "utf8").trim());
       expect((await json("endpoints", "show", lost.endpoint)).state).toBe("disabled");
-      // Until the restore engine lands, the tool stops here, saying so.
-      expect(r.code, r.stderr).toBe(1);
-      expect(r.stdout).toContain("no restore engine yet");
-      void existsSync;
-    });
+      // The engine left no journal or stage behind.
+      const journals = path.join(state, "restore");
+      expect(existsSync(journals) ? readdirSync(journals) : []).toEqual([]);
+
+      // The system works: its own dpkg runs in it.
+      const dpkg = spawnSync("chroot", [target, "dpkg", "--version"], { encoding: "utf8" });
+      expect(dpkg.status, dpkg.stderr).toBe(0);
+      expect(dpkg.stdout).toContain("Debian");
+      for (const sub of ["usr", "home", "boot"])
+        expect(rsyncItemize(path.join(lost.root, sub), path.join(target, sub))).toBe("");
+      // Identity files are the device's: a first-boot machine id, no copy of the lost machine's host key.
+      expect(readFileSync(path.join(target, "etc/machine-id"), "utf8")).toBe("uninitialized\n");
+      expect(existsSync(path.join(target, "etc/ssh/ssh_host_ed25519_key"))).toBe(false);
+      expect(readFileSync(path.join(target, "etc/ssh/sshd_config"), "utf8")).toBe("PermitRootLogin no\n");
+
+      // The closing report: what was restored, and the commands left, tailored to this system.
+      expect(report.restore.files).toBeGreaterThan(1000);
+      const step = (id: string) => report.steps.find((x: { id: string }) => x.id === id);
+      expect(step("mount").commands).toContain(`mount --bind /dev ${target}/dev`);
+      expect(step("bootloader").commands.join("\n")).toMatch(
+        new RegExp(
+          `chroot ${target} grub-install (/dev/\\S+|--target=x86_64-efi .*) && chroot ${target} update-grub`,
+        ),
+      );
+      expect(step("ssh-host-keys").commands).toEqual([`chroot ${target} ssh-keygen -A`]);
+      // The restore was the new endpoint's own recover task, finished.
+      const creds = JSON.parse(readFileSync(path.join(dir, "home/.config/strata/credentials.json"), "utf8"));
+      const adminApi = new StrataClient({
+        baseUrl: server.url,
+        token: creds.servers[server.url].token,
+        fetch: pinnedFetch(server.fingerprint),
+      });
+      expect(await adminApi.getTask(report.task)).toMatchObject({
+        kind: "recover",
+        state: "done",
+        cvd: lost.cvd,
+        endpoint: saved.endpointId,
+      });
+
+      // Run again: it continues as the same endpoint, with no token, and the target stays as it is.
+      const again = await runTool([
+        ...args.filter((a) => a !== token.token && a !== "--token"),
+        "--force",
+        "--json",
+      ]);
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout).endpointId).toBe(saved.endpointId);
+      expect(rsyncItemize(path.join(lost.root, "usr"), path.join(target, "usr"))).toBe("");
+      const human = await runTool([...args.filter((a) => a !== token.token && a !== "--token"), "--force"]);
+      expect(human.code, human.stderr).toBe(0);
+      expect(human.stdout).toContain(`restored ws-lost (CVD ${lost.cvd}`);
+      expect(human.stdout).toContain("grub-install");
+      expect(human.stdout).toContain("ssh-keygen -A");
+      expect(readdirSync(toolTmp)).toEqual([]);
+    }, 600_000);
   },
 );

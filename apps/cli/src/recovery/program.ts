@@ -14,9 +14,8 @@ import { readPassword } from "../context.js";
 import { formatBytes, printJson } from "../output.js";
 import { ask, askSecret, canAsk, confirm } from "../prompt.js";
 import { closingSteps, formatSteps } from "./report.js";
-import { type RecoverRestoreResult, restoreCvd } from "./restore.js";
+import { queueRecover, runRecoverTask } from "./restore.js";
 import {
-  attachCvd,
   enrollReplacement,
   findCvd,
   findSnapshot,
@@ -86,13 +85,13 @@ async function connect(o: CommonOpts): Promise<PinnedServer> {
   return s;
 }
 
-async function operator(o: CommonOpts, s: PinnedServer, device: string): Promise<Operator> {
+async function operator(o: CommonOpts, s: PinnedServer): Promise<Operator> {
   const user = await answer(o.user, "operator user name: ", "--user NAME", "user name");
   const password =
     o.passwordFile || process.env.STRATA_PASSWORD
       ? readPassword({ ...(o.passwordFile ? { passwordFile: o.passwordFile } : {}) }).toString("utf8")
       : await askSecret(`password of ${user}@${s.url}: `);
-  const op = await logIn(s, user, password, device);
+  const op = await logIn(s, user, password);
   err(`logged in as ${op.user} (${op.role})`);
   return op;
 }
@@ -155,7 +154,7 @@ async function checkTarget(target: string, force: boolean): Promise<string> {
 
 async function listCvdsCommand(o: CommonOpts): Promise<void> {
   const s = await connect(o);
-  const op = await operator(o, s, "list-cvds");
+  const op = await operator(o, s);
   try {
     const list = await listRestorableCvds(op);
     if (o.json) return printJson(list);
@@ -173,7 +172,7 @@ async function restoreCommand(o: RestoreOpts): Promise<void> {
   );
   const stateDir = path.join(target, DEFAULT_STATE_DIR);
   const previous = readState(stateDir);
-  const op = await operator(o, s, o.hostname ?? "a replacement device");
+  const op = await operator(o, s);
   try {
     const cvd = await chooseCvd(await listRestorableCvds(op), o.cvd);
     const snapshot = await findSnapshot(op, cvd, o.snapshot);
@@ -202,16 +201,17 @@ async function restoreCommand(o: RestoreOpts): Promise<void> {
       endpointId = e.endpointId;
       err(`enrolled as endpoint ${endpointId} (${hostname})`);
     }
-    const attach = await attachCvd(op, endpointId, cvd, err);
-    err(`CVD ${cvd.id} is now endpoint ${endpointId}'s`);
-    const restored: RecoverRestoreResult = await restoreCvd({
-      operator: op,
-      server: s,
+    const recover = await queueRecover(op, stateDir, endpointId, cvd, snapshot);
+    err(
+      recover.resumed
+        ? `continuing task ${recover.task.id}`
+        : `CVD ${cvd.id} is now endpoint ${endpointId}'s; task ${recover.task.id} restores it`,
+    );
+    if (recover.disabledEndpoint) err(`the lost machine's endpoint ${recover.disabledEndpoint} is disabled`);
+    const { result: restored, bytesReceived } = await runRecoverTask({
       stateDir,
-      endpointId,
-      cvd,
-      snapshot,
       target,
+      task: recover.task,
       progress: !o.json,
       log: err,
     });
@@ -223,18 +223,27 @@ async function restoreCommand(o: RestoreOpts): Promise<void> {
       endpointId,
       cvd: { id: cvd.id, hostname: cvd.hostname },
       snapshot: { id: snapshot.id, time: snapshot.time },
-      disabledEndpoint: attach.disabledEndpoint,
+      task: recover.task.id,
+      disabledEndpoint: recover.disabledEndpoint,
       agentState: stateDir,
-      restore: restored,
+      restore: { ...restored, bytesReceived },
       ...next,
     };
+    // Like `strata backup`: 3 when some paths could not be restored (named in the report).
+    if (restored.errors.length) process.exitCode = 3;
     if (o.json) return printJson(report);
     process.stdout.write(
       `restored ${cvd.hostname ?? cvd.id} (CVD ${cvd.id}, snapshot ${snapshot.id} of ${snapshot.time}) into ${target}\n` +
-        `  ${restored.files} files, ${formatBytes(restored.bytes)}; ${formatBytes(restored.bytesReceived)} received\n` +
+        `  ${restored.files} files, ${formatBytes(restored.bytes)}; ${formatBytes(bytesReceived)} received\n` +
         `  this machine is endpoint ${endpointId}; its agent state is in ${stateDir}\n` +
-        (attach.disabledEndpoint
-          ? `  the lost machine's endpoint ${attach.disabledEndpoint} is disabled\n`
+        (recover.disabledEndpoint
+          ? `  the lost machine's endpoint ${recover.disabledEndpoint} is disabled\n`
+          : "") +
+        (restored.errors.length
+          ? `  ${restored.errors.length} path(s) could not be restored:\n${restored.errors
+              .slice(0, 20)
+              .map((e) => `    ${e.path}: ${e.message}\n`)
+              .join("")}`
           : "") +
         "\n" +
         formatSteps(next),
@@ -310,7 +319,8 @@ export function buildRecoveryProgram(name = RECOVERY_NAME): Command {
       "after",
       "\nThe machine this CVD belonged to is disabled: a CVD has one endpoint. The agent's state\n" +
         `is written into TARGET${DEFAULT_STATE_DIR}, so the restored system continues the CVD at\n` +
-        "first boot. Run again after an interruption: it continues with the same endpoint.",
+        "first boot. Run again after an interruption: it continues with the same endpoint.\n" +
+        "Exit status: 0 restored, 3 restored but some paths could not be (named), 1 failed.",
     )
     .action(() => restoreCommand({ ...restore.opts(), ...program.opts() }));
   return program;

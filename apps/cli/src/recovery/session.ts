@@ -1,11 +1,12 @@
 /**
  * The recovery tool's conversation with the server, before any byte is
  * restored: pin the server's certificate, log the operator in, list the
- * CVDs they may restore, enroll the replacement device and give it the
- * chosen CVD. Each step is a function returning data; program.ts asks the
- * questions and prints.
+ * CVDs they may restore and enroll the replacement device (restore.ts
+ * gives it the CVD). Each step is a function returning data; program.ts
+ * asks the questions and prints.
  */
 import { randomBytes } from "node:crypto";
+import { hostname as osHostname } from "node:os";
 import {
   type EnrollResult,
   enrollEndpoint,
@@ -48,14 +49,9 @@ export interface Operator {
 }
 
 /** Log the operator in; the API token lives only in this process (logOut revokes it). */
-export async function logIn(
-  s: PinnedServer,
-  user: string,
-  password: string,
-  device: string,
-): Promise<Operator> {
+export async function logIn(s: PinnedServer, user: string, password: string): Promise<Operator> {
   const anon = new StrataClient({ baseUrl: s.url, fetch: pinnedFetch(s.fingerprint) });
-  const r = await call(anon.login({ user, password, tokenName: `strata recovery of ${device}` }));
+  const r = await call(anon.login({ user, password, tokenName: `strata recovery on ${osHostname()}` }));
   if (r.user.mustChangePassword) {
     await call(anon.withToken(r.token).logout()).catch(() => {});
     throw new StrataError("PERMISSION_DENIED", `${user} must change their password before anything else`, {
@@ -195,48 +191,4 @@ export async function enrollReplacement(o: EnrollReplacementOptions): Promise<En
     },
     ...(o.log ? { log: o.log } : {}),
   });
-}
-
-export interface AttachResult {
-  endpointId: string;
-  cvd: string;
-  /** The endpoint that held the CVD before, disabled here because it is being replaced. */
-  disabledEndpoint: string | null;
-}
-
-/**
- * Give the CVD to the new endpoint: the lost machine's endpoint is
- * disabled (it is being replaced; two machines must not upload into one
- * CVD), then the new endpoint is approved with the CVD attached.
- */
-export async function attachCvd(
-  op: Operator,
-  endpointId: string,
-  cvd: RestorableCvd,
-  log: (line: string) => void = () => {},
-): Promise<AttachResult> {
-  const self = await call(op.client.getEndpoint(endpointId));
-  if (self.state === "active") {
-    if (self.cvdId === cvd.id) return { endpointId, cvd: cvd.id, disabledEndpoint: null };
-    throw new StrataError(
-      "INVALID_ARGUMENT",
-      `the new endpoint ${endpointId} was approved at enrollment with its own CVD ${self.cvdId}`,
-      {
-        subject: endpointId,
-        hint: "the enrollment token auto-approves: create one without --auto-approve for recoveries (`strata tokens create`), and disable this endpoint (`strata endpoints disable ID`)",
-      },
-    );
-  }
-  let disabled: string | null = null;
-  const current = await call(op.client.getCvd(cvd.id));
-  if (current.endpointId && current.endpointId !== endpointId) {
-    const old = await call(op.client.getEndpoint(current.endpointId));
-    if (old.state !== "disabled") {
-      log(`disabling endpoint ${old.id} (${old.hostname}): it is being replaced`);
-      await call(op.client.disableEndpoint(old.id));
-      disabled = old.id;
-    }
-  }
-  await call(op.client.approveEndpoint(endpointId, { cvd: cvd.id }));
-  return { endpointId, cvd: cvd.id, disabledEndpoint: disabled };
 }
