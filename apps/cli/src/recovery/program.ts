@@ -234,7 +234,8 @@ async function restoreCommand(o: RestoreOpts): Promise<void> {
     if (o.json) return printJson(report);
     process.stdout.write(
       `restored ${cvd.hostname ?? cvd.id} (CVD ${cvd.id}, snapshot ${snapshot.id} of ${snapshot.time}) into ${target}\n` +
-        `  ${restored.files} files, ${formatBytes(restored.bytes)}; ${formatBytes(bytesReceived)} received\n` +
+        `  ${restored.files} files, ${formatBytes(snapshot.totalBytes)}: ${restored.files - restored.unchangedFiles} written, ` +
+        `${restored.unchangedFiles} already in place; ${formatBytes(bytesReceived)} received in ${Math.round(restored.durationMs / 1000)} s\n` +
         `  this machine is endpoint ${endpointId}; its agent state is in ${stateDir}\n` +
         (recover.disabledEndpoint
           ? `  the lost machine's endpoint ${recover.disabledEndpoint} is disabled\n`
