@@ -127,7 +127,11 @@ export interface RunAgentOptions {
   root?: string;
   /** Watch the root for changes (default true). Off: every upload is full. */
   watch?: boolean;
-  /** How often the agent asks the server for its state and policy between uploads. Default 15 min. */
+  /**
+   * How often the agent asks the server for its state, policy and tasks
+   * between uploads. Default 1 min: a revert queued by an administrator
+   * starts within a minute.
+   */
   selfPollMs?: number;
   /** Longest single sleep, so a wall-clock jump (suspend, resume) is noticed. Default 60 s. */
   maxSleepMs?: number;
@@ -169,7 +173,7 @@ export interface ControlResult {
   outcome: "status" | "starting" | "queued" | "checking" | "snoozed" | "resumed";
 }
 
-export const DEFAULT_SELF_POLL_MS = 15 * 60_000;
+export const DEFAULT_SELF_POLL_MS = 60_000;
 const PROGRESS_WRITE_MS = 1000;
 
 function errorOf(e: unknown): { code: string; message: string } {

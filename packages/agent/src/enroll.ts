@@ -92,9 +92,13 @@ export async function enrollEndpoint(o: EnrollOptions): Promise<EnrollResult> {
     ...o.facts,
   };
   if (!facts.machineId) {
-    throw new StrataError("INVALID_ARGUMENT", `no machine id in ${o.root ?? "/"}etc/machine-id`, {
-      hint: "create one with `systemd-machine-id-setup` (or `dbus-uuidgen --ensure=/etc/machine-id`)",
-    });
+    throw new StrataError(
+      "INVALID_ARGUMENT",
+      `no machine id in ${path.join(o.root ?? "/", "etc/machine-id")}`,
+      {
+        hint: "create one with `systemd-machine-id-setup` (or `dbus-uuidgen --ensure=/etc/machine-id`)",
+      },
+    );
   }
   let fingerprint: string;
   let trustedOnFirstUse = false;

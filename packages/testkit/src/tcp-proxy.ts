@@ -16,6 +16,10 @@ export interface TcpProxy {
   readonly cuts: number;
   /** Cut every connection once `n` more bytes have gone upstream (counted across connections). */
   cutAfter(n: number): void;
+  /** Bytes forwarded target → client since start. */
+  readonly downstreamBytes: number;
+  /** Pace target → client traffic of every connection to this rate (null: full speed). */
+  limitDownstream(bytesPerSecond: number | null): void;
   /** Cut every open connection now. */
   cutAll(): void;
   close(): Promise<void>;
@@ -26,6 +30,8 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
   let upstream = 0;
   let cutAt = Number.POSITIVE_INFINITY;
   let cuts = 0;
+  let downstream = 0;
+  let rate = 0;
   const cutAll = () => {
     for (const s of sockets) {
       s.resetAndDestroy();
@@ -57,7 +63,22 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
       if (!target.write(b)) client.pause();
     });
     target.on("drain", () => client.resume());
-    target.pipe(client);
+    // Downstream (target → client), paced when a rate is set: a slow WAN link.
+    target.on("data", (b: Buffer) => {
+      downstream += b.length;
+      const ok = client.write(b);
+      const wait = rate ? (b.length / rate) * 1000 : 0;
+      if (!ok || wait > 0) {
+        target.pause();
+        let pending = (ok ? 0 : 1) + (wait > 0 ? 1 : 0);
+        const go = () => {
+          if (--pending === 0) target.resume();
+        };
+        if (!ok) client.once("drain", go);
+        if (wait > 0) setTimeout(go, wait);
+      }
+    });
+    target.on("end", () => client.end());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -73,8 +94,14 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
     get cuts() {
       return cuts;
     },
+    get downstreamBytes() {
+      return downstream;
+    },
     cutAfter(n: number) {
       cutAt = upstream + n;
+    },
+    limitDownstream(bytesPerSecond: number | null) {
+      rate = bytesPerSecond ?? 0;
     },
     cutAll,
     close: () =>

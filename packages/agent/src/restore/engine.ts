@@ -62,8 +62,9 @@ export const DEFAULT_MINIMAL_SET: readonly string[] = [
   "/boot",
   "/var/lib/dpkg",
 ];
-const BATCH_FILES = 2000;
-const BATCH_BYTES = 32 * 1024 * 1024;
+// Small, so a `fetch` (which runs between batches) waits for little.
+const BATCH_FILES = 1000;
+const BATCH_BYTES = 8 * 1024 * 1024;
 const FETCH_BYTES = 8 * 1024 * 1024;
 const FETCH_FILES = 1000;
 const RESTORE_DIR = "restore";
