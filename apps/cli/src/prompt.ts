@@ -36,8 +36,10 @@ export async function askSecret(
 ): Promise<string> {
   if (!canAsk()) refuse(what, hint);
   const stdin = process.stdin;
-  process.stderr.write(question);
+  // Raw (no echo) before the question shows: an answer typed the moment it
+  // appears must not be echoed by the terminal.
   stdin.setRawMode(true);
+  process.stderr.write(question);
   stdin.resume();
   return new Promise<string>((resolve, reject) => {
     let chars: string[] = [];
