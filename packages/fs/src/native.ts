@@ -28,6 +28,8 @@ export interface NativeFs {
   fadviseDontneed(fd: number, offset: number, len: number): void;
   /** SO_PEERCRED of a connected Unix socket: who is at the other end. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** syncfs(2) on the filesystem holding directory `path`: every dirty page and inode of it to disk. */
+  syncfs(path: Buffer | string): void;
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.

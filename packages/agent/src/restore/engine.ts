@@ -10,7 +10,7 @@ import {
 } from "node:fs";
 import * as nodePath from "node:path";
 import { globToRegExp, isStrataError, StrataError } from "@strata/core";
-import { displayPath } from "@strata/fs";
+import { displayPath, native } from "@strata/fs";
 import { Fetcher, SyncQueue } from "./fetcher.js";
 import {
   type ApplyContext,
@@ -489,6 +489,8 @@ class Engine {
       }
       this.setPhase("committing");
       for (const w of this.env.work.list) {
+        // Every staged file and directory of this filesystem, in one call (SyncQueue.viaSyncfs).
+        if (b.syncs.viaSyncfs) native.syncfs(w.path);
         fsyncPath(Buffer.concat([w.path, Buffer.from("/stage")]));
         fsyncPath(w.path);
       }
