@@ -20,22 +20,16 @@
 // agents are real uploadOnce runs (walk, chunk, proofs, frames over HTTPS
 // with a pinned certificate) in this process, one worker thread each. The
 // server is a separate process; its peak RSS is read from /proc.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { opt, startStrataServer, vmHWM } from "./lib/harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..");
-const opt = (name, def) => {
-  const flag = process.argv.find((a) => a.startsWith(`--${name}=`));
-  if (flag) return flag.slice(name.length + 3);
-  const env = process.env[`BENCH_${name.toUpperCase()}`];
-  return env !== undefined && env !== "" ? env : def;
-};
 const N = Number(opt("endpoints", "200"));
 const ROUNDS = Number(opt("rounds", "3"));
 const CONC = Number(opt("concurrency", "8"));
@@ -56,37 +50,7 @@ const pct = (xs, p) => {
 };
 const fmt = (n, d = 1) => n.toFixed(d);
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => resolve(a.port));
-    });
-  });
-}
-
-async function startServer(dataDir) {
-  const port = await freePort();
-  const proc = spawn(
-    process.execPath,
-    [BIN, "server", "--data", dataDir, "--listen", `127.0.0.1:${port}`, "--log-level", "warn"],
-    {
-      stdio: ["ignore", "pipe", "inherit"],
-    },
-  );
-  let out = "";
-  proc.stdout.on("data", (d) => (out += d));
-  while (!out.includes("shown only now")) await new Promise((r) => setTimeout(r, 50));
-  const password = /one-time password\n\n {4}(\S+)/.exec(out)[1];
-  const fingerprint = /fingerprint: (\S+)/.exec(out)[1];
-  return { proc, url: `https://127.0.0.1:${port}`, password, fingerprint };
-}
-
-const vmHWM = (pid) => {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) * 1024 : 0;
-};
+const startServer = (dataDir) => startStrataServer(BIN, dataDir);
 
 async function adminClient(srv) {
   const fetch = agent.pinnedFetch(srv.fingerprint);

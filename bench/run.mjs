@@ -24,124 +24,44 @@
 // Needs root for dropping the page cache; without it the cache is warmed
 // identically (tar of the data set to /dev/null) before every measured step.
 import { execFileSync, spawnSync } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
-import * as os from "node:os";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { changeOnePercent, genSmallTree, genUserData, listFiles } from "./lib/data.mjs";
+import {
+  cachesDropped,
+  createRunner,
+  DEFAULT_DEBIAN,
+  duBytes,
+  ensureDebian as ensureDebianAt,
+  log,
+  machineInfo,
+  opt,
+  prepareStrata as prepareStrataAt,
+  q,
+  round,
+  sh,
+  tryOut,
+} from "./lib/harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "..");
-
-function opt(name, def) {
-  const flag = process.argv.find((a) => a.startsWith(`--${name}=`));
-  if (flag) return flag.slice(name.length + 3);
-  const env = process.env[`BENCH_${name.toUpperCase()}`];
-  return env !== undefined && env !== "" ? env : def;
-}
 
 const OUT = path.resolve(opt("out", path.join(here, "out")));
 const SETS = opt("sets", "A,B").split(",").filter(Boolean);
 const TOOLS = opt("tools", "strata,restic,borg").split(",").filter(Boolean);
 const SCALE = Number(opt("scale", "1"));
 const SEED = Number(opt("seed", "1"));
-const DEFAULT_DEBIAN = path.join(root, ".cache/debian-bookworm-minbase");
 const DEBIAN = opt("debian", DEFAULT_DEBIAN);
 const VERIFY = opt("verify", "1") !== "0";
 const STUDY = opt("study", "1") !== "0";
 const KEEP = opt("keep", "0") !== "0";
 const PASSWORD = "bench-password";
 const STRATA_MODE = opt("strata", "head");
-let STRATA_ROOT = root; // set by prepareStrata()
-let STRATA_BIN = path.join(root, "bin/strata.js");
-
-const log = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]`, ...a);
-
-// ---------------------------------------------------------------- helpers
-
-function sh(cmd) {
-  return execFileSync("bash", ["-c", cmd], { encoding: "utf8", maxBuffer: 64 << 20 }).trim();
-}
-function tryOut(cmd) {
-  try {
-    return sh(cmd);
-  } catch {
-    return null;
-  }
-}
-const duBytes = (p) => (existsSync(p) ? Number(sh(`du -sb ${q(p)} | cut -f1`)) : 0);
-const q = (s) => `'${String(s).replace(/'/g, "'\\''")}'`;
-
-let DROP = null; // true when the page cache can be dropped
-function dropCaches(warmDir) {
-  spawnSync("sync");
-  if (DROP !== false) {
-    try {
-      writeFileSync("/proc/sys/vm/drop_caches", "3");
-      DROP = true;
-      return;
-    } catch {
-      DROP = false;
-      log("cannot drop the page cache: warming it identically before every step instead");
-    }
-  }
-  if (warmDir) spawnSync("bash", ["-c", `tar -cf - -C ${q(warmDir)} . > /dev/null 2>&1`]);
-}
-
-/**
- * Run argv under /usr/bin/time -v; stdout/stderr go to logs/<name>.out/.err.
- * Returns wall seconds, user/sys CPU, peak RSS (MB) and the exit code.
- */
-function measure(name, argv, { env = {}, cwd, warmDir, noDrop = false } = {}) {
-  const logs = path.join(OUT, "logs");
-  mkdirSync(logs, { recursive: true });
-  if (!noDrop) dropCaches(warmDir);
-  const timeFile = path.join(logs, `${name}.time`);
-  const outFd = openSync(path.join(logs, `${name}.out`), "w");
-  const errFd = openSync(path.join(logs, `${name}.err`), "w");
-  const load = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).map(Number);
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync("/usr/bin/time", ["-v", "-o", timeFile, ...argv], {
-    cwd,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", outFd, errFd],
-  });
-  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  closeSync(outFd);
-  closeSync(errFd);
-  const tv = existsSync(timeFile) ? readFileSync(timeFile, "utf8") : "";
-  const num = (re) => {
-    const m = tv.match(re);
-    return m ? Number(m[1]) : null;
-  };
-  const res = {
-    wallS: round(wall, 3),
-    userS: num(/User time \(seconds\): ([\d.]+)/),
-    sysS: num(/System time \(seconds\): ([\d.]+)/),
-    peakRssMB: round((num(/Maximum resident set size \(kbytes\): (\d+)/) ?? 0) / 1024, 1),
-    exit: r.status,
-    loadBefore: load,
-  };
-  const tag = res.exit === 0 ? "" : `  EXIT ${res.exit} (see ${path.join(logs, `${name}.err`)})`;
-  log(`${name}: ${res.wallS.toFixed(2)} s, ${res.peakRssMB} MB RSS, cpu ${res.userS}+${res.sysS} s${tag}`);
-  return res;
-}
-const readLog = (name, ext = "out") => {
-  const p = path.join(OUT, "logs", `${name}.${ext}`);
-  return existsSync(p) ? readFileSync(p, "utf8") : "";
-};
-const round = (x, d = 2) => (x == null || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
+let STRATA_BIN = null; // set by prepareStrata()
+const { measure, readLog } = createRunner(path.join(OUT, "logs"));
+const prepareStrata = () => prepareStrataAt(STRATA_MODE, OUT);
+const ensureDebian = () => (DEBIAN === "none" ? null : ensureDebianAt(DEBIAN, OUT, opt("mirror", "")));
+const machine = () => machineInfo(OUT, STRATA_INFO);
 
 // ---------------------------------------------------------------- tools
 
@@ -244,64 +164,8 @@ function makeTools(set) {
 // ---------------------------------------------------------------- strata build
 
 /** A private, frozen build of HEAD (see the `strata` option). Returns its root. */
-function prepareStrata() {
-  if (STRATA_MODE === "live") {
-    if (!existsSync(path.join(root, "apps/cli/dist/main.js"))) sh(`cd ${q(root)} && npx tsc -b`);
-    return {
-      root,
-      commit: tryOut(`cd ${q(root)} && git rev-parse --short HEAD`),
-      dirty: tryOut(`cd ${q(root)} && git status --porcelain --untracked-files=no | wc -l`) !== "0",
-    };
-  }
-  const sha = sh(`cd ${q(root)} && git rev-parse HEAD`).slice(0, 12);
-  const dir = path.join(OUT, `strata-${sha}`);
-  if (!existsSync(path.join(dir, ".bench-built"))) {
-    log(`building a private copy of Strata ${sha} in ${dir}`);
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-    sh(`cd ${q(root)} && git archive HEAD | tar -x -C ${q(dir)}`);
-    // Third-party modules are shared (symlinked); the workspace links point into the copy.
-    const nm = path.join(dir, "node_modules");
-    mkdirSync(nm);
-    for (const e of readdirSync(path.join(root, "node_modules"))) {
-      if (e === "@strata") {
-        mkdirSync(path.join(nm, e));
-        for (const w of readdirSync(path.join(root, "node_modules", e)))
-          symlinkSync(readlinkSync(path.join(root, "node_modules", e, w)), path.join(nm, e, w));
-      } else symlinkSync(path.join(root, "node_modules", e), path.join(nm, e));
-    }
-    // The N-API addon is built at install time (not in git): reuse the built one.
-    sh(`cp -a ${q(path.join(root, "packages/fs/native/build"))} ${q(path.join(dir, "packages/fs/native/"))}`);
-    sh(`cd ${q(dir)} && node ${q(path.join(root, "node_modules/typescript/bin/tsc"))} -b`);
-    writeFileSync(path.join(dir, ".bench-built"), "");
-  }
-  return { root: dir, commit: sha, dirty: false };
-}
 
 // ---------------------------------------------------------------- data sets
-
-function ensureDebian() {
-  if (DEBIAN === "none") return null;
-  if (existsSync(path.join(DEBIAN, "etc/debian_version"))) return DEBIAN;
-  if (DEBIAN !== DEFAULT_DEBIAN) {
-    if (existsSync(DEBIAN)) return DEBIAN; // any tree (e.g. a subdirectory for quick runs)
-    throw new Error(`no Debian root at ${DEBIAN}`);
-  }
-  const own = path.join(OUT, "debian-bookworm-minbase");
-  if (existsSync(path.join(own, ".bench-complete"))) return own;
-  log(`building ${own} with debootstrap (no ${DEFAULT_DEBIAN})`);
-  rmSync(own, { recursive: true, force: true });
-  // The mirror: --mirror / BENCH_MIRROR, else the first Debian URI apt is configured with.
-  const mirror =
-    opt("mirror", "") ||
-    tryOut(
-      "grep -hoE '^(URIs: *|deb +)[a-z]+://[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | sed -E 's/^(URIs: *|deb +)//'",
-    );
-  if (!mirror) throw new Error("no Debian mirror: pass --mirror=URL");
-  sh(`debootstrap --variant=minbase bookworm ${q(own)} ${q(mirror)} > ${q(`${own}.log`)} 2>&1`);
-  writeFileSync(path.join(own, ".bench-complete"), "");
-  return own;
-}
 
 function makeData(set) {
   const data = path.join(OUT, "data", set);
@@ -474,25 +338,6 @@ function countOps(changes) {
   const m = {};
   for (const c of changes) m[c.op] = (m[c.op] ?? 0) + 1;
   return m;
-}
-
-function machine() {
-  const get = (c) => tryOut(c);
-  return {
-    cpu: get("lscpu | sed -n 's/^Model name: *//p'"),
-    cpus: os.cpus().length,
-    lscpu: get("lscpu"),
-    memTotalGiB: round(os.totalmem() / 2 ** 30, 1),
-    kernel: os.release(),
-    disk: get(`df -hT ${q(OUT)} | tail -1`),
-    blockDevices: get("lsblk -d -o NAME,SIZE,ROTA,TYPE 2>/dev/null"),
-    node: process.version,
-    restic: get("restic version"),
-    borg: get("borg --version"),
-    zstd: get("zstd --version"),
-    tar: get("tar --version | head -1"),
-    strata: STRATA_INFO,
-  };
 }
 
 // ---------------------------------------------------------------- report
@@ -672,14 +517,13 @@ async function main() {
   }
   mkdirSync(OUT, { recursive: true });
   STRATA_INFO = prepareStrata();
-  STRATA_ROOT = STRATA_INFO.root;
-  STRATA_BIN = path.join(STRATA_ROOT, "bin/strata.js");
+  STRATA_BIN = STRATA_INFO.bin;
   log(
-    `Strata under test: ${STRATA_INFO.commit}${STRATA_INFO.dirty ? " + uncommitted changes" : ""} at ${STRATA_ROOT}`,
+    `Strata under test: ${STRATA_INFO.commit}${STRATA_INFO.dirty ? " + uncommitted changes" : ""} at ${STRATA_INFO.root}`,
   );
   if (STUDY && SETS.includes("A")) {
     awaitStudy = await import("./chunk-study.mjs");
-    strataCore = await import(path.join(STRATA_ROOT, "packages/core/dist/index.js"));
+    strataCore = await import(path.join(STRATA_INFO.root, "packages/core/dist/index.js"));
   }
   const results = {
     started: new Date().toISOString(),
@@ -697,7 +541,7 @@ async function main() {
   };
   for (const set of SETS) runSet(set, results);
   results.finished = new Date().toISOString();
-  results.pageCache = DROP
+  results.pageCache = cachesDropped()
     ? "dropped before every measured step (sync; echo 3 > /proc/sys/vm/drop_caches)"
     : "warmed identically (tar of the data set) before every step";
   const file = path.join(OUT, "results.json");
