@@ -255,10 +255,11 @@ export function listFiles(dir) {
  * `mustInclude`, and changes a few bytes in each: files ≥ 1 MiB get 16 bytes
  * inverted in the middle (in place); smaller ones get, at random, 16–64
  * bytes appended or 8 bytes inverted in place at a random offset.
+ * `include(rel)` limits the candidates (e.g. to a machine's system area).
  * Returns { files, bytesChanged, changes: [{rel, op, offset, len}] }.
  */
-export function changeOnePercent(dir, seed = 1, mustInclude = []) {
-  const all = listFiles(dir);
+export function changeOnePercent(dir, seed = 1, mustInclude = [], include = () => true) {
+  const all = listFiles(dir).filter((f) => include(f.rel));
   const r = prng(seedOf("change", seed));
   const n = Math.max(1, Math.round(all.length * 0.01));
   const chosen = new Set(mustInclude.filter((m) => all.some((f) => f.rel === m)));
