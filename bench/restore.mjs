@@ -6,7 +6,7 @@
 // then the bytes a system-only revert moves after a 1% change of the
 // machine area. See docs/benchmarks.md ("Restore (issue 4)").
 //
-//   node bench/restore.mjs                     full run (~7 minutes here)
+//   node bench/restore.mjs                     full run (~5 minutes here)
 //   node bench/restore.mjs --scale=0.1         smaller user data (the Debian root stays whole)
 //   node bench/restore.mjs --render=bench/out/restore/results.json   re-print the tables
 //
