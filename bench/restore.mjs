@@ -166,15 +166,12 @@ async function runQueued(name, task, state) {
   });
   const wallS = (Date.now() - t0) / 1000;
   const agentPeakRss = await agent.stop();
-  writeFileSync(path.join(OUT, "logs", `${name}-task.json`), w.stdout);
-  let done;
-  try {
-    done = JSON.parse(w.stdout);
-  } catch {
-    throw new Error(
-      `task ${task.id} did not end: ${w.stderr}; see ${path.join(OUT, "logs", `${name}-agent.err`)}`,
-    );
-  }
+  writeFileSync(path.join(OUT, "logs", `${name}-task.json`), `${w.stdout}${w.stderr}`);
+  // `task show --wait --json` prints the task and then an error object when it did not end
+  // `done`: read the task again on its own.
+  const done = strata(["task", "show", task.id, "--json"]);
+  if (!["done", "failed", "cancelled"].includes(done.state))
+    throw new Error(`task ${task.id} did not end (${done.state}): ${w.stderr}`);
   if (done.state !== "done")
     log(`task ${task.id} ended ${done.state}: ${JSON.stringify(done.error)} (see logs/${name}-agent.err)`);
   const secs = (a, b) => (a && b ? (Date.parse(b) - Date.parse(a)) / 1000 : null);

@@ -147,8 +147,16 @@ export function prepareStrata(mode, out) {
           symlinkSync(readlinkSync(path.join(root, "node_modules", e, w)), path.join(nm, e, w));
       } else symlinkSync(path.join(root, "node_modules", e), path.join(nm, e));
     }
-    // The N-API addon is built at install time (not in git): reuse the built one.
-    sh(`cp -a ${q(path.join(root, "packages/fs/native/build"))} ${q(path.join(dir, "packages/fs/native/"))}`);
+    // The N-API addon is built at install time (not in git): build it from this commit's source,
+    // since a copy of the tree's build may predate a native function HEAD calls.
+    try {
+      sh(`cd ${q(path.join(dir, "packages/fs"))} && npm run build:native --silent > native-build.log 2>&1`);
+    } catch {
+      log("cannot build the native addon (see packages/fs/native-build.log): copying this tree's build");
+      sh(
+        `cp -a ${q(path.join(root, "packages/fs/native/build"))} ${q(path.join(dir, "packages/fs/native/"))}`,
+      );
+    }
     sh(`cd ${q(dir)} && node ${q(path.join(root, "node_modules/typescript/bin/tsc"))} -b`);
     writeFileSync(path.join(dir, ".bench-built"), "");
   }
