@@ -257,18 +257,18 @@ export class SqliteCatalog implements RepoCatalog {
       ),
       hasBlobs: p(
         `SELECT b.id FROM json_each(?) j
-         JOIN blobs b ON b.id = unhex(j.value)
+         CROSS JOIN blobs b ON b.id = unhex(j.value)
          JOIN packs p ON p.seq = b.pack
          WHERE p.state = 'active'`,
       ).pluck(),
       lookupBlobs: p(
-        `SELECT ${BLOB_COLS} FROM json_each(?) j JOIN blobs b ON b.id = unhex(j.value) JOIN packs p ON p.seq = b.pack`,
+        `SELECT ${BLOB_COLS} FROM json_each(?) j CROSS JOIN blobs b ON b.id = unhex(j.value) JOIN packs p ON p.seq = b.pack`,
       ),
       addPins: p(
         "INSERT INTO pins (holder, id) SELECT ?, unhex(j.value) FROM json_each(?) j WHERE true ON CONFLICT DO NOTHING",
       ),
       pinned: p(
-        "SELECT p.id FROM json_each(?) j JOIN pins p ON p.holder = ? AND p.id = unhex(j.value)",
+        "SELECT p.id FROM json_each(?) j CROSS JOIN pins p ON p.holder = ? AND p.id = unhex(j.value)",
       ).pluck(),
       removePins: p("DELETE FROM pins WHERE holder = ?"),
       listPins: p("SELECT DISTINCT id FROM pins WHERE id > ? ORDER BY id LIMIT ?").pluck(),

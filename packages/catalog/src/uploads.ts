@@ -213,7 +213,7 @@ export class SqliteUploadStore implements UploadStore {
       (
         this.db
           .prepare(
-            `SELECT j.key FROM json_each(?) j JOIN upload_trees u
+            `SELECT j.key FROM json_each(?) j CROSS JOIN upload_trees u
                ON u.session_id = ? AND u.path_hash = unhex(j.value ->> 0) AND u.tree = unhex(j.value ->> 1)`,
           )
           .pluck()
