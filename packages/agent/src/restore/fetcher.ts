@@ -28,6 +28,8 @@ interface Batch {
   bytes: number;
 }
 
+const IN_FLIGHT = 2;
+
 const newBatch = (): Batch => ({ chunks: new Map(), trees: new Map(), files: [], bytes: 0 });
 
 export interface FetcherLimits {
@@ -39,13 +41,14 @@ export interface FetcherLimits {
 /**
  * Collects the chunks staged files still lack and fetches them from the
  * source in batches (restore.md, "Seeds"): up to 8 MiB or 1,000 files per
- * `fetchChunks` call, one call in flight while planning goes on, so memory
- * holds at most two batches of requests. A chunk named by several files
+ * `fetchChunks` call, two calls in flight while planning goes on, so memory
+ * holds at most three batches of requests. A chunk named by several files
  * (or twice in one) is fetched once and written everywhere.
  */
 export class Fetcher {
   private batch = newBatch();
-  private inflight: Promise<void> = Promise.resolve();
+  /** Requests in flight: two, so the server reads the next batch while this one is written. */
+  private readonly inflight = new Set<Promise<void>>();
   private failure: unknown = null;
   fetchedBytes = 0;
 
@@ -88,20 +91,23 @@ export class Fetcher {
 
   /** Start fetching the collected batch (after the previous one is done). */
   async flush(): Promise<void> {
-    await this.inflight;
+    while (this.inflight.size >= IN_FLIGHT) await Promise.race(this.inflight);
     if (this.failure) throw this.failure;
     const b = this.batch;
     if (b.files.length === 0) return;
     this.batch = newBatch();
-    this.inflight = this.run(b).catch((e: unknown) => {
-      this.failure ??= e;
-    });
+    const p: Promise<void> = this.run(b)
+      .catch((e: unknown) => {
+        this.failure ??= e;
+      })
+      .finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
   }
 
   /** Everything collected is fetched and written. */
   async drain(): Promise<void> {
     await this.flush();
-    await this.inflight;
+    await Promise.all([...this.inflight]);
     if (this.failure) throw this.failure;
   }
 
