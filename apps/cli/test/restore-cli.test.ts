@@ -148,6 +148,10 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     const waited = await strata("task", "show", t.id, "--wait");
     expect(waited.code).toBe(1);
     expect(waited.stderr).toContain(`task ${t.id} cancelled`);
+    // With --json, one document (the task, saying why) and exit 1.
+    const waitedJson = await strata("task", "show", t.id, "--wait", "--json");
+    expect(waitedJson.code).toBe(1);
+    expect(JSON.parse(waitedJson.stdout)).toMatchObject({ id: t.id, state: "cancelled" });
     // A finished task answers --wait at once with its details.
     const t2 = await ok("cvd", "revert", cvd, "--full", "--json");
     await agent.startAgentTask(t2.id);

@@ -105,7 +105,11 @@ async function waitForTask(c: StrataClient, id: string, json: boolean, pollMs = 
     if (t.state === "done" || t.state === "failed" || t.state === "cancelled") {
       if (tty) process.stderr.write("\n");
       if (t.state === "done") return t;
-      if (json) printJson(t);
+      if (json) {
+        // One JSON document: the caller prints the task, whose state and error say why; exit 1.
+        process.exitCode = 1;
+        return t;
+      }
       throw new StrataError(
         t.state === "cancelled" ? "INVALID_ARGUMENT" : ((t.error?.code as "INTERNAL") ?? "INTERNAL"),
         `task ${t.id} ${t.state}${t.error ? `: ${t.error.message}` : ""}`,
