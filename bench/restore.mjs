@@ -167,8 +167,7 @@ async function runQueued(name, task, state) {
   const wallS = (Date.now() - t0) / 1000;
   const agentPeakRss = await agent.stop();
   writeFileSync(path.join(OUT, "logs", `${name}-task.json`), `${w.stdout}${w.stderr}`);
-  // `task show --wait --json` prints the task and then an error object when it did not end
-  // `done`: read the task again on its own.
+  // Read the task again on its own: its end state, times and result.
   const done = strata(["task", "show", task.id, "--json"]);
   if (!["done", "failed", "cancelled"].includes(done.state))
     throw new Error(`task ${task.id} did not end (${done.state}): ${w.stderr}`);
