@@ -13,14 +13,9 @@ import { StrataError } from "@strata/core";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
 import { formatBytes, Progress, printJson } from "../output.js";
+import { STATE_HELP, stateDirOf } from "./agent-state.js";
 
 type Opts = GlobalOptions & { state?: string; at?: string; snapshot?: string; to?: string };
-
-const STATE_HELP = "the agent's state directory (default /var/lib/strata-agent; $STRATA_AGENT_STATE)";
-
-function stateDirOf(o: Opts, fallback: string): string {
-  return path.resolve(o.state ?? process.env.STRATA_AGENT_STATE ?? fallback);
-}
 
 export function registerAgentUserCommands(agent: Command): void {
   const rf = agent

@@ -22,6 +22,7 @@ import { defaultPolicy, parsePolicy, StrataError } from "@strata/core";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
 import { formatBytes, printJson } from "../output.js";
+import { STATE_HELP, stateDirOf } from "./agent-state.js";
 import { registerAgentUserCommands } from "./agent-user.js";
 import { parseDuration } from "./repo.js";
 
@@ -179,11 +180,6 @@ function isoTime(at: string): string {
       hint: "e.g. 2026-11-20T09:00 or 2026-11-20",
     });
   return t.toISOString();
-}
-
-function stateDirOf(o: Opts, fallback: string): string {
-  // Absolute: the policy's %agentstate% and the watcher compare paths with it.
-  return path.resolve(o.state ?? process.env.STRATA_AGENT_STATE ?? fallback);
 }
 
 /** Log lines on stderr (journald keeps them): text, or one JSON object per line with --json. */
@@ -344,8 +340,6 @@ async function send(o: Opts, req: ControlRequest): Promise<ControlResult> {
     throw e;
   }
 }
-
-const STATE_HELP = "the agent's state directory (default /var/lib/strata-agent; $STRATA_AGENT_STATE)";
 
 export function registerAgentCommands(program: Command): Command {
   const agent = program
