@@ -98,25 +98,7 @@ export function probe(file: string): Promise<"live" | "dead"> {
  */
 export async function startControlServer(stateDir: string, handle: ControlHandler): Promise<ControlServer> {
   const file = controlSocketPath(stateDir);
-  let st: ReturnType<typeof lstatSync> | undefined;
-  try {
-    st = lstatSync(file);
-  } catch {
-    // none: the usual case
-  }
-  if (st) {
-    if (!st.isSocket())
-      throw new StrataError("ALREADY_EXISTS", `${file} exists and is not a socket`, {
-        subject: file,
-        hint: "remove it; the agent creates its control socket there",
-      });
-    if ((await probe(file)) === "live")
-      throw new StrataError("LOCKED", `another strata agent is running on ${stateDir}`, {
-        subject: file,
-        hint: "stop it first (`systemctl stop strata-agent`), or give this one another --state",
-      });
-    unlinkSync(file);
-  }
+  await replaceStaleSocket(file, stateDir, "control");
 
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
@@ -140,7 +122,42 @@ export async function startControlServer(stateDir: string, handle: ControlHandle
     });
   });
   // Created 0600 from the start: no moment where another user could connect.
-  const umask = process.umask(0o177);
+  return listenSocket(server, sockets, file, 0o600);
+}
+
+/**
+ * Make way for a Unix socket at `file`: nothing there is the usual case; a
+ * socket nobody answers on was left by an agent that died and is removed;
+ * one that answers means another agent runs on `stateDir` (LOCKED); any
+ * other file is refused.
+ */
+export async function replaceStaleSocket(file: string, stateDir: string, role: string): Promise<void> {
+  const st = lstatSync(file, { throwIfNoEntry: false });
+  if (!st) return;
+  if (!st.isSocket())
+    throw new StrataError("ALREADY_EXISTS", `${file} exists and is not a socket`, {
+      subject: file,
+      hint: `remove it; the agent creates its ${role} socket there`,
+    });
+  if ((await probe(file)) === "live")
+    throw new StrataError("LOCKED", `another strata agent is running on ${stateDir}`, {
+      subject: file,
+      hint: "stop it first (`systemctl stop strata-agent`), or give this one another --state",
+    });
+  unlinkSync(file);
+}
+
+/**
+ * Listen on `file` with `mode`; the umask keeps the socket at most that
+ * open while it is created. `close` ends every connection, then the server.
+ */
+export async function listenSocket(
+  server: Server,
+  sockets: Set<Socket>,
+  file: string,
+  mode: number,
+): Promise<{ path: string; close(): Promise<void> }> {
+  const umask = process.umask(~mode & 0o777);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -152,7 +169,7 @@ export async function startControlServer(stateDir: string, handle: ControlHandle
   } finally {
     process.umask(umask);
   }
-  chmodSync(file, 0o600);
+  chmodSync(file, mode);
   return {
     path: file,
     close: () =>

@@ -12,12 +12,12 @@
  * connection are answered in order. State a handler keeps (open restore
  * sessions) belongs to the connection and ends with it.
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import * as path from "node:path";
 import { ErrorCodes, StrataError } from "@strata/core";
 import { native } from "@strata/fs";
-import { errorBody, lineReader, probe } from "./control.js";
+import { errorBody, lineReader, listenSocket, replaceStaleSocket } from "./control.js";
 import { DEFAULT_STATE_DIR } from "./state.js";
 
 export const USER_SOCKET = "user.sock";
@@ -78,9 +78,8 @@ export interface UserServer {
 }
 
 /**
- * Listen on `stateDir`/user.sock (mode 0666). The control socket's start
- * (startControlServer) has already refused a second agent on this state
- * directory, so a socket file left here is stale and replaced.
+ * Listen on the user socket (userSocketPath, mode 0666). A socket file
+ * left by an agent that died is replaced.
  */
 export async function startUserServer(stateDir: string, handle: UserHandler): Promise<UserServer> {
   const file = userSocketPath(stateDir);
@@ -93,17 +92,7 @@ export async function startUserServer(stateDir: string, handle: UserHandler): Pr
       hint: "remove it; the agent creates it for its user socket",
     });
   chmodSync(dir, 0o755);
-  const st = lstatSync(file, { throwIfNoEntry: false });
-  if (st) {
-    if (!st.isSocket())
-      throw new StrataError("ALREADY_EXISTS", `${file} exists and is not a socket`, {
-        subject: file,
-        hint: "remove it; the agent creates its user socket there",
-      });
-    if ((await probe(file)) === "live")
-      throw new StrataError("LOCKED", `another strata agent is running on ${stateDir}`, { subject: file });
-    unlinkSync(file);
-  }
+  await replaceStaleSocket(file, stateDir, "user");
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
     sockets.add(sock);
@@ -158,22 +147,7 @@ export async function startUserServer(stateDir: string, handle: UserHandler): Pr
     );
   });
   // Anyone may connect; who they are is read from the kernel per connection.
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(file, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  chmodSync(file, 0o666);
-  return {
-    path: file,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  return listenSocket(server, sockets, file, 0o666);
 }
 
 /** A client connection to the user socket; requests are sent one after another. */
