@@ -12,25 +12,18 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BIN, isRoot, type Run, strataAsync } from "./helpers.js";
+import { Fleet } from "./fleet-harness.js";
+import { BIN, isRoot } from "./helpers.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-fleet-e2e-"));
-const NEW_PW = "a long new secret phrase";
 const root = await debianRoot();
 const skip = !root || !isRoot;
 
-function strata(env: Record<string, string>, ...args: string[]): Promise<Run> {
-  return strataAsync(path.join(dir, "home"), env, ...args);
-}
-// biome-ignore lint/suspicious/noExplicitAny: parsed --json output is checked by each assertion
-async function ok(...args: string[]): Promise<any> {
-  const r = await strata({ STRATA_PASSWORD: "" }, ...args);
-  if (r.code !== 0) throw new Error(`strata ${args.join(" ")} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
-  return args.includes("--json") ? JSON.parse(r.stdout) : r.stdout;
-}
+const fleet = new Fleet(dir);
+const strata = (env: Record<string, string>, ...args: string[]) => fleet.strata(env, ...args);
+const ok = (...args: string[]) => fleet.ok(...args);
 
 /** Company documents every user has, plus a little that is this user's own. */
 const shared = Array.from({ length: 12 }, (_, i) => randomBytes(400_000 + i * 1000));
@@ -54,35 +47,16 @@ function makeEndpoint(name: string): string {
 describe.skipIf(skip)(
   `two endpoints centralize into one server (${debianRootSkipReason() ?? (isRoot ? "" : "needs root")})`,
   () => {
-    let server: RunningServer;
-    const data = path.join(dir, "server");
+    const data = fleet.data;
     const eps: { name: string; root: string; state: string; endpointId?: string; cvd?: string }[] = [];
 
     beforeAll(async () => {
-      server = await startServer(
-        loadServerConfig({ flags: { data, listen: "127.0.0.1:0", logLevel: "warn" }, env: {} }),
-        { logStream: { write: () => true } },
-      );
-      const login = await strata(
-        { STRATA_PASSWORD: server.adminPassword! },
-        "login",
-        "--server",
-        server.url,
-        "--user",
-        "admin",
-      );
-      expect(login.code, login.stderr).toBe(0);
-      const pw = await strata(
-        { STRATA_CURRENT_PASSWORD: server.adminPassword!, STRATA_PASSWORD: NEW_PW },
-        "users",
-        "passwd",
-      );
-      expect(pw.code, pw.stderr).toBe(0);
+      await fleet.start();
       for (const name of ["ws-1", "ws-2"])
         eps.push({ name, root: makeEndpoint(name), state: path.join(dir, `state-${name}`) });
     }, 600_000);
     afterAll(async () => {
-      await server?.close();
+      await fleet.close();
       rmSync(dir, { recursive: true, force: true });
     });
 
@@ -93,7 +67,7 @@ describe.skipIf(skip)(
           "agent",
           "enroll",
           "--server",
-          server.url,
+          fleet.server.url,
           "--token",
           token.token,
           "--fingerprint",
