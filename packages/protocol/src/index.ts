@@ -3,5 +3,6 @@ export * from "./client.js";
 export * from "./errors.js";
 export * from "./fingerprint.js";
 export * from "./fleet.js";
+export * from "./layers.js";
 export * from "./permissions.js";
 export * from "./restore.js";

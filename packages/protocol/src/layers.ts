@@ -1,0 +1,248 @@
+/**
+ * Layers, captures, assignments, collections, driver profiles, images and
+ * the apply plan, as docs/design/layers.md specifies them.
+ */
+import type { PolicyRule } from "./fleet.js";
+import type { RestoreSessionInfo } from "./restore.js";
+
+export type LayerKind = "base" | "app" | "driver";
+export const LAYER_KINDS: readonly LayerKind[] = ["base", "app", "driver"];
+export const LAYER_ID_PATTERN = "^lay_[A-Za-z0-9_-]{1,60}$";
+export const LAYER_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$";
+/** A version label: `1.6`, `2026.11`, `12.8-r1`. */
+export const LAYER_LABEL_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$";
+
+export interface OsRelease {
+  /** os-release ID, e.g. `debian`. */
+  id: string;
+  /** os-release VERSION_ID, e.g. `12`. Empty for a release without one (testing). */
+  versionId: string;
+}
+
+/** A dpkg status stanza of one package. */
+export interface PackageStanza {
+  name: string;
+  arch: string;
+  version: string;
+  /** The whole stanza, as dpkg writes it, without the blank line that ends it. */
+  stanza: string;
+}
+
+export interface AccountLines {
+  passwd: string[];
+  group: string[];
+  shadow: string[];
+  gshadow: string[];
+}
+
+export type Trigger = "ldconfig" | "systemd-daemon-reload";
+
+/** docs/design/layers.md, "Manifest". */
+export interface LayerManifest {
+  os: OsRelease | null;
+  /** Absolute machine-area paths the layer removes (app layers). */
+  removed: string[];
+  packages: PackageStanza[];
+  removedPackages: string[];
+  accounts: AccountLines;
+  triggers: Trigger[];
+  stats: { files: number; bytes: number };
+}
+
+export interface LayerVersionInfo {
+  layer: string;
+  version: number;
+  /** The label given at capture (`1.6`). */
+  label: string;
+  snapshot: string;
+  tree: string;
+  os: OsRelease | null;
+  source: { cvd: string | null; snapshots: string[] };
+  createdAt: string;
+  createdBy: string;
+  stats: { files: number; bytes: number; packages: number };
+}
+
+export interface LayerInfo {
+  id: string;
+  name: string;
+  kind: LayerKind;
+  description: string;
+  createdAt: string;
+  /** Newest last. */
+  versions: LayerVersionInfo[];
+}
+
+export interface CaptureBaseRequest {
+  name: string;
+  cvd: string;
+  /** `latest` (default), an id or a unique prefix. */
+  snapshot?: string;
+  /** A version label (default: the next number). */
+  label?: string;
+  description?: string;
+}
+
+/** The editable defaults (`strata layer rules`). */
+export interface LayerRules {
+  /** Paths no layer writes or deletes on endpoints. */
+  doNotOverride: PolicyRule[];
+  /** Dropped from a reference snapshot by a base capture (besides the user area). */
+  baseCapture: PolicyRule[];
+}
+
+// ---- app capture (agent routes) ---------------------------------------------
+
+export interface CaptureStartRequest {
+  /** The capture-pre snapshot the agent just uploaded. */
+  snapshot: string;
+}
+export interface CaptureInfo {
+  id: string;
+  cvd: string;
+  state: "open" | "finished" | "cancelled";
+  preSnapshot: string;
+  postSnapshot: string | null;
+  createdAt: string;
+}
+export interface CaptureFinishRequest {
+  /** The capture-post snapshot the agent just uploaded. */
+  snapshot: string;
+  name: string;
+  label?: string;
+  kind?: "app" | "driver";
+  description?: string;
+}
+export interface CaptureFinishResponse {
+  capture: CaptureInfo;
+  layer: LayerInfo;
+  version: LayerVersionInfo;
+  /** What the diff found (first 100 paths of each list). */
+  diff: {
+    added: string[];
+    changed: string[];
+    removed: string[];
+    counts: { added: number; changed: number; removed: number };
+  };
+}
+
+// ---- assignment -------------------------------------------------------------
+
+export interface LayerRef {
+  layer: string;
+  /** A version number; absent: always the newest. */
+  version?: number;
+}
+
+export interface AssignRequest {
+  target: { cvd: string } | { collection: string };
+  base?: LayerRef | null;
+  apps?: LayerRef[];
+}
+
+export interface AssignmentInfo {
+  id: string;
+  target: { kind: "cvd" | "collection"; id: string };
+  base: LayerRef | null;
+  apps: LayerRef[];
+  assignedAt: string;
+  assignedBy: string;
+}
+
+export interface CollectionRule {
+  hostname?: string;
+  /** `debian 12` */
+  os?: string;
+  vendor?: string;
+  model?: string;
+  tags?: string[];
+}
+
+export interface CollectionInfo {
+  id: string;
+  name: string;
+  /** Null: a static collection. */
+  rule: CollectionRule | null;
+  members: string[];
+  createdAt: string;
+}
+
+export interface DriverRule {
+  vendor?: string;
+  model?: string;
+  modalias?: string;
+}
+
+export interface DriverProfileInfo {
+  id: string;
+  name: string;
+  /** Driver layers (newest version each). */
+  folders: string[];
+  rules: DriverRule[];
+  createdAt: string;
+}
+
+/** `GET /cvds/:id/layers`: the effective assignment and what it won over. */
+export interface CvdLayersInfo {
+  cvd: string;
+  effective: AssignmentInfo | null;
+  overridden: AssignmentInfo[];
+  drivers: { profile: string; folders: string[] }[];
+  targetImage: string | null;
+  appliedImage: string | null;
+  appliedAt: string | null;
+}
+
+// ---- dry-run ----------------------------------------------------------------
+
+export interface DryRunProblem {
+  kind: "downgrade" | "soname" | "missing-dependency" | "account-clash" | "os-mismatch" | "disk-space";
+  blocking: boolean;
+  /** Names the package, path or account, and what to do. */
+  message: string;
+  subject: string;
+}
+
+export interface DryRunReport {
+  image: string;
+  files: {
+    added: number;
+    updated: number;
+    removed: number;
+    samples: { added: string[]; updated: string[]; removed: string[] };
+  };
+  packages: {
+    added: string[];
+    updated: { name: string; from: string; to: string }[];
+    removed: string[];
+    /** Packages on the endpoint that no layer owns (kept). */
+    userInstalled: string[];
+  };
+  doNotOverride: string[];
+  bytesToWrite: number;
+  problems: DryRunProblem[];
+  blocked: boolean;
+}
+
+// ---- apply ------------------------------------------------------------------
+
+export interface ApplyRequest {
+  enforce?: "keep" | "remove";
+  /** Stage and commit now, change the disk at the agent's next start. */
+  atRestart?: boolean;
+}
+
+export interface ApplyPlan {
+  task: string;
+  image: { id: string; snapshot: string };
+  /** A restore session on the image tree. */
+  session: RestoreSessionInfo;
+  manifest: LayerManifest;
+  /** Absolute paths the apply may delete (owned by the applied image, not by this one; or removed by a layer). */
+  removals: string[];
+  /** Packages the applied image owned (so the merge drops those the new image lacks). */
+  previousPackages: string[];
+  doNotOverride: PolicyRule[];
+  enforce: "none" | "keep" | "remove";
+  atRestart: boolean;
+}
