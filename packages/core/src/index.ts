@@ -4,6 +4,7 @@ export * from "./errors.js";
 export * from "./glob.js";
 export * from "./hash.js";
 export * from "./ids.js";
+export * from "./layers/index.js";
 export * from "./node.js";
 export * from "./policy.js";
 export * from "./retention.js";

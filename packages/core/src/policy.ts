@@ -649,6 +649,15 @@ export interface CompiledPolicy {
   shouldDescend(dir: string | Uint8Array): boolean;
 }
 
+/** What macros expand to in a rule list compiled on its own (`compileRules`). */
+export interface RuleContext {
+  /** User homes (`parsePasswd`); `/home/*` and `/root` are always added. */
+  homes?: readonly string[];
+  /** The agent's state directory; without it `%agentstate%` rules match nothing. */
+  agentStateDir?: string;
+  swapFiles?: readonly string[];
+}
+
 type Seg = string | RegExp;
 type PatternKind = "none" | "name" | "path";
 
@@ -665,20 +674,21 @@ const decoder = new TextDecoder("utf-8");
 const toPath = (p: string | Uint8Array): string => (typeof p === "string" ? p : decoder.decode(p));
 const splitPath = (p: string): string[] => p.split("/").filter((s) => s !== "");
 
-function expandDir(dir: string, ctx: PolicyContext): string[] {
+function expandDir(dir: string, ctx: RuleContext): string[] {
   const withRest = (bases: readonly string[], macro: string): string[] =>
     [...new Set(bases)].map((b) => normalizeDir(b) + dir.slice(macro.length));
   if (dir.startsWith("%anyuserhome%")) {
-    const homes = ctx.homes.filter((h) => !/^\/home\/[^/]+$/.test(normalizeDir(h)));
+    const homes = (ctx.homes ?? []).filter((h) => !/^\/home\/[^/]+$/.test(normalizeDir(h)));
     return withRest(["/home/*", "/root", ...homes], "%anyuserhome%");
   }
-  if (dir.startsWith("%agentstate%")) return withRest([ctx.agentStateDir], "%agentstate%");
+  if (dir.startsWith("%agentstate%"))
+    return ctx.agentStateDir === undefined ? [] : withRest([ctx.agentStateDir], "%agentstate%");
   if (dir.startsWith("%swapfile%"))
     return withRest(["/swapfile", "/swap.img", ...(ctx.swapFiles ?? [])], "%swapfile%");
   return [dir];
 }
 
-function compileRule(source: Rule, ctx: PolicyContext): CompiledRule[] {
+function compileRule(source: Rule, ctx: RuleContext): CompiledRule[] {
   const out: CompiledRule[] = [];
   for (const dir of expandDir(source.dir, ctx)) {
     const segs: Seg[] = splitPath(dir).map((s) => (WILDCARD.test(s) ? globToRegExp(s) : s));
@@ -833,6 +843,55 @@ export function compilePolicy(policy: UploadPolicy, ctx: PolicyContext): Compile
       return true;
     },
   };
+}
+
+/** One list of rules, compiled: the same matching as a policy's lists. */
+export interface CompiledRules {
+  readonly rules: readonly Rule[];
+  /** The path is covered by a rule (the rule's match itself, or below it). */
+  matches(path: string | Uint8Array): boolean;
+  /** The first rule (as written) covering the path. */
+  find(path: string | Uint8Array): Rule | undefined;
+  /** Every entry strictly below `dir` is covered (a walker may skip it whole). */
+  coversBelow(dir: string | Uint8Array): boolean;
+  /** Some entry at or below `dir` may be covered (conservative: true when unsure). */
+  mayMatchBelow(dir: string | Uint8Array): boolean;
+}
+
+/**
+ * Compile one rule list (do-not-override, base-capture, capture-noise rules)
+ * with the rule syntax and matching of upload policies. Rules are validated
+ * first: a bad one throws INVALID_ARGUMENT listing every error, `at` naming
+ * the list in the message.
+ */
+export function compileRules(
+  rules: readonly RuleInput[],
+  ctx: RuleContext = {},
+  at = "rules",
+): CompiledRules {
+  const errors: PolicyError[] = [];
+  const checked = validateRules(rules, at, errors);
+  if (errors.length)
+    throw new StrataError("INVALID_ARGUMENT", `invalid rules:\n${formatPolicyErrors(errors)}`, {
+      subject: at,
+      hint: "rules are {dir, pattern?} objects or strings like /var/log/**",
+    });
+  const index = new RuleIndex(checked.flatMap((r) => compileRule(r, ctx)));
+  const segsOf = (p: string | Uint8Array) => splitPath(toPath(p));
+  return {
+    rules: checked,
+    matches: (path) => index.find(segsOf(path)) !== undefined,
+    find: (path) => index.find(segsOf(path))?.source,
+    coversBelow: (dir) => index.some(segsOf(dir), coversBelow),
+    mayMatchBelow: (dir) => index.some(segsOf(dir), mayMatchAtOrBelow),
+  };
+}
+
+/** Validate an untrusted rule list (object or string forms); errors name `at[i]`. */
+export function validateRuleList(value: unknown, at = "rules"): { rules: Rule[]; errors: PolicyError[] } {
+  const errors: PolicyError[] = [];
+  const rules = validateRules(value, at, errors);
+  return { rules, errors };
 }
 
 // ---------------------------------------------------------------------------
