@@ -39,6 +39,23 @@ export type {
   PolicyRecord,
 } from "./fleet-store.js";
 export {
+  type AssignmentRecord,
+  type AssignmentTargetKind,
+  type CapturePatch,
+  type CaptureRecord,
+  type CaptureState,
+  type CvdImageRecord,
+  type ImageRecord,
+  LAYER_KINDS,
+  type LayerKind,
+  type LayerRecord,
+  type LayerRefRecord,
+  type LayerStore,
+  type LayerVersionRecord,
+  PostgresLayerStore,
+  SqliteLayerStore,
+} from "./layers.js";
+export {
   openSqliteRestoreStore,
   PostgresRestoreStore,
   PostgresTaskStore,

@@ -136,7 +136,7 @@ const restoreCounters = (a: Partial<RestoreCounters>) => [
 
 // ---- tasks -------------------------------------------------------------------
 
-export const TASK_KINDS = ["system", "full", "recover", "files"] as const;
+export const TASK_KINDS = ["system", "full", "recover", "files", "apply"] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
 export const TASK_STATES = ["queued", "running", "done", "failed", "cancelled"] as const;
 export type TaskState = (typeof TASK_STATES)[number];

@@ -1,5 +1,6 @@
 import { StrataError } from "@strata/core";
 import { PostgresFleetStore } from "./fleet-postgres.js";
+import { type LayerStore, PostgresLayerStore } from "./layers.js";
 import { openPostgresCatalog, type PostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
 import { PostgresTaskStore, type TaskStore } from "./restores.js";
 import type {
@@ -89,12 +90,14 @@ const pgCode = (e: unknown) => (e as { code?: string }).code;
 export class PostgresServerStore extends PostgresFleetStore implements ServerStore {
   readonly kind = "postgres" as const;
   readonly tasks: TaskStore;
+  readonly layers: LayerStore;
   private readonly catalog: PostgresCatalog;
 
   constructor(catalog: PostgresCatalog) {
     super(catalog.pool);
     this.catalog = catalog;
     this.tasks = new PostgresTaskStore(catalog.pool);
+    this.layers = new PostgresLayerStore(catalog.pool);
   }
 
   async upsertBuiltinRoles(

@@ -1,6 +1,7 @@
 import { StrataError } from "@strata/core";
 import Database from "better-sqlite3";
 import { SqliteFleetStore } from "./fleet-sqlite.js";
+import { type LayerStore, SqliteLayerStore } from "./layers.js";
 import { SqliteTaskStore, type TaskStore } from "./restores.js";
 import type {
   ApiTokenRecord,
@@ -103,6 +104,7 @@ function mapConstraint(e: unknown, what: string): never {
 export class SqliteServerStore extends SqliteFleetStore implements ServerStore {
   readonly kind = "sqlite" as const;
   readonly tasks: TaskStore = new SqliteTaskStore(this.db);
+  readonly layers: LayerStore = new SqliteLayerStore(this.db);
 
   async upsertBuiltinRoles(
     roles: readonly { name: string; permissions: readonly string[] }[],

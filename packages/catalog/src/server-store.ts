@@ -17,6 +17,7 @@
  * FleetStore's (fleet-store.ts), with their own contract.
  */
 import type { FleetStore } from "./fleet-store.js";
+import type { LayerStore } from "./layers.js";
 import type { TaskStore } from "./restores.js";
 
 export interface UserRecord {
@@ -81,6 +82,8 @@ export interface ServerStore extends FleetStore {
   readonly kind: "sqlite" | "postgres";
   /** Restore tasks (restores.ts), in the same database. */
   readonly tasks: TaskStore;
+  /** Layers, captures, assignments and images (layers.ts), in the same database. */
+  readonly layers: LayerStore;
 
   /** Writes the built-in roles (insert or overwrite permissions; marks them builtin). */
   upsertBuiltinRoles(roles: readonly { name: string; permissions: readonly string[] }[]): Promise<void>;
