@@ -52,6 +52,10 @@ export async function runRestoreTask(
   /** Told the engine's run once it starts (the agent answers `fetch` requests through it). */
   onRun: (run: RestoreRun) => void = () => {},
 ): Promise<RestoreTaskOutcome> {
+  if (ref.kind === "apply")
+    throw new StrataError("UNSUPPORTED", `task ${ref.id} applies layers; this runner restores snapshots`, {
+      hint: 'layer apply tasks are run by the agent\'s apply runner (docs/design/layers.md, "Apply")',
+    });
   let task: Task;
   try {
     task = await client.startAgentTask(ref.id);
@@ -104,7 +108,7 @@ export async function runRestoreTask(
         root: ctx.root,
         stateDir: ctx.stateDir,
         id: task.id,
-        kind: task.kind,
+        kind: task.kind as Exclude<Task["kind"], "apply">, // apply tasks are refused above
         ...(ctx.policy ? { policy: ctx.policy } : {}),
         ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
         signal: ac.signal,

@@ -52,7 +52,7 @@ export interface AgentSelf {
 /** A task as `GET /agent/self` lists it. */
 export interface AgentTaskRef {
   id: string;
-  kind: "system" | "full" | "recover" | "files";
+  kind: "system" | "full" | "recover" | "files" | "apply";
   state: "queued" | "running";
 }
 

@@ -5,6 +5,7 @@
  */
 import { fleetSchemas } from "./fleet.js";
 import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
+import { layerSchemas } from "./layers.js";
 import { PERMISSION_NAMES } from "./permissions.js";
 import { restoreSchemas } from "./restore.js";
 
@@ -203,6 +204,7 @@ export const schemas = {
   ),
   ...fleetSchemas,
   ...restoreSchemas,
+  ...layerSchemas,
 } satisfies Record<string, Schema>;
 
 export type SchemaName = keyof typeof schemas;

@@ -30,6 +30,22 @@ import type {
   PolicySummary,
 } from "./fleet.js";
 import type {
+  ApplyPlan,
+  ApplyRequest,
+  AssignmentInfo,
+  AssignRequest,
+  CaptureBaseRequest,
+  CaptureBaseResponse,
+  CaptureFinishRequest,
+  CaptureFinishResponse,
+  CaptureInfo,
+  CaptureStartRequest,
+  CvdLayersInfo,
+  DryRunReport,
+  LayerInfo,
+  ReferenceInfo,
+} from "./layers.js";
+import type {
   CvdHistory,
   HistoryQuery,
   OpenRestoreRequest,
@@ -300,6 +316,48 @@ export class StrataClient {
   }
   finishAgentTask(id: string, req: TaskFinishRequest): Promise<Task> {
     return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(id)}/finish`, req);
+  }
+  // layers (docs/design/layers.md)
+  listLayers(): Promise<LayerInfo[]> {
+    return this.request("GET", `${API_PREFIX}/layers`);
+  }
+  /** A layer by id (`lay_…`) or name, with its versions. */
+  getLayer(idOrName: string): Promise<LayerInfo> {
+    return this.request("GET", `${API_PREFIX}/layers/${enc(idOrName)}`);
+  }
+  captureBase(req: CaptureBaseRequest): Promise<CaptureBaseResponse> {
+    return this.request("POST", `${API_PREFIX}/layers/capture-base`, req);
+  }
+  /** Mark (on) or unmark a CVD as a reference CVD (layers are captured only from those). */
+  setReference(cvd: string, on: boolean): Promise<ReferenceInfo> {
+    return this.request(on ? "PUT" : "DELETE", `${API_PREFIX}/cvds/${enc(cvd)}/reference`);
+  }
+  assignLayers(req: AssignRequest): Promise<AssignmentInfo> {
+    return this.request("POST", `${API_PREFIX}/assignments`, req);
+  }
+  cvdLayers(cvd: string): Promise<CvdLayersInfo> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(cvd)}/layers`);
+  }
+  /** What applying the CVD's image would do, against its newest snapshot. */
+  dryRun(cvd: string): Promise<DryRunReport> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(cvd)}/dry-run`);
+  }
+  /** Queue an `apply` task for the CVD's endpoint. */
+  applyLayers(cvd: string, req: ApplyRequest = {}): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/apply`, req);
+  }
+  // the agent's side of layers (endpoint credential)
+  /** Open an app capture on the caller's (reference) CVD with its capture-pre snapshot. */
+  startCapture(req: CaptureStartRequest): Promise<CaptureInfo> {
+    return this.request("POST", `${API_PREFIX}/agent/captures`, req);
+  }
+  /** Finish a capture with the capture-post snapshot: the server diffs and records the layer version. */
+  finishCapture(id: string, req: CaptureFinishRequest): Promise<CaptureFinishResponse> {
+    return this.request("POST", `${API_PREFIX}/agent/captures/${enc(id)}/finish`, req);
+  }
+  /** The plan of a running apply task of this endpoint (opens a restore session on the image). */
+  applyPlan(taskId: string): Promise<ApplyPlan> {
+    return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(taskId)}/apply-plan`);
   }
   // upload policies (by id or name)
   listPolicies(): Promise<PolicySummary[]> {

@@ -288,7 +288,8 @@ export const fleetSchemas = {
       type: "array",
       items: obj({
         id: str(),
-        kind: str({ enum: ["system", "full", "recover", "files"] }),
+        // restore.ts's TASK_KIND_NAMES (not imported: restore.ts imports this module).
+        kind: str({ enum: ["system", "full", "recover", "files", "apply"] }),
         state: str({ enum: ["queued", "running"] }),
       }),
     },

@@ -2,8 +2,9 @@
  * Layers, captures, assignments, collections, driver profiles, images and
  * the apply plan, as docs/design/layers.md specifies them.
  */
-import type { PolicyRule } from "./fleet.js";
-import type { RestoreSessionInfo } from "./restore.js";
+import { CVD_ID_PATTERN, type PolicyRule } from "./fleet.js";
+import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
+import { type RestoreSessionInfo, restoreSchemas, SNAPSHOT_REF_PATTERN } from "./restore.js";
 
 export type LayerKind = "base" | "app" | "driver";
 export const LAYER_KINDS: readonly LayerKind[] = ["base", "app", "driver"];
@@ -11,6 +12,9 @@ export const LAYER_ID_PATTERN = "^lay_[A-Za-z0-9_-]{1,60}$";
 export const LAYER_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$";
 /** A version label: `1.6`, `2026.11`, `12.8-r1`. */
 export const LAYER_LABEL_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$";
+/** A path segment naming a layer: its id (`lay_…`) or its name. */
+export const LAYER_REF_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$";
+export const CAPTURE_ID_PATTERN = "^cap_[A-Za-z0-9_-]{1,60}$";
 
 export interface OsRelease {
   /** os-release ID, e.g. `debian`. */
@@ -71,6 +75,18 @@ export interface LayerInfo {
   createdAt: string;
   /** Newest last. */
   versions: LayerVersionInfo[];
+}
+
+/** `POST /layers/capture-base`: the layer (created on its first version) and the version made. */
+export interface CaptureBaseResponse {
+  layer: LayerInfo;
+  version: LayerVersionInfo;
+}
+
+/** `PUT` / `DELETE /cvds/:cvd/reference`. */
+export interface ReferenceInfo {
+  cvd: string;
+  reference: boolean;
 }
 
 export interface CaptureBaseRequest {
@@ -246,3 +262,171 @@ export interface ApplyPlan {
   enforce: "none" | "keep" | "remove";
   atRestart: boolean;
 }
+
+// ---- JSON Schemas -------------------------------------------------------------
+
+const layerName = str({ pattern: LAYER_NAME_PATTERN });
+const layerLabel = str({ pattern: LAYER_LABEL_PATTERN });
+const layerKind = str({ enum: [...LAYER_KINDS] });
+const description = str({ maxLength: 1024 });
+const strings = { type: "array", items: str() };
+const osRelease = { anyOf: [{ type: "null" }, obj({ id: str(), versionId: str() })] };
+const layerVersion = obj({
+  layer: str(),
+  version: { type: "integer" },
+  label: str(),
+  snapshot: str(),
+  tree: str(),
+  os: osRelease,
+  source: obj({ cvd: { type: ["string", "null"] }, snapshots: strings }),
+  createdAt: dateTime,
+  createdBy: str(),
+  stats: obj({ files: { type: "integer" }, bytes: { type: "integer" }, packages: { type: "integer" } }),
+});
+const layer = obj({
+  id: str(),
+  name: str(),
+  kind: layerKind,
+  description: str(),
+  createdAt: dateTime,
+  versions: { type: "array", items: layerVersion },
+});
+const captureInfo = obj({
+  id: str(),
+  cvd: str(),
+  state: str({ enum: ["open", "finished", "cancelled"] }),
+  preSnapshot: str(),
+  postSnapshot: { type: ["string", "null"] },
+  createdAt: dateTime,
+});
+/** A layer reference in a request: an id or a name, and optionally a version number. */
+const layerRefIn = obj(
+  { layer: str({ pattern: LAYER_REF_PATTERN }), version: { type: "integer", minimum: 1 } },
+  ["layer"],
+);
+const layerRefOut = obj({ layer: str(), version: { type: "integer" } }, ["layer"]);
+const assignment = obj({
+  id: str(),
+  target: obj({ kind: str({ enum: ["cvd", "collection"] }), id: str() }),
+  base: { anyOf: [{ type: "null" }, layerRefOut] },
+  apps: { type: "array", items: layerRefOut },
+  assignedAt: dateTime,
+  assignedBy: str(),
+});
+const rule = obj({ dir: str(), pattern: str() }, ["dir"]);
+const manifest = obj({
+  os: osRelease,
+  removed: strings,
+  packages: {
+    type: "array",
+    items: obj({ name: str(), arch: str(), version: str(), stanza: str() }),
+  },
+  removedPackages: strings,
+  accounts: obj({ passwd: strings, group: strings, shadow: strings, gshadow: strings }),
+  triggers: strings,
+  stats: obj({ files: { type: "integer" }, bytes: { type: "integer" } }),
+});
+
+export const layerSchemas = {
+  LayerInfo: layer,
+  LayerVersionInfo: layerVersion,
+  LayerRefParams: obj({ id: str({ pattern: LAYER_REF_PATTERN }) }),
+  CaptureIdParams: obj({ id: str({ pattern: CAPTURE_ID_PATTERN }) }),
+  CaptureBaseRequest: obj(
+    {
+      name: layerName,
+      cvd: str({ pattern: CVD_ID_PATTERN }),
+      snapshot: str({ pattern: SNAPSHOT_REF_PATTERN }),
+      label: layerLabel,
+      description,
+    },
+    ["name", "cvd"],
+  ),
+  CaptureBaseResponse: obj({ layer, version: layerVersion }),
+  ReferenceInfo: obj({ cvd: str(), reference: { type: "boolean" } }),
+  CaptureStartRequest: obj({ snapshot: str({ pattern: "^[0-9a-f]{64}$" }) }),
+  CaptureInfo: captureInfo,
+  CaptureFinishRequest: obj(
+    {
+      snapshot: str({ pattern: "^[0-9a-f]{64}$" }),
+      name: layerName,
+      label: layerLabel,
+      kind: str({ enum: ["app", "driver"] }),
+      description,
+    },
+    ["snapshot", "name"],
+  ),
+  CaptureFinishResponse: obj({
+    capture: captureInfo,
+    layer,
+    version: layerVersion,
+    diff: obj({
+      added: strings,
+      changed: strings,
+      removed: strings,
+      counts: obj({ added: { type: "integer" }, changed: { type: "integer" }, removed: { type: "integer" } }),
+    }),
+  }),
+  AssignRequest: obj(
+    {
+      target: {
+        oneOf: [
+          obj({ cvd: str({ pattern: CVD_ID_PATTERN }) }),
+          obj({ collection: str({ minLength: 1, maxLength: 128 }) }),
+        ],
+      },
+      base: { anyOf: [{ type: "null" }, layerRefIn] },
+      apps: { type: "array", items: layerRefIn, maxItems: 64 },
+    },
+    ["target"],
+  ),
+  AssignmentInfo: assignment,
+  CvdLayersInfo: obj({
+    cvd: str(),
+    effective: { anyOf: [{ type: "null" }, assignment] },
+    overridden: { type: "array", items: assignment },
+    drivers: { type: "array", items: obj({ profile: str(), folders: strings }) },
+    targetImage: { type: ["string", "null"] },
+    appliedImage: { type: ["string", "null"] },
+    appliedAt: nullableDateTime,
+  }),
+  DryRunReport: obj({
+    image: str(),
+    files: obj({
+      added: { type: "integer" },
+      updated: { type: "integer" },
+      removed: { type: "integer" },
+      samples: obj({ added: strings, updated: strings, removed: strings }),
+    }),
+    packages: obj({
+      added: strings,
+      updated: { type: "array", items: obj({ name: str(), from: str(), to: str() }) },
+      removed: strings,
+      userInstalled: strings,
+    }),
+    doNotOverride: strings,
+    bytesToWrite: { type: "integer" },
+    problems: {
+      type: "array",
+      items: obj({
+        kind: str(),
+        blocking: { type: "boolean" },
+        message: str(),
+        subject: str(),
+      }),
+    },
+    blocked: { type: "boolean" },
+  }),
+  ApplyRequest: obj({ enforce: str({ enum: ["keep", "remove"] }), atRestart: { type: "boolean" } }, []),
+  ApplyPlan: obj({
+    task: str(),
+    image: obj({ id: str(), snapshot: str() }),
+    session: restoreSchemas.RestoreSessionInfo,
+    manifest,
+    removals: strings,
+    previousPackages: strings,
+    doNotOverride: { type: "array", items: rule },
+    enforce: str({ enum: ["none", "keep", "remove"] }),
+    atRestart: { type: "boolean" },
+  }),
+} satisfies Record<string, Schema>;

@@ -24,6 +24,12 @@ export interface OpenRestoreRequest {
   at?: string;
   /** Absolute path in the snapshot: the session then reaches only that directory (or that file's directory). */
   path?: string;
+  /**
+   * Open the CVD's layer image instead of one of its snapshots (endpoints
+   * only, their own CVD): its target image, or with `snapshot` the image of
+   * one of its open apply tasks (docs/design/layers.md, "Apply").
+   */
+  image?: boolean;
 }
 
 export interface RestoreSessionInfo {
@@ -47,7 +53,8 @@ export interface RestoreSessionInfo {
   expiresAt: string;
 }
 
-export type TaskKind = "system" | "full" | "recover" | "files";
+export type TaskKind = "system" | "full" | "recover" | "files" | "apply";
+export const TASK_KIND_NAMES: readonly TaskKind[] = ["system", "full", "recover", "files", "apply"];
 export type TaskState = "queued" | "running" | "done" | "failed" | "cancelled";
 
 export interface Task {
@@ -147,7 +154,7 @@ export interface CvdHistory {
 
 // ---- JSON Schemas ---------------------------------------------------------
 
-const taskKind = str({ enum: ["system", "full", "recover", "files"] });
+const taskKind = str({ enum: [...TASK_KIND_NAMES] });
 const taskState = str({ enum: ["queued", "running", "done", "failed", "cancelled"] });
 const anyObject = { type: "object", additionalProperties: true };
 const nullableObject = { type: ["object", "null"], additionalProperties: true };
@@ -159,6 +166,7 @@ export const restoreSchemas = {
       snapshot: str({ pattern: SNAPSHOT_REF_PATTERN }),
       at: dateTime,
       path: str({ minLength: 1, maxLength: MAX_RESTORE_PATH }),
+      image: { type: "boolean" },
     },
     [],
   ),
