@@ -224,6 +224,43 @@ export function runFleetSuite(name: string, open: () => Promise<ServerStore>): v
       });
     });
 
+    it("agent/facts: an active endpoint reports its facts again (hostname, DMI, modaliases); pending ones may not; oversized refused", async () => {
+      const t = await enrollmentToken(h, { uses: 2 });
+      const a = (await enroll(h, t.token, FACTS(40))).json();
+      const p = (await enroll(h, t.token, FACTS(41))).json();
+      await send("POST", `/api/v1/endpoints/${a.endpointId}/approve`, {});
+      const put = (cred: string, facts: unknown) =>
+        h.app.inject({ method: "PUT", url: "/api/v1/agent/facts", headers: as(cred), payload: { facts } });
+      const facts = {
+        ...FACTS(40),
+        hostname: "laptop-40",
+        dmi: { vendor: "LENOVO", model: "20XW0026GE" },
+        modaliases: ["pci:v00008086d00009A49sv000017AAsd000022D8bc03sc00i00"],
+      };
+      const r = await put(a.credential, facts);
+      expect(r.statusCode, r.body).toBe(204);
+      const shown = (await get(`/api/v1/endpoints/${a.endpointId}`)).json();
+      expect(shown).toMatchObject({ hostname: "laptop-40", machineId: FACTS(40).machineId, facts });
+      // A different machine id is a claim in the facts, not a new identity.
+      expect((await put(a.credential, { ...facts, machineId: "e".repeat(32) })).statusCode).toBe(204);
+      expect((await get(`/api/v1/endpoints/${a.endpointId}`)).json().machineId).toBe(FACTS(40).machineId);
+      expect((await put(p.credential, facts)).statusCode).toBe(403);
+      const bad = await put(a.credential, { ...facts, modaliases: Array(65).fill("pci:x") });
+      expect(bad.statusCode).toBe(400);
+      const huge = await put(a.credential, {
+        ...facts,
+        disks: Array.from({ length: 64 }, (_, i) => ({
+          name: `${i}`.padEnd(256, "d"),
+          sizeBytes: 1,
+          model: "m".repeat(256),
+        })),
+      });
+      expect(huge.statusCode).toBe(413);
+      expect((await get(`/api/v1/endpoints/${a.endpointId}`)).json().facts.modaliases).toEqual(
+        facts.modaliases,
+      );
+    });
+
     it("replacement device: the old endpoint is disabled, its CVD moves to the new one; disabled credentials reach only agent/self", async () => {
       const t = await enrollmentToken(h, { uses: 2 });
       const old = (await enroll(h, t.token, FACTS(8))).json();

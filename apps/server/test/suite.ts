@@ -43,6 +43,7 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   CreateTokenRequest: { name: "probe" },
   CreateEnrollmentTokenRequest: { uses: 1 },
   EnrollRequest: { facts: { hostname: "probe", machineId: "f".repeat(32) } },
+  AgentFactsRequest: { facts: { hostname: "probe", machineId: "f".repeat(32) } },
   ApproveEndpointRequest: {},
   SetCvdPolicyRequest: { policy: "Default" },
   PolicyInput: { name: "Probe Policy" },

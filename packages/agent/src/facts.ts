@@ -1,9 +1,12 @@
 /**
  * The endpoint's facts, read from a root directory (`/`, or a chroot or a
  * test fixture): hostname, machine id, OS, kernel, architecture, CPU,
- * memory, disks (/sys/block) and MAC addresses (/sys/class/net). Every
- * source is optional: a missing or unreadable file leaves its fact out (or,
- * for what the running kernel knows — kernel, CPU, memory — falls back to
+ * memory, disks (/sys/block), MAC addresses (/sys/class/net), the DMI
+ * vendor and model (/sys/class/dmi/id) and the PCI and USB modaliases (the
+ * `modalias` file of each device of /sys/bus/pci and /sys/bus/usb: what
+ * driver profiles match on, docs/design/layers.md "Drivers"). Every source
+ * is optional: a missing or unreadable file leaves its fact out (or, for
+ * what the running kernel knows — kernel, CPU, memory — falls back to
  * node:os). Strings and lists are cut to the protocol's bounds.
  */
 import { readdirSync, readFileSync } from "node:fs";
@@ -101,6 +104,30 @@ function macs(root: string): string[] {
   return [...new Set(out)].slice(0, FACTS_MAX_ITEMS);
 }
 
+/** DMI system vendor and product name (`sys_vendor`, `product_name`): what driver profiles call vendor and model. */
+function dmi(root: string): { vendor?: string; model?: string } {
+  const vendor = read(root, "sys/class/dmi/id/sys_vendor")?.trim();
+  const model = read(root, "sys/class/dmi/id/product_name")?.trim();
+  return { ...(vendor ? { vendor: cut(vendor) } : {}), ...(model ? { model: cut(model) } : {}) };
+}
+
+/**
+ * The modaliases of the PCI devices, then of the USB devices and
+ * interfaces, each once (identical devices share one), in directory order:
+ * PCI first, so a machine with more than FACTS_MAX_ITEMS keeps its PCI
+ * devices (graphics, network, storage: what driver folders are for).
+ */
+function modaliases(root: string): string[] {
+  const out = new Set<string>();
+  for (const bus of ["pci", "usb"]) {
+    for (const dev of list(root, `sys/bus/${bus}/devices`)) {
+      const alias = read(root, `sys/bus/${bus}/devices/${dev}/modalias`)?.trim();
+      if (alias && /^[\x21-\x7e]+$/.test(alias)) out.add(cut(alias));
+    }
+  }
+  return [...out].slice(0, FACTS_MAX_ITEMS);
+}
+
 export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
   const root = path.resolve(o.root ?? "/");
   const isHost = root === "/";
@@ -113,6 +140,8 @@ export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
     ...(rel.PRETTY_NAME ? { prettyName: cut(rel.PRETTY_NAME) } : {}),
   };
   const kernel = read(root, "proc/sys/kernel/osrelease")?.trim() || os.release();
+  const board = dmi(root);
+  const aliases = modaliases(root);
   return {
     hostname: cut(hostname),
     machineId: machineId(root),
@@ -123,7 +152,57 @@ export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
     memoryBytes: memoryBytes(root),
     disks: disks(root),
     macs: macs(root),
+    ...(Object.keys(board).length ? { dmi: board } : {}),
+    ...(aliases.length ? { modaliases: aliases } : {}),
     ...(o.agentVersion ? { agentVersion: cut(o.agentVersion) } : {}),
     ...(o.agentStateDir ? { agentStateDir: cut(o.agentStateDir) } : {}),
   };
+}
+
+/** How often `strata agent run` reads the facts again (and sends them when they changed). */
+export const FACTS_REFRESH_MS = 60 * 60_000;
+
+export interface FactsReporterOptions {
+  /** Reads the facts (gatherFacts with the endpoint's root). */
+  gather: () => GatheredFacts;
+  /** Sends them (`PUT /agent/facts`). */
+  send: (facts: EndpointFacts) => Promise<void>;
+  /** Default FACTS_REFRESH_MS. */
+  everyMs?: number;
+  now?: () => number;
+}
+
+/**
+ * Keeps the server's copy of the facts current: the first `report()` reads
+ * and sends them (an endpoint enrolled by an older agent gets its DMI and
+ * modaliases on the server this way), later ones read them again once
+ * `everyMs` has passed and send them only when they changed. A failed send
+ * is tried again at the next call.
+ */
+export class FactsReporter {
+  private sent: string | null = null;
+  private checkedAt: number | null = null;
+  private readonly everyMs: number;
+  private readonly now: () => number;
+
+  constructor(private readonly o: FactsReporterOptions) {
+    this.everyMs = o.everyMs ?? FACTS_REFRESH_MS;
+    this.now = o.now ?? Date.now;
+  }
+
+  /** True when the facts were sent by this call. */
+  async report(): Promise<boolean> {
+    const now = this.now();
+    if (this.checkedAt !== null && now - this.checkedAt < this.everyMs) return false;
+    const facts = this.o.gather();
+    const json = JSON.stringify(facts);
+    if (facts.machineId === null || json === this.sent) {
+      this.checkedAt = now;
+      return false;
+    }
+    await this.o.send({ ...facts, machineId: facts.machineId });
+    this.sent = json;
+    this.checkedAt = now;
+    return true;
+  }
 }

@@ -39,7 +39,15 @@ export {
   type UploadOnce,
 } from "./daemon.js";
 export { type EnrollOptions, type EnrollResult, enrollEndpoint } from "./enroll.js";
-export { type FactsOptions, type GatheredFacts, gatherFacts, parseOsRelease } from "./facts.js";
+export {
+  FACTS_REFRESH_MS,
+  type FactsOptions,
+  FactsReporter,
+  type FactsReporterOptions,
+  type GatheredFacts,
+  gatherFacts,
+  parseOsRelease,
+} from "./facts.js";
 export {
   IDLE_NICE,
   type IoClass,

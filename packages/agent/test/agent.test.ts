@@ -3,6 +3,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
+  FactsReporter,
   gatherFacts,
   parseOsRelease,
   readCredential,
@@ -66,6 +67,89 @@ describe("facts", () => {
     expect(f.machineId).toBeNull();
     expect(f.hostname).toHaveLength(256);
     expect(f.macs).toHaveLength(64);
+  });
+
+  it("reads the DMI vendor and model and the PCI and USB modaliases under the root, each once, bounded", () => {
+    const root = fakeRoot(dir());
+    const put = (rel: string, text: string) => {
+      mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
+      writeFileSync(path.join(root, rel), text);
+    };
+    put("sys/class/dmi/id/sys_vendor", "LENOVO\n");
+    put("sys/class/dmi/id/product_name", "20XW0026GE\n");
+    put(
+      "sys/bus/pci/devices/0000:00:02.0/modalias",
+      "pci:v00008086d00009A49sv000017AAsd000022D8bc03sc00i00\n",
+    );
+    put(
+      "sys/bus/pci/devices/0000:00:14.3/modalias",
+      "pci:v00008086d0000A0F0sv00008086sd00000244bc02sc80i00\n",
+    );
+    // Two identical functions report one modalias; a device without one is skipped.
+    put(
+      "sys/bus/pci/devices/0000:00:1f.0/modalias",
+      "pci:v00008086d0000A082sv000017AAsd000022D8bc06sc01i00\n",
+    );
+    put(
+      "sys/bus/pci/devices/0000:00:1f.1/modalias",
+      "pci:v00008086d0000A082sv000017AAsd000022D8bc06sc01i00\n",
+    );
+    mkdirSync(path.join(root, "sys/bus/pci/devices/0000:00:1f.2"), { recursive: true });
+    put("sys/bus/usb/devices/1-3:1.0/modalias", "usb:v06CBp00FCd0000dcFFdsc10dpFFicFFisc00ip00in00\n");
+    put("sys/bus/usb/devices/usb1/product", "xHCI Host Controller\n");
+    const f = gatherFacts({ root });
+    expect(f.dmi).toEqual({ vendor: "LENOVO", model: "20XW0026GE" });
+    expect(f.modaliases).toEqual([
+      "pci:v00008086d00009A49sv000017AAsd000022D8bc03sc00i00",
+      "pci:v00008086d0000A0F0sv00008086sd00000244bc02sc80i00",
+      "pci:v00008086d0000A082sv000017AAsd000022D8bc06sc01i00",
+      "usb:v06CBp00FCd0000dcFFdsc10dpFFicFFisc00ip00in00",
+    ]);
+    // PCI devices come first when there are more than the protocol takes.
+    for (let i = 0; i < 70; i++) {
+      put(`sys/bus/usb/devices/2-${i}:1.0/modalias`, `usb:v1234p${i.toString(16).padStart(4, "0")}\n`);
+    }
+    const many = gatherFacts({ root }).modaliases ?? [];
+    expect(many).toHaveLength(64);
+    expect(many.slice(0, 3).every((m) => m.startsWith("pci:"))).toBe(true);
+    // A root without /sys/class/dmi or /sys/bus reports neither.
+    const bare = gatherFacts({ root: fakeRoot(dir()) });
+    expect(bare.dmi).toBeUndefined();
+    expect(bare.modaliases).toBeUndefined();
+  });
+
+  it("FactsReporter sends at the first report, then only when due and changed; a failed send is retried", async () => {
+    const root = fakeRoot(dir());
+    let now = 0;
+    const sent: unknown[] = [];
+    let fail = false;
+    const r = new FactsReporter({
+      gather: () => gatherFacts({ root }),
+      send: async (f) => {
+        if (fail) throw new Error("server down");
+        sent.push(f);
+      },
+      everyMs: 1000,
+      now: () => now,
+    });
+    expect(await r.report()).toBe(true);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]).toMatchObject({ hostname: "web-1", machineId: "0f6b3c2a9d8e4f1a0b2c3d4e5f607182" });
+    now = 999;
+    expect(await r.report()).toBe(false); // not due
+    now = 1000;
+    expect(await r.report()).toBe(false); // due, unchanged
+    writeFileSync(path.join(root, "etc/hostname"), "web-2\n");
+    now = 1500;
+    expect(await r.report()).toBe(false); // changed, but not due
+    fail = true;
+    now = 2000;
+    await expect(r.report()).rejects.toThrow("server down");
+    fail = false;
+    now = 2001; // the failed send is tried again at once
+    expect(await r.report()).toBe(true);
+    expect(sent).toHaveLength(2);
+    expect(sent[1]).toMatchObject({ hostname: "web-2" });
   });
 
   it("parses os-release quoting", () => {

@@ -365,6 +365,15 @@ export class PostgresFleetStore implements FleetStore {
     await this.q("UPDATE endpoints SET last_seen_at = $1 WHERE id = $2", [at, id]);
   }
 
+  async updateEndpointFacts(id: string, hostname: string, facts: Record<string, unknown>): Promise<boolean> {
+    const r = await this.q("UPDATE endpoints SET hostname = $1, facts = $2::jsonb WHERE id = $3", [
+      hostname,
+      JSON.stringify(facts),
+      id,
+    ]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
   async approveEndpoint(
     id: string,
     cvd: { create: CvdRecord } | { attach: string },

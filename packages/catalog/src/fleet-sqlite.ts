@@ -369,6 +369,14 @@ export class SqliteFleetStore implements FleetStore {
     this.db.prepare("UPDATE endpoints SET last_seen_at = ? WHERE id = ?").run(at.getTime(), id);
   }
 
+  async updateEndpointFacts(id: string, hostname: string, facts: Record<string, unknown>): Promise<boolean> {
+    return (
+      this.db
+        .prepare("UPDATE endpoints SET hostname = ?, facts = ? WHERE id = ?")
+        .run(hostname, JSON.stringify(facts), id).changes > 0
+    );
+  }
+
   async approveEndpoint(
     id: string,
     cvd: { create: CvdRecord } | { attach: string },

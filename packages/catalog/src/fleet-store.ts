@@ -148,6 +148,12 @@ export interface FleetStore {
   /** Oldest first (created, id). */
   listEndpoints(filter?: EndpointFilter): Promise<EndpointRecord[]>;
   touchEndpoint(id: string, at: Date): Promise<void>;
+  /**
+   * Replace the facts the agent reported, and the hostname with them (the
+   * machine id and the duplicate flag stay those of the enrollment). False
+   * when missing.
+   */
+  updateEndpointFacts(id: string, hostname: string, facts: Record<string, unknown>): Promise<boolean>;
   /** Make a pending or disabled endpoint active with a new CVD or an existing one. See the contract. */
   approveEndpoint(id: string, cvd: { create: CvdRecord } | { attach: string }): Promise<EndpointRecord>;
   /** False when missing. The CVD stays attached. */

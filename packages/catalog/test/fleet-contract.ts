@@ -233,6 +233,15 @@ export function runFleetStoreContract(name: string, open: () => Promise<ServerSt
       await s.touchEndpoint(e1.id, later(9));
       expect((await s.getEndpoint(e1.id))?.lastSeenAt).toEqual(later(9));
       expect(await s.getEndpoint("ep_missing")).toBeNull();
+      // Facts reported again: hostname and facts replaced, the enrollment's machine id kept.
+      const facts = { hostname: "renamed", machineId: "c".repeat(32), dmi: { vendor: "LENOVO" } };
+      expect(await s.updateEndpointFacts(e1.id, "renamed", facts)).toBe(true);
+      expect(await s.getEndpoint(e1.id)).toMatchObject({
+        hostname: "renamed",
+        machineId: e1.machineId,
+        facts,
+      });
+      expect(await s.updateEndpointFacts("ep_missing", "x", {})).toBe(false);
       await s.close();
     });
 

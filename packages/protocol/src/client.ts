@@ -240,6 +240,10 @@ export class StrataClient {
   agentSelf(): Promise<AgentSelf> {
     return this.request("GET", `${API_PREFIX}/agent/self`);
   }
+  /** The endpoint's facts as they are now (an active endpoint's credential). */
+  reportFacts(facts: EndpointFacts): Promise<void> {
+    return this.request("PUT", `${API_PREFIX}/agent/facts`, { facts });
+  }
   // enrollment tokens
   createEnrollmentToken(req: CreateEnrollmentTokenRequest): Promise<CreatedEnrollmentToken> {
     return this.request("POST", `${API_PREFIX}/enrollment-tokens`, req);

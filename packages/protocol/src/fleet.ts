@@ -28,7 +28,11 @@ export const FACTS_MAX_ITEMS = 64;
 
 export type EndpointState = "pending" | "active" | "disabled";
 
-/** What an agent reports about its endpoint at enrollment (claims, not proofs). */
+/**
+ * What an agent reports about its endpoint (claims, not proofs): at
+ * enrollment, then again from `strata agent run` when they change
+ * (`PUT /agent/facts`).
+ */
 export interface EndpointFacts {
   hostname: string;
   /** /etc/machine-id: 32 lowercase hex digits. */
@@ -40,11 +44,19 @@ export interface EndpointFacts {
   memoryBytes?: number;
   disks?: { name: string; sizeBytes: number; model?: string }[];
   macs?: string[];
+  /** /sys/class/dmi/id/sys_vendor and product_name: driver profiles' vendor and model. */
+  dmi?: { vendor?: string; model?: string };
+  /** PCI then USB modaliases (/sys/bus/{pci,usb}/devices/*\/modalias), each once. */
+  modaliases?: string[];
   agentVersion?: string;
   agentStateDir?: string;
 }
 
 export interface EnrollRequest {
+  facts: EndpointFacts;
+}
+/** `PUT /agent/facts`: the endpoint's facts as the agent reads them now (they replace the stored ones). */
+export interface AgentFactsRequest {
   facts: EndpointFacts;
 }
 export interface EnrollResponse {
@@ -253,6 +265,8 @@ const facts = obj(
     memoryBytes: count,
     disks: list(obj({ name: s256, sizeBytes: count, model: s256 }, ["name", "sizeBytes"])),
     macs: list(s256),
+    dmi: obj({ vendor: s256, model: s256 }, []),
+    modaliases: list(s256),
     agentVersion: s256,
     agentStateDir: s256,
   },
@@ -264,6 +278,7 @@ const policyInput = { type: "object", additionalProperties: true };
 export const fleetSchemas = {
   EndpointFacts: facts,
   EnrollRequest: obj({ facts }),
+  AgentFactsRequest: obj({ facts }),
   EnrollResponse: obj({
     endpointId: str(),
     credential: str(),

@@ -70,13 +70,23 @@ function noopHooks(): { fetchSelf: FetchSelf; uploadOnce: UploadOnce } {
 
 /**
  * The real hooks: the endpoint's state, policy and tasks from `GET
- * /agent/self`; one protection run (protect.ts) paced by the policy's
+ * /agent/self`, the facts sent again while active (at start, then hourly
+ * when they changed: FactsReporter); one protection run (protect.ts) paced by the policy's
  * bandwidth cap; restore tasks (restore.md, "Tasks") run by the engine
  * through RemoteRestoreSource; a pending restore finished at start.
  */
-async function serverHooks(ctx: { stateDir: string; root: string }): Promise<AgentWiring> {
+async function serverHooks(ctx: {
+  stateDir: string;
+  root: string;
+  logger: AgentLogger;
+}): Promise<AgentWiring> {
   const a = await import("@strata/agent");
   const client = a.endpointClient(ctx.stateDir);
+  const facts = new a.FactsReporter({
+    gather: () =>
+      a.gatherFacts({ root: ctx.root, agentVersion: a.AGENT_VERSION, agentStateDir: ctx.stateDir }),
+    send: (f) => client.reportFacts(f),
+  });
   /** The restore a task is running (streaming: `strata agent fetch` reaches it). */
   let current: RestoreRun | null = null;
   const protect = (
@@ -103,6 +113,14 @@ async function serverHooks(ctx: { stateDir: string; root: string }): Promise<Age
   return {
     fetchSelf: async () => {
       const s = await client.agentSelf();
+      if (s.state === "active") {
+        // Collections and driver profiles match on these: keep the server's copy current.
+        await facts.report().then(
+          (sent) => sent && ctx.logger.info({}, "facts sent"),
+          (e: unknown) =>
+            ctx.logger.warn({ err: (e as Error).message }, "cannot send the facts; trying again later"),
+        );
+      }
       return {
         state: s.state,
         policy: s.cvd ? parsePolicy(s.cvd.policy) : null,

@@ -89,7 +89,14 @@ function endpointRows(list: Endpoint[]): string {
 }
 
 function showEndpoint(e: EndpointDetail): string {
-  const f = e.facts as { kernel?: string; arch?: string; memoryBytes?: number; macs?: string[] };
+  const f = e.facts as {
+    kernel?: string;
+    arch?: string;
+    memoryBytes?: number;
+    macs?: string[];
+    dmi?: { vendor?: string; model?: string };
+    modaliases?: string[];
+  };
   const lines = [
     `endpoint ${e.id}`,
     `  hostname:    ${e.hostname}`,
@@ -100,6 +107,7 @@ function showEndpoint(e: EndpointDetail): string {
     `  kernel:      ${dash(f.kernel)} ${f.arch ?? ""}`.trimEnd(),
     `  memory:      ${f.memoryBytes ? `${Math.round(f.memoryBytes / 2 ** 20)} MiB` : "-"}`,
     `  MACs:        ${(f.macs ?? []).join(", ") || "-"}`,
+    `  hardware:    ${[f.dmi?.vendor, f.dmi?.model].filter(Boolean).join(" ") || "-"}${f.modaliases?.length ? ` (${f.modaliases.length} PCI/USB modaliases)` : ""}`,
     `  enrolled:    ${e.createdAt}${e.enrollmentTokenId ? ` with token ${e.enrollmentTokenId}` : ""}`,
     `  last seen:   ${dash(e.lastSeenAt)}`,
   ];

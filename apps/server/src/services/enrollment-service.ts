@@ -54,6 +54,15 @@ const badCredential = () =>
     hint: "the endpoint was removed or re-enrolled; enroll it again with `strata agent enroll`",
   });
 
+function checkFactsSize(facts: EndpointFacts): void {
+  const size = Buffer.byteLength(JSON.stringify(facts));
+  if (size > FACTS_MAX_BYTES) {
+    throw new StrataError("TOO_LARGE", `the facts take ${size} bytes; at most ${FACTS_MAX_BYTES}`, {
+      hint: "report fewer facts",
+    });
+  }
+}
+
 export function tokenStatus(t: EnrollmentTokenRecord, now: Date): EnrollmentToken["status"] {
   if (t.revokedAt) return "revoked";
   if (t.expiresAt.getTime() <= now.getTime()) return "expired";
@@ -167,12 +176,7 @@ export class EnrollmentService {
       });
     }
     if (!looksLikeSecret(ENROLLMENT_TOKEN_PREFIX, token)) throw badEnrollmentToken();
-    const size = Buffer.byteLength(JSON.stringify(facts));
-    if (size > FACTS_MAX_BYTES) {
-      throw new StrataError("TOO_LARGE", `the facts take ${size} bytes; at most ${FACTS_MAX_BYTES}`, {
-        hint: "report fewer facts",
-      });
-    }
+    checkFactsSize(facts);
     const t = await store.getEnrollmentTokenByHash(hashToken(token));
     if (!t || t.revokedAt) throw badEnrollmentToken();
     const keyHash = hashToken(`${t.id}/${key.toLowerCase()}`);
@@ -269,6 +273,19 @@ export class EnrollmentService {
       await this.deps.store.touchEndpoint(ep.id, now);
     }
     return { endpointId: ep.id, cvdId: ep.cvdId, state: ep.state };
+  }
+
+  /**
+   * `PUT /agent/facts`: the facts the agent reads now replace those of the
+   * enrollment (and the hostname with them), so collection rules and
+   * driver profiles match the endpoint as it is. The machine id is the
+   * enrollment's: a different one is stored in the facts but changes
+   * neither the endpoint's machine id nor its duplicate flag. Not audited
+   * (claims the agent repeats, not administrative acts).
+   */
+  async updateFacts(agent: AgentIdentity, facts: EndpointFacts): Promise<void> {
+    checkFactsSize(facts);
+    await this.deps.store.updateEndpointFacts(agent.endpointId, facts.hostname, { ...facts });
   }
 
   /** `GET /agent/self`: the CVD and its policy only while active; `tasks` as the task service lists them. */

@@ -1,4 +1,9 @@
-import { API_PREFIX, type CreateEnrollmentTokenRequest, type EnrollRequest } from "@strata/protocol";
+import {
+  type AgentFactsRequest,
+  API_PREFIX,
+  type CreateEnrollmentTokenRequest,
+  type EnrollRequest,
+} from "@strata/protocol";
 import { agentOf, callerOf, type RouteDef, route } from "../registry.js";
 
 /** Enrollment tokens (administrators) and the agent routes of protocol.md: enroll, agent/self. */
@@ -65,5 +70,16 @@ export const enrollmentRoutes: RouteDef[] = [
       const agent = agentOf(ctx);
       return ctx.services.enrollment.self(agent, await ctx.services.tasks.forAgent(agent));
     },
+  }),
+  route<AgentFactsRequest>({
+    method: "PUT",
+    url: `${API_PREFIX}/agent/facts`,
+    access: { endpoint: "active" },
+    summary: "Report the calling endpoint's facts again (hostname, OS, DMI vendor and model, modaliases…)",
+    tag: "agent",
+    body: "AgentFactsRequest",
+    status: 204,
+    response: null,
+    handler: (ctx) => ctx.services.enrollment.updateFacts(agentOf(ctx), ctx.body.facts),
   }),
 ];
