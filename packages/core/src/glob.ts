@@ -5,7 +5,17 @@
  * with '/' matches the whole absolute path, or a prefix of it ending at a
  * segment boundary (so excluding a directory excludes its contents).
  */
-export function globToRegExp(pattern: string): RegExp {
+export interface GlobOptions {
+  /**
+   * Match strings that are not paths, as fnmatch(3) without FNM_PATHNAME:
+   * `*` and `?` match `/` too (DMI strings, modaliases, hostnames).
+   */
+  text?: boolean;
+  ignoreCase?: boolean;
+}
+
+export function globToRegExp(pattern: string, opts: GlobOptions = {}): RegExp {
+  const any = opts.text ? "." : "[^/]";
   let re = "";
   for (let i = 0; i < pattern.length; i++) {
     const c = pattern[i]!;
@@ -13,9 +23,9 @@ export function globToRegExp(pattern: string): RegExp {
       if (pattern[i + 1] === "*") {
         re += ".*";
         i++;
-        if (pattern[i + 1] === "/") i++;
-      } else re += "[^/]*";
-    } else if (c === "?") re += "[^/]";
+        if (!opts.text && pattern[i + 1] === "/") i++;
+      } else re += `${any}*`;
+    } else if (c === "?") re += any;
     else if (c === "[") {
       const end = pattern.indexOf("]", i + 1);
       if (end < 0) re += "\\[";
@@ -27,7 +37,7 @@ export function globToRegExp(pattern: string): RegExp {
       }
     } else re += c.replace(/[.+^${}()|\\]/g, "\\$&");
   }
-  return new RegExp(`^${re}$`, "s");
+  return new RegExp(`^${re}$`, opts.ignoreCase ? "si" : "s");
 }
 
 export class GlobSet {
