@@ -58,6 +58,7 @@ interface CvdRow {
   endpoint_hostname: string | null;
   policy_name: string;
   policy_version: number;
+  tags: string[];
 }
 
 const toPolicy = (r: PolicyRow): PolicyRecord => ({
@@ -103,10 +104,12 @@ const toCvd = (r: CvdRow): CvdSummary => ({
   endpointHostname: r.endpoint_hostname,
   policyName: r.policy_name,
   policyVersion: r.policy_version,
+  tags: r.tags,
 });
 
 const ENDPOINTS = "SELECT e.*, c.id AS cvd_id FROM endpoints e LEFT JOIN cvds c ON c.endpoint_id = e.id";
-const CVDS = `SELECT c.*, e.hostname AS endpoint_hostname, p.name AS policy_name, p.version AS policy_version
+const CVDS = `SELECT c.*, e.hostname AS endpoint_hostname, p.name AS policy_name, p.version AS policy_version,
+    ARRAY(SELECT t.tag FROM cvd_tags t WHERE t.cvd_id = c.id ORDER BY t.tag COLLATE "C") AS tags
   FROM cvds c JOIN upload_policies p ON p.id = c.policy_id LEFT JOIN endpoints e ON e.id = c.endpoint_id`;
 
 const UNIQUE = "23505";

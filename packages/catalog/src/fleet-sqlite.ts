@@ -59,6 +59,7 @@ interface CvdRow {
   endpoint_hostname: string | null;
   policy_name: string;
   policy_version: number;
+  tags: string;
 }
 
 const ms = (d: Date | null) => (d === null ? null : d.getTime());
@@ -107,11 +108,13 @@ const toCvd = (r: CvdRow): CvdSummary => ({
   endpointHostname: r.endpoint_hostname,
   policyName: r.policy_name,
   policyVersion: r.policy_version,
+  tags: (JSON.parse(r.tags) as string[]).sort(),
 });
 
 /** Endpoints with their CVD id: one LEFT JOIN on the unique cvds.endpoint_id. */
 const ENDPOINTS = "SELECT e.*, c.id AS cvd_id FROM endpoints e LEFT JOIN cvds c ON c.endpoint_id = e.id";
-const CVDS = `SELECT c.*, e.hostname AS endpoint_hostname, p.name AS policy_name, p.version AS policy_version
+const CVDS = `SELECT c.*, e.hostname AS endpoint_hostname, p.name AS policy_name, p.version AS policy_version,
+    (SELECT json_group_array(t.tag) FROM cvd_tags t WHERE t.cvd_id = c.id) AS tags
   FROM cvds c JOIN upload_policies p ON p.id = c.policy_id LEFT JOIN endpoints e ON e.id = c.endpoint_id`;
 
 const isUnique = (e: unknown) =>

@@ -98,6 +98,8 @@ export interface CvdSummary extends CvdRecord {
   endpointHostname: string | null;
   policyName: string;
   policyVersion: number;
+  /** Administrators' tags (targeting.ts's cvd_tags), sorted. */
+  tags: string[];
 }
 
 export interface EndpointFilter {

@@ -91,6 +91,16 @@ export type {
   UserRecord,
 } from "./server-store.js";
 export {
+  type CollectionRecord,
+  type DriverProfilePatch,
+  type DriverProfileRecord,
+  type LayerRulesRecord,
+  PostgresTargetingStore,
+  SqliteTargetingStore,
+  type TargetingStore,
+  type TargetRecord,
+} from "./targeting.js";
+export {
   openSqliteUploadStore,
   PostgresUploadStore,
   SqliteUploadStore,

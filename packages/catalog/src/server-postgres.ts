@@ -13,6 +13,7 @@ import type {
   UserPatch,
   UserRecord,
 } from "./server-store.js";
+import { PostgresTargetingStore, type TargetingStore } from "./targeting.js";
 
 interface UserRow {
   id: string;
@@ -91,6 +92,7 @@ export class PostgresServerStore extends PostgresFleetStore implements ServerSto
   readonly kind = "postgres" as const;
   readonly tasks: TaskStore;
   readonly layers: LayerStore;
+  readonly targeting: TargetingStore;
   private readonly catalog: PostgresCatalog;
 
   constructor(catalog: PostgresCatalog) {
@@ -98,6 +100,7 @@ export class PostgresServerStore extends PostgresFleetStore implements ServerSto
     this.catalog = catalog;
     this.tasks = new PostgresTaskStore(catalog.pool);
     this.layers = new PostgresLayerStore(catalog.pool);
+    this.targeting = new PostgresTargetingStore(catalog.pool);
   }
 
   async upsertBuiltinRoles(

@@ -14,6 +14,7 @@ import type {
   UserRecord,
 } from "./server-store.js";
 import { openSqliteCatalog } from "./sqlite.js";
+import { SqliteTargetingStore, type TargetingStore } from "./targeting.js";
 
 interface UserRow {
   id: string;
@@ -105,6 +106,7 @@ export class SqliteServerStore extends SqliteFleetStore implements ServerStore {
   readonly kind = "sqlite" as const;
   readonly tasks: TaskStore = new SqliteTaskStore(this.db);
   readonly layers: LayerStore = new SqliteLayerStore(this.db);
+  readonly targeting: TargetingStore = new SqliteTargetingStore(this.db);
 
   async upsertBuiltinRoles(
     roles: readonly { name: string; permissions: readonly string[] }[],

@@ -19,6 +19,7 @@
 import type { FleetStore } from "./fleet-store.js";
 import type { LayerStore } from "./layers.js";
 import type { TaskStore } from "./restores.js";
+import type { TargetingStore } from "./targeting.js";
 
 export interface UserRecord {
   id: string;
@@ -84,6 +85,8 @@ export interface ServerStore extends FleetStore {
   readonly tasks: TaskStore;
   /** Layers, captures, assignments and images (layers.ts), in the same database. */
   readonly layers: LayerStore;
+  /** Collections, driver profiles, layer rules and CVD tags (targeting.ts), in the same database. */
+  readonly targeting: TargetingStore;
 
   /** Writes the built-in roles (insert or overwrite permissions; marks them builtin). */
   upsertBuiltinRoles(roles: readonly { name: string; permissions: readonly string[] }[]): Promise<void>;

@@ -30,6 +30,8 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
         { version: 4, name: "uploads" },
         { version: 5, name: "pack_seq" },
         { version: 6, name: "restores" },
+        { version: 7, name: "layers" },
+        { version: 8, name: "targeting" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",

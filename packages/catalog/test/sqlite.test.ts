@@ -44,6 +44,8 @@ describe("SqliteCatalog specifics", () => {
       { version: 4, name: "uploads" },
       { version: 5, name: "pack_seq" },
       { version: 6, name: "restores" },
+      { version: 7, name: "layers" },
+      { version: 8, name: "targeting" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
       t: "blob",
