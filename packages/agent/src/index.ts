@@ -56,7 +56,13 @@ export {
   readPriorities,
 } from "./priority.js";
 export * from "./protect.js";
-export { DEFAULT_MINIMAL_SET, type RestoreRun, recoverPendingRestore, runRestore } from "./restore/engine.js";
+export {
+  DEFAULT_MINIMAL_SET,
+  hasPendingRestore,
+  type RestoreRun,
+  recoverPendingRestore,
+  runRestore,
+} from "./restore/engine.js";
 export { LocalRestoreSource, type LocalSourceOptions } from "./restore/local-source.js";
 export {
   asStrataError,

@@ -10,7 +10,7 @@ import { DirBlobStore, Repository } from "@strata/repo";
 import { runRestore } from "../src/restore/engine.js";
 import { LocalRestoreSource } from "../src/restore/local-source.js";
 import type { RestoreKind } from "../src/restore/types.js";
-import { testPolicy } from "./restore-helpers.js";
+import { type LayerSpec, layerOptions, testPolicy } from "./restore-helpers.js";
 
 interface ChildArgs {
   repo: string;
@@ -25,12 +25,16 @@ interface ChildArgs {
   uid?: number;
   paths?: string[];
   to?: string;
+  /** The snapshot to restore (default: the repository's latest). */
+  snapshot?: string;
+  /** Kind `layer`'s options. */
+  layer?: LayerSpec;
 }
 
 const a = JSON.parse(process.argv[2]!) as ChildArgs;
 const catalog = await openSqliteCatalog(path.join(a.repo, "catalog.db"));
 const repo = await Repository.open(new DirBlobStore(a.repo), catalog, Buffer.from("test"));
-const source = await LocalRestoreSource.open(repo, "latest", { path: a.snapshotPath });
+const source = await LocalRestoreSource.open(repo, a.snapshot ?? "latest", { path: a.snapshotPath });
 if (a.uid !== undefined) {
   process.setgid(a.uid);
   process.setuid(a.uid);
@@ -44,6 +48,7 @@ const run = runRestore(source, {
   ...(a.policy ? { policy: testPolicy() } : {}),
   ...(a.paths ? { paths: a.paths } : {}),
   ...(a.to ? { to: a.to } : {}),
+  ...(a.layer ? { layer: layerOptions(a.layer) } : {}),
   onStep: (s) => {
     steps = s.n;
     if (s.n === a.killAt) process.kill(process.pid, "SIGKILL");

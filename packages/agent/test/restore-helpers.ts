@@ -7,6 +7,7 @@ import { native } from "@strata/fs";
 import { Backup, DirBlobStore, Repository } from "@strata/repo";
 import { rsyncCopy, rsyncItemize } from "@strata/testkit";
 import { LocalRestoreSource } from "../src/restore/local-source.js";
+import type { LayerRestoreOptions } from "../src/restore/types.js";
 
 process.env.STRATA_SCRYPT_LOG_N ??= "12";
 
@@ -94,3 +95,32 @@ export function noise(len: number, seed: number): Buffer {
 }
 
 export { lchownSync, utimesSync };
+
+/** Kind `layer`'s options in JSON form (for restore-child.ts and the layer tests). */
+export interface LayerSpec {
+  /** The removal set: these exact paths are removable; their ancestors answer "below". */
+  removable?: string[];
+  /** Do-not-override: these paths and everything below them. */
+  doNotOverride?: string[];
+  enforceRemove?: boolean;
+  /** Absolute path → UTF-8 content. */
+  literals?: Record<string, string>;
+}
+
+export function layerOptions(spec: LayerSpec): LayerRestoreOptions {
+  const removable = spec.removable ?? [];
+  const keep = spec.doNotOverride ?? [];
+  return {
+    removable: (p) => {
+      const s = p.toString("latin1");
+      if (removable.includes(s)) return true;
+      return removable.some((r) => r.startsWith(s === "/" ? s : `${s}/`)) ? "below" : false;
+    },
+    doNotOverride: (p) => {
+      const s = p.toString("latin1");
+      return keep.some((k) => s === k || s.startsWith(`${k}/`));
+    },
+    ...(spec.enforceRemove ? { enforceRemove: true } : {}),
+    literals: new Map(Object.entries(spec.literals ?? {}).map(([k, v]) => [k, Buffer.from(v)])),
+  };
+}

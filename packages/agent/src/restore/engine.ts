@@ -28,6 +28,7 @@ import {
 import {
   type BatchState,
   classScope,
+  layerPlan,
   type PlanEnv,
   Planner,
   type RunCounters,
@@ -158,6 +159,8 @@ class Engine {
   private created = false;
   /** A committed journal whose apply failed stays for recoverPendingRestore. */
   private journalLeft = false;
+  /** deferApply: the batch is committed and left for recoverPendingRestore. */
+  private pending = false;
 
   constructor(
     private readonly source: RestoreSource,
@@ -270,7 +273,7 @@ class Engine {
         if (out.stopped) throw new StrataError("INTERNAL", "an unbounded restore batch stopped");
         this.isUsable = true;
       } else await this.stream();
-      this.finish();
+      if (!this.pending) this.finish();
       this.setPhase("done");
       this.finished.resolve();
       this.usable.resolve();
@@ -299,6 +302,7 @@ class Engine {
         errors: this.errors,
         durationMs: Date.now() - started,
         batches: this.batches,
+        ...(this.pending ? { pending: true } : {}),
       };
     } catch (e) {
       // A journal left by a failed apply is recovery's to roll forward; anything else goes.
@@ -316,6 +320,22 @@ class Engine {
       throw new StrataError("INVALID_ARGUMENT", `restore id ${JSON.stringify(o.id)} is not a plain name`, {
         hint: "use letters, digits, '.', '_' and '-'",
       });
+    }
+    if (o.streaming && (o.kind === "layer" || o.deferApply)) {
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        o.kind === "layer"
+          ? "a layer apply cannot stream: it is one atomic batch"
+          : "a deferred restore cannot stream: streaming applies batch after batch",
+        { hint: "run it without streaming" },
+      );
+    }
+    if (o.kind === "layer" && (!o.layer || !o.policy)) {
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `a layer apply needs ${o.layer ? "the CVD's policy" : "layer options (the removal set)"}`,
+        { hint: "give `policy` (the user area is never touched) and `layer.removable`" },
+      );
     }
     let rootPath: string;
     if (o.kind === "files") {
@@ -353,6 +373,16 @@ class Engine {
         hint: "a restore with this id ran before and was interrupted: call recoverPendingRestore first",
       });
     }
+    // Planning against a root that a committed journal is still to change would plan the wrong
+    // changes (`files` writes elsewhere, into `to`).
+    const waiting = o.kind === "files" ? [] : pendingRestores(stateDir);
+    if (waiting.length) {
+      throw new StrataError(
+        "LOCKED",
+        `restore ${waiting[0]} is committed and not applied yet (in ${nodePath.join(stateDir, RESTORE_DIR)})`,
+        { subject: waiting[0], hint: "call recoverPendingRestore first: it applies the committed restore" },
+      );
+    }
     mkdirSync(this.idDir, { mode: 0o700 });
     this.created = true;
     writeFileSync(
@@ -374,6 +404,7 @@ class Engine {
       source: this.source,
       kind: o.kind,
       policy: o.policy,
+      layer: o.kind === "layer" ? layerPlan(o.layer!, BigInt(Date.now()) * 1_000_000n) : undefined,
       root,
       owner,
       trustMtime: !!o.trustMtime,
@@ -474,6 +505,7 @@ class Engine {
     try {
       this.setPhase("planning");
       const out = await planner.top(this.topItems, this.rootDev, cursor);
+      planner.reportUnseenLiterals();
       const rootNode = this.source.snapshot.node;
       if (rootNode && this.opts.kind !== "files") planner.rootMeta(rootNode, out.dirty);
       this.setPhase("staging");
@@ -498,6 +530,11 @@ class Engine {
       b.journal.commit(nodePath.join(this.idDir, "journal"), this.idDir);
       committed = true;
       this.batches++;
+      if (this.opts.deferApply) {
+        // The restart point: recoverPendingRestore applies it (layers.md, "Engine kind `layer`").
+        this.pending = true;
+        return { stopped: out.stopped, lastDone: b.lastDone };
+      }
       this.setPhase("applying");
       const ctx: ApplyContext = { root: this.env.root, work: this.env.work.list, owner: this.env.owner };
       await applyCommitted(this.idDir, ctx, {
@@ -701,6 +738,26 @@ async function applyCommitted(idDir: string, ctx: ApplyContext, hooks: ApplyHook
     unlinkSync(journal);
     fsyncPath(idDir);
   }
+}
+
+/** Ids of the restores of `stateDir` whose journal is committed and not (fully) applied. */
+function pendingRestores(stateDir: string): string[] {
+  const dir = nodePath.join(nodePath.resolve(stateDir), RESTORE_DIR);
+  let ids: string[];
+  try {
+    ids = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return ids.filter((id) => existsSync(nodePath.join(dir, id, "journal"))).sort();
+}
+
+/**
+ * Whether a committed restore waits in `stateDir` (a `deferApply` run, or
+ * an apply a crash interrupted): `recoverPendingRestore` applies it.
+ */
+export function hasPendingRestore(stateDir: string): boolean {
+  return pendingRestores(stateDir).length > 0;
 }
 
 /**

@@ -9,6 +9,7 @@ import {
   openSync,
   readdirSync,
   readlinkSync,
+  readSync,
   symlinkSync,
   writeSync,
 } from "node:fs";
@@ -18,6 +19,7 @@ import {
   applyMetadataSync,
   createSpecial,
   displayPath,
+  nodeFromStat,
   nodeTypeOf,
   readXattrs,
   validateName,
@@ -26,7 +28,7 @@ import type { Fetcher, PendingFile, SyncQueue } from "./fetcher.js";
 import { type JournalWriter, journalNode, WORKDIR_PREFIX, type Workdirs } from "./journal.js";
 import type { SeedReader } from "./seed.js";
 import type { RestoreSource, TreeRef } from "./source.js";
-import type { RestoreKind, RestoreStep } from "./types.js";
+import type { LayerRestoreOptions, RestoreKind, RestoreStep } from "./types.js";
 
 /*
  * Plan and stage (docs/design/restore.md, "Phases" 1): walk the snapshot's
@@ -68,11 +70,82 @@ export interface RunCounters {
   current: string;
 }
 
+/** Kind `layer`'s options, checked and indexed once per run (layerPlan). */
+export interface LayerPlan {
+  removable: LayerRestoreOptions["removable"];
+  doNotOverride: LayerRestoreOptions["doNotOverride"];
+  enforceRemove: boolean;
+  /** Literal files by their directory's absolute path (latin1). */
+  literals: Map<string, { name: Buffer; content: Buffer }[]>;
+  /** Absolute paths (latin1) of the literal files. */
+  literalPaths: Set<string>;
+  /** Absolute paths (latin1) of every directory above a literal file: never deleted, descended. */
+  literalDirs: Set<string>;
+  /** The time given to a literal file that takes neither the image's nor the root's. */
+  now: bigint;
+  /** Directories (latin1) whose literal files planning has met. */
+  seen: Set<string>;
+}
+
+/** Check kind `layer`'s options (literal paths are plain absolute paths) and index the literals. */
+export function layerPlan(o: LayerRestoreOptions, now: bigint): LayerPlan {
+  const literals = new Map<string, { name: Buffer; content: Buffer }[]>();
+  const literalPaths = new Set<string>();
+  const literalDirs = new Set<string>();
+  for (const [path, content] of o.literals ?? []) {
+    const segs = path.split("/");
+    const bad = (why: string) =>
+      new StrataError("INVALID_ARGUMENT", `literal path ${JSON.stringify(path)} ${why}`, {
+        subject: path,
+        hint: "give absolute paths of the endpoint, without '.', '..' or empty segments",
+      });
+    if (segs[0] !== "" || segs.length < 2) throw bad("is not absolute");
+    const names = segs.slice(1).map((seg) => Buffer.from(seg, "latin1"));
+    for (const n of names) {
+      try {
+        validateName(n);
+      } catch (e) {
+        throw bad(`has a bad segment: ${(e as Error).message}`);
+      }
+    }
+    if (!Buffer.isBuffer(content)) throw bad("has no Buffer content");
+    const parent = segs.length === 2 ? "/" : segs.slice(0, -1).join("/");
+    const list = literals.get(parent) ?? [];
+    list.push({ name: names[names.length - 1]!, content });
+    literals.set(parent, list);
+    literalPaths.add(path);
+    for (let i = 1; i < segs.length; i++) literalDirs.add(i === 1 ? "/" : segs.slice(0, i).join("/"));
+  }
+  for (const p of literalPaths) {
+    if (literalDirs.has(p)) {
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `literal path ${JSON.stringify(p)} is also the directory of another`,
+        {
+          subject: p,
+        },
+      );
+    }
+  }
+  return {
+    removable: o.removable,
+    doNotOverride: o.doNotOverride,
+    enforceRemove: !!o.enforceRemove,
+    literals,
+    literalPaths,
+    literalDirs,
+    now,
+    seen: new Set(),
+  };
+}
+
 /** What stays the same across the batches of one run. */
 export interface PlanEnv {
   source: RestoreSource;
   kind: RestoreKind;
   policy: CompiledPolicy | undefined;
+  /** Kind `layer` only. */
+  layer: LayerPlan | undefined;
   root: Buffer;
   /** Set owners (only root may give files away). */
   owner: boolean;
@@ -156,11 +229,12 @@ export function isIdentityPath(snapPath: Buffer): boolean {
 
 /**
  * Whether a path of this class is this kind's to change: excluded paths
- * never are, the user area not for `system`, identity files not for
- * `recover`. "defer": a user-area path met by a streaming machine pass.
+ * never are, the user area not for `system` and `layer`, identity files not
+ * for `recover` and `layer`, do-not-override paths not for `layer`.
+ * "defer": a user-area path met by a streaming machine pass.
  */
 export function classScope(
-  env: Pick<PlanEnv, "policy" | "kind">,
+  env: Pick<PlanEnv, "policy" | "kind" | "layer">,
   snapPath: Buffer,
   literal: boolean,
   deferring: boolean,
@@ -168,10 +242,12 @@ export function classScope(
   if (env.policy) {
     const cls = env.policy.classify(snapPath);
     if (cls === "excluded") return false;
-    if (cls === "user" && env.kind === "system") return false;
+    if (cls === "user" && (env.kind === "system" || env.kind === "layer")) return false;
     if (cls === "user" && deferring) return "defer";
   }
   if (env.kind === "recover" && !literal && isIdentityPath(snapPath)) return false;
+  if (env.kind === "layer" && (isIdentityPath(snapPath) || env.layer?.doNotOverride?.(snapPath)))
+    return false;
   return true;
 }
 
@@ -213,6 +289,26 @@ export class Planner {
     if (dirty || !this.sameMeta(this.env.root, st, n)) this.meta([], n);
   }
 
+  /**
+   * layer, after planning: literal files in scope whose directory is neither
+   * in the image nor in the root were not written; say so.
+   */
+  reportUnseenLiterals(): void {
+    const l = this.env.layer;
+    if (!l) return;
+    for (const [dir, list] of l.literals) {
+      if (l.seen.has(dir)) continue;
+      for (const lit of list) {
+        const p = join(Buffer.from(dir, "latin1"), lit.name);
+        if (classScope(this.env, p, true, false) !== true) continue;
+        this.env.error(
+          displayPath(p),
+          `not written: its directory ${dir} is neither in the image nor on the endpoint`,
+        );
+      }
+    }
+  }
+
   /** Plan the root directory. */
   async top(items: SnapItem[], dev: number, cursor: Buffer[] | null): Promise<Outcome> {
     return this.dir(
@@ -244,6 +340,8 @@ export class Planner {
     if (env.kind === "recover" && d.snapPath.toString("latin1") === "/etc") {
       items = this.withMachineId(items, names, d);
     }
+    const literals = env.layer?.literals.get(d.snapPath.toString("latin1"));
+    if (literals) items = this.withLiterals(items, literals, d);
     let dirty = false;
     let cursor = d.cursor;
     let i = 0;
@@ -300,6 +398,70 @@ export class Planner {
     return rest;
   }
 
+  /**
+   * layer: the agent's literal files of this directory replace (or join)
+   * the image's entries. Metadata: the image's entry's when it has a file
+   * there, else the root file's (its time kept when the content is the
+   * same, so an unchanged file stays unchanged), else 0644 root:root.
+   */
+  private withLiterals(
+    items: SnapItem[],
+    literals: { name: Buffer; content: Buffer }[],
+    d: DirCtx,
+  ): SnapItem[] {
+    this.env.layer!.seen.add(d.snapPath.toString("latin1"));
+    const out = [...items];
+    for (const lit of literals) {
+      const at = out.findIndex((it) => it.node.name.equals(lit.name));
+      const img = at >= 0 ? out[at] : undefined;
+      let node: FsNode;
+      if (img?.node.type === "file") {
+        const { content: _content, link: _link, ...rest } = img.node;
+        node = { ...rest, size: lit.content.length };
+      } else {
+        const abs = join(d.abs, lit.name);
+        const st = d.exists && !d.stage ? lstatSync(abs, { bigint: true, throwIfNoEntry: false }) : undefined;
+        if (st?.isFile()) {
+          const { link: _link, ...rest } = nodeFromStat(abs, lit.name, st);
+          let xattrs: FsNode["xattrs"];
+          try {
+            xattrs = readXattrs(abs);
+          } catch {
+            xattrs = [];
+          }
+          node = {
+            ...rest,
+            size: lit.content.length,
+            mtimeNs: sameBytes(abs, st, lit.content) ? st.mtimeNs : this.env.layer!.now,
+            ...(xattrs.length ? { xattrs } : {}),
+          };
+        } else {
+          node = {
+            name: lit.name,
+            type: "file",
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtimeNs: this.env.layer!.now,
+            size: lit.content.length,
+          };
+        }
+      }
+      const synth: SnapItem = {
+        node,
+        owner: img?.owner ?? this.env.source.snapshot.root,
+        snapPath: join(d.snapPath, lit.name),
+        literal: lit.content,
+      };
+      if (img) out[at] = synth;
+      else {
+        const k = out.findIndex((it) => Buffer.compare(it.node.name, lit.name) > 0);
+        out.splice(k < 0 ? out.length : k, 0, synth);
+      }
+    }
+    return out;
+  }
+
   private isProtected(abs: Buffer): boolean {
     return this.env.protectedPaths.some((p) => p.equals(abs));
   }
@@ -343,6 +505,7 @@ export class Planner {
     const n = item?.node;
     if (!n) {
       if (!r || sel !== "in" || env.kind === "files") return CLEAN;
+      if (env.kind === "layer") return this.layerAbsent(d, abs, comps, r, snapPath, cursor);
       return this.remove(d, abs, comps, r, snapPath);
     }
     if (n.type === "dir" ? false : sel !== "in") return CLEAN;
@@ -421,6 +584,17 @@ export class Planner {
     const env = this.env;
     const n = item.node;
     const c = env.counters;
+    if (item.literal) {
+      // Content computed by the agent: compared byte for byte (a meta would change other names too).
+      const metaEq = this.sameMeta(abs, r, n);
+      if (!sameBytes(abs, r, item.literal) || (r.nlink !== 1n && !metaEq))
+        return this.create(d, item, comps, undefined);
+      if (metaEq) c.unchangedFiles++;
+      else this.meta(comps, n);
+      c.restoredFiles++;
+      c.restoredBytes += n.size;
+      return CLEAN;
+    }
     const key = n.link ? `${n.link.dev}:${n.link.ino}` : null;
     const first = key ? env.links.get(key) : undefined;
     if (first) {
@@ -673,6 +847,56 @@ export class Planner {
     }
   }
 
+  /**
+   * layer: a root entry the image lacks. Deleted when removable (or, with
+   * enforce remove, in the machine area); a directory the removal set (or
+   * a literal file) lies below is descended with an empty listing; anything
+   * else is user-installed and kept.
+   */
+  private async layerAbsent(
+    d: DirCtx,
+    abs: Buffer,
+    comps: Buffer[],
+    r: BigIntStats,
+    snapPath: Buffer,
+    cursor: Buffer[] | null,
+  ): Promise<Outcome> {
+    const how = this.layerDeletion(snapPath);
+    if (how === true) return this.remove(d, abs, comps, r, snapPath);
+    if (how === false || !r.isDirectory()) return CLEAN;
+    const kept = this.keptNode(abs, r);
+    const out = await this.dir(
+      { abs, comps, exists: true, dev: Number(r.dev), stage: null, snapPath, cursor },
+      [],
+    );
+    // A directory that is not the image's keeps its own metadata (its mtime is not churned).
+    if (out.dirty && kept) this.meta(comps, kept);
+    return { dirty: false, stopped: out.stopped };
+  }
+
+  /** layer: may a root entry absent from the image go (true), or is only something below it removable ("below")? */
+  private layerDeletion(snapPath: Buffer): boolean | "below" {
+    const l = this.env.layer!;
+    const key = snapPath.toString("latin1");
+    if (l.literalDirs.has(key)) return "below";
+    if (l.literalPaths.has(key)) return false;
+    const rem = l.removable(snapPath);
+    if (rem === true) return true;
+    if (l.enforceRemove && this.env.policy?.classify(snapPath) === "machine") return true;
+    return rem === "below" ? "below" : false;
+  }
+
+  /** The root entry's own metadata (what a `meta` gives back after entries below it changed). */
+  private keptNode(abs: Buffer, r: BigIntStats): FsNode | undefined {
+    try {
+      const { link: _link, ...n } = nodeFromStat(abs, Buffer.alloc(0), r);
+      const xattrs = readXattrs(abs);
+      return xattrs.length ? { ...n, xattrs } : n;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** A root entry the snapshot lacks: `del`, or (a directory holding paths out of scope) `del`s below it. */
   private async remove(
     d: DirCtx,
@@ -700,9 +924,14 @@ export class Planner {
   /**
    * Whether everything below the root directory `abs` is this restore's to
    * delete. When not, the parts that are get their own `del`s here (so
-   * the directory stays, with what must be kept).
+   * the directory stays, with what must be kept). For `layer` an entry is
+   * the restore's to delete only when removable (layerDeletion); a kept
+   * directory whose entries went gets its own metadata back.
+   * `keep`: the directory stays whatever is below it (layer, "below").
    */
-  private async replaceable(abs: Buffer, snapPath: Buffer, dev: number): Promise<boolean> {
+  private async replaceable(abs: Buffer, snapPath: Buffer, dev: number, keep = false): Promise<boolean> {
+    const layer = this.env.kind === "layer";
+    const before = this.b.journal.count;
     let names: Buffer[];
     try {
       names = readdirSync(abs, { encoding: "buffer" });
@@ -729,6 +958,13 @@ export class Planner {
       }
       const st = lstatSync(cabs, { throwIfNoEntry: false });
       if (!st) continue;
+      const how = layer ? this.layerDeletion(csnap) : true;
+      if (how !== true) {
+        all = false;
+        if (how === "below" && st.isDirectory() && st.dev === dev)
+          await this.replaceable(cabs, csnap, dev, true);
+        continue;
+      }
       if (st.isDirectory()) {
         if (st.dev !== dev || !(await this.replaceable(cabs, csnap, dev))) {
           all = false;
@@ -737,9 +973,39 @@ export class Planner {
       }
       doomed.push(name);
     }
-    if (all) return true;
+    if (all && !keep) return true;
     for (const name of doomed) this.del([...comps, name], abs, dev);
+    if (layer && this.b.journal.count > before) {
+      // Entries below went, the directory stays: it keeps its own metadata (planning changed nothing yet).
+      const kept = this.keptNode(abs, lstatSync(abs, { bigint: true }));
+      if (kept) this.meta(comps, kept);
+    }
     return false;
+  }
+}
+
+/** Whether the regular file at `abs` (lstat'ed as `st`) holds exactly `want`. */
+function sameBytes(abs: Buffer, st: BigIntStats, want: Buffer): boolean {
+  if (!st.isFile() || st.size !== BigInt(want.length)) return false;
+  let fd: number;
+  try {
+    fd = openSync(abs, constants.O_RDONLY | O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(want.length, 1 << 20) + 1);
+    let off = 0;
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, off);
+      if (n === 0) return off === want.length;
+      if (off + n > want.length || !buf.subarray(0, n).equals(want.subarray(off, off + n))) return false;
+      off += n;
+    }
+  } catch {
+    return false;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -1,7 +1,35 @@
 import type { CompiledPolicy } from "@strata/core";
 
-/** docs/design/restore.md, "Kinds". */
-export type RestoreKind = "system" | "full" | "recover" | "files";
+/** docs/design/restore.md, "Kinds"; `layer` is docs/design/layers.md, "Engine kind `layer`". */
+export type RestoreKind = "system" | "full" | "recover" | "files" | "layer";
+
+/**
+ * What kind `layer` needs besides the image (the source's snapshot) and
+ * the policy (docs/design/layers.md, "Engine kind `layer`"). Paths are
+ * absolute paths of the endpoint, as bytes.
+ */
+export interface LayerRestoreOptions {
+  /**
+   * The removal set, as a predicate (never a set of the whole tree): a root
+   * entry absent from the image is deleted only when this answers `true`.
+   * `"below"`: the entry is not in the set but some path strictly below it
+   * is, so a directory is descended (and only its removable entries go).
+   * Asked for every entry below a removable directory too: a directory goes
+   * whole only when everything below it may go.
+   */
+  removable: (snapPath: Buffer) => boolean | "below";
+  /** Do-not-override rules: such a path (and everything below it) is never written or deleted. */
+  doNotOverride?: (snapPath: Buffer) => boolean;
+  /** Enforce `remove`: machine-area entries absent from the image are deleted too. */
+  enforceRemove?: boolean;
+  /**
+   * Files whose content the agent computed (dpkg status, passwd, …), keyed
+   * by absolute path as a latin1 string (so any bytes survive). Written with
+   * the image's metadata when the image has the entry, else with the root
+   * file's (mtime now), else 0644 root:root; equal content is left alone.
+   */
+  literals?: Map<string, Buffer>;
+}
 
 export interface RestoreProgress {
   phase: "planning" | "staging" | "committing" | "applying" | "streaming" | "done";
@@ -35,6 +63,14 @@ export interface RestoreOptions {
    */
   paths?: string[];
   to?: string;
+  /** Kind `layer`: the removal set, do-not-override rules, enforce and literal files (required for `layer`). */
+  layer?: LayerRestoreOptions;
+  /**
+   * Stage and commit, then return without applying (`RestoreResult.pending`):
+   * the next `recoverPendingRestore` rolls the committed journal forward (an
+   * apply at the next restart). Not with `streaming`.
+   */
+  deferApply?: boolean;
   /** Stream (full/recover): minimal set first, then the rest in batches. */
   streaming?: boolean;
   /** Minimal restore set (absolute dir globs); defaults in restore.md. */
@@ -86,6 +122,11 @@ export interface RestoreResult {
   durationMs: number;
   /** Committed batches (1 unless streaming). */
   batches: number;
+  /**
+   * `deferApply`: the batch is committed but not applied (the counts are what
+   * it will do); `recoverPendingRestore` applies it. Absent otherwise.
+   */
+  pending?: boolean;
 }
 
 /**
