@@ -10,7 +10,7 @@ import { appendFileSync, chownSync, mkdirSync, readdirSync, writeFileSync } from
 import * as path from "node:path";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { rsyncCopy } from "@strata/testkit";
-import { BIN, type Run, strataAsync } from "./helpers.js";
+import { BIN, type Run, sh, strataAsync } from "./helpers.js";
 
 export const ADMIN_PW = "a long new secret phrase";
 export const ALICE_UID = 1000;
@@ -125,6 +125,20 @@ export class Fleet {
     return r;
   }
 
+  /** Poll a task until `pred` holds (tasks have no push channel); a failed or cancelled task throws. */
+  // biome-ignore lint/suspicious/noExplicitAny: task JSON
+  async waitTask(id: string, pred: (t: any) => boolean, what: string): Promise<any> {
+    const deadline = Date.now() + 600_000;
+    for (;;) {
+      const t = await this.ok("task", "show", id, "--json");
+      if (pred(t)) return t;
+      if (t.state === "failed" || t.state === "cancelled")
+        throw new Error(`${what}: task ${id} ended ${t.state}: ${JSON.stringify(t.error)}`);
+      if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(t)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
   /** `strata agent run` for the endpoint, resolved once its status says it is active. */
   async startAgent(ep: Endpoint, extraEnv: Record<string, string> = {}): Promise<RunningAgent> {
     const child = spawn(process.execPath, [BIN, "agent", "run", "--state", ep.state], {
@@ -182,4 +196,21 @@ export function chownTree(p: string, uid: number, gid: number): void {
     if (e.isDirectory()) chownTree(q, uid, gid);
     else chownSync(q, uid, gid);
   }
+}
+
+/** A real (tiny) Debian package (built in DIR) the endpoint's user installs with dpkg: not any layer's. */
+export function installUserPackage(dir: string, root: string, name: string, version: string): void {
+  const pkg = path.join(dir, `pkg-${name}`);
+  mkdirSync(path.join(pkg, "DEBIAN"), { recursive: true });
+  mkdirSync(path.join(pkg, "usr/local/bin"), { recursive: true });
+  writeFileSync(
+    path.join(pkg, "DEBIAN/control"),
+    `Package: ${name}\nVersion: ${version}\nArchitecture: all\nMaintainer: Test <t@example.org>\nDescription: a package the user installed\n`,
+  );
+  writeFileSync(path.join(pkg, `usr/local/bin/${name}`), `#!/bin/sh\necho ${name} ${version}\n`, {
+    mode: 0o755,
+  });
+  const deb = path.join(root, `tmp/${name}.deb`);
+  sh(`dpkg-deb --root-owner-group --build ${pkg} ${deb} >/dev/null`);
+  sh(`chroot ${root} dpkg -i /tmp/${name}.deb >/dev/null`);
 }

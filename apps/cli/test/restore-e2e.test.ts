@@ -50,20 +50,6 @@ function diffLines(src: string, dst: string): string[] {
     .filter((l) => l.trim() !== "");
 }
 
-/** Poll a task until `pred` holds (tasks have no push channel). */
-// biome-ignore lint/suspicious/noExplicitAny: task JSON
-async function waitTask(fleet: Fleet, id: string, pred: (t: any) => boolean, what: string): Promise<any> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    const t = await fleet.ok("task", "show", id, "--json");
-    if (pred(t)) return t;
-    if (t.state === "failed" || t.state === "cancelled")
-      throw new Error(`${what}: task ${id} ended ${t.state}: ${JSON.stringify(t.error)}`);
-    if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(t)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 describe.skipIf(skip)(
   `restore and recovery end to end (${debianRootSkipReason() ?? (isRoot ? "" : "needs root")})`,
   () => {
@@ -112,7 +98,7 @@ describe.skipIf(skip)(
       expect(task.kind).toBe("system");
       // The agent finds the task at start (and every minute after).
       agent1 = await fleet.startAgent(ws1);
-      const done = await waitTask(fleet, task.id, (t) => t.state === "done", "system revert");
+      const done = await fleet.waitTask(task.id, (t) => t.state === "done", "system revert");
       // Only the user's newer file (and her folder's time) differ from the snapshot.
       const lines = diffLines(orig, r);
       expect(lines.filter((l) => !/ home\/alice\/(newer\.txt)?$/.test(l))).toEqual([]);
@@ -148,7 +134,7 @@ describe.skipIf(skip)(
       await new Promise((res) => setTimeout(res, Math.floor(Math.random() * 300)));
       await agent1!.stop("SIGKILL");
       agent1 = await fleet.startAgent(ws1);
-      await waitTask(fleet, task.id, (t) => t.state === "done", "full revert after a restart");
+      await fleet.waitTask(task.id, (t) => t.state === "done", "full revert after a restart");
       expect(diffLines(at1, r)).toEqual([]);
       expect(agent1.log).toMatch(/pending restore checked/);
     }, 600_000);
@@ -248,7 +234,7 @@ describe.skipIf(skip)(
         const mid = await fleet.ok("task", "show", task.id, "--json");
         expect(mid.state).toBe("running");
         proxy.limitDownstream(null);
-        await waitTask(fleet, task.id, (t) => t.state === "done", "recover");
+        await fleet.waitTask(task.id, (t) => t.state === "done", "recover");
       } finally {
         proxy.limitDownstream(null);
         await agent2.stop();

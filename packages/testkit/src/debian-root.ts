@@ -14,48 +14,57 @@ import { repoRoot } from "./repo-root.js";
  * skips the tests that need it.
  */
 
-const SUITE = "bookworm";
-const NAME = `debian-${SUITE}-minbase`;
+/** Suites tests may ask for: bookworm (Debian 12) is the default endpoint; trixie (13) is the OS-migration target. */
+export type DebianSuite = "bookworm" | "trixie";
 /** A minbase debootstrap takes about a minute on a good link. */
 const BUILD_TIMEOUT_MS = 20 * 60_000;
 
-/** Where the cached root lives (whether or not it has been built yet). */
-export function debianRootPath(): string {
-  return path.join(process.env.STRATA_TEST_CACHE_DIR ?? path.join(repoRoot(), ".cache"), NAME);
+/** Where the cached root of `suite` lives (whether or not it has been built yet). */
+export function debianRootPath(suite: DebianSuite = "bookworm"): string {
+  return path.join(
+    process.env.STRATA_TEST_CACHE_DIR ?? path.join(repoRoot(), ".cache"),
+    `debian-${suite}-minbase`,
+  );
 }
 
-let memo: Promise<string | null> | undefined;
-let skipReason: string | undefined;
+const memo = new Map<DebianSuite, Promise<string | null>>();
+const skipReasons = new Map<DebianSuite, string | undefined>();
 
 /**
- * Why `debianRoot()` returned null, for skip messages; undefined when the
+ * Why `debianRoot(suite)` returned null, for skip messages; undefined when the
  * root is available (or not yet asked for).
  */
-export function debianRootSkipReason(): string | undefined {
-  return skipReason;
+export function debianRootSkipReason(suite: DebianSuite = "bookworm"): string | undefined {
+  return skipReasons.get(suite);
 }
 
 /**
- * Path of the cached Debian root, building it on first use; null (see
- * `debianRootSkipReason`) when it cannot be had here: not root, no
+ * Path of the cached Debian root of `suite`, building it on first use; null
+ * (see `debianRootSkipReason`) when it cannot be had here: not root, no
  * debootstrap, STRATA_SKIP_DEBIAN=1, or the build failed (mirror unreachable).
  */
-export function debianRoot(): Promise<string | null> {
-  memo ??= resolveDebianRoot().then(
-    (r) => {
-      skipReason = r.reason;
-      return r.path;
-    },
-    (e: unknown) => {
-      skipReason = `building the Debian root failed: ${(e as Error).message}`;
-      return null;
-    },
-  );
-  return memo;
+export function debianRoot(suite: DebianSuite = "bookworm"): Promise<string | null> {
+  let m = memo.get(suite);
+  if (!m) {
+    m = resolveDebianRoot(suite).then(
+      (r) => {
+        skipReasons.set(suite, r.reason);
+        return r.path;
+      },
+      (e: unknown) => {
+        skipReasons.set(suite, `building the Debian ${suite} root failed: ${(e as Error).message}`);
+        return null;
+      },
+    );
+    memo.set(suite, m);
+  }
+  return m;
 }
 
-async function resolveDebianRoot(): Promise<{ path: string | null; reason?: string | undefined }> {
-  const target = debianRootPath();
+async function resolveDebianRoot(
+  suite: DebianSuite,
+): Promise<{ path: string | null; reason?: string | undefined }> {
+  const target = debianRootPath(suite);
   // A finished cache is usable by anyone, root or not: tests only read it.
   if (isComplete(target)) return { path: target };
   if (process.env.STRATA_SKIP_DEBIAN === "1") return { path: null, reason: "STRATA_SKIP_DEBIAN=1" };
@@ -64,7 +73,7 @@ async function resolveDebianRoot(): Promise<{ path: string | null; reason?: stri
   if (spawnSync("sh", ["-c", "command -v debootstrap"], { stdio: "ignore" }).status !== 0) {
     return { path: null, reason: "debootstrap is not installed (apt-get install -y debootstrap)" };
   }
-  return cachedBuild({ target, isComplete, build: debootstrap });
+  return cachedBuild({ target, isComplete, build: (tmp, log) => debootstrap(suite, tmp, log) });
 }
 
 /** usr/bin/dpkg marks a finished root, and guards against a foreign directory of the same name. */
@@ -72,12 +81,12 @@ function isComplete(root: string): boolean {
   return existsSync(path.join(root, "usr/bin/dpkg"));
 }
 
-async function debootstrap(tmp: string, logFile: string): Promise<void> {
+async function debootstrap(suite: DebianSuite, tmp: string, logFile: string): Promise<void> {
   const mirror = process.env.STRATA_DEBIAN_MIRROR ?? "http://deb.debian.org/debian";
   const log = await open(logFile, "w");
   try {
     await new Promise<void>((resolve, reject) => {
-      const child = spawn("debootstrap", ["--variant=minbase", SUITE, tmp, mirror], {
+      const child = spawn("debootstrap", ["--variant=minbase", suite, tmp, mirror], {
         stdio: ["ignore", log.fd, log.fd],
       });
       // A stalled mirror must not hang the test run forever.
