@@ -25,6 +25,8 @@ export const ErrorCodes = {
   NOT_POSSESSED: "NOT_POSSESSED",
   /** The upload session was committed, aborted or expired. */
   SESSION_EXPIRED: "SESSION_EXPIRED",
+  /** The request contradicts what is stored (layers.md: an assignment mixing OS releases). */
+  CONFLICT: "CONFLICT",
   INTERNAL: "INTERNAL",
 } as const;
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -19,6 +19,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   REPO_NOT_FOUND: 404,
   ALREADY_EXISTS: 409,
   AMBIGUOUS: 409,
+  CONFLICT: 409,
   LOCKED: 429, // "not now": login rate limit, or a lease held by someone else; retry later
   UNSUPPORTED: 501,
   CONFIG_INVALID: 500,
