@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, Option } from "commander";
 import { registerAgentCommands } from "./commands/agent.js";
+import { registerAgentCapture } from "./commands/agent-capture.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
 import { registerAgentUpload } from "./commands/agent-upload.js";
 import { registerFleetCommands } from "./commands/fleet.js";
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   const agent = registerAgentCommands(program);
   registerAgentEnroll(agent);
   registerAgentUpload(agent);
+  registerAgentCapture(agent);
   registerRecoveryCommands(program);
   return program;
 }

@@ -22,7 +22,7 @@ export type SafetyUpload = (
   signal: AbortSignal,
   pace: Throttle | null,
   onProgress: (p: object) => void,
-  kind: "pre-restore",
+  kind: "pre-restore" | "pre-apply",
 ) => Promise<{ snapshot: string }>;
 
 /** What a restore task needs of the daemon's TaskContext. */
@@ -38,24 +38,28 @@ export type RestoreTaskOutcome =
   | { skipped: string }
   | { task: Task; result: RestoreResult; safetySnapshot: string | null; bytesReceived: number };
 
+/** What a task's work gets from `runClaimedTask`. */
+export interface ClaimedTask {
+  task: Task;
+  /** Aborted when the agent stops or the task is cancelled. */
+  signal: AbortSignal;
+  /** Progress: to the status file always, to the server at most once a second (or when forced). */
+  report(p: object, force?: boolean): void;
+}
+
 /**
- * Run the task `ref` with the endpoint's `client`. When `ctx.signal` aborts
- * (the agent stops, the operator presses Ctrl-C), the task stays running at
- * the server and the next run resumes it; any other failure is reported as
- * the task's end and thrown.
+ * Claim the task `ref`, run `work`, and report its end (`result`) or its
+ * failure to the server. When `ctx.signal` aborts (the agent stops, the
+ * operator presses Ctrl-C), the task stays running at the server and the
+ * next run resumes it; any other failure is reported as the task's end and
+ * thrown. A `cancelled` answer to a progress report aborts `work`.
  */
-export async function runRestoreTask(
+export async function runClaimedTask<T>(
   client: StrataClient,
   ref: AgentTaskRef,
-  ctx: RestoreTaskContext,
-  safetyUpload?: SafetyUpload,
-  /** Told the engine's run once it starts (the agent answers `fetch` requests through it). */
-  onRun: (run: RestoreRun) => void = () => {},
-): Promise<RestoreTaskOutcome> {
-  if (ref.kind === "apply")
-    throw new StrataError("UNSUPPORTED", `task ${ref.id} applies layers; this runner restores snapshots`, {
-      hint: 'layer apply tasks are run by the agent\'s apply runner (docs/design/layers.md, "Apply")',
-    });
+  ctx: Pick<TaskContext, "signal" | "onProgress">,
+  work: (t: ClaimedTask) => Promise<{ result: Record<string, unknown>; value: T }>,
+): Promise<{ skipped: string } | { task: Task; value: T }> {
   let task: Task;
   try {
     task = await client.startAgentTask(ref.id);
@@ -81,56 +85,14 @@ export async function runRestoreTask(
           ac.abort(new StrataError("INVALID_ARGUMENT", `task ${task.id} was cancelled`));
       })
       .catch(() => {
-        // A lost progress report is not worth failing a restore for; the next one goes out.
+        // A lost progress report is not worth failing a task for; the next one goes out.
       });
   };
   try {
-    let safetySnapshot: string | null = null;
-    if (task.kind === "system" || task.kind === "full") {
-      if (!safetyUpload)
-        throw new StrataError("UNSUPPORTED", `a ${task.kind} restore needs a safety upload first`, {
-          hint: "let the endpoint's agent (`strata agent run`) run it",
-        });
-      // So the revert can itself be reverted (restore.md, "Kinds").
-      const r = await safetyUpload(
-        ac.signal,
-        ctx.throttle ?? null,
-        (p) => report({ phase: "safety-upload", ...p }),
-        "pre-restore",
-      );
-      safetySnapshot = r.snapshot;
-    }
-    const source = await RemoteRestoreSource.forEndpoint(ctx.stateDir, task.cvd, {
-      snapshot: String(task.params.snapshot),
-    });
-    try {
-      const run = runRestore(source, {
-        root: ctx.root,
-        stateDir: ctx.stateDir,
-        id: task.id,
-        kind: task.kind as Exclude<Task["kind"], "apply">, // apply tasks are refused above
-        ...(ctx.policy ? { policy: ctx.policy } : {}),
-        ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
-        signal: ac.signal,
-        onProgress: (p) => report({ ...p }),
-      });
-      onRun(run);
-      const r = await run.done;
-      await reporting;
-      const bytesReceived = source.stats.bytesReceived;
-      await client.finishAgentTask(task.id, {
-        result: {
-          ...r,
-          errors: r.errors.length,
-          firstErrors: r.errors.slice(0, 20),
-          safetySnapshot,
-          bytesReceived,
-        },
-      });
-      return { task, result: r, safetySnapshot, bytesReceived };
-    } finally {
-      await source.close();
-    }
+    const { result, value } = await work({ task, signal: ac.signal, report });
+    await reporting;
+    await client.finishAgentTask(task.id, { result });
+    return { task, value };
   } catch (e) {
     await reporting;
     // Stopping: the task stays running at the server and is resumed at the next start.
@@ -147,4 +109,65 @@ export async function runRestoreTask(
   } finally {
     ctx.signal.removeEventListener("abort", stop);
   }
+}
+
+/** Run the restore task `ref` with the endpoint's `client` (see `runClaimedTask` for its end). */
+export async function runRestoreTask(
+  client: StrataClient,
+  ref: AgentTaskRef,
+  ctx: RestoreTaskContext,
+  safetyUpload?: SafetyUpload,
+  /** Told the engine's run once it starts (the agent answers `fetch` requests through it). */
+  onRun: (run: RestoreRun) => void = () => {},
+): Promise<RestoreTaskOutcome> {
+  const o = await runClaimedTask(client, ref, ctx, async ({ task, signal, report }) => {
+    let safetySnapshot: string | null = null;
+    if (task.kind === "system" || task.kind === "full") {
+      if (!safetyUpload)
+        throw new StrataError("UNSUPPORTED", `a ${task.kind} restore needs a safety upload first`, {
+          hint: "let the endpoint's agent (`strata agent run`) run it",
+        });
+      // So the revert can itself be reverted (restore.md, "Kinds").
+      const r = await safetyUpload(
+        signal,
+        ctx.throttle ?? null,
+        (p) => report({ phase: "safety-upload", ...p }),
+        "pre-restore",
+      );
+      safetySnapshot = r.snapshot;
+    }
+    if (task.kind === "apply")
+      throw new StrataError("INVALID_ARGUMENT", `task ${task.id} is a layer apply, not a restore`);
+    const source = await RemoteRestoreSource.forEndpoint(ctx.stateDir, task.cvd, {
+      snapshot: String(task.params.snapshot),
+    });
+    try {
+      const run = runRestore(source, {
+        root: ctx.root,
+        stateDir: ctx.stateDir,
+        id: task.id,
+        kind: task.kind,
+        ...(ctx.policy ? { policy: ctx.policy } : {}),
+        ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
+        signal,
+        onProgress: (p) => report({ ...p }),
+      });
+      onRun(run);
+      const r = await run.done;
+      const bytesReceived = source.stats.bytesReceived;
+      return {
+        result: {
+          ...r,
+          errors: r.errors.length,
+          firstErrors: r.errors.slice(0, 20),
+          safetySnapshot,
+          bytesReceived,
+        },
+        value: { result: r, safetySnapshot, bytesReceived },
+      };
+    } finally {
+      await source.close();
+    }
+  });
+  return "skipped" in o ? o : { task: o.task, ...o.value };
 }

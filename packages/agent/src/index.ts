@@ -48,6 +48,7 @@ export {
   gatherFacts,
   parseOsRelease,
 } from "./facts.js";
+export * from "./layers/apply.js";
 export {
   IDLE_NICE,
   type IoClass,

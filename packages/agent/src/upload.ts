@@ -67,7 +67,7 @@ export interface UploadOptions {
   /** The CVD's newest snapshot, or null for the first upload. */
   parent: string | null;
   /** pre-restore / pre-apply: a safety snapshot, kept by retention for a week (restore.md). */
-  kind?: "centralize" | "upload" | "pre-apply" | "pre-restore";
+  kind?: "centralize" | "upload" | "pre-apply" | "pre-restore" | "capture-pre" | "capture-post";
   hostname?: string;
   fileCache?: FileCache | null;
   threads?: number;

@@ -93,7 +93,7 @@ async function serverHooks(ctx: {
     signal: AbortSignal,
     pace: TaskContext["throttle"] | null,
     onProgress: (p: object) => void,
-    kind?: "pre-restore",
+    kind?: "pre-restore" | "pre-apply",
   ) =>
     a.protectOnce({
       stateDir: ctx.stateDir,
@@ -142,6 +142,18 @@ async function serverHooks(ctx: {
       };
     },
     runTask: async (task, t) => {
+      if (task.kind === "apply") {
+        const { runApplyTask } = await import("../apply-task.js");
+        const o = await runApplyTask(client, task, t, protect);
+        if ("skipped" in o) return o;
+        return {
+          image: o.image,
+          pending: o.pending,
+          files: o.result.files,
+          bytesReceived: o.result.bytesReceived,
+          safetySnapshot: o.safetySnapshot,
+        };
+      }
       const { runRestoreTask } = await import("../restore-task.js");
       try {
         const o = await runRestoreTask(client, task, t, protect, (run) => {

@@ -176,6 +176,19 @@ export class RemoteRestoreSource implements RestoreSource {
     return new RemoteRestoreSource(t, info);
   }
 
+  /**
+   * A source over a session the server opened already (a layer apply plan
+   * carries the restore session of the endpoint's image), with the
+   * endpoint's credential.
+   */
+  static forEndpointSession(stateDir: string, info: RestoreSessionInfo): RemoteRestoreSource {
+    const { state, credential } = enrolledState(stateDir);
+    return new RemoteRestoreSource(
+      httpRestoreTransport(state.serverUrl, state.fingerprint, credential),
+      info,
+    );
+  }
+
   /** The agent's source: its endpoint credential, its own CVD. */
   static forEndpoint(
     stateDir: string,
