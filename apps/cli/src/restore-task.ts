@@ -7,9 +7,11 @@
  * the recovery tool, which runs the replacement device's `recover` task.
  */
 import {
+  hasPendingRestore,
   RemoteRestoreSource,
   type RestoreResult,
   type RestoreRun,
+  recoverPendingRestore,
   runRestore,
   type TaskContext,
   type Throttle,
@@ -138,6 +140,8 @@ export async function runRestoreTask(
     }
     if (task.kind === "apply")
       throw new StrataError("INVALID_ARGUMENT", `task ${task.id} is a layer apply, not a restore`);
+    // A layer apply waiting for a restart reaches the disk first: the restore plans against the result.
+    if (hasPendingRestore(ctx.stateDir)) await recoverPendingRestore(ctx.stateDir, ctx.root);
     const source = await RemoteRestoreSource.forEndpoint(ctx.stateDir, task.cvd, {
       snapshot: String(task.params.snapshot),
     });

@@ -143,6 +143,8 @@ describe("removalPredicate", () => {
     const b = (s: string) => Buffer.from(s);
     expect(f(b("/usr/share/old/file"))).toBe(true);
     expect(f(b("/opt/x"))).toBe(true);
+    expect(f(b("/opt/x/y/z"))).toBe(true);
+    expect(f(b("/opt/xy"))).toBe(false);
     expect(f(b("/usr/share/old"))).toBe("below");
     expect(f(b("/usr"))).toBe("below");
     expect(f(b("/usr/bin"))).toBe(false);
