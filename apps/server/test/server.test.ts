@@ -10,6 +10,7 @@ import {
 } from "../../../packages/catalog/test/pg-helper.js";
 import { runFleetSuite } from "./fleet-suite.js";
 import { runServerSuite } from "./suite.js";
+import { runTargetingSuite } from "./targeting-suite.js";
 
 const dir = mkdtempSync(join(tmpdir(), "strata-server-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -17,6 +18,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe("SQLite catalog", () => {
   runServerSuite("sqlite", () => openSqliteServerStore(join(dir, "catalog.db")));
   runFleetSuite("sqlite", () => openSqliteServerStore(join(dir, "fleet.db")));
+  runTargetingSuite("sqlite", () => openSqliteServerStore(join(dir, "targeting.db")));
 });
 
 const target = await findTestPostgres();
@@ -26,4 +28,5 @@ describe.skipIf(!target.url)("PostgreSQL catalog", () => {
   afterAll(() => dropTestSchemas(target.url ?? ""));
   runServerSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
   runFleetSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
+  runTargetingSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
 });

@@ -54,6 +54,12 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   RecoverRequest: { endpoint: "ep_nothere" },
   TaskProgressRequest: { progress: { restoredBytes: 1 } },
   TaskFinishRequest: { result: {} },
+  CreateCollectionRequest: { name: "Probe Collection" },
+  CollectionMembersRequest: { cvds: ["cvd_nothere"] },
+  CreateDriverProfileRequest: { name: "Probe Profile", folders: [], rules: [{ vendor: "*" }] },
+  UpdateDriverProfileRequest: { rules: [{ vendor: "*" }] },
+  LayerRulesInput: { doNotOverride: [], baseCapture: [] },
+  CvdTagsRequest: { add: ["probe"] },
 };
 
 /** A query that passes validation, by schema: required query parameters are checked before access. */

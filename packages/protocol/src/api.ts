@@ -8,6 +8,7 @@ import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema
 import { layerSchemas } from "./layers.js";
 import { PERMISSION_NAMES } from "./permissions.js";
 import { restoreSchemas } from "./restore.js";
+import { targetingSchemas } from "./targeting.js";
 
 export const API_PREFIX = "/api/v1";
 
@@ -205,6 +206,7 @@ export const schemas = {
   ...fleetSchemas,
   ...restoreSchemas,
   ...layerSchemas,
+  ...targetingSchemas,
 } satisfies Record<string, Schema>;
 
 export type SchemaName = keyof typeof schemas;

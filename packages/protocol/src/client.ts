@@ -40,9 +40,12 @@ import type {
   CaptureFinishResponse,
   CaptureInfo,
   CaptureStartRequest,
+  CollectionInfo,
   CvdLayersInfo,
+  DriverProfileInfo,
   DryRunReport,
   LayerInfo,
+  LayerRules,
   ReferenceInfo,
 } from "./layers.js";
 import type {
@@ -57,6 +60,14 @@ import type {
   TaskProgressAnswer,
   TaskQuery,
 } from "./restore.js";
+import type {
+  CreateCollectionRequest,
+  CreateDriverProfileRequest,
+  CvdTagsInfo,
+  CvdTagsRequest,
+  LayerRulesInfo,
+  UpdateDriverProfileRequest,
+} from "./targeting.js";
 
 const enc = encodeURIComponent;
 /** `?a=1&b=x` from the defined members of `q` ("" when none). */
@@ -386,5 +397,54 @@ export class StrataClient {
   importPolicy(document: unknown, name?: string): Promise<PolicyDetail> {
     const q = name ? `?name=${encodeURIComponent(name)}` : "";
     return this.request("POST", `${API_PREFIX}/policies/import${q}`, document);
+  }
+  // collections (by id or name)
+  createCollection(req: CreateCollectionRequest): Promise<CollectionInfo> {
+    return this.request("POST", `${API_PREFIX}/collections`, req);
+  }
+  listCollections(): Promise<CollectionInfo[]> {
+    return this.request("GET", `${API_PREFIX}/collections`);
+  }
+  getCollection(ref: string): Promise<CollectionInfo> {
+    return this.request("GET", `${API_PREFIX}/collections/${enc(ref)}`);
+  }
+  /** Add CVDs to a static collection (one already a member is left as it is). */
+  addToCollection(ref: string, cvds: string[]): Promise<CollectionInfo> {
+    return this.request("POST", `${API_PREFIX}/collections/${enc(ref)}/members`, { cvds });
+  }
+  /** Remove one CVD from a static collection. */
+  removeFromCollection(ref: string, cvd: string): Promise<CollectionInfo> {
+    return this.request("DELETE", `${API_PREFIX}/collections/${enc(ref)}/members/${enc(cvd)}`);
+  }
+  /** Delete a collection and the assignments made to it. */
+  deleteCollection(ref: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/collections/${enc(ref)}`);
+  }
+  // driver profiles (by id or name)
+  createDriverProfile(req: CreateDriverProfileRequest): Promise<DriverProfileInfo> {
+    return this.request("POST", `${API_PREFIX}/driver-profiles`, req);
+  }
+  listDriverProfiles(): Promise<DriverProfileInfo[]> {
+    return this.request("GET", `${API_PREFIX}/driver-profiles`);
+  }
+  getDriverProfile(ref: string): Promise<DriverProfileInfo> {
+    return this.request("GET", `${API_PREFIX}/driver-profiles/${enc(ref)}`);
+  }
+  updateDriverProfile(ref: string, patch: UpdateDriverProfileRequest): Promise<DriverProfileInfo> {
+    return this.request("PATCH", `${API_PREFIX}/driver-profiles/${enc(ref)}`, patch);
+  }
+  deleteDriverProfile(ref: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/driver-profiles/${enc(ref)}`);
+  }
+  // layer rules (do-not-override, base capture)
+  getLayerRules(): Promise<LayerRulesInfo> {
+    return this.request("GET", `${API_PREFIX}/layer-rules`);
+  }
+  setLayerRules(rules: LayerRules): Promise<LayerRulesInfo> {
+    return this.request("PUT", `${API_PREFIX}/layer-rules`, rules);
+  }
+  // CVD tags (collection rules match them)
+  tagCvd(cvd: string, req: CvdTagsRequest): Promise<CvdTagsInfo> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/tags`, req);
   }
 }

@@ -166,6 +166,8 @@ export interface Cvd {
   policyVersion: number;
   createdAt: string;
   snoozedUntil: string | null;
+  /** Administrators' tags (`strata cvd tag`): collection rules match them. */
+  tags: string[];
 }
 /** A snapshot of a CVD, as the repository lists it (tag `cvd:<id>`). */
 export interface CvdSnapshotSummary {
@@ -345,6 +347,7 @@ export const fleetSchemas = {
     policyVersion: { type: "integer" },
     createdAt: dateTime,
     snoozedUntil: nullableDateTime,
+    tags: { type: "array", items: str() },
   }),
   CvdSnapshotSummary: obj({
     id: str(),

@@ -6,3 +6,4 @@ export * from "./fleet.js";
 export * from "./layers.js";
 export * from "./permissions.js";
 export * from "./restore.js";
+export * from "./targeting.js";

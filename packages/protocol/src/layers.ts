@@ -179,6 +179,7 @@ export interface CollectionInfo {
   name: string;
   /** Null: a static collection. */
   rule: CollectionRule | null;
+  /** CVD ids: the stored ones (static), or those the rule matches now (dynamic). */
   members: string[];
   createdAt: string;
 }
@@ -192,10 +193,14 @@ export interface DriverRule {
 export interface DriverProfileInfo {
   id: string;
   name: string;
-  /** Driver layers (newest version each). */
+  /** Driver layers (ids; the newest version of each is composed), in order. */
   folders: string[];
+  /** The profile matches an endpoint when any rule does. */
   rules: DriverRule[];
+  /** CVDs whose endpoint's facts match now. */
+  cvds: string[];
   createdAt: string;
+  updatedAt: string;
 }
 
 /** `GET /cvds/:id/layers`: the effective assignment and what it won over. */

@@ -50,6 +50,7 @@ export function cvdView(c: CvdSummary): Cvd {
     policyVersion: c.policyVersion,
     createdAt: c.createdAt.toISOString(),
     snoozedUntil: c.snoozedUntil?.toISOString() ?? null,
+    tags: c.tags,
   };
 }
 

@@ -12,6 +12,7 @@ import { PolicyService } from "./policy-service.js";
 import { LoginRateLimiter, type RateLimitOptions } from "./rate-limit.js";
 import { pickSnapshot, type RestoreService } from "./restore-service.js";
 import { RoleService } from "./role-service.js";
+import { TargetingService } from "./targeting-service.js";
 import { TaskService } from "./task-service.js";
 import type { UploadService } from "./upload-service.js";
 import { UserService } from "./user-service.js";
@@ -31,6 +32,8 @@ export interface Services {
   /** The restore protocol and history; null without a repository. */
   restores: RestoreService | null;
   tasks: TaskService;
+  /** Collections, driver profiles, layer rules, CVD tags. */
+  targeting: TargetingService;
 }
 
 export interface CreateServicesOptions {
@@ -90,6 +93,7 @@ export function createServices(o: CreateServicesOptions): Services {
     tasks,
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
+    targeting: new TargetingService({ ...base, audit }),
     roles: new RoleService({ ...base, audit }),
     uploads: o.uploads ? o.uploads(audit) : null,
     restores: o.restores ? o.restores(audit) : null,
@@ -145,5 +149,6 @@ export {
   LoginRateLimiter,
   PolicyService,
   RoleService,
+  TargetingService,
   UserService,
 };

@@ -6,6 +6,7 @@ import { enrollmentRoutes } from "./enrollment.js";
 import { policyRoutes } from "./policies.js";
 import { restoreRoutes } from "./restores.js";
 import { roleRoutes } from "./roles.js";
+import { targetingRoutes } from "./targeting.js";
 import { tokenRoutes } from "./tokens.js";
 import { uploadRoutes } from "./uploads.js";
 import { userRoutes } from "./users.js";
@@ -22,4 +23,5 @@ export const apiRoutes: RouteDef[] = [
   ...policyRoutes,
   ...uploadRoutes,
   ...restoreRoutes,
+  ...targetingRoutes,
 ];
