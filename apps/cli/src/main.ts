@@ -9,6 +9,7 @@ import { registerRecoveryCommands } from "./commands/recovery.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerRestoreCommands } from "./commands/restore.js";
 import { registerServerCommands } from "./commands/server.js";
+import { registerTargetingCommands } from "./commands/targeting.js";
 import { runProgram } from "./run.js";
 
 export function buildProgram(): Command {
@@ -31,6 +32,8 @@ export function buildProgram(): Command {
   registerAgentUpload(agent);
   registerAgentCapture(agent);
   registerRecoveryCommands(program);
+  // Last: it adds subcommands to `layer`, `cvd` and `driver` when others made them.
+  registerTargetingCommands(program);
   return program;
 }
 

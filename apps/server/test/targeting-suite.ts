@@ -284,6 +284,7 @@ export function runTargetingSuite(name: string, open: () => Promise<ServerStore>
       });
       expect(lenovo).toMatchObject({
         folders: ["lay_fprint", "lay_iwlwifi"],
+        folderNames: ["synaptics-fprint", "iwlwifi-fw"],
         cvds: ids("lab-01", "office-01"),
       });
       expect(await targeting.driverFolders(cvd["lab-01"]!)).toEqual([

@@ -195,6 +195,8 @@ export interface DriverProfileInfo {
   name: string;
   /** Driver layers (ids; the newest version of each is composed), in order. */
   folders: string[];
+  /** Their names, in the same order (the id of a layer that is gone). */
+  folderNames: string[];
   /** The profile matches an endpoint when any rule does. */
   rules: DriverRule[];
   /** CVDs whose endpoint's facts match now. */

@@ -124,6 +124,7 @@ export const targetingSchemas = {
     id: str(),
     name: str(),
     folders: strings,
+    folderNames: strings,
     rules: { type: "array", items: driverRule },
     cvds: strings,
     createdAt: dateTime,

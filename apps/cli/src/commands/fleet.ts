@@ -43,7 +43,7 @@ function positiveInt(s: string): number {
   return n;
 }
 
-function readJsonFile(file: string): unknown {
+export function readJsonFile(file: string): unknown {
   let text: string;
   try {
     text = file === "-" ? readFileSync(0, "utf8") : readFileSync(file, "utf8");
@@ -303,7 +303,7 @@ export function registerFleetCommands(program: Command): void {
       const c = await call(client(o).getCvd(id));
       if (o.json) return printJson(c);
       out(
-        `CVD ${c.id}\n  endpoint: ${dash(c.endpointId)} ${c.hostname ? `(${c.hostname})` : ""}\n  policy:   ${c.policy} (version ${c.policyVersion})\n  created:  ${c.createdAt}\n  snoozed until: ${dash(c.snoozedUntil)}\n`,
+        `CVD ${c.id}\n  endpoint: ${dash(c.endpointId)} ${c.hostname ? `(${c.hostname})` : ""}\n  policy:   ${c.policy} (version ${c.policyVersion})\n  created:  ${c.createdAt}\n  snoozed until: ${dash(c.snoozedUntil)}\n  tags:     ${c.tags.join(" ") || "-"}\n`,
       );
     });
   cvd

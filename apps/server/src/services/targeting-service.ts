@@ -155,11 +155,16 @@ export function collectionView(c: CollectionRecord, members: string[]): Collecti
   };
 }
 
-export function driverProfileView(p: DriverProfileRecord, cvds: string[]): DriverProfileInfo {
+export function driverProfileView(
+  p: DriverProfileRecord,
+  cvds: string[],
+  layerNames: ReadonlyMap<string, string>,
+): DriverProfileInfo {
   return {
     id: p.id,
     name: p.name,
     folders: p.folders,
+    folderNames: p.folders.map((f) => layerNames.get(f) ?? f),
     rules: p.rules as DriverRule[],
     cvds,
     createdAt: p.createdAt.toISOString(),
@@ -386,11 +391,16 @@ export class TargetingService {
     return ids;
   }
 
+  /** Layer names by id, for the views. */
+  private async layerNames(): Promise<Map<string, string>> {
+    return new Map((await this.deps.store.layers.listLayers()).map((l) => [l.id, l.name]));
+  }
+
   private async profileInfo(p: DriverProfileRecord): Promise<DriverProfileInfo> {
     const [cvds] = await this.matching([p.rules as DriverRule[]], (r, t) =>
       matchProfile(r, driverFactsOf(t)),
     );
-    return driverProfileView(p, cvds ?? []);
+    return driverProfileView(p, cvds ?? [], await this.layerNames());
   }
 
   async createDriverProfile(c: Caller, req: CreateDriverProfileRequest): Promise<DriverProfileInfo> {
@@ -419,7 +429,8 @@ export class TargetingService {
     requirePermission(c, "layers.read");
     const all = await this.t.listDriverProfiles();
     const cvds = await this.matching(all, (p, t) => matchProfile(p.rules as DriverRule[], driverFactsOf(t)));
-    return all.map((p, i) => driverProfileView(p, cvds[i]!));
+    const names = await this.layerNames();
+    return all.map((p, i) => driverProfileView(p, cvds[i]!, names));
   }
 
   async getDriverProfile(c: Caller, ref: string): Promise<DriverProfileInfo> {
