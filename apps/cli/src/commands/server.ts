@@ -59,6 +59,7 @@ function fromApi(e: unknown): never {
       "NOT_FOUND",
       "ALREADY_EXISTS",
       "AMBIGUOUS",
+      "CONFLICT",
       "SESSION_EXPIRED",
       "TOO_LARGE",
       "WRONG_PASSWORD",
