@@ -135,8 +135,8 @@ export interface LayerStore {
   getLayerVersion(layerId: string, version: number): Promise<LayerVersionRecord | null>;
   /** The layer's newest version, null when it has none. */
   newestLayerVersion(layerId: string): Promise<LayerVersionRecord | null>;
-  /** Oldest first. */
-  listLayerVersions(layerId: string): Promise<LayerVersionRecord[]>;
+  /** The layer's versions, oldest first; without a layer, every layer's (by layer, then version). */
+  listLayerVersions(layerId?: string): Promise<LayerVersionRecord[]>;
   getLayerManifest(layerId: string, version: number): Promise<Record<string, unknown> | null>;
 
   /** Mark (on) or unmark a CVD reference; true when that changed something. */
@@ -477,12 +477,14 @@ export class SqliteLayerStore implements LayerStore {
     return r ? toVersion(r) : null;
   }
 
-  async listLayerVersions(layerId: string): Promise<LayerVersionRecord[]> {
-    return (
-      this.db
-        .prepare(`SELECT ${VERSION_COLS} FROM layer_versions WHERE layer_id = ? ORDER BY version`)
-        .all(layerId) as VersionRow[]
-    ).map(toVersion);
+  async listLayerVersions(layerId?: string): Promise<LayerVersionRecord[]> {
+    const rows =
+      layerId === undefined
+        ? this.db.prepare(`SELECT ${VERSION_COLS} FROM layer_versions ORDER BY layer_id, version`).all()
+        : this.db
+            .prepare(`SELECT ${VERSION_COLS} FROM layer_versions WHERE layer_id = ? ORDER BY version`)
+            .all(layerId);
+    return (rows as VersionRow[]).map(toVersion);
   }
 
   async getLayerManifest(layerId: string, version: number): Promise<Record<string, unknown> | null> {
@@ -703,11 +705,16 @@ export class PostgresLayerStore implements LayerStore {
     return r.rows[0] ? toVersion(r.rows[0]) : null;
   }
 
-  async listLayerVersions(layerId: string): Promise<LayerVersionRecord[]> {
-    const r = await this.q<VersionRow>(
-      `SELECT ${VERSION_COLS} FROM layer_versions WHERE layer_id = $1 ORDER BY version`,
-      [layerId],
-    );
+  async listLayerVersions(layerId?: string): Promise<LayerVersionRecord[]> {
+    const r =
+      layerId === undefined
+        ? await this.q<VersionRow>(
+            `SELECT ${VERSION_COLS} FROM layer_versions ORDER BY layer_id COLLATE "C", version`,
+          )
+        : await this.q<VersionRow>(
+            `SELECT ${VERSION_COLS} FROM layer_versions WHERE layer_id = $1 ORDER BY version`,
+            [layerId],
+          );
     return r.rows.map(toVersion);
   }
 

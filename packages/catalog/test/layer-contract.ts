@@ -108,6 +108,8 @@ export function runLayerStoreContract(
           [1, "1.6", "debian"],
           [2, "2", null],
         ]);
+        const all = await s.layers.listLayerVersions();
+        expect(all.filter((v) => v.layerId === id).map((v) => v.version)).toEqual([1, 2]);
         expect(await s.layers.getLayerManifest(id, 1)).toEqual(manifest);
         expect(await s.layers.getLayerManifest(id, 2)).toEqual({ removed: ["/x"] });
         expect(await s.layers.getLayerManifest(id, 3)).toBeNull();
