@@ -11,6 +11,7 @@ import { openServerRepository, type ServerRepository } from "./repository.js";
 import type { AuditService } from "./services/audit-service.js";
 import { type Clock, systemClock } from "./services/context.js";
 import { bootstrap, createServices, type SnapshotsOf } from "./services/index.js";
+import { cvdImages, LayerService } from "./services/layer-service.js";
 import { uploadPolicyOf } from "./services/policy-service.js";
 import { RestoreService } from "./services/restore-service.js";
 import { snapshotSummaries, UploadService } from "./services/upload-service.js";
@@ -88,7 +89,14 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       snapshotsOf: opts.snapshotsOf ?? ((cvdId) => snapshotSummaries(repoData.repo, cvdId)),
       uploads,
       restores: (audit) =>
-        new RestoreService({ repo: repoData.repo, sessions: repoData.restores, clock, audit }),
+        new RestoreService({
+          repo: repoData.repo,
+          sessions: repoData.restores,
+          clock,
+          audit,
+          imagesOf: cvdImages(store),
+        }),
+      layers: (d) => new LayerService({ store, clock, repo: repoData.repo, ...d }),
     });
     const { adminPassword } = await bootstrap(services);
     const app = buildApp({

@@ -10,18 +10,9 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import {
-  asStrataError,
-  oneBuffer,
-  RemoteRestoreSource,
-  type RestoreTransport,
-  type TreeRef,
-  type UploadTransport,
-  uploadOnce,
-} from "@strata/agent";
+import { RemoteRestoreSource, type TreeRef, uploadOnce } from "@strata/agent";
 import { openPostgresServerStore, openSqliteServerStore, type ServerStore } from "@strata/catalog";
 import { compilePolicy, defaultPolicy, type FsNode, isStrataError } from "@strata/core";
-import { ApiError } from "@strata/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   dropTestSchemas,
@@ -29,6 +20,7 @@ import {
   newTestSchema,
 } from "../../../packages/catalog/test/pg-helper.js";
 import { snapshotSummaries } from "../src/services/upload-service.js";
+import { injectJson, restoreTransport, uploadTransport } from "./agent-transports.js";
 import { closers, enroll, enrollmentToken, FACTS, type Harness, makeHarness } from "./suite.js";
 
 process.env.STRATA_SCRYPT_LOG_N = "10";
@@ -42,60 +34,6 @@ const policy = compilePolicy(defaultPolicy("pol_1", "Default"), {
   homes: ["/home/alice"],
   agentStateDir: "/var/lib/strata-agent",
 });
-
-function injectJson(h: Harness, secret: string) {
-  return async <T>(method: string, p: string, body?: unknown): Promise<T> => {
-    const r = await h.app.inject({
-      method: method as "GET",
-      url: API + p,
-      headers: { authorization: `Bearer ${secret}`, "strata-protocol": "1" },
-      ...(body !== undefined ? { payload: body as object } : {}),
-    });
-    if (r.statusCode >= 400) throw new ApiError(r.statusCode, r.json().error);
-    return (r.body ? r.json() : undefined) as T;
-  };
-}
-
-/** The upload protocol over app.inject, as the agent speaks it. */
-function uploadTransport(h: Harness, credential: string): UploadTransport {
-  return {
-    json: injectJson(h, credential),
-    async frames<T>(p: string, body: AsyncIterable<Buffer>): Promise<T> {
-      const parts: Buffer[] = [];
-      for await (const b of body) parts.push(b);
-      const r = await h.app.inject({
-        method: "PUT",
-        url: API + p,
-        headers: {
-          authorization: `Bearer ${credential}`,
-          "content-type": "application/vnd.strata.frames",
-          "strata-protocol": "1",
-        },
-        payload: Buffer.concat(parts),
-      });
-      if (r.statusCode >= 400) throw new ApiError(r.statusCode, r.json().error);
-      return r.json() as T;
-    },
-  };
-}
-
-/** The restore protocol over app.inject; `tamper` may change a frame body before the source sees it. */
-function restoreTransport(h: Harness, secret: string, tamper?: (b: Buffer) => Buffer): RestoreTransport {
-  const json = injectJson(h, secret);
-  return {
-    json: (m, p, b) => json(m, p, b).catch((e) => Promise.reject(asStrataError(e))),
-    async frames(method, p, body) {
-      const r = await h.app.inject({
-        method,
-        url: API + p,
-        headers: { authorization: `Bearer ${secret}`, "strata-protocol": "1" },
-        ...(body !== undefined ? { payload: body as object } : {}),
-      });
-      if (r.statusCode >= 400) throw asStrataError(new ApiError(r.statusCode, r.json().error));
-      return oneBuffer(tamper ? tamper(r.rawPayload) : r.rawPayload);
-    },
-  };
-}
 
 function rnd(n: number, seed: string): Buffer {
   const out = Buffer.alloc(n);

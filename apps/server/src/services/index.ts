@@ -7,12 +7,14 @@ import { AuthService } from "./auth-service.js";
 import { type Clock, systemClock } from "./context.js";
 import { EndpointService } from "./endpoint-service.js";
 import { EnrollmentService, type SnapshotsOf } from "./enrollment-service.js";
+import type { LayerRulesSource, LayerService } from "./layer-service.js";
 import { generatePassword, hashPassword } from "./passwords.js";
 import { PolicyService } from "./policy-service.js";
 import { LoginRateLimiter, type RateLimitOptions } from "./rate-limit.js";
 import { pickSnapshot, type RestoreService } from "./restore-service.js";
 import { RoleService } from "./role-service.js";
-import { TargetingService } from "./targeting-service.js";
+import type { LayerTargeting } from "./targeting.js";
+import { FleetTargeting, TargetingService } from "./targeting-service.js";
 import { TaskService } from "./task-service.js";
 import type { UploadService } from "./upload-service.js";
 import { UserService } from "./user-service.js";
@@ -34,6 +36,8 @@ export interface Services {
   tasks: TaskService;
   /** Collections, driver profiles, layer rules, CVD tags. */
   targeting: TargetingService;
+  /** Layers, assignments, images and apply tasks; null without a repository. */
+  layers: LayerService | null;
 }
 
 export interface CreateServicesOptions {
@@ -56,6 +60,15 @@ export interface CreateServicesOptions {
   uploads?: (audit: AuditService) => UploadService;
   /** Built by the composition root around the repository, like `uploads`. */
   restores?: (audit: AuditService) => RestoreService;
+  /** Built by the composition root around the repository; needs the task and restore services built here. */
+  layers?: (d: {
+    audit: AuditService;
+    tasks: TaskService;
+    restores: RestoreService;
+    targeting: LayerTargeting;
+    rules: LayerRulesSource;
+    collections: Pick<TargetingService, "resolveCollection">;
+  }) => LayerService;
 }
 
 export function createServices(o: CreateServicesOptions): Services {
@@ -78,6 +91,8 @@ export function createServices(o: CreateServicesOptions): Services {
       return { id: s.id, time: new Date(s.time) };
     },
   });
+  const restores = o.restores ? o.restores(audit) : null;
+  const targeting = new TargetingService({ ...base, audit });
   return {
     ...base,
     audit,
@@ -93,10 +108,21 @@ export function createServices(o: CreateServicesOptions): Services {
     tasks,
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
-    targeting: new TargetingService({ ...base, audit }),
+    targeting,
     roles: new RoleService({ ...base, audit }),
     uploads: o.uploads ? o.uploads(audit) : null,
-    restores: o.restores ? o.restores(audit) : null,
+    restores,
+    layers:
+      o.layers && restores
+        ? o.layers({
+            audit,
+            tasks,
+            restores,
+            targeting: new FleetTargeting(o.store.layers, targeting),
+            rules: () => targeting.layerRules(),
+            collections: targeting,
+          })
+        : null,
   };
 }
 

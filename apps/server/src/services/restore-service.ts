@@ -140,6 +140,11 @@ export class RestoreService {
       clock: Clock;
       audit: AuditService;
       limits?: Partial<RestoreLimits>;
+      /**
+       * The layer images an endpoint may open for its CVD (docs/design/layers.md,
+       * "Apply"): the target image first, then those of its open apply tasks.
+       */
+      imagesOf?: (cvdId: string) => Promise<string[]>;
     },
   ) {
     this.limits = { ...DEFAULT_RESTORE_LIMITS, ...d.limits };
@@ -208,6 +213,39 @@ export class RestoreService {
     return found;
   }
 
+  /**
+   * `{ image: true }`: the CVD's target image, or with `snapshot` (an id or
+   * a unique prefix) one of the images its open apply tasks name. Only the
+   * CVD's own endpoint opens them; anything else is NOT_FOUND.
+   */
+  private async imageSnapshot(
+    actor: RestoreActor,
+    cvdId: string,
+    b: OpenRestoreRequest,
+  ): Promise<SnapshotRecord> {
+    if ("caller" in actor)
+      throw new StrataError("PERMISSION_DENIED", "layer image sessions are opened by the CVD's endpoint", {
+        hint: "open a session on one of the CVD's snapshots instead",
+      });
+    if (b.at !== undefined) throw new StrataError("INVALID_ARGUMENT", "give image or at, not both");
+    const allowed = [...new Set((await this.d.imagesOf?.(cvdId)) ?? [])];
+    const ref = b.snapshot ?? allowed[0];
+    const id = ref === undefined ? undefined : allowed.filter((x) => x.startsWith(ref));
+    const snap = id?.length === 1 ? await this.repo.catalog.getSnapshot(id[0] as SnapshotId) : null;
+    if (snap?.kind !== "image")
+      throw new StrataError(
+        "NOT_FOUND",
+        b.snapshot === undefined
+          ? `CVD ${cvdId} has no layer image`
+          : `CVD ${cvdId} has no layer image ${b.snapshot}`,
+        {
+          subject: b.snapshot ?? cvdId,
+          hint: "an administrator assigns layers (`strata layer assign`) and queues an apply (`strata cvd apply`)",
+        },
+      );
+    return snap;
+  }
+
   /** Walk `segs` from `tree`; the last node found and the tree holding it. */
   private async walkPath(
     root: TreeId,
@@ -246,8 +284,11 @@ export class RestoreService {
     const segs = b.path === undefined ? [] : parseSnapshotPath(b.path);
     if (b.at !== undefined && b.snapshot !== undefined)
       throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
-    const snap =
-      b.at !== undefined ? await this.snapshotAt(cvdId, b.at) : await this.resolveSnapshot(cvdId, b.snapshot);
+    const snap = b.image
+      ? await this.imageSnapshot(actor, cvdId, b)
+      : b.at !== undefined
+        ? await this.snapshotAt(cvdId, b.at)
+        : await this.resolveSnapshot(cvdId, b.snapshot);
     await this.expireStale().catch(() => {
       // Expiry runs again at the next open and on the server's timer.
     });

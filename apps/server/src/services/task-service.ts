@@ -7,7 +7,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { TaskRecord, TaskState } from "@strata/catalog";
-import { StrataError } from "@strata/core";
+import { type SnapshotId, StrataError } from "@strata/core";
 import type {
   AgentTaskRef,
   RecoverRequest,
@@ -134,12 +134,11 @@ export class TaskService {
     return taskView(rec);
   }
 
-  /** `strata cvd revert`: the CVD's own endpoint goes back to a snapshot (system by default). */
-  async revert(c: Caller, cvdId: string, req: RevertRequest): Promise<Task> {
-    requirePermission(c, "restore.run");
+  /** The CVD's endpoint, which must be active to run a task. */
+  private async activeEndpointOf(cvdId: string, what: string) {
     const cvd = await this.cvd(cvdId);
     if (!cvd.endpointId)
-      throw new StrataError("INVALID_ARGUMENT", `CVD ${cvdId} has no endpoint to revert`, {
+      throw new StrataError("INVALID_ARGUMENT", `CVD ${cvdId} has no endpoint to ${what}`, {
         subject: cvdId,
         hint: `give it to a replacement with \`strata cvd recover ${cvdId} --endpoint ENDPOINT\``,
       });
@@ -153,6 +152,29 @@ export class TaskService {
           hint: "only an active endpoint runs tasks; approve it first",
         },
       );
+    return ep;
+  }
+
+  /**
+   * Queue a layer apply (docs/design/layers.md, "Apply") on the CVD's
+   * endpoint. The layer service composed the image; `params` names it
+   * (`image`: its snapshot id), with `enforce` and `atRestart`.
+   */
+  async queueApply(
+    c: Caller,
+    cvdId: string,
+    params: { image: string; imageKey: string; enforce: "none" | "keep" | "remove"; atRestart: boolean },
+  ): Promise<Task> {
+    requirePermission(c, "layers.assign");
+    const ep = await this.activeEndpointOf(cvdId, "apply layers to");
+    await this.refuseIfBusy(cvdId);
+    return this.create(c, cvdId, ep.id, "apply", { ...params });
+  }
+
+  /** `strata cvd revert`: the CVD's own endpoint goes back to a snapshot (system by default). */
+  async revert(c: Caller, cvdId: string, req: RevertRequest): Promise<Task> {
+    requirePermission(c, "restore.run");
+    const ep = await this.activeEndpointOf(cvdId, "revert");
     const snap = await this.d.resolveSnapshot(cvdId, req?.snapshot);
     await this.refuseIfBusy(cvdId);
     return this.create(c, cvdId, ep.id, req?.full ? "full" : "system", {
@@ -258,6 +280,11 @@ export class TaskService {
       .map((t) => ({ id: t.id, kind: t.kind, state: t.state as "queued" | "running" }));
   }
 
+  /** The endpoint's own task (NOT_FOUND for another endpoint's), for the routes beside start/progress/finish. */
+  async agentTask(agent: AgentIdentity, id: string): Promise<TaskRecord> {
+    return this.ownTask(agent, id);
+  }
+
   /** The endpoint's own task; NOT_FOUND for another endpoint's (never "exists but not yours"). */
   private async ownTask(agent: AgentIdentity, id: string): Promise<TaskRecord> {
     const t = typeof id === "string" && id.length <= 80 ? await this.tasks.getTask(id) : null;
@@ -313,9 +340,18 @@ export class TaskService {
       ? { code: String(req.error?.code).slice(0, 64), message: String(req.error?.message).slice(0, 4096) }
       : null;
     const t = await this.ownTask(agent, id);
+    // An apply reports the image it applied: it must be the one the task named.
+    if (t.kind === "apply" && result && result.image !== undefined && result.image !== t.params.image)
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `task ${id} applies image ${String(t.params.image)}, not ${String(result.image)}`,
+        { subject: id, hint: "report the image of the task's apply plan (plan.image.snapshot)" },
+      );
     const now = this.d.clock.now();
     const state: TaskState = hasError ? "failed" : "done";
     if (await this.tasks.updateTask(id, ["running"], { state, result, error, finishedAt: now }, now)) {
+      if (t.kind === "apply" && state === "done" && typeof t.params.image === "string")
+        await this.d.store.layers.setAppliedImage(t.cvdId, t.params.image as SnapshotId, now);
       await this.d.audit.record({
         actor: `endpoint:${agent.endpointId}`,
         action: `task.${state}`,

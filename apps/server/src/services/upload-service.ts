@@ -42,9 +42,22 @@ import {
 import type { AuditService } from "./audit-service.js";
 import type { Clock } from "./context.js";
 
-export const UPLOAD_KINDS = ["centralize", "upload", "pre-apply", "pre-restore"] as const;
+export const UPLOAD_KINDS = [
+  "centralize",
+  "upload",
+  "pre-apply",
+  "pre-restore",
+  "capture-pre",
+  "capture-post",
+] as const;
 /** Snapshots taken before a risky operation: retention keeps them this long whatever its counts. */
 export const SAFETY_KINDS: readonly string[] = ["pre-apply", "pre-restore"];
+/**
+ * The two ends of an app capture (docs/design/layers.md, "App layer"):
+ * kept like safety snapshots, so a capture left open over a busy hour of
+ * uploads can still be finished.
+ */
+export const CAPTURE_KINDS: readonly string[] = ["capture-pre", "capture-post"];
 export const SAFETY_KEEP_MS = 7 * 24 * 3_600_000;
 export type UploadKind = (typeof UPLOAD_KINDS)[number];
 
@@ -739,7 +752,12 @@ export class UploadService {
     const now = this.d.clock.now().getTime();
     const needed = new Set(await (this.d.pinnedByTasks?.(cvdId) ?? []));
     const remove = applyRetention(snaps, { last: 1, ...counts }).remove.filter(
-      (r) => !needed.has(r.id) && !(SAFETY_KINDS.includes(r.kind) && now - r.time.getTime() < SAFETY_KEEP_MS),
+      (r) =>
+        !needed.has(r.id) &&
+        !(
+          (SAFETY_KINDS.includes(r.kind) || CAPTURE_KINDS.includes(r.kind)) &&
+          now - r.time.getTime() < SAFETY_KEEP_MS
+        ),
     );
     if (!remove.length) return [];
     const ids = remove.map((r) => r.id);

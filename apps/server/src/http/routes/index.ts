@@ -3,6 +3,7 @@ import { auditRoutes } from "./audit.js";
 import { authRoutes } from "./auth.js";
 import { endpointRoutes } from "./endpoints.js";
 import { enrollmentRoutes } from "./enrollment.js";
+import { layerRoutes } from "./layers.js";
 import { policyRoutes } from "./policies.js";
 import { restoreRoutes } from "./restores.js";
 import { roleRoutes } from "./roles.js";
@@ -24,4 +25,5 @@ export const apiRoutes: RouteDef[] = [
   ...uploadRoutes,
   ...restoreRoutes,
   ...targetingRoutes,
+  ...layerRoutes,
 ];
