@@ -505,10 +505,11 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect(root.nodes.map((n) => n.name.toString())).toEqual(expect.arrayContaining(["etc", "usr"]));
       await src.close();
       // The end: the applied image is recorded.
+      // As the agent reports it: the image's key, and its snapshot.
       const done = await ok<Task>(
         "POST",
         `/agent/tasks/${task.id}/finish`,
-        { result: { image: target } },
+        { result: { image: plan.image.id, imageSnapshot: target } },
         a.credential,
       );
       expect(done.state).toBe("done");
@@ -534,7 +535,7 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       const wrong = await send(
         "POST",
         `/agent/tasks/${t2.id}/finish`,
-        { result: { image: "f".repeat(64) } },
+        { result: { image: plan2.image.id, imageSnapshot: "f".repeat(64) } },
         a.credential,
       );
       expect(wrong.statusCode).toBe(400);

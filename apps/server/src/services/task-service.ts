@@ -32,7 +32,9 @@ export interface TaskServiceDeps extends ServiceDeps {
 
 const ACTIVE: TaskState[] = ["queued", "running"];
 /** A progress report is a small flat object; larger ones are refused. */
-const MAX_JSON = 16 * 1024;
+const MAX_PROGRESS_JSON = 16 * 1024;
+/** A result is written once: room for an apply's package lists (a base layer's run to thousands). */
+const MAX_RESULT_JSON = 256 * 1024;
 
 export function taskView(t: TaskRecord): Task {
   return {
@@ -53,11 +55,11 @@ export function taskView(t: TaskRecord): Task {
   };
 }
 
-function checkJson(v: unknown, what: string): Record<string, unknown> {
+function checkJson(v: unknown, what: string, max: number): Record<string, unknown> {
   if (typeof v !== "object" || v === null || Array.isArray(v))
     throw new StrataError("INVALID_ARGUMENT", `${what} must be a JSON object`);
-  if (JSON.stringify(v).length > MAX_JSON)
-    throw new StrataError("TOO_LARGE", `${what} is larger than ${MAX_JSON} bytes of JSON`);
+  if (JSON.stringify(v).length > max)
+    throw new StrataError("TOO_LARGE", `${what} is larger than ${max} bytes of JSON`);
   return v as Record<string, unknown>;
 }
 
@@ -320,7 +322,7 @@ export class TaskService {
   }
 
   async progress(agent: AgentIdentity, id: string, progress: unknown): Promise<TaskProgressAnswer> {
-    const p = checkJson(progress, "progress");
+    const p = checkJson(progress, "progress", MAX_PROGRESS_JSON);
     const t = await this.ownTask(agent, id);
     const now = this.d.clock.now();
     if (t.state === "running") await this.tasks.updateTask(id, ["running"], { progress: p }, now);
@@ -335,18 +337,22 @@ export class TaskService {
     const hasError = req?.error !== undefined;
     if (hasError === (req?.result !== undefined))
       throw new StrataError("INVALID_ARGUMENT", "send either result or error");
-    const result = req.result === undefined ? null : checkJson(req.result, "result");
+    const result = req.result === undefined ? null : checkJson(req.result, "result", MAX_RESULT_JSON);
     const error = hasError
       ? { code: String(req.error?.code).slice(0, 64), message: String(req.error?.message).slice(0, 4096) }
       : null;
     const t = await this.ownTask(agent, id);
-    // An apply reports the image it applied: it must be the one the task named.
-    if (t.kind === "apply" && result && result.image !== undefined && result.image !== t.params.image)
-      throw new StrataError(
-        "INVALID_ARGUMENT",
-        `task ${id} applies image ${String(t.params.image)}, not ${String(result.image)}`,
-        { subject: id, hint: "report the image of the task's apply plan (plan.image.snapshot)" },
-      );
+    // An apply reports the image it applied (its key or its snapshot): it must be the task's.
+    if (t.kind === "apply" && result) {
+      const mine = [t.params.image, t.params.imageKey];
+      const said = [result.image, result.imageSnapshot].filter((x) => x !== undefined);
+      if (said.some((x) => !mine.includes(x)))
+        throw new StrataError(
+          "INVALID_ARGUMENT",
+          `task ${id} applies image ${String(t.params.image)}, not ${said.map(String).join(" / ")}`,
+          { subject: id, hint: "report the image of the task's apply plan (plan.image)" },
+        );
+    }
     const now = this.d.clock.now();
     const state: TaskState = hasError ? "failed" : "done";
     if (await this.tasks.updateTask(id, ["running"], { state, result, error, finishedAt: now }, now)) {
