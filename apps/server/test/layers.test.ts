@@ -388,6 +388,32 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         ).statusCode,
       ).toBe(404);
 
+      // The left-over capture is cancelled: finishing it is refused afterwards; cancelling is idempotent.
+      const cancelled = await ok<CaptureInfo>(
+        "POST",
+        `/agent/captures/${cap2.id}/cancel`,
+        undefined,
+        eps.ref!.credential,
+      );
+      expect(cancelled.state).toBe("cancelled");
+      expect(
+        (await send("POST", `/agent/captures/${cap2.id}/cancel`, undefined, eps.ref!.credential)).statusCode,
+      ).toBe(200);
+      expect(
+        (
+          await send(
+            "POST",
+            `/agent/captures/${cap2.id}/finish`,
+            { snapshot: post2, name: "x" },
+            eps.ref!.credential,
+          )
+        ).statusCode,
+      ).toBe(409);
+      expect(
+        (await send("POST", `/agent/captures/${jq.capture.id}/cancel`, undefined, eps.ref!.credential))
+          .statusCode,
+      ).toBe(409);
+
       state.tool3 = await capture({ name: "tool3" }, (root) => put(root, "usr/bin/tool", "tool v3\n"));
       expect(state.tool3.version.label).toBe("1");
       expect(state.tool3.diff).toMatchObject({ changed: ["/usr/bin/tool"], added: [], removed: [] });

@@ -370,6 +370,10 @@ export class StrataClient {
   finishCapture(id: string, req: CaptureFinishRequest): Promise<CaptureFinishResponse> {
     return this.request("POST", `${API_PREFIX}/agent/captures/${enc(id)}/finish`, req);
   }
+  /** Cancel an open capture of this endpoint (nothing is recorded; idempotent). */
+  cancelCapture(id: string): Promise<CaptureInfo> {
+    return this.request("POST", `${API_PREFIX}/agent/captures/${enc(id)}/cancel`);
+  }
   /** The plan of a running apply task of this endpoint (opens a restore session on the image). */
   applyPlan(taskId: string): Promise<ApplyPlan> {
     return this.request("POST", `${API_PREFIX}/agent/tasks/${enc(taskId)}/apply-plan`);

@@ -730,6 +730,31 @@ export class LayerService {
     };
   }
 
+  /** `POST /agent/captures/:id/cancel`: nothing is recorded; a finished capture stays finished. */
+  async cancelCapture(agent: AgentIdentity, id: string): Promise<CaptureInfo> {
+    const cvdId = this.agentCvd(agent);
+    const cap = await this.ownCapture(cvdId, id);
+    if (cap.state === "finished")
+      throw new StrataError("ALREADY_EXISTS", `capture ${cap.id} is finished (layer ${cap.layerId})`, {
+        subject: cap.id,
+      });
+    if (
+      cap.state === "open" &&
+      (await this.layers.updateCapture(cap.id, ["open"], {
+        state: "cancelled",
+        finishedAt: this.d.clock.now(),
+      }))
+    )
+      await this.d.audit.record({
+        actor: `endpoint:${agent.endpointId}`,
+        action: "capture.cancel",
+        object: `cvd:${cvdId}`,
+        detail: { capture: cap.id },
+        remoteAddr: "agent",
+      });
+    return captureView((await this.layers.getCapture(cap.id))!);
+  }
+
   // ---- assignment ------------------------------------------------------------------
 
   /** A layer reference of a request, checked: the layer exists, has the kind, has the version. */

@@ -144,6 +144,16 @@ export const layerRoutes: RouteDef[] = [
   }),
   route<unknown, Id>({
     method: "POST",
+    url: `${API_PREFIX}/agent/captures/:id/cancel`,
+    access: { endpoint: "active" },
+    summary: "Cancel an open app capture (nothing is recorded)",
+    tag: "agent",
+    params: "CaptureIdParams",
+    response: "CaptureInfo",
+    handler: (ctx) => layers(ctx).cancelCapture(agentOf(ctx), ctx.params.id),
+  }),
+  route<unknown, Id>({
+    method: "POST",
     url: `${API_PREFIX}/agent/tasks/:id/apply-plan`,
     access: { endpoint: "active" },
     summary: "The plan of a running apply task: image session, manifest, removals",
