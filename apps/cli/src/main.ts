@@ -5,6 +5,7 @@ import { registerAgentCapture } from "./commands/agent-capture.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
 import { registerAgentUpload } from "./commands/agent-upload.js";
 import { registerFleetCommands } from "./commands/fleet.js";
+import { registerLayerCommands } from "./commands/layers.js";
 import { registerRecoveryCommands } from "./commands/recovery.js";
 import { registerRepoCommands } from "./commands/repo.js";
 import { registerRestoreCommands } from "./commands/restore.js";
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerServerCommands(program);
   registerFleetCommands(program);
   registerRestoreCommands(program);
+  registerLayerCommands(program);
   const agent = registerAgentCommands(program);
   registerAgentEnroll(agent);
   registerAgentUpload(agent);

@@ -282,7 +282,7 @@ export function registerFleetCommands(program: Command): void {
   const cvd = program
     .command("cvd")
     .description(
-      "CVDs, the endpoints' centralized copies: list, show, snapshots, transactions, set-policy, history, revert, recover, restore-file",
+      "CVDs, the endpoints' centralized copies: list, show, snapshots, transactions, set-policy, history, revert, recover, restore-file, reference, layers, dry-run, apply",
     );
   cvd
     .command("list")

@@ -44,14 +44,16 @@ export function progressLine(t: Task): string {
   return `${t.id} ${t.kind} ${t.state}${parts.length ? `: ${parts.join(", ")}` : ""}`;
 }
 
-function showTask(t: Task): string {
+export function showTask(t: Task): string {
   const lines = [
     `task ${t.id}`,
     `  kind:      ${t.kind}`,
     `  CVD:       ${t.cvd}`,
     `  endpoint:  ${t.endpoint}`,
     `  state:     ${t.state}`,
-    `  snapshot:  ${String(t.params.snapshot ?? "-")}${t.params.time ? ` (${String(t.params.time)})` : ""}`,
+    t.kind === "apply"
+      ? `  image:     ${String(t.params.image ?? "-")}${t.params.enforce && t.params.enforce !== "none" ? ` (enforce ${String(t.params.enforce)})` : ""}${t.params.atRestart ? " at restart" : ""}`
+      : `  snapshot:  ${String(t.params.snapshot ?? "-")}${t.params.time ? ` (${String(t.params.time)})` : ""}`,
     `  created:   ${t.createdAt} by ${t.createdBy}`,
     `  started:   ${t.startedAt ?? "-"}`,
     `  finished:  ${t.finishedAt ?? "-"}`,
@@ -91,7 +93,7 @@ function taskRows(list: Task[]): string {
  * line at each change otherwise; nothing with --json). Throws when it did
  * not end `done`, so the exit status tells.
  */
-async function waitForTask(c: StrataClient, id: string, json: boolean, pollMs = 1000): Promise<Task> {
+export async function waitForTask(c: StrataClient, id: string, json: boolean, pollMs = 1000): Promise<Task> {
   const tty = !json && isTTY();
   let last = "";
   for (;;) {
