@@ -9,7 +9,7 @@
 import type { AssignmentRecord, ServerStore } from "@strata/catalog";
 import { BASE_CAPTURE_RULES, DEFAULT_DO_NOT_OVERRIDE } from "@strata/core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FleetTargeting } from "../src/services/targeting-service.js";
+import { FleetTargeting } from "../src/services/targeting.js";
 import { enroll, enrollmentToken, FACTS, type Harness, makeHarness } from "./suite.js";
 
 const NVIDIA = "pci:v000010DEd00002520sv000017AAsd00003A58bc03sc00i00";
@@ -77,6 +77,37 @@ export function runTargetingSuite(name: string, open: () => Promise<ServerStore>
     beforeAll(async () => {
       h = await makeHarness(open);
       targeting = new FleetTargeting(h.store.layers, h.services.targeting);
+      // A base layer the assignments name (its trees are not needed: nothing is composed here).
+      await h.store.layers.createLayer({
+        id: "lay_bookworm",
+        name: "bookworm-base",
+        kind: "base",
+        description: "",
+        createdAt: new Date(h.now.t),
+      });
+      const hex = (c: string) => c.repeat(64);
+      // An empty tree in the harness's repository: composing an image reads it.
+      const tree = await h.repo.saveTree([]);
+      await h.repo.flush();
+      await h.store.layers.addLayerVersion(
+        {
+          layerId: "lay_bookworm",
+          version: 1,
+          label: "12.8",
+          snapshot: hex("a") as never,
+          tree,
+          osId: "debian",
+          osVersion: "12",
+          files: 1,
+          bytes: 1,
+          packages: 0,
+          sourceCvd: null,
+          sourceSnapshots: [],
+          createdAt: new Date(h.now.t),
+          createdBy: "user:admin",
+        },
+        {},
+      );
       const t = await enrollmentToken(h, { uses: 3, autoApprove: true });
       for (const i of INVENTORY) {
         // Enrolled with the facts an older agent sent (no hardware), then reported in full.
@@ -190,8 +221,8 @@ export function runTargetingSuite(name: string, open: () => Promise<ServerStore>
         id,
         targetKind: kind,
         targetId: target,
-        base: { layer: "lay_base", version: null },
-        apps: [{ layer: `lay_app_${id}`, version: null }],
+        base: { layer: "lay_bookworm", version: null },
+        apps: [],
         assignedAt: new Date(h.now.t + minute * 60_000),
         assignedBy: "user:admin",
       };
@@ -245,6 +276,43 @@ export function runTargetingSuite(name: string, open: () => Promise<ServerStore>
       expect(await targeting.effectiveAssignment("cvd_gone")).toEqual({ effective: null, overridden: [] });
     });
 
+    it("over HTTP: POST /assignments to a CVD and to a collection, the newest wins; GET /cvds/:cvd/layers shows the rest overridden", async () => {
+      const assign = async (target: unknown) => {
+        h.now.t += 60_000; // one assignment a minute: the newest is unambiguous
+        const r = await send("POST", "/assignments", { target, base: { layer: "bookworm-base" } });
+        expect(r.statusCode, r.body).toBe(201);
+        return r.json();
+      };
+      const layersOf = async (host: string) => {
+        const r = await get(`/cvds/${cvd[host]}/layers`);
+        expect(r.statusCode, r.body).toBe(200);
+        return r.json();
+      };
+      h.now.t += 2 * 3_600_000; // after the assignments the test above made
+      const mine = await assign({ cvd: cvd["office-01"] });
+      const lenovo = await assign({ collection: "Lenovos" }); // dynamic: lab-01 and office-01
+      expect(lenovo.target).toEqual({
+        kind: "collection",
+        id: (await get("/collections/Lenovos")).json().id,
+      });
+      const first = await layersOf("office-01");
+      expect(first.effective).toEqual(lenovo);
+      expect(first.overridden[0]).toEqual(mine); // then the older ones of the tests above
+      expect((await layersOf("lab-02")).effective?.id).not.toBe(lenovo.id);
+      const again = await assign({ cvd: cvd["office-01"] });
+      const second = await layersOf("office-01");
+      expect(second.effective).toEqual(again);
+      expect(second.overridden.slice(0, 2)).toEqual([lenovo, mine]);
+      // The collection by id works too; a missing one is 404.
+      const byId = await assign({ collection: lenovo.target.id });
+      expect((await layersOf("office-01")).effective).toEqual(byId);
+      const missing = await send("POST", "/assignments", {
+        target: { collection: "Nope" },
+        base: { layer: "bookworm-base" },
+      });
+      expect(missing.statusCode).toBe(404);
+    });
+
     it("driver profiles give their folders to the endpoints their rules match; editing a profile changes which CVDs match", async () => {
       const layer = async (id: string, name: string, kind: "driver" | "app") =>
         h.store.layers.createLayer({ id, name, kind, description: "", createdAt: new Date(h.now.t) });
@@ -295,6 +363,10 @@ export function runTargetingSuite(name: string, open: () => Promise<ServerStore>
       expect(await targeting.driverFolders(cvd["lab-02"]!)).toEqual([
         { profile: "Intel AX201", folders: ["lay_iwlwifi"] },
       ]);
+      // The layer service asks the same: GET /cvds/:cvd/layers lists them.
+      expect((await get(`/cvds/${cvd["lab-01"]}/layers`)).json().drivers).toEqual(
+        await targeting.driverFolders(cvd["lab-01"]!),
+      );
       expect(await targeting.driverFolders(cvd["office-01"]!)).toEqual([
         { profile: "Lenovo fingerprint", folders: ["lay_fprint", "lay_iwlwifi"] },
       ]);

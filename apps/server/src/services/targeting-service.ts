@@ -13,11 +13,9 @@
  * dynamic collection, CVDs of a profile) page through the fleet.
  */
 import type {
-  AssignmentRecord,
   CollectionRecord,
   DriverProfileRecord,
   LayerRulesRecord,
-  LayerStore,
   TargetingStore,
   TargetRecord,
 } from "@strata/catalog";
@@ -545,36 +543,5 @@ export class TargetingService {
       await this.deps.audit.by(c, "cvd.tag", `cvd:${cvdId}`, { before, after: tags });
     }
     return { cvd: cvdId, tags };
-  }
-}
-
-/** How many overridden assignments `strata cvd layers` shows. */
-const OVERRIDDEN_SHOWN = 20;
-
-/**
- * Which layers reach a CVD: the newest assignment among those made to the
- * CVD and to every collection it belongs to (static or dynamic, as the
- * collection's rule matches now), the others newest first; and the driver
- * folders of every profile its endpoint matches.
- */
-export class FleetTargeting {
-  constructor(
-    private readonly layers: LayerStore,
-    private readonly targeting: TargetingService,
-  ) {}
-
-  async effectiveAssignment(
-    cvdId: string,
-  ): Promise<{ effective: AssignmentRecord | null; overridden: AssignmentRecord[] }> {
-    const collections = await this.targeting.collectionsOf(cvdId);
-    const [effective = null, ...overridden] = await this.layers.assignmentsFor(
-      [{ kind: "cvd", id: cvdId }, ...collections.map((id) => ({ kind: "collection" as const, id }))],
-      OVERRIDDEN_SHOWN + 1,
-    );
-    return { effective, overridden };
-  }
-
-  driverFolders(cvdId: string): Promise<{ profile: string; folders: string[] }[]> {
-    return this.targeting.driverFolders(cvdId);
   }
 }
