@@ -76,10 +76,16 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
           const policy = cvd ? await store.getPolicy(cvd.policyId) : null;
           return policy ? uploadPolicyOf(policy).retention : null;
         },
-        pinnedByTasks: async (cvdId) =>
-          (await store.tasks.listTasks({ cvdId, states: ["queued", "running"], limit: 100 }))
+        // Open tasks' snapshots, and the old system of an unconfirmed OS migration (layers.md).
+        pinnedByTasks: async (cvdId) => [
+          ...(await store.tasks.listTasks({ cvdId, states: ["queued", "running"], limit: 100 }))
             .map((t) => t.params.snapshot)
             .filter((x): x is string => typeof x === "string"),
+          ...(await store.tasks.listTasks({ cvdId, states: ["done"], limit: 100 }))
+            .filter((t) => t.kind === "apply" && t.params.migrate === true && !t.result?.confirmedAt)
+            .map((t) => t.result?.safetySnapshot)
+            .filter((x): x is string => typeof x === "string"),
+        ],
       });
     const services = createServices({
       store,

@@ -276,13 +276,15 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       const rec = (await h.repo.catalog.getSnapshot(base.version.snapshot as never))!;
       expect(rec).toMatchObject({ kind: "layer", tree });
       expect(rec.tags).toEqual([`layer:${base.layer.id}`, "layer-version:1"]);
-      // The manifest: every stanza and account line, the os-release.
+      // The manifest: every stanza, the system accounts (not the reference machine's own people,
+      // who would clash with every endpoint's uid 1000), the os-release.
       const m = (await h.store.layers.getLayerManifest(base.layer.id, 1)) as Record<string, never>;
       expect((m.packages as { name: string }[]).map((p) => p.name)).toEqual(["base-files", "libc6"]);
       expect(m.accounts).toMatchObject({
-        passwd: PASSWD.trim().split("\n"),
-        shadow: SHADOW.trim().split("\n"),
+        passwd: PASSWD.trim().split("\n").filter((l) => !l.startsWith("alice:")),
+        shadow: SHADOW.trim().split("\n").filter((l) => !l.startsWith("alice:")),
       });
+      expect(PASSWD).toMatch(/^alice:/m);
       expect(m.removed).toEqual([]);
       // Listing and showing; a second capture gets version 2; a label is unique per layer.
       const list = await ok<LayerInfo[]>("GET", "/layers");
@@ -688,6 +690,49 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       });
       expect(mixed.statusCode).toBe(409);
       expect((await send("POST", "/assignments", { target: { collection: "Nope" } })).statusCode).toBe(404);
+    });
+
+    it("migrate keeps the old system for a rollback until confirmed; rollback reverts, re-assigns and records the old image", async () => {
+      const a = eps.a!;
+      const before = await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`);
+      const oldImage = before.appliedImage!;
+      expect(oldImage).toMatch(/^[0-9a-f]{64}$/);
+      // A migration the agent runs: its safety snapshot is S.
+      const runApply = async (body: object): Promise<{ task: Task; safety: string }> => {
+        const t = await ok<Task>("POST", `/cvds/${a.cvd}/apply`, body);
+        await ok("POST", `/agent/tasks/${t.id}/start`, undefined, a.credential);
+        const safety = await upload("a");
+        await ok(
+          "POST",
+          `/agent/tasks/${t.id}/finish`,
+          { result: { imageSnapshot: t.params.image, safetySnapshot: safety } },
+          a.credential,
+        );
+        return { task: t, safety };
+      };
+      const m = await runApply({ migrate: true });
+      expect(m.task.params).toMatchObject({ migrate: true, previousImage: oldImage });
+      // Rollback: a system revert to the safety snapshot, marked as the rollback of the apply.
+      const rb = await ok<Task>("POST", `/cvds/${a.cvd}/rollback`);
+      expect(rb).toMatchObject({ kind: "system", params: { snapshot: m.safety, rollbackOf: m.task.id } });
+      expect(rb.params.restoreImage).toBe(oldImage);
+      // The old image's layers are assigned again (pinned), so the next apply does not migrate again.
+      const reassigned = await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`);
+      expect(reassigned.targetImage).toBe(oldImage);
+      await ok("POST", `/agent/tasks/${rb.id}/start`, undefined, a.credential);
+      await ok("POST", `/agent/tasks/${rb.id}/finish`, { result: { files: 1 } }, a.credential);
+      expect((await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`)).appliedImage).toBe(oldImage);
+
+      // A confirmed migration cannot be rolled back: its old system is no longer kept.
+      const m2 = await runApply({ migrate: true });
+      const conf = await ok<Task>("POST", `/cvds/${a.cvd}/migration/confirm`);
+      expect(conf.id).toBe(m2.task.id);
+      expect(typeof conf.result?.confirmedAt).toBe("string");
+      const refused = await send("POST", `/cvds/${a.cvd}/rollback`);
+      expect(refused.statusCode).toBe(409);
+      expect(refused.json().error.message).toContain(m2.task.id);
+      // Only administrators with restore.run and layers.assign roll back; a CVD without applies has nothing to undo.
+      expect((await send("POST", `/cvds/${eps.ref!.cvd}/rollback`)).statusCode).toBe(404);
     });
 
     it("layer and image snapshots survive retention and prune; the reference's snapshots can go", async () => {

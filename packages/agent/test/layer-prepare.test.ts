@@ -123,6 +123,25 @@ describe("prepareLayerApply", () => {
     expect(blockedError(p.problems)?.message).toMatch(/svc/);
   });
 
+  it("refuses enforce remove without a base layer: it would delete the operating system", () => {
+    const r = root("nobase", stanza("libc6", "2.36-9"));
+    expect(
+      blockedError(prepareLayerApply(plan({ packages: [jq] }, { enforce: "remove" }), r).problems)?.message,
+    ).toMatch(/base layer/);
+    // With a base (here: its libc6), the same apply is fine: libc6 is the image's now.
+    const libc6 = {
+      name: "libc6",
+      arch: "amd64",
+      version: "2.36-9",
+      stanza: stanza("libc6", "2.36-9").trimEnd(),
+    };
+    const withBase = prepareLayerApply(
+      plan({ packages: [jq, libc6] }, { enforce: "remove", hasBase: true }),
+      r,
+    );
+    expect(blockedError(withBase.problems)).toBeNull();
+  });
+
   it("never writes identity, logs, caches or do-not-override paths, but always the structured files", () => {
     const r = root("dno", stanza("libc6", "2.36-9"));
     const p = prepareLayerApply(plan({ packages: [jq] }), r);

@@ -43,6 +43,7 @@ import type {
   CollectionInfo,
   CvdLayersInfo,
   DriverProfileInfo,
+  DryRunQuery,
   DryRunReport,
   LayerInfo,
   LayerRules,
@@ -354,8 +355,16 @@ export class StrataClient {
     return this.request("GET", `${API_PREFIX}/cvds/${enc(cvd)}/layers`);
   }
   /** What applying the CVD's image would do, against its newest snapshot. */
-  dryRun(cvd: string): Promise<DryRunReport> {
-    return this.request("GET", `${API_PREFIX}/cvds/${enc(cvd)}/dry-run`);
+  dryRun(cvd: string, q: DryRunQuery = {}): Promise<DryRunReport> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(cvd)}/dry-run${queryString(q)}`);
+  }
+  /** Undo the CVD's last layer apply: a system revert to its safety snapshot (a task). */
+  rollbackLayers(cvd: string): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/rollback`);
+  }
+  /** Confirm the CVD's last OS migration (its old system is no longer kept). */
+  confirmMigration(cvd: string): Promise<Task> {
+    return this.request("POST", `${API_PREFIX}/cvds/${enc(cvd)}/migration/confirm`);
   }
   /** Queue an `apply` task for the CVD's endpoint. */
   applyLayers(cvd: string, req: ApplyRequest = {}): Promise<Task> {

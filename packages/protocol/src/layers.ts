@@ -226,6 +226,11 @@ export interface DryRunProblem {
   subject: string;
 }
 
+/** `GET /cvds/:cvd/dry-run?enforce=…`: the report of an apply with that enforcement. */
+export interface DryRunQuery {
+  enforce?: "keep" | "remove";
+}
+
 export interface DryRunReport {
   image: string;
   files: {
@@ -253,6 +258,12 @@ export interface ApplyRequest {
   enforce?: "keep" | "remove";
   /** Stage and commit now, change the disk at the agent's next start. */
   atRestart?: boolean;
+  /**
+   * An OS migration (a new base on another release): its safety snapshot is
+   * kept until the migration is confirmed, so `strata cvd rollback` can
+   * return to the old system.
+   */
+  migrate?: boolean;
 }
 
 export interface ApplyPlan {
@@ -268,6 +279,8 @@ export interface ApplyPlan {
   doNotOverride: PolicyRule[];
   enforce: "none" | "keep" | "remove";
   atRestart: boolean;
+  /** The image has a base layer (enforce remove is refused without one: it would delete the OS). */
+  hasBase?: boolean;
 }
 
 // ---- JSON Schemas -------------------------------------------------------------
@@ -424,16 +437,38 @@ export const layerSchemas = {
     },
     blocked: { type: "boolean" },
   }),
-  ApplyRequest: obj({ enforce: str({ enum: ["keep", "remove"] }), atRestart: { type: "boolean" } }, []),
-  ApplyPlan: obj({
-    task: str(),
-    image: obj({ id: str(), snapshot: str() }),
-    session: restoreSchemas.RestoreSessionInfo,
-    manifest,
-    removals: strings,
-    previousPackages: strings,
-    doNotOverride: { type: "array", items: rule },
-    enforce: str({ enum: ["none", "keep", "remove"] }),
-    atRestart: { type: "boolean" },
-  }),
+  ApplyRequest: obj(
+    {
+      enforce: str({ enum: ["keep", "remove"] }),
+      atRestart: { type: "boolean" },
+      migrate: { type: "boolean" },
+    },
+    [],
+  ),
+  DryRunQuery: obj({ enforce: str({ enum: ["keep", "remove"] }) }, []),
+  ApplyPlan: obj(
+    {
+      task: str(),
+      image: obj({ id: str(), snapshot: str() }),
+      session: restoreSchemas.RestoreSessionInfo,
+      manifest,
+      removals: strings,
+      previousPackages: strings,
+      doNotOverride: { type: "array", items: rule },
+      enforce: str({ enum: ["none", "keep", "remove"] }),
+      atRestart: { type: "boolean" },
+      hasBase: { type: "boolean" },
+    },
+    [
+      "task",
+      "image",
+      "session",
+      "manifest",
+      "removals",
+      "previousPackages",
+      "doNotOverride",
+      "enforce",
+      "atRestart",
+    ],
+  ),
 } satisfies Record<string, Schema>;

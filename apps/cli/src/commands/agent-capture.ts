@@ -101,7 +101,7 @@ export function registerAgentCapture(agent: Command): void {
       if (o.json) return printJson(info);
       process.stdout.write(
         `capture ${info.id} started on ${info.cvd} (pre-scan ${info.preSnapshot.slice(0, 12)}: ${r.stats.totalFiles} files)\n` +
-          "install the software now, then run `strata agent capture finish --name NAME [--version V]`\n",
+          "install the software now, then run `strata agent capture finish --name NAME [--label V]`\n",
       );
     });
 
@@ -109,7 +109,7 @@ export function registerAgentCapture(agent: Command): void {
     .command("finish")
     .description("post-scan: upload the new state; the server stores the difference as a layer version")
     .requiredOption("--name <name>", "the layer's name (a new layer, or a new version of this one)")
-    .option("--version <label>", "the version label (default: the next number)")
+    .option("--label <label>", "the version label, e.g. 1.6 (default: the version number)")
     .option("--kind <kind>", "app or driver", "app")
     .option("--description <text>", "what the layer holds")
     .option("--state <dir>", STATE_HELP)
@@ -117,7 +117,7 @@ export function registerAgentCapture(agent: Command): void {
     .action(async () => {
       const o = finish.optsWithGlobals() as Opts & {
         name: string;
-        version?: string;
+        label?: string;
         kind: string;
         description?: string;
       };
@@ -137,7 +137,7 @@ export function registerAgentCapture(agent: Command): void {
         snapshot: r.snapshot,
         name: o.name,
         kind: o.kind,
-        ...(o.version ? { label: o.version } : {}),
+        ...(o.label ? { label: o.label } : {}),
         ...(o.description ? { description: o.description } : {}),
       });
       rmSync(path.join(stateDir, CAPTURE_FILE), { force: true });
@@ -169,12 +169,17 @@ export function registerAgentCapture(agent: Command): void {
 
   const cancel = capture
     .command("cancel")
-    .description("forget the open capture on this endpoint (nothing is stored as a layer)")
+    .description("cancel the open capture on this endpoint and at the server (nothing is stored as a layer)")
     .option("--state <dir>", STATE_HELP)
     .action(async () => {
       const o = cancel.optsWithGlobals() as Opts;
       const stateDir = stateDirOf(o, DEFAULT_STATE_DIR);
       const open = readOpen(stateDir);
+      // The server closes it too; a capture it no longer knows is forgotten here all the same.
+      if (open)
+        await endpointClient(stateDir)
+          .cancelCapture(open.id)
+          .catch(() => undefined);
       rmSync(path.join(stateDir, CAPTURE_FILE), { force: true });
       if (o.json) return printJson({ cancelled: open?.id ?? null });
       process.stdout.write(open ? `capture ${open.id} forgotten\n` : "no capture was open\n");

@@ -161,6 +161,25 @@ async function layerNames(o: Opts): Promise<Map<string, string>> {
   return new Map((await call(client(o).listLayers())).map((l) => [l.id, l.name]));
 }
 
+/** A queued task: printed, or waited for with --wait. */
+async function endWith(
+  c: ReturnType<typeof client>,
+  t: Task,
+  o: Opts & { wait?: boolean },
+  what: string,
+): Promise<void> {
+  if (o.wait) {
+    if (!o.json) out(`queued task ${t.id} (${what}) for endpoint ${t.endpoint}; waiting for it\n`);
+    const done = await waitForTask(c, t.id, o.json === true);
+    if (o.json) return printJson(done);
+    return void out(showTask(done));
+  }
+  if (o.json) return printJson(t);
+  out(
+    `queued task ${t.id} (${what}) on CVD ${t.cvd}, endpoint ${t.endpoint}\nfollow it with \`strata task show ${t.id} --wait\`\n`,
+  );
+}
+
 export function registerLayerCommands(program: Command): void {
   const layer = subcommand(program, "layer", "base, app and driver layers");
 
@@ -286,9 +305,13 @@ export function registerLayerCommands(program: Command): void {
     .command("dry-run")
     .description("what applying the CVD's layers would do, against its newest snapshot (exit 1 when blocked)")
     .argument("<cvd>", "CVD id (cvd_…)")
+    .option("--enforce <mode>", "the report of an apply with this enforcement: keep or remove")
     .action(async (id: string, _o, cmd: Command) => {
       const o = opts(cmd);
-      const r = await call(client(o).dryRun(id));
+      const enforce = o.enforce === undefined ? undefined : String(o.enforce);
+      if (enforce !== undefined && enforce !== "keep" && enforce !== "remove")
+        throw new StrataError("INVALID_ARGUMENT", `--enforce ${enforce} is not keep or remove`);
+      const r = await call(client(o).dryRun(id, enforce ? { enforce } : {}));
       if (r.blocked) process.exitCode = 1;
       if (o.json) return printJson(r);
       out(dryRunText(id, r));
@@ -327,5 +350,69 @@ export function registerLayerCommands(program: Command): void {
       out(
         `queued task ${t.id}: apply of image ${String(t.params.image).slice(0, 16)} to CVD ${t.cvd} on endpoint ${t.endpoint}\nfollow it with \`strata task show ${t.id} --wait\`\n`,
       );
+    });
+
+  cvd
+    .command("migrate")
+    .description(
+      "move the CVD's endpoint to another OS release in place: a new base layer (and its app layers)",
+    )
+    .argument("<cvd>", "CVD id (cvd_…)")
+    .option("--base <layer[@version]>", "the base layer of the new release")
+    .option("--app <layer[@version]>", "an app layer captured on the new release (repeat)", collect, [])
+    .option("--at-restart", "stage now, swap the system at the agent's next start (the reboot point)")
+    .option(
+      "--confirm",
+      "confirm the last migration instead: its old system is no longer kept for a rollback",
+    )
+    .option("--wait", "wait for the task to end, showing its progress")
+    .addHelpText(
+      "after",
+      "\nThe agent uploads a safety snapshot first and keeps the user area, the user accounts and the\nsoftware the user installed (listed in the task's result as userInstalled). The old system stays\nrestorable with `strata cvd rollback CVD` until `strata cvd migrate CVD --confirm`.",
+    )
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const c = client(o);
+      if (o.confirm) {
+        const t: Task = await call(c.confirmMigration(id));
+        if (o.json) return printJson(t);
+        return void out(
+          `migration of task ${t.id} on CVD ${t.cvd} confirmed: its old system is no longer kept\n`,
+        );
+      }
+      if (!o.base)
+        throw new StrataError(
+          "INVALID_ARGUMENT",
+          "give the new release's base layer with --base LAYER[@VERSION]",
+          {
+            hint: "list base layers with `strata layer ls`",
+          },
+        );
+      const apps = ((o.app as string[] | undefined) ?? []).map((a) => parseLayerRef(a, "--app"));
+      await call(
+        c.assignLayers({ target: { cvd: id }, base: parseLayerRef(String(o.base), "--base"), apps }),
+      );
+      const t: Task = await call(
+        c.applyLayers(id, { migrate: true, ...(o.atRestart ? { atRestart: true } : {}) }),
+      );
+      await endWith(c, t, o, "migration");
+    });
+
+  cvd
+    .command("rollback")
+    .description(
+      "undo the CVD's last layer apply or unconfirmed migration: a system revert to its safety snapshot",
+    )
+    .argument("<cvd>", "CVD id (cvd_…)")
+    .option("--wait", "wait for the task to end, showing its progress")
+    .addHelpText(
+      "after",
+      "\nThe user area is not touched. The assignment the previous image was made from is assigned again,\nso the next apply does not redo what was rolled back.",
+    )
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const c = client(o);
+      const t: Task = await call(c.rollbackLayers(id));
+      await endWith(c, t, o, "rollback");
     });
 }

@@ -20,6 +20,7 @@ import type {
   LayerRecord,
   LayerVersionRecord,
   ServerStore,
+  TaskRecord,
 } from "@strata/catalog";
 import {
   ACCOUNT_FILES,
@@ -49,6 +50,7 @@ import {
   type SnapshotId,
   StrataError,
   selectsPackage,
+  systemAccounts,
   TRIGGER_ORDER,
   type TreeId,
   type Trigger,
@@ -67,6 +69,7 @@ import type {
   CaptureStartRequest,
   CvdLayersInfo,
   DryRunProblem,
+  DryRunQuery,
   DryRunReport,
   LayerInfo,
   LayerManifest,
@@ -534,7 +537,8 @@ export class LayerService {
         removed: [],
         packages: parseStatus((await this.readText(snap.tree, STATUS_PATH)) ?? ""),
         removedPackages: [],
-        accounts: await this.accountsOf(snap.tree),
+        // The reference machine's own people (uid 1000–60000) are not the OS's.
+        accounts: systemAccounts(await this.accountsOf(snap.tree)),
         // A base replaces the system: the linker cache and systemd are refreshed after it.
         triggers: [...TRIGGER_ORDER],
         stats: await this.trees.stats(tree),
@@ -1049,8 +1053,9 @@ export class LayerService {
    * packages, and the problems (package checks, account clashes, OS
    * releases). Disk space is the agent's to check.
    */
-  async dryRun(c: Caller, cvdId: string): Promise<DryRunReport> {
+  async dryRun(c: Caller, cvdId: string, q: DryRunQuery = {}): Promise<DryRunReport> {
     requirePermission(c, "layers.read");
+    const enforceRemove = q.enforce === "remove";
     await this.cvd(cvdId);
     const snap = (await this.snapshotsOf(cvdId))[0];
     if (!snap)
@@ -1063,6 +1068,12 @@ export class LayerService {
     const { doNotOverride } = await this.rules();
     const { policy, homes } = await this.policyFor(cvdId, snap.tree);
     const dno = compileRules(doNotOverride, { homes, agentStateDir: AGENT_STATE_DIR }, "doNotOverride");
+    // What no layer holds and enforce remove still leaves alone: identity, logs, caches, apt's state.
+    const notLayers = compileRules(
+      [...BASE_CAPTURE_RULES, ...CAPTURE_NOISE_RULES],
+      { homes, agentStateDir: AGENT_STATE_DIR },
+      "notLayers",
+    );
     const added = new Sample(SAMPLE);
     const updated = new Sample(SAMPLE);
     const removed = new Sample(SAMPLE);
@@ -1095,6 +1106,15 @@ export class LayerService {
       skipBelow: (dir) => dno.coversBelow(dir),
       onlyCurrent: (p, cur) => {
         if (cur.type !== "dir" && isLib(cur.name)) liveLibs.push(p);
+        // Enforce remove deletes the machine-area entries no layer owns (the engine's rule).
+        if (
+          enforceRemove &&
+          !isStructuredPath(p) &&
+          policy.classify(p) === "machine" &&
+          !dno.matches(p) &&
+          !notLayers.matches(p)
+        )
+          removed.add(p);
       },
     });
     const { removals, previousPackages } = await this.removals(cvdId, img);
@@ -1108,6 +1128,7 @@ export class LayerService {
       image: img.manifest.packages,
       previous: previousPackages,
       removedPackages: img.manifest.removedPackages,
+      enforceRemove,
       liveLibs,
       imageLibs,
     });
@@ -1117,6 +1138,7 @@ export class LayerService {
         mergeAccounts(await this.accountsOf(snap.tree), img.manifest.accounts).clashes,
       ) as DryRunProblem[]),
       ...(await this.osProblems(img.rec, snap)),
+      ...(enforceRemove && !hasBase(img.rec) ? [enforceWithoutBase(cvdId)] : []),
     ];
     return {
       image: img.rec.snapshot,
@@ -1167,12 +1189,96 @@ export class LayerService {
     requirePermission(c, "layers.assign");
     await this.cvd(cvdId);
     const img = await this.imageFor(cvdId);
+    if (req?.enforce === "remove" && !hasBase(img)) {
+      const p = enforceWithoutBase(cvdId);
+      throw new StrataError("CONFLICT", p.message, { subject: cvdId, hint: "assign a base layer first" });
+    }
+    const applied = (await this.layers.getCvdImage(cvdId))?.appliedImage ?? null;
     return this.d.tasks.queueApply(c, cvdId, {
       image: img.snapshot,
       imageKey: img.key,
       enforce: req?.enforce ?? "none",
       atRestart: req?.atRestart === true,
+      migrate: req?.migrate === true,
+      previousImage: applied,
     });
+  }
+
+  /** The CVD's newest apply task that ended done with a safety snapshot (null: none). */
+  private async lastApply(cvdId: string, migrateOnly: boolean): Promise<TaskRecord | null> {
+    for (const t of await this.d.tasks.doneTasks(cvdId)) {
+      if (t.kind !== "apply" || typeof t.result?.safetySnapshot !== "string") continue;
+      if (migrateOnly && t.params.migrate !== true) continue;
+      return t;
+    }
+    return null;
+  }
+
+  /**
+   * `strata cvd rollback`: undo the CVD's last layer apply (an OS migration
+   * above all): a system-only revert to the apply's safety snapshot (the
+   * user area is not touched), the image applied before it recorded as
+   * applied again when the revert is done, and the assignment that image
+   * was composed from assigned again (pinned versions), so the next apply
+   * does not redo what was rolled back.
+   */
+  async rollback(c: Caller, cvdId: string): Promise<Task> {
+    requirePermission(c, "layers.assign");
+    requirePermission(c, "restore.run");
+    await this.cvd(cvdId);
+    const last = await this.lastApply(cvdId, false);
+    if (!last)
+      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no finished layer apply to roll back`, {
+        subject: cvdId,
+        hint: "see its tasks with `strata task list --cvd CVD`",
+      });
+    if (typeof last.result?.confirmedAt === "string")
+      throw new StrataError(
+        "CONFLICT",
+        `the migration of task ${last.id} was confirmed: its old system is gone`,
+        {
+          subject: last.id,
+          hint: "revert to an older snapshot with `strata cvd revert CVD --snapshot ID` instead",
+        },
+      );
+    const previous = typeof last.params.previousImage === "string" ? last.params.previousImage : null;
+    const task = await this.d.tasks.revert(
+      c,
+      cvdId,
+      { snapshot: String(last.result!.safetySnapshot) },
+      { rollbackOf: last.id, restoreImage: previous },
+    );
+    if (previous) {
+      const img = await this.image(previous).catch(() => null);
+      if (img) {
+        const ref = (kind: LayerKind) =>
+          img.rec.layers.filter(([k]) => k === kind).map(([, layer, version]) => ({ layer, version }));
+        await this.assign(c, { target: { cvd: cvdId }, base: ref("base")[0] ?? null, apps: ref("app") });
+      }
+    }
+    await this.d.audit.by(c, "layer.rollback", `cvd:${cvdId}`, { task: task.id, of: last.id });
+    return task;
+  }
+
+  /**
+   * `strata cvd migrate --confirm`: the CVD's last migration stays; its
+   * safety snapshot is no longer held for a rollback (retention treats it
+   * as any safety snapshot).
+   */
+  async confirmMigration(c: Caller, cvdId: string): Promise<Task> {
+    requirePermission(c, "layers.assign");
+    await this.cvd(cvdId);
+    const last = await this.lastApply(cvdId, true);
+    if (!last)
+      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no finished migration to confirm`, {
+        subject: cvdId,
+        hint: "migrate it first with `strata cvd migrate CVD --base LAYER`",
+      });
+    const at = this.d.clock.now().toISOString();
+    if (typeof last.result?.confirmedAt !== "string")
+      await this.d.tasks.annotateDone(last.id, { confirmedAt: at });
+    await this.d.audit.by(c, "layer.migration_confirm", `cvd:${cvdId}`, { task: last.id });
+    return this.d.tasks.get(c, last.id);
   }
 
   /**
@@ -1211,6 +1317,7 @@ export class LayerService {
       doNotOverride: doNotOverride.map((r) => ({ ...r })),
       enforce: enforce === "keep" || enforce === "remove" ? enforce : "none",
       atRestart: t.params.atRestart === true,
+      hasBase: hasBase(img.rec),
     };
   }
 }
@@ -1229,6 +1336,21 @@ function assignmentId(): string {
 
 /** The directories holding structured files: a filter must read them to drop those files. */
 const STRUCTURED_DIRS = new Set(["/etc", "/var", "/var/lib", "/var/lib/dpkg"]);
+
+/** Whether an image composes a base layer. */
+function hasBase(img: ImageRecord): boolean {
+  return img.layers.some(([kind]) => kind === "base");
+}
+
+/** Enforce remove deletes what no layer owns: without a base that is the whole OS. */
+function enforceWithoutBase(cvdId: string): DryRunProblem {
+  return {
+    kind: "os-mismatch",
+    blocking: true,
+    subject: cvdId,
+    message: `enforce remove on CVD ${cvdId} needs a base layer: without one it would delete the operating system`,
+  };
+}
 
 function osOfVersion(v: LayerVersionRecord): OsRelease | null {
   return v.osId === null ? null : { id: v.osId, versionId: v.osVersion ?? "" };

@@ -165,7 +165,15 @@ export class TaskService {
   async queueApply(
     c: Caller,
     cvdId: string,
-    params: { image: string; imageKey: string; enforce: "none" | "keep" | "remove"; atRestart: boolean },
+    params: {
+      image: string;
+      imageKey: string;
+      enforce: "none" | "keep" | "remove";
+      atRestart: boolean;
+      migrate: boolean;
+      /** The image applied before this one (a rollback gives it back). */
+      previousImage: string | null;
+    },
   ): Promise<Task> {
     requirePermission(c, "layers.assign");
     const ep = await this.activeEndpointOf(cvdId, "apply layers to");
@@ -174,7 +182,13 @@ export class TaskService {
   }
 
   /** `strata cvd revert`: the CVD's own endpoint goes back to a snapshot (system by default). */
-  async revert(c: Caller, cvdId: string, req: RevertRequest): Promise<Task> {
+  async revert(
+    c: Caller,
+    cvdId: string,
+    req: RevertRequest,
+    /** A rollback of a layer apply: `rollbackOf` (the apply task), `restoreImage` (recorded as applied when done). */
+    extra: { rollbackOf?: string; restoreImage?: string | null } = {},
+  ): Promise<Task> {
     requirePermission(c, "restore.run");
     const ep = await this.activeEndpointOf(cvdId, "revert");
     const snap = await this.d.resolveSnapshot(cvdId, req?.snapshot);
@@ -182,7 +196,25 @@ export class TaskService {
     return this.create(c, cvdId, ep.id, req?.full ? "full" : "system", {
       snapshot: snap.id,
       time: snap.time.toISOString(),
+      ...extra,
     });
+  }
+
+  /** The CVD's tasks that ended done, newest first (at most `limit`). */
+  async doneTasks(cvdId: string, limit = 100): Promise<TaskRecord[]> {
+    return this.tasks.listTasks({ cvdId, states: ["done"], limit });
+  }
+
+  /** Add to a done task's result (a migration's confirmation); false when it is not done. */
+  async annotateDone(id: string, add: Record<string, unknown>): Promise<boolean> {
+    const t = await this.tasks.getTask(id);
+    if (t?.state !== "done") return false;
+    return this.tasks.updateTask(
+      id,
+      ["done"],
+      { result: { ...(t.result ?? {}), ...add } },
+      this.d.clock.now(),
+    );
   }
 
   /**
@@ -358,6 +390,9 @@ export class TaskService {
     if (await this.tasks.updateTask(id, ["running"], { state, result, error, finishedAt: now }, now)) {
       if (t.kind === "apply" && state === "done" && typeof t.params.image === "string")
         await this.d.store.layers.setAppliedImage(t.cvdId, t.params.image as SnapshotId, now);
+      // A rollback of a layer apply: the endpoint runs the image it had before again.
+      if (t.kind === "system" && state === "done" && typeof t.params.restoreImage === "string")
+        await this.d.store.layers.setAppliedImage(t.cvdId, t.params.restoreImage as SnapshotId, now);
       await this.d.audit.record({
         actor: `endpoint:${agent.endpointId}`,
         action: `task.${state}`,

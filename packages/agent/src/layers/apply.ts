@@ -67,6 +67,14 @@ export function prepareLayerApply(plan: ApplyPlan, root: string): PreparedApply 
   const enforceRemove = plan.enforce === "remove";
   const literals = new Map<string, Buffer>();
   const problems: DryRunProblem[] = [];
+  if (enforceRemove && plan.hasBase !== true)
+    problems.push({
+      kind: "os-mismatch",
+      blocking: true,
+      subject: plan.image.id,
+      message:
+        "enforce remove needs a base layer in the image: without one it would delete the operating system",
+    });
 
   // dpkg status: only when a layer brings packages (or removes some), so
   // an image of files only (a driver folder) leaves the database alone.

@@ -6,6 +6,7 @@ import {
   type CaptureBaseRequest,
   type CaptureFinishRequest,
   type CaptureStartRequest,
+  type DryRunQuery,
 } from "@strata/protocol";
 import type { Services } from "../../services/index.js";
 import type { LayerService } from "../../services/layer-service.js";
@@ -97,15 +98,16 @@ export const layerRoutes: RouteDef[] = [
     response: "CvdLayersInfo",
     handler: (ctx) => layers(ctx).cvdLayers(callerOf(ctx), ctx.params.cvd),
   }),
-  route<unknown, Cvd>({
+  route<unknown, Cvd, DryRunQuery>({
     method: "GET",
     url: `${API_PREFIX}/cvds/:cvd/dry-run`,
     access: { permission: "layers.read" },
     summary: "What applying the CVD's image would do, against its newest snapshot",
     tag: "layers",
     params: "CvdParams",
+    query: "DryRunQuery",
     response: "DryRunReport",
-    handler: (ctx) => layers(ctx).dryRun(callerOf(ctx), ctx.params.cvd),
+    handler: (ctx) => layers(ctx).dryRun(callerOf(ctx), ctx.params.cvd, ctx.query ?? {}),
   }),
   route<ApplyRequest, Cvd>({
     method: "POST",
@@ -118,6 +120,27 @@ export const layerRoutes: RouteDef[] = [
     status: 201,
     response: "Task",
     handler: (ctx) => layers(ctx).apply(callerOf(ctx), ctx.params.cvd, ctx.body ?? {}),
+  }),
+  route<unknown, Cvd>({
+    method: "POST",
+    url: `${API_PREFIX}/cvds/:cvd/rollback`,
+    access: { permission: "restore.run" },
+    summary: "Undo the CVD's last layer apply (an OS migration): a system revert to its safety snapshot",
+    tag: "tasks",
+    params: "CvdParams",
+    status: 201,
+    response: "Task",
+    handler: (ctx) => layers(ctx).rollback(callerOf(ctx), ctx.params.cvd),
+  }),
+  route<unknown, Cvd>({
+    method: "POST",
+    url: `${API_PREFIX}/cvds/:cvd/migration/confirm`,
+    access: { permission: "layers.assign" },
+    summary: "Confirm the CVD's last OS migration: its old system is no longer kept for a rollback",
+    tag: "layers",
+    params: "CvdParams",
+    response: "Task",
+    handler: (ctx) => layers(ctx).confirmMigration(callerOf(ctx), ctx.params.cvd),
   }),
   // ---- the agent's side ------------------------------------------------------
   route<CaptureStartRequest>({
