@@ -281,8 +281,12 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       const m = (await h.store.layers.getLayerManifest(base.layer.id, 1)) as Record<string, never>;
       expect((m.packages as { name: string }[]).map((p) => p.name)).toEqual(["base-files", "libc6"]);
       expect(m.accounts).toMatchObject({
-        passwd: PASSWD.trim().split("\n").filter((l) => !l.startsWith("alice:")),
-        shadow: SHADOW.trim().split("\n").filter((l) => !l.startsWith("alice:")),
+        passwd: PASSWD.trim()
+          .split("\n")
+          .filter((l) => !l.startsWith("alice:")),
+        shadow: SHADOW.trim()
+          .split("\n")
+          .filter((l) => !l.startsWith("alice:")),
       });
       expect(PASSWD).toMatch(/^alice:/m);
       expect(m.removed).toEqual([]);

@@ -795,6 +795,11 @@ export class LayerService {
 
   async assign(c: Caller, req: AssignRequest): Promise<AssignmentInfo> {
     requirePermission(c, "layers.assign");
+    return this.recordAssignment(c, req);
+  }
+
+  /** An assignment, checked (targets, kinds, OS releases) and recorded; the caller's permission is checked before. */
+  private async recordAssignment(c: Caller, req: AssignRequest): Promise<AssignmentInfo> {
     const target = req?.target as { cvd?: string; collection?: string } | undefined;
     let to: { kind: "cvd" | "collection"; id: string };
     if (target?.cvd) to = { kind: "cvd", id: (await this.cvd(target.cvd)).id };
@@ -1223,7 +1228,7 @@ export class LayerService {
    * does not redo what was rolled back.
    */
   async rollback(c: Caller, cvdId: string): Promise<Task> {
-    requirePermission(c, "layers.assign");
+    // A restore (restore.run); giving back the assignment the old image came from is part of it.
     requirePermission(c, "restore.run");
     await this.cvd(cvdId);
     const last = await this.lastApply(cvdId, false);
@@ -1253,7 +1258,11 @@ export class LayerService {
       if (img) {
         const ref = (kind: LayerKind) =>
           img.rec.layers.filter(([k]) => k === kind).map(([, layer, version]) => ({ layer, version }));
-        await this.assign(c, { target: { cvd: cvdId }, base: ref("base")[0] ?? null, apps: ref("app") });
+        await this.recordAssignment(c, {
+          target: { cvd: cvdId },
+          base: ref("base")[0] ?? null,
+          apps: ref("app"),
+        });
       }
     }
     await this.d.audit.by(c, "layer.rollback", `cvd:${cvdId}`, { task: task.id, of: last.id });
