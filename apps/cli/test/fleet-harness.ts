@@ -68,7 +68,14 @@ export class Fleet {
   async ok(...args: string[]): Promise<any> {
     const r = await this.strata({ STRATA_PASSWORD: "" }, ...args);
     if (r.code !== 0) throw new Error(`strata ${args.join(" ")} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
-    return args.includes("--json") ? JSON.parse(r.stdout) : r.stdout;
+    if (!args.includes("--json")) return r.stdout;
+    try {
+      return JSON.parse(r.stdout);
+    } catch (e) {
+      throw new Error(
+        `strata ${args.join(" ")} printed no single JSON document (${(e as Error).message}):\n${r.stdout}`,
+      );
+    }
   }
 
   /**
@@ -129,8 +136,13 @@ export class Fleet {
   // biome-ignore lint/suspicious/noExplicitAny: task JSON
   async waitTask(id: string, pred: (t: any) => boolean, what: string): Promise<any> {
     const deadline = Date.now() + 600_000;
+    let unreachable = 0;
     for (;;) {
-      const t = await this.ok("task", "show", id, "--json");
+      // A poll that could not reach the server (a loaded test machine) is tried again, a few times.
+      const r = await this.strata({ STRATA_PASSWORD: "" }, "task", "show", id, "--json");
+      if (r.code !== 0 && /"IO_ERROR"/.test(r.stdout + r.stderr) && ++unreachable <= 3) continue;
+      if (r.code !== 0) throw new Error(`strata task show ${id} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+      const t = JSON.parse(r.stdout);
       if (pred(t)) return t;
       if (t.state === "failed" || t.state === "cancelled")
         throw new Error(`${what}: task ${id} ended ${t.state}: ${JSON.stringify(t.error)}`);
