@@ -15,6 +15,7 @@ import {
   recoverPendingRestore,
   runRestore,
   runTriggers,
+  savePendingTriggers,
   type TriggerRun,
 } from "@strata/agent";
 import type { AgentTaskRef, StrataClient, Task } from "@strata/protocol";
@@ -70,6 +71,7 @@ export async function runApplyTask(
       const r = await run.done;
       const pending = r.pending === true;
       // Triggers run when the files are in place: now, or after the restart's roll-forward.
+      if (pending) savePendingTriggers(ctx.stateDir, task.id, plan.manifest.triggers);
       const triggers = pending ? [] : await runTriggers(ctx.root, plan.manifest.triggers);
       const value: ApplyOutcome = {
         task,

@@ -696,6 +696,61 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect((await send("POST", "/assignments", { target: { collection: "Nope" } })).statusCode).toBe(404);
     });
 
+    it("a driver folder captured on the reference lands in the images of the CVDs its profile matches, and only theirs", async () => {
+      const drv = await capture({ name: "acme-fw", kind: "driver" }, (root) => {
+        put(root, "usr/lib/firmware/acme/fw.bin", "firmware blob\n");
+        put(root, "etc/udev/rules.d/70-acme.rules", 'SUBSYSTEM=="net", ATTR{vendor}=="0xacme"\n');
+      });
+      expect(drv.layer.kind).toBe("driver");
+      // A's machine is an Acme laptop with the Acme NIC; B is not.
+      const facts = (n: number, dmi: object, modaliases: string[]) => ({
+        ...FACTS(8000 + n),
+        dmi,
+        modaliases,
+      });
+      for (const [ep, f] of [
+        [
+          "a",
+          facts(1, { vendor: "ACME Corp", model: "Laptop 7" }, ["pci:v0000ACMEd00001234sv0sd0bc02sc00i00"]),
+        ],
+        [
+          "b",
+          facts(2, { vendor: "Dell Inc.", model: "OptiPlex 7090" }, [
+            "pci:v00008086d000015F3sv0sd0bc02sc00i00",
+          ]),
+        ],
+      ] as const) {
+        const r = await send("PUT", "/agent/facts", { facts: f }, eps[ep]!.credential);
+        expect(r.statusCode, r.body).toBeLessThan(300);
+      }
+      const prof = await send("POST", "/driver-profiles", {
+        name: "Acme",
+        folders: ["acme-fw"],
+        rules: [{ vendor: "acme*", modalias: "pci:v0000ACMEd*" }],
+      });
+      expect(prof.statusCode, prof.body).toBe(201);
+      const imageOf = async (ep: string) => {
+        const info = await ok<CvdLayersInfo>("GET", `/cvds/${eps[ep]!.cvd}/layers`);
+        return { info, tree: (await h.repo.catalog.getSnapshot(info.targetImage as never))!.tree };
+      };
+      const a = await imageOf("a");
+      expect(a.info.drivers).toEqual([{ profile: "Acme", folders: [drv.layer.id] }]);
+      expect(await contentAt(h, a.tree, "/usr/lib/firmware/acme/fw.bin")).toBe("firmware blob\n");
+      expect(await contentAt(h, a.tree, "/etc/udev/rules.d/70-acme.rules")).toMatch(/acme/);
+      const b = await imageOf("b");
+      expect(b.info.drivers).toEqual([]);
+      expect(await nodeAt(h, b.tree, "/usr/lib/firmware/acme/fw.bin")).toBeNull();
+      // The profile changes: now B's Intel NIC matches too, and its image gets the files.
+      const edit = await send("PATCH", "/driver-profiles/Acme", {
+        rules: [{ vendor: "acme*" }, { modalias: "pci:v00008086d000015F3*" }],
+      });
+      expect(edit.statusCode, edit.body).toBe(200);
+      expect(await contentAt(h, (await imageOf("b")).tree, "/usr/lib/firmware/acme/fw.bin")).toBe(
+        "firmware blob\n",
+      );
+      await send("DELETE", "/driver-profiles/Acme");
+    });
+
     it("migrate keeps the old system for a rollback until confirmed; rollback reverts, re-assigns and records the old image", async () => {
       const a = eps.a!;
       const before = await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`);

@@ -170,7 +170,12 @@ async function serverHooks(ctx: {
         current = null;
       }
     },
-    recoverPendingRestore: (stateDir, root) => a.recoverPendingRestore(stateDir, root),
+    // A restore or an apply staged for this start reaches the disk, then what the apply must run after it.
+    recoverPendingRestore: async (stateDir, root) => {
+      const outcome = await a.recoverPendingRestore(stateDir, root);
+      const triggers = await a.runPendingTriggers(stateDir, root);
+      return triggers.length ? { ...outcome, triggers } : outcome;
+    },
     userHandler: ({ policy }) => {
       const restore = a.userRestoreHandler({
         root: ctx.root,

@@ -8,7 +8,7 @@
  * staged, journaled change of the disk.
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import {
   type AccountLines,
@@ -23,6 +23,8 @@ import {
   StrataError,
 } from "@strata/core";
 import type { ApplyPlan, DryRunProblem, Trigger } from "@strata/protocol";
+import { hasPendingRestore } from "../restore/engine.js";
+import { writeFileAtomic } from "../state.js";
 
 /** The structured files, by role, as paths below the root. */
 export const DPKG_STATUS_FILE = "/var/lib/dpkg/status";
@@ -186,6 +188,33 @@ export function blockedError(problems: DryRunProblem[]): StrataError | null {
       hint: "see `strata cvd dry-run CVD`; change the assignment or the endpoint, then apply again",
     },
   );
+}
+
+/** Triggers of an apply staged for the next start (`--at-restart`), run after its roll-forward. */
+const PENDING_TRIGGERS = "pending-triggers.json";
+
+export function savePendingTriggers(stateDir: string, id: string, triggers: readonly Trigger[]): void {
+  writeFileAtomic(path.join(stateDir, PENDING_TRIGGERS), `${JSON.stringify({ id, triggers })}\n`, 0o600);
+}
+
+/**
+ * At start, after `recoverPendingRestore`: run the triggers a deferred
+ * apply left (the files are in place now), then forget them. Returns what
+ * ran (empty when nothing was pending).
+ */
+export async function runPendingTriggers(stateDir: string, root: string): Promise<TriggerRun[]> {
+  const f = path.join(stateDir, PENDING_TRIGGERS);
+  let saved: { id: string; triggers: Trigger[] };
+  try {
+    saved = JSON.parse(readFileSync(f, "utf8"));
+  } catch {
+    return [];
+  }
+  // Only once its journal is gone (rolled forward or back): a restore still pending keeps them.
+  if (hasPendingRestore(stateDir)) return [];
+  const out = await runTriggers(root, saved.triggers ?? []);
+  rmSync(f, { force: true });
+  return out;
 }
 
 export interface TriggerRun {
