@@ -259,3 +259,23 @@ export function machineInfo(out, strata) {
     strata,
   };
 }
+
+/** Run fn over items with at most n calls in flight; resolves when all are done (the first error rejects). */
+export async function pool(items, n, fn) {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.max(1, Math.min(n, items.length)) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        await fn(items[i], i);
+      }
+    }),
+  );
+}
+
+/** Nearest-rank percentile p (0–100) of xs (null when empty): p99 of 50 values is the largest. */
+export function percentile(xs, p) {
+  const s = xs.filter((x) => x != null).sort((a, b) => a - b);
+  if (!s.length) return null;
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
