@@ -56,7 +56,7 @@
 //     inode was changed in place (content, mode, owner, mtime), and how many of
 //     them some endpoint replaced (its link count went down).
 // Needs root (chroot, owners, device nodes), /usr/bin/time, cp, apt-get, dpkg.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import {
   chownSync,
@@ -258,6 +258,15 @@ function compareTemplate(before, after) {
   return { entries: before.size, changed, unshared };
 }
 
+/** A command in ROOT's chroot (no shell, a plain PATH): its output (stdout and stderr, trimmed), or null when it fails. */
+function inChroot(root, argv) {
+  const r = spawnSync("chroot", [root, ...argv], {
+    encoding: "utf8",
+    env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LANG: "C" },
+  });
+  return r.status === 0 ? `${r.stdout}${r.stderr}`.trim() : null;
+}
+
 /** Install the cached jq packages in ROOT's chroot with apt-get, offline (the .debs are apt's archive cache). */
 function aptInstallJq(root) {
   const debs = readdirSync(DEBS).filter((f) => f.endsWith(".deb"));
@@ -312,6 +321,7 @@ async function runAgent(ep, taskId, admin, label = "agent") {
   }
   const wallS = (Date.now() - t0) / 1000;
   const peak = vmHWM(proc.pid);
+  const cpuS = cpuSeconds(proc.pid);
   proc.kill("SIGTERM");
   await exited;
   children.delete(proc);
@@ -333,6 +343,7 @@ async function runAgent(ep, taskId, admin, label = "agent") {
     snoozedAfterS: snoozed === null ? null : round(snoozed, 2),
     scheduledUploadStarted: /upload starts/.test(agentLog),
     agentPeakRssMB: round(peak / 2 ** 20, 1),
+    agentCpuS: cpuS,
     result: task.result ?? null,
   };
 }
@@ -672,6 +683,7 @@ async function run() {
     const dry = await timed(["cvd", "dry-run", eps[0].cvd, "--json"]);
     writeFileSync(path.join(LOGS, "dry-run.json"), JSON.stringify(dry.value, null, 2));
     results.load.beforeQueue = loadAvg();
+    const qcpu0 = cpuSeconds(srv.proc.pid);
     t0 = Date.now();
     await pool(eps, 2, async (ep) => {
       ep.task = (await strata(["cvd", "apply", ep.cvd, "--json"])).id;
@@ -690,6 +702,7 @@ async function run() {
         problems: dry.value.problems,
       },
       queueS: round(queueS, 2),
+      queueServerCpuS: round(cpuSeconds(srv.proc.pid) - qcpu0, 1),
     };
     log(
       `assigned jq to collection bench (${members.length} CVDs); ${N} apply tasks queued in ${queueS.toFixed(1)} s`,
@@ -774,6 +787,14 @@ async function run() {
       ),
       safetyShare: sumTask ? sumSafety / sumTask : null,
       safetyBytesSentTotal: val((x) => x.safetyBytesSent).reduce((s, x) => s + x, 0),
+      agentCpuP50S: percentile(
+        val((x) => x.agentCpuS),
+        50,
+      ),
+      agentCpuTotalS: round(
+        val((x) => x.agentCpuS).reduce((s, x) => s + x, 0),
+        1,
+      ),
       agentPeakRssP50MB: percentile(
         val((x) => x.agentPeakRssMB),
         50,
@@ -823,12 +844,13 @@ async function run() {
   save();
 
   // ---- 6. untimed checks: every endpoint, and the template's shared inodes
+  const checksFrom = Date.now();
   const checks = [];
   for (const ep of eps) {
     const c = { name: ep.name };
-    c.jqVersion = tryOut(`chroot ${q(ep.root)} jq --version 2>&1`);
-    c.dpkgStatus = tryOut(`chroot ${q(ep.root)} dpkg-query -W -f='\${Status}' jq 2>&1`);
-    c.dpkgAudit = tryOut(`chroot ${q(ep.root)} dpkg --audit 2>&1`);
+    c.jqVersion = inChroot(ep.root, ["jq", "--version"]);
+    c.dpkgStatus = inChroot(ep.root, ["dpkg-query", "-W", `-f=\${Status}`, "jq"]);
+    c.dpkgAudit = inChroot(ep.root, ["dpkg", "--audit"]);
     c.ownChanged = Object.entries(ep.own)
       .filter(([rel, h]) => {
         const p = path.join(ep.root, rel);
@@ -843,7 +865,12 @@ async function run() {
     checks.push(c);
   }
   const bad = checks.filter((c) => !c.ok);
-  results.checks = { endpoints: checks.length, ok: checks.length - bad.length, bad };
+  results.checks = {
+    endpoints: checks.length,
+    ok: checks.length - bad.length,
+    bad,
+    wallS: round((Date.now() - checksFrom) / 1000, 1),
+  };
   log(
     `checks: ${checks.length - bad.length}/${checks.length} endpoints run jq-1.6 with a clean dpkg --audit and their own files intact`,
   );
@@ -919,7 +946,7 @@ export function render(r, detail = false) {
       "|---|---|",
       `| endpoints done / failed | ${a.done} / ${a.failed} |`,
       `| wall time, all applies (first agent start → last task end) | ${fmtS(a.wallS)} s |`,
-      `| queueing the ${r.config.endpoints} tasks (\`strata cvd apply\`, 2 at once) | ${fmtS(r.assign?.queueS)} s |`,
+      `| queueing the ${r.config.endpoints} tasks (\`strata cvd apply\`, 2 at once) | ${fmtS(r.assign?.queueS)} s (server CPU ${fmtS(r.assign?.queueServerCpuS)} s) |`,
       `| per task, started → finished (server): p50 / p99 / max | ${fmtS(a.taskP50S)} / ${fmtS(a.taskP99S)} / ${fmtS(a.taskMaxS)} s |`,
       `| per agent, process start → task finished: p50 / p99 | ${fmtS(a.agentStartToDoneP50S)} / ${fmtS(a.agentStartToDoneP99S)} s (start → claim p50 ${fmtS(a.agentStartToClaimP50S)} s) |`,
       `| safety upload (pre-apply transaction) p50; task start → safety upload done p50 | ${fmtS(a.safetyUploadP50S)} s; ${fmtS(a.startToSafetyDoneP50S)} s |`,
@@ -930,6 +957,7 @@ export function render(r, detail = false) {
       `| N × the layer's size (stats.bytes ${fmtKB(a.layerBytes)}) | ${fmtMB(a.nTimesLayerBytes)} MB (received / that = ${ratio == null ? "–" : ratio.toFixed(2)}) |`,
       `| server's restore sessions sent, all endpoints | ${fmtMB(a.restoreBytesSentTotal)} MB |`,
       `| files put per endpoint (p50) / files in the image (p50) | ${a.putOpsP50 ?? "–"} / ${a.filesP50 ?? "–"} |`,
+      `| agent CPU (user + system, process start → stop): p50 per agent / all agents | ${fmtS(a.agentCpuP50S)} s / ${fmtS(a.agentCpuTotalS)} s |`,
       `| agent peak RSS p50 / max | ${a.agentPeakRssP50MB} / ${a.agentPeakRssMaxMB} MB |`,
       `| server CPU during the applies | ${fmtS(a.serverCpuS)} s |`,
       `| server peak RSS, queueing + applies${r.reapply ? " + re-apply" : ""} | ${r.serverPeakRssApplyMB ?? "–"} MB |`,
