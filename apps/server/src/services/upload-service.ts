@@ -7,7 +7,7 @@
  * belongs to that CVD and answers NOT_FOUND otherwise.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import type { UploadCounters, UploadSessionRecord, UploadStore } from "@strata/catalog";
+import type { TreeAtPath, UploadCounters, UploadSessionRecord, UploadStore } from "@strata/catalog";
 import {
   applyRetention,
   type BlobId,
@@ -161,6 +161,10 @@ export interface TransactionView {
 const HEX64 = /^[0-9a-f]{64}$/;
 const EMPTY_PATH_HASH = createHash("sha256").update(Buffer.alloc(0)).digest();
 const pathHash = (p: Buffer) => createHash("sha256").update(p).digest();
+/** A tree at a path, as a set key. */
+const treeKey = (t: TreeAtPath) => `${t.pathHash.toString("hex")}:${t.tree}`;
+/** Trees recorded (and pinned) per catalog write in `putTrees`. */
+const TREE_BATCH = 256;
 
 function checkId(id: unknown, what: string): string {
   if (typeof id !== "string" || !HEX64.test(id))
@@ -553,6 +557,27 @@ export class UploadService {
       const r = new ByteReader(body);
       const done: string[] = [];
       let stored = 0;
+      // Trees at their paths and their pins are recorded in batches: one
+      // synchronous commit (an fsync) per tree kept the event loop from
+      // serving anyone else for seconds on a large upload. A parent checks
+      // its subtrees against the batch not yet written too. Everything is
+      // written before the answer, so the agent never counts on a tree the
+      // catalog lacks; an interrupted stream loses at most a batch, which
+      // the agent sends again.
+      const pending: TreeAtPath[] = [];
+      const pendingKeys = new Set<string>();
+      const flushPending = async () => {
+        if (!pending.length) return;
+        const batch = pending.splice(0);
+        pendingKeys.clear();
+        await this.d.uploads.addTrees(s.id, batch);
+        await this.repo.catalog.addPins(
+          s.id,
+          batch.map((t) => t.tree as string as BlobId),
+        );
+        // Let other requests in between batches.
+        await new Promise((res) => setImmediate(res));
+      };
       for (let i = 0; !(await r.atEnd()); i++) {
         const f = await readTreeFrame(r, this.limits.maxTreeFrame, 64 * 1024, i);
         if (r.consumed > this.limits.maxStreamBytes)
@@ -582,12 +607,15 @@ export class UploadService {
             subject: tid,
           });
         }
-        await this.checkOwnership(s, tid, shown, segs, f.path, nodes);
-        await this.d.uploads.addTrees(s.id, [{ pathHash: pathHash(f.path), tree: tid as TreeId }]);
+        await this.checkOwnership(s, tid, shown, segs, f.path, nodes, pendingKeys);
+        const at = { pathHash: pathHash(f.path), tree: tid as TreeId };
+        pending.push(at);
+        pendingKeys.add(treeKey(at));
         if (await this.repo.saveBlob(tid as BlobId, "tree", plain)) stored++;
-        await this.repo.catalog.addPins(s.id, [tid as BlobId]);
         done.push(tid);
+        if (pending.length >= TREE_BATCH) await flushPending();
       }
+      await flushPending();
       await this.repo.flush();
       await this.touch(s, { treesUploaded: done.length, bytesReceived: r.consumed });
       return { stored, ids: done };
@@ -602,6 +630,8 @@ export class UploadService {
     segs: Buffer[],
     rawPath: Buffer,
     nodes: FsNode[],
+    /** Trees of this stream not written to the catalog yet (`treeKey`). */
+    pendingTrees: ReadonlySet<string> = new Set(),
   ): Promise<void> {
     const chunkIds = new Set<BlobId>();
     for (const n of nodes) for (const c of chunkIdsOf(n)) chunkIds.add(c);
@@ -645,13 +675,14 @@ export class UploadService {
     if (dirs.length) {
       const childPath = (n: FsNode) =>
         rawPath.length ? Buffer.concat([rawPath, Buffer.from("/"), n.name]) : n.name;
-      const uploaded = await this.d.uploads.hasTrees(
-        s.id,
-        dirs.map((n) => ({ pathHash: pathHash(childPath(n)), tree: (n.subtree ?? "") as TreeId })),
-      );
+      const children = dirs.map((n) => ({
+        pathHash: pathHash(childPath(n)),
+        tree: (n.subtree ?? "") as TreeId,
+      }));
+      const uploaded = await this.d.uploads.hasTrees(s.id, children);
       for (const [i, n] of dirs.entries()) {
         if (!n.subtree) continue;
-        if (uploaded[i]) continue;
+        if (uploaded[i] || pendingTrees.has(treeKey(children[i]!))) continue;
         const p = (await parentDir())?.get(n.name.toString("latin1"));
         if (p?.type === "dir" && p.subtree === n.subtree) continue;
         await refuse(n, "tree", n.subtree);
