@@ -4,9 +4,11 @@
  * and captured from reference CVDs). Afterwards it runs Debian 13, apt and
  * dpkg are healthy, every user file is byte-identical, the user accounts
  * and the user's own package remain; a rollback returns the machine to
- * Debian 12 exactly.
+ * Debian 12 exactly. A replacement device receives the CVD (recover) and
+ * is migrated the same way.
  */
-import { chmodSync, mkdtempSync, readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
@@ -113,6 +115,62 @@ describe.skipIf(reason !== undefined)(
       // …but for what no snapshot holds: the policy's excluded caches (ldconfig's aux-cache,
       // rewritten by the migration's trigger).
       expect(lines(rsyncItemize(before, ws.root)).filter((l) => !/ var\/cache\//.test(l))).toEqual([]);
+    }, 900_000);
+
+    it("migrates onto a replacement device: the CVD recovered there, then moved to Debian 13", async () => {
+      // The old system as it was before the migration: the migration's safety snapshot.
+      const tasks = await fleet.ok("task", "list", "--cvd", ws.cvd!, "--json");
+      const migration = tasks.find(
+        (t: { kind: string; params: { migrate?: boolean } }) => t.kind === "apply" && t.params.migrate,
+      );
+      const s12 = migration.result.safetySnapshot as string;
+      const nd: Endpoint = { name: "nd", root: path.join(dir, "nd"), state: path.join(dir, "state-nd") };
+      mkdirSync(path.join(nd.root, "etc"), { recursive: true });
+      writeFileSync(path.join(nd.root, "etc/machine-id"), `${randomBytes(16).toString("hex")}\n`);
+      const token = await fleet.ok("tokens", "create", "--json");
+      const e = await fleet.ok(
+        "agent",
+        "enroll",
+        "--server",
+        fleet.server.url,
+        "--token",
+        token.token,
+        "--fingerprint",
+        token.serverFingerprint,
+        "--root",
+        nd.root,
+        "--state",
+        nd.state,
+        "--json",
+      );
+      const rec = await fleet.ok(
+        "cvd",
+        "recover",
+        ws.cvd!,
+        "--endpoint",
+        e.endpointId,
+        "--snapshot",
+        s12,
+        "--no-streaming",
+        "--json",
+      );
+      let agent = await fleet.startAgent(nd);
+      await fleet.waitTask(rec.id, (x) => x.state === "done", "recover onto the new device");
+      await agent.stop();
+      expect(readFileSync(path.join(nd.root, "etc/debian_version"), "utf8")).toMatch(/^12\./);
+      const mig = await fleet.ok("cvd", "migrate", ws.cvd!, "--base", "debian13", "--json");
+      agent = await fleet.startAgent(nd);
+      await fleet.waitTask(mig.id, (x) => x.state === "done", "migrate the new device");
+      await agent.stop();
+      expect(sh(`chroot ${nd.root} cat /etc/debian_version`)).toMatch(/^13\./);
+      expect(sh(`chroot ${nd.root} dpkg --audit`).trim()).toBe("");
+      expect(readFileSync(path.join(nd.root, "etc/passwd"), "utf8")).toMatch(/^alice:x:1000:1000:/m);
+      // Alice's files are the old machine's, byte for byte.
+      expect(
+        lines(rsyncItemize(path.join(before, "home/alice"), path.join(nd.root, "home/alice"))).filter(
+          (l) => !/ \.\/$/.test(l),
+        ),
+      ).toEqual([]);
     }, 900_000);
   },
 );

@@ -314,7 +314,9 @@ export function registerRestoreCommands(program: Command): void {
       }
     });
 
-  const task = program.command("task").description("restore tasks queued for endpoints: list, show, cancel");
+  const task = program
+    .command("task")
+    .description("tasks queued for endpoints (restores, layer applies, rollbacks): list, show, cancel");
   task
     .command("list")
     .alias("ls")
