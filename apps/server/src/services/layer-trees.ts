@@ -12,6 +12,7 @@
  */
 import { type BlobId, encodeTree, type FsNode, StrataError, type TreeId } from "@strata/core";
 import type { Repository } from "@strata/repo";
+import { Lru } from "./lru.js";
 
 /** `dir` + `/` + name; dir "/" is the root. */
 export function childPath(dir: string, name: Buffer): string {
@@ -41,24 +42,6 @@ export function sameNode(a: FsNode, b: FsNode): boolean {
 function sameDirMeta(a: FsNode, b: FsNode): boolean {
   const none = "0".repeat(64) as TreeId;
   return nodeKey({ ...a, subtree: none }, true).equals(nodeKey({ ...b, subtree: none }, true));
-}
-
-/** A small LRU keyed by id. */
-class Lru<V> {
-  private readonly map = new Map<string, V>();
-  constructor(private readonly max: number) {}
-  get(k: string): V | undefined {
-    const v = this.map.get(k);
-    if (v !== undefined) {
-      this.map.delete(k);
-      this.map.set(k, v);
-    }
-    return v;
-  }
-  set(k: string, v: V): void {
-    this.map.set(k, v);
-    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
-  }
 }
 
 /** First `max` items plus a count. */

@@ -43,6 +43,7 @@ import {
 } from "@strata/repo";
 import type { AuditService } from "./audit-service.js";
 import type { Caller, Clock } from "./context.js";
+import { Lru } from "./lru.js";
 import { cvdTag, type TransactionView } from "./upload-service.js";
 
 /** Who opens and uses a session: an endpoint (its own CVD) or a user. */
@@ -99,24 +100,6 @@ export function parseSnapshotPath(p: unknown): Buffer[] {
 }
 
 const shownPath = (segs: Buffer[]) => `/${segs.map((s) => s.toString("utf8")).join("/")}`;
-
-/** A small LRU keyed by id. */
-class Lru<V> {
-  private readonly map = new Map<string, V>();
-  constructor(private readonly max: number) {}
-  get(k: string): V | undefined {
-    const v = this.map.get(k);
-    if (v !== undefined) {
-      this.map.delete(k);
-      this.map.set(k, v);
-    }
-    return v;
-  }
-  set(k: string, v: V): void {
-    this.map.set(k, v);
-    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
-  }
-}
 
 export interface ChunkRequestBody {
   requests: { tree: string; grant: string; ids: string[] }[];
