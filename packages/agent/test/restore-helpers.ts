@@ -6,6 +6,7 @@ import { type CompiledPolicy, compilePolicy, defaultPolicy } from "@strata/core"
 import { native } from "@strata/fs";
 import { Backup, DirBlobStore, Repository } from "@strata/repo";
 import { rsyncCopy, rsyncItemize } from "@strata/testkit";
+import { removalPredicate } from "../src/layers/apply.js";
 import { LocalRestoreSource } from "../src/restore/local-source.js";
 import type { LayerRestoreOptions } from "../src/restore/types.js";
 
@@ -111,11 +112,8 @@ export function layerOptions(spec: LayerSpec): LayerRestoreOptions {
   const removable = spec.removable ?? [];
   const keep = spec.doNotOverride ?? [];
   return {
-    removable: (p) => {
-      const s = p.toString("latin1");
-      if (removable.includes(s)) return true;
-      return removable.some((r) => r.startsWith(s === "/" ? s : `${s}/`)) ? "below" : false;
-    },
+    // The agent's own predicate over the plan's removal list (layers/apply.ts).
+    removable: removalPredicate(removable),
     doNotOverride: (p) => {
       const s = p.toString("latin1");
       return keep.some((k) => s === k || s.startsWith(`${k}/`));

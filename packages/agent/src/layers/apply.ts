@@ -145,8 +145,8 @@ export function prepareLayerApply(plan: ApplyPlan, root: string): PreparedApply 
 const keyOf = (p: string) => Buffer.from(p, "utf8").toString("latin1");
 
 /**
- * `true` for a path in the removal set or below one, "below" for a directory
- * holding one, false otherwise. Memory: the set and its ancestors (bounded by the
+ * `true` for a path in the removal set, "below" for a directory holding
+ * one, false otherwise. Memory: the set and its ancestors (bounded by the
  * layers' sizes, not by the endpoint's).
  */
 export function removalPredicate(removals: string[]): (snapPath: Buffer) => boolean | "below" {
@@ -161,9 +161,9 @@ export function removalPredicate(removals: string[]): (snapPath: Buffer) => bool
   return (snapPath) => {
     const p = snapPath.toString("latin1");
     if (exact.has(p)) return true;
-    // Everything below a removed directory goes with it (the engine asks entry by entry).
-    for (let i = p.lastIndexOf("/"); i > 0; i = p.lastIndexOf("/", i - 1))
-      if (exact.has(p.slice(0, i))) return true;
+    // The server lists every path below a removed directory, so a path it
+    // does not list is not the layers' (a file the user put in there): kept,
+    // and with it its directory (the engine asks entry by entry).
     return ancestors.has(p) ? "below" : false;
   };
 }
