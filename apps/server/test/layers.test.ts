@@ -769,6 +769,10 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         );
         return { task: t, safety };
       };
+      // A CVD whose machine runs no applied base cannot migrate: the old release would stay behind.
+      const nobase = await send("POST", `/cvds/${eps.b!.cvd}/apply`, { migrate: true });
+      expect(nobase.statusCode).toBe(409);
+      expect(nobase.json().error.message).toContain("no base layer applied");
       const m = await runApply({ migrate: true });
       expect(m.task.params).toMatchObject({ migrate: true, previousImage: oldImage });
       // Rollback: a system revert to the safety snapshot, marked as the rollback of the apply.

@@ -1199,6 +1199,20 @@ export class LayerService {
       throw new StrataError("CONFLICT", p.message, { subject: cvdId, hint: "assign a base layer first" });
     }
     const applied = (await this.layers.getCvdImage(cvdId))?.appliedImage ?? null;
+    // A migration replaces the OS the machine's applied base owns: without
+    // one, nothing of the old release would be removable and it would stay.
+    if (req?.migrate === true) {
+      const prev = applied ? await this.image(applied).catch(() => null) : null;
+      if (!prev || !hasBase(prev.rec))
+        throw new StrataError(
+          "CONFLICT",
+          `CVD ${cvdId} runs no base layer applied by Strata: a migration would leave its old release's files behind`,
+          {
+            subject: cvdId,
+            hint: "capture the release it runs as a base layer, assign and apply it (`strata cvd apply`), then migrate",
+          },
+        );
+    }
     return this.d.tasks.queueApply(c, cvdId, {
       image: img.snapshot,
       imageKey: img.key,
