@@ -389,12 +389,20 @@ export function registerLayerCommands(program: Command): void {
           },
         );
       const apps = ((o.app as string[] | undefined) ?? []).map((a) => parseLayerRef(a, "--app"));
+      const before = await call(c.cvdLayers(id));
       await call(
         c.assignLayers({ target: { cvd: id }, base: parseLayerRef(String(o.base), "--base"), apps }),
       );
-      const t: Task = await call(
-        c.applyLayers(id, { migrate: true, ...(o.atRestart ? { atRestart: true } : {}) }),
-      );
+      let t: Task;
+      try {
+        t = await call(c.applyLayers(id, { migrate: true, ...(o.atRestart ? { atRestart: true } : {}) }));
+      } catch (e) {
+        // Refused (no applied base, a task running): the CVD keeps the layers it had.
+        const prev = before.effective;
+        if (prev)
+          await c.assignLayers({ target: { cvd: id }, base: prev.base, apps: prev.apps }).catch(() => {});
+        throw e;
+      }
       await endWith(c, t, o, "migration");
     });
 
