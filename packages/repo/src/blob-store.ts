@@ -51,6 +51,12 @@ export interface BlobStore {
    * than `before`. Stores whose puts are atomic server-side need none.
    */
   sweepTemporary?(before: Date): Promise<number>;
+  /**
+   * Optional: a file path from which any thread of this process may read
+   * the object's bytes directly (stores on a local filesystem). Readers must
+   * treat the file as read-only and report errors as `getRange` would.
+   */
+  localPath?(name: string): string;
   /** Human-readable location for messages. */
   readonly location: string;
   close(): Promise<void>;
@@ -91,6 +97,10 @@ export class DirBlobStore implements BlobStore {
 
   get location(): string {
     return this.root;
+  }
+
+  localPath(name: string): string {
+    return this.full(name);
   }
 
   private full(name: string): string {

@@ -64,11 +64,93 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       r.errors.push(`blob ${blob}${pack ? ` in pack ${pack}` : ""}: ${problem}`);
     };
 
-    // 1. Packs: present, right size, (optionally) intact.
-    const known = new Set<string>();
+    // The pack phase (1, 2) and the tree walk (3) run at the same time: the
+    // walk waits on small reads and catalog lookups, the pack phase on whole
+    // pack reads and the verify workers. The walk traces to files the damage
+    // known when it visits a tree; if the pack phase finds damaged blobs the
+    // walk had not seen, it runs again (only then) to trace them.
+    const walk = async (): Promise<{ snapshot: string; path: string; problem: string }[]> => {
+      const affected: { snapshot: string; path: string; problem: string }[] = [];
+      const treeDamage = new Map<TreeId, { path: string; problem: string }[]>();
+      const first = r.trees === 0;
+      await repo.catalog.beginMark();
+      try {
+        const visit = async (id: TreeId): Promise<{ path: string; problem: string }[]> => {
+          const memo = treeDamage.get(id);
+          if (memo) return memo;
+          if ((await repo.catalog.mark([id])).length === 0) return [];
+          if (first) r.trees++;
+          const out: { path: string; problem: string }[] = [];
+          let nodes: FsNode[];
+          try {
+            nodes = await repo.loadTree(id);
+          } catch (e) {
+            const problem = `directory listing (tree ${id}) unreadable: ${(e as Error).message}`;
+            badBlob(id, null, (e as Error).message);
+            out.push({ path: "", problem });
+            treeDamage.set(id, out);
+            return out;
+          }
+          const ids: BlobId[] = [];
+          for (const n of nodes) for (const c of chunkIdsOf(n)) ids.push(c);
+          const unique = [...new Set(ids)];
+          const present = new Map<BlobId, IndexEntry>();
+          for (let i = 0; i < unique.length; i += MAX_BATCH) {
+            for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH)))
+              present.set(k, v);
+          }
+          for (const n of nodes) {
+            const name = `/${displayPath(n.name)}`;
+            for (const c of chunkIdsOf(n)) {
+              const problem = !present.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
+              if (problem) {
+                if (!present.has(c)) badBlob(c, null, "referenced but not in the index");
+                out.push({ path: name, problem: `chunk ${c.slice(0, 12)}: ${problem}` });
+                break;
+              }
+            }
+            if (n.type === "dir" && n.subtree) {
+              for (const d of await visit(n.subtree)) out.push({ path: name + d.path, problem: d.problem });
+            }
+          }
+          if (out.length) treeDamage.set(id, out);
+          return out;
+        };
+        for (const s of snapshots) {
+          if (first) {
+            try {
+              await repo.loadSnapshotObject(s.id);
+            } catch (e) {
+              r.errors.push(`snapshot ${s.id}: ${(e as Error).message}`);
+            }
+          }
+          for (const d of await visit(s.tree)) {
+            affected.push({ snapshot: s.id, path: d.path || "/", problem: d.problem });
+          }
+        }
+      } finally {
+        await repo.catalog.endMark();
+      }
+      return affected;
+    };
+
+    const snapshots = await repo.catalog.listSnapshots();
+    r.snapshots = snapshots.length;
     const packs = [];
     for await (const p of repo.catalog.listPacks()) packs.push(p);
     r.packs = packs.length;
+    const walked = walk();
+    // Awaited after the pack phase; a failure must not go unhandled meanwhile.
+    walked.catch(() => {});
+    // Bad blobs the running walk may not have seen (found by the pack phase).
+    let foundByPacks = 0;
+    const packBadBlob = (blob: BlobId, pack: PackId | null, problem: string) => {
+      if (!badBlobs.has(blob)) foundByPacks++;
+      badBlob(blob, pack, problem);
+    };
+
+    // 1. Packs: present, right size, (optionally) intact.
+    const known = new Set<string>();
     const subset = opts.readData ? 1 : (opts.readDataSubset ?? 0);
     let done = 0;
     for (const p of packs) {
@@ -82,13 +164,13 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       }
       if (!st) {
         badPack(p.id, "missing from the store");
-        for (const e of entries) badBlob(e.id, p.id, "its pack is missing");
+        for (const e of entries) packBadBlob(e.id, p.id, "its pack is missing");
         continue;
       }
       if (st.size !== p.size) {
         badPack(p.id, `size is ${st.size} bytes, catalog says ${p.size} (truncated or replaced)`);
         for (const e of entries)
-          if (e.offset + e.length > st.size) badBlob(e.id, p.id, "beyond the end of its truncated pack");
+          if (e.offset + e.length > st.size) packBadBlob(e.id, p.id, "beyond the end of its truncated pack");
       }
       const read = subset >= 1 || (subset > 0 && Math.random() < subset);
       if (!read || st.size !== p.size) {
@@ -101,14 +183,15 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     async function readPack(id: PackId, size: number, entries: IndexEntry[]): Promise<void> {
       r.packsRead++;
       // Verified on the worker threads; results are applied as they come.
-      // A pack is read only once a worker is free for it, so at most one
-      // pack per worker is in memory.
+      // A pack is read only once a worker is free for it (or about to be),
+      // so at most one pack per worker, plus one read ahead, is in memory.
       pool.verifier ??= new VerifyPool(repo.key);
       const verifier = pool.verifier;
       await verifier.slot();
       let data: Buffer;
       try {
-        data = await repo.store.get(packName(id));
+        // One positional read of the whole pack (readFile would take 512 KiB at a time).
+        data = await repo.store.getRange(packName(id), 0, size);
       } catch (e) {
         badPack(id, `cannot be read: ${(e as Error).message}`);
         return;
@@ -117,7 +200,7 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
         (v) => {
           for (const p of v.packProblems) badPack(id, p);
           r.errors.push(...v.errors);
-          for (const b of v.badBlobs) badBlob(b.id, id, b.problem);
+          for (const b of v.badBlobs) packBadBlob(b.id, id, b.problem);
         },
         (e) => {
           r.errors.push(`pack ${id}: ${(e as Error).message}`);
@@ -139,62 +222,9 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     }
 
     // 3. Snapshots and trees; trace damage to files.
-    const snapshots = await repo.catalog.listSnapshots();
-    r.snapshots = snapshots.length;
-    const treeDamage = new Map<TreeId, { path: string; problem: string }[]>();
-    await repo.catalog.beginMark();
-    const visit = async (id: TreeId): Promise<{ path: string; problem: string }[]> => {
-      const memo = treeDamage.get(id);
-      if (memo) return memo;
-      if ((await repo.catalog.mark([id])).length === 0) return [];
-      r.trees++;
-      const out: { path: string; problem: string }[] = [];
-      let nodes: FsNode[];
-      try {
-        nodes = await repo.loadTree(id);
-      } catch (e) {
-        const problem = `directory listing (tree ${id}) unreadable: ${(e as Error).message}`;
-        badBlob(id, null, (e as Error).message);
-        out.push({ path: "", problem });
-        treeDamage.set(id, out);
-        return out;
-      }
-      const ids: BlobId[] = [];
-      for (const n of nodes) for (const c of chunkIdsOf(n)) ids.push(c);
-      const unique = [...new Set(ids)];
-      const present = new Map<BlobId, IndexEntry>();
-      for (let i = 0; i < unique.length; i += MAX_BATCH) {
-        for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH)))
-          present.set(k, v);
-      }
-      for (const n of nodes) {
-        const name = `/${displayPath(n.name)}`;
-        for (const c of chunkIdsOf(n)) {
-          const problem = !present.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
-          if (problem) {
-            if (!present.has(c)) badBlob(c, null, "referenced but not in the index");
-            out.push({ path: name, problem: `chunk ${c.slice(0, 12)}: ${problem}` });
-            break;
-          }
-        }
-        if (n.type === "dir" && n.subtree) {
-          for (const d of await visit(n.subtree)) out.push({ path: name + d.path, problem: d.problem });
-        }
-      }
-      if (out.length) treeDamage.set(id, out);
-      return out;
-    };
-    for (const s of snapshots) {
-      try {
-        await repo.loadSnapshotObject(s.id);
-      } catch (e) {
-        r.errors.push(`snapshot ${s.id}: ${(e as Error).message}`);
-      }
-      for (const d of await visit(s.tree)) {
-        r.affected.push({ snapshot: s.id, path: d.path || "/", problem: d.problem });
-      }
-    }
-    await repo.catalog.endMark();
+    let affected = await walked;
+    if (foundByPacks > 0) affected = await walk();
+    r.affected.push(...affected);
     for await (const obj of repo.store.list("snapshots/")) {
       const id = obj.name.slice("snapshots/".length);
       if (!(await repo.catalog.getSnapshot(id as never))) {

@@ -80,7 +80,10 @@ export function openSealed(key: MasterKey, sealed: Uint8Array, aad?: Uint8Array)
   if (aad) d.setAAD(aad);
   d.setAuthTag(tag);
   try {
-    return Buffer.concat([d.update(buf.subarray(NONCE_LEN, buf.length - TAG_LEN)), d.final()]);
+    const body = d.update(buf.subarray(NONCE_LEN, buf.length - TAG_LEN));
+    // GCM's final() authenticates and returns no bytes: no copy of the body.
+    const rest = d.final();
+    return rest.length ? Buffer.concat([body, rest]) : body;
   } catch {
     return null;
   }

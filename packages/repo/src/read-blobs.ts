@@ -1,6 +1,10 @@
+import { writeSync } from "node:fs";
 import type { IndexEntry } from "./catalog.js";
+import type { MasterKey } from "./crypto.js";
 import { packName } from "./pack.js";
 import type { Repository } from "./repository.js";
+import type { RestoreItem, RestoreReply, RestoreRequest } from "./restore-worker.js";
+import { defaultThreads, ownBuffer, ThreadPool } from "./thread-pool.js";
 
 /** Blobs closer than this in a pack are fetched by one read. */
 const RANGE_GAP = 256 * 1024;
@@ -29,6 +33,19 @@ export async function readBlobs<W extends BlobWant>(
   wants: W[],
   onBlob: (want: W, plain: Buffer | null, error: Error | null) => void | Promise<void>,
 ): Promise<void> {
+  const ranges = planRanges(wants);
+  let next = 0;
+  const worker = async () => {
+    while (next < ranges.length) await readRange(repo, ranges[next++]!, onBlob);
+  };
+  await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker));
+}
+
+/**
+ * Sort wants by pack and offset and group neighbours (closer than 256 KiB,
+ * up to 8 MiB a group) into ranges, each fetched by one read.
+ */
+export function planRanges<W extends BlobWant>(wants: W[]): W[][] {
   const sorted = [...wants].sort((a, b) =>
     a.entry.packId < b.entry.packId
       ? -1
@@ -52,9 +69,143 @@ export async function readBlobs<W extends BlobWant>(
       cur.push(w);
     } else ranges.push([w]);
   }
+  return ranges;
+}
+
+/** Worker threads that decode blobs and write them into open files (see restore-worker.ts). */
+export class RestorePool {
+  private readonly pool: ThreadPool<Omit<RestoreRequest, "seq">, RestoreReply>;
+
+  constructor(key: MasterKey, threads = defaultThreads()) {
+    // Two ranges (up to 8 MiB each) per worker: one decoding, one queued.
+    this.pool = new ThreadPool(
+      new URL("./restore-worker.js", import.meta.url),
+      { key: new Uint8Array(key.key) },
+      threads,
+      threads * 2,
+      "restore",
+    );
+  }
+
+  slot(): Promise<void> {
+    return this.pool.slot();
+  }
+
+  /** Decode and write `items` from `buf` (transferred), the pack's bytes from offset `base` on. */
+  run(buf: Buffer, base: number, items: RestoreItem[]): Promise<RestoreReply> {
+    const own = ownBuffer(buf);
+    return this.pool.call({ buf: own, base, items }, [own.buffer as ArrayBuffer]);
+  }
+
+  /** The same, the worker reading `length` bytes from `base` of the file at `path` itself. */
+  runFrom(path: string, base: number, length: number, items: RestoreItem[]): Promise<RestoreReply> {
+    return this.pool.call({ path, base, length, items });
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** A blob to be written into an open file at `pos`. */
+export interface WriteWant extends BlobWant {
+  fd: number;
+  pos: number;
+}
+
+/**
+ * `readBlobs` for restore: the same ranged reads, but each range is decoded
+ * and written into its files by a worker of `pool` (the descriptors must
+ * stay open until this resolves). `onWritten` sees every want with the
+ * bytes written, or the error that left its part of the file unwritten. A
+ * range that cannot be read is retried blob by blob on this thread.
+ */
+export async function writeBlobs<W extends WriteWant>(
+  repo: Repository,
+  pool: RestorePool,
+  wants: W[],
+  onWritten: (want: W, bytes: number, error: Error | null) => void,
+): Promise<void> {
+  const ranges = planRanges(wants);
   let next = 0;
+  const one = async (range: W[]) => {
+    await pool.slot();
+    const first = range[0]!.entry;
+    const last = range[range.length - 1]!.entry;
+    const length = last.offset + last.length - first.offset;
+    // One item per blob, with every place it goes.
+    const items: RestoreItem[] = [];
+    const owners: W[][] = [];
+    for (const w of range) {
+      const e = w.entry;
+      const prev = items[items.length - 1];
+      if (prev && prev.id === e.id && prev.offset === e.offset) {
+        prev.writes.push(w.fd, w.pos);
+        owners[owners.length - 1]!.push(w);
+        continue;
+      }
+      items.push({
+        id: e.id,
+        packId: e.packId,
+        offset: e.offset,
+        length: e.length,
+        rawLength: e.rawLength,
+        compressed: e.compressed,
+        writes: [w.fd, w.pos],
+      });
+      owners.push([w]);
+    }
+    // The worker reads the range itself when the store is a local directory;
+    // otherwise it is read here and handed over.
+    let reply: RestoreReply | null = null;
+    const local = repo.store.localPath?.(packName(first.packId));
+    try {
+      if (local) reply = await pool.runFrom(local, first.offset, length, items);
+      else {
+        let buf: Buffer | null = null;
+        try {
+          buf = await repo.store.getRange(packName(first.packId), first.offset, length);
+        } catch {
+          buf = null;
+        }
+        if (buf) reply = await pool.run(buf, first.offset, items);
+      }
+    } catch (e) {
+      for (const ws of owners) for (const w of ws) onWritten(w, 0, e as Error);
+      return;
+    }
+    if (!reply || reply.readError !== undefined) {
+      // Blob by blob on this thread, so damage stays confined to the blobs it touches.
+      await readRange(repo, range, (w, plain, error) => {
+        if (!plain) return onWritten(w, 0, error);
+        try {
+          let n = 0;
+          while (n < plain.length) n += writeSync(w.fd, plain, n, plain.length - n, w.pos + n);
+          onWritten(w, plain.length, null);
+        } catch (e) {
+          onWritten(w, 0, e as Error);
+        }
+      });
+      return;
+    }
+    const failed = new Map<W, string>();
+    for (const p of reply.problems) {
+      const ws = owners[p.item]!;
+      if (p.write < 0) for (const w of ws) failed.set(w, p.message);
+      else failed.set(ws[p.write]!, p.message);
+    }
+    for (const ws of owners)
+      for (const w of ws) {
+        const problem = failed.get(w);
+        onWritten(
+          w,
+          problem === undefined ? w.entry.rawLength : 0,
+          problem === undefined ? null : new Error(problem),
+        );
+      }
+  };
   const worker = async () => {
-    while (next < ranges.length) await readRange(repo, ranges[next++]!, onBlob);
+    while (next < ranges.length) await one(ranges[next++]!);
   };
   await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker));
 }

@@ -10,14 +10,13 @@ import {
   rmSync,
   symlinkSync,
   unlinkSync,
-  writeSync,
 } from "node:fs";
 import * as nodePath from "node:path";
 import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
 import { applyMetadataSync, createSpecial, displayPath, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
-import { readBlobs } from "./read-blobs.js";
+import { RestorePool, writeBlobs } from "./read-blobs.js";
 import type { Repository } from "./repository.js";
 
 export interface RestoreOptions {
@@ -48,7 +47,13 @@ export interface RestoreResult {
 
 const SLASH = Buffer.from("/");
 /** Files whose content is written together (bounds open descriptors). */
-const FILE_GROUP = 128;
+const FILE_GROUP = 256;
+/**
+ * Groups being written at once: the walk goes on creating files while their
+ * content is read and written, so at most (GROUPS_IN_FLIGHT + 1) ×
+ * FILE_GROUP descriptors are open.
+ */
+const GROUPS_IN_FLIGHT = 2;
 
 interface PendingFile {
   fd: number;
@@ -64,7 +69,8 @@ interface PendingFile {
 
 interface WriteTask {
   file: PendingFile;
-  offset: number;
+  fd: number;
+  pos: number;
   entry: IndexEntry;
 }
 
@@ -75,6 +81,11 @@ interface WriteTask {
  * directory, files are created with O_EXCL|O_NOFOLLOW, and an existing
  * entry in the way is removed (not followed). Directory metadata is applied
  * after the directory's contents, so mtimes survive.
+ *
+ * The walk creates entries in tree order on the main thread; file content is
+ * written in groups (pack-ordered ranged reads, decoded and written by worker
+ * threads, see `writeBlobs`) while the walk goes on. A file's metadata is set
+ * once its content is written, a directory's once everything below it is.
  */
 export class Restorer {
   private readonly result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
@@ -82,6 +93,9 @@ export class Restorer {
   private readonly includes: string[] | null;
   private lastProgress = 0;
   private current = "";
+  private pool: RestorePool | null = null;
+  private groups = 0;
+  private readonly groupWaiters: (() => void)[] = [];
 
   constructor(
     private readonly repo: Repository,
@@ -96,6 +110,7 @@ export class Restorer {
     try {
       return await this.runLeased(snapshot);
     } finally {
+      await this.pool?.close();
       await lease.release();
     }
   }
@@ -135,7 +150,7 @@ export class Restorer {
         topNode = n;
       }
     }
-    await this.restoreTree(tree, target, prefix);
+    await (await this.restoreTree(tree, target, prefix)).done;
     if (topNode) this.meta(target, topNode, prefix);
     this.progress(true);
     return this.result;
@@ -168,19 +183,24 @@ export class Restorer {
     return 0;
   }
 
+  /**
+   * Create the entries of tree `id` in `dir` (recursively). Resolves when
+   * the walk of the tree is over; `done` settles once every file's content
+   * and every metadata below it is written.
+   */
   private async restoreTree(
     id: TreeId,
     dir: Buffer,
     prefix: string,
     mode: 1 | 2 = this.includes ? 2 : 1,
     fresh = false,
-  ): Promise<void> {
+  ): Promise<{ done: Promise<void> }> {
     let nodes: FsNode[];
     try {
       nodes = await this.repo.loadTree(id);
     } catch (e) {
       this.error(prefix || "/", `cannot load directory listing: ${(e as Error).message}`);
-      return;
+      return { done: Promise.resolve() };
     }
     // One index lookup for every chunk of every file in this directory.
     const ids = new Set<BlobId>();
@@ -194,24 +214,40 @@ export class Restorer {
       }
     }
     // Files are created as they come and their content is written in groups
-    // (see writeGroup); a group is written before descending into a
-    // subdirectory so open descriptors stay bounded.
+    // (see writeGroup), started before descending into a subdirectory so
+    // open descriptors stay bounded, and finished in the background.
+    const pending: Promise<void>[] = [];
     const group: PendingFile[] = [];
+    const start = async () => {
+      const files = group.splice(0);
+      while (this.groups >= GROUPS_IN_FLIGHT) await new Promise<void>((r) => this.groupWaiters.push(r));
+      this.groups++;
+      pending.push(
+        this.writeGroup(files, index)
+          .catch((e) => this.error(prefix || "/", (e as Error).message))
+          .finally(() => {
+            this.groups--;
+            this.groupWaiters.shift()?.();
+          }),
+      );
+    };
     for (const node of nodes) {
-      if (node.type === "dir" && group.length) await this.writeGroup(group.splice(0), index);
-      const pending = await this.restoreNode(node, dir, prefix, mode, fresh, index);
-      if (pending) {
-        group.push(pending);
-        if (group.length >= FILE_GROUP) await this.writeGroup(group.splice(0), index);
+      if (node.type === "dir" && group.length) await start();
+      const pendingFile = await this.restoreNode(node, dir, prefix, mode, fresh, index, pending);
+      if (pendingFile) {
+        group.push(pendingFile);
+        if (group.length >= FILE_GROUP) await start();
       }
     }
-    if (group.length) await this.writeGroup(group.splice(0), index);
+    if (group.length) await start();
+    return { done: Promise.all(pending).then(() => {}) };
   }
 
   /**
    * Write the content of a group of created files. Their chunks are read
-   * pack by pack with ranged reads (see `readBlobs`); a chunk that cannot
-   * be read leaves its part of the file zero-filled and is reported.
+   * pack by pack with ranged reads and written by worker threads (see
+   * `writeBlobs`); a chunk that cannot be read leaves its part of the file
+   * zero-filled and is reported.
    */
   private async writeGroup(files: PendingFile[], index: Map<BlobId, IndexEntry>): Promise<void> {
     const tasks: WriteTask[] = [];
@@ -225,25 +261,19 @@ export class Restorer {
         }
         const e = index.get(p.id);
         if (!e) f.damaged.push(`chunk ${p.id} is not in the index`);
-        else tasks.push({ file: f, offset: off, entry: e });
+        else tasks.push({ file: f, fd: f.fd, pos: off, entry: e });
         off += p.len;
       }
       f.written = off;
     }
-    await readBlobs(this.repo, tasks, (t, plain, error) => {
-      if (!plain) {
-        t.file.damaged.push(error?.message ?? `chunk ${t.entry.id} unreadable`);
-        return;
-      }
-      try {
-        let w = 0;
-        while (w < plain.length) w += writeSync(t.file.fd, plain, w, plain.length - w, t.offset + w);
-        this.result.bytes += plain.length;
-      } catch (e) {
-        t.file.damaged.push((e as Error).message);
-      }
-      this.progress();
-    });
+    if (tasks.length) {
+      this.pool ??= new RestorePool(this.repo.key);
+      await writeBlobs(this.repo, this.pool, tasks, (t, bytes, error) => {
+        if (error) t.file.damaged.push(error.message);
+        else this.result.bytes += bytes;
+        this.progress();
+      });
+    }
     for (const f of files) {
       try {
         // Holes (and a hole at the end) are made by the size alone.
@@ -272,6 +302,8 @@ export class Restorer {
     parentMode: 1 | 2 = 1,
     fresh = false,
     index: Map<BlobId, IndexEntry> | null = null,
+    /** Where a directory's completion goes; without it, it is awaited here. */
+    pending: Promise<void>[] | null = null,
   ): Promise<PendingFile | null> {
     const path = `${prefix}/${displayPath(node.name)}`;
     try {
@@ -290,8 +322,12 @@ export class Restorer {
       if (node.type === "dir") {
         const created = makeDir(dest, path);
         this.result.dirs++;
-        if (node.subtree) await this.restoreTree(node.subtree, dest, path, sel, created);
-        this.meta(dest, node, path);
+        const below = node.subtree
+          ? (await this.restoreTree(node.subtree, dest, path, sel, created)).done
+          : Promise.resolve();
+        const finished = below.then(() => this.meta(dest, node, path));
+        if (pending) pending.push(finished);
+        else await finished;
         return null;
       }
       // In a directory we just created nothing can be in the way.

@@ -1,73 +1,40 @@
-import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
-import { type PackId, StrataError } from "@strata/core";
+import type { PackId } from "@strata/core";
 import type { IndexEntry } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import type { PackVerdict } from "./pack-verify.js";
+import { defaultThreads, ownBuffer, ThreadPool } from "./thread-pool.js";
 import type { VerifyRequest } from "./verify-worker.js";
 
 /**
  * Worker threads verifying whole packs for `check --read-data`, so every
- * core decrypts and hashes. At most `threads` packs are in flight (each
- * up to 64 MiB): the caller awaits `slot()` before reading the next pack.
+ * core decrypts and hashes. At most `threads + 1` packs are in flight (each
+ * up to 64 MiB): the caller awaits `slot()` before reading the next pack, so
+ * one pack is read while every worker is busy and no worker waits for the
+ * disk.
  */
 export class VerifyPool {
-  private readonly workers: Worker[] = [];
-  private readonly waiting = new Map<
-    number,
-    { resolve: (v: PackVerdict) => void; reject: (e: unknown) => void }
-  >();
-  private readonly slotWaiters: (() => void)[] = [];
-  private seq = 0;
-  private next = 0;
-  private closed = false;
+  private readonly pool: ThreadPool<Omit<VerifyRequest, "seq">, PackVerdict>;
 
-  constructor(
-    key: MasterKey,
-    private readonly threads = Math.max(1, Math.min(availableParallelism(), 4)),
-  ) {
-    for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL("./verify-worker.js", import.meta.url), {
-        workerData: { key: new Uint8Array(key.key) },
-      });
-      w.on("message", (m: { seq: number; verdict?: PackVerdict; error?: string }) => {
-        const p = this.waiting.get(m.seq);
-        if (!p) return;
-        this.waiting.delete(m.seq);
-        this.slotWaiters.shift()?.();
-        if (m.verdict) p.resolve(m.verdict);
-        else p.reject(new StrataError("INTERNAL", m.error ?? "verification failed"));
-      });
-      w.on("error", (e) => this.fail(e));
-      w.on("exit", (code) => {
-        if (code !== 0 && !this.closed)
-          this.fail(new StrataError("INTERNAL", `verify worker exited with code ${code}`));
-      });
-      this.workers.push(w);
-    }
+  constructor(key: MasterKey, threads = defaultThreads()) {
+    this.pool = new ThreadPool(
+      new URL("./verify-worker.js", import.meta.url),
+      { key: new Uint8Array(key.key) },
+      threads,
+      threads + 1,
+      "verify",
+    );
   }
 
-  private fail(e: unknown): void {
-    for (const p of this.waiting.values()) p.reject(e);
-    this.waiting.clear();
-    for (const w of this.slotWaiters.splice(0)) w();
-  }
-
-  async slot(): Promise<void> {
-    while (this.waiting.size >= this.threads) await new Promise<void>((r) => this.slotWaiters.push(r));
+  slot(): Promise<void> {
+    return this.pool.slot();
   }
 
   /** Verify `data` (transferred: the caller must not use it afterwards). */
   verify(id: PackId, data: Buffer, size: number, entries: IndexEntry[]): Promise<PackVerdict> {
-    const seq = ++this.seq;
-    const w = this.workers[this.next++ % this.workers.length]!;
     // Transfer needs a buffer of its own (not a slice of a shared pool).
-    const own =
-      data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : Buffer.from(data);
-    return new Promise((resolve, reject) => {
-      this.waiting.set(seq, { resolve, reject });
-      const req: VerifyRequest = {
-        seq,
+    const own = ownBuffer(data);
+    return this.pool.call(
+      {
         id,
         data: own,
         size,
@@ -79,13 +46,12 @@ export class VerifyPool {
           rawLength: e.rawLength,
           compressed: e.compressed,
         })),
-      };
-      w.postMessage(req, [own.buffer as ArrayBuffer]);
-    });
+      },
+      [own.buffer as ArrayBuffer],
+    );
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    await Promise.all(this.workers.map((w) => w.terminate()));
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }

@@ -4,6 +4,7 @@ import type { PackId } from "@strata/core";
 import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec, verifyPackBytes } from "./pack-verify.js";
+import { serve } from "./thread-pool.js";
 
 export interface VerifyRequest {
   seq: number;
@@ -14,14 +15,10 @@ export interface VerifyRequest {
 }
 
 if (parentPort) {
-  const port = parentPort;
   const key = new MasterKey(Buffer.from((workerData as { key: Uint8Array }).key));
   const codec = new BlobCodec(key, 1);
-  port.on("message", (m: VerifyRequest) => {
+  serve(parentPort, (m: VerifyRequest) => {
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-    verifyPackBytes(key, codec, m.id, data, m.size, m.entries).then(
-      (verdict) => port.postMessage({ seq: m.seq, verdict }),
-      (e) => port.postMessage({ seq: m.seq, error: (e as Error).message }),
-    );
+    return verifyPackBytes(key, codec, m.id, data, m.size, m.entries);
   });
 }
