@@ -1,13 +1,14 @@
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { type BlobId, type PackId, type SnapshotId, StrataError, type TreeId } from "@strata/core";
-import type {
-  IndexEntry,
-  LeaseRecord,
-  PackRecord,
-  PackUsage,
-  RepoCatalog,
-  SnapshotRecord,
+import {
+  encodePackLayout,
+  type IndexEntry,
+  type LeaseRecord,
+  type PackRecord,
+  type PackUsage,
+  type RepoCatalog,
+  type SnapshotRecord,
 } from "@strata/repo";
 import pg from "pg";
 import copyStreams from "pg-copy-streams";
@@ -402,6 +403,25 @@ export class PostgresCatalog implements RepoCatalog {
       if (r.rows.length < PAGE_SIZE) return;
       after = r.rows[r.rows.length - 1]!.id;
     }
+  }
+
+  async packLayout(packId: PackId): Promise<Buffer> {
+    const r = await this.q<{ id: Buffer; offset: string | number; length: number }>(
+      `SELECT b.id, b."offset", b.length FROM blobs b
+       WHERE b.pack = (SELECT seq FROM packs WHERE id = $1) ORDER BY b."offset"`,
+      [idBytes(packId)],
+    );
+    return encodePackLayout(r.rows.map((x) => [x.id, Number(x.offset), Number(x.length)] as const));
+  }
+
+  async missingBlobs(ids: readonly BlobId[]): Promise<BlobId[]> {
+    if (ids.length === 0) return [];
+    const r = await this.q<{ id: string }>(
+      `SELECT encode(x, 'hex') AS id FROM unnest($1::bytea[]) x
+       WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = x)`,
+      [idsBytes(ids)],
+    );
+    return r.rows.map((x) => x.id as BlobId);
   }
 
   async packEntries(packId: PackId): Promise<IndexEntry[]> {

@@ -1,13 +1,14 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { type BlobId, type PackId, type SnapshotId, StrataError, type TreeId } from "@strata/core";
-import type {
-  IndexEntry,
-  LeaseRecord,
-  PackRecord,
-  PackUsage,
-  RepoCatalog,
-  SnapshotRecord,
+import {
+  encodePackLayout,
+  type IndexEntry,
+  type LeaseRecord,
+  type PackRecord,
+  type PackUsage,
+  type RepoCatalog,
+  type SnapshotRecord,
 } from "@strata/repo";
 import Database from "better-sqlite3";
 import {
@@ -275,6 +276,12 @@ export class SqliteCatalog implements RepoCatalog {
       getPack: p(`SELECT ${PACK_COLS} FROM packs WHERE id = ?`),
       packSeq: p("SELECT seq FROM packs WHERE id = ?").pluck(),
       listPacks: p(`SELECT ${PACK_COLS} FROM packs WHERE id > ? ORDER BY id LIMIT ?`),
+      packLayout: p(
+        `SELECT b.id, b."offset", b.length FROM blobs b WHERE b.pack = (SELECT seq FROM packs WHERE id = ?) ORDER BY b."offset"`,
+      ).raw(),
+      missingBlobs: p(
+        "SELECT j.value FROM json_each(?) j WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = unhex(j.value))",
+      ).pluck(),
       packEntries: p(
         `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ? ORDER BY b."offset"`,
       ),
@@ -424,6 +431,15 @@ export class SqliteCatalog implements RepoCatalog {
       if (rows.length < PAGE_SIZE) return;
       after = rows[rows.length - 1]!.id;
     }
+  }
+
+  async packLayout(packId: PackId): Promise<Buffer> {
+    return encodePackLayout(this.s.packLayout!.all(idBytes(packId)) as [Buffer, number, number][]);
+  }
+
+  async missingBlobs(ids: readonly BlobId[]): Promise<BlobId[]> {
+    if (ids.length === 0) return [];
+    return this.s.missingBlobs!.all(idsJson(ids)) as BlobId[];
   }
 
   async packEntries(packId: PackId): Promise<IndexEntry[]> {

@@ -9,14 +9,15 @@ import {
   type SnapshotId,
   type TreeId,
 } from "@strata/core";
-import type {
-  BlobType,
-  IndexEntry,
-  LeaseRecord,
-  PackRecord,
-  PackUsage,
-  RepoCatalog,
-  SnapshotRecord,
+import {
+  type BlobType,
+  type IndexEntry,
+  type LeaseRecord,
+  PACK_LAYOUT_ENTRY,
+  type PackRecord,
+  type PackUsage,
+  type RepoCatalog,
+  type SnapshotRecord,
 } from "@strata/repo";
 import { afterEach, describe, expect, it } from "vitest";
 
@@ -129,6 +130,19 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         expect(await c.getPack(p.id)).toEqual(p);
         expect(await c.getPack(packId("missing"))).toBeNull();
         expect(await c.packEntries(p.id)).toEqual(es); // ordered by offset
+        // The same layout, compactly: id, offset (64-bit), length per entry.
+        const layout = await c.packLayout(p.id);
+        expect(layout.length).toBe(3 * PACK_LAYOUT_ENTRY);
+        es.forEach((e, i) => {
+          const at = i * PACK_LAYOUT_ENTRY;
+          expect(layout.subarray(at, at + 32).toString("hex")).toBe(e.id);
+          expect(layout.readUIntLE(at + 32, 6)).toBe(e.offset);
+          expect(layout.readUInt32LE(at + 40)).toBe(e.length);
+        });
+        expect((await c.packLayout(packId("missing"))).length).toBe(0);
+        expect(await c.missingBlobs([...ids, blob("nope")])).toEqual([blob("nope")]);
+        expect(await c.missingBlobs(ids)).toEqual([]);
+        expect(await c.missingBlobs([])).toEqual([]);
         const found = await c.lookupBlobs([...ids, blob("nope")]);
         expect(found.size).toBe(3);
         for (const e of es) expect(found.get(e.id)).toEqual(e);
@@ -198,6 +212,7 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         await c.markPacksDoomed([a.id], at(5000));
         expect(sorted(await c.hasBlobs([...aIds, ...bIds]))).toEqual(sorted(bIds));
         expect((await c.lookupBlobs(aIds)).size).toBe(3);
+        expect(await c.missingBlobs(aIds)).toEqual([]); // doomed entries still exist
         expect(await c.getPack(a.id)).toEqual({ ...a, state: "doomed", doomedAt: at(5000) });
         // Dooming again does not restart the grace period.
         await c.markPacksDoomed([a.id], at(9000));

@@ -98,6 +98,22 @@ export interface PackUsage {
   usedBytes: number;
 }
 
+/** Bytes per entry of `RepoCatalog.packLayout`: id (32), offset (u64 LE), length (u32 LE). */
+export const PACK_LAYOUT_ENTRY = 44;
+
+/** Build a `packLayout` buffer from rows ordered by offset. */
+export function encodePackLayout(rows: readonly (readonly [Uint8Array, number, number])[]): Buffer {
+  const out = Buffer.allocUnsafe(rows.length * PACK_LAYOUT_ENTRY);
+  rows.forEach(([id, offset, length], i) => {
+    const at = i * PACK_LAYOUT_ENTRY;
+    out.set(id, at);
+    out.writeUIntLE(offset, at + 32, 6);
+    out.writeUInt16LE(0, at + 38);
+    out.writeUInt32LE(length, at + 40);
+  });
+  return out;
+}
+
 export interface RepoCatalog {
   // ---- packs and the blob index -------------------------------------
   /**
@@ -115,6 +131,15 @@ export interface RepoCatalog {
   listPacks(): AsyncIterable<PackRecord>;
   /** Index entries that point into `packId`, ordered by offset. */
   packEntries(packId: PackId): Promise<IndexEntry[]>;
+  /**
+   * Where the index says blobs lie in `packId`, compactly (`check` compares
+   * it with the pack's own header): per entry, ordered by offset,
+   * `PACK_LAYOUT_ENTRY` bytes — the raw blob id (32), the offset (u64) and
+   * the length (u32), little-endian.
+   */
+  packLayout(packId: PackId): Promise<Buffer>;
+  /** The subset of `ids` with no index entry at all (in an active or doomed pack). */
+  missingBlobs(ids: readonly BlobId[]): Promise<BlobId[]>;
   /** Point existing entries for `entries[].id` at their new pack (repack). */
   moveBlobs(newPack: PackRecord, entries: IndexEntry[]): Promise<void>;
   markPacksDoomed(ids: readonly PackId[], at: Date): Promise<void>;

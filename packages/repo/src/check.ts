@@ -91,20 +91,20 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
             treeDamage.set(id, out);
             return out;
           }
-          const ids: BlobId[] = [];
-          for (const n of nodes) for (const c of chunkIdsOf(n)) ids.push(c);
-          const unique = [...new Set(ids)];
-          const present = new Map<BlobId, IndexEntry>();
+          const ids = new Set<BlobId>();
+          for (const n of nodes) for (const c of chunkIdsOf(n)) ids.add(c);
+          const unique = [...ids];
+          // Only what is missing comes back (usually nothing): no entry objects.
+          const missing = new Set<BlobId>();
           for (let i = 0; i < unique.length; i += MAX_BATCH) {
-            for (const [k, v] of await repo.catalog.lookupBlobs(unique.slice(i, i + MAX_BATCH)))
-              present.set(k, v);
+            for (const m of await repo.catalog.missingBlobs(unique.slice(i, i + MAX_BATCH))) missing.add(m);
           }
           for (const n of nodes) {
             const name = `/${displayPath(n.name)}`;
             for (const c of chunkIdsOf(n)) {
-              const problem = !present.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
+              const problem = missing.has(c) ? `chunk ${c} is not in the index` : badBlobs.get(c);
               if (problem) {
-                if (!present.has(c)) badBlob(c, null, "referenced but not in the index");
+                if (missing.has(c)) badBlob(c, null, "referenced but not in the index");
                 out.push({ path: name, problem: `chunk ${c.slice(0, 12)}: ${problem}` });
                 break;
               }
@@ -157,36 +157,40 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       known.add(p.id);
       opts.onProgress?.({ phase: "packs", done: done++, total: packs.length });
       const st = await repo.store.stat(packName(p.id));
-      const entries = await repo.catalog.packEntries(p.id);
       if (!st && p.state === "doomed") {
         r.warnings.push(`pack ${p.id} was deleted by an interrupted prune; the next prune forgets it`);
         continue;
       }
+      const read = subset >= 1 || (subset > 0 && Math.random() < subset);
       if (!st) {
         badPack(p.id, "missing from the store");
-        for (const e of entries) packBadBlob(e.id, p.id, "its pack is missing");
+        for (const e of await repo.catalog.packEntries(p.id)) packBadBlob(e.id, p.id, "its pack is missing");
         continue;
       }
       if (st.size !== p.size) {
         badPack(p.id, `size is ${st.size} bytes, catalog says ${p.size} (truncated or replaced)`);
+        const entries = await repo.catalog.packEntries(p.id);
         for (const e of entries)
           if (e.offset + e.length > st.size) packBadBlob(e.id, p.id, "beyond the end of its truncated pack");
-      }
-      const read = subset >= 1 || (subset > 0 && Math.random() < subset);
-      if (!read || st.size !== p.size) {
-        if (read && st.size !== p.size) await readPack(p.id, st.size, entries);
+        if (read) await readPack(p.id, st.size, entries);
         continue;
       }
-      await readPack(p.id, st.size, entries);
+      if (read) await readPack(p.id, st.size, null);
     }
 
-    async function readPack(id: PackId, size: number, entries: IndexEntry[]): Promise<void> {
+    /**
+     * Read a pack and verify it on a worker: against the catalog's compact
+     * layout (`entries` null), or its full entries (a truncated pack, or one
+     * whose header does not open).
+     */
+    async function readPack(id: PackId, size: number, entries: IndexEntry[] | null): Promise<void> {
       r.packsRead++;
       // Verified on the worker threads; results are applied as they come.
       // A pack is read only once a worker is free for it (or about to be),
       // so at most one pack per worker, plus one read ahead, is in memory.
       pool.verifier ??= new VerifyPool(repo.key);
       const verifier = pool.verifier;
+      const layout = entries ? null : await repo.catalog.packLayout(id);
       await verifier.slot();
       let data: Buffer;
       try {
@@ -196,7 +200,16 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
         badPack(id, `cannot be read: ${(e as Error).message}`);
         return;
       }
-      const done = verifier.verify(id, data, size, entries).then(
+      const verdict = layout
+        ? verifier.verifyLayout(id, data, layout).then(async (v) => {
+            if (!v.headerBroken) return v;
+            // The header does not open: verify every catalog entry on its own.
+            const all = await repo.catalog.packEntries(id);
+            await verifier.slot();
+            return verifier.verify(id, await repo.store.getRange(packName(id), 0, size), size, all);
+          })
+        : verifier.verify(id, data, size, entries ?? []);
+      const done = verdict.then(
         (v) => {
           for (const p of v.packProblems) badPack(id, p);
           r.errors.push(...v.errors);

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { BlobId, PackId } from "@strata/core";
-import type { IndexEntry } from "./catalog.js";
+import { type IndexEntry, PACK_LAYOUT_ENTRY } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import { BlobCodec, parsePackHeader } from "./pack.js";
 
@@ -55,3 +55,50 @@ export async function verifyPackBytes(
 }
 
 export { BlobCodec };
+
+/**
+ * Verify a whole pack held in memory against the catalog's compact layout
+ * (`RepoCatalog.packLayout`): its hash against its id; every blob its
+ * (authenticated) header lists (authentication, size and plaintext hash);
+ * and every catalog entry against the header (same id, offset and length).
+ * With a header that does not open, `headerBroken` is set and nothing else
+ * is checked: the caller verifies again with the catalog's full entries.
+ */
+export async function verifyPackLayout(
+  key: MasterKey,
+  codec: BlobCodec,
+  id: PackId,
+  data: Buffer,
+  layout: Buffer,
+): Promise<PackVerdict & { headerBroken?: boolean }> {
+  const v: PackVerdict = { packProblems: [], errors: [], badBlobs: [] };
+  if (createHash("sha256").update(data).digest("hex") !== id) {
+    v.packProblems.push("content does not match its id (damaged)");
+  }
+  let header: IndexEntry[];
+  try {
+    header = await parsePackHeader(key, id, data.length, async (o, l) => data.subarray(o, o + l));
+  } catch {
+    return { ...v, headerBroken: true };
+  }
+  for (const e of header) {
+    try {
+      codec.decode(e, data.subarray(e.offset, e.offset + e.length));
+    } catch (err) {
+      v.badBlobs.push({ id: e.id, problem: (err as Error).message });
+    }
+  }
+  // Both are ordered by offset; the header covers the pack without gaps.
+  let h = 0;
+  for (let at = 0; at + PACK_LAYOUT_ENTRY <= layout.length; at += PACK_LAYOUT_ENTRY) {
+    const offset = layout.readUIntLE(at + 32, 6);
+    const length = layout.readUInt32LE(at + 40);
+    while (h < header.length && header[h]!.offset < offset) h++;
+    const he = header[h];
+    const blobId = layout.subarray(at, at + 32);
+    if (!he || he.offset !== offset || he.length !== length || !Buffer.from(he.id, "hex").equals(blobId)) {
+      v.errors.push(`pack ${id}: header does not list blob ${blobId.toString("hex")} where the catalog says`);
+    }
+  }
+  return v;
+}

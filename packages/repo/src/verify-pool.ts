@@ -13,7 +13,7 @@ import type { VerifyRequest } from "./verify-worker.js";
  * disk.
  */
 export class VerifyPool {
-  private readonly pool: ThreadPool<Omit<VerifyRequest, "seq">, PackVerdict>;
+  private readonly pool: ThreadPool<Omit<VerifyRequest, "seq">, PackVerdict & { headerBroken?: boolean }>;
 
   constructor(key: MasterKey, threads = defaultThreads()) {
     this.pool = new ThreadPool(
@@ -49,6 +49,15 @@ export class VerifyPool {
       },
       [own.buffer as ArrayBuffer],
     );
+  }
+
+  /** Verify `data` (transferred) against the catalog's compact layout of the pack (see verifyPackLayout). */
+  verifyLayout(id: PackId, data: Buffer, layout: Buffer): Promise<PackVerdict & { headerBroken?: boolean }> {
+    const own = ownBuffer(data);
+    const lay = ownBuffer(layout);
+    const transfer = [own.buffer as ArrayBuffer];
+    if (lay.buffer !== own.buffer) transfer.push(lay.buffer as ArrayBuffer);
+    return this.pool.call({ id, data: own, size: data.length, layout: lay }, transfer);
   }
 
   close(): Promise<void> {

@@ -3,7 +3,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import type { PackId } from "@strata/core";
 import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
-import { BlobCodec, verifyPackBytes } from "./pack-verify.js";
+import { BlobCodec, verifyPackBytes, verifyPackLayout } from "./pack-verify.js";
 import { serve } from "./thread-pool.js";
 
 export interface VerifyRequest {
@@ -11,7 +11,9 @@ export interface VerifyRequest {
   id: PackId;
   data: Uint8Array;
   size: number;
-  entries: Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed">[];
+  /** The catalog's entries of the pack, or its compact layout (see verifyPackLayout). */
+  entries?: Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed">[];
+  layout?: Uint8Array;
 }
 
 if (parentPort) {
@@ -19,6 +21,10 @@ if (parentPort) {
   const codec = new BlobCodec(key, 1);
   serve(parentPort, (m: VerifyRequest) => {
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-    return verifyPackBytes(key, codec, m.id, data, m.size, m.entries);
+    if (m.layout) {
+      const layout = Buffer.from(m.layout.buffer, m.layout.byteOffset, m.layout.byteLength);
+      return verifyPackLayout(key, codec, m.id, data, layout);
+    }
+    return verifyPackBytes(key, codec, m.id, data, m.size, m.entries ?? []);
   });
 }

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import type { BlobId } from "@strata/core";
 import {
   BlobCodec,
+  encodePackLayout,
   isStrataError,
   MasterKey,
   openSealed,
@@ -9,6 +10,7 @@ import {
   parsePackHeader,
   seal,
   unwrapMasterKey,
+  verifyPackLayout,
   wrapMasterKey,
 } from "@strata/repo";
 import { describe, expect, it } from "vitest";
@@ -80,5 +82,63 @@ describe("packs", () => {
     await expect(
       parsePackHeader(key, p.id, cut.length, async (o, l) => cut.subarray(o, o + l)),
     ).rejects.toSatisfy((err) => isStrataError(err, "DATA_CORRUPT") && (err as Error).message.includes(p.id));
+  });
+});
+
+describe("verifying a pack against the catalog's layout (check --read-data)", () => {
+  const codec = new BlobCodec(key);
+  const datas = [Buffer.alloc(70_000, "xyz"), randomBytes(40_000), randomBytes(10)];
+  const pb = new PackBuilder();
+  for (const d of datas) pb.add(codec.encode(sha(d), "chunk", d));
+  const p = pb.finish(key);
+  const file = Buffer.concat(p.parts);
+  const rows = p.entries.map((e) => [Buffer.from(e.id, "hex"), e.offset, e.length] as const);
+
+  it("passes an intact pack whose layout matches", async () => {
+    const v = await verifyPackLayout(key, codec, p.id, file, encodePackLayout(rows));
+    expect(v).toEqual({ packProblems: [], errors: [], badBlobs: [] });
+    // A catalog that indexes only some of the pack's blobs (the rest superseded) is fine too.
+    expect((await verifyPackLayout(key, codec, p.id, file, encodePackLayout([rows[1]!]))).errors).toEqual([]);
+  });
+
+  it("names a catalog entry the header does not list where the catalog says", async () => {
+    const wrongOffset = rows.map((r, i) => (i === 1 ? ([r[0], r[1] + 1, r[2]] as const) : r));
+    const v1 = await verifyPackLayout(key, codec, p.id, file, encodePackLayout(wrongOffset));
+    expect(v1.errors).toEqual([
+      `pack ${p.id}: header does not list blob ${p.entries[1]!.id} where the catalog says`,
+    ]);
+    const stranger = randomBytes(32);
+    const v2 = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      file,
+      encodePackLayout([[stranger, rows[2]![1], rows[2]![2]]]),
+    );
+    expect(v2.errors[0]).toContain(stranger.toString("hex"));
+    const wrongLength = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      file,
+      encodePackLayout([[rows[0]![0], 0, 7]]),
+    );
+    expect(wrongLength.errors).toHaveLength(1);
+  });
+
+  it("names the damaged blob and the pack's hash when a byte flips", async () => {
+    const bad = Buffer.from(file);
+    bad[p.entries[1]!.offset + 20]! ^= 1;
+    const v = await verifyPackLayout(key, codec, p.id, bad, encodePackLayout(rows));
+    expect(v.packProblems).toEqual(["content does not match its id (damaged)"]);
+    expect(v.badBlobs.map((b) => b.id)).toEqual([p.entries[1]!.id]);
+    expect(v.badBlobs[0]!.problem).toMatch(/fails authentication/);
+  });
+
+  it("says so when the header does not open (the caller then verifies entry by entry)", async () => {
+    const bad = Buffer.from(file);
+    bad[bad.length - 20]! ^= 1; // inside the sealed header
+    const v = await verifyPackLayout(key, codec, p.id, bad, encodePackLayout(rows));
+    expect(v.headerBroken).toBe(true);
   });
 });
