@@ -16,7 +16,9 @@ const SCHEMA_VERSION = 1;
  * file; a directory is *seen* in this run when it is read with `getDir`
  * (found) or written with `putDir` — so a caller that reuses an unchanged
  * directory's cached entry does not have to write it back. `endRun` deletes
- * every row not seen in this run (vanished directories).
+ * every row not seen in this run (vanished directories), except after a
+ * partial run (`endRun({ sweep: false })`: a hinted upload that read only
+ * the directories that changed).
  *
  * Speed and durability: statements are prepared once; writes (new data and
  * "seen" generation bumps) are buffered in memory and flushed in one
@@ -94,10 +96,10 @@ export class SqliteFileCache implements FileCache {
     this.inRun = true;
   }
 
-  endRun(): void {
+  endRun(opts: { sweep?: boolean } = {}): void {
     this.flush();
     if (this.inRun) {
-      this.stSweep.run(this.gen);
+      if (opts.sweep !== false) this.stSweep.run(this.gen);
       this.setMeta("completed_gen", String(this.gen));
     }
     this.inRun = false;

@@ -197,6 +197,26 @@ describe("SqliteFileCache", () => {
     again.close();
   });
 
+  it("a partial run (endRun without sweep) keeps the rows it did not touch, and completes its generation", () => {
+    const fc = openSqliteFileCache(file("cache-partial"));
+    fc.beginRun();
+    for (const d of ["/a", "/b"]) fc.putDir(key(d), { data: Buffer.from(d) });
+    fc.endRun();
+    const first = fc.completedGen();
+    fc.beginRun();
+    fc.putDir(key("/a"), { data: Buffer.from("/a2") });
+    fc.endRun({ sweep: false });
+    expect(fc.completedGen()).toBe(first + 1);
+    expect(fc.getDir(key("/b"))).toMatchObject({ gen: first }); // untouched, older, still there
+    expect(fc.getDir(key("/a"))).toMatchObject({ gen: first + 1 });
+    // The next full run sweeps what it did not see.
+    fc.beginRun();
+    fc.getDir(key("/a"));
+    fc.endRun();
+    expect(fc.getDir(key("/b"))).toBeNull();
+    fc.close();
+  });
+
   it("records the generation of completed runs; rows of an unfinished run are newer", () => {
     const path = file("cache");
     const fc = openSqliteFileCache(path);

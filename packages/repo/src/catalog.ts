@@ -221,7 +221,13 @@ export interface FileCache {
   setMeta(key: string, value: string): void;
   /** Drop directories not touched since `beginRun` (vanished paths). */
   beginRun(): void;
-  endRun(): void;
+  /**
+   * The run completed: its generation becomes `completedGen`. Rows not
+   * touched since `beginRun` are deleted, unless `sweep` is false: a
+   * hinted walk (backup.ts, `WalkHint`) reads only changed directories and
+   * keeps every other row as it is.
+   */
+  endRun(opts?: { sweep?: boolean }): void;
   close(): void;
 }
 
