@@ -434,9 +434,10 @@ class Agent {
     this.upload = ac;
     const dirty = await this.takeDirty();
     const started = this.clock.now();
-    const full = dirty.kind === "full";
-    const reason = dirty.kind === "full" ? dirty.reason : null;
-    const dirtyDirs = dirty.kind === "dirs" ? dirty.dirs.length : 0;
+    let full = dirty.kind === "full";
+    let reason = dirty.kind === "full" ? dirty.reason : null;
+    let dirtyDirs = dirty.kind === "dirs" ? dirty.dirs.length : 0;
+    let dirsRead: number | undefined;
     this.status.current = {
       startedAt: new Date(started).toISOString(),
       full,
@@ -461,6 +462,14 @@ class Agent {
         },
       });
       this.scheduler.succeeded(this.clock.now());
+      // The upload may have walked everything after all (it could not trust the set): say what it did.
+      const scan = scanOf(summary);
+      if (scan) {
+        full = scan.full;
+        reason = scan.reason;
+        dirtyDirs = scan.full ? 0 : scan.dirtyDirs;
+        dirsRead = scan.dirsRead;
+      }
       record = { result: "ok", error: null, summary: summary ?? null };
       this.log.info({ summary }, "upload done");
     } catch (e) {
@@ -488,6 +497,7 @@ class Agent {
       full,
       reason,
       dirtyDirs,
+      ...(dirsRead !== undefined ? { dirsRead } : {}),
       ...record,
     };
     this.save();
@@ -580,6 +590,10 @@ class Agent {
       this.opts.signal.removeEventListener("abort", stop);
       this.task = null;
       this.status.task = null;
+      // A restore or an apply rewrote parts of the endpoint (renames of
+      // whole trees, staged swaps): the next upload does not rely on what
+      // the watcher saw meanwhile.
+      this.watcher?.markFull(`a ${t.kind} task ran`);
       // The server's list changed (this task ended): ask again before anything else.
       this.refreshWanted = true;
     }
@@ -695,6 +709,21 @@ class Agent {
     this.status.running = false;
     this.save();
   }
+}
+
+/** The `scan` an upload summary carries (upload.ts's UploadScan), if it is one. */
+function scanOf(
+  summary: unknown,
+): { full: boolean; reason: string | null; dirtyDirs: number; dirsRead: number } | null {
+  const s = (summary as { scan?: unknown } | null)?.scan as Record<string, unknown> | undefined;
+  if (!s || typeof s !== "object" || typeof s.full !== "boolean" || typeof s.dirsRead !== "number")
+    return null;
+  return {
+    full: s.full,
+    reason: typeof s.reason === "string" ? s.reason : null,
+    dirtyDirs: typeof s.dirtyDirs === "number" ? s.dirtyDirs : 0,
+    dirsRead: s.dirsRead,
+  };
 }
 
 /**

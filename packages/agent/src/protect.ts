@@ -5,6 +5,7 @@
  * directory), and upload the protected area with the file cache kept in
  * the state directory. The daemon calls this at the policy's interval.
  */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import * as path from "node:path";
@@ -33,6 +34,8 @@ export interface ProtectOptions {
   threads?: number;
   /** The upload's kind; default centralize for the first, upload after. */
   kind?: UploadOptions["kind"];
+  /** What changed since the last upload (the daemon's watcher); absent: walk everything. */
+  dirty?: UploadOptions["dirty"];
 }
 
 export interface ProtectResult extends UploadResult {
@@ -70,12 +73,15 @@ export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
       },
     );
   const policy = parsePolicy(self.cvd.policy);
-  const compiled = compilePolicy(policy, {
+  const ctx = {
     homes: parsePasswd(readText(path.join(root, "etc/passwd"))),
     // The state directory as the endpoint sees it: under another root the agent's own state is elsewhere.
     agentStateDir: root === "/" ? path.resolve(o.stateDir) : DEFAULT_STATE_DIR,
     swapFiles: root === "/" ? parseProcSwaps(readText("/proc/swaps")) : [],
-  });
+  };
+  const compiled = compilePolicy(policy, ctx);
+  // A new user's home, a swap file or another policy version protect other files: walk everything.
+  const policyKey = createHash("sha256").update(JSON.stringify({ policy, ctx })).digest("hex");
   const cache = openSqliteFileCache(path.join(o.stateDir, "cache", "files.db"));
   try {
     const r = await uploadOnce({
@@ -83,6 +89,8 @@ export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
       cvdId: self.cvd.id,
       root,
       policy: compiled,
+      policyKey,
+      dirty: o.dirty ?? null,
       parent: self.cvd.latestSnapshot,
       fileCache: cache,
       hostname: endpointHostname(root),

@@ -51,6 +51,13 @@ export interface UploadRecord {
   full: boolean;
   reason: string | null;
   dirtyDirs: number;
+  /**
+   * Directories the upload listed, when it said (its summary's `scan`).
+   * `full`/`reason` are then the upload's own decision: it walks
+   * everything when it cannot trust the dirty set (docs/design/agent.md,
+   * "Incremental uploads").
+   */
+  dirsRead?: number;
   /** What uploadOnce returned (snapshot id, counts): JSON, shown as is. */
   summary: unknown;
 }

@@ -11,7 +11,9 @@
  * settled in this session is capped (past the cap the server answers
  * `owned`, which is correct, only slower).
  */
+import { createHash } from "node:crypto";
 import { hostname as osHostname } from "node:os";
+import * as nodePath from "node:path";
 import {
   type BlobId,
   type ChunkerParams,
@@ -31,9 +33,11 @@ import {
   type FileCache,
   type SnapshotStats,
   TreeWalker,
+  type WalkHint,
   type WalkTarget,
   WireCodec,
 } from "@strata/repo";
+import type { DirtySet } from "./watcher.js";
 
 /** How the uploader talks to the server; paths are relative to /api/v1. */
 export interface UploadTransport {
@@ -80,6 +84,34 @@ export interface UploadOptions {
   pace?: (body: AsyncIterable<Buffer>) => AsyncIterable<Buffer>;
   /** Bytes per chunk stream (default 16 MiB, about one pack). */
   streamBytes?: number;
+  /**
+   * What changed since the last upload, as the watcher says (endpoint
+   * paths). Absent or "full": everything is walked. "dirs": only those
+   * directories are read, when the file cache can vouch for the rest
+   * (docs/design/agent.md, "Incremental uploads").
+   */
+  dirty?: DirtySet | null;
+  /**
+   * What decides which files are protected here: the policy and what its
+   * macros expanded to (homes, swap files, state directory). A change
+   * makes the next upload walk everything. Default: the policy alone.
+   */
+  policyKey?: string;
+  /** Walk everything at least this often, whatever the watcher says (default 24 h). */
+  fullWalkEveryMs?: number;
+}
+
+/** How an upload found what changed. */
+export interface UploadScan {
+  /** True: every directory was walked (`reason` says why); false: the dirty set was followed. */
+  full: boolean;
+  reason: string | null;
+  /** Directories the watcher named (0 for a full walk). */
+  dirtyDirs: number;
+  /** Directories listed; a hinted upload lists the dirty ones, and new ones below them. */
+  dirsRead: number;
+  /** Unchanged subtrees taken from the file cache without being read. */
+  dirsReused: number;
 }
 
 export interface UploadProgress extends BackupProgress {
@@ -99,10 +131,19 @@ export interface UploadResult {
   chunksProven: number;
   treesSent: number;
   transaction: unknown;
+  scan: UploadScan;
 }
 
 /** File-cache meta key: the snapshot the cache's completed generation was committed as. */
 export const CACHE_PARENT = "cvd.snapshot";
+/** File-cache meta key: that snapshot's root tree id. */
+export const CACHE_ROOT = "cvd.root";
+/** File-cache meta key: the fingerprint of the root and policy that snapshot was walked under. */
+export const CACHE_SCOPE = "cvd.scope";
+/** File-cache meta key: when the last full walk that was committed started (ISO time). */
+export const CACHE_FULL_AT = "cvd.fullWalkAt";
+/** A full walk at least this often (docs/design/agent.md, "Incremental uploads"). */
+export const FULL_WALK_EVERY_MS = 24 * 60 * 60_000;
 
 const STREAM_BYTES = 16 * 1024 * 1024;
 const TREE_STREAM_BYTES = 4 * 1024 * 1024;
@@ -382,7 +423,12 @@ export async function uploadOnce(o: UploadOptions): Promise<UploadResult> {
     saveTree: (id, enc, path, nodes) => sink.saveTree(id, enc, path, nodes),
     bytesAdded: () => sink.counts.bytesSent,
   };
+  const scope = createHash("sha256")
+    .update(JSON.stringify({ root: nodePath.resolve(o.root), policy: o.policyKey ?? o.policy.policy }))
+    .digest("hex");
+  const plan = planScan(o, cache, view.parent, scope, started.getTime());
   const walker = new TreeWalker(target, {
+    hint: plan.hint,
     filter: {
       excluded: (p) => o.policy.classify(p) === "excluded",
       descend: (p) => o.policy.shouldDescend(p),
@@ -403,7 +449,7 @@ export async function uploadOnce(o: UploadOptions): Promise<UploadResult> {
       : undefined,
   });
   cache?.beginRun();
-  const { tree, stats, errors } = await walker.walkRoot(o.root);
+  const { tree, stats, errors, scan } = await walker.walkRoot(o.root);
   await sink.drain();
   stats.durationMs = Date.now() - started.getTime();
   const committed = await o.transport.json<{ snapshot: string; transaction: unknown }>(
@@ -422,8 +468,14 @@ export async function uploadOnce(o: UploadOptions): Promise<UploadResult> {
       })),
     },
   );
+  const full = scan.mode === "full";
   if (cache) {
-    cache.endRun();
+    // A hinted walk touched only what changed: every other row still
+    // describes the new snapshot and stays.
+    cache.endRun({ sweep: full });
+    cache.setMeta(CACHE_ROOT, tree);
+    cache.setMeta(CACHE_SCOPE, scope);
+    if (full) cache.setMeta(CACHE_FULL_AT, started.toISOString());
     cache.setMeta(CACHE_PARENT, committed.snapshot);
   }
   return {
@@ -434,5 +486,46 @@ export async function uploadOnce(o: UploadOptions): Promise<UploadResult> {
     errors,
     ...sink.counts,
     transaction: committed.transaction,
+    scan: {
+      full,
+      reason: full ? (scan.reason ?? plan.reason) : null,
+      dirtyDirs: full ? 0 : (plan.hint?.dirs.length ?? 0),
+      dirsRead: scan.dirsRead,
+      dirsReused: scan.dirsReused,
+    },
   };
+}
+
+/**
+ * Whether this upload may follow the dirty set, or why it walks
+ * everything. The rules are docs/design/agent.md's "Incremental uploads".
+ */
+export function planScan(
+  o: Pick<UploadOptions, "dirty" | "kind" | "fullWalkEveryMs">,
+  cache: FileCache | null,
+  parent: string | null,
+  scope: string,
+  now: number,
+): { hint: WalkHint | null; reason: string | null } {
+  const full = (reason: string) => ({ hint: null, reason });
+  const d = o.dirty;
+  if (!d) return full("no list of changes was given");
+  if (d.kind === "full") return full(d.reason);
+  if (o.kind && o.kind !== "upload") return full(`a ${o.kind} snapshot walks everything`);
+  if (!cache) return full("there is no file cache");
+  if (parent === null) return full("the first upload walks everything");
+  if (cache.getMeta(CACHE_PARENT) !== parent)
+    return full("the parent snapshot is not the last one this agent committed");
+  const root = cache.getMeta(CACHE_ROOT);
+  if (!root || !/^[0-9a-f]{64}$/.test(root))
+    return full("the file cache does not know the parent snapshot's tree");
+  if (cache.getMeta(CACHE_SCOPE) !== scope)
+    return full("the upload policy (or what it protects here, or the root) changed");
+  const every = o.fullWalkEveryMs ?? FULL_WALK_EVERY_MS;
+  const last = Date.parse(cache.getMeta(CACHE_FULL_AT) ?? "");
+  if (!Number.isFinite(last) || now - last >= every || now < last)
+    return full(
+      `the periodic full walk is due (every ${every >= 3_600_000 ? `${Math.round(every / 3_600_000)} h` : `${Math.round(every / 60_000)} min`})`,
+    );
+  return { hint: { parentRoot: root as TreeId, dirs: d.dirs }, reason: null };
 }

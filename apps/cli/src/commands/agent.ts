@@ -11,6 +11,7 @@ import type {
   AgentStatus,
   ControlRequest,
   ControlResult,
+  DirtySet,
   FetchSelf,
   RestoreRun,
   RunAgentOptions,
@@ -94,12 +95,14 @@ async function serverHooks(ctx: {
     pace: TaskContext["throttle"] | null,
     onProgress: (p: object) => void,
     kind?: "pre-restore" | "pre-apply",
+    dirty?: DirtySet,
   ) =>
     a.protectOnce({
       stateDir: ctx.stateDir,
       root: ctx.root,
       signal,
       ...(kind ? { kind } : {}),
+      ...(dirty ? { dirty } : {}),
       ...(pace ? { pace: (body: AsyncIterable<Buffer>) => a.throttleIterable(body, pace, { signal }) } : {}),
       onProgress: (p) =>
         onProgress({
@@ -129,8 +132,9 @@ async function serverHooks(ctx: {
       };
     },
     uploadOnce: async (u) => {
-      const r = await protect(u.signal, u.throttle, u.onProgress);
+      const r = await protect(u.signal, u.throttle, u.onProgress, undefined, u.dirty);
       return {
+        scan: r.scan,
         snapshot: r.snapshot,
         cvd: r.cvdId,
         files: r.stats.totalFiles,
@@ -297,7 +301,10 @@ function formatStatus(s: AgentStatus, now = Date.now()): string {
     ]);
   const last = s.lastUpload;
   if (last) {
-    const what = last.full ? "full walk" : `${last.dirtyDirs} changed directories`;
+    const read = last.dirsRead !== undefined ? `, ${last.dirsRead} read` : "";
+    const what = last.full
+      ? `full walk${last.reason && last.result === "ok" ? ` (${last.reason})` : ""}`
+      : `${last.dirtyDirs} changed directories${read}`;
     const err = last.error ? `: ${last.error.message}` : "";
     rows.push(["last upload", `${last.result} at ${when(last.finishedAt, now)}, ${what}${err}`]);
   } else rows.push(["last upload", "none yet"]);
