@@ -593,7 +593,7 @@ class Agent {
       // A restore or an apply rewrote parts of the endpoint (renames of
       // whole trees, staged swaps): the next upload does not rely on what
       // the watcher saw meanwhile.
-      this.watcher?.markFull(`a ${t.kind} task ran`);
+      this.watcher?.markFull(`task ${t.id} (${t.kind}) changed the endpoint`);
       // The server's list changed (this task ended): ask again before anything else.
       this.refreshWanted = true;
     }

@@ -468,4 +468,59 @@ describe("runAgent", () => {
     await h.clock.advance(MIN);
     expect((await h.status()).changes.dirs).toBe(0);
   });
+
+  it("records what the upload did (its summary's scan), and after a task the next upload walks everything", async () => {
+    const root = tmp();
+    for (const d of ["etc", "var/lib"]) mkdirSync(path.join(root, d), { recursive: true });
+    const h = harness(path.join(root, "var/lib/strata-agent"));
+    h.self = { state: "active", policy: policy(), cvd: { id: "cvd_1", latestSnapshot: "s1" }, tasks: [] };
+    // The upload decides: here it cannot trust a set of directories (a snapshot it did not commit).
+    h.behaviour = async (ctx) => ({
+      scan:
+        ctx.dirty.kind === "full"
+          ? { full: true, reason: ctx.dirty.reason, dirtyDirs: 0, dirsRead: 40 }
+          : {
+              full: true,
+              reason: "the parent snapshot is not the last one this agent committed",
+              dirtyDirs: 0,
+              dirsRead: 41,
+            },
+    });
+    await h.start({
+      root,
+      watch: true,
+      runTask: async () => {
+        h.self = { ...(h.self as AgentSelf), tasks: [] };
+        return {};
+      },
+    });
+    let s = await h.uploads(1);
+    expect(s.lastUpload).toMatchObject({
+      full: true,
+      reason: "nothing was watched before the agent started",
+      dirsRead: 40,
+    });
+    writeFileSync(path.join(root, "etc/hosts"), "127.0.0.1 localhost\n");
+    await h.until("a changed directory", (x) => x.changes.dirs === 1);
+    await h.control({ cmd: "sync-now" });
+    s = await h.uploads(2);
+    expect(h.calls[1]?.dirty).toEqual({ kind: "dirs", dirs: ["/etc"] });
+    await h.until("the second upload recorded", (x) => x.lastUpload?.dirsRead === 41);
+    expect((await h.status()).lastUpload).toMatchObject({
+      full: true,
+      reason: "the parent snapshot is not the last one this agent committed",
+      dirtyDirs: 0,
+    });
+    // A task (a restore, an apply) rewrites the endpoint: whatever the watcher saw, the next upload walks everything.
+    h.self = { ...(h.self as AgentSelf), tasks: [{ id: "task_1", kind: "apply", state: "queued" }] };
+    writeFileSync(path.join(root, "etc/motd"), "hello\n");
+    await h.until("a changed directory", (x) => x.changes.dirs === 1);
+    await h.control({ cmd: "sync-now" });
+    await h.uploads(3); // the answer listing the task came with this upload; the task runs after it
+    s = await h.until("the task's end", (x) => x.lastTask?.id === "task_1");
+    expect(s.changes.full).toBe("task task_1 (apply) changed the endpoint");
+    await h.control({ cmd: "sync-now" });
+    await h.uploads(4);
+    expect(h.calls[3]?.dirty).toEqual({ kind: "full", reason: "task task_1 (apply) changed the endpoint" });
+  });
 });
