@@ -4,8 +4,11 @@
  * earlier apply at restart, upload the safety snapshot, check the dry-run
  * against the live root (blocking problems fail the task), merge the
  * structured files, run the restore engine with kind `layer`, run the
- * triggers, and report.
+ * triggers, reinstall the user's packages from the new release when a
+ * migration asks for it, and report.
  */
+import { readFileSync, rmSync } from "node:fs";
+import * as path from "node:path";
 import {
   blockedError,
   hasPendingRestore,
@@ -13,12 +16,14 @@ import {
   RemoteRestoreSource,
   type RestoreResult,
   recoverPendingRestore,
+  reinstallUserPackages,
   runRestore,
   runTriggers,
   savePendingTriggers,
   type TriggerRun,
+  writeFileAtomic,
 } from "@strata/agent";
-import type { AgentTaskRef, StrataClient, Task } from "@strata/protocol";
+import type { AgentTaskRef, ReinstallReport, StrataClient, Task } from "@strata/protocol";
 import { type RestoreTaskContext, runClaimedTask, type SafetyUpload } from "./restore-task.js";
 
 export interface ApplyOutcome {
@@ -28,6 +33,33 @@ export interface ApplyOutcome {
   safetySnapshot: string;
   triggers: TriggerRun[];
   pending: boolean;
+  /** With `reinstallUserPackages`: what became of each user-installed package. */
+  reinstall: ReinstallReport | null;
+}
+
+/**
+ * An apply whose engine and triggers are done while a reinstall of user
+ * packages is still to come: kept in the state directory until the task is
+ * reported, so an agent stopped during apt resumes with the reinstall
+ * alone — no second safety snapshot (which would hold the new system, and
+ * a rollback would return to it), no second apply.
+ */
+interface AppliedMark {
+  id: string;
+  result: Record<string, unknown>;
+  value: Omit<ApplyOutcome, "reinstall">;
+  userInstalled: string[];
+}
+
+const markFile = (stateDir: string, id: string) => path.join(stateDir, `applied-${id}.json`);
+
+function readMark(stateDir: string, id: string): AppliedMark | null {
+  try {
+    const m = JSON.parse(readFileSync(markFile(stateDir, id), "utf8")) as AppliedMark;
+    return m.id === id ? m : null;
+  } catch {
+    return null;
+  }
 }
 
 export async function runApplyTask(
@@ -36,7 +68,25 @@ export async function runApplyTask(
   ctx: RestoreTaskContext,
   safetyUpload: SafetyUpload,
 ): Promise<{ skipped: string } | ApplyOutcome> {
-  const o = await runClaimedTask(client, ref, ctx, async ({ task, signal, report }) => {
+  const o = await runClaimedTask<ApplyOutcome>(client, ref, ctx, async ({ task, signal, report }) => {
+    // The new release is in place (and committed): its apt brings the user's packages
+    // up to it. Whatever apt says, the migration stays; the result tells per package.
+    const reinstallNow = (packages: string[]) => {
+      report({ phase: "reinstall" }, true);
+      return reinstallUserPackages({
+        root: ctx.root,
+        packages,
+        logFile: path.join(ctx.stateDir, "logs", `reinstall-${task.id}.log`),
+        signal,
+        onProgress: (p) =>
+          report({ phase: "reinstall", step: p.step, ...(p.package ? { package: p.package } : {}) }),
+      });
+    };
+    const mark = readMark(ctx.stateDir, task.id);
+    if (mark) {
+      const reinstall = await reinstallNow(mark.userInstalled);
+      return { result: { ...mark.result, reinstall }, value: { ...mark.value, task, reinstall } };
+    }
     const plan = await client.applyPlan(task.id);
     // Pending changes from an earlier apply reach the disk first, so the
     // dry-run and the merge below see them (one restart combines them).
@@ -73,7 +123,7 @@ export async function runApplyTask(
       // Triggers run when the files are in place: now, or after the restart's roll-forward.
       if (pending) savePendingTriggers(ctx.stateDir, task.id, plan.manifest.triggers);
       const triggers = pending ? [] : await runTriggers(ctx.root, plan.manifest.triggers);
-      const value: ApplyOutcome = {
+      const value: Omit<ApplyOutcome, "reinstall"> = {
         task,
         image: plan.image.id,
         result: r,
@@ -81,37 +131,47 @@ export async function runApplyTask(
         triggers,
         pending,
       };
-      return {
-        result: {
-          image: plan.image.id,
-          imageSnapshot: plan.image.snapshot,
-          pending,
-          safetySnapshot: safety.snapshot,
-          files: r.files,
-          putOps: r.putOps,
-          deleted: r.deleted,
-          metaOps: r.metaOps,
-          bytes: r.bytes,
-          seededBytes: r.seededBytes,
-          fetchedBytes: r.fetchedBytes,
-          bytesReceived: source.stats.bytesReceived,
-          errors: r.errors.length,
-          firstErrors: r.errors.slice(0, 20),
-          packages: prep.packages,
-          userInstalled: prep.userInstalled,
-          accountsAdded: prep.accountsAdded,
-          problems: prep.problems,
-          triggers: triggers.map((t) => ({
-            trigger: t.trigger,
-            ok: t.ok,
-            ...(t.ok ? {} : { output: t.output }),
-          })),
-        },
-        value,
+      const result: Record<string, unknown> = {
+        image: plan.image.id,
+        imageSnapshot: plan.image.snapshot,
+        pending,
+        safetySnapshot: safety.snapshot,
+        files: r.files,
+        putOps: r.putOps,
+        deleted: r.deleted,
+        metaOps: r.metaOps,
+        bytes: r.bytes,
+        seededBytes: r.seededBytes,
+        fetchedBytes: r.fetchedBytes,
+        bytesReceived: source.stats.bytesReceived,
+        errors: r.errors.length,
+        firstErrors: r.errors.slice(0, 20),
+        packages: prep.packages,
+        userInstalled: prep.userInstalled,
+        accountsAdded: prep.accountsAdded,
+        problems: prep.problems,
+        ...(prep.disk ? { disk: prep.disk } : {}),
+        triggers: triggers.map((t) => ({
+          trigger: t.trigger,
+          ok: t.ok,
+          ...(t.ok ? {} : { output: t.output }),
+        })),
       };
+      if (plan.reinstallUserPackages !== true || pending)
+        return { result, value: { ...value, reinstall: null } };
+      const m: AppliedMark = { id: task.id, result, value, userInstalled: prep.userInstalled };
+      try {
+        writeFileAtomic(markFile(ctx.stateDir, task.id), `${JSON.stringify(m)}\n`, 0o600);
+      } catch {
+        // Best effort (a full disk): without it a stop during apt redoes the whole apply on resume.
+      }
+      const reinstall = await reinstallNow(prep.userInstalled);
+      return { result: { ...result, reinstall }, value: { ...value, reinstall } };
     } finally {
       await source.close();
     }
   });
+  // Reported (or skipped): nothing is left to resume.
+  rmSync(markFile(ctx.stateDir, ref.id), { force: true });
   return "skipped" in o ? o : o.value;
 }

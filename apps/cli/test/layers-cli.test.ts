@@ -63,11 +63,15 @@ describe("strata layer / cvd reference, layers, dry-run, apply", () => {
       ["cvd", "layers", "--help"],
       ["cvd", "dry-run", "--help"],
       ["cvd", "apply", "--help"],
+      ["cvd", "migrate", "--help"],
     ]) {
       const r = await run(...args);
       expect(r.code, args.join(" ")).toBe(0);
       expect(r.stdout).toContain("Usage: strata");
     }
+    const migrate = (await run("cvd", "migrate", "--help")).stdout;
+    expect(migrate).toContain("--reinstall-user-packages");
+    expect(migrate).toMatch(/reinstalled, unavailable or failed/);
     expect((await run("layer", "--help")).stdout).toMatch(
       /list\|ls[\s\S]*show[\s\S]*capture-base[\s\S]*assign[\s\S]*rules/,
     );
@@ -120,9 +124,14 @@ describe("strata layer / cvd reference, layers, dry-run, apply", () => {
     expect(dry.stdout).toMatch(/PROBLEM\s+BLOCKING\s+SUBJECT\s+MESSAGE\n/);
     expect(dry.stdout).toMatch(/downgrade\s+yes\s+jq\s+/);
     expect(dry.stdout).toContain("blocked: an apply would fail");
+    // The endpoint's free space, as its agent reported it at enrollment, and what the apply needs.
+    expect(dry.stdout).toMatch(/^ {2}disk: +needs \S+ \S+, \S+ \S+ free of \S+ \S+ on \/\S+ \(reported /m);
     const dryJson = await run("cvd", "dry-run", a.cvd!, "--json");
     expect(dryJson.code).toBe(1);
-    expect(JSON.parse(dryJson.stdout)).toMatchObject({ blocked: true, image: info.targetImage });
+    const dryReport = JSON.parse(dryJson.stdout);
+    expect(dryReport).toMatchObject({ blocked: true, image: info.targetImage });
+    expect(dryReport.disk.freeBytes).toBeGreaterThan(0);
+    expect(dryReport.problems.filter((p: { kind: string }) => p.kind === "disk-space")).toEqual([]);
 
     const queued = await ok("cvd", "apply", a.cvd!, "--enforce", "keep");
     expect(queued).toMatch(

@@ -3,15 +3,17 @@
  * layer is migrated in place to a Debian 13 base layer (both debootstrapped
  * and captured from reference CVDs). Afterwards it runs Debian 13, apt and
  * dpkg are healthy, every user file is byte-identical, the user accounts
- * and the user's own package remain; a rollback returns the machine to
- * Debian 12 exactly. A replacement device receives the CVD (recover) and
- * is migrated the same way.
+ * and the user's own packages remain — the one the new release's apt
+ * sources provide reinstalled at its new version when asked, the other
+ * reported unavailable; a rollback returns the machine to Debian 12
+ * exactly. A replacement device receives the CVD (recover) and is migrated
+ * the same way.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
+import { aptRepo, debianRoot, debianRootSkipReason, rsyncCopy, rsyncItemize } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Endpoint, Fleet, installUserPackage } from "./fleet-harness.js";
 import { isRoot, sh } from "./helpers.js";
@@ -43,6 +45,15 @@ describe.skipIf(reason !== undefined)(
       ref13 = fleet.makeEndpoint("ref13", trixie!);
       ws = fleet.makeEndpoint("ws", bookworm!);
       installUserPackage(dir, ws.root, "hello-user", "1.0");
+      installUserPackage(dir, ws.root, "quiet-user", "1.0");
+      // The new release's repository, offline: a flat apt repository on the endpoint with
+      // hello-user 2.0 and no quiet-user; the Debian 13 reference's sources.list (which its
+      // base layer brings to every endpoint it is applied to) points at it.
+      aptRepo(path.join(ws.root, "srv/strata-repo"), [{ name: "hello-user", version: "2.0" }]);
+      writeFileSync(
+        path.join(ref13.root, "etc/apt/sources.list"),
+        "deb [trusted=yes] file:/srv/strata-repo ./\n",
+      );
       await fleet.enroll([ref12, ref13, ws]);
       for (const ep of [ref12, ref13, ws]) await fleet.upload(ep);
       for (const ep of [ref12, ref13]) await fleet.ok("cvd", "reference", ep.cvd!, "--json");
@@ -80,10 +91,24 @@ describe.skipIf(reason !== undefined)(
       sh(`rm -rf ${dir}`);
     });
 
-    it("migrates in place: Debian 13, healthy dpkg and apt, user files and accounts kept", async () => {
+    it("migrates in place: Debian 13, healthy dpkg and apt, user files and accounts kept, user packages reinstalled", async () => {
       expect(readFileSync(path.join(ws.root, "etc/debian_version"), "utf8")).toMatch(/^12\./);
-      const task = await fleet.ok("cvd", "migrate", ws.cvd!, "--base", "debian13", "--json");
+      // The dry-run shows the endpoint's free space, as its agent reported it.
+      const dry = await fleet.ok("cvd", "dry-run", ws.cvd!, "--json");
+      expect(dry.disk.path).toBe(path.resolve(ws.root));
+      expect(dry.disk.freeBytes).toBeGreaterThan(0);
+      expect(dry.disk.neededBytes).toBeGreaterThanOrEqual(dry.bytesToWrite);
+      const task = await fleet.ok(
+        "cvd",
+        "migrate",
+        ws.cvd!,
+        "--base",
+        "debian13",
+        "--reinstall-user-packages",
+        "--json",
+      );
       expect(task.kind).toBe("apply");
+      expect(task.params.reinstallUserPackages).toBe(true);
       const agent = await fleet.startAgent(ws);
       const done = await fleet.waitTask(task.id, (x) => x.state === "done", "migrate to debian13");
       await agent.stop();
@@ -100,9 +125,27 @@ describe.skipIf(reason !== undefined)(
       ).toEqual([]);
       const passwd = readFileSync(path.join(ws.root, "etc/passwd"), "utf8");
       expect(passwd).toMatch(/^alice:x:1000:1000:Alice:\/home\/alice:\/bin\/bash$/m);
-      // The user's own package is kept and listed for the administrator.
-      expect(sh(`chroot ${ws.root} dpkg -s hello-user`)).toMatch(/Status: install ok installed/);
-      expect(done.result.userInstalled).toContain("hello-user");
+      // The user's own packages are kept and listed for the administrator; the one the new
+      // release's sources provide is at its new version, the other is as it was.
+      expect(done.result.userInstalled).toEqual(["hello-user", "quiet-user"]);
+      const hello = sh(`chroot ${ws.root} dpkg -s hello-user`);
+      expect(hello).toMatch(/Status: install ok installed/);
+      expect(hello).toMatch(/^Version: 2\.0$/m);
+      expect(sh(`chroot ${ws.root} /usr/local/bin/hello-user`).trim()).toBe("hello-user 2.0");
+      expect(sh(`chroot ${ws.root} dpkg -s quiet-user`)).toMatch(/^Version: 1\.0$/m);
+      expect(done.result.reinstall.update.ok).toBe(true);
+      expect(done.result.reinstall.packages).toEqual([
+        { name: "hello-user", from: "1.0", outcome: "reinstalled", version: "2.0" },
+        { name: "quiet-user", from: "1.0", outcome: "unavailable", message: expect.any(String) },
+      ]);
+      expect(existsSync(done.result.reinstall.log)).toBe(true);
+      expect(existsSync(path.join(ws.root, "usr/sbin/policy-rc.d"))).toBe(false);
+      expect(done.result.disk.freeBytes).toBeGreaterThan(0);
+      // dpkg is still healthy after apt ran.
+      expect(sh(`chroot ${ws.root} dpkg --audit`).trim()).toBe("");
+      const shown = await fleet.ok("task", "show", task.id);
+      expect(shown).toMatch(/hello-user: reinstalled 1\.0 → 2\.0/);
+      expect(shown).toMatch(/quiet-user: unavailable/);
     }, 900_000);
 
     it("rolls back to Debian 12 exactly", async () => {
@@ -113,8 +156,12 @@ describe.skipIf(reason !== undefined)(
       expect(readFileSync(path.join(ws.root, "etc/debian_version"), "utf8")).toMatch(/^12\./);
       // The whole root equals the pre-migration state (tmp is excluded from protection and untouched).
       // …but for what no snapshot holds: the policy's excluded caches (ldconfig's aux-cache,
-      // rewritten by the migration's trigger).
-      expect(lines(rsyncItemize(before, ws.root)).filter((l) => !/ var\/cache\//.test(l))).toEqual([]);
+      // rewritten by the migration's trigger) and apt's lists (unprotected) that the
+      // reinstall's apt-get update fetched.
+      expect(
+        lines(rsyncItemize(before, ws.root)).filter((l) => !/ var\/(cache|lib\/apt\/lists)\//.test(l)),
+      ).toEqual([]);
+      expect(sh(`chroot ${ws.root} dpkg -s hello-user`)).toMatch(/^Version: 1\.0$/m);
     }, 900_000);
 
     it("migrates onto a replacement device: the CVD recovered there, then moved to Debian 13", async () => {

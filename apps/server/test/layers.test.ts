@@ -498,6 +498,43 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       const rb = await ok<DryRunReport>("GET", `/cvds/${eps.b!.cvd}/dry-run`);
       expect(rb.problems.filter((p) => p.kind === "downgrade")).toEqual([]);
       expect(rb.packages.added).toEqual(["jq"]);
+      expect(rb.filesToWrite).toBeGreaterThan(0);
+      // Free space: unknown until the agent reports its root's filesystem, then compared.
+      expect(rb.disk).toBeNull();
+      const fs = (freeBytes: number) => ({
+        facts: {
+          ...FACTS(8002),
+          rootFs: {
+            path: "/",
+            freeBytes,
+            totalBytes: 2 ** 34,
+            blockSize: 4096,
+            at: "2026-11-26T09:00:00.000Z",
+          },
+        },
+      });
+      const putFacts = async (body: object) =>
+        expect((await send("PUT", "/agent/facts", body, eps.b!.credential)).statusCode).toBe(204);
+      await putFacts(fs(2 ** 33));
+      const roomy = await ok<DryRunReport>("GET", `/cvds/${eps.b!.cvd}/dry-run`);
+      expect(roomy.disk).toEqual({
+        path: "/",
+        freeBytes: 2 ** 33,
+        totalBytes: 2 ** 34,
+        neededBytes: roomy.bytesToWrite + roomy.filesToWrite * 4096 + 64 * 1024 * 1024,
+        reportedAt: "2026-11-26T09:00:00.000Z",
+      });
+      expect(roomy.problems.filter((p) => p.kind === "disk-space")).toEqual([]);
+      expect(roomy.blocked).toBe(false);
+      await putFacts(fs(1024 * 1024));
+      const full = await ok<DryRunReport>("GET", `/cvds/${eps.b!.cvd}/dry-run`);
+      expect(full.blocked).toBe(true);
+      const space = full.problems.find((p) => p.kind === "disk-space");
+      expect(space).toMatchObject({ blocking: true, subject: "/" });
+      expect(space!.message).toMatch(
+        /^not enough disk space: needs .*, 1\.0 MiB free on the filesystem of \/;.*2026-11-26T09:00:00\.000Z/,
+      );
+      await putFacts({ facts: FACTS(8002) });
     });
 
     it("apply: a task of kind apply; its plan opens a session on the image; the finished task records the applied image; a layer update brings removals", async () => {
@@ -527,6 +564,11 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         removals: ["/usr/share/doc/old", "/usr/share/doc/old/README"],
       });
       expect(plan.session.root.id).toBe(img.tree);
+      // What the agent compares with its free space: the dry-run's estimate.
+      const dry = await ok<DryRunReport>("GET", `/cvds/${a.cvd}/dry-run`);
+      expect(plan.bytesToWrite).toBe(dry.bytesToWrite);
+      expect(plan.filesToWrite).toBe(dry.filesToWrite);
+      expect(plan.reinstallUserPackages).toBeUndefined();
       expect(plan.manifest.packages.map((p) => p.name)).toEqual(["base-files", "jq", "libc6"]);
       expect(plan.manifest.accounts.passwd).toContain("_jq:x:998:998::/nonexistent:/usr/sbin/nologin");
       expect(plan.doNotOverride).toEqual(expect.arrayContaining([{ dir: "/etc/fstab" }]));
@@ -757,9 +799,10 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       const oldImage = before.appliedImage!;
       expect(oldImage).toMatch(/^[0-9a-f]{64}$/);
       // A migration the agent runs: its safety snapshot is S.
-      const runApply = async (body: object): Promise<{ task: Task; safety: string }> => {
+      const runApply = async (body: object): Promise<{ task: Task; safety: string; plan: ApplyPlan }> => {
         const t = await ok<Task>("POST", `/cvds/${a.cvd}/apply`, body);
         await ok("POST", `/agent/tasks/${t.id}/start`, undefined, a.credential);
+        const plan = await ok<ApplyPlan>("POST", `/agent/tasks/${t.id}/apply-plan`, undefined, a.credential);
         const safety = await upload("a");
         await ok(
           "POST",
@@ -767,14 +810,30 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
           { result: { imageSnapshot: t.params.image, safetySnapshot: safety } },
           a.credential,
         );
-        return { task: t, safety };
+        return { task: t, safety, plan };
       };
       // A CVD whose machine runs no applied base cannot migrate: the old release would stay behind.
       const nobase = await send("POST", `/cvds/${eps.b!.cvd}/apply`, { migrate: true });
       expect(nobase.statusCode).toBe(409);
       expect(nobase.json().error.message).toContain("no base layer applied");
-      const m = await runApply({ migrate: true });
-      expect(m.task.params).toMatchObject({ migrate: true, previousImage: oldImage });
+      // Reinstalling user packages belongs to a migration, and not to one at restart.
+      const notMigrating = await send("POST", `/cvds/${a.cvd}/apply`, { reinstallUserPackages: true });
+      expect(notMigrating.statusCode).toBe(400);
+      expect(notMigrating.json().error.message).toContain("OS migration");
+      const atRestart = await send("POST", `/cvds/${a.cvd}/apply`, {
+        migrate: true,
+        atRestart: true,
+        reinstallUserPackages: true,
+      });
+      expect(atRestart.statusCode).toBe(400);
+      expect(atRestart.json().error.message).toContain("at restart");
+      const m = await runApply({ migrate: true, reinstallUserPackages: true });
+      expect(m.task.params).toMatchObject({
+        migrate: true,
+        previousImage: oldImage,
+        reinstallUserPackages: true,
+      });
+      expect(m.plan.reinstallUserPackages).toBe(true);
       // Rollback: a system revert to the safety snapshot, marked as the rollback of the apply.
       const rb = await ok<Task>("POST", `/cvds/${a.cvd}/rollback`);
       expect(rb).toMatchObject({ kind: "system", params: { snapshot: m.safety, rollbackOf: m.task.id } });

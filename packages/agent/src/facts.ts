@@ -9,7 +9,7 @@
  * what the running kernel knows — kernel, CPU, memory — falls back to
  * node:os). Strings and lists are cut to the protocol's bounds.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statfsSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { type EndpointFacts, FACTS_MAX_ITEMS, FACTS_MAX_STRING } from "@strata/protocol";
@@ -128,6 +128,33 @@ function modaliases(root: string): string[] {
   return [...out].slice(0, FACTS_MAX_ITEMS);
 }
 
+/** The filesystem holding `root` (statfs): what the agent may write there. */
+export interface RootFilesystem {
+  path: string;
+  /** `f_bavail` × `f_bsize`: what is free for the agent without the root-reserved blocks. */
+  freeBytes: number;
+  totalBytes: number;
+  blockSize: number;
+  /** When it was measured (ISO). */
+  at: string;
+}
+
+/** statfs of the root; null when it cannot be read. */
+export function rootFilesystem(root: string, now: () => Date = () => new Date()): RootFilesystem | null {
+  try {
+    const s = statfsSync(root);
+    return {
+      path: path.resolve(root),
+      freeBytes: s.bavail * s.bsize,
+      totalBytes: s.blocks * s.bsize,
+      blockSize: s.bsize,
+      at: now().toISOString(),
+    };
+  } catch {
+    return null;
+  }
+}
+
 export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
   const root = path.resolve(o.root ?? "/");
   const isHost = root === "/";
@@ -142,6 +169,7 @@ export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
   const kernel = read(root, "proc/sys/kernel/osrelease")?.trim() || os.release();
   const board = dmi(root);
   const aliases = modaliases(root);
+  const fs = rootFilesystem(root);
   return {
     hostname: cut(hostname),
     machineId: machineId(root),
@@ -156,7 +184,22 @@ export function gatherFacts(o: FactsOptions = {}): GatheredFacts {
     ...(aliases.length ? { modaliases: aliases } : {}),
     ...(o.agentVersion ? { agentVersion: cut(o.agentVersion) } : {}),
     ...(o.agentStateDir ? { agentStateDir: cut(o.agentStateDir) } : {}),
+    ...(fs && fs.path.length <= 4096 ? { rootFs: fs } : {}),
   };
+}
+
+/**
+ * Whether facts differ enough to be sent again: any fact but the root's free
+ * space, or the free space by 1/64 of the filesystem or more (it changes at
+ * every write; its measuring time alone is no change).
+ */
+export function factsChanged(sent: GatheredFacts, now: GatheredFacts): boolean {
+  const { rootFs: a, ...restA } = sent;
+  const { rootFs: b, ...restB } = now;
+  if (JSON.stringify(restA) !== JSON.stringify(restB)) return true;
+  if (!a || !b) return a !== b;
+  if (a.path !== b.path || a.totalBytes !== b.totalBytes || a.blockSize !== b.blockSize) return true;
+  return Math.abs(a.freeBytes - b.freeBytes) >= Math.max(1, b.totalBytes / 64);
 }
 
 /** How often `strata agent run` reads the facts again (and sends them when they changed). */
@@ -180,7 +223,7 @@ export interface FactsReporterOptions {
  * is tried again at the next call.
  */
 export class FactsReporter {
-  private sent: string | null = null;
+  private sent: GatheredFacts | null = null;
   private checkedAt: number | null = null;
   private readonly everyMs: number;
   private readonly now: () => number;
@@ -195,13 +238,12 @@ export class FactsReporter {
     const now = this.now();
     if (this.checkedAt !== null && now - this.checkedAt < this.everyMs) return false;
     const facts = this.o.gather();
-    const json = JSON.stringify(facts);
-    if (facts.machineId === null || json === this.sent) {
+    if (facts.machineId === null || (this.sent !== null && !factsChanged(this.sent, facts))) {
       this.checkedAt = now;
       return false;
     }
     await this.o.send({ ...facts, machineId: facts.machineId });
-    this.sent = json;
+    this.sent = facts;
     this.checkedAt = now;
     return true;
   }

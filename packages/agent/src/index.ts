@@ -44,11 +44,15 @@ export {
   type FactsOptions,
   FactsReporter,
   type FactsReporterOptions,
+  factsChanged,
   type GatheredFacts,
   gatherFacts,
   parseOsRelease,
+  type RootFilesystem,
+  rootFilesystem,
 } from "./facts.js";
 export * from "./layers/apply.js";
+export * from "./layers/reinstall.js";
 export {
   IDLE_NICE,
   type IoClass,

@@ -4,6 +4,7 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   FactsReporter,
+  factsChanged,
   gatherFacts,
   parseOsRelease,
   readCredential,
@@ -21,11 +22,16 @@ const dir = () => path.join(tmp, `d${n++}`);
 
 describe("facts", () => {
   it("reads hostname, machine id, OS, kernel, CPU, memory, disks and MACs from a root", () => {
-    const f = gatherFacts({
-      root: fakeRoot(dir()),
+    const root = fakeRoot(dir());
+    const { rootFs, ...f } = gatherFacts({
+      root,
       agentVersion: "0.1.0",
       agentStateDir: "/var/lib/strata-agent",
     });
+    // The filesystem holding the root: what a layer apply may write there.
+    expect(rootFs).toMatchObject({ path: root, blockSize: expect.any(Number) });
+    expect(rootFs!.freeBytes).toBeGreaterThan(0);
+    expect(rootFs!.totalBytes).toBeGreaterThanOrEqual(rootFs!.freeBytes);
     expect(f).toEqual({
       hostname: "web-1",
       machineId: "0f6b3c2a9d8e4f1a0b2c3d4e5f607182",
@@ -150,6 +156,24 @@ describe("facts", () => {
     expect(await r.report()).toBe(true);
     expect(sent).toHaveLength(2);
     expect(sent[1]).toMatchObject({ hostname: "web-2" });
+  });
+
+  it("counts a change of free space only when it is 1/64 of the filesystem or more", () => {
+    const f = gatherFacts({ root: fakeRoot(dir()) });
+    const fs = {
+      path: "/",
+      freeBytes: 64_000,
+      totalBytes: 640_000,
+      blockSize: 4096,
+      at: "2026-11-26T10:00:00.000Z",
+    };
+    const at = (freeBytes: number, more: object = {}) => ({ ...f, rootFs: { ...fs, freeBytes, ...more } });
+    expect(factsChanged(at(64_000), at(64_000 + 9_999, { at: "2026-11-26T11:00:00.000Z" }))).toBe(false);
+    expect(factsChanged(at(64_000), at(64_000 - 10_000))).toBe(true);
+    expect(factsChanged(at(64_000), at(64_000, { totalBytes: 1_280_000 }))).toBe(true);
+    expect(factsChanged(at(64_000), { ...at(64_000), hostname: "other" })).toBe(true);
+    const { rootFs: _gone, ...without } = f;
+    expect(factsChanged(at(64_000), without)).toBe(true);
   });
 
   it("parses os-release quoting", () => {

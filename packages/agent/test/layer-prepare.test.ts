@@ -142,6 +142,27 @@ describe("prepareLayerApply", () => {
     expect(blockedError(withBase.problems)).toBeNull();
   });
 
+  it("blocks an apply that does not fit on the root's filesystem, before anything changes", () => {
+    const r = root("disk", stanza("libc6", "2.36-9"));
+    const MiB = 1024 * 1024;
+    const space = (freeBytes: number) => ({
+      space: { path: r, freeBytes, totalBytes: 10_000 * MiB, blockSize: 4096, at: new Date().toISOString() },
+    });
+    const big = plan({ packages: [jq] }, { bytesToWrite: 900 * MiB, filesToWrite: 100 });
+    const needed = 900 * MiB + 100 * 4096 + 64 * MiB;
+    const fits = prepareLayerApply(big, r, space(needed));
+    expect(fits.disk).toEqual({ path: r, freeBytes: needed, neededBytes: needed });
+    expect(blockedError(fits.problems)).toBeNull();
+    const tight = prepareLayerApply(big, r, space(needed - 1));
+    const err = blockedError(tight.problems);
+    expect(err?.code).toBe("CONFLICT");
+    expect(err?.message).toMatch(/not enough disk space: needs 964\.4 MiB .* free on the filesystem of /);
+    expect(tight.problems.find((x) => x.kind === "disk-space")?.subject).toBe(r);
+    // The real filesystem (statfs) when none is injected; no estimate in the plan, no check.
+    expect(prepareLayerApply(big, r).disk?.freeBytes).toBeGreaterThan(0);
+    expect(prepareLayerApply(plan({ packages: [jq] }), r, space(0)).disk).toBeNull();
+  });
+
   it("never writes identity, logs, caches or do-not-override paths, but always the structured files", () => {
     const r = root("dno", stanza("libc6", "2.36-9"));
     const p = prepareLayerApply(plan({ packages: [jq] }), r);

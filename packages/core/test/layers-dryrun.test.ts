@@ -1,6 +1,9 @@
 import {
   accountProblems,
+  DISK_RESERVE_BYTES,
   type DryRunProblem,
+  diskSpaceNeeded,
+  diskSpaceProblem,
   dryRunPackages,
   isLibraryPackage,
   mergeAccounts,
@@ -254,5 +257,29 @@ describe("accountProblems", () => {
     ]);
     expect(problems[0]!.message).toMatch(/user _jq.*uid 998.*user mysql/);
     expect(problems[1]!.message).toMatch(/group _jq.*gid 998.*group mysql/);
+  });
+});
+
+describe("disk space", () => {
+  const MiB = 1024 * 1024;
+  it("needs the bytes to stage, a block per file and the reserve", () => {
+    expect(diskSpaceNeeded({ bytesToWrite: 100 * MiB, filesToWrite: 1000, blockSize: 4096 })).toBe(
+      100 * MiB + 1000 * 4096 + DISK_RESERVE_BYTES,
+    );
+    // Without a block size (the server's dry-run): 4 KiB.
+    expect(diskSpaceNeeded({ bytesToWrite: 0, filesToWrite: 2 })).toBe(2 * 4096 + DISK_RESERVE_BYTES);
+  });
+
+  it("blocks when the apply needs more than is free, naming both and the filesystem", () => {
+    const need = 500 * MiB + 10 * 4096 + DISK_RESERVE_BYTES;
+    const input = { bytesToWrite: 500 * MiB, filesToWrite: 10, blockSize: 4096, path: "/" };
+    expect(diskSpaceProblem({ ...input, freeBytes: need })).toBeNull();
+    const p = diskSpaceProblem({ ...input, freeBytes: need - 1 });
+    expect(p).toMatchObject({ kind: "disk-space", blocking: true, subject: "/" });
+    expect(p!.message).toMatch(
+      /^not enough disk space: needs 564\.0 MiB .*, 564\.0 MiB free on the filesystem of \/;/,
+    );
+    // The files alone fit, the reserve does not: still blocked.
+    expect(diskSpaceProblem({ ...input, freeBytes: 501 * MiB })).not.toBeNull();
   });
 });

@@ -50,6 +50,12 @@ export interface EndpointFacts {
   modaliases?: string[];
   agentVersion?: string;
   agentStateDir?: string;
+  /**
+   * The filesystem holding the agent's root (statfs): bytes available to
+   * it, its size and block size, when it was measured. A layer dry-run
+   * compares what an apply writes with `freeBytes`.
+   */
+  rootFs?: { path: string; freeBytes: number; totalBytes: number; blockSize: number; at: string };
 }
 
 export interface EnrollRequest {
@@ -271,6 +277,13 @@ const facts = obj(
     modaliases: list(s256),
     agentVersion: s256,
     agentStateDir: s256,
+    rootFs: obj({
+      path: str({ maxLength: 4096 }),
+      freeBytes: count,
+      totalBytes: count,
+      blockSize: { type: "integer", minimum: 1, maximum: 1 << 30 },
+      at: dateTime,
+    }),
   },
   ["hostname", "machineId"],
 );

@@ -248,6 +248,21 @@ export interface DryRunReport {
   };
   doNotOverride: string[];
   bytesToWrite: number;
+  /** How many files `bytesToWrite` are (each may take one more block on disk). */
+  filesToWrite: number;
+  /**
+   * Free space on the filesystem holding the endpoint's root, as its agent
+   * reported it last (facts `rootFs`, measured at `reportedAt`), and what
+   * the apply needs there (`diskSpaceNeeded`); null when it never reported
+   * it. A blocking `disk-space` problem says when the apply needs more.
+   */
+  disk: {
+    path: string;
+    freeBytes: number;
+    totalBytes: number;
+    neededBytes: number;
+    reportedAt: string;
+  } | null;
   problems: DryRunProblem[];
   blocked: boolean;
 }
@@ -264,6 +279,35 @@ export interface ApplyRequest {
    * return to the old system.
    */
   migrate?: boolean;
+  /**
+   * With `migrate`: once the new base is in place, install the new
+   * release's version of each user-installed package its apt sources
+   * provide (the endpoint's own sources.list); the task's result says per
+   * package what happened. Not with `atRestart`.
+   */
+  reinstallUserPackages?: boolean;
+}
+
+/** What the reinstall of one user-installed package after a migration came to. */
+export interface ReinstallOutcome {
+  /** As the dry-run names it: `name`, or `name:arch`. */
+  name: string;
+  /** The version the endpoint had (the old release's). */
+  from: string;
+  outcome: "reinstalled" | "unavailable" | "failed";
+  /** reinstalled: the version installed now. */
+  version?: string;
+  /** unavailable: why; failed: apt's message (its last lines). */
+  message?: string;
+}
+
+/** `result.reinstall` of an apply task with `reinstallUserPackages`. */
+export interface ReinstallReport {
+  /** `apt-get update` in the endpoint's root. */
+  update: { ok: boolean; message?: string };
+  packages: ReinstallOutcome[];
+  /** apt's whole output, on the endpoint (absolute path, outside the root). */
+  log: string;
 }
 
 export interface ApplyPlan {
@@ -281,6 +325,15 @@ export interface ApplyPlan {
   atRestart: boolean;
   /** The image has a base layer (enforce remove is refused without one: it would delete the OS). */
   hasBase?: boolean;
+  /**
+   * The server's estimate against the CVD's newest snapshot (as its
+   * dry-run): bytes and number of the files to stage. The agent compares
+   * them with the free space of its root before it changes anything.
+   */
+  bytesToWrite?: number;
+  filesToWrite?: number;
+  /** Reinstall the user-installed packages from the new release's sources afterwards (a migration). */
+  reinstallUserPackages?: boolean;
 }
 
 // ---- JSON Schemas -------------------------------------------------------------
@@ -426,6 +479,19 @@ export const layerSchemas = {
     }),
     doNotOverride: strings,
     bytesToWrite: { type: "integer" },
+    filesToWrite: { type: "integer" },
+    disk: {
+      anyOf: [
+        { type: "null" },
+        obj({
+          path: str(),
+          freeBytes: { type: "integer" },
+          totalBytes: { type: "integer" },
+          neededBytes: { type: "integer" },
+          reportedAt: dateTime,
+        }),
+      ],
+    },
     problems: {
       type: "array",
       items: obj({
@@ -442,6 +508,7 @@ export const layerSchemas = {
       enforce: str({ enum: ["keep", "remove"] }),
       atRestart: { type: "boolean" },
       migrate: { type: "boolean" },
+      reinstallUserPackages: { type: "boolean" },
     },
     [],
   ),
@@ -458,6 +525,9 @@ export const layerSchemas = {
       enforce: str({ enum: ["none", "keep", "remove"] }),
       atRestart: { type: "boolean" },
       hasBase: { type: "boolean" },
+      bytesToWrite: { type: "integer", minimum: 0 },
+      filesToWrite: { type: "integer", minimum: 0 },
+      reinstallUserPackages: { type: "boolean" },
     },
     [
       "task",

@@ -1,3 +1,4 @@
+export { aptRepo, buildDeb, type TestDeb } from "./apt-repo.js";
 export { type CachedBuildResult, type CachedBuildSpec, cachedBuild } from "./cached-build.js";
 export { type DebCache, type DebCacheResult, debCache } from "./deb-cache.js";
 export { type DebianSuite, debianRoot, debianRootPath, debianRootSkipReason } from "./debian-root.js";

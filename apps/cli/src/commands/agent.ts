@@ -156,6 +156,12 @@ async function serverHooks(ctx: {
           files: o.result.files,
           bytesReceived: o.result.bytesReceived,
           safetySnapshot: o.safetySnapshot,
+          ...(o.reinstall
+            ? {
+                reinstalled: o.reinstall.packages.filter((p) => p.outcome === "reinstalled").length,
+                reinstallFailed: o.reinstall.packages.filter((p) => p.outcome === "failed").length,
+              }
+            : {}),
         };
       }
       const { runRestoreTask } = await import("../restore-task.js");

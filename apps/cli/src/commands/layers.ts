@@ -121,6 +121,9 @@ function dryRunText(cvd: string, r: DryRunReport): string {
   const lines = [`dry-run of image ${r.image.slice(0, 16)} on CVD ${cvd} (against its newest snapshot)`];
   lines.push(
     `  files:    ${r.files.added} added, ${r.files.updated} updated, ${r.files.removed} removed; ${formatBytes(r.bytesToWrite)} to write`,
+    r.disk
+      ? `  disk:     needs ${formatBytes(r.disk.neededBytes)}, ${formatBytes(r.disk.freeBytes)} free of ${formatBytes(r.disk.totalBytes)} on ${r.disk.path} (reported ${r.disk.reportedAt})`
+      : "  disk:     free space unknown (the endpoint's agent has not reported it)",
   );
   const sample = (what: string, list: string[], n: number) => {
     if (!list.length) return;
@@ -362,13 +365,17 @@ export function registerLayerCommands(program: Command): void {
     .option("--app <layer[@version]>", "an app layer captured on the new release (repeat)", collect, [])
     .option("--at-restart", "stage now, swap the system at the agent's next start (the reboot point)")
     .option(
+      "--reinstall-user-packages",
+      "afterwards, install the new release's version of each user-installed package the endpoint's apt sources provide",
+    )
+    .option(
       "--confirm",
       "confirm the last migration instead: its old system is no longer kept for a rollback",
     )
     .option("--wait", "wait for the task to end, showing its progress")
     .addHelpText(
       "after",
-      "\nThe agent uploads a safety snapshot first and keeps the user area, the user accounts and the\nsoftware the user installed (listed in the task's result as userInstalled). The old system stays\nrestorable with `strata cvd rollback CVD` until `strata cvd migrate CVD --confirm`.",
+      "\nThe agent uploads a safety snapshot first and keeps the user area, the user accounts and the\nsoftware the user installed (listed in the task's result as userInstalled). The old system stays\nrestorable with `strata cvd rollback CVD` until `strata cvd migrate CVD --confirm`.\n\nWith --reinstall-user-packages the agent then runs apt in the endpoint's root (apt-get update, then\napt-get install of the new release's versions, non-interactive, keeping changed configuration\nfiles, removing nothing) with the endpoint's own apt sources; the task's result lists each package\nas reinstalled, unavailable or failed (with apt's message) under reinstall, and apt's whole output\nstays on the endpoint (reinstall.log). A failure does not undo the migration. Not with --at-restart.",
     )
     .action(async (id: string, _o, cmd: Command) => {
       const o = opts(cmd);
@@ -395,7 +402,13 @@ export function registerLayerCommands(program: Command): void {
       );
       let t: Task;
       try {
-        t = await call(c.applyLayers(id, { migrate: true, ...(o.atRestart ? { atRestart: true } : {}) }));
+        t = await call(
+          c.applyLayers(id, {
+            migrate: true,
+            ...(o.atRestart ? { atRestart: true } : {}),
+            ...(o.reinstallUserPackages ? { reinstallUserPackages: true } : {}),
+          }),
+        );
       } catch (e) {
         // Refused (no applied base, a task running): the CVD keeps the layers it had.
         const prev = before.effective;

@@ -13,7 +13,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import { StrataError } from "@strata/core";
-import type { CvdHistory, StrataClient, Task } from "@strata/protocol";
+import type { CvdHistory, ReinstallReport, StrataClient, Task } from "@strata/protocol";
 import type { Command } from "commander";
 import { formatBytes, isTTY, printJson } from "../output.js";
 import { call, client, loginOf, type Opts, table } from "./server.js";
@@ -44,6 +44,22 @@ export function progressLine(t: Task): string {
   return `${t.id} ${t.kind} ${t.state}${parts.length ? `: ${parts.join(", ")}` : ""}`;
 }
 
+/** A migration's reinstall of user packages, one line each. */
+function reinstallLines(r: ReinstallReport): string[] {
+  const out = ["  user packages reinstalled from the new release:"];
+  if (!r.update.ok) out.push(`    ${r.update.message ?? "apt-get update failed"}`);
+  for (const p of r.packages) {
+    const what =
+      p.outcome === "reinstalled"
+        ? `reinstalled ${p.from} → ${p.version ?? "?"}`
+        : `${p.outcome} (${p.from}): ${p.message ?? ""}`;
+    out.push(`    ${p.name}: ${what.split("\n").join("\n      ")}`);
+  }
+  if (!r.packages.length) out.push("    none (no user-installed package)");
+  out.push(`    apt's output: ${r.log} on the endpoint`);
+  return out;
+}
+
 export function showTask(t: Task): string {
   const lines = [
     `task ${t.id}`,
@@ -52,7 +68,7 @@ export function showTask(t: Task): string {
     `  endpoint:  ${t.endpoint}`,
     `  state:     ${t.state}`,
     t.kind === "apply"
-      ? `  image:     ${String(t.params.image ?? "-")}${t.params.enforce && t.params.enforce !== "none" ? ` (enforce ${String(t.params.enforce)})` : ""}${t.params.atRestart ? " at restart" : ""}`
+      ? `  image:     ${String(t.params.image ?? "-")}${t.params.enforce && t.params.enforce !== "none" ? ` (enforce ${String(t.params.enforce)})` : ""}${t.params.atRestart ? " at restart" : ""}${t.params.migrate ? ` (OS migration${t.params.reinstallUserPackages ? ", reinstalling user packages" : ""})` : ""}`
       : `  snapshot:  ${String(t.params.snapshot ?? "-")}${t.params.time ? ` (${String(t.params.time)})` : ""}`,
     `  created:   ${t.createdAt} by ${t.createdBy}`,
     `  started:   ${t.startedAt ?? "-"}`,
@@ -60,6 +76,8 @@ export function showTask(t: Task): string {
   ];
   if (t.progress) lines.push(`  progress:  ${progressLine(t).replace(/^[^:]*: ?/, "") || "-"}`);
   if (t.result) lines.push(`  result:    ${JSON.stringify(t.result)}`);
+  if (t.kind === "apply" && t.result?.reinstall)
+    lines.push(...reinstallLines(t.result.reinstall as ReinstallReport));
   if (t.error) lines.push(`  error:     ${t.error.code}: ${t.error.message}`);
   if (t.state === "queued")
     lines.push(

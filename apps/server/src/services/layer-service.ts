@@ -32,9 +32,12 @@ import {
   type CompiledPolicy,
   compilePolicy,
   compileRules,
+  DEFAULT_BLOCK_SIZE,
   DEFAULT_DO_NOT_OVERRIDE,
   diffAccounts,
   diffStatus,
+  diskSpaceNeeded,
+  diskSpaceProblem,
   dryRunPackages,
   FACTORY_RULES,
   type FsNode,
@@ -71,6 +74,7 @@ import type {
   DryRunProblem,
   DryRunQuery,
   DryRunReport,
+  EndpointFacts,
   LayerInfo,
   LayerManifest,
   LayerRef,
@@ -120,6 +124,8 @@ export interface LayerServiceDeps extends ServiceDeps {
   /** Collections by id or name, for assignments to a collection (absent: refused). */
   collections?: { resolveCollection(ref: string): Promise<{ id: string; name: string }> };
 }
+
+type RootFsFact = NonNullable<EndpointFacts["rootFs"]>;
 
 export const layerTag = (layerId: string) => `layer:${layerId}`;
 export const layerVersionTag = (n: number) => `layer-version:${n}`;
@@ -1058,18 +1064,17 @@ export class LayerService {
    * packages, and the problems (package checks, account clashes, OS
    * releases). Disk space is the agent's to check.
    */
-  async dryRun(c: Caller, cvdId: string, q: DryRunQuery = {}): Promise<DryRunReport> {
-    requirePermission(c, "layers.read");
-    const enforceRemove = q.enforce === "remove";
-    await this.cvd(cvdId);
-    const snap = (await this.snapshotsOf(cvdId))[0];
-    if (!snap)
-      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot yet`, {
-        subject: cvdId,
-        hint: "the dry-run compares the image with the CVD's newest snapshot: wait for its first upload",
-      });
-    const imgRec = await this.imageFor(cvdId);
-    const img = await this.image(imgRec.snapshot);
+  /**
+   * The image against a snapshot of the CVD, where their subtrees differ:
+   * the files the apply adds, updates and (with enforce remove) deletes,
+   * the bytes and number of files it stages, the `lib*.so.N` paths of both.
+   */
+  private async compareWithSnapshot(
+    cvdId: string,
+    img: { tree: TreeId },
+    snap: SnapshotRecord,
+    enforceRemove: boolean,
+  ) {
     const { doNotOverride } = await this.rules();
     const { policy, homes } = await this.policyFor(cvdId, snap.tree);
     const dno = compileRules(doNotOverride, { homes, agentStateDir: AGENT_STATE_DIR }, "doNotOverride");
@@ -1084,6 +1089,7 @@ export class LayerService {
     const removed = new Sample(SAMPLE);
     const kept = new Sample(SAMPLE);
     let bytesToWrite = 0;
+    let filesToWrite = 0;
     const liveLibs: string[] = [];
     const imageLibs: string[] = [];
     const isLib = (name: Buffer) => /^lib.*\.so\.\d/.test(name.toString("utf8"));
@@ -1102,10 +1108,16 @@ export class LayerService {
         }
         if (!cur) {
           added.add(p);
-          if (n.type === "file") bytesToWrite += n.size;
+          if (n.type === "file") {
+            bytesToWrite += n.size;
+            filesToWrite++;
+          }
         } else if (!sameEntry(n, cur)) {
           updated.add(p);
-          if (n.type === "file" && !sameContent(n, cur)) bytesToWrite += n.size;
+          if (n.type === "file" && !sameContent(n, cur)) {
+            bytesToWrite += n.size;
+            filesToWrite++;
+          }
         }
       },
       skipBelow: (dir) => dno.coversBelow(dir),
@@ -1122,6 +1134,44 @@ export class LayerService {
           removed.add(p);
       },
     });
+    return { policy, dno, added, updated, removed, kept, bytesToWrite, filesToWrite, liveLibs, imageLibs };
+  }
+
+  /** The endpoint's root filesystem as its agent reported it last (facts `rootFs`); null: never. */
+  private async rootFsOf(endpointId: string | null): Promise<RootFsFact | null> {
+    if (!endpointId) return null;
+    const f = (await this.store.getEndpoint(endpointId))?.facts?.rootFs as Partial<RootFsFact> | undefined;
+    if (
+      !f ||
+      typeof f.path !== "string" ||
+      typeof f.freeBytes !== "number" ||
+      typeof f.totalBytes !== "number" ||
+      typeof f.at !== "string"
+    )
+      return null;
+    return {
+      path: f.path,
+      freeBytes: f.freeBytes,
+      totalBytes: f.totalBytes,
+      blockSize: typeof f.blockSize === "number" && f.blockSize > 0 ? f.blockSize : DEFAULT_BLOCK_SIZE,
+      at: f.at,
+    };
+  }
+
+  async dryRun(c: Caller, cvdId: string, q: DryRunQuery = {}): Promise<DryRunReport> {
+    requirePermission(c, "layers.read");
+    const enforceRemove = q.enforce === "remove";
+    const cvd = await this.cvd(cvdId);
+    const snap = (await this.snapshotsOf(cvdId))[0];
+    if (!snap)
+      throw new StrataError("NOT_FOUND", `CVD ${cvdId} has no snapshot yet`, {
+        subject: cvdId,
+        hint: "the dry-run compares the image with the CVD's newest snapshot: wait for its first upload",
+      });
+    const imgRec = await this.imageFor(cvdId);
+    const img = await this.image(imgRec.snapshot);
+    const w = await this.compareWithSnapshot(cvdId, img, snap, enforceRemove);
+    const { policy, dno, added, updated, removed, kept, bytesToWrite, filesToWrite, liveLibs, imageLibs } = w;
     const { removals, previousPackages } = await this.removals(cvdId, img);
     for (const p of removals) {
       if (isStructuredPath(p) || dno.matches(p) || policy.classify(p) !== "machine") continue;
@@ -1145,6 +1195,21 @@ export class LayerService {
       ...(await this.osProblems(img.rec, snap)),
       ...(enforceRemove && !hasBase(img.rec) ? [enforceWithoutBase(cvdId)] : []),
     ];
+    // Disk space against what the endpoint's agent reported last (its facts).
+    const fs = await this.rootFsOf(cvd.endpointId);
+    let disk: DryRunReport["disk"] = null;
+    if (fs) {
+      const need = { bytesToWrite, filesToWrite, blockSize: fs.blockSize };
+      disk = {
+        path: fs.path,
+        freeBytes: fs.freeBytes,
+        totalBytes: fs.totalBytes,
+        neededBytes: diskSpaceNeeded(need),
+        reportedAt: fs.at,
+      };
+      const p = diskSpaceProblem({ ...need, freeBytes: fs.freeBytes, path: fs.path });
+      if (p) problems.push({ ...p, message: `${p.message} (as the endpoint reported at ${fs.at})` });
+    }
     return {
       image: img.rec.snapshot,
       files: {
@@ -1161,6 +1226,8 @@ export class LayerService {
       },
       doNotOverride: kept.items,
       bytesToWrite,
+      filesToWrite,
+      disk,
       problems,
       blocked: problems.some((p) => p.blocking),
     };
@@ -1193,6 +1260,21 @@ export class LayerService {
   async apply(c: Caller, cvdId: string, req: ApplyRequest): Promise<Task> {
     requirePermission(c, "layers.assign");
     await this.cvd(cvdId);
+    if (req?.reinstallUserPackages === true && req.migrate !== true)
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `reinstalling user-installed packages is part of an OS migration; CVD ${cvdId} is not being migrated`,
+        { subject: cvdId, hint: "use `strata cvd migrate CVD --base LAYER --reinstall-user-packages`" },
+      );
+    if (req?.reinstallUserPackages === true && req.atRestart === true)
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        "user-installed packages cannot be reinstalled in a migration at restart: apt needs the new system in place, which is only at the agent's next start",
+        {
+          subject: cvdId,
+          hint: "migrate without --at-restart, or without --reinstall-user-packages and reinstall them afterwards",
+        },
+      );
     const img = await this.imageFor(cvdId);
     if (req?.enforce === "remove" && !hasBase(img)) {
       const p = enforceWithoutBase(cvdId);
@@ -1220,6 +1302,7 @@ export class LayerService {
       atRestart: req?.atRestart === true,
       migrate: req?.migrate === true,
       previousImage: applied,
+      ...(req?.reinstallUserPackages === true ? { reinstallUserPackages: true } : {}),
     });
   }
 
@@ -1330,6 +1413,9 @@ export class LayerService {
     const { removals, previousPackages } = await this.removals(cvdId, img);
     const { doNotOverride } = await this.rules();
     const enforce = t.params.enforce;
+    // What the apply stages, against the newest snapshot (the agent checks its free space).
+    const snap = (await this.snapshotsOf(cvdId))[0];
+    const est = snap ? await this.compareWithSnapshot(cvdId, img, snap, false) : null;
     return {
       task: t.id,
       image: { id: img.rec.key, snapshot: img.rec.snapshot },
@@ -1341,6 +1427,8 @@ export class LayerService {
       enforce: enforce === "keep" || enforce === "remove" ? enforce : "none",
       atRestart: t.params.atRestart === true,
       hasBase: hasBase(img.rec),
+      ...(est ? { bytesToWrite: est.bytesToWrite, filesToWrite: est.filesToWrite } : {}),
+      ...(t.params.reinstallUserPackages === true ? { reinstallUserPackages: true } : {}),
     };
   }
 }

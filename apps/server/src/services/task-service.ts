@@ -173,6 +173,8 @@ export class TaskService {
       migrate: boolean;
       /** The image applied before this one (a rollback gives it back). */
       previousImage: string | null;
+      /** A migration that reinstalls the user-installed packages from the new release afterwards. */
+      reinstallUserPackages?: boolean;
     },
   ): Promise<Task> {
     requirePermission(c, "layers.assign");

@@ -15,6 +15,8 @@ import {
   accountProblems,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
+  diskSpaceNeeded,
+  diskSpaceProblem,
   dryRunPackages,
   mergeAccounts,
   mergeStatus,
@@ -23,6 +25,7 @@ import {
   StrataError,
 } from "@strata/core";
 import type { ApplyPlan, DryRunProblem, Trigger } from "@strata/protocol";
+import { type RootFilesystem, rootFilesystem } from "../facts.js";
 import { hasPendingRestore } from "../restore/engine.js";
 import { writeFileAtomic } from "../state.js";
 
@@ -58,13 +61,20 @@ export interface PreparedApply {
   packages: { added: string[]; updated: { name: string; from: string; to: string }[]; removed: string[] };
   userInstalled: string[];
   accountsAdded: string[];
+  /** The root's filesystem and what the apply needs there (null: the plan has no estimate, or statfs failed). */
+  disk: { path: string; freeBytes: number; neededBytes: number } | null;
+}
+
+export interface PrepareOptions {
+  /** The root's filesystem (default: statfs of the root now); tests inject one. */
+  space?: RootFilesystem | null;
 }
 
 /**
  * Everything the engine needs besides the source. Blocking problems are
  * returned, not thrown: the caller fails the task with them.
  */
-export function prepareLayerApply(plan: ApplyPlan, root: string): PreparedApply {
+export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptions = {}): PreparedApply {
   const m = plan.manifest;
   const enforceRemove = plan.enforce === "remove";
   const literals = new Map<string, Buffer>();
@@ -124,6 +134,21 @@ export function prepareLayerApply(plan: ApplyPlan, root: string): PreparedApply 
     }
   }
 
+  // Disk space: staging writes every new and changed file before the
+  // commit, so an apply that cannot fit is refused before it starts.
+  let disk: PreparedApply["disk"] = null;
+  const space = o.space === undefined ? rootFilesystem(root) : o.space;
+  if (space && plan.bytesToWrite !== undefined) {
+    const need = {
+      bytesToWrite: plan.bytesToWrite,
+      filesToWrite: plan.filesToWrite ?? 0,
+      blockSize: space.blockSize,
+    };
+    disk = { path: space.path, freeBytes: space.freeBytes, neededBytes: diskSpaceNeeded(need) };
+    const p = diskSpaceProblem({ ...need, freeBytes: space.freeBytes, path: space.path });
+    if (p) problems.push(p);
+  }
+
   return {
     literals,
     removable: removalPredicate(plan.removals),
@@ -138,6 +163,7 @@ export function prepareLayerApply(plan: ApplyPlan, root: string): PreparedApply 
     packages,
     userInstalled,
     accountsAdded,
+    disk,
   };
 }
 

@@ -239,3 +239,61 @@ export function accountProblems(clashes: readonly AccountClash[]): DryRunProblem
     };
   });
 }
+
+/**
+ * Space an apply keeps free on the root's filesystem beyond what it
+ * writes: the journal, directories, the structured files, and room for
+ * the system to go on running (logs, apt's lists) while it applies.
+ */
+export const DISK_RESERVE_BYTES = 64 * 1024 * 1024;
+/** Block size assumed when the filesystem's is unknown (the server's dry-run). */
+export const DEFAULT_BLOCK_SIZE = 4096;
+
+export interface DiskSpaceInput {
+  /** Bytes of the new and changed files (the dry-run's `bytesToWrite`). */
+  bytesToWrite: number;
+  /** How many files those are: each may take up to one more block than its size. */
+  filesToWrite: number;
+  /** Bytes available to the agent on the filesystem holding the root (statfs `f_bavail` × `f_bsize`). */
+  freeBytes: number;
+  /** The filesystem's block size; default DEFAULT_BLOCK_SIZE. */
+  blockSize?: number;
+  /** The root the space is measured on, for the message. */
+  path: string;
+}
+
+/**
+ * What an apply needs free before it starts: staging writes every new and
+ * changed file beside the root before the commit (the old ones stay until
+ * the commit's renames), so `bytesToWrite`, each file rounded up by one
+ * block, plus DISK_RESERVE_BYTES.
+ */
+export function diskSpaceNeeded(
+  o: Pick<DiskSpaceInput, "bytesToWrite" | "filesToWrite" | "blockSize">,
+): number {
+  return o.bytesToWrite + o.filesToWrite * (o.blockSize ?? DEFAULT_BLOCK_SIZE) + DISK_RESERVE_BYTES;
+}
+
+/** A blocking `disk-space` problem when the apply needs more than is free; null otherwise. */
+export function diskSpaceProblem(o: DiskSpaceInput): DryRunProblem | null {
+  const needed = diskSpaceNeeded(o);
+  if (needed <= o.freeBytes) return null;
+  return {
+    kind: "disk-space",
+    blocking: true,
+    subject: o.path,
+    message: `not enough disk space: needs ${sizeText(needed)} (${sizeText(o.bytesToWrite)} of files to stage, with a reserve of ${sizeText(needed - o.bytesToWrite)}), ${sizeText(o.freeBytes)} free on the filesystem of ${o.path}; free ${sizeText(needed - o.freeBytes)} or more there, then apply again`,
+  };
+}
+
+/** Bytes for people: `512 B`, `1.5 MiB`. */
+function sizeText(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}

@@ -1,0 +1,433 @@
+/**
+ * After an OS migration (docs/design/layers.md, "OS migration"): install
+ * the new release's version of the packages the endpoint's user installed,
+ * where the endpoint's own apt sources (the new base's sources.list, and
+ * whatever the user added) provide them. The migration kept those packages
+ * as they were: the old release's dpkg stanza, info files and files (no
+ * layer owns them), so dpkg upgrades them as it would any installed
+ * package — it runs their maintainer scripts and removes the files the new
+ * version no longer ships.
+ *
+ * Runs `apt-get` inside the root (chroot when it is not `/`), without a
+ * terminal: noninteractive debconf, configuration files the user changed
+ * are kept (`--force-confold`, the package's default otherwise), nothing is
+ * removed to make room (`--no-remove`), services are not started in a
+ * chroot (a policy-rc.d for the time of the run), each apt command has a
+ * time limit. Every package ends `reinstalled`, `unavailable` or `failed`
+ * (with apt's message); a failure never undoes the migration.
+ */
+import { spawn } from "node:child_process";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import * as path from "node:path";
+import { compareVersions, isInstalled, type PackageStanza, parseStatus, StrataError } from "@strata/core";
+import type { ReinstallOutcome, ReinstallReport } from "@strata/protocol";
+
+/** Per apt command (update, policy, install): a stalled mirror or a hanging maintainer script ends. */
+export const REINSTALL_TIMEOUT_MS = 30 * 60_000;
+/** How much of apt's output a failed package's message keeps (its last lines). */
+const MESSAGE_BYTES = 2048;
+
+export interface ReinstallOptions {
+  root: string;
+  /** The user-installed packages as the apply reported them (`name` or `name:arch`). */
+  packages: readonly string[];
+  /** apt's whole output is appended here (created 0600, its directory 0700). */
+  logFile: string;
+  /** Per apt command; default REINSTALL_TIMEOUT_MS. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: { step: "update" | "policy" | "install"; package?: string }) => void;
+}
+
+/** One package's versions in `apt-cache policy` output. */
+export interface AptPolicy {
+  installed: string | null;
+  candidate: string | null;
+  /** Each version with where it comes from (`/var/lib/dpkg/status` for the installed one). */
+  versions: { version: string; sources: string[] }[];
+}
+
+const DPKG_STATUS_SOURCE = "/var/lib/dpkg/status";
+
+/**
+ * `apt-cache policy PKG…` (LC_ALL=C) by the name each block starts with
+ * (`jq`, `libc6:i386`). Unknown packages have no block.
+ */
+export function parseAptPolicy(text: string): Map<string, AptPolicy> {
+  const out = new Map<string, AptPolicy>();
+  let cur: AptPolicy | null = null;
+  let inTable = false;
+  for (const line of text.split("\n")) {
+    const head = /^(\S+):$/.exec(line);
+    if (head) {
+      cur = { installed: null, candidate: null, versions: [] };
+      out.set(head[1]!, cur);
+      inTable = false;
+      continue;
+    }
+    if (!cur) continue;
+    const field = /^ {2}(Installed|Candidate): (.*)$/.exec(line);
+    if (field) {
+      const v = field[2]!.trim();
+      const value = v === "(none)" || v === "" ? null : v;
+      if (field[1] === "Installed") cur.installed = value;
+      else cur.candidate = value;
+      continue;
+    }
+    if (/^ {2}Version table:/.test(line)) {
+      inTable = true;
+      continue;
+    }
+    if (!inTable) continue;
+    const indent = /^ */.exec(line)![0].length;
+    if (indent >= 8) {
+      const src = /^\s+-?\d+ (.+)$/.exec(line);
+      if (src && cur.versions.length) cur.versions[cur.versions.length - 1]!.sources.push(src[1]!.trim());
+      continue;
+    }
+    const ver = /^\s*(?:\*\*\*\s+)?(\S+) -?\d+$/.exec(line);
+    if (ver) cur.versions.push({ version: ver[1]!, sources: [] });
+  }
+  return out;
+}
+
+/** The candidate version when a source other than the dpkg database has it; null otherwise. */
+export function availableVersion(p: AptPolicy | undefined): string | null {
+  if (!p?.candidate) return null;
+  const v = p.versions.find((x) => x.version === p.candidate);
+  return v?.sources.some((s) => s !== DPKG_STATUS_SOURCE) ? p.candidate : null;
+}
+
+/** The environment apt runs in: no terminal, no questions, C locale (its output is parsed), a clean PATH. */
+const APT_ENV: Record<string, string> = {
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  HOME: "/root",
+  LC_ALL: "C",
+  LANG: "C",
+  TERM: "dumb",
+  DEBIAN_FRONTEND: "noninteractive",
+  DEBCONF_NONINTERACTIVE_SEEN: "true",
+  APT_LISTCHANGES_FRONTEND: "none",
+  APT_LISTBUGS_FRONTEND: "none",
+  UCF_FORCE_CONFFOLD: "1",
+  // needrestart only lists: the packages' own scripts restart their services.
+  NEEDRESTART_MODE: "l",
+};
+
+/** Options of every apt-get run: wait for another apt's lock a while, no pty progress in the log. */
+const APT_OPTS = ["-q", "-o", "DPkg::Lock::Timeout=120", "-o", "Dpkg::Use-Pty=0"];
+const INSTALL_OPTS = [
+  "-y",
+  "--no-remove",
+  "-o",
+  "Dpkg::Options::=--force-confdef",
+  "-o",
+  "Dpkg::Options::=--force-confold",
+];
+
+/** policy-rc.d(8) that forbids starting services: a chroot has no init to start them under. */
+const POLICY_RC_D = "/usr/sbin/policy-rc.d";
+const POLICY_RC_D_TEXT =
+  "#!/bin/sh\n# strata: no services start while packages are reinstalled in a chroot\nexit 101\n";
+
+interface Run {
+  code: number | null;
+  /** The last MESSAGE_BYTES × 4 of stdout and stderr together. */
+  tail: string;
+  stdout: string;
+  timedOut: boolean;
+}
+
+class AptRunner {
+  private readonly live: boolean;
+  private readonly log: number;
+
+  constructor(private readonly o: ReinstallOptions) {
+    this.live = path.resolve(o.root) === "/";
+    mkdirSync(path.dirname(o.logFile), { recursive: true, mode: 0o700 });
+    this.log = openSync(o.logFile, "a", 0o600);
+  }
+
+  close(): void {
+    closeSync(this.log);
+  }
+
+  note(text: string): void {
+    writeSync(this.log, text.endsWith("\n") ? text : `${text}\n`);
+  }
+
+  /** Run `argv` in the root; stdout kept whole only when `keepStdout` (apt-cache's answer). */
+  run(argv: string[], keepStdout = false): Promise<Run> {
+    const cmd = this.live ? argv : ["chroot", this.o.root, ...argv];
+    this.note(
+      `\n$ ${argv.join(" ")}    # ${new Date().toISOString()}${this.live ? "" : ` in ${this.o.root}`}`,
+    );
+    const signal = this.o.signal;
+    signal?.throwIfAborted();
+    return new Promise((resolve, reject) => {
+      // Its own process group: a timeout or a cancel stops dpkg and the scripts it runs too.
+      const child = spawn(cmd[0]!, cmd.slice(1), {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: APT_ENV,
+        detached: true,
+      });
+      let tail = "";
+      let stdout = "";
+      let timedOut = false;
+      let killTimer: NodeJS.Timeout | undefined;
+      const add = (b: Buffer, isStdout: boolean) => {
+        writeSync(this.log, b);
+        const s = b.toString("utf8");
+        if (isStdout && keepStdout) stdout += s;
+        tail = (tail + s).slice(-MESSAGE_BYTES * 4);
+      };
+      child.stdout.on("data", (b: Buffer) => add(b, true));
+      child.stderr.on("data", (b: Buffer) => add(b, false));
+      const stop = () => {
+        try {
+          if (child.pid) process.kill(-child.pid, "SIGTERM");
+        } catch {}
+        killTimer = setTimeout(() => {
+          try {
+            if (child.pid) process.kill(-child.pid, "SIGKILL");
+          } catch {}
+        }, 30_000);
+        killTimer.unref();
+      };
+      const timer = setTimeout(() => {
+        timedOut = true;
+        stop();
+      }, this.o.timeoutMs ?? REINSTALL_TIMEOUT_MS);
+      const onAbort = () => stop();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      child.on("error", (e) => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        resolve({ code: null, tail: e.message, stdout: "", timedOut: false });
+      });
+      child.on("close", (code, sig) => {
+        clearTimeout(timer);
+        if (killTimer) clearTimeout(killTimer);
+        signal?.removeEventListener("abort", onAbort);
+        this.note(`# exited with ${sig ?? code}`);
+        if (signal?.aborted) return reject(signal.reason);
+        resolve({ code, tail, stdout, timedOut });
+      });
+    });
+  }
+}
+
+/**
+ * apt's message from a run's output: the unmet dependencies it lists,
+ * dpkg's errors (with their indented detail) and its E:/W: lines; its last
+ * lines when it printed none of those.
+ */
+function messageOf(r: Run, timeoutMs: number): string {
+  if (r.timedOut)
+    return `apt did not finish within ${Math.round(timeoutMs / 60_000)} min and was stopped; the package database may need \`dpkg --configure -a\``;
+  const lines = r.tail.split("\n").map((l) => l.trimEnd());
+  const picked: string[] = [];
+  let inDpkg = false;
+  for (const l of lines) {
+    if (/^dpkg: /.test(l)) inDpkg = true;
+    else if (!/^ /.test(l)) inDpkg = false;
+    if (
+      inDpkg ||
+      /^(E|W): /.test(l) ||
+      /^ +\S+ : (Pre-)?Depends|^ +\S+ : (Conflicts|Breaks)/.test(l) ||
+      /^ {10,}\S/.test(l)
+    )
+      picked.push(l);
+  }
+  const text = (picked.length ? picked : lines.filter((l) => l.trim() !== "").slice(-12)).join("\n");
+  const out = text.length > MESSAGE_BYTES ? `…${text.slice(-MESSAGE_BYTES)}` : text;
+  return out || `exited with ${r.code ?? "an error"}`;
+}
+
+/** A package of the dpkg status by `name` or `name:arch`. */
+function findInstalled(status: readonly PackageStanza[], label: string): PackageStanza | undefined {
+  const [name, arch] = label.split(":");
+  return status.find((p) => p.name === name && (arch === undefined || p.arch === arch) && isInstalled(p));
+}
+
+function readStatus(root: string): PackageStanza[] {
+  try {
+    return parseStatus(readFileSync(path.join(root, "var/lib/dpkg/status"), "latin1"));
+  } catch (e) {
+    throw new StrataError("IO_ERROR", `cannot read the dpkg status under ${root}: ${(e as Error).message}`, {
+      subject: root,
+    });
+  }
+}
+
+/**
+ * Reinstall `o.packages` from the root's apt sources (see the file's
+ * comment). Throws only when the task is cancelled (`o.signal`); every other
+ * trouble is in the report (the migration it follows is done: it must
+ * still be reported as such).
+ */
+export async function reinstallUserPackages(o: ReinstallOptions): Promise<ReinstallReport> {
+  try {
+    return await reinstall(o);
+  } catch (e) {
+    if (o.signal?.aborted) throw e;
+    const message = `the reinstall stopped: ${(e as Error).message}`;
+    return {
+      update: { ok: false, message },
+      packages: o.packages.map((name) => ({ name, from: "", outcome: "failed", message })),
+      log: o.logFile,
+    };
+  }
+}
+
+async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
+  const timeoutMs = o.timeoutMs ?? REINSTALL_TIMEOUT_MS;
+  const before = readStatus(o.root);
+  const from = new Map<string, string>();
+  for (const label of o.packages) {
+    const p = findInstalled(before, label);
+    if (p) from.set(label, p.version);
+  }
+  const labels = [...from.keys()];
+  const report: ReinstallReport = { update: { ok: true }, packages: [], log: o.logFile };
+  if (!labels.length) return report;
+
+  const apt = new AptRunner(o);
+  const live = path.resolve(o.root) === "/";
+  const policyRcD = path.join(o.root, POLICY_RC_D);
+  let wrotePolicy = false;
+  try {
+    // apt's working directories: caches are not in snapshots, so a restored root may lack them.
+    for (const d of ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"])
+      mkdirSync(path.join(o.root, d), { recursive: true });
+    if (!live && !existsSync(policyRcD)) {
+      mkdirSync(path.dirname(policyRcD), { recursive: true });
+      const fd = openSync(policyRcD, "wx", 0o755);
+      writeSync(fd, POLICY_RC_D_TEXT);
+      closeSync(fd);
+      chmodSync(policyRcD, 0o755);
+      wrotePolicy = true;
+    }
+
+    o.onProgress?.({ step: "update" });
+    const upd = await apt.run(["apt-get", ...APT_OPTS, "update"]);
+    if (upd.code !== 0) {
+      const message = `apt-get update failed: ${messageOf(upd, timeoutMs)}`;
+      report.update = { ok: false, message };
+      report.packages = labels.map((name) => ({ name, from: from.get(name)!, outcome: "failed", message }));
+      return report;
+    }
+    // A source that could not be fetched is a warning: its packages count as unavailable (or
+    // come from the lists it had), the others go on.
+    const warnings = upd.tail
+      .split("\n")
+      .filter((l) => /^W: /.test(l))
+      .join("\n");
+    if (warnings) report.update.message = warnings.slice(-MESSAGE_BYTES);
+
+    o.onProgress?.({ step: "policy" });
+    const pol = await apt.run(["apt-cache", "policy", ...labels], true);
+    const policies = pol.code === 0 ? parseAptPolicy(pol.stdout) : new Map<string, AptPolicy>();
+    const outcomes = new Map<string, ReinstallOutcome>();
+    const want: { label: string; version: string }[] = [];
+    for (const label of labels) {
+      const was = from.get(label)!;
+      if (pol.code !== 0) {
+        outcomes.set(label, {
+          name: label,
+          from: was,
+          outcome: "failed",
+          message: `apt-cache policy failed: ${messageOf(pol, timeoutMs)}`,
+        });
+        continue;
+      }
+      const p = policies.get(label) ?? policies.get(label.split(":")[0]!);
+      const version = availableVersion(p);
+      if (version === null) {
+        outcomes.set(label, {
+          name: label,
+          from: was,
+          outcome: "unavailable",
+          message: "no apt source of the endpoint provides it (kept as it is)",
+        });
+      } else if (compareVersions(version, was) < 0) {
+        outcomes.set(label, {
+          name: label,
+          from: was,
+          outcome: "unavailable",
+          message: `the endpoint's apt sources have ${version}, older than the installed ${was} (kept as it is)`,
+        });
+      } else want.push({ label, version });
+    }
+
+    if (want.length) {
+      // apt marks what it is asked to install as manually installed: the ones that were
+      // automatic (dependencies) are marked so again afterwards.
+      const autoRun = await apt.run(["apt-mark", "showauto"], true);
+      const auto = new Set(autoRun.code === 0 ? autoRun.stdout.split("\n").map((l) => l.trim()) : []);
+      const install = (list: { label: string; version: string }[]) =>
+        apt.run([
+          "apt-get",
+          ...APT_OPTS,
+          ...INSTALL_OPTS,
+          "install",
+          ...list.map((w) => `${w.label}=${w.version}`),
+        ]);
+      o.onProgress?.({ step: "install" });
+      const all = await install(want);
+      const failed = new Map<string, string>();
+      if (all.code !== 0) {
+        // One transaction failed: each package alone, to tell which cannot be installed and why.
+        for (const w of want) {
+          o.onProgress?.({ step: "install", package: w.label });
+          const one = await install([w]);
+          if (one.code !== 0) failed.set(w.label, messageOf(one, timeoutMs));
+        }
+      }
+      const after = readStatus(o.root);
+      for (const w of want) {
+        const now = findInstalled(after, w.label);
+        const was = from.get(w.label)!;
+        if (failed.has(w.label) || !now || now.version !== w.version)
+          outcomes.set(w.label, {
+            name: w.label,
+            from: was,
+            outcome: "failed",
+            message:
+              failed.get(w.label) ??
+              (now
+                ? `apt finished, but ${now.version} is installed, not ${w.version}`
+                : "apt finished, but it is not installed"),
+          });
+        else
+          outcomes.set(w.label, {
+            name: w.label,
+            from: was,
+            outcome: "reinstalled",
+            version: now.version,
+            ...(now.version === was ? { message: "the new release has the same version" } : {}),
+          });
+      }
+      const reAuto = want
+        .map((w) => w.label)
+        .filter(
+          (l) => (auto.has(l) || auto.has(l.split(":")[0]!)) && outcomes.get(l)?.outcome === "reinstalled",
+        );
+      if (reAuto.length) await apt.run(["apt-mark", "auto", ...reAuto]);
+    }
+    report.packages = labels.map((l) => outcomes.get(l)!);
+    return report;
+  } finally {
+    if (wrotePolicy) rmSync(policyRcD, { force: true });
+    apt.close();
+  }
+}

@@ -1,0 +1,187 @@
+/**
+ * After an OS migration the agent reinstalls the user's packages from the
+ * endpoint's own apt sources (layers/reinstall.ts): on a real Debian root,
+ * in a chroot, offline (a local flat repository inside the root). Each
+ * package ends reinstalled, unavailable or failed with apt's message; dpkg
+ * upgrades properly (files the new version dropped are gone); automatic
+ * packages stay automatic; no policy-rc.d is left behind.
+ */
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { aptRepo, buildDeb, debianRoot, debianRootSkipReason, rsyncCopy } from "@strata/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { availableVersion, parseAptPolicy, reinstallUserPackages } from "../src/layers/reinstall.js";
+
+const POLICY = `hello-user:
+  Installed: 1.0
+  Candidate: 2.0
+  Version table:
+     2.0 500
+        500 file:/srv/repo ./ Packages
+ *** 1.0 100
+        100 /var/lib/dpkg/status
+quiet-user:
+  Installed: 1.0
+  Candidate: 1.0
+  Version table:
+ *** 1.0 100
+        100 /var/lib/dpkg/status
+jq:
+  Installed: (none)
+  Candidate: (none)
+  Version table:
+`;
+
+describe("apt-cache policy", () => {
+  it("finds the candidate a source other than the dpkg database provides", () => {
+    const p = parseAptPolicy(POLICY);
+    expect(p.get("hello-user")).toEqual({
+      installed: "1.0",
+      candidate: "2.0",
+      versions: [
+        { version: "2.0", sources: ["file:/srv/repo ./ Packages"] },
+        { version: "1.0", sources: ["/var/lib/dpkg/status"] },
+      ],
+    });
+    expect(availableVersion(p.get("hello-user"))).toBe("2.0");
+    // Installed only: its one version comes from the status file.
+    expect(availableVersion(p.get("quiet-user"))).toBeNull();
+    expect(availableVersion(p.get("jq"))).toBeNull();
+    expect(availableVersion(p.get("absent"))).toBeNull();
+  });
+});
+
+const bookworm = await debianRoot("bookworm");
+const reason =
+  debianRootSkipReason("bookworm") ?? (process.getuid?.() === 0 ? undefined : "needs root (chroot)");
+const dir = mkdtempSync(path.join(tmpdir(), "strata-reinstall-"));
+chmodSync(dir, 0o755);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const sh = (root: string, ...argv: string[]) =>
+  execFileSync("chroot", [root, ...argv], {
+    encoding: "utf8",
+    env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+  });
+
+describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "chroot, offline"})`, () => {
+  const root = path.join(dir, "root");
+  beforeAll(() => {
+    rsyncCopy(bookworm!, root);
+    // What the endpoint's user installed on the old release.
+    const old = path.join(root, "tmp/old");
+    for (const d of [
+      {
+        name: "hello-user",
+        version: "1.0",
+        files: {
+          "usr/local/bin/hello-user": "#!/bin/sh\necho hello-user 1.0\n",
+          "usr/share/hello-user/old.txt": "only in 1.0\n",
+        },
+      },
+      { name: "quiet-user", version: "1.0" },
+      { name: "broken-user", version: "1.0" },
+      { name: "dep-user", version: "1.0" },
+    ]) {
+      const deb = buildDeb(old, d);
+      sh(root, "dpkg", "-i", `/tmp/old/${path.basename(deb)}`);
+    }
+    rmSync(old, { recursive: true, force: true });
+    sh(root, "apt-mark", "auto", "dep-user");
+    // The new release's repository: hello-user 2.0 (drops old.txt), a broken-user 2.0 whose
+    // dependency nobody has, dep-user 2.0; no quiet-user.
+    aptRepo(path.join(root, "srv/repo"), [
+      {
+        name: "hello-user",
+        version: "2.0",
+        files: {
+          "usr/local/bin/hello-user": "#!/bin/sh\necho hello-user 2.0\n",
+          "usr/share/hello-user/new.txt": "new in 2.0\n",
+        },
+      },
+      { name: "broken-user", version: "2.0", control: { Depends: "no-such-package (>= 1)" } },
+      { name: "dep-user", version: "2.0" },
+    ]);
+    writeFileSync(path.join(root, "etc/apt/sources.list"), "deb [trusted=yes] file:/srv/repo ./\n");
+  }, 300_000);
+
+  it("reinstalls what the sources provide, reports the rest, leaves dpkg healthy", async () => {
+    const logFile = path.join(dir, "state/logs/reinstall-t1.log");
+    const steps: string[] = [];
+    const r = await reinstallUserPackages({
+      root,
+      packages: ["broken-user", "dep-user", "hello-user", "quiet-user"],
+      logFile,
+      onProgress: (p) => steps.push(p.package ? `${p.step}:${p.package}` : p.step),
+    });
+    expect(r.update.ok).toBe(true);
+    const by = new Map(r.packages.map((p) => [p.name, p]));
+    expect(by.get("hello-user")).toEqual({
+      name: "hello-user",
+      from: "1.0",
+      outcome: "reinstalled",
+      version: "2.0",
+    });
+    expect(by.get("dep-user")).toMatchObject({ outcome: "reinstalled", version: "2.0" });
+    expect(by.get("quiet-user")).toMatchObject({ from: "1.0", outcome: "unavailable" });
+    expect(by.get("broken-user")).toMatchObject({ from: "1.0", outcome: "failed" });
+    expect(by.get("broken-user")!.message).toMatch(
+      /broken-user : Depends: no-such-package \(>= 1\)[\s\S]*^E: /m,
+    );
+    // The whole transaction failed on broken-user: each package was tried alone.
+    expect(steps).toContain("install:hello-user");
+
+    const hello = sh(root, "dpkg", "-s", "hello-user");
+    expect(hello).toMatch(/^Status: install ok installed$/m);
+    expect(hello).toMatch(/^Version: 2\.0$/m);
+    expect(sh(root, "/usr/local/bin/hello-user").trim()).toBe("hello-user 2.0");
+    // dpkg upgraded it: the file 2.0 no longer ships is gone.
+    expect(existsSync(path.join(root, "usr/share/hello-user/old.txt"))).toBe(false);
+    expect(existsSync(path.join(root, "usr/share/hello-user/new.txt"))).toBe(true);
+    expect(sh(root, "dpkg-query", "-W", "quiet-user")).toBe("quiet-user\t1.0\n");
+    expect(sh(root, "dpkg-query", "-W", "broken-user")).toBe("broken-user\t1.0\n");
+    expect(sh(root, "dpkg", "--audit").trim()).toBe("");
+    // An automatic package stays automatic; hello-user was never automatic.
+    const auto = sh(root, "apt-mark", "showauto").split("\n");
+    expect(auto).toContain("dep-user");
+    expect(auto).not.toContain("hello-user");
+    expect(existsSync(path.join(root, "usr/sbin/policy-rc.d"))).toBe(false);
+    const log = readFileSync(logFile, "utf8");
+    expect(log).toMatch(/\$ apt-get .*update/);
+    expect(log).toMatch(/no-such-package/);
+    expect(r.log).toBe(logFile);
+
+    // Again: everything is at the new release's version already.
+    const again = await reinstallUserPackages({ root, packages: ["hello-user"], logFile });
+    expect(again.packages).toEqual([
+      {
+        name: "hello-user",
+        from: "2.0",
+        outcome: "reinstalled",
+        version: "2.0",
+        message: expect.any(String),
+      },
+    ]);
+  }, 300_000);
+
+  it("a failing apt-get update fails every package, changing nothing", async () => {
+    writeFileSync(path.join(root, "etc/apt/sources.list"), "deb [trusted=yes] file:/srv/no-such-repo ./\n");
+    const r = await reinstallUserPackages({
+      root,
+      packages: ["quiet-user"],
+      logFile: path.join(dir, "state/logs/reinstall-t2.log"),
+    });
+    expect(r.update.ok).toBe(false);
+    expect(r.packages).toEqual([
+      {
+        name: "quiet-user",
+        from: "1.0",
+        outcome: "failed",
+        message: expect.stringMatching(/^apt-get update failed: /),
+      },
+    ]);
+    expect(sh(root, "dpkg-query", "-W", "quiet-user")).toBe("quiet-user\t1.0\n");
+  }, 300_000);
+});
