@@ -166,6 +166,50 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
     ]);
   }, 300_000);
 
+  it("a reinstall stopped with the agent leaves dpkg interrupted; the next run finishes it first", async () => {
+    // slow-user 2.0's postinst waits for /tmp/slow-go: the agent stops while dpkg configures it.
+    const old = path.join(root, "tmp/old");
+    sh(root, "dpkg", "-i", `/tmp/old/${path.basename(buildDeb(old, { name: "slow-user", version: "1.0" }))}`);
+    aptRepo(path.join(root, "srv/repo"), [
+      {
+        name: "slow-user",
+        version: "2.0",
+        scripts: {
+          postinst: "#!/bin/sh\ntouch /tmp/slow-started\nwhile [ ! -e /tmp/slow-go ]; do sleep 0.1; done\n",
+        },
+      },
+    ]);
+    const logFile = path.join(dir, "state/logs/reinstall-t3.log");
+    const ac = new AbortController();
+    const run = reinstallUserPackages({ root, packages: ["slow-user"], logFile, signal: ac.signal });
+    const started = path.join(root, "tmp/slow-started");
+    for (let i = 0; !existsSync(started); i++) {
+      if (i > 1200) throw new Error(`slow-user's postinst never ran:\n${readFileSync(logFile, "utf8")}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    ac.abort(new Error("the agent stops"));
+    await expect(run).rejects.toThrow("the agent stops");
+    // apt, dpkg and the script were stopped with it; no policy-rc.d is left behind.
+    expect(sh(root, "dpkg", "--audit")).toMatch(/slow-user/);
+    expect(existsSync(path.join(root, "usr/sbin/policy-rc.d"))).toBe(false);
+
+    // The resumed task: dpkg --configure -a first, then the reinstall (2.0 is in place by then).
+    writeFileSync(path.join(root, "tmp/slow-go"), "");
+    const again = await reinstallUserPackages({ root, packages: ["slow-user"], logFile });
+    expect(again.repair).toEqual({ ok: true });
+    expect(again.packages).toEqual([
+      {
+        name: "slow-user",
+        from: "2.0",
+        outcome: "reinstalled",
+        version: "2.0",
+        message: "the new release has the same version",
+      },
+    ]);
+    expect(sh(root, "dpkg", "--audit").trim()).toBe("");
+    expect(sh(root, "dpkg-query", "-W", "slow-user")).toBe("slow-user\t2.0\n");
+  }, 300_000);
+
   it("a failing apt-get update fails every package, changing nothing", async () => {
     writeFileSync(path.join(root, "etc/apt/sources.list"), "deb [trusted=yes] file:/srv/no-such-repo ./\n");
     const r = await reinstallUserPackages({

@@ -303,6 +303,8 @@ export interface ReinstallOutcome {
 
 /** `result.reinstall` of an apply task with `reinstallUserPackages`. */
 export interface ReinstallReport {
+  /** `dpkg --configure -a`, run first when `dpkg --audit` found an interrupted dpkg. */
+  repair?: { ok: boolean; message?: string };
   /** `apt-get update` in the endpoint's root. */
   update: { ok: boolean; message?: string };
   packages: ReinstallOutcome[];

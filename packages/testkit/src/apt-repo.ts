@@ -16,6 +16,8 @@ export interface TestDeb {
   control?: Record<string, string>;
   /** Files the package ships: path below the root (no leading /) → content. Default: `usr/local/bin/NAME`. */
   files?: Record<string, string>;
+  /** Maintainer scripts (`postinst`, `prerm`, …) → their text. */
+  scripts?: Record<string, string>;
 }
 
 /** Build `deb` into `outDir`; returns the .deb's path (`NAME_VERSION_all.deb`). */
@@ -37,6 +39,8 @@ export function buildDeb(outDir: string, deb: TestDeb): string {
       .map(([k, v]) => `${k}: ${v}`)
       .join("\n")}\n`,
   );
+  for (const [name, text] of Object.entries(deb.scripts ?? {}))
+    writeFileSync(path.join(work, "DEBIAN", name), text, { mode: 0o755 });
   const files = deb.files ?? {
     [`usr/local/bin/${deb.name}`]: `#!/bin/sh\necho ${deb.name} ${deb.version}\n`,
   };

@@ -47,6 +47,10 @@ export function progressLine(t: Task): string {
 /** A migration's reinstall of user packages, one line each. */
 function reinstallLines(r: ReinstallReport): string[] {
   const out = ["  user packages reinstalled from the new release:"];
+  if (r.repair)
+    out.push(
+      `    an interrupted dpkg was finished first (dpkg --configure -a)${r.repair.ok ? "" : `: ${r.repair.message ?? "failed"}`}`,
+    );
   if (!r.update.ok) out.push(`    ${r.update.message ?? "apt-get update failed"}`);
   for (const p of r.packages) {
     const what =

@@ -28,7 +28,14 @@ import {
   writeSync,
 } from "node:fs";
 import * as path from "node:path";
-import { compareVersions, isInstalled, type PackageStanza, parseStatus, StrataError } from "@strata/core";
+import {
+  compareVersions,
+  isInstalled,
+  type PackageStanza,
+  parseStatus,
+  StrataError,
+  stanzaField,
+} from "@strata/core";
 import type { ReinstallOutcome, ReinstallReport } from "@strata/protocol";
 
 /** Per apt command (update, policy, install): a stalled mirror or a hanging maintainer script ends. */
@@ -45,7 +52,7 @@ export interface ReinstallOptions {
   /** Per apt command; default REINSTALL_TIMEOUT_MS. */
   timeoutMs?: number;
   signal?: AbortSignal;
-  onProgress?: (p: { step: "update" | "policy" | "install"; package?: string }) => void;
+  onProgress?: (p: { step: "repair" | "update" | "policy" | "install"; package?: string }) => void;
 }
 
 /** One package's versions in `apt-cache policy` output. */
@@ -291,15 +298,8 @@ export async function reinstallUserPackages(o: ReinstallOptions): Promise<Reinst
 
 async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
   const timeoutMs = o.timeoutMs ?? REINSTALL_TIMEOUT_MS;
-  const before = readStatus(o.root);
-  const from = new Map<string, string>();
-  for (const label of o.packages) {
-    const p = findInstalled(before, label);
-    if (p) from.set(label, p.version);
-  }
-  const labels = [...from.keys()];
   const report: ReinstallReport = { update: { ok: true }, packages: [], log: o.logFile };
-  if (!labels.length) return report;
+  if (!o.packages.length) return report;
 
   const apt = new AptRunner(o);
   const live = path.resolve(o.root) === "/";
@@ -318,12 +318,49 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
       wrotePolicy = true;
     }
 
+    // A dpkg interrupted earlier (an agent stopped during an earlier reinstall: apt and
+    // dpkg were stopped with it) is finished first: apt refuses to work until it is.
+    const audit = await apt.run(["dpkg", "--audit"], true);
+    if (audit.stdout.trim() !== "") {
+      o.onProgress?.({ step: "repair" });
+      const fix = await apt.run(["dpkg", "--force-confdef", "--force-confold", "--configure", "-a"]);
+      report.repair = fix.code === 0 ? { ok: true } : { ok: false, message: messageOf(fix, timeoutMs) };
+    }
+
+    // What the user had, as dpkg says now. One that is not installed (a repair above that
+    // could not configure it) is reported, not reinstalled.
+    const before = readStatus(o.root);
+    const from = new Map<string, string>();
+    const outcomes = new Map<string, ReinstallOutcome>();
+    for (const label of o.packages) {
+      const p = findInstalled(before, label);
+      if (p) from.set(label, p.version);
+      else {
+        const [name, arch] = label.split(":");
+        const any = before.find((x) => x.name === name && (arch === undefined || x.arch === arch));
+        outcomes.set(label, {
+          name: label,
+          from: any?.version ?? "",
+          outcome: "failed",
+          message: `dpkg does not have it installed (${any ? stanzaField(any.stanza, "Status") : "not in its database"})${report.repair?.message ? `: ${report.repair.message}` : ""}`,
+        });
+      }
+    }
+    const labels = [...from.keys()];
+    const all = () => o.packages.map((l) => outcomes.get(l)!);
+    if (!labels.length) {
+      report.packages = all();
+      return report;
+    }
+
     o.onProgress?.({ step: "update" });
     const upd = await apt.run(["apt-get", ...APT_OPTS, "update"]);
     if (upd.code !== 0) {
       const message = `apt-get update failed: ${messageOf(upd, timeoutMs)}`;
       report.update = { ok: false, message };
-      report.packages = labels.map((name) => ({ name, from: from.get(name)!, outcome: "failed", message }));
+      for (const name of labels)
+        outcomes.set(name, { name, from: from.get(name)!, outcome: "failed", message });
+      report.packages = all();
       return report;
     }
     // A source that could not be fetched is a warning: its packages count as unavailable (or
@@ -337,7 +374,6 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
     o.onProgress?.({ step: "policy" });
     const pol = await apt.run(["apt-cache", "policy", ...labels], true);
     const policies = pol.code === 0 ? parseAptPolicy(pol.stdout) : new Map<string, AptPolicy>();
-    const outcomes = new Map<string, ReinstallOutcome>();
     const want: { label: string; version: string }[] = [];
     for (const label of labels) {
       const was = from.get(label)!;
@@ -424,7 +460,7 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
         );
       if (reAuto.length) await apt.run(["apt-mark", "auto", ...reAuto]);
     }
-    report.packages = labels.map((l) => outcomes.get(l)!);
+    report.packages = all();
     return report;
   } finally {
     if (wrotePolicy) rmSync(policyRcD, { force: true });
