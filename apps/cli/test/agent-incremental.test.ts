@@ -6,7 +6,7 @@
  * snapshot restores with the change.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -91,6 +91,45 @@ describe("strata agent run: incremental uploads from the watcher", () => {
       expect(readFileSync(path.join(target, "alice/docs/doc2.txt"), "utf8")).toBe("document 2, edited\n");
       expect(readFileSync(path.join(target, "alice/docs/new.txt"), "utf8")).toBe("a new document\n");
       expect(readFileSync(path.join(target, "alice/docs/doc4.txt"), "utf8")).toBe("document 4\n");
+
+      // A tree moved in from outside: its subdirectories were never watched, so the next upload
+      // walks everything, and from then on a change deep inside it is seen.
+      mkdirSync(path.join(dir, "outside/project/src/lib"), { recursive: true });
+      writeFileSync(path.join(dir, "outside/project/src/lib/a.c"), "int a;\n");
+      renameSync(path.join(dir, "outside/project"), path.join(ep.root, "home/alice/project"));
+      await agent.waitFor(
+        (s) => s?.changes?.full?.includes("appeared with subdirectories"),
+        "the moved-in tree",
+      );
+      const sync2 = async (prev: string) => {
+        await fleet.ok("agent", "sync-now", "--state", ep.state, "--json");
+        return agent.waitFor(
+          (s) => s?.lastUpload?.result === "ok" && s.lastUpload.finishedAt !== prev,
+          "the upload after sync-now",
+        );
+      };
+      const moved = await sync2(after.lastUpload.finishedAt);
+      expect(moved.lastUpload.full).toBe(true);
+      expect(moved.lastUpload.reason).toMatch(/project appeared with subdirectories that were not watched/);
+      writeFileSync(path.join(ep.root, "home/alice/project/src/lib/a.c"), "int a = 1;\n");
+      await agent.waitFor(
+        (s) => s?.changes?.dirs >= 1,
+        "the watcher to see the change deep in the moved tree",
+      );
+      const deep = await sync2(moved.lastUpload.finishedAt);
+      expect(deep.lastUpload).toMatchObject({ full: false, dirtyDirs: 1, dirsRead: 1 });
+      const target2 = path.join(dir, "restored2");
+      await fleet.ok(
+        "restore",
+        "--repo",
+        fleet.data,
+        "--password-file",
+        path.join(fleet.data, "repository.password"),
+        `${deep.lastUpload.summary.snapshot}:/home/alice/project`,
+        "--target",
+        target2,
+      );
+      expect(readFileSync(path.join(target2, "src/lib/a.c"), "utf8")).toBe("int a = 1;\n");
     } finally {
       await agent.stop();
     }

@@ -16,7 +16,17 @@
  * content, may have changed: its parent's view of it did not (a change to a
  * directory's own mode makes its parent dirty). A dirty directory may no
  * longer exist when the upload looks.
+ *
+ * What @parcel/watcher (2.6, inotify) does not say, and how it is made up
+ * for: a directory that appears with subdirectories already in it (moved
+ * in, `mkdir -p`, `cp -r`, an archive unpacked) gets a watch on itself
+ * only, so nothing below those subdirectories is ever reported. Such a
+ * directory makes the set full and gets a recursive subscription of its
+ * own, which `take` waits for. And the kernel's queue overflow is dropped
+ * silently: a burst of events large enough to have overflowed it makes the
+ * set full.
  */
+import { existsSync, lstatSync, readdirSync } from "node:fs";
 import * as path from "node:path";
 
 export type DirtySet = { kind: "full"; reason: string } | { kind: "dirs"; dirs: string[] };
@@ -50,12 +60,20 @@ export interface ChangeWatcherOptions {
   ignoreDirs?: readonly string[];
   /** Largest dirty set kept before collapsing to "full". Default 10,000. */
   maxDirs?: number;
+  /**
+   * Events in one batch from which the kernel's queue may have overflowed
+   * (which @parcel/watcher does not report): the set becomes full. Default 4096.
+   */
+  burstEvents?: number;
   subscribe?: SubscribeFn;
   /** Told about each watcher error (for the log); the set is already "full". */
   onError?: (e: Error) => void;
 }
 
 export const DEFAULT_MAX_DIRTY_DIRS = 10_000;
+export const DEFAULT_BURST_EVENTS = 4096;
+/** Directories with a subscription of their own before the roots are subscribed again instead. */
+const MAX_EXTRA_SUBSCRIPTIONS = 256;
 
 async function parcelSubscribe(): Promise<SubscribeFn> {
   const w = await import("@parcel/watcher");
@@ -66,6 +84,11 @@ export class ChangeWatcher {
   private dirs = new Set<string>();
   private full: string | null = "nothing was watched before the agent started";
   private readonly subs = new Map<string, WatchSubscription>();
+  /** Directories that appeared with subdirectories, subscribed on their own. */
+  private readonly extras = new Map<string, WatchSubscription>();
+  private readonly pendingExtras = new Set<Promise<void>>();
+  /** Subscribe the roots again at the next `take` (too many extras, or one failed). */
+  private rewatch = false;
   private readonly maxDirs: number;
   private closed = false;
 
@@ -112,7 +135,60 @@ export class ChangeWatcher {
       this.fail(`watcher error: ${err.message}`, err);
       return;
     }
-    for (const ev of events) this.add(ev.path);
+    const burst = this.opts.burstEvents ?? DEFAULT_BURST_EVENTS;
+    if (events.length >= burst)
+      this.markFull(`a burst of ${events.length} changes (the kernel's event queue may have overflowed)`);
+    let created: Set<string> | null = null;
+    for (const ev of events) {
+      this.add(ev.path);
+      if (ev.type !== "create") continue;
+      created ??= new Set(events.filter((e) => e.type === "create").map((e) => e.path));
+      this.checkNewDir(ev.path, created);
+    }
+  }
+
+  /**
+   * A created directory: what was created in it before its watch was
+   * added was not reported, so it is dirty itself. Subdirectories whose own
+   * creation was not reported existed before it was watched, so nothing
+   * below them would ever be: watch it whole, and walk everything once.
+   */
+  private checkNewDir(p: string, created: ReadonlySet<string>): void {
+    if (this.closed || this.opts.shouldIgnore?.(p)) return;
+    let unseen: boolean;
+    try {
+      if (!lstatSync(p).isDirectory()) return;
+      unseen = readdirSync(p, { withFileTypes: true }).some(
+        (d) => d.isDirectory() && !created.has(path.join(p, d.name)),
+      );
+    } catch {
+      return; // gone already: nothing to watch
+    }
+    // What was created in it before it was watched was not reported: list it.
+    this.addDir(p);
+    if (!unseen) return;
+    this.markFull(`${p} appeared with subdirectories that were not watched`);
+    if (this.extras.size >= MAX_EXTRA_SUBSCRIPTIONS) {
+      this.rewatch = true;
+      return;
+    }
+    const ignore = (this.opts.ignoreDirs ?? []).filter((d) => isUnder(d, p));
+    const job = (async () => {
+      try {
+        const sub = await this.subscribe(p, (err, events) => this.onEvents(err, events), { ignore });
+        const old = this.extras.get(p);
+        if (this.closed) await sub.unsubscribe();
+        else this.extras.set(p, sub);
+        await old?.unsubscribe();
+      } catch (e) {
+        if (!existsSync(p)) return;
+        // Watching everything again at the next take repairs it; the set is full meanwhile.
+        this.rewatch = true;
+        this.fail(`cannot watch ${p}: ${(e as Error).message}`, e);
+      }
+    })();
+    this.pendingExtras.add(job);
+    void job.finally(() => this.pendingExtras.delete(job));
   }
 
   private add(p: string): void {
@@ -149,6 +225,9 @@ export class ChangeWatcher {
    * yet are subscribed first, so changes during the upload are seen.
    */
   async take(): Promise<DirtySet> {
+    // A directory being subscribed must be watched before the upload walks it.
+    while (this.pendingExtras.size) await Promise.all([...this.pendingExtras]);
+    if (this.rewatch) await this.watchAgain();
     await this.subscribeMissing();
     const set = this.peek();
     this.dirs = new Set();
@@ -162,10 +241,23 @@ export class ChangeWatcher {
     else for (const d of set.dirs) this.addDir(d);
   }
 
+  /** Subscribe the roots anew (every directory watched), then drop the old subscriptions. */
+  private async watchAgain(): Promise<void> {
+    this.rewatch = false;
+    const old = [...this.subs.values(), ...this.extras.values()];
+    this.subs.clear();
+    this.extras.clear();
+    await this.subscribeMissing();
+    await Promise.allSettled(old.map((s) => s.unsubscribe()));
+    this.markFull("the watcher watched everything again");
+  }
+
   async close(): Promise<void> {
     this.closed = true;
-    const subs = [...this.subs.values()];
+    await Promise.allSettled([...this.pendingExtras]);
+    const subs = [...this.subs.values(), ...this.extras.values()];
     this.subs.clear();
+    this.extras.clear();
     await Promise.allSettled(subs.map((s) => s.unsubscribe()));
   }
 }

@@ -1,4 +1,4 @@
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ChangeWatcher, type DirtySet, type SubscribeFn, type WatchEvent } from "../src/watcher.js";
@@ -88,6 +88,44 @@ describe("ChangeWatcher on real files", () => {
     expect(w.peek()).toEqual({ kind: "full", reason: "more than 3 directories changed" });
   });
 
+  it("a directory that appears with subdirectories (moved in, mkdir -p) makes the set full and is then watched whole", async () => {
+    const base = tmp();
+    const root = path.join(base, "root");
+    mkdirSync(path.join(root, "home"), { recursive: true });
+    mkdirSync(path.join(base, "outside/tree/sub/deeper"), { recursive: true });
+    const w = await start({ roots: [root] });
+    // A plain new directory: the watcher sees it created, and what happens in it.
+    mkdirSync(path.join(root, "home/plain"));
+    writeFileSync(path.join(root, "home/plain/f"), "x");
+    await waitFor("the plain directory's file", () => hasDir(w, path.join(root, "home/plain")));
+    expect(w.peek().kind).toBe("dirs");
+    await w.take();
+
+    // @parcel/watcher watches a moved-in directory, not the directories already in it.
+    renameSync(path.join(base, "outside/tree"), path.join(root, "home/tree"));
+    const full = await waitFor("full", () => (w.peek().kind === "full" ? w.peek() : undefined));
+    expect(full).toEqual({
+      kind: "full",
+      reason: `${path.join(root, "home/tree")} appeared with subdirectories that were not watched`,
+    });
+    await w.take(); // waits until the tree is watched
+    writeFileSync(path.join(root, "home/tree/sub/deeper/f"), "x");
+    await waitFor("a change deep in the moved-in tree", () =>
+      hasDir(w, path.join(root, "home/tree/sub/deeper")),
+    );
+    await w.take();
+
+    // mkdir -p: whether the watcher saw q and r created depends on timing; either way r ends up watched.
+    mkdirSync(path.join(root, "home/p/q/r"), { recursive: true });
+    await waitFor(
+      "p, q and r seen, or a full set",
+      () => w.peek().kind === "full" || hasDir(w, path.join(root, "home/p/q/r")),
+    );
+    await w.take();
+    writeFileSync(path.join(root, "home/p/q/r/f"), "x");
+    await waitFor("a change in a directory made by mkdir -p", () => hasDir(w, path.join(root, "home/p/q/r")));
+  });
+
   it("asks for a full rescan while a root cannot be watched, and watches it once it can", async () => {
     const base = tmp();
     const root = path.join(base, "later");
@@ -136,6 +174,25 @@ describe("ChangeWatcher faults", () => {
     await w.take();
     f.emit(null, [{ path: "/r/b/f", type: "create" }]);
     expect(w.peek()).toEqual({ kind: "dirs", dirs: ["/r/b"] });
+  });
+
+  it("a burst of events that may have overflowed the kernel's queue (not reported) makes the set full", async () => {
+    const f = fakeSubscribe();
+    const w = await start({ roots: ["/r"], subscribe: f.subscribe, burstEvents: 3 });
+    f.emit(null, [
+      { path: "/r/a/f", type: "update" },
+      { path: "/r/a/g", type: "update" },
+    ]);
+    expect(w.peek()).toEqual({ kind: "dirs", dirs: ["/r/a"] });
+    f.emit(null, [
+      { path: "/r/a/f", type: "update" },
+      { path: "/r/a/g", type: "update" },
+      { path: "/r/a/h", type: "update" },
+    ]);
+    expect(w.peek()).toEqual({
+      kind: "full",
+      reason: "a burst of 3 changes (the kernel's event queue may have overflowed)",
+    });
   });
 
   it("asks for a full rescan for a name it cannot represent, or when a root itself changes", async () => {
