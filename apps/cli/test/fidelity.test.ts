@@ -65,6 +65,30 @@ describe("fidelity: backup and restore reproduce the tree exactly", () => {
     expect(existsSync(path.join(dst, src, "a/one"))).toBe(true);
   });
 
+  it.skipIf(!canRsync || !hasCommand("setfacl"))(
+    "restore into a target with a default ACL leaves no inherited ACL behind (rsync or setfacl missing)",
+    () => {
+      const src = path.join(tmp(), "acl-src");
+      mkdirSync(path.join(src, "d/e"), { recursive: true });
+      writeFileSync(path.join(src, "d/f"), "f");
+      writeFileSync(path.join(src, "d/e/g"), "g");
+      writeFileSync(path.join(src, "own"), "o");
+      expect(spawnSync("setfacl", ["-m", "u:1234:r", path.join(src, "own")]).status).toBe(0);
+      const env = newEnv();
+      ok(env, "repo", "init");
+      ok(env, "backup", src);
+      // Everything created in the target would inherit user 4321's entry.
+      const dst = tmp();
+      expect(spawnSync("setfacl", ["-d", "-m", "u:4321:rwx", dst]).status).toBe(0);
+      ok(env, "restore", `latest:${src}`, "--target", dst);
+      expect(rsyncItemize(src, dst)).toBe("");
+      const below = ["d", "own"].map((n) => path.join(dst, n));
+      const acls = spawnSync("getfacl", ["-R", "-p", ...below], { encoding: "utf8" }).stdout;
+      expect(acls).toContain("user:1234:r--");
+      expect(acls).not.toContain("4321");
+    },
+  );
+
   it("restore never writes through a symlink already in the target", () => {
     const src = path.join(tmp(), "s");
     mkdirSync(path.join(src, "etc"), { recursive: true });

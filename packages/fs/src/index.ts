@@ -11,6 +11,7 @@ export {
   createSpecial,
   createSymlink,
   finishFile,
+  hasDefaultAcl,
   joinName,
   makeDir,
   NAME_MAX,

@@ -186,6 +186,12 @@ export async function createSpecial(path: Buffer, node: Pick<FsNode, "type" | "r
 export interface ApplyOptions {
   /** Restore uid/gid. Default: only when running as root. */
   owner?: boolean;
+  /**
+   * The caller knows the object inherited no ACL (it created it, in
+   * directories it created, below a directory without a default ACL), so
+   * there is no inherited ACL to remove and the xattrs need not be listed.
+   */
+  noInheritedAcl?: boolean;
 }
 
 /**
@@ -213,37 +219,50 @@ export async function applyMetadata(path: Buffer, node: FsNode, opts: ApplyOptio
  * thread-pool round trips.
  */
 export function applyMetadataSync(path: Buffer, node: FsNode, opts: ApplyOptions = {}): void {
-  const shown = displayPath(path);
   if (opts.owner ?? process.geteuid?.() === 0) {
     try {
       lchownSync(path, node.uid, node.gid);
     } catch (e) {
-      throw fromSystemError(e, `setting owner ${node.uid}:${node.gid} of`, shown);
+      throw fromSystemError(e, `setting owner ${node.uid}:${node.gid} of`, displayPath(path));
     }
   }
-  applyXattrs(path, node);
+  if (!opts.noInheritedAcl || node.xattrs?.length) applyXattrs(path, node, opts.noInheritedAcl === true);
   if (node.type !== "symlink") {
     try {
       chmodSync(path, node.mode & 0o7777);
     } catch (e) {
-      throw fromSystemError(e, `setting mode ${(node.mode & 0o7777).toString(8)} of`, shown);
+      throw fromSystemError(e, `setting mode ${(node.mode & 0o7777).toString(8)} of`, displayPath(path));
     }
   }
   try {
     native.lutimens(path, node.mtimeNs, node.mtimeNs);
   } catch (e) {
-    throw fromSystemError(e, "setting times of", shown);
+    throw fromSystemError(e, "setting times of", displayPath(path));
   }
 }
 
 const ACL_NAMES = ["system.posix_acl_access", "system.posix_acl_default"];
 
-function applyXattrs(path: Buffer, node: FsNode): void {
+/**
+ * Whether `dir` has a default ACL, which objects created in it inherit.
+ * False where the filesystem has no xattrs.
+ */
+export function hasDefaultAcl(dir: Buffer | string): boolean {
+  try {
+    return native.llistxattr(typeof dir === "string" ? Buffer.from(dir) : dir).includes(ACL_NAMES[1]!);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOTSUP" || code === "EOPNOTSUPP") return false;
+    throw fromSystemError(e, "listing xattrs of", displayPath(dir));
+  }
+}
+
+function applyXattrs(path: Buffer, node: FsNode, noInheritedAcl: boolean): void {
   const shown = displayPath(path);
   const wanted = node.xattrs ?? [];
   let present: string[] = [];
   try {
-    present = native.llistxattr(path);
+    if (!noInheritedAcl) present = native.llistxattr(path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== "ENOTSUP" && code !== "EOPNOTSUPP") throw fromSystemError(e, "listing xattrs of", shown);

@@ -3,7 +3,7 @@ import type { IndexEntry } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import { packName } from "./pack.js";
 import type { Repository } from "./repository.js";
-import type { RestoreItem, RestoreReply, RestoreRequest } from "./restore-worker.js";
+import { packItems, type RestoreItem, type RestoreReply, type RestoreRequest } from "./restore-worker.js";
 import { defaultThreads, ownBuffer, ThreadPool } from "./thread-pool.js";
 
 /** Blobs closer than this in a pack are fetched by one read. */
@@ -80,7 +80,7 @@ export class RestorePool {
     // Two ranges (up to 8 MiB each) per worker: one decoding, one queued.
     this.pool = new ThreadPool(
       new URL("./restore-worker.js", import.meta.url),
-      { key: new Uint8Array(key.key) },
+      { key: new Uint8Array(key.key), role: "restore" },
       threads,
       threads * 2,
       "restore",
@@ -94,12 +94,21 @@ export class RestorePool {
   /** Decode and write `items` from `buf` (transferred), the pack's bytes from offset `base` on. */
   run(buf: Buffer, base: number, items: RestoreItem[]): Promise<RestoreReply> {
     const own = ownBuffer(buf);
-    return this.pool.call({ buf: own, base, items }, [own.buffer as ArrayBuffer]);
+    const packed = packItems(items);
+    return this.pool.call({ buf: own, base, items: packed }, [
+      own.buffer as ArrayBuffer,
+      packed.nums.buffer as ArrayBuffer,
+      packed.writes.buffer as ArrayBuffer,
+    ]);
   }
 
   /** The same, the worker reading `length` bytes from `base` of the file at `path` itself. */
   runFrom(path: string, base: number, length: number, items: RestoreItem[]): Promise<RestoreReply> {
-    return this.pool.call({ path, base, length, items });
+    const packed = packItems(items);
+    return this.pool.call({ path, base, length, items: packed }, [
+      packed.nums.buffer as ArrayBuffer,
+      packed.writes.buffer as ArrayBuffer,
+    ]);
   }
 
   close(): Promise<void> {

@@ -18,6 +18,40 @@ export interface RestoreItem
   writes: number[];
 }
 
+/**
+ * Items as they cross to the worker: flat arrays instead of an object per
+ * blob, which the structured clone would copy one by one (a range of small
+ * files holds thousands of blobs).
+ */
+export interface PackedItems {
+  packId: IndexEntry["packId"];
+  /** The blob ids, 64 hex characters each. */
+  ids: string;
+  /** Per item: offset, length, raw length, compressed (0/1), first write, write count. */
+  nums: Float64Array;
+  /** Descriptor, file offset pairs. */
+  writes: Float64Array;
+}
+
+export function packItems(items: readonly RestoreItem[]): PackedItems {
+  const nums = new Float64Array(items.length * 6);
+  let nw = 0;
+  for (const it of items) nw += it.writes.length;
+  const writes = new Float64Array(nw);
+  let w = 0;
+  items.forEach((it, i) => {
+    nums.set([it.offset, it.length, it.rawLength, it.compressed ? 1 : 0, w / 2, it.writes.length / 2], i * 6);
+    writes.set(it.writes, w);
+    w += it.writes.length;
+  });
+  return {
+    packId: items[0]?.packId ?? ("" as IndexEntry["packId"]),
+    ids: items.map((it) => it.id).join(""),
+    nums,
+    writes,
+  };
+}
+
 export interface RestoreRequest {
   seq: number;
   /** Bytes of the pack from offset `base` on; every item lies inside. */
@@ -26,7 +60,7 @@ export interface RestoreRequest {
   path?: string;
   length?: number;
   base: number;
-  items: RestoreItem[];
+  items: PackedItems;
 }
 
 export interface RestoreReply {
@@ -74,30 +108,44 @@ export function decodeAndWrite(codec: BlobCodec, m: Omit<RestoreRequest, "seq">)
       return { ...reply, readError: (e as Error).message };
     }
   }
-  m.items.forEach((it, i) => {
+  const { packId, ids, nums, writes } = m.items;
+  const n = nums.length / 6;
+  for (let i = 0; i < n; i++) {
+    const at = i * 6;
+    const offset = nums[at]!;
+    const length = nums[at + 1]!;
+    const e = {
+      id: ids.slice(i * 64, i * 64 + 64) as IndexEntry["id"],
+      packId,
+      rawLength: nums[at + 2]!,
+      compressed: nums[at + 3] === 1,
+    };
     let plain: Buffer;
     try {
-      plain = codec.decode(it, buf.subarray(it.offset - m.base, it.offset - m.base + it.length));
-    } catch (e) {
-      reply.problems.push({ item: i, write: -1, message: (e as Error).message });
-      return;
+      plain = codec.decode(e, buf.subarray(offset - m.base, offset - m.base + length));
+    } catch (err) {
+      reply.problems.push({ item: i, write: -1, message: (err as Error).message });
+      continue;
     }
-    for (let k = 0; k < it.writes.length; k += 2) {
-      const fd = it.writes[k]!;
-      const pos = it.writes[k + 1]!;
+    const first = nums[at + 4]!;
+    const count = nums[at + 5]!;
+    for (let k = 0; k < count; k++) {
+      const fd = writes[(first + k) * 2]!;
+      const pos = writes[(first + k) * 2 + 1]!;
       try {
         let w = 0;
         while (w < plain.length) w += writeSync(fd, plain, w, plain.length - w, pos + w);
         reply.bytes += plain.length;
-      } catch (e) {
-        reply.problems.push({ item: i, write: k / 2, message: (e as Error).message });
+      } catch (err) {
+        reply.problems.push({ item: i, write: k, message: (err as Error).message });
       }
     }
-  });
+  }
   return reply;
 }
 
-if (parentPort) {
+// Only in a thread started by RestorePool (the main thread imports packItems from here).
+if (parentPort && (workerData as { role?: string } | null)?.role === "restore") {
   const key = new MasterKey(Buffer.from((workerData as { key: Uint8Array }).key));
   const codec = new BlobCodec(key, 1);
   serve(parentPort, (m: RestoreRequest) => decodeAndWrite(codec, m));

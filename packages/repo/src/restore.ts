@@ -13,7 +13,7 @@ import {
 } from "node:fs";
 import * as nodePath from "node:path";
 import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
-import { applyMetadataSync, createSpecial, displayPath, validateName } from "@strata/fs";
+import { applyMetadataSync, createSpecial, displayPath, hasDefaultAcl, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { RestorePool, writeBlobs } from "./read-blobs.js";
@@ -65,6 +65,8 @@ interface PendingFile {
   sparse: boolean;
   /** Bytes covered by pieces. */
   written: number;
+  /** Created in an ACL-clean directory (see `Restorer.restoreTree`). */
+  clean: boolean;
 }
 
 interface WriteTask {
@@ -94,6 +96,10 @@ export class Restorer {
   private lastProgress = 0;
   private current = "";
   private pool: RestorePool | null = null;
+  /** Whether to restore owners: decided once (root only), not per object. */
+  private readonly owner = process.geteuid?.() === 0;
+  /** The target has no default ACL (see `restoreTree`'s `clean`). */
+  private targetClean = false;
   private groups = 0;
   private readonly groupWaiters: (() => void)[] = [];
 
@@ -118,6 +124,7 @@ export class Restorer {
   private async runLeased(snapshot: SnapshotRecord): Promise<RestoreResult> {
     const target = Buffer.from(nodePath.resolve(this.opts.target));
     await ensureRealDir(target, this.opts.target);
+    this.targetClean = !hasDefaultAcl(target);
     let tree: TreeId = snapshot.tree;
     let prefix = "";
     let topNode: FsNode | null = null;
@@ -143,6 +150,11 @@ export class Restorer {
             n,
             target,
             nodePath.posix.dirname(prefix) === "/" ? "" : nodePath.posix.dirname(prefix),
+            1,
+            false,
+            null,
+            null,
+            this.targetClean,
           );
           return this.result;
         }
@@ -150,7 +162,7 @@ export class Restorer {
         topNode = n;
       }
     }
-    await (await this.restoreTree(tree, target, prefix)).done;
+    await (await this.restoreTree(tree, target, prefix, this.includes ? 2 : 1, false, this.targetClean)).done;
     if (topNode) this.meta(target, topNode, prefix);
     this.progress(true);
     return this.result;
@@ -186,7 +198,10 @@ export class Restorer {
   /**
    * Create the entries of tree `id` in `dir` (recursively). Resolves when
    * the walk of the tree is over; `done` settles once every file's content
-   * and every metadata below it is written.
+   * and every metadata below it is written. `clean`: `dir` has no default
+   * ACL and what is created in it inherits none (the target had none and
+   * every directory between was created by this restore), so there is no
+   * inherited ACL to look for and remove.
    */
   private async restoreTree(
     id: TreeId,
@@ -194,6 +209,7 @@ export class Restorer {
     prefix: string,
     mode: 1 | 2 = this.includes ? 2 : 1,
     fresh = false,
+    clean = false,
   ): Promise<{ done: Promise<void> }> {
     let nodes: FsNode[];
     try {
@@ -233,7 +249,7 @@ export class Restorer {
     };
     for (const node of nodes) {
       if (node.type === "dir" && group.length) await start();
-      const pendingFile = await this.restoreNode(node, dir, prefix, mode, fresh, index, pending);
+      const pendingFile = await this.restoreNode(node, dir, prefix, mode, fresh, index, pending, clean);
       if (pendingFile) {
         group.push(pendingFile);
         if (group.length >= FILE_GROUP) await start();
@@ -286,7 +302,7 @@ export class Restorer {
       if (f.damaged.length) {
         this.error(f.path, `restored with damaged parts (zero-filled): ${f.damaged.join("; ")}`);
       }
-      this.meta(f.dest, f.node, f.path);
+      this.meta(f.dest, f.node, f.path, f.clean);
     }
   }
 
@@ -304,6 +320,8 @@ export class Restorer {
     index: Map<BlobId, IndexEntry> | null = null,
     /** Where a directory's completion goes; without it, it is awaited here. */
     pending: Promise<void>[] | null = null,
+    /** `dir` is ACL-clean (see `restoreTree`). */
+    clean = false,
   ): Promise<PendingFile | null> {
     const path = `${prefix}/${displayPath(node.name)}`;
     try {
@@ -321,11 +339,12 @@ export class Restorer {
     try {
       if (node.type === "dir") {
         const created = makeDir(dest, path);
+        const inner = clean && created;
         this.result.dirs++;
         const below = node.subtree
-          ? (await this.restoreTree(node.subtree, dest, path, sel, created)).done
+          ? (await this.restoreTree(node.subtree, dest, path, sel, created, inner)).done
           : Promise.resolve();
-        const finished = below.then(() => this.meta(dest, node, path));
+        const finished = below.then(() => this.meta(dest, node, path, inner));
         if (pending) pending.push(finished);
         else await finished;
         return null;
@@ -349,24 +368,28 @@ export class Restorer {
           // A single file restored on its own (SNAPSHOT:/path/to/file).
           const ids = [...chunkIdsOf(node)];
           const own = ids.length ? await this.repo.lookup(ids) : new Map<BlobId, IndexEntry>();
-          await this.writeGroup([{ fd, node, dest, path, damaged: [], sparse: false, written: 0 }], own);
+          await this.writeGroup(
+            [{ fd, node, dest, path, damaged: [], sparse: false, written: 0, clean }],
+            own,
+          );
           return null;
         }
-        return { fd, node, dest, path, damaged: [], sparse: false, written: 0 };
+        return { fd, node, dest, path, damaged: [], sparse: false, written: 0, clean };
       }
       if (node.type === "symlink") symlinkSync(node.target ?? Buffer.alloc(0), dest);
       else await createSpecial(dest, node);
       this.result.files++;
-      this.meta(dest, node, path);
+      // Symlinks carry no ACLs.
+      this.meta(dest, node, path, clean || node.type === "symlink");
     } catch (e) {
       this.error(path, (e as Error).message);
     }
     return null;
   }
 
-  private meta(dest: Buffer, node: FsNode, path: string): void {
+  private meta(dest: Buffer, node: FsNode, path: string, clean = false): void {
     try {
-      applyMetadataSync(dest, node);
+      applyMetadataSync(dest, node, { owner: this.owner, noInheritedAcl: clean });
     } catch (e) {
       this.error(path, `cannot set metadata: ${(e as Error).message}`);
     }
