@@ -3,6 +3,7 @@ import { displayPath } from "@strata/fs";
 import { type IndexEntry, MAX_BATCH } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { packIdFromName, packName } from "./pack.js";
+import type { PackVerdict } from "./pack-verify.js";
 import type { Repository } from "./repository.js";
 import { VerifyPool } from "./verify-pool.js";
 
@@ -186,29 +187,36 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     async function readPack(id: PackId, size: number, entries: IndexEntry[] | null): Promise<void> {
       r.packsRead++;
       // Verified on the worker threads; results are applied as they come.
-      // A pack is read only once a worker is free for it (or about to be),
-      // so at most one pack per worker, plus one read ahead, is in memory.
+      // At most one pack per worker, plus one, is queued. A worker reads a
+      // pack from its file itself, a few MiB at a time, when the store has
+      // files; otherwise the pack is read here, whole, and handed over.
       pool.verifier ??= new VerifyPool(repo.key);
       const verifier = pool.verifier;
       const layout = entries ? null : await repo.catalog.packLayout(id);
+      const local = layout ? repo.store.localPath?.(packName(id)) : undefined;
       await verifier.slot();
-      let data: Buffer;
-      try {
-        // One positional read of the whole pack (readFile would take 512 KiB at a time).
-        data = await repo.store.getRange(packName(id), 0, size);
-      } catch (e) {
-        badPack(id, `cannot be read: ${(e as Error).message}`);
-        return;
+      const orEntryByEntry = async (v: PackVerdict & { headerBroken?: boolean }) => {
+        if (!v.headerBroken) return v;
+        // The header does not open: verify every catalog entry on its own.
+        const all = await repo.catalog.packEntries(id);
+        await verifier.slot();
+        return verifier.verify(id, await repo.store.getRange(packName(id), 0, size), size, all);
+      };
+      let verdict: Promise<PackVerdict>;
+      if (layout && local) verdict = verifier.verifyLayoutFrom(id, local, size, layout).then(orEntryByEntry);
+      else {
+        let data: Buffer;
+        try {
+          // One positional read of the whole pack (readFile would take 512 KiB at a time).
+          data = await repo.store.getRange(packName(id), 0, size);
+        } catch (e) {
+          badPack(id, `cannot be read: ${(e as Error).message}`);
+          return;
+        }
+        verdict = layout
+          ? verifier.verifyLayout(id, data, layout).then(orEntryByEntry)
+          : verifier.verify(id, data, size, entries ?? []);
       }
-      const verdict = layout
-        ? verifier.verifyLayout(id, data, layout).then(async (v) => {
-            if (!v.headerBroken) return v;
-            // The header does not open: verify every catalog entry on its own.
-            const all = await repo.catalog.packEntries(id);
-            await verifier.slot();
-            return verifier.verify(id, await repo.store.getRange(packName(id), 0, size), size, all);
-          })
-        : verifier.verify(id, data, size, entries ?? []);
       const done = verdict.then(
         (v) => {
           for (const p of v.packProblems) badPack(id, p);

@@ -9,7 +9,7 @@ export * from "./faulty-blob-store.js";
 export * from "./lease.js";
 export * from "./marking.js";
 export * from "./pack.js";
-export { type PackVerdict, verifyPackBytes, verifyPackLayout } from "./pack-verify.js";
+export { type PackVerdict, readFromBuffer, verifyPackBytes, verifyPackLayout } from "./pack-verify.js";
 export * from "./prune.js";
 export * from "./read-blobs.js";
 export * from "./repository.js";

@@ -56,11 +56,17 @@ export async function verifyPackBytes(
 
 export { BlobCodec };
 
+/** Bytes read (and hashed) at a time when a pack is verified from its file. */
+const SEGMENT = 4 * 1024 * 1024;
+
 /**
- * Verify a whole pack held in memory against the catalog's compact layout
+ * Verify a pack against the catalog's compact layout
  * (`RepoCatalog.packLayout`): its hash against its id; every blob its
  * (authenticated) header lists (authentication, size and plaintext hash);
  * and every catalog entry against the header (same id, offset and length).
+ * `read(offset, length)` returns the pack's bytes (a view of a buffer, or a
+ * positional read of its file); the pack is read once, in order, in
+ * segments of about 4 MiB, so memory stays small whatever the pack's size.
  * With a header that does not open, `headerBroken` is set and nothing else
  * is checked: the caller verifies again with the catalog's full entries.
  */
@@ -68,26 +74,45 @@ export async function verifyPackLayout(
   key: MasterKey,
   codec: BlobCodec,
   id: PackId,
-  data: Buffer,
+  size: number,
+  read: (offset: number, length: number) => Buffer,
   layout: Buffer,
 ): Promise<PackVerdict & { headerBroken?: boolean }> {
   const v: PackVerdict = { packProblems: [], errors: [], badBlobs: [] };
-  if (createHash("sha256").update(data).digest("hex") !== id) {
-    v.packProblems.push("content does not match its id (damaged)");
-  }
   let header: IndexEntry[];
   try {
-    header = await parsePackHeader(key, id, data.length, async (o, l) => data.subarray(o, o + l));
+    header = await parsePackHeader(key, id, size, async (o, l) => read(o, l));
   } catch {
     return { ...v, headerBroken: true };
   }
-  for (const e of header) {
-    try {
-      codec.decode(e, data.subarray(e.offset, e.offset + e.length));
-    } catch (err) {
-      v.badBlobs.push({ id: e.id, problem: (err as Error).message });
+  const hash = createHash("sha256");
+  try {
+    let i = 0;
+    let pos = 0;
+    while (i < header.length) {
+      const from = header[i]!.offset;
+      let j = i;
+      while (j + 1 < header.length && header[j + 1]!.offset + header[j + 1]!.length - from <= SEGMENT) j++;
+      const end = header[j]!.offset + header[j]!.length;
+      const seg = read(from, end - from);
+      hash.update(seg);
+      for (let k = i; k <= j; k++) {
+        const e = header[k]!;
+        try {
+          codec.decode(e, seg.subarray(e.offset - from, e.offset - from + e.length));
+        } catch (err) {
+          v.badBlobs.push({ id: e.id, problem: (err as Error).message });
+        }
+      }
+      pos = end;
+      i = j + 1;
     }
+    hash.update(read(pos, size - pos)); // the header and trailer
+  } catch (err) {
+    v.packProblems.push(`cannot be read: ${(err as Error).message}`);
+    return v;
   }
+  if (hash.digest("hex") !== id) v.packProblems.push("content does not match its id (damaged)");
   // Both are ordered by offset; the header covers the pack without gaps.
   let h = 0;
   for (let at = 0; at + PACK_LAYOUT_ENTRY <= layout.length; at += PACK_LAYOUT_ENTRY) {
@@ -101,4 +126,13 @@ export async function verifyPackLayout(
     }
   }
   return v;
+}
+
+/** `read` for `verifyPackLayout` over a buffer holding the whole pack. */
+export function readFromBuffer(data: Buffer): (offset: number, length: number) => Buffer {
+  return (offset, length) => {
+    if (offset + length > data.length)
+      throw new Error(`wanted bytes ${offset}..${offset + length}, the pack has ${data.length}`);
+    return data.subarray(offset, offset + length);
+  };
 }

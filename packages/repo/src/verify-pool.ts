@@ -60,6 +60,17 @@ export class VerifyPool {
     return this.pool.call({ id, data: own, size: data.length, layout: lay }, transfer);
   }
 
+  /** The same, the worker reading the pack from its file at `path` itself, a few MiB at a time. */
+  verifyLayoutFrom(
+    id: PackId,
+    path: string,
+    size: number,
+    layout: Buffer,
+  ): Promise<PackVerdict & { headerBroken?: boolean }> {
+    const lay = ownBuffer(layout);
+    return this.pool.call({ id, path, size, layout: lay }, [lay.buffer as ArrayBuffer]);
+  }
+
   close(): Promise<void> {
     return this.pool.close();
   }

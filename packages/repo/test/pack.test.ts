@@ -8,6 +8,7 @@ import {
   openSealed,
   PackBuilder,
   parsePackHeader,
+  readFromBuffer,
   seal,
   unwrapMasterKey,
   verifyPackLayout,
@@ -95,15 +96,40 @@ describe("verifying a pack against the catalog's layout (check --read-data)", ()
   const rows = p.entries.map((e) => [Buffer.from(e.id, "hex"), e.offset, e.length] as const);
 
   it("passes an intact pack whose layout matches", async () => {
-    const v = await verifyPackLayout(key, codec, p.id, file, encodePackLayout(rows));
+    const v = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      file.length,
+      readFromBuffer(file),
+      encodePackLayout(rows),
+    );
     expect(v).toEqual({ packProblems: [], errors: [], badBlobs: [] });
     // A catalog that indexes only some of the pack's blobs (the rest superseded) is fine too.
-    expect((await verifyPackLayout(key, codec, p.id, file, encodePackLayout([rows[1]!]))).errors).toEqual([]);
+    expect(
+      (
+        await verifyPackLayout(
+          key,
+          codec,
+          p.id,
+          file.length,
+          readFromBuffer(file),
+          encodePackLayout([rows[1]!]),
+        )
+      ).errors,
+    ).toEqual([]);
   });
 
   it("names a catalog entry the header does not list where the catalog says", async () => {
     const wrongOffset = rows.map((r, i) => (i === 1 ? ([r[0], r[1] + 1, r[2]] as const) : r));
-    const v1 = await verifyPackLayout(key, codec, p.id, file, encodePackLayout(wrongOffset));
+    const v1 = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      file.length,
+      readFromBuffer(file),
+      encodePackLayout(wrongOffset),
+    );
     expect(v1.errors).toEqual([
       `pack ${p.id}: header does not list blob ${p.entries[1]!.id} where the catalog says`,
     ]);
@@ -112,7 +138,8 @@ describe("verifying a pack against the catalog's layout (check --read-data)", ()
       key,
       codec,
       p.id,
-      file,
+      file.length,
+      readFromBuffer(file),
       encodePackLayout([[stranger, rows[2]![1], rows[2]![2]]]),
     );
     expect(v2.errors[0]).toContain(stranger.toString("hex"));
@@ -120,7 +147,8 @@ describe("verifying a pack against the catalog's layout (check --read-data)", ()
       key,
       codec,
       p.id,
-      file,
+      file.length,
+      readFromBuffer(file),
       encodePackLayout([[rows[0]![0], 0, 7]]),
     );
     expect(wrongLength.errors).toHaveLength(1);
@@ -129,16 +157,61 @@ describe("verifying a pack against the catalog's layout (check --read-data)", ()
   it("names the damaged blob and the pack's hash when a byte flips", async () => {
     const bad = Buffer.from(file);
     bad[p.entries[1]!.offset + 20]! ^= 1;
-    const v = await verifyPackLayout(key, codec, p.id, bad, encodePackLayout(rows));
+    const v = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      bad.length,
+      readFromBuffer(bad),
+      encodePackLayout(rows),
+    );
     expect(v.packProblems).toEqual(["content does not match its id (damaged)"]);
     expect(v.badBlobs.map((b) => b.id)).toEqual([p.entries[1]!.id]);
     expect(v.badBlobs[0]!.problem).toMatch(/fails authentication/);
   });
 
+  it("reads a pack larger than its 4 MiB segments once, in order, and finds damage in a later segment", async () => {
+    const big = new PackBuilder();
+    const parts = Array.from({ length: 12 }, () => randomBytes(700_000)); // ~8 MiB: three segments
+    for (const d of parts) big.add(codec.encode(sha(d), "chunk", d));
+    const bp = big.finish(key);
+    const bytes = Buffer.concat(bp.parts);
+    const layout = encodePackLayout(
+      bp.entries.map((e) => [Buffer.from(e.id, "hex"), e.offset, e.length] as const),
+    );
+    const reads: [number, number][] = [];
+    const read = (o: number, l: number) => {
+      reads.push([o, l]);
+      return bytes.subarray(o, o + l);
+    };
+    expect(await verifyPackLayout(key, codec, bp.id, bytes.length, read, layout)).toEqual({
+      packProblems: [],
+      errors: [],
+      badBlobs: [],
+    });
+    // After the header: consecutive segments of at most 4 MiB cover the whole pack.
+    const segs = reads.filter(([o]) => o < bp.entries.at(-1)!.offset + bp.entries.at(-1)!.length);
+    expect(segs.length).toBeGreaterThanOrEqual(2);
+    expect(segs[0]![0]).toBe(0);
+    for (const [, l] of segs.slice(0, -1)) expect(l).toBeLessThanOrEqual(4 * 1024 * 1024);
+    const damaged = Buffer.from(bytes);
+    damaged[bp.entries[10]!.offset + 5]! ^= 1;
+    const v = await verifyPackLayout(key, codec, bp.id, bytes.length, readFromBuffer(damaged), layout);
+    expect(v.badBlobs.map((b) => b.id)).toEqual([bp.entries[10]!.id]);
+    expect(v.packProblems).toEqual(["content does not match its id (damaged)"]);
+  });
+
   it("says so when the header does not open (the caller then verifies entry by entry)", async () => {
     const bad = Buffer.from(file);
     bad[bad.length - 20]! ^= 1; // inside the sealed header
-    const v = await verifyPackLayout(key, codec, p.id, bad, encodePackLayout(rows));
+    const v = await verifyPackLayout(
+      key,
+      codec,
+      p.id,
+      bad.length,
+      readFromBuffer(bad),
+      encodePackLayout(rows),
+    );
     expect(v.headerBroken).toBe(true);
   });
 });
