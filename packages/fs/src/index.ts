@@ -18,3 +18,4 @@ export {
   validateName,
   writeAt,
 } from "./restore.js";
+export { PackedStat, type ScannedEntry, scanDir } from "./scan-dir.js";

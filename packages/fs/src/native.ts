@@ -30,6 +30,8 @@ export interface NativeFs {
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** syncfs(2) on the filesystem holding directory `path`: every dirty page and inode of it to disk. */
   syncfs(path: Buffer | string): void;
+  /** Every entry of a directory with its lstat, packed (see `scanDir` in scan-dir.ts). */
+  scanDir(path: Buffer): Buffer;
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.

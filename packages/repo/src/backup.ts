@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type BigIntStats, lstatSync, readdirSync } from "node:fs";
+import { type BigIntStats, lstatSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import * as nodePath from "node:path";
 import {
@@ -15,7 +15,7 @@ import {
   type TreeId,
   Writer,
 } from "@strata/core";
-import { displayPath, nodeFromStat, readNode } from "@strata/fs";
+import { displayPath, nodeFromStat, readNode, type ScannedEntry, scanDir } from "@strata/fs";
 import { emptySnapshotStats, type FileCache, type SnapshotRecord, type SnapshotStats } from "./catalog.js";
 import { ChunkPool, type ChunkSink, repositorySink } from "./chunk-pool.js";
 import type { WorkerInit } from "./chunk-worker.js";
@@ -590,15 +590,16 @@ export class TreeWalker {
     // A directory whose every entry is excluded is recorded empty (its own
     // metadata only), through the cache like any other, so it is not sent again.
     const descend = !filter || filter.descend(Buffer.concat([SLASH, this.snapshotPath(abs)]));
-    let names: Buffer[];
+    // One native call lists the directory and lstats every entry.
+    let listing: ScannedEntry[];
     try {
       if (descend) this.scan.dirsRead++;
-      names = descend ? readdirSync(abs, { encoding: "buffer" }) : [];
+      listing = descend ? scanDir(abs) : [];
     } catch (e) {
       this.error(display, `cannot read directory: ${(e as Error).message}`);
       return this.finishDir(abs, [], null, null);
     }
-    names.sort(Buffer.compare);
+    listing.sort((a, b) => Buffer.compare(a.name, b.name));
     const cache = this.opts.fileCache;
     const known = how.known ?? null;
     const row = known ? { data: known.raw, gen: 1 } : (cache?.getDir(abs) ?? null);
@@ -631,19 +632,13 @@ export class TreeWalker {
     /** Non-directory entries that are not unchanged cache hits. */
     let fresh = 0;
     try {
-      for (const name of names) {
+      for (const { name, st, error } of listing) {
         const childAbs = Buffer.concat([base, name]);
         const childDisplay = display === "/" ? `/${displayPath(name)}` : `${display}/${displayPath(name)}`;
         if (this.isExcluded(childAbs, childDisplay, name)) continue;
-        let st: BigIntStats | undefined;
-        try {
-          st = lstatSync(childAbs, { bigint: true, throwIfNoEntry: false });
-        } catch (e) {
-          this.error(childDisplay, `cannot stat: ${(e as Error).message}`);
-          continue;
-        }
         if (!st) {
-          this.error(childDisplay, "vanished during backup");
+          if (error?.code === "ENOENT") this.error(childDisplay, "vanished during backup");
+          else this.error(childDisplay, `cannot stat: ${error?.message}`);
           continue;
         }
         const key = name.toString("latin1");
