@@ -3,7 +3,7 @@ import type { IndexEntry } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import { packName } from "./pack.js";
 import type { Repository } from "./repository.js";
-import { packItems, type RestoreItem, type RestoreReply, type RestoreRequest } from "./restore-worker.js";
+import { packItems, type RestoreBatch, type RestoreItem, type RestoreReply } from "./restore-worker.js";
 import { defaultThreads, ownBuffer, ThreadPool } from "./thread-pool.js";
 
 /** Blobs closer than this in a pack are fetched by one read. */
@@ -11,6 +11,9 @@ const RANGE_GAP = 256 * 1024;
 /** Longest single ranged read. */
 const RANGE_MAX = 8 * 1024 * 1024;
 const READS_IN_FLIGHT = 4;
+/** Ranges, and bytes, sent to a restore worker in one message. */
+const BATCH_RANGES = 32;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 /** Something that wants the plaintext of one indexed blob. */
 export interface BlobWant {
@@ -74,10 +77,10 @@ export function planRanges<W extends BlobWant>(wants: W[]): W[][] {
 
 /** Worker threads that decode blobs and write them into open files (see restore-worker.ts). */
 export class RestorePool {
-  private readonly pool: ThreadPool<Omit<RestoreRequest, "seq">, RestoreReply>;
+  private readonly pool: ThreadPool<Omit<RestoreBatch, "seq">, RestoreReply[]>;
 
   constructor(key: MasterKey, threads = defaultThreads()) {
-    // Two ranges (up to 8 MiB each) per worker: one decoding, one queued.
+    // Two batches per worker: one decoding, one queued.
     this.pool = new ThreadPool(
       new URL("./restore-worker.js", import.meta.url),
       { key: new Uint8Array(key.key), role: "restore" },
@@ -91,24 +94,27 @@ export class RestorePool {
     return this.pool.slot();
   }
 
-  /** Decode and write `items` from `buf` (transferred), the pack's bytes from offset `base` on. */
-  run(buf: Buffer, base: number, items: RestoreItem[]): Promise<RestoreReply> {
-    const own = ownBuffer(buf);
-    const packed = packItems(items);
-    return this.pool.call({ buf: own, base, items: packed }, [
-      own.buffer as ArrayBuffer,
-      packed.nums.buffer as ArrayBuffer,
-      packed.writes.buffer as ArrayBuffer,
-    ]);
-  }
-
-  /** The same, the worker reading `length` bytes from `base` of the file at `path` itself. */
-  runFrom(path: string, base: number, length: number, items: RestoreItem[]): Promise<RestoreReply> {
-    const packed = packItems(items);
-    return this.pool.call({ path, base, length, items: packed }, [
-      packed.nums.buffer as ArrayBuffer,
-      packed.writes.buffer as ArrayBuffer,
-    ]);
+  /**
+   * Decode and write each job's items: from `buf` (transferred), the pack's
+   * bytes from offset `base` on, or read by the worker from the file at
+   * `path` (`length` bytes from `base`). One answer per job, in order.
+   */
+  run(
+    jobs: ({ buf: Buffer; base: number } | { path: string; base: number; length: number })[],
+    items: RestoreItem[][],
+  ): Promise<RestoreReply[]> {
+    const transfer: ArrayBuffer[] = [];
+    const out = jobs.map((j, i) => {
+      const packed = packItems(items[i]!);
+      transfer.push(packed.nums.buffer as ArrayBuffer, packed.writes.buffer as ArrayBuffer);
+      if ("buf" in j) {
+        const own = ownBuffer(j.buf);
+        transfer.push(own.buffer as ArrayBuffer);
+        return { buf: own, base: j.base, items: packed };
+      }
+      return { path: j.path, base: j.base, length: j.length, items: packed };
+    });
+    return this.pool.call({ jobs: out }, transfer);
   }
 
   close(): Promise<void> {
@@ -136,55 +142,111 @@ export async function writeBlobs<W extends WriteWant>(
   onWritten: (want: W, bytes: number, error: Error | null) => void,
 ): Promise<void> {
   const ranges = planRanges(wants);
+  // Neighbouring ranges travel to a worker together (up to 32 of them or
+  // 4 MiB), so a directory of small files costs a few round trips.
+  const batches: W[][][] = [];
+  let size = 0;
+  for (const r of ranges) {
+    const cur = batches[batches.length - 1];
+    const len = r[r.length - 1]!.entry.offset + r[r.length - 1]!.entry.length - r[0]!.entry.offset;
+    if (cur && cur.length < BATCH_RANGES && size + len <= BATCH_BYTES) {
+      cur.push(r);
+      size += len;
+    } else {
+      batches.push([r]);
+      size = len;
+    }
+  }
   let next = 0;
-  const one = async (range: W[]) => {
+  const one = async (batch: W[][]) => {
     await pool.slot();
-    const first = range[0]!.entry;
-    const last = range[range.length - 1]!.entry;
-    const length = last.offset + last.length - first.offset;
-    // One item per blob, with every place it goes.
-    const items: RestoreItem[] = [];
-    const owners: W[][] = [];
-    for (const w of range) {
-      const e = w.entry;
-      const prev = items[items.length - 1];
-      if (prev && prev.id === e.id && prev.offset === e.offset) {
-        prev.writes.push(w.fd, w.pos);
-        owners[owners.length - 1]!.push(w);
-        continue;
-      }
-      items.push({
-        id: e.id,
-        packId: e.packId,
-        offset: e.offset,
-        length: e.length,
-        rawLength: e.rawLength,
-        compressed: e.compressed,
-        writes: [w.fd, w.pos],
-      });
-      owners.push([w]);
-    }
-    // The worker reads the range itself when the store is a local directory;
-    // otherwise it is read here and handed over.
-    let reply: RestoreReply | null = null;
-    const local = repo.store.localPath?.(packName(first.packId));
-    try {
-      if (local) reply = await pool.runFrom(local, first.offset, length, items);
+    const jobs: ({ buf: Buffer; base: number } | { path: string; base: number; length: number })[] = [];
+    const jobItems: RestoreItem[][] = [];
+    const jobOwners: W[][][] = [];
+    const jobRanges: W[][] = [];
+    const unread: W[][] = [];
+    for (const range of batch) {
+      const first = range[0]!.entry;
+      const last = range[range.length - 1]!.entry;
+      const length = last.offset + last.length - first.offset;
+      // The worker reads the range itself when the store is a local
+      // directory; otherwise it is read here and handed over.
+      const local = repo.store.localPath?.(packName(first.packId));
+      let job: (typeof jobs)[number];
+      if (local) job = { path: local, base: first.offset, length };
       else {
-        let buf: Buffer | null = null;
         try {
-          buf = await repo.store.getRange(packName(first.packId), first.offset, length);
+          job = {
+            buf: await repo.store.getRange(packName(first.packId), first.offset, length),
+            base: first.offset,
+          };
         } catch {
-          buf = null;
+          unread.push(range);
+          continue;
         }
-        if (buf) reply = await pool.run(buf, first.offset, items);
       }
-    } catch (e) {
-      for (const ws of owners) for (const w of ws) onWritten(w, 0, e as Error);
-      return;
+      // One item per blob, with every place it goes.
+      const items: RestoreItem[] = [];
+      const owners: W[][] = [];
+      for (const w of range) {
+        const e = w.entry;
+        const prev = items[items.length - 1];
+        if (prev && prev.id === e.id && prev.offset === e.offset) {
+          prev.writes.push(w.fd, w.pos);
+          owners[owners.length - 1]!.push(w);
+          continue;
+        }
+        items.push({
+          id: e.id,
+          packId: e.packId,
+          offset: e.offset,
+          length: e.length,
+          rawLength: e.rawLength,
+          compressed: e.compressed,
+          writes: [w.fd, w.pos],
+        });
+        owners.push([w]);
+      }
+      jobs.push(job);
+      jobItems.push(items);
+      jobOwners.push(owners);
+      jobRanges.push(range);
     }
-    if (!reply || reply.readError !== undefined) {
-      // Blob by blob on this thread, so damage stays confined to the blobs it touches.
+    let replies: RestoreReply[] = [];
+    if (jobs.length) {
+      try {
+        replies = await pool.run(jobs, jobItems);
+      } catch (e) {
+        for (const owners of jobOwners)
+          for (const ws of owners) for (const w of ws) onWritten(w, 0, e as Error);
+        replies = [];
+      }
+    }
+    replies.forEach((reply, j) => {
+      if (reply.readError !== undefined) {
+        unread.push(jobRanges[j]!);
+        return;
+      }
+      const owners = jobOwners[j]!;
+      const failed = new Map<W, string>();
+      for (const p of reply.problems) {
+        const ws = owners[p.item]!;
+        if (p.write < 0) for (const w of ws) failed.set(w, p.message);
+        else failed.set(ws[p.write]!, p.message);
+      }
+      for (const ws of owners)
+        for (const w of ws) {
+          const problem = failed.get(w);
+          onWritten(
+            w,
+            problem === undefined ? w.entry.rawLength : 0,
+            problem === undefined ? null : new Error(problem),
+          );
+        }
+    });
+    // Ranges that could not be read: blob by blob on this thread, so damage
+    // stays confined to the blobs it touches.
+    for (const range of unread) {
       await readRange(repo, range, (w, plain, error) => {
         if (!plain) return onWritten(w, 0, error);
         try {
@@ -195,28 +257,12 @@ export async function writeBlobs<W extends WriteWant>(
           onWritten(w, 0, e as Error);
         }
       });
-      return;
     }
-    const failed = new Map<W, string>();
-    for (const p of reply.problems) {
-      const ws = owners[p.item]!;
-      if (p.write < 0) for (const w of ws) failed.set(w, p.message);
-      else failed.set(ws[p.write]!, p.message);
-    }
-    for (const ws of owners)
-      for (const w of ws) {
-        const problem = failed.get(w);
-        onWritten(
-          w,
-          problem === undefined ? w.entry.rawLength : 0,
-          problem === undefined ? null : new Error(problem),
-        );
-      }
   };
   const worker = async () => {
-    while (next < ranges.length) await one(ranges[next++]!);
+    while (next < batches.length) await one(batches[next++]!);
   };
-  await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, batches.length) }, worker));
 }
 
 async function readRange<W extends BlobWant>(

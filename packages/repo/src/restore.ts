@@ -47,13 +47,15 @@ export interface RestoreResult {
 
 const SLASH = Buffer.from("/");
 /** Files whose content is written together (bounds open descriptors). */
-const FILE_GROUP = 256;
+const FILE_GROUP = 128;
 /**
  * Groups being written at once: the walk goes on creating files while their
  * content is read and written, so at most (GROUPS_IN_FLIGHT + 1) ×
  * FILE_GROUP descriptors are open.
  */
-const GROUPS_IN_FLIGHT = 2;
+const GROUPS_IN_FLIGHT = 3;
+/** Directory listings read ahead of the walk. */
+const PREFETCH_TREES = 64;
 
 interface PendingFile {
   fd: number;
@@ -100,6 +102,8 @@ export class Restorer {
   private readonly owner = process.geteuid?.() === 0;
   /** The target has no default ACL (see `restoreTree`'s `clean`). */
   private targetClean = false;
+  /** Directory listings read ahead of the walk (see `prefetch`). */
+  private readonly trees = new Map<TreeId, Promise<FsNode[]>>();
   private groups = 0;
   private readonly groupWaiters: (() => void)[] = [];
 
@@ -213,11 +217,12 @@ export class Restorer {
   ): Promise<{ done: Promise<void> }> {
     let nodes: FsNode[];
     try {
-      nodes = await this.repo.loadTree(id);
+      nodes = await this.loadTree(id);
     } catch (e) {
       this.error(prefix || "/", `cannot load directory listing: ${(e as Error).message}`);
       return { done: Promise.resolve() };
     }
+    if (mode === 1) this.prefetch(nodes);
     // One index lookup for every chunk of every file in this directory.
     const ids = new Set<BlobId>();
     for (const n of nodes) for (const c of chunkIdsOf(n)) ids.add(c);
@@ -257,6 +262,30 @@ export class Restorer {
     }
     if (group.length) await start();
     return { done: Promise.all(pending).then(() => {}) };
+  }
+
+  /** A listing read ahead by `prefetch`, or read now. */
+  private loadTree(id: TreeId): Promise<FsNode[]> {
+    const ahead = this.trees.get(id);
+    if (!ahead) return this.repo.loadTree(id);
+    this.trees.delete(id);
+    return ahead;
+  }
+
+  /**
+   * Start reading the listings of `nodes`' subdirectories, which the walk
+   * will need next: on a cold cache each is a small random read, and read
+   * one after another they would leave the walk (and the workers behind it)
+   * waiting on the disk. At most PREFETCH_TREES are held.
+   */
+  private prefetch(nodes: FsNode[]): void {
+    for (const n of nodes) {
+      if (this.trees.size >= PREFETCH_TREES) return;
+      if (n.type !== "dir" || !n.subtree || this.trees.has(n.subtree)) continue;
+      const p = this.repo.loadTree(n.subtree);
+      p.catch(() => {}); // reported when the walk gets there
+      this.trees.set(n.subtree, p);
+    }
   }
 
   /**
