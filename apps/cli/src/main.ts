@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { tuneMemory } from "@strata/fs";
 import { Command, Option } from "commander";
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAgentCapture } from "./commands/agent-capture.js";
@@ -40,5 +41,7 @@ export function buildProgram(): Command {
 }
 
 export function main(argv = process.argv): Promise<number> {
+  // Before any worker thread starts: the allocator settings apply to arenas made from now on.
+  tuneMemory();
   return runProgram(buildProgram(), argv);
 }

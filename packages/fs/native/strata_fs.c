@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -455,6 +456,35 @@ static napi_value js_scandir(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * mallocTune(arenaMax, mmapThreshold, trimThreshold): glibc allocator
+ * settings (mallopt) for a process with worker threads that pass many
+ * short-lived megabyte buffers around: fewer per-thread arenas, and large
+ * buffers mmapped and given back when freed instead of kept in the heap
+ * (a fixed threshold also turns off glibc's dynamic one, which otherwise
+ * rises to the largest buffer freed). A value <= 0 leaves that setting
+ * alone. Returns whether every mallopt call succeeded (false elsewhere than
+ * glibc, where it does nothing).
+ */
+static napi_value js_malloc_tune(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int32_t v[3];
+  for (int i = 0; i < 3; i++)
+    if (napi_get_value_int32(env, argv[i], &v[i]) != napi_ok) return throw_type(env, "values must be numbers");
+  int ok = 1;
+#ifdef __GLIBC__
+  if (v[0] > 0) ok = mallopt(M_ARENA_MAX, v[0]) && ok;
+  if (v[1] > 0) ok = mallopt(M_MMAP_THRESHOLD, v[1]) && ok;
+  if (v[2] > 0) ok = mallopt(M_TRIM_THRESHOLD, v[2]) && ok;
+#else
+  ok = 0;
+#endif
+  napi_value out;
+  CHECK(napi_get_boolean(env, ok != 0, &out));
+  return out;
+}
+
 static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char *name) {
   napi_value argv[MAX_ARGS];
   if (!get_args(env, info, 2, argv)) return NULL;
@@ -609,6 +639,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"peerCred", NULL, js_peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
       {"syncfs", NULL, js_syncfs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanDir", NULL, js_scandir, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mallocTune", NULL, js_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

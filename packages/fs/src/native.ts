@@ -32,6 +32,8 @@ export interface NativeFs {
   syncfs(path: Buffer | string): void;
   /** Every entry of a directory with its lstat, packed (see `scanDir` in scan-dir.ts). */
   scanDir(path: Buffer): Buffer;
+  /** glibc mallopt: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<= 0: unchanged). */
+  mallocTune(arenaMax: number, mmapThreshold: number, trimThreshold: number): boolean;
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.

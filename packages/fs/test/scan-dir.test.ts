@@ -15,7 +15,7 @@ import {
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { scanDir } from "../src/index.js";
+import { native, scanDir, tuneMemory } from "../src/index.js";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "strata-scandir-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -86,5 +86,13 @@ describe("scanDir: a directory's entries with their lstat in one call", () => {
     const file = path.join(dir, "plain");
     writeFileSync(file, "");
     expect(() => scanDir(Buffer.from(file))).toThrow(expect.objectContaining({ code: "ENOTDIR" }));
+  });
+});
+
+describe("tuneMemory: glibc allocator settings at start", () => {
+  it("applies on glibc (Debian) and rejects values that are not numbers", () => {
+    expect(tuneMemory({})).toBe(true);
+    expect(tuneMemory({ MALLOC_ARENA_MAX: "4" })).toBe(true); // the environment's value wins: nothing to set
+    expect(() => native.mallocTune("2" as unknown as number, 0, 0)).toThrow(/numbers/);
   });
 });
