@@ -1,4 +1,13 @@
-import { globToRegExp, matchCollectionRule, matchDriverRule, matchProfile, triggersFor } from "@strata/core";
+import {
+  globToRegExp,
+  initramfsTargets,
+  matchCollectionRule,
+  matchDriverRule,
+  matchProfile,
+  mergeInitramfsTargets,
+  TRIGGER_ORDER,
+  triggersFor,
+} from "@strata/core";
 import { describe, expect, it } from "vitest";
 
 describe("triggersFor", () => {
@@ -41,6 +50,57 @@ describe("triggersFor", () => {
     ).toEqual([]);
   });
 
+  it("asks for update-alternatives on the alternatives database and its links", () => {
+    expect(triggersFor(["/var/lib/dpkg/alternatives/editor"])).toEqual(["update-alternatives"]);
+    expect(triggersFor(["/etc/alternatives/editor"])).toEqual(["update-alternatives"]);
+    // The directories themselves, a look-alike and a generic link are not.
+    expect(
+      triggersFor(["/var/lib/dpkg/alternatives", "/var/lib/dpkg/alternativesx/a", "/usr/bin/editor"]),
+    ).toEqual([]);
+  });
+
+  it("asks for update-initramfs on kernels, their modules, initramfs-tools and firmware", () => {
+    for (const p of [
+      "/boot/vmlinuz-6.1.0-13-amd64",
+      "/lib/modules/6.1.0-13-amd64/kernel/drivers/net/e1000e.ko",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.dep",
+      "/usr/lib/modules/6.1.0-13-amd64",
+      "/etc/initramfs-tools/initramfs.conf",
+      "/etc/initramfs-tools",
+      "/usr/share/initramfs-tools/hooks/cryptroot",
+      "/lib/firmware/iwlwifi-9000-pu-b0-jf-b0-46.ucode",
+      "/usr/lib/firmware/amdgpu/navi10_gpu_info.bin",
+    ])
+      expect(triggersFor([p]), p).toEqual(["update-initramfs"]);
+    for (const p of [
+      "/boot/initrd.img-6.1.0-13-amd64",
+      "/boot/config-6.1.0-13-amd64",
+      "/boot/vmlinuz",
+      "/lib/modules",
+      "/usr/lib/modules-load.d/x.conf",
+      "/usr/share/initramfs-toolsx/a",
+      "/etc/crypttab",
+    ])
+      expect(triggersFor([p]), p).toEqual([]);
+  });
+
+  it("orders all four: linker cache, alternatives, initramfs, systemd", () => {
+    expect(TRIGGER_ORDER).toEqual([
+      "ldconfig",
+      "update-alternatives",
+      "update-initramfs",
+      "systemd-daemon-reload",
+    ]);
+    expect(
+      triggersFor([
+        "/lib/systemd/system/a.service",
+        "/boot/vmlinuz-6.1.0-13-amd64",
+        "/etc/alternatives/pager",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+      ]),
+    ).toEqual(TRIGGER_ORDER);
+  });
+
   it("returns both, in a fixed order, from any iterable", () => {
     function* paths() {
       yield "/lib/systemd/system/a.service";
@@ -50,6 +110,39 @@ describe("triggersFor", () => {
     expect(
       triggersFor(new Set(["/usr/lib/libz.so.1", "/lib/systemd/system/a.service", "/usr/lib/libq.so.2"])),
     ).toEqual(["ldconfig", "systemd-daemon-reload"]);
+  });
+});
+
+describe("initramfsTargets", () => {
+  it("names the kernels a layer touches, and all of them for initramfs-tools and firmware", () => {
+    expect(initramfsTargets(["/usr/bin/jq", "/boot/initrd.img-6.1.0-13-amd64"])).toBeNull();
+    expect(
+      initramfsTargets([
+        "/usr/lib/modules/6.1.0-25-amd64/kernel/a.ko",
+        "/boot/vmlinuz-6.1.0-13-amd64",
+        "/lib/modules/6.1.0-25-amd64/modules.dep",
+      ]),
+    ).toEqual({ kernels: ["6.1.0-13-amd64", "6.1.0-25-amd64"], all: false });
+    expect(initramfsTargets(["/etc/initramfs-tools/modules"])).toEqual({ kernels: [], all: true });
+    expect(initramfsTargets(["/lib/firmware/a.bin", "/boot/vmlinuz-6.12.9-amd64"])).toEqual({
+      kernels: ["6.12.9-amd64"],
+      all: true,
+    });
+    expect(initramfsTargets(["/lib/modules/../etc/x", "/lib/modules/./x"])).toBeNull();
+  });
+
+  it("merges targets", () => {
+    expect(mergeInitramfsTargets(null, undefined)).toBeNull();
+    expect(mergeInitramfsTargets({ kernels: ["b"], all: false }, null)).toEqual({
+      kernels: ["b"],
+      all: false,
+    });
+    expect(
+      mergeInitramfsTargets({ kernels: ["b", "a"], all: false }, { kernels: ["a", "c"], all: true }),
+    ).toEqual({
+      kernels: ["a", "b", "c"],
+      all: true,
+    });
   });
 });
 

@@ -39,7 +39,31 @@ export interface AccountLines {
   gshadow: string[];
 }
 
-export type Trigger = "ldconfig" | "systemd-daemon-reload";
+export type Trigger = "ldconfig" | "update-alternatives" | "update-initramfs" | "systemd-daemon-reload";
+
+/** docs/design/layers.md, "Alternatives": a group a layer registers alternatives into. */
+export interface LayerAlternative {
+  name: string;
+  /** The generic (master) link, e.g. /usr/bin/editor. */
+  link: string;
+  slaves: { name: string; link: string }[];
+  /** The alternatives the layer added or changed; `slaves` maps a slave's name to its path. */
+  choices: { path: string; priority: number; slaves: Record<string, string> }[];
+  /** The alternative the capture chose by hand (kept unless the endpoint chose by hand). */
+  manual?: string;
+}
+
+export interface LayerAlternatives {
+  groups: LayerAlternative[];
+  /** Alternatives the layer removed (`update-alternatives --remove NAME PATH`). */
+  removed: { name: string; path: string }[];
+}
+
+/** The kernels whose initramfs an apply rebuilds: those named, or (all) every kernel on the endpoint. */
+export interface InitramfsTargets {
+  kernels: string[];
+  all: boolean;
+}
 
 /** docs/design/layers.md, "Manifest". */
 export interface LayerManifest {
@@ -50,6 +74,10 @@ export interface LayerManifest {
   removedPackages: string[];
   accounts: AccountLines;
   triggers: Trigger[];
+  /** With trigger `update-alternatives`: the alternatives to register and remove (absent: none). */
+  alternatives?: LayerAlternatives;
+  /** With trigger `update-initramfs`: whose initramfs to rebuild. */
+  initramfs?: InitramfsTargets;
   stats: { files: number; bytes: number };
 }
 
@@ -247,6 +275,8 @@ export interface DryRunReport {
     userInstalled: string[];
   };
   doNotOverride: string[];
+  /** What the apply runs once the files are in place (the image's triggers, docs/design/layers.md "Triggers"). */
+  triggers: Trigger[];
   bytesToWrite: number;
   /** How many files `bytesToWrite` are (each may take one more block on disk). */
   filesToWrite: number;
@@ -389,18 +419,45 @@ const assignment = obj({
   assignedBy: str(),
 });
 const rule = obj({ dir: str(), pattern: str() }, ["dir"]);
-const manifest = obj({
-  os: osRelease,
-  removed: strings,
-  packages: {
-    type: "array",
-    items: obj({ name: str(), arch: str(), version: str(), stanza: str() }),
+const manifest = obj(
+  {
+    os: osRelease,
+    removed: strings,
+    packages: {
+      type: "array",
+      items: obj({ name: str(), arch: str(), version: str(), stanza: str() }),
+    },
+    removedPackages: strings,
+    accounts: obj({ passwd: strings, group: strings, shadow: strings, gshadow: strings }),
+    triggers: strings,
+    alternatives: obj({
+      groups: {
+        type: "array",
+        items: obj(
+          {
+            name: str(),
+            link: str(),
+            slaves: { type: "array", items: obj({ name: str(), link: str() }) },
+            choices: {
+              type: "array",
+              items: obj({
+                path: str(),
+                priority: { type: "integer" },
+                slaves: { type: "object", additionalProperties: { type: "string" } },
+              }),
+            },
+            manual: str(),
+          },
+          ["name", "link", "slaves", "choices"],
+        ),
+      },
+      removed: { type: "array", items: obj({ name: str(), path: str() }) },
+    }),
+    initramfs: obj({ kernels: strings, all: { type: "boolean" } }),
+    stats: obj({ files: { type: "integer" }, bytes: { type: "integer" } }),
   },
-  removedPackages: strings,
-  accounts: obj({ passwd: strings, group: strings, shadow: strings, gshadow: strings }),
-  triggers: strings,
-  stats: obj({ files: { type: "integer" }, bytes: { type: "integer" } }),
-});
+  ["os", "removed", "packages", "removedPackages", "accounts", "triggers", "stats"],
+);
 
 export const layerSchemas = {
   LayerInfo: layer,
@@ -480,6 +537,7 @@ export const layerSchemas = {
       userInstalled: strings,
     }),
     doNotOverride: strings,
+    triggers: strings,
     bytesToWrite: { type: "integer" },
     filesToWrite: { type: "integer" },
     disk: {

@@ -1,4 +1,5 @@
 export * from "./accounts.js";
+export * from "./alternatives.js";
 export * from "./dpkg.js";
 export * from "./drivers.js";
 export * from "./dryrun.js";

@@ -59,9 +59,27 @@ export const IDENTITY_RULES: readonly Rule[] = freeze([
 ]);
 
 /**
+ * What each endpoint derives itself, after an apply, by a trigger
+ * (docs/design/layers.md, "Triggers"): never in a layer tree, never written
+ * or deleted by an apply. The initramfs images (built on the reference, they
+ * embed its crypttab and resume device: `update-initramfs` builds the
+ * endpoint's own) and the alternatives database with its links in
+ * /etc/alternatives (layers record alternatives in their manifest and
+ * `update-alternatives` registers them, keeping the endpoint's choices).
+ * Part of both the capture-noise and the base-capture rules; a base capture
+ * drops them even when the administrator's rules do not name them.
+ */
+export const ENDPOINT_DERIVED_RULES: readonly Rule[] = freeze([
+  { dir: "/boot", pattern: "initrd.img-*" },
+  { dir: "/var/lib/dpkg/alternatives" },
+  { dir: "/etc/alternatives" },
+]);
+
+/**
  * What an app capture's diff ignores: logs, caches, package lists, dpkg's
  * lock and trigger bookkeeping, the linker cache (ldconfig rebuilds it on
- * the endpoint), scratch space, and the structured files (diffed by entry
+ * the endpoint), scratch space, what endpoints derive themselves
+ * (`ENDPOINT_DERIVED_RULES`) and the structured files (diffed by entry
  * instead). dpkg's locks are named one by one: a `lock*` name pattern
  * would also hide /var/lib/dpkg/info/lockfile-progs.list.
  */
@@ -77,6 +95,7 @@ export const CAPTURE_NOISE_RULES: readonly Rule[] = freeze([
   { dir: "/var/backups", pattern: "**" },
   { dir: "/tmp", pattern: "**" },
   { dir: "/var/tmp", pattern: "**" },
+  ...ENDPOINT_DERIVED_RULES.map((r) => ({ ...r })),
   ...STRUCTURED_RULES,
 ]);
 
@@ -93,6 +112,7 @@ export const BASE_CAPTURE_RULES: readonly Rule[] = freeze([
   { dir: "/var/tmp", pattern: "**" },
   { dir: "/var/lib/apt/lists", pattern: "**" },
   { dir: "/var/backups", pattern: "**" },
+  ...ENDPOINT_DERIVED_RULES.map((r) => ({ ...r })),
   ...STRUCTURED_RULES,
 ]);
 

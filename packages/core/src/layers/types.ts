@@ -23,7 +23,47 @@ export interface AccountLines {
   gshadow: string[];
 }
 
-export type Trigger = "ldconfig" | "systemd-daemon-reload";
+export type Trigger = "ldconfig" | "update-alternatives" | "update-initramfs" | "systemd-daemon-reload";
+
+/** A slave link of an alternatives group: `--slave LINK NAME PATH`. */
+export interface AlternativeSlave {
+  name: string;
+  link: string;
+}
+
+/** One alternative of a group: its path, priority and the path of each slave it provides. */
+export interface AlternativeChoice {
+  path: string;
+  priority: number;
+  /** Slave name → path, for the slaves this alternative provides. */
+  slaves: Record<string, string>;
+}
+
+/**
+ * An alternatives group as a layer records it (docs/design/layers.md,
+ * "Alternatives"): the group's links and the alternatives the capture added
+ * or changed; `manual` is the alternative the capture chose by hand.
+ */
+export interface LayerAlternative {
+  name: string;
+  /** The generic (master) link, e.g. /usr/bin/editor. */
+  link: string;
+  slaves: AlternativeSlave[];
+  choices: AlternativeChoice[];
+  manual?: string;
+}
+
+/** A layer's alternatives: the groups it registers into, and the alternatives it removed. */
+export interface LayerAlternatives {
+  groups: LayerAlternative[];
+  removed: { name: string; path: string }[];
+}
+
+/** The kernels whose initramfs an apply rebuilds: those named, or (all) every kernel of the endpoint. */
+export interface InitramfsTargets {
+  kernels: string[];
+  all: boolean;
+}
 
 export type DryRunProblemKind =
   | "downgrade"
