@@ -857,6 +857,151 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect((await send("POST", `/cvds/${eps.ref!.cvd}/rollback`)).statusCode).toBe(404);
     });
 
+    it("alternatives and kernels: recorded in the manifest, never in a tree; triggers in order", async () => {
+      const ref = eps.ref!;
+      const link = (target: string, rel: string) => {
+        rm(ref.root, rel);
+        mkdirSync(path.dirname(path.join(ref.root, rel)), { recursive: true });
+        symlinkSync(target, path.join(ref.root, rel));
+      };
+      // Before the install: a pager group in auto mode, its links, an old initramfs.
+      put(ref.root, "bin/more", "more\n");
+      put(ref.root, "usr/bin/w.pager", "w.pager\n");
+      put(
+        ref.root,
+        "var/lib/dpkg/alternatives/pager",
+        "auto\n/usr/bin/pager\n\n/bin/more\n50\n/usr/bin/w.pager\n10\n\n",
+      );
+      link("/bin/more", "etc/alternatives/pager");
+      link("/etc/alternatives/pager", "usr/bin/pager");
+      const cap = await capture({ name: "alt-demo" }, (root) => {
+        // A new group chosen by hand, with a slave; pager gains less and loses more.
+        put(root, "usr/bin/strata-demo-a", "a\n");
+        put(root, "usr/bin/strata-demo-b", "b\n");
+        put(root, "usr/share/man/man1/strata-demo-a.1.gz", "man a\n");
+        put(
+          root,
+          "var/lib/dpkg/alternatives/strata-demo",
+          "manual\n/usr/bin/strata-demo\nstrata-demo.1.gz\n/usr/share/man/man1/strata-demo.1.gz\n\n" +
+            "/usr/bin/strata-demo-a\n50\n/usr/share/man/man1/strata-demo-a.1.gz\n/usr/bin/strata-demo-b\n20\n\n\n",
+        );
+        link("/usr/bin/strata-demo-b", "etc/alternatives/strata-demo");
+        link("/etc/alternatives/strata-demo", "usr/bin/strata-demo");
+        link("/etc/alternatives/strata-demo.1.gz", "usr/share/man/man1/strata-demo.1.gz");
+        put(root, "usr/bin/less", "less\n");
+        rm(root, "bin/more");
+        put(
+          root,
+          "var/lib/dpkg/alternatives/pager",
+          "auto\n/usr/bin/pager\n\n/usr/bin/less\n77\n/usr/bin/w.pager\n10\n\n",
+        );
+        link("/usr/bin/less", "etc/alternatives/pager");
+        // A kernel, its initramfs built on the reference, and initramfs-tools' configuration.
+        put(root, "boot/vmlinuz-6.1.0-99-amd64", "kernel\n");
+        put(root, "usr/lib/modules/6.1.0-99-amd64/kernel/demo.ko", "module\n");
+        put(root, "boot/initrd.img-6.1.0-99-amd64", "the reference's initramfs\n");
+        put(root, "etc/initramfs-tools/modules", "demo\n");
+      });
+      const all = await paths(h, cap.version.tree as TreeId);
+      for (const p of ["/usr/bin/strata-demo-a", "/usr/bin/less", "/boot/vmlinuz-6.1.0-99-amd64"])
+        expect(all).toContain(p);
+      for (const p of [
+        "/var/lib/dpkg/alternatives/",
+        "/etc/alternatives/",
+        "/usr/bin/strata-demo",
+        "/usr/share/man/man1/strata-demo.1.gz",
+        "/usr/bin/pager",
+        "/boot/initrd.img-6.1.0-99-amd64",
+      ])
+        expect(all).not.toContain(p);
+      expect(cap.diff.removed).toEqual(["/bin/more"]);
+      const m = (await h.store.layers.getLayerManifest(cap.layer.id, 1)) as Record<string, never>;
+      expect(m.triggers).toEqual(["update-alternatives", "update-initramfs"]);
+      expect(m.initramfs).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
+      expect(m.alternatives).toEqual({
+        groups: [
+          {
+            name: "pager",
+            link: "/usr/bin/pager",
+            slaves: [],
+            choices: [{ path: "/usr/bin/less", priority: 77, slaves: {} }],
+          },
+          {
+            name: "strata-demo",
+            link: "/usr/bin/strata-demo",
+            slaves: [{ name: "strata-demo.1.gz", link: "/usr/share/man/man1/strata-demo.1.gz" }],
+            choices: [
+              {
+                path: "/usr/bin/strata-demo-a",
+                priority: 50,
+                slaves: { "strata-demo.1.gz": "/usr/share/man/man1/strata-demo-a.1.gz" },
+              },
+              { path: "/usr/bin/strata-demo-b", priority: 20, slaves: {} },
+            ],
+            manual: "/usr/bin/strata-demo-b",
+          },
+        ],
+        removed: [{ name: "pager", path: "/bin/more" }],
+      });
+
+      // A base captured from the same machine: every group, no links, no initramfs.
+      const base = await ok<CaptureBaseResponse>("POST", "/layers/capture-base", {
+        name: "debian-alt",
+        cvd: ref.cvd,
+      });
+      const baseAll = await paths(h, base.version.tree as TreeId);
+      expect(baseAll).toContain("/boot/vmlinuz-6.1.0-99-amd64");
+      expect(baseAll).toContain("/usr/bin/w.pager");
+      for (const p of [
+        "/var/lib/dpkg/alternatives/",
+        "/etc/alternatives/",
+        "/usr/bin/pager",
+        "/usr/bin/strata-demo",
+      ])
+        expect(baseAll).not.toContain(p);
+      expect(baseAll.some((p) => p.startsWith("/boot/initrd.img"))).toBe(false);
+      const bm = (await h.store.layers.getLayerManifest(base.layer.id, 1)) as Record<string, never>;
+      expect(bm.triggers).toEqual([
+        "ldconfig",
+        "update-alternatives",
+        "update-initramfs",
+        "systemd-daemon-reload",
+      ]);
+      expect(bm.initramfs).toEqual({ kernels: [], all: true });
+      const groups = (bm.alternatives as { groups: { name: string; choices: unknown[]; manual?: string }[] })
+        .groups;
+      expect(groups.map((g) => [g.name, g.choices.length, g.manual ?? null])).toEqual([
+        ["pager", 2, null],
+        ["strata-demo", 2, "/usr/bin/strata-demo-b"],
+      ]);
+
+      // Composed: the image's manifest carries both; the dry-run lists what will run.
+      const b = eps.b!;
+      await ok("POST", "/assignments", {
+        target: { cvd: b.cvd },
+        base: { layer: "debian-alt" },
+        apps: [{ layer: "alt-demo" }],
+      });
+      const img = (await ok<CvdLayersInfo>("GET", `/cvds/${b.cvd}/layers`)).targetImage!;
+      const rec = await h.store.layers.getImageBySnapshot(img as never);
+      const im = rec!.manifest as Record<string, never>;
+      expect((im.alternatives as { groups: { name: string }[] }).groups.map((g) => g.name)).toEqual([
+        "pager",
+        "strata-demo",
+      ]);
+      expect((im.alternatives as { removed: unknown[] }).removed).toEqual([
+        { name: "pager", path: "/bin/more" },
+      ]);
+      expect(im.initramfs).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
+      const r = await ok<DryRunReport>("GET", `/cvds/${b.cvd}/dry-run`);
+      expect(r.triggers).toEqual([
+        "ldconfig",
+        "update-alternatives",
+        "update-initramfs",
+        "systemd-daemon-reload",
+      ]);
+    });
+
     it("layer and image snapshots survive retention and prune; the reference's snapshots can go", async () => {
       const ref = eps.ref!;
       const cvdSnaps = await h.repo.catalog.listSnapshots({ tag: `cvd:${ref.cvd}` });

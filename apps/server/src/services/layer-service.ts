@@ -25,28 +25,40 @@ import type {
 import {
   ACCOUNT_FILES,
   type AccountLines,
+  ALTERNATIVES_ADMIN_DIR,
+  ALTERNATIVES_LINK_DIR,
+  type AlternativeGroup,
   accountName,
   accountProblems,
+  alternativeLinks,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
   type CompiledPolicy,
   compilePolicy,
   compileRules,
+  composeAlternatives,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_DO_NOT_OVERRIDE,
   diffAccounts,
+  diffAlternatives,
   diffStatus,
   diskSpaceNeeded,
   diskSpaceProblem,
   dryRunPackages,
+  ENDPOINT_DERIVED_RULES,
   FACTORY_RULES,
   type FsNode,
   IDENTITY_RULES,
+  type InitramfsTargets,
+  initramfsTargets,
+  isAlternativeName,
   isStructuredPath,
   mergeAccounts,
+  mergeInitramfsTargets,
   type PackageStanza,
   packageKey,
   parseAccountLines,
+  parseAlternativeAdmin,
   parsePasswd,
   parseStatus,
   type Rule,
@@ -223,6 +235,8 @@ function manifestOf(m: Record<string, unknown> | null): LayerManifest {
     removedPackages: x.removedPackages ?? [],
     accounts: { ...emptyAccounts(), ...x.accounts },
     triggers: x.triggers ?? [],
+    ...(x.alternatives ? { alternatives: x.alternatives } : {}),
+    ...(x.initramfs ? { initramfs: x.initramfs } : {}),
     stats: x.stats ?? { files: 0, bytes: 0 },
   };
 }
@@ -351,6 +365,43 @@ export class LayerService {
     for (const f of ACCOUNT_FILES)
       out[f] = parseAccountLines((await this.readText(tree, ACCOUNT_PATHS[f])) ?? "");
     return out;
+  }
+
+  /**
+   * The alternatives groups of `tree` (its /var/lib/dpkg/alternatives, the
+   * current choices from /etc/alternatives), by name. A file that is not an
+   * administrative file is left out (update-alternatives refuses it too).
+   */
+  private async alternativesOf(tree: TreeId): Promise<Map<string, AlternativeGroup>> {
+    const out = new Map<string, AlternativeGroup>();
+    const dir = await this.trees.lookup(tree, ALTERNATIVES_ADMIN_DIR);
+    if (dir?.type !== "dir" || !dir.subtree) return out;
+    const links = await this.trees.lookup(tree, ALTERNATIVES_LINK_DIR);
+    const linkNodes = links?.type === "dir" && links.subtree ? await this.trees.load(links.subtree) : [];
+    for (const n of await this.trees.load(dir.subtree)) {
+      const name = n.name.toString("utf8");
+      if (n.type !== "file" || !isAlternativeName(name)) continue;
+      const text = await this.readText(tree, `${ALTERNATIVES_ADMIN_DIR}/${name}`);
+      const cur = linkNodes.find((l) => l.type === "symlink" && l.name.equals(n.name));
+      try {
+        out.set(name, parseAlternativeAdmin(name, text ?? "", cur?.target?.toString("utf8") ?? null));
+      } catch {
+        // Not an administrative file (a backup, a stray file): not a group.
+      }
+    }
+    return out;
+  }
+
+  /** `filter` that also skips `paths` (exact paths, e.g. the alternatives' generic links). */
+  private static skipping(filter: PathFilter, paths: Set<string>): PathFilter {
+    if (!paths.size) return filter;
+    const dirs = new Set<string>();
+    for (const p of paths)
+      for (let i = p.lastIndexOf("/"); i > 0; i = p.lastIndexOf("/", i - 1)) dirs.add(p.slice(0, i));
+    return {
+      skip: (p, n) => paths.has(p) || filter.skip(p, n),
+      mayMatchBelow: (dir) => dir === "/" || dirs.has(dir) || filter.mayMatchBelow(dir),
+    };
   }
 
   /** The CVD's policy compiled with the homes of `tree`'s /etc/passwd, as the agent compiles it. */
@@ -536,7 +587,14 @@ export class LayerService {
     const { layer, label, next } = await this.layerForCapture(req.name, "base", req.label);
     const { baseCapture } = await this.rules();
     const out = await this.leased(async () => {
-      const filter = await this.machineFilter(req.cvd, snap.tree, baseCapture);
+      // What endpoints derive themselves (initramfs, alternatives) is never a
+      // layer's, whatever the editable rules say; the alternatives' generic
+      // links are update-alternatives' to make on the endpoint.
+      const alternatives = diffAlternatives(new Map(), await this.alternativesOf(snap.tree));
+      const filter = LayerService.skipping(
+        await this.machineFilter(req.cvd, snap.tree, [...baseCapture, ...ENDPOINT_DERIVED_RULES]),
+        alternativeLinks(alternatives.groups),
+      );
       const tree = await this.trees.filter(snap.tree, filter);
       const manifest: LayerManifest = {
         os: await this.osOf(snap.tree),
@@ -545,8 +603,11 @@ export class LayerService {
         removedPackages: [],
         // The reference machine's own people (uid 1000–60000) are not the OS's.
         accounts: systemAccounts(await this.accountsOf(snap.tree)),
-        // A base replaces the system: the linker cache and systemd are refreshed after it.
+        // A base replaces the system: every trigger runs after it, the
+        // initramfs of every kernel the endpoint has then is rebuilt.
         triggers: [...TRIGGER_ORDER],
+        alternatives,
+        initramfs: { kernels: [], all: true },
         stats: await this.trees.stats(tree),
       };
       return this.recordVersion({
@@ -658,9 +719,24 @@ export class LayerService {
     const pre = await this.cvdSnapshot(cvdId, cap.preSnapshot, "capture-pre");
     const { layer, label, next } = await this.layerForCapture(req.name, kind, req.label);
     const out = await this.leased(async () => {
+      // Alternatives go into the manifest; their generic links (of the groups
+      // before and after) are update-alternatives' to make on the endpoint.
+      const preAlt =
+        kind === "app" ? await this.alternativesOf(pre.tree) : new Map<string, AlternativeGroup>();
+      const postAlt =
+        kind === "app" ? await this.alternativesOf(post.tree) : new Map<string, AlternativeGroup>();
+      const alternatives = diffAlternatives(preAlt, postAlt);
       // Identity files are never a layer's, whatever the install did to them.
-      const ignore = await this.machineFilter(cvdId, post.tree, [...CAPTURE_NOISE_RULES, ...IDENTITY_RULES]);
+      const ignore = LayerService.skipping(
+        await this.machineFilter(cvdId, post.tree, [...CAPTURE_NOISE_RULES, ...IDENTITY_RULES]),
+        alternativeLinks([...preAlt.values(), ...postAlt.values()]),
+      );
       const diff = await this.trees.diff(pre.tree, post.tree, ignore);
+      const altPaths = [...new Set([...alternatives.groups, ...alternatives.removed].map((g) => g.name))].map(
+        (n) => `${ALTERNATIVES_ADMIN_DIR}/${n}`,
+      );
+      const triggers = triggersFor([...diff.touched, ...altPaths]);
+      const initramfs = initramfsTargets(diff.touched);
       const status =
         kind === "app"
           ? diffStatus(
@@ -677,7 +753,9 @@ export class LayerService {
           kind === "app"
             ? diffAccounts(await this.accountsOf(pre.tree), await this.accountsOf(post.tree))
             : emptyAccounts(),
-        triggers: triggersFor(diff.touched),
+        triggers,
+        ...(alternatives.groups.length || alternatives.removed.length ? { alternatives } : {}),
+        ...(initramfs ? { initramfs } : {}),
         stats: diff.stats,
       };
       const recorded = await this.recordVersion({
@@ -961,6 +1039,8 @@ export class LayerService {
         gshadow: new Set<string>(),
       };
       const triggers = new Set<Trigger>();
+      const alternatives: LayerManifest["alternatives"][] = [];
+      let initramfs: InitramfsTargets | null = null;
       const removed = new Set<string>();
       let os: OsRelease | null = null;
       for (const l of layers) {
@@ -984,6 +1064,8 @@ export class LayerService {
             accounts[f].push(line);
           }
         for (const t of m.triggers) triggers.add(t);
+        alternatives.push(m.alternatives);
+        initramfs = mergeInitramfsTargets(initramfs, m.initramfs);
         if (l.kind === "base") os = m.os;
         else if (l.kind === "app" && !layers.some((x) => x.kind === "base")) os ??= m.os;
       }
@@ -1000,6 +1082,8 @@ export class LayerService {
         removedPackages: [...removedPackages].filter((s) => !pkgs.some((p) => selectsPackage(s, p))).sort(),
         accounts,
         triggers: TRIGGER_ORDER.filter((t) => triggers.has(t)),
+        ...(alternatives.some((a) => a) ? { alternatives: composeAlternatives(alternatives) } : {}),
+        ...(initramfs ? { initramfs } : {}),
         stats: await this.trees.stats(root),
       };
       await this.repo.flush();
@@ -1084,6 +1168,10 @@ export class LayerService {
       { homes, agentStateDir: AGENT_STATE_DIR },
       "notLayers",
     );
+    // The alternatives' generic links are update-alternatives' on the endpoint: the agent never deletes them.
+    const links = enforceRemove
+      ? alternativeLinks((await this.alternativesOf(snap.tree)).values())
+      : new Set<string>();
     const added = new Sample(SAMPLE);
     const updated = new Sample(SAMPLE);
     const removed = new Sample(SAMPLE);
@@ -1129,7 +1217,8 @@ export class LayerService {
           !isStructuredPath(p) &&
           policy.classify(p) === "machine" &&
           !dno.matches(p) &&
-          !notLayers.matches(p)
+          !notLayers.matches(p) &&
+          !links.has(p)
         )
           removed.add(p);
       },
@@ -1173,6 +1262,7 @@ export class LayerService {
     const w = await this.compareWithSnapshot(cvdId, img, snap, enforceRemove);
     const { policy, dno, added, updated, removed, kept, bytesToWrite, filesToWrite, liveLibs, imageLibs } = w;
     const { removals, previousPackages } = await this.removals(cvdId, img);
+    const removalTriggers = triggersFor(removals);
     for (const p of removals) {
       if (isStructuredPath(p) || dno.matches(p) || policy.classify(p) !== "machine") continue;
       if (await this.trees.lookup(snap.tree, p)) removed.add(p);
@@ -1225,6 +1315,8 @@ export class LayerService {
         userInstalled: pk.userInstalled,
       },
       doNotOverride: kept.items,
+      // The agent runs the image's triggers and those its removals need (a library gone: ldconfig).
+      triggers: TRIGGER_ORDER.filter((t) => img.manifest.triggers.includes(t) || removalTriggers.includes(t)),
       bytesToWrite,
       filesToWrite,
       disk,
