@@ -121,8 +121,10 @@ export async function runApplyTask(
       const r = await run.done;
       const pending = r.pending === true;
       // Triggers run when the files are in place: now, or after the restart's roll-forward.
-      if (pending) savePendingTriggers(ctx.stateDir, task.id, plan.manifest.triggers);
-      const triggers = pending ? [] : await runTriggers(ctx.root, plan.manifest.triggers);
+      if (pending) savePendingTriggers(ctx.stateDir, task.id, prep.triggers, prep.triggerContext);
+      const triggers = pending
+        ? []
+        : await runTriggers(ctx.root, prep.triggers, { ...prep.triggerContext, stateDir: ctx.stateDir });
       const value: Omit<ApplyOutcome, "reinstall"> = {
         task,
         image: plan.image.id,

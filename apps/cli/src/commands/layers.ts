@@ -141,6 +141,7 @@ function dryRunText(cvd: string, r: DryRunReport): string {
   for (const u of p.updated.slice(0, 20)) lines.push(`    ${u.name} ${u.from} → ${u.to}`);
   if (r.doNotOverride.length)
     lines.push(`  kept as on the endpoint (do-not-override): ${r.doNotOverride.slice(0, 10).join(", ")}`);
+  if (r.triggers?.length) lines.push(`  then runs: ${r.triggers.join(", ")}`);
   if (!r.problems.length) lines.push("  no problems");
   else {
     lines.push(

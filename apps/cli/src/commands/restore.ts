@@ -80,6 +80,15 @@ export function showTask(t: Task): string {
   ];
   if (t.progress) lines.push(`  progress:  ${progressLine(t).replace(/^[^:]*: ?/, "") || "-"}`);
   if (t.result) lines.push(`  result:    ${JSON.stringify(t.result)}`);
+  const triggers = t.kind === "apply" ? t.result?.triggers : undefined;
+  if (Array.isArray(triggers) && triggers.length) {
+    // What ran once the files were in place; a failure did not undo the apply.
+    lines.push("  triggers:");
+    for (const x of triggers as { trigger: string; ok: boolean; output?: string }[])
+      lines.push(
+        `    ${x.trigger}: ${x.ok ? "ok" : `failed: ${(x.output ?? "").split("\n").join("\n      ")}`}`,
+      );
+  }
   if (t.kind === "apply" && t.result?.reinstall)
     lines.push(...reinstallLines(t.result.reinstall as ReinstallReport));
   if (t.error) lines.push(`  error:     ${t.error.code}: ${t.error.message}`);

@@ -4,27 +4,44 @@
  * that block, the structured files' new contents (dpkg status and the
  * account files, merged by entry with what the endpoint has), the removal
  * predicate the engine deletes by, and afterwards run the triggers the
- * layers recorded. The engine (restore/engine.ts, kind `layer`) does the
+ * layers recorded (ldconfig, update-alternatives, update-initramfs, systemd
+ * daemon-reload). The engine (restore/engine.ts, kind `layer`) does the
  * staged, journaled change of the disk.
  */
 import { spawn } from "node:child_process";
-import { readFileSync, rmSync } from "node:fs";
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import {
   type AccountLines,
+  ALTERNATIVES_ADMIN_DIR,
+  ALTERNATIVES_LINK_DIR,
+  type AlternativeGroup,
   accountProblems,
+  alternativeLinks,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
   diskSpaceNeeded,
   diskSpaceProblem,
   dryRunPackages,
+  initramfsTargets,
+  isAlternativeName,
   mergeAccounts,
+  mergeInitramfsTargets,
   mergeStatus,
+  parseAlternativeAdmin,
   parseStatus,
   ruleMatcher,
   StrataError,
+  TRIGGER_ORDER,
+  triggersFor,
 } from "@strata/core";
-import type { ApplyPlan, DryRunProblem, Trigger } from "@strata/protocol";
+import type {
+  ApplyPlan,
+  DryRunProblem,
+  InitramfsTargets,
+  LayerAlternatives,
+  Trigger,
+} from "@strata/protocol";
 import { type RootFilesystem, rootFilesystem } from "../facts.js";
 import { hasPendingRestore } from "../restore/engine.js";
 import { writeFileAtomic } from "../state.js";
@@ -63,6 +80,10 @@ export interface PreparedApply {
   accountsAdded: string[];
   /** The root's filesystem and what the apply needs there (null: the plan has no estimate, or statfs failed). */
   disk: { path: string; freeBytes: number; neededBytes: number } | null;
+  /** What runs once the files are in place: the image's triggers and those its removals need, in `TRIGGER_ORDER`. */
+  triggers: Trigger[];
+  /** What the triggers need besides the root (`runTriggers`). */
+  triggerContext: TriggerContext;
 }
 
 export interface PrepareOptions {
@@ -149,21 +170,61 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
     if (p) problems.push(p);
   }
 
+  // Triggers: the image's, and what its removals need (a layer that went
+  // away took libraries, units, a kernel, alternatives with it).
+  const removable = removalPredicate(plan.removals);
+  const liveAlternatives = readAlternatives(root);
+  const alternativeRemovals = new Map<string, { name: string; path: string }>();
+  for (const r of m.alternatives?.removed ?? []) alternativeRemovals.set(`${r.name}\n${r.path}`, r);
+  for (const g of liveAlternatives.values())
+    for (const c of g.choices)
+      if (removable(Buffer.from(c.path, "utf8")) === true)
+        alternativeRemovals.set(`${g.name}\n${c.path}`, { name: g.name, path: c.path });
+  const fromRemovals = triggersFor(plan.removals);
+  const triggers = TRIGGER_ORDER.filter(
+    (t) =>
+      m.triggers.includes(t) ||
+      fromRemovals.includes(t) ||
+      (t === "update-alternatives" && alternativeRemovals.size > 0),
+  );
+  const initramfs = mergeInitramfsTargets(
+    m.initramfs ?? (m.triggers.includes("update-initramfs") ? { kernels: [], all: true } : null),
+    initramfsTargets(plan.removals),
+  );
+  // The generic links of every group (the endpoint's and the layers') are
+  // update-alternatives' to make: an apply neither writes nor deletes them.
+  const links = alternativeLinks([...liveAlternatives.values(), ...(m.alternatives?.groups ?? [])]);
+
   return {
     literals,
-    removable: removalPredicate(plan.removals),
+    removable,
     // What base captures and app captures leave out (identity, logs,
-    // caches, apt's and dpkg's own state) is no layer's to write or delete:
-    // it matters for enforce remove, which deletes what no layer owns.
+    // caches, apt's and dpkg's own state, what triggers derive) is no
+    // layer's to write or delete: it matters for enforce remove, which
+    // deletes what no layer owns.
     doNotOverride: pathRules(
       ruleMatcher([...plan.doNotOverride, ...BASE_CAPTURE_RULES, ...CAPTURE_NOISE_RULES]),
       literals,
+      links,
     ),
     problems,
     packages,
     userInstalled,
     accountsAdded,
     disk,
+    triggers,
+    triggerContext: {
+      ...(m.alternatives?.groups.length || alternativeRemovals.size
+        ? {
+            alternatives: {
+              groups: m.alternatives?.groups ?? [],
+              removed: [...alternativeRemovals.values()],
+            },
+          }
+        : {}),
+      ...(initramfs && triggers.includes("update-initramfs") ? { initramfs } : {}),
+      image: plan.image.id,
+    },
   };
 }
 
@@ -194,12 +255,20 @@ export function removalPredicate(removals: string[]): (snapPath: Buffer) => bool
   };
 }
 
-/** Rules over UTF-8 paths as a predicate over snapshot paths; the structured files (literals) are always ours. */
+/**
+ * Rules over UTF-8 paths (and exact paths) as a predicate over snapshot
+ * paths; the structured files (literals) are always ours.
+ */
 function pathRules(
   match: (p: string) => boolean,
   literals: Map<string, Buffer>,
+  exact: Set<string> = new Set(),
 ): (snapPath: Buffer) => boolean {
-  return (snapPath) => !literals.has(snapPath.toString("latin1")) && match(snapPath.toString("utf8"));
+  return (snapPath) => {
+    if (literals.has(snapPath.toString("latin1"))) return false;
+    const p = snapPath.toString("utf8");
+    return exact.has(p) || match(p);
+  };
 }
 
 /** Blocking problems as one error naming them all, with what to do. */
@@ -219,8 +288,33 @@ export function blockedError(problems: DryRunProblem[]): StrataError | null {
 /** Triggers of an apply staged for the next start (`--at-restart`), run after its roll-forward. */
 const PENDING_TRIGGERS = "pending-triggers.json";
 
-export function savePendingTriggers(stateDir: string, id: string, triggers: readonly Trigger[]): void {
-  writeFileAtomic(path.join(stateDir, PENDING_TRIGGERS), `${JSON.stringify({ id, triggers })}\n`, 0o600);
+export function savePendingTriggers(
+  stateDir: string,
+  id: string,
+  triggers: readonly Trigger[],
+  context: TriggerContext = {},
+): void {
+  const { stateDir: _dir, ...ctx } = context;
+  const f = path.join(stateDir, PENDING_TRIGGERS);
+  // An earlier apply's triggers still waiting for the restart run with these (one restart combines them).
+  let all: readonly Trigger[] = triggers;
+  try {
+    const was = JSON.parse(readFileSync(f, "utf8")) as { triggers?: Trigger[]; context?: TriggerContext };
+    all = TRIGGER_ORDER.filter((t) => triggers.includes(t) || (was.triggers ?? []).includes(t));
+    const a = was.context?.alternatives;
+    if (a) {
+      const removed = new Map(
+        [...a.removed, ...(ctx.alternatives?.removed ?? [])].map((r) => [`${r.name}\n${r.path}`, r]),
+      );
+      // The newest image is the state to reach: its groups; the removals of both.
+      ctx.alternatives = { groups: ctx.alternatives?.groups ?? [], removed: [...removed.values()] };
+    }
+    const i = mergeInitramfsTargets(was.context?.initramfs, ctx.initramfs);
+    if (i) ctx.initramfs = i;
+  } catch {
+    // None waiting.
+  }
+  writeFileAtomic(f, `${JSON.stringify({ id, triggers: all, context: ctx })}\n`, 0o600);
 }
 
 /**
@@ -230,7 +324,7 @@ export function savePendingTriggers(stateDir: string, id: string, triggers: read
  */
 export async function runPendingTriggers(stateDir: string, root: string): Promise<TriggerRun[]> {
   const f = path.join(stateDir, PENDING_TRIGGERS);
-  let saved: { id: string; triggers: Trigger[] };
+  let saved: { id: string; triggers: Trigger[]; context?: TriggerContext };
   try {
     saved = JSON.parse(readFileSync(f, "utf8"));
   } catch {
@@ -238,7 +332,7 @@ export async function runPendingTriggers(stateDir: string, root: string): Promis
   }
   // Only once its journal is gone (rolled forward or back): a restore still pending keeps them.
   if (hasPendingRestore(stateDir)) return [];
-  const out = await runTriggers(root, saved.triggers ?? []);
+  const out = await runTriggers(root, saved.triggers ?? [], { ...saved.context, stateDir });
   rmSync(f, { force: true });
   return out;
 }
@@ -249,23 +343,244 @@ export interface TriggerRun {
   output: string;
 }
 
+/** What the triggers need besides the root (docs/design/layers.md, "Triggers"). */
+export interface TriggerContext {
+  /**
+   * `update-alternatives`: the groups to register the image's alternatives
+   * into, and the alternatives to remove once their path is gone (the
+   * layers removed them, or the apply removed their path).
+   */
+  alternatives?: LayerAlternatives;
+  /** `update-initramfs`: whose initramfs to rebuild (default: every kernel of the root). */
+  initramfs?: InitramfsTargets;
+  /** The image applied: an initramfs built for it is not built again by a later apply of the same image. */
+  image?: string;
+  /** The agent's state directory (what the triggers remember between applies); none: nothing is remembered. */
+  stateDir?: string;
+}
+
 /**
- * Run what the layers recorded after their files landed: `ldconfig` in the
- * root (chroot for a root other than /), `systemctl daemon-reload` only on
- * a live system (a chroot has no running systemd). A failing trigger is
- * reported, not fatal: the files are in place.
+ * Run what the layers recorded after their files landed, in the root
+ * (chroot for a root other than /), in `TRIGGER_ORDER`: `ldconfig`;
+ * `update-alternatives` (`runAlternatives`); `update-initramfs`
+ * (`runInitramfs`, only when initramfs-tools is installed in the root);
+ * `systemctl daemon-reload` only on a live system (a chroot has no running
+ * systemd). A failing trigger is reported, not fatal: the files are in place.
  */
-export async function runTriggers(root: string, triggers: readonly Trigger[]): Promise<TriggerRun[]> {
+export async function runTriggers(
+  root: string,
+  triggers: readonly Trigger[],
+  ctx: TriggerContext = {},
+): Promise<TriggerRun[]> {
   const live = path.resolve(root) === "/";
   const out: TriggerRun[] = [];
-  for (const t of triggers) {
-    let cmd: string[] | null = null;
-    if (t === "ldconfig") cmd = live ? ["ldconfig"] : ["chroot", root, "ldconfig"];
-    else if (t === "systemd-daemon-reload" && live) cmd = ["systemctl", "daemon-reload"];
-    if (!cmd) continue;
-    out.push({ trigger: t, ...(await run(cmd)) });
+  for (const t of TRIGGER_ORDER.filter((x) => triggers.includes(x))) {
+    let r: { ok: boolean; output: string } | null = null;
+    if (t === "ldconfig") r = await run(live ? ["ldconfig"] : ["chroot", root, "ldconfig"]);
+    else if (t === "update-alternatives") r = await runAlternatives(root, ctx);
+    else if (t === "update-initramfs") r = await runInitramfs(root, ctx);
+    else if (t === "systemd-daemon-reload" && live) r = await run(["systemctl", "daemon-reload"]);
+    if (r) out.push({ trigger: t, ...r });
   }
   return out;
+}
+
+/** A command of the root: argv run there (chroot unless the root is /). */
+const inRoot = (root: string, argv: string[]) =>
+  path.resolve(root) === "/" ? argv : ["chroot", root, ...argv];
+
+/** The first of `candidates` (absolute paths in the root) that exists there, or null. */
+function rootFile(root: string, candidates: string[]): string | null {
+  return candidates.find((c) => existsSync(path.join(root, c))) ?? null;
+}
+
+/** `p` (absolute in the root) exists, itself (a symlink counts; it is not followed). */
+function existsIn(root: string, p: string): boolean {
+  try {
+    lstatSync(path.join(root, p));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The root's alternatives groups by name; files that are not administrative files are left out. */
+export function readAlternatives(root: string): Map<string, AlternativeGroup> {
+  const out = new Map<string, AlternativeGroup>();
+  const dir = path.join(root, ALTERNATIVES_ADMIN_DIR);
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names.sort()) {
+    if (!isAlternativeName(name) || name.endsWith(".dpkg-tmp")) continue;
+    let current: string | null = null;
+    try {
+      current = readlinkSync(path.join(root, ALTERNATIVES_LINK_DIR, name));
+    } catch {
+      // No link: update-alternatives makes it.
+    }
+    try {
+      out.set(name, parseAlternativeAdmin(name, readFileSync(path.join(dir, name), "utf8"), current));
+    } catch {
+      // Not an administrative file (a directory, a stray file): not a group.
+    }
+  }
+  return out;
+}
+
+/** Manual choices the layers made on this endpoint (so a newer layer's choice replaces them). */
+const ALTERNATIVES_STATE = "alternatives.json";
+
+/**
+ * Register the layers' alternatives with the root's own update-alternatives,
+ * by dpkg's rules (what the packages' maintainer scripts would have done on
+ * the endpoint): first `--remove NAME PATH` for each alternative to remove
+ * whose path is gone; then `--install LINK NAME PATH PRIORITY [--slave …]`
+ * for each alternative of the layers whose path exists (a group in auto
+ * mode gets the best priority; one in manual mode keeps its choice); then
+ * `--set NAME PATH` where a layer chose by hand — unless the endpoint chose
+ * by hand itself (its manual mode on a choice no layer made). Null when
+ * there is nothing to do.
+ */
+export async function runAlternatives(
+  root: string,
+  ctx: TriggerContext,
+): Promise<{ ok: boolean; output: string } | null> {
+  const a = ctx.alternatives;
+  if (!a || (!a.groups.length && !a.removed.length)) return null;
+  const bin = rootFile(root, ["/usr/bin/update-alternatives", "/usr/sbin/update-alternatives"]);
+  if (!bin) return { ok: false, output: "update-alternatives is not installed in the root" };
+  const stateFile = ctx.stateDir ? path.join(ctx.stateDir, ALTERNATIVES_STATE) : null;
+  let ours: Record<string, string> = {};
+  try {
+    if (stateFile) ours = JSON.parse(readFileSync(stateFile, "utf8")).manual ?? {};
+  } catch {
+    // None yet.
+  }
+  const before = readAlternatives(root);
+  const cmds: string[][] = [];
+  const notes: string[] = [];
+  for (const r of a.removed)
+    if (!existsIn(root, r.path) && before.get(r.name)?.choices.some((c) => c.path === r.path))
+      cmds.push(["--remove", r.name, r.path]);
+  const sets: { name: string; path: string }[] = [];
+  for (const g of a.groups) {
+    for (const c of g.choices) {
+      if (!existsIn(root, c.path)) {
+        notes.push(`${c.path} is not on the endpoint: not registered in ${g.name}`);
+        continue;
+      }
+      const argv = ["--install", g.link, g.name, c.path, String(c.priority)];
+      for (const sl of g.slaves) {
+        const sp = c.slaves[sl.name];
+        if (sp) argv.push("--slave", sl.link, sl.name, sp);
+      }
+      cmds.push(argv);
+    }
+    if (!g.manual) continue;
+    const was = before.get(g.name);
+    const endpointChose = was?.mode === "manual" && was.current !== ours[g.name];
+    if (!endpointChose && existsIn(root, g.manual)) {
+      cmds.push(["--set", g.name, g.manual]);
+      sets.push({ name: g.name, path: g.manual });
+    }
+  }
+  let ok = true;
+  const output: string[] = [...notes];
+  for (const argv of cmds) {
+    const r = await run(inRoot(root, [bin, ...argv]));
+    if (!r.ok) {
+      ok = false;
+      output.push(`update-alternatives ${argv.slice(0, 3).join(" ")}: ${r.output}`);
+      continue;
+    }
+    if (argv[0] === "--set") ours[argv[1]!] = argv[2]!;
+  }
+  if (stateFile && sets.length) {
+    try {
+      writeFileAtomic(stateFile, `${JSON.stringify({ manual: ours })}\n`, 0o600);
+    } catch {
+      // Best effort: without it a newer layer's choice may not replace this one.
+    }
+  }
+  return { ok, output: output.join("\n").slice(0, 4096) };
+}
+
+/** The kernel versions of the root: those with an image /boot/vmlinuz-VER. */
+export function rootKernels(root: string): string[] {
+  try {
+    return readdirSync(path.join(root, "boot"))
+      .filter((n) => n.startsWith("vmlinuz-") && n.length > 8)
+      .map((n) => n.slice(8))
+      .sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Kernels whose initramfs was built after an apply of an image (STATE/initramfs.json). */
+const INITRAMFS_STATE = "initramfs.json";
+
+/**
+ * Rebuild the root's initramfs of the kernels the layers touched (or of
+ * every kernel of the root, when they touched initramfs-tools' configuration,
+ * hooks or firmware): `update-initramfs -u -k VER` when /boot/initrd.img-VER
+ * exists, `-c -k VER` when it does not (a kernel a layer brought: its
+ * reference's initramfs is never in a layer). A version without
+ * /boot/vmlinuz-VER on the endpoint is skipped. Null when initramfs-tools
+ * is not installed in the root, or nothing is to be built. An initramfs
+ * built after an apply of the same image (and still there) is not built
+ * again.
+ */
+export async function runInitramfs(
+  root: string,
+  ctx: TriggerContext,
+): Promise<{ ok: boolean; output: string } | null> {
+  const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
+  if (!bin) return null;
+  const t = ctx.initramfs ?? { kernels: [], all: true };
+  const versions = new Set(t.kernels);
+  if (t.all) for (const v of rootKernels(root)) versions.add(v);
+  const stateFile = ctx.stateDir ? path.join(ctx.stateDir, INITRAMFS_STATE) : null;
+  let done = new Set<string>();
+  try {
+    const s = stateFile ? JSON.parse(readFileSync(stateFile, "utf8")) : null;
+    if (s && ctx.image && s.image === ctx.image) done = new Set(s.kernels);
+  } catch {
+    // None yet.
+  }
+  let ok = true;
+  let ran = false;
+  const output: string[] = [];
+  for (const v of [...versions].sort()) {
+    if (!v || v.includes("/") || !existsIn(root, `/boot/vmlinuz-${v}`)) continue;
+    const has = existsIn(root, `/boot/initrd.img-${v}`);
+    if (has && done.has(v)) continue;
+    ran = true;
+    const r = await run(inRoot(root, [bin, has ? "-u" : "-c", "-k", v]));
+    if (r.ok) done.add(v);
+    else {
+      ok = false;
+      done.delete(v);
+      output.push(`update-initramfs ${has ? "-u" : "-c"} -k ${v}: ${r.output}`);
+    }
+  }
+  if (!ran) return null;
+  if (stateFile && ctx.image) {
+    try {
+      writeFileAtomic(
+        stateFile,
+        `${JSON.stringify({ image: ctx.image, kernels: [...done].sort() })}\n`,
+        0o600,
+      );
+    } catch {
+      // Best effort: the next apply of this image builds them again.
+    }
+  }
+  return { ok, output: output.join("\n").slice(0, 4096) };
 }
 
 function run(cmd: string[]): Promise<{ ok: boolean; output: string }> {

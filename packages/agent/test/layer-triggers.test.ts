@@ -1,0 +1,365 @@
+/**
+ * The triggers an apply runs once the files are in place (layers/apply.ts,
+ * docs/design/layers.md "Triggers"), on real Debian roots in a chroot:
+ * alternatives registered by the endpoint's own update-alternatives, by
+ * dpkg's rules (auto mode takes the best priority, the endpoint's manual
+ * choice survives, a layer's manual choice applies where the endpoint made
+ * none, a removed alternative leaves), and update-initramfs for the right
+ * kernels (a recording stand-in: a minbase root has no kernel).
+ */
+import { execFileSync } from "node:child_process";
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { composeAlternatives, DEFAULT_DO_NOT_OVERRIDE, diffAlternatives } from "@strata/core";
+import type { ApplyPlan, LayerManifest } from "@strata/protocol";
+import { debianRoot, debianRootSkipReason } from "@strata/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  prepareLayerApply,
+  readAlternatives,
+  runPendingTriggers,
+  runTriggers,
+  savePendingTriggers,
+} from "../src/layers/apply.js";
+
+const bookworm = await debianRoot("bookworm");
+const reason =
+  debianRootSkipReason("bookworm") ?? (process.getuid?.() === 0 ? undefined : "needs root (chroot)");
+const dir = mkdtempSync(path.join(tmpdir(), "strata-layer-triggers-"));
+chmodSync(dir, 0o755);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * A private root from the cached one: hard links (cheap), except what the
+ * tools run here may write in place — /var/log (update-alternatives appends
+ * to its log) and ldconfig's caches. Everything else they change (the
+ * alternatives' administrative files and links) is replaced by rename,
+ * which never reaches the cached root's inodes.
+ */
+function copyRoot(name: string): string {
+  const dst = path.join(dir, name);
+  execFileSync("cp", ["-al", bookworm!, dst]);
+  for (const rel of ["var/log", "var/cache/ldconfig", "etc/ld.so.cache"]) {
+    if (!existsSync(path.join(bookworm!, rel))) continue;
+    rmSync(path.join(dst, rel), { recursive: true, force: true });
+    cpSync(path.join(bookworm!, rel), path.join(dst, rel), { recursive: true, preserveTimestamps: true });
+  }
+  return dst;
+}
+
+const inRoot = (root: string, ...argv: string[]) =>
+  execFileSync("chroot", [root, ...argv], {
+    encoding: "utf8",
+    env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" },
+  });
+const ua = (root: string, ...args: string[]) => inRoot(root, "update-alternatives", ...args);
+/** `update-alternatives --query NAME` as fields (the first stanza: the group's). */
+function query(root: string, name: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of ua(root, "--query", name).split("\n\n")[0]!.split("\n")) {
+    const i = line.indexOf(": ");
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 2);
+  }
+  return out;
+}
+
+function put(root: string, rel: string, content: string, mode = 0o644): void {
+  const p = path.join(root, rel);
+  mkdirSync(path.dirname(p), { recursive: true });
+  writeFileSync(p, content, { mode });
+}
+
+function plan(manifest: Partial<LayerManifest>, more: Partial<ApplyPlan> = {}): ApplyPlan {
+  return {
+    task: "task_t",
+    image: { id: "img_1", snapshot: "0".repeat(64) },
+    session: {} as ApplyPlan["session"],
+    manifest: {
+      os: { id: "debian", versionId: "12" },
+      removed: [],
+      packages: [],
+      removedPackages: [],
+      accounts: { passwd: [], group: [], shadow: [], gshadow: [] },
+      triggers: [],
+      stats: { files: 0, bytes: 0 },
+      ...manifest,
+    },
+    removals: [],
+    previousPackages: [],
+    doNotOverride: [...DEFAULT_DO_NOT_OVERRIDE],
+    enforce: "none",
+    atRestart: false,
+    ...more,
+  };
+}
+
+const DEMO_FILES = [
+  "usr/bin/strata-demo-a",
+  "usr/bin/strata-demo-b",
+  "usr/share/man/man1/strata-demo-a.1.gz",
+];
+const b = (p: string) => Buffer.from(p);
+
+describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "chroot"})`, () => {
+  let ref: string;
+  let ep: string;
+  const state = path.join(dir, "state");
+  beforeAll(() => {
+    ref = copyRoot("ref");
+    ep = copyRoot("ep");
+    mkdirSync(state);
+  });
+
+  it("registers a layer's alternatives with the endpoint's update-alternatives, keeping its own choices", async () => {
+    // The reference: the admin installs software that registers a group (capture).
+    const pre = readAlternatives(ref);
+    for (const f of DEMO_FILES) put(ref, f, `#!/bin/sh\necho ${path.basename(f)}\n`, 0o755);
+    ua(
+      ref,
+      "--install",
+      "/usr/bin/strata-demo",
+      "strata-demo",
+      "/usr/bin/strata-demo-a",
+      "50",
+      "--slave",
+      "/usr/share/man/man1/strata-demo.1.gz",
+      "strata-demo.1.gz",
+      "/usr/share/man/man1/strata-demo-a.1.gz",
+    );
+    ua(ref, "--install", "/usr/bin/strata-demo", "strata-demo", "/usr/bin/strata-demo-b", "20");
+    const post1 = readAlternatives(ref);
+    const v1 = diffAlternatives(pre, post1);
+    expect(v1.groups.map((g) => g.name)).toEqual(["strata-demo"]);
+    expect(v1.groups[0]!.choices.map((c) => [c.path, c.priority])).toEqual([
+      ["/usr/bin/strata-demo-a", 50],
+      ["/usr/bin/strata-demo-b", 20],
+    ]);
+    expect(v1.removed).toEqual([]);
+
+    // The endpoint: its user chose by hand in a group of its own (the lower priority).
+    for (const f of ["usr/bin/strata-other-x", "usr/bin/strata-other-y"]) put(ep, f, "#!/bin/sh\n", 0o755);
+    ua(ep, "--install", "/usr/bin/strata-other", "strata-other", "/usr/bin/strata-other-x", "10");
+    ua(ep, "--install", "/usr/bin/strata-other", "strata-other", "/usr/bin/strata-other-y", "90");
+    ua(ep, "--set", "strata-other", "/usr/bin/strata-other-x");
+    const pagerBefore = query(ep, "pager");
+
+    const prep = prepareLayerApply(plan({ triggers: ["update-alternatives"], alternatives: v1 }), ep, {
+      space: null,
+    });
+    expect(prep.triggers).toEqual(["update-alternatives"]);
+    // The generic links are update-alternatives' (the layer's and the endpoint's own): the engine leaves them.
+    for (const p of [
+      "/usr/bin/strata-demo",
+      "/usr/share/man/man1/strata-demo.1.gz",
+      "/usr/bin/strata-other",
+      "/usr/bin/pager",
+    ])
+      expect(prep.doNotOverride(b(p)), p).toBe(true);
+    for (const p of [
+      "/etc/alternatives/pager",
+      "/var/lib/dpkg/alternatives/pager",
+      "/boot/initrd.img-6.1.0-13-amd64",
+    ])
+      expect(prep.doNotOverride(b(p)), p).toBe(true);
+    expect(prep.doNotOverride(b("/usr/bin/strata-demo-a"))).toBe(false);
+
+    // What the engine writes: the layer's files (never the links nor the database).
+    for (const f of DEMO_FILES) cpSync(path.join(ref, f), path.join(ep, f), { preserveTimestamps: true });
+    const ctx = { ...prep.triggerContext, stateDir: state };
+    const runs = await runTriggers(ep, prep.triggers, ctx);
+    expect(runs).toEqual([{ trigger: "update-alternatives", ok: true, output: "" }]);
+    const q = query(ep, "strata-demo");
+    expect(q).toMatchObject({
+      Name: "strata-demo",
+      Link: "/usr/bin/strata-demo",
+      Status: "auto",
+      Best: "/usr/bin/strata-demo-a",
+      Value: "/usr/bin/strata-demo-a",
+    });
+    expect(inRoot(ep, "readlink", "-f", "/usr/bin/strata-demo").trim()).toBe("/usr/bin/strata-demo-a");
+    expect(inRoot(ep, "strata-demo").trim()).toBe("strata-demo-a");
+    expect(inRoot(ep, "readlink", "-f", "/usr/share/man/man1/strata-demo.1.gz").trim()).toBe(
+      "/usr/share/man/man1/strata-demo-a.1.gz",
+    );
+    // The endpoint's own choices are untouched.
+    expect(query(ep, "strata-other")).toMatchObject({ Status: "manual", Value: "/usr/bin/strata-other-x" });
+    expect(query(ep, "pager")).toEqual(pagerBefore);
+    // A second apply changes nothing.
+    const admin = readFileSync(path.join(ep, "var/lib/dpkg/alternatives/strata-demo"), "utf8");
+    expect(await runTriggers(ep, prep.triggers, ctx)).toEqual(runs);
+    expect(readFileSync(path.join(ep, "var/lib/dpkg/alternatives/strata-demo"), "utf8")).toBe(admin);
+
+    // The next capture: the admin chooses by hand, in the new group and in one the endpoint chose in too.
+    for (const f of ["usr/bin/strata-other-x", "usr/bin/strata-other-y"]) put(ref, f, "#!/bin/sh\n", 0o755);
+    ua(ref, "--set", "strata-demo", "/usr/bin/strata-demo-b");
+    ua(ref, "--install", "/usr/bin/strata-other", "strata-other", "/usr/bin/strata-other-x", "10");
+    ua(ref, "--install", "/usr/bin/strata-other", "strata-other", "/usr/bin/strata-other-y", "90");
+    ua(ref, "--set", "strata-other", "/usr/bin/strata-other-y");
+    const post2 = readAlternatives(ref);
+    const v2 = diffAlternatives(post1, post2);
+    expect(v2.groups.map((g) => [g.name, g.manual])).toEqual([
+      ["strata-demo", "/usr/bin/strata-demo-b"],
+      ["strata-other", "/usr/bin/strata-other-y"],
+    ]);
+    const image2 = composeAlternatives([v1, v2]);
+    const prep2 = prepareLayerApply(plan({ triggers: ["update-alternatives"], alternatives: image2 }), ep, {
+      space: null,
+    });
+    expect((await runTriggers(ep, prep2.triggers, { ...prep2.triggerContext, stateDir: state }))[0]!.ok).toBe(
+      true,
+    );
+    // The layer's choice where the endpoint made none; the endpoint's own where it did.
+    expect(query(ep, "strata-demo")).toMatchObject({ Status: "manual", Value: "/usr/bin/strata-demo-b" });
+    expect(query(ep, "strata-other")).toMatchObject({ Status: "manual", Value: "/usr/bin/strata-other-x" });
+
+    // A third capture removes an alternative (its package went): the endpoint drops it once its file is gone.
+    ua(ref, "--remove", "strata-demo", "/usr/bin/strata-demo-b");
+    rmSync(path.join(ref, "usr/bin/strata-demo-b"));
+    const v3 = diffAlternatives(post2, readAlternatives(ref));
+    expect(v3.removed).toEqual([{ name: "strata-demo", path: "/usr/bin/strata-demo-b" }]);
+    const image3 = composeAlternatives([v1, v2, v3]);
+    const prep3 = prepareLayerApply(
+      plan({ triggers: ["update-alternatives"], alternatives: image3, removed: ["/usr/bin/strata-demo-b"] }),
+      ep,
+      { space: null },
+    );
+    rmSync(path.join(ep, "usr/bin/strata-demo-b")); // the engine's removal
+    const runs3 = await runTriggers(ep, prep3.triggers, { ...prep3.triggerContext, stateDir: state });
+    expect(runs3[0]!.ok, runs3[0]!.output).toBe(true);
+    const q3 = query(ep, "strata-demo");
+    expect(q3).toMatchObject({ Status: "auto", Value: "/usr/bin/strata-demo-a" });
+    expect(ua(ep, "--list", "strata-demo").trim()).toBe("/usr/bin/strata-demo-a");
+    expect(query(ep, "strata-other")).toMatchObject({ Status: "manual", Value: "/usr/bin/strata-other-x" });
+  });
+
+  it("an alternative whose path an apply removes leaves its group even without a layer's record of it", async () => {
+    // The endpoint registered a layer's file long ago; the new image no longer owns it.
+    put(ep, "usr/bin/strata-gone", "#!/bin/sh\n", 0o755);
+    ua(ep, "--install", "/usr/bin/strata-other", "strata-other", "/usr/bin/strata-gone", "5");
+    const prep = prepareLayerApply(plan({}, { removals: ["/usr/bin/strata-gone"] }), ep, { space: null });
+    expect(prep.triggers).toEqual(["update-alternatives"]);
+    expect(prep.triggerContext.alternatives?.removed).toEqual([
+      { name: "strata-other", path: "/usr/bin/strata-gone" },
+    ]);
+    rmSync(path.join(ep, "usr/bin/strata-gone"));
+    const runs = await runTriggers(ep, prep.triggers, prep.triggerContext);
+    expect(runs[0]!.ok, runs[0]!.output).toBe(true);
+    expect(ua(ep, "--list", "strata-other").trim().split("\n")).toEqual([
+      "/usr/bin/strata-other-x",
+      "/usr/bin/strata-other-y",
+    ]);
+    expect(query(ep, "strata-other")).toMatchObject({ Status: "manual", Value: "/usr/bin/strata-other-x" });
+  });
+
+  it("rebuilds the initramfs of the kernels the layers touched: -c without one, -u with one, once per image", async () => {
+    const calls = path.join(ep, "tmp/update-initramfs.calls");
+    // A stand-in that records its arguments and, like the real one, leaves an initramfs behind.
+    put(
+      ep,
+      "usr/sbin/update-initramfs",
+      '#!/bin/sh\necho "$*" >> /tmp/update-initramfs.calls\n' +
+        '[ "$3" = 6.1.0-96-fail ] && { echo "E: cannot build for $3" >&2; exit 1; }\n' +
+        ': > "/boot/initrd.img-$3"\n',
+      0o755,
+    );
+    for (const v of ["6.1.0-96-fail", "6.1.0-98-amd64", "6.1.0-99-amd64"])
+      put(ep, `boot/vmlinuz-${v}`, "kernel\n");
+    put(ep, "boot/initrd.img-6.1.0-98-amd64", "the endpoint's own\n");
+    const read = () => {
+      const c = existsSync(calls) ? readFileSync(calls, "utf8").trim().split("\n") : [];
+      rmSync(calls, { force: true });
+      return c;
+    };
+    const ctx = (kernels: string[], all: boolean, image: string) => ({
+      initramfs: { kernels, all },
+      image,
+      stateDir: state,
+    });
+
+    // Named kernels only: the one without an initramfs is created; one not on the endpoint is skipped.
+    let runs = await runTriggers(
+      ep,
+      ["update-initramfs"],
+      ctx(["6.1.0-99-amd64", "6.1.0-97-amd64"], false, "img_a"),
+    );
+    expect(runs).toEqual([{ trigger: "update-initramfs", ok: true, output: "" }]);
+    expect(read()).toEqual(["-c -k 6.1.0-99-amd64"]);
+    // Every kernel (initramfs-tools' configuration changed): a failure is reported, the others still built.
+    runs = await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_a"));
+    expect(runs[0]!.ok).toBe(false);
+    expect(runs[0]!.output).toContain(
+      "update-initramfs -c -k 6.1.0-96-fail: E: cannot build for 6.1.0-96-fail",
+    );
+    // 99 was built for this image already.
+    expect(read()).toEqual(["-c -k 6.1.0-96-fail", "-u -k 6.1.0-98-amd64"]);
+    rmSync(path.join(ep, "boot/vmlinuz-6.1.0-96-fail"));
+    // The same image again: nothing to build; another image: all again.
+    expect(await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_a"))).toEqual([]);
+    expect(read()).toEqual([]);
+    await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_b"));
+    expect(read()).toEqual(["-u -k 6.1.0-98-amd64", "-u -k 6.1.0-99-amd64"]);
+
+    // Derived by the apply from the manifest and from what it removes; kept for the restart with --at-restart.
+    const prep = prepareLayerApply(
+      plan(
+        {
+          triggers: ["ldconfig", "update-initramfs"],
+          initramfs: { kernels: ["6.1.0-99-amd64"], all: false },
+        },
+        {
+          image: { id: "img_c", snapshot: "0".repeat(64) },
+          removals: ["/usr/lib/modules/6.1.0-98-amd64/extra/x.ko"],
+        },
+      ),
+      ep,
+      { space: null },
+    );
+    expect(prep.triggers).toEqual(["ldconfig", "update-initramfs"]);
+    expect(prep.triggerContext.initramfs).toEqual({
+      kernels: ["6.1.0-98-amd64", "6.1.0-99-amd64"],
+      all: false,
+    });
+    // An earlier deferred apply waits with its own triggers: one restart runs both.
+    savePendingTriggers(state, "task_o", ["update-alternatives"], {
+      alternatives: { groups: [], removed: [{ name: "strata-demo", path: "/usr/bin/strata-gone-too" }] },
+      initramfs: { kernels: ["6.1.0-98-amd64"], all: false },
+      image: "img_o",
+    });
+    savePendingTriggers(state, "task_p", prep.triggers, { ...prep.triggerContext, stateDir: state });
+    const saved = JSON.parse(readFileSync(path.join(state, "pending-triggers.json"), "utf8"));
+    expect(saved).toMatchObject({
+      id: "task_p",
+      triggers: ["ldconfig", "update-alternatives", "update-initramfs"],
+      context: {
+        alternatives: { groups: [], removed: [{ name: "strata-demo", path: "/usr/bin/strata-gone-too" }] },
+        initramfs: { kernels: ["6.1.0-98-amd64", "6.1.0-99-amd64"], all: false },
+        image: "img_c",
+      },
+    });
+    expect(saved.context.stateDir).toBeUndefined();
+    expect(read()).toEqual([]);
+    const pending = await runPendingTriggers(state, ep);
+    expect(pending.map((r) => [r.trigger, r.ok])).toEqual([
+      ["ldconfig", true],
+      ["update-alternatives", true],
+      ["update-initramfs", true],
+    ]);
+    expect(read()).toEqual(["-u -k 6.1.0-98-amd64", "-u -k 6.1.0-99-amd64"]);
+    expect(existsSync(path.join(state, "pending-triggers.json"))).toBe(false);
+    expect(await runPendingTriggers(state, ep)).toEqual([]);
+
+    // Without initramfs-tools in the root there is nothing to rebuild.
+    rmSync(path.join(ep, "usr/sbin/update-initramfs"));
+    expect(await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_d"))).toEqual([]);
+  });
+});
