@@ -126,9 +126,19 @@ describe.skipIf(skip)(
           await new Promise((r) => setTimeout(r, 100));
           s = await status();
         }
-        const before = s.lastUpload?.finishedAt ?? "";
+        // The upload sync-now asked for is the one that started after it: an
+        // upload already running when it came (the one at start) is followed by
+        // one more, and retention may forget the first once the second lands.
+        const syncAt = Date.now();
         await ok("agent", "sync-now", "--state", ep.state, "--json");
-        while (!(s?.lastUpload && s.lastUpload.finishedAt !== before && s.activity !== "uploading")) {
+        while (
+          !(
+            s?.lastUpload &&
+            Date.parse(s.lastUpload.startedAt) >= syncAt &&
+            s.lastUpload.finishedAt &&
+            s.activity !== "uploading"
+          )
+        ) {
           if (Date.now() > deadline)
             throw new Error(`no upload after sync-now:\n${JSON.stringify(s)}\n${log}`);
           await new Promise((r) => setTimeout(r, 200));
