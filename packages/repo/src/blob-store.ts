@@ -7,6 +7,7 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  readSync,
   writeSync,
 } from "node:fs";
 import * as path from "node:path";
@@ -361,4 +362,27 @@ async function syncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Read `length` bytes at `offset` of an open file, synchronously, for worker
+ * threads reading a store's files directly (`BlobStore.localPath`). A file
+ * that ends first is reported truncated, naming `path`, as `getRange` does.
+ */
+export function readRangeSync(fd: number, path: string, offset: number, length: number): Buffer {
+  const buf = Buffer.allocUnsafeSlow(length);
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, got, length - got, offset + got);
+    if (n === 0)
+      throw new Error(`${path} ends at byte ${offset + got}, before ${offset + length} (truncated)`);
+    got += n;
+  }
+  return buf;
+}
+
+/** Write all of `data` at `pos` of an open file (positional writes may be short). */
+export function writeAllSync(fd: number, data: Uint8Array, pos: number): void {
+  let w = 0;
+  while (w < data.length) w += writeSync(fd, data, w, data.length - w, pos + w);
 }

@@ -1,4 +1,4 @@
-import { writeSync } from "node:fs";
+import { writeAllSync } from "./blob-store.js";
 import type { IndexEntry } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import { packName } from "./pack.js";
@@ -250,8 +250,7 @@ export async function writeBlobs<W extends WriteWant>(
       await readRange(repo, range, (w, plain, error) => {
         if (!plain) return onWritten(w, 0, error);
         try {
-          let n = 0;
-          while (n < plain.length) n += writeSync(w.fd, plain, n, plain.length - n, w.pos + n);
+          writeAllSync(w.fd, plain, w.pos);
           onWritten(w, plain.length, null);
         } catch (e) {
           onWritten(w, 0, e as Error);

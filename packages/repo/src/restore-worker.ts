@@ -5,8 +5,9 @@
  * Decryption, decompression, hashing and the copy into the page cache thus
  * leave the main thread, which creates files and sets metadata meanwhile.
  */
-import { closeSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
+import { readRangeSync, writeAllSync } from "./blob-store.js";
 import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec } from "./pack.js";
@@ -93,14 +94,7 @@ function readPack(path: string, base: number, length: number): Buffer {
       closeSync(ofd);
     }
   }
-  const buf = Buffer.allocUnsafeSlow(length);
-  let got = 0;
-  while (got < length) {
-    const n = readSync(fd, buf, got, length - got, base + got);
-    if (n === 0) throw new Error(`${path} ends at byte ${base + got}, before ${base + length}`);
-    got += n;
-  }
-  return buf;
+  return readRangeSync(fd, path, base, length);
 }
 
 export function decodeAndWrite(codec: BlobCodec, m: Omit<RestoreRequest, "seq">): RestoreReply {
@@ -139,8 +133,7 @@ export function decodeAndWrite(codec: BlobCodec, m: Omit<RestoreRequest, "seq">)
       const fd = writes[(first + k) * 2]!;
       const pos = writes[(first + k) * 2 + 1]!;
       try {
-        let w = 0;
-        while (w < plain.length) w += writeSync(fd, plain, w, plain.length - w, pos + w);
+        writeAllSync(fd, plain, pos);
         reply.bytes += plain.length;
       } catch (err) {
         reply.problems.push({ item: i, write: k, message: (err as Error).message });

@@ -1,7 +1,8 @@
 /** Worker thread for `check --read-data`: verifies whole packs (see pack-verify.ts). */
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import type { PackId } from "@strata/core";
+import { readRangeSync } from "./blob-store.js";
 import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec, readFromBuffer, verifyPackBytes, verifyPackLayout } from "./pack-verify.js";
@@ -42,15 +43,5 @@ if (parentPort) {
 }
 
 function readFromFile(fd: number, path: string): (offset: number, length: number) => Buffer {
-  return (offset, length) => {
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const n = readSync(fd, buf, got, length - got, offset + got);
-      if (n === 0)
-        throw new Error(`${path} ends at byte ${offset + got}, before ${offset + length} (truncated)`);
-      got += n;
-    }
-    return buf;
-  };
+  return (offset, length) => readRangeSync(fd, path, offset, length);
 }
