@@ -623,6 +623,8 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+napi_value aead_register(napi_env env, napi_value exports); /* strata_aead.c */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -642,7 +644,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"mallocTune", NULL, js_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
-  return exports;
+  return aead_register(env, exports);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -34,6 +34,28 @@ export interface NativeFs {
   scanDir(path: Buffer): Buffer;
   /** glibc mallopt: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<= 0: unchanged). */
   mallocTune(arenaMax: number, mmapThreshold: number, trimThreshold: number): boolean;
+  /**
+   * AES-256-GCM through the system's libcrypto (native/strata_aead.c): true,
+   * or why it is not available (then gcmSeal/gcmOpen throw).
+   */
+  aeadAvailable(): true | string;
+  /** nonce(12) || ciphertext || tag(16) into `out` at `offset`; returns the bytes written. */
+  gcmSeal(
+    key: Uint8Array,
+    nonce: Uint8Array,
+    plain: Uint8Array,
+    aad: Uint8Array | null,
+    out: Uint8Array,
+    offset: number,
+  ): number;
+  /** The plaintext of `sealed` into `out` at `offset` (no overlap); its length, or -1 when authentication fails. */
+  gcmOpen(
+    key: Uint8Array,
+    sealed: Uint8Array,
+    aad: Uint8Array | null,
+    out: Uint8Array,
+    offset: number,
+  ): number;
 }
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.

@@ -13,6 +13,9 @@ import {
 import * as path from "node:path";
 import { fromSystemError, StrataError } from "@strata/core";
 
+/** Ranges up to this size are read synchronously by `getRange` (see there). */
+const SYNC_READ_MAX = 64 * 1024;
+
 /**
  * Where repository files live: packs, snapshots, keys, config. The contract
  * fits a directory and an S3 bucket alike:
@@ -250,8 +253,14 @@ export class DirBlobStore implements BlobStore {
       const fh = await this.handle(name);
       const buf = Buffer.allocUnsafe(length);
       let got = 0;
+      // Small ranges (trees, single chunks) are read synchronously: a trip
+      // through libuv's thread pool costs more than the read itself, and
+      // walks read thousands of them one after the other.
+      const sync = length <= SYNC_READ_MAX;
       while (got < length) {
-        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        const bytesRead = sync
+          ? readSync(fh.fd, buf, got, length - got, offset + got)
+          : (await fh.read(buf, got, length - got, offset + got)).bytesRead;
         if (bytesRead === 0) break;
         got += bytesRead;
       }
@@ -369,8 +378,14 @@ async function syncDir(dir: string): Promise<void> {
  * threads reading a store's files directly (`BlobStore.localPath`). A file
  * that ends first is reported truncated, naming `path`, as `getRange` does.
  */
-export function readRangeSync(fd: number, path: string, offset: number, length: number): Buffer {
-  const buf = Buffer.allocUnsafeSlow(length);
+export function readRangeSync(
+  fd: number,
+  path: string,
+  offset: number,
+  length: number,
+  into?: Buffer,
+): Buffer {
+  const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
   let got = 0;
   while (got < length) {
     const n = readSync(fd, buf, got, length - got, offset + got);

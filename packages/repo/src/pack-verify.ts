@@ -45,11 +45,8 @@ export async function verifyPackBytes(
   }
   for (const e of entries) {
     if (e.offset + e.length > data.length) continue; // reported by the size check
-    try {
-      codec.decode(e, data.subarray(e.offset, e.offset + e.length));
-    } catch (err) {
-      v.badBlobs.push({ id: e.id, problem: (err as Error).message });
-    }
+    const problem = codec.verify(e, data.subarray(e.offset, e.offset + e.length));
+    if (problem) v.badBlobs.push({ id: e.id, problem });
   }
   return v;
 }
@@ -65,7 +62,8 @@ const SEGMENT = 4 * 1024 * 1024;
  * (authenticated) header lists (authentication, size and plaintext hash);
  * and every catalog entry against the header (same id, offset and length).
  * `read(offset, length)` returns the pack's bytes (a view of a buffer, or a
- * positional read of its file); the pack is read once, in order, in
+ * positional read of its file, which may reuse one buffer: the bytes of a
+ * read are not used after the next read); the pack is read once, in order, in
  * segments of about 4 MiB, so memory stays small whatever the pack's size.
  * With a header that does not open, `headerBroken` is set and nothing else
  * is checked: the caller verifies again with the catalog's full entries.
@@ -98,11 +96,8 @@ export async function verifyPackLayout(
       hash.update(seg);
       for (let k = i; k <= j; k++) {
         const e = header[k]!;
-        try {
-          codec.decode(e, seg.subarray(e.offset - from, e.offset - from + e.length));
-        } catch (err) {
-          v.badBlobs.push({ id: e.id, problem: (err as Error).message });
-        }
+        const problem = codec.verify(e, seg.subarray(e.offset - from, e.offset - from + e.length));
+        if (problem) v.badBlobs.push({ id: e.id, problem });
       }
       pos = end;
       i = j + 1;

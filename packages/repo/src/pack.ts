@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, hash as oneShotHash } from "node:crypto";
 import { createRequire } from "node:module";
 import {
   type BlobId,
@@ -13,7 +13,7 @@ import {
 import { Compressor, Decompressor } from "zstd-napi";
 import type { BlobStore, TempObject } from "./blob-store.js";
 import type { BlobType, IndexEntry } from "./catalog.js";
-import { type MasterKey, openSealed, SEAL_OVERHEAD, seal, sealInto } from "./crypto.js";
+import { type MasterKey, openSealed, openSealedInto, SEAL_OVERHEAD, seal, sealInto } from "./crypto.js";
 
 /** zstd-napi's low-level binding: compression into a caller's buffer. */
 const zstd = createRequire(import.meta.url)("zstd-napi/binding") as typeof import("zstd-napi/binding.js");
@@ -180,10 +180,50 @@ export class BlobCodec {
     } catch (err) {
       throw new StrataError("DATA_CORRUPT", `${where} does not decompress`, { subject: e.id, cause: err });
     }
-    if (plain.length !== e.rawLength || createHash("sha256").update(plain).digest("hex") !== e.id) {
+    if (plain.length !== e.rawLength || oneShotHash("sha256", plain, "hex") !== e.id) {
       throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
     }
     return plain;
+  }
+
+  private dctx: InstanceType<typeof zstd.DCtx> | null = null;
+  private sealedOut: Buffer = Buffer.alloc(0);
+  private plainOut: Buffer = Buffer.alloc(0);
+
+  /**
+   * What `decode` checks, without keeping the plaintext: null when the blob
+   * is intact, else the message `decode` would throw. Decrypts and
+   * decompresses into buffers reused across calls, so verifying a pack
+   * allocates nothing per blob (`check --read-data`).
+   */
+  verify(
+    e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
+    stored: Uint8Array,
+  ): string | null {
+    const where = `blob ${e.id} in pack ${e.packId}`;
+    if (stored.length < SEAL_OVERHEAD) return `${where} fails authentication (damaged)`;
+    const bodyLen = stored.length - SEAL_OVERHEAD;
+    if (this.sealedOut.length < bodyLen) this.sealedOut = Buffer.allocUnsafeSlow(Math.max(bodyLen, 1 << 20));
+    if (openSealedInto(this.key, stored, this.sealedOut, 0) < 0)
+      return `${where} fails authentication (damaged)`;
+    let plain = this.sealedOut.subarray(0, bodyLen);
+    if (e.compressed) {
+      if (this.plainOut.length < e.rawLength)
+        this.plainOut = Buffer.allocUnsafeSlow(Math.max(e.rawLength, 1 << 20));
+      this.dctx ??= new zstd.DCtx();
+      let n: number;
+      try {
+        // Exactly rawLength of room: a frame that decompresses to more fails here.
+        n = this.dctx.decompress(this.plainOut.subarray(0, e.rawLength), plain);
+      } catch {
+        return `${where} does not decompress`;
+      }
+      plain = this.plainOut.subarray(0, n);
+    }
+    if (plain.length !== e.rawLength || oneShotHash("sha256", plain, "hex") !== e.id) {
+      return `${where} does not match its hash`;
+    }
+    return null;
   }
 }
 

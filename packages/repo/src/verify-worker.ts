@@ -42,6 +42,12 @@ if (parentPort) {
   });
 }
 
+/** Segments are read into one buffer, reused: verifyPackLayout is done with a read's bytes before the next. */
+let scratch: Buffer = Buffer.alloc(0);
 function readFromFile(fd: number, path: string): (offset: number, length: number) => Buffer {
-  return (offset, length) => readRangeSync(fd, path, offset, length);
+  return (offset, length) => {
+    if (scratch.length < length && length <= 8 << 20)
+      scratch = Buffer.allocUnsafeSlow(Math.max(length, 4 << 20));
+    return readRangeSync(fd, path, offset, length, scratch);
+  };
 }

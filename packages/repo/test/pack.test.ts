@@ -1,11 +1,14 @@
-import { createHash, randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import type { BlobId } from "@strata/core";
 import {
+  aeadBackend,
   BlobCodec,
   encodePackLayout,
   isStrataError,
   MasterKey,
   openSealed,
+  openSealedInto,
   PackBuilder,
   parsePackHeader,
   readFromBuffer,
@@ -30,6 +33,58 @@ describe("sealing", () => {
       expect(openSealed(key, bad)).toBeNull();
     }
     expect(openSealed(MasterKey.generate(), s)).toBeNull();
+  });
+
+  // The fast path: the system's libcrypto (Debian's libssl3), which uses AES-NI where node's own OpenSSL does not.
+  it("seals with the system libcrypto, byte-compatible with node:crypto both ways", () => {
+    expect(aeadBackend).toEqual({ name: "libcrypto" });
+    const aad = Buffer.from("bound to this");
+    for (const size of [0, 1, 1000, 65536 + 7]) {
+      const plain = randomBytes(size);
+      // Ours → node's decipher.
+      for (const a of [undefined, aad]) {
+        const s = seal(key, plain, a);
+        expect(s.length).toBe(size + 28);
+        const d = createDecipheriv("aes-256-gcm", key.key, s.subarray(0, 12));
+        if (a) d.setAAD(a);
+        d.setAuthTag(s.subarray(s.length - 16));
+        expect(Buffer.concat([d.update(s.subarray(12, s.length - 16)), d.final()]).equals(plain)).toBe(true);
+      }
+      // node's cipher → ours, into a buffer at an offset.
+      const nonce = randomBytes(12);
+      const c = createCipheriv("aes-256-gcm", key.key, nonce);
+      c.setAAD(aad);
+      const sealed = Buffer.concat([nonce, c.update(plain), c.final(), c.getAuthTag()]);
+      expect(openSealed(key, sealed, aad)?.equals(plain)).toBe(true);
+      expect(openSealed(key, sealed)).toBeNull(); // the AAD is part of what is authenticated
+      const out = Buffer.alloc(size + 10, 0xee);
+      expect(openSealedInto(key, sealed, out, 5, aad)).toBe(size);
+      expect(out.subarray(5, 5 + size).equals(plain)).toBe(true);
+      expect(out[4]).toBe(0xee);
+      expect(out[5 + size]).toBe(0xee);
+      const bad = Buffer.from(sealed);
+      bad[bad.length - 1]! ^= 0x80;
+      expect(openSealedInto(key, bad, out, 0, aad)).toBe(-1);
+      expect(openSealedInto(key, sealed.subarray(0, 27), out, 0)).toBe(-1);
+    }
+  });
+
+  it("falls back to node:crypto with STRATA_NATIVE_AES=0, and the two read each other's seals", () => {
+    const plain = randomBytes(5000);
+    const script = `
+      import { aeadBackend, MasterKey, openSealed, seal } from "@strata/repo";
+      const [k, s] = process.argv.slice(1).map((h) => Buffer.from(h, "hex"));
+      const key = new MasterKey(k);
+      const plain = openSealed(key, s);
+      process.stdout.write(JSON.stringify({ backend: aeadBackend, resealed: seal(key, plain).toString("hex") }));`;
+    const out = execFileSync(
+      process.execPath,
+      ["--input-type=module", "-e", script, key.key.toString("hex"), seal(key, plain).toString("hex")],
+      { env: { ...process.env, STRATA_NATIVE_AES: "0" }, encoding: "utf8" },
+    );
+    const r = JSON.parse(out) as { backend: unknown; resealed: string };
+    expect(r.backend).toEqual({ name: "node:crypto", reason: "disabled by STRATA_NATIVE_AES=0" });
+    expect(openSealed(key, Buffer.from(r.resealed, "hex"))?.equals(plain)).toBe(true);
   });
 
   it("wraps the master key with a password (scrypt) and refuses a wrong one", async () => {
@@ -66,6 +121,35 @@ describe("packs", () => {
       const plain = codec.decode(e, file.subarray(e.offset, e.offset + e.length));
       expect(plain.equals([compressible, random][i]!)).toBe(true);
     }
+  });
+
+  it("verifies a blob as decode does, with decode's messages, without keeping its plaintext", () => {
+    const plain = Buffer.from("verify me ".repeat(5000));
+    const e = codec.encode(sha(plain), "chunk", plain);
+    expect(e.compressed).toBe(true);
+    const entry = {
+      id: e.id,
+      packId: "p".repeat(64) as never,
+      compressed: e.compressed,
+      rawLength: e.rawLength,
+    };
+    expect(codec.verify(entry, e.data)).toBeNull();
+    const flipped = Buffer.from(e.data);
+    flipped[40]! ^= 1;
+    expect(codec.verify(entry, flipped)).toMatch(
+      /^blob [0-9a-f]{64} in pack p+ fails authentication \(damaged\)$/,
+    );
+    expect(() => codec.decode(entry, flipped)).toThrow(codec.verify(entry, flipped)!);
+    // Intact bytes, wrong id: the hash check.
+    const other = { ...entry, id: sha(Buffer.from("something else")) };
+    expect(codec.verify(other, e.data)).toMatch(/does not match its hash$/);
+    expect(codec.verify({ ...entry, rawLength: entry.rawLength - 1 }, e.data)).toMatch(
+      /does not (decompress|match)/,
+    );
+    const raw = codec.encode(sha(randomBytes(10)), "chunk", randomBytes(100));
+    expect(codec.verify({ ...entry, id: raw.id, compressed: false, rawLength: 100 }, raw.data)).toMatch(
+      /hash$/,
+    );
   });
 
   it("names the blob and pack when a blob is damaged, and the pack when truncated", async () => {
