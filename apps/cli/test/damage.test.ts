@@ -92,3 +92,33 @@ describe("check names damage; undamaged data still restores", () => {
     });
   }
 });
+
+describe("check traces damage in a directory that recurs", () => {
+  // The same directory (same tree id) at /a/c, /b/c and /c: check marks a
+  // directory's subdirectories in one batch and visits each tree once, where
+  // it is first met — here inside /a, before the /c beside it. The damage
+  // must still be named at every path.
+  it("names the damaged file at every path the shared tree appears", () => {
+    const base = tmp();
+    const root = path.join(base, "root");
+    const content = sh("head -c 200000 /dev/urandom | base64");
+    for (const d of ["a/c", "b/c", "c"]) {
+      mkdirSync(path.join(root, d), { recursive: true });
+      writeFileSync(path.join(root, d, "f.bin"), content);
+      sh(`touch -d '2024-01-02 03:04:05' ${path.join(root, d, "f.bin")}`);
+    }
+    const env = newEnv();
+    ok(env, "repo", "init");
+    const snap = ok(env, "backup", root, "--json").snapshot.id as string;
+    const victim = packOf(env, listPacks(env.repo), "f.bin");
+    rmSync(victim);
+    const r = strata(env, "check", "--json");
+    expect(r.code).toBe(1);
+    const rep = JSON.parse(r.stdout);
+    const paths = rep.affected
+      .filter((x: { snapshot: string }) => x.snapshot === snap)
+      .map((x: { path: string }) => x.path.slice(x.path.indexOf("/root/") + "/root".length))
+      .sort();
+    expect(paths).toEqual(["/a/c/f.bin", "/b/c/f.bin", "/c/f.bin"]);
+  });
+});

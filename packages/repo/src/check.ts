@@ -76,10 +76,18 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       const first = r.trees === 0;
       await repo.catalog.beginMark();
       try {
-        const visit = async (id: TreeId): Promise<{ path: string; problem: string }[]> => {
+        // Trees marked (by their parent's one `mark` call for all its
+        // subdirectories) but not visited yet. A tree is visited once, where
+        // it is first met in walk order — also when that is inside a sibling
+        // visited before it — so its damage is known wherever it recurs.
+        const pending = new Set<TreeId>();
+        const visit = async (id: TreeId, marked = false): Promise<{ path: string; problem: string }[]> => {
           const memo = treeDamage.get(id);
           if (memo) return memo;
-          if ((await repo.catalog.mark([id])).length === 0) return [];
+          if (!marked) {
+            if (pending.has(id)) pending.delete(id);
+            else if ((await repo.catalog.mark([id])).length === 0) return [];
+          }
           if (first) r.trees++;
           const out: { path: string; problem: string }[] = [];
           let nodes: FsNode[];
@@ -100,6 +108,13 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
           for (let i = 0; i < unique.length; i += MAX_BATCH) {
             for (const m of await repo.catalog.missingBlobs(unique.slice(i, i + MAX_BATCH))) missing.add(m);
           }
+          const subtrees = [
+            ...new Set(nodes.flatMap((n) => (n.type === "dir" && n.subtree ? [n.subtree] : []))),
+          ];
+          for (let i = 0; i < subtrees.length; i += MAX_BATCH) {
+            for (const t of await repo.catalog.mark(subtrees.slice(i, i + MAX_BATCH)))
+              pending.add(t as TreeId);
+          }
           for (const n of nodes) {
             const name = `/${displayPath(n.name)}`;
             for (const c of chunkIdsOf(n)) {
@@ -111,7 +126,10 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
               }
             }
             if (n.type === "dir" && n.subtree) {
-              for (const d of await visit(n.subtree)) out.push({ path: name + d.path, problem: d.problem });
+              const sub = n.subtree;
+              const fresh = pending.delete(sub);
+              const damage = fresh ? await visit(sub, true) : (treeDamage.get(sub) ?? []);
+              for (const d of damage) out.push({ path: name + d.path, problem: d.problem });
             }
           }
           if (out.length) treeDamage.set(id, out);
