@@ -108,6 +108,27 @@ describe("snapshots, ls, diff, forget, stats", () => {
     expect(strata(env, "check", "--read-data-subset", "abc").stderr).toMatch(/bad --read-data-subset/);
   });
 
+  it("repo init takes a compression level, refuses one outside zstd's range, and the repository keeps it", () => {
+    const text = Array.from({ length: 20000 }, (_, i) => `line ${i} of some text ${i % 7}\n`).join("");
+    const sizes: number[] = [];
+    for (const level of [1, 19]) {
+      const src = tmp();
+      writeFileSync(path.join(src, "t.txt"), text);
+      const env = newEnv();
+      const init = ok(env, "repo", "init", "--compression-level", String(level), "--json");
+      expect(init.compression).toEqual({ algorithm: "zstd", level });
+      ok(env, "backup", src);
+      sizes.push(ok(env, "stats", "--json").storedBytes as number);
+      expect(ok(env, "check", "--read-data", "--json").ok).toBe(true);
+    }
+    expect(sizes[1]).toBeLessThan(sizes[0]!); // the level is used, not only recorded
+    const env = newEnv();
+    expect(ok(env, "repo", "init", "--json").compression).toEqual({ algorithm: "zstd", level: 6 });
+    const bad = strata(newEnv(), "repo", "init", "--compression-level", "20");
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--compression-level 20 is outside 1\.\.19/);
+  });
+
   it("--exclude skips names and paths", () => {
     const src = tmp();
     mkdirSync(path.join(src, "cache"));

@@ -1,7 +1,15 @@
 import * as path from "node:path";
 import { applyRetention, type FsNode, isEmptyPolicy, type RetentionPolicy, StrataError } from "@strata/core";
 import { displayPath } from "@strata/fs";
-import { backup, check, prune, type Repository, restore, type SnapshotRecord } from "@strata/repo";
+import {
+  backup,
+  check,
+  DEFAULT_COMPRESSION_LEVEL,
+  prune,
+  type Repository,
+  restore,
+  type SnapshotRecord,
+} from "@strata/repo";
 import type { Command } from "commander";
 import { closeRepo, type GlobalOptions, initRepo, openFileCache, openRepo, repoDir } from "../context.js";
 import { formatBytes, Progress, printJson } from "../output.js";
@@ -86,16 +94,32 @@ export function registerRepoCommands(program: Command): void {
       "average chunk size, a power of two (default 65536); fixed for the repository's life",
       int,
     )
+    .option(
+      "--compression-level <n>",
+      `zstd level 1..19 for new blobs (default ${DEFAULT_COMPRESSION_LEVEL}); higher is smaller and slower to back up`,
+      int,
+    )
     .action(async () => {
       const o = init.optsWithGlobals() as Opts;
       const avg = o.chunkAvg as number | undefined;
+      const level = o.compressionLevel as number | undefined;
+      if (level !== undefined && !(level >= 1 && level <= 19)) {
+        throw new StrataError("INVALID_ARGUMENT", `--compression-level ${level} is outside 1..19`, {
+          hint: `leave it out for the default (${DEFAULT_COMPRESSION_LEVEL})`,
+        });
+      }
       // min = avg/4 and max = avg*8, the ratios of the defaults.
-      const repo = await initRepo(
-        o,
-        avg ? { chunker: { minSize: avg / 4, avgSize: avg, maxSize: avg * 8 } } : {},
-      );
+      const repo = await initRepo(o, {
+        ...(avg ? { chunker: { minSize: avg / 4, avgSize: avg, maxSize: avg * 8 } } : {}),
+        ...(level !== undefined ? { compressionLevel: level } : {}),
+      });
       try {
-        const out = { id: repo.config.id, location: repoDir(o), chunker: repo.config.chunker };
+        const out = {
+          id: repo.config.id,
+          location: repoDir(o),
+          chunker: repo.config.chunker,
+          compression: repo.config.compression,
+        };
         if (o.json) printJson(out);
         else process.stdout.write(`created repository ${out.id} at ${out.location}\n`);
       } finally {
