@@ -485,6 +485,21 @@ static napi_value js_malloc_tune(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * glibc malloc_trim(0): give the free pages inside every malloc arena back
+ * to the kernel (MADV_DONTNEED), not only the top of the heap. Returns
+ * whether anything was released.
+ */
+static napi_value js_malloc_trim(napi_env env, napi_callback_info info) {
+  int r = 0;
+#ifdef __GLIBC__
+  r = malloc_trim(0);
+#endif
+  napi_value out;
+  CHECK(napi_get_boolean(env, r != 0, &out));
+  return out;
+}
+
 static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char *name) {
   napi_value argv[MAX_ARGS];
   if (!get_args(env, info, 2, argv)) return NULL;
@@ -642,6 +657,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"syncfs", NULL, js_syncfs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanDir", NULL, js_scandir, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTune", NULL, js_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return aead_register(env, exports);

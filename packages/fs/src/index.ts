@@ -1,5 +1,5 @@
 export { displayPath } from "./display-path.js";
-export { dropCache, setIdlePriority, tuneMemory } from "./io-hints.js";
+export { dropCache, setIdlePriority, trimMemory, tuneMemory } from "./io-hints.js";
 export { type NativeFs, native, XATTR_CREATE, XATTR_REPLACE } from "./native.js";
 export { dataRanges, nodeFromStat, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
 export {

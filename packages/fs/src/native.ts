@@ -34,6 +34,8 @@ export interface NativeFs {
   scanDir(path: Buffer): Buffer;
   /** glibc mallopt: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<= 0: unchanged). */
   mallocTune(arenaMax: number, mmapThreshold: number, trimThreshold: number): boolean;
+  /** glibc malloc_trim(0): free pages of every arena back to the kernel; whether any were. */
+  mallocTrim(): boolean;
   /**
    * AES-256-GCM through the system's libcrypto (native/strata_aead.c): true,
    * or why it is not available (then gcmSeal/gcmOpen throw).

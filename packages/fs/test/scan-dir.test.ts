@@ -96,3 +96,27 @@ describe("tuneMemory: glibc allocator settings at start", () => {
     expect(() => native.mallocTune("2" as unknown as number, 0, 0)).toThrow(/numbers/);
   });
 });
+
+describe("trimMemory: freed heap pages go back to the kernel", () => {
+  it("releases the free pages in the middle of an arena that free() alone keeps", () => {
+    // 64 KiB buffers come from the malloc heap (below the mmap threshold);
+    // a small one kept after each leaves the freed ones as holes that glibc
+    // does not return by itself.
+    const addon = new URL("../native/build/Release/strata_fs.node", import.meta.url).pathname;
+    const script = `
+      const native = require(${JSON.stringify(addon)});
+      const rss = () => Number(require("node:fs").readFileSync("/proc/self/statm", "utf8").split(" ")[1]) * 4096;
+      let big = [], small = [];
+      for (let i = 0; i < 3000; i++) { big.push(Buffer.allocUnsafeSlow(65536).fill(1)); small.push(Buffer.allocUnsafeSlow(4096).fill(2)); }
+      big = null; gc(); gc();
+      const before = rss();
+      const released = native.mallocTrim();
+      const after = rss();
+      process.stdout.write(JSON.stringify({ released, freed: before - after, keep: small.length }));`;
+    const out = execFileSync(process.execPath, ["--expose-gc", "-e", script], { encoding: "utf8" });
+    const r = JSON.parse(out) as { released: boolean; freed: number; keep: number };
+    expect(r.keep).toBe(3000);
+    expect(r.released).toBe(true);
+    expect(r.freed).toBeGreaterThan(100 * 1024 * 1024); // of the ~190 MB freed
+  });
+});

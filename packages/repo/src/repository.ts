@@ -15,7 +15,7 @@ import {
   type TreeId,
   validateChunkerParams,
 } from "@strata/core";
-import { displayPath } from "@strata/fs";
+import { displayPath, trimMemory } from "@strata/fs";
 import type { BlobStore } from "./blob-store.js";
 import {
   type BlobType,
@@ -376,6 +376,7 @@ export class Repository {
         );
         this.written.packs++;
         for (const id of ids) this.pending.delete(id);
+        trimMemory(); // the pack's buffers and the blobs the workers sent for it are free now
       } catch (e) {
         this.flushError = e;
         await builder.discard();

@@ -13,7 +13,7 @@ import {
 } from "node:fs";
 import * as nodePath from "node:path";
 import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
-import { applyMetadataSync, createSpecial, displayPath, hasDefaultAcl, validateName } from "@strata/fs";
+import { applyMetadataSync, createSpecial, displayPath, hasDefaultAcl, trimMemory, validateName } from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { RestorePool, writeBlobs } from "./read-blobs.js";
@@ -249,6 +249,7 @@ export class Restorer {
           .finally(() => {
             this.groups--;
             this.groupWaiters.shift()?.();
+            trimMemory(); // the group's ranges, read and decoded by the workers, are free now
           }),
       );
     };
