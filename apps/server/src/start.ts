@@ -140,6 +140,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       close: async () => {
         clearInterval(expiry);
         await app.close();
+        await services.restores?.flushTouches().catch(() => {});
         await repoData.close();
         await store.close();
       },

@@ -71,6 +71,14 @@ const GRANT_RE = /^[A-Za-z0-9_-]{22}$/;
 /** Blobs closer than this in a pack are read by one ranged read (as the local Restorer does). */
 const RANGE_GAP = 256 * 1024;
 const RANGE_MAX = 8 * 1024 * 1024;
+/**
+ * A session's counters and expiry are written to the catalog at most this
+ * often: a write per tree request (a commit each) was the server's largest
+ * cost in a restore. The answers in between are counted in memory.
+ */
+const TOUCH_DELAY_MS = 1000;
+/** Chunk frames are sent in writes of about this size (one TLS record run and one syscall each, not three per chunk). */
+const SEND_BYTES = 256 * 1024;
 
 const actorName = (a: RestoreActor) =>
   "caller" in a ? `user:${a.caller.user.name}` : `endpoint:${a.endpointId}`;
@@ -115,6 +123,9 @@ export class RestoreService {
   private readonly grantKey: Buffer;
   /** Chunk ids named by the files of a tree (trees are immutable: cached by id). */
   private readonly fileChunks = new Lru<Set<string>>(128);
+  /** Counters and expiry not yet written to the catalog, by session (see TOUCH_DELAY_MS). */
+  private readonly touches = new Map<string, { add: RestoreCounters; at: Date; expiresAt: Date }>();
+  private touchTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly d: {
@@ -323,6 +334,7 @@ export class RestoreService {
 
   /** Close open sessions idle past their expiry. */
   async expireStale(): Promise<number> {
+    await this.flushTouches();
     const now = this.d.clock.now();
     const stale = await this.d.sessions.expiredRestoreSessions(now);
     for (const s of stale) await this.d.sessions.closeRestoreSession(s.id, "expired", now);
@@ -336,8 +348,11 @@ export class RestoreService {
       throw new StrataError("NOT_FOUND", `restore session ${String(id).slice(0, 64)} does not exist`, {
         subject: String(id).slice(0, 64),
       });
+    const pending = this.touches.get(s.id);
+    if (pending) s.expiresAt = pending.expiresAt;
     if (!mustBeOpen) return s;
     if (s.state === "open" && s.expiresAt < this.d.clock.now()) {
+      await this.flushTouches(s.id).catch(() => {});
       await this.d.sessions.closeRestoreSession(s.id, "expired", this.d.clock.now());
       s.state = "expired";
     }
@@ -349,8 +364,54 @@ export class RestoreService {
     return s;
   }
 
-  private async touch(s: RestoreSessionRecord, add: Partial<RestoreCounters>): Promise<void> {
-    await this.d.sessions.touchRestoreSession(s.id, this.d.clock.now(), this.expiry(), add);
+  /**
+   * Count an answer and push the session's expiry on. Kept in memory and
+   * written within TOUCH_DELAY_MS (and before the session is closed or its
+   * counters are listed), so a restore of thousands of trees costs a write
+   * a second, not one per tree.
+   */
+  private touch(s: RestoreSessionRecord, add: Partial<RestoreCounters>): void {
+    const t = this.touches.get(s.id) ?? {
+      add: { bytesSent: 0, chunksSent: 0, treesSent: 0 },
+      at: s.updatedAt,
+      expiresAt: s.expiresAt,
+    };
+    t.add.bytesSent += add.bytesSent ?? 0;
+    t.add.chunksSent += add.chunksSent ?? 0;
+    t.add.treesSent += add.treesSent ?? 0;
+    t.at = this.d.clock.now();
+    t.expiresAt = this.expiry();
+    this.touches.set(s.id, t);
+    if (!this.touchTimer) {
+      this.touchTimer = setTimeout(() => {
+        this.touchTimer = null;
+        this.flushTouches().catch(() => {
+          // written again at the next flush
+        });
+      }, TOUCH_DELAY_MS);
+      this.touchTimer.unref();
+    }
+  }
+
+  /** Write the counters kept in memory (of one session, or all). */
+  async flushTouches(id?: string): Promise<void> {
+    const ids = id === undefined ? [...this.touches.keys()] : this.touches.has(id) ? [id] : [];
+    for (const sid of ids) {
+      const t = this.touches.get(sid)!;
+      this.touches.delete(sid);
+      try {
+        await this.d.sessions.touchRestoreSession(sid, t.at, t.expiresAt, t.add);
+      } catch (e) {
+        // Keep them for the next flush (merged with anything counted meanwhile).
+        const now = this.touches.get(sid);
+        if (now) {
+          now.add.bytesSent += t.add.bytesSent;
+          now.add.chunksSent += t.add.chunksSent;
+          now.add.treesSent += t.add.treesSent;
+        } else this.touches.set(sid, t);
+        throw e;
+      }
+    }
   }
 
   private async loadEntry(id: string, what: string): Promise<IndexEntry> {
@@ -377,7 +438,7 @@ export class RestoreService {
       ...encodeTreeFrame(Buffer.from(treeId, "hex"), Buffer.alloc(0), wire.compressed, wire.body),
       encodeJsonFrame({ grants }),
     ]);
-    await this.touch(s, { treesSent: 1, bytesSent: out.length });
+    this.touch(s, { treesSent: 1, bytesSent: out.length });
     return out;
   }
 
@@ -461,6 +522,8 @@ export class RestoreService {
   ): AsyncGenerator<Buffer> {
     let bytes = 0;
     let chunks = 0;
+    let out: Buffer[] = [];
+    let outBytes = 0;
     try {
       for (const range of ranges(entries)) {
         const first = range[0]!;
@@ -489,24 +552,33 @@ export class RestoreService {
           chunks++;
           for (const part of frame) {
             bytes += part.length;
-            yield part;
+            out.push(part);
+            outBytes += part.length;
+          }
+          if (outBytes >= SEND_BYTES) {
+            yield Buffer.concat(out, outBytes);
+            out = [];
+            outBytes = 0;
           }
         }
       }
+      if (outBytes) yield Buffer.concat(out, outBytes);
     } finally {
       await release().catch(() => {});
-      await this.touch(s, { chunksSent: chunks, bytesSent: bytes }).catch(() => {});
+      this.touch(s, { chunksSent: chunks, bytesSent: bytes });
     }
   }
 
   /** `DELETE /restores/:session`: idempotent. */
   async close(actor: RestoreActor, sessionId: string): Promise<void> {
     const s = await this.session(actor, sessionId, false);
+    await this.flushTouches(s.id);
     if (s.state === "open") await this.d.sessions.closeRestoreSession(s.id, "closed", this.d.clock.now());
   }
 
   /** The CVD's restore sessions as transactions (kind `restore`), newest first. */
   async transactions(cvdId: string, limit = 100): Promise<TransactionView[]> {
+    await this.flushTouches();
     return (await this.d.sessions.listRestoreSessions(cvdId, limit)).map(restoreTransactionView);
   }
 
