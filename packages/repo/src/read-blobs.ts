@@ -75,15 +75,20 @@ export function planRanges<W extends BlobWant>(wants: W[]): W[][] {
   return ranges;
 }
 
-/** Worker threads that decode blobs and write them into open files (see restore-worker.ts). */
+/**
+ * Worker threads that decode blobs and write them into open files (see
+ * restore-worker.ts). With a key they decode sealed blobs of packs; with
+ * `null`, chunks in the restore protocol's wire form (`WireDecoder`), for
+ * a restore from the server, which holds the key.
+ */
 export class RestorePool {
   private readonly pool: ThreadPool<Omit<RestoreBatch, "seq">, RestoreReply[]>;
 
-  constructor(key: MasterKey, threads = defaultThreads()) {
+  constructor(key: MasterKey | null, threads = defaultThreads()) {
     // Two batches per worker: one decoding, one queued.
     this.pool = new ThreadPool(
       new URL("./restore-worker.js", import.meta.url),
-      { key: new Uint8Array(key.key), role: "restore" },
+      { key: key ? new Uint8Array(key.key) : null, role: "restore" },
       threads,
       threads * 2,
       "restore",

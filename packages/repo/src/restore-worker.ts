@@ -1,5 +1,6 @@
 /**
- * Worker thread for restore: decodes the blobs of one ranged pack read and
+ * Worker thread for restore: decodes the blobs of one ranged pack read (or,
+ * without a key, chunks received in wire form, laid back to back) and
  * writes each plaintext straight into the files that want it (descriptors
  * opened by the main thread, which closes them only after the answer).
  * Decryption, decompression, hashing and the copy into the page cache thus
@@ -12,6 +13,7 @@ import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec } from "./pack.js";
 import { serve } from "./thread-pool.js";
+import { WireDecoder } from "./wire.js";
 
 export interface RestoreItem
   extends Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed"> {
@@ -97,7 +99,12 @@ function readPack(path: string, base: number, length: number): Buffer {
   return readRangeSync(fd, path, base, length);
 }
 
-export function decodeAndWrite(codec: BlobCodec, m: Omit<RestoreRequest, "seq">): RestoreReply {
+/** What turns a stored (or received) body into verified plaintext: BlobCodec, or WireDecoder for chunks in wire form. */
+export interface BlobDecoder {
+  decode(e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">, body: Uint8Array): Buffer;
+}
+
+export function decodeAndWrite(codec: BlobDecoder, m: Omit<RestoreRequest, "seq">): RestoreReply {
   const reply: RestoreReply = { bytes: 0, problems: [] };
   let buf: Buffer;
   if (m.buf) buf = Buffer.from(m.buf.buffer, m.buf.byteOffset, m.buf.byteLength);
@@ -144,8 +151,9 @@ export function decodeAndWrite(codec: BlobCodec, m: Omit<RestoreRequest, "seq">)
 }
 
 // Only in a thread started by RestorePool (the main thread imports packItems from here).
+// Without a key the thread decodes chunks in wire form (the agent's restore from the server).
 if (parentPort && (workerData as { role?: string } | null)?.role === "restore") {
-  const key = new MasterKey(Buffer.from((workerData as { key: Uint8Array }).key));
-  const codec = new BlobCodec(key, 1);
+  const raw = (workerData as { key: Uint8Array | null }).key;
+  const codec: BlobDecoder = raw ? new BlobCodec(new MasterKey(Buffer.from(raw)), 1) : new WireDecoder();
   serve(parentPort, (m: RestoreBatch) => m.jobs.map((j) => decodeAndWrite(codec, j)));
 }

@@ -23,6 +23,7 @@ export class ThreadPool<Req extends object, Res> {
   private readonly slotWaiters: (() => void)[] = [];
   private seq = 0;
   private closed = false;
+  private broken: unknown = null;
 
   constructor(
     script: URL,
@@ -54,6 +55,8 @@ export class ThreadPool<Req extends object, Res> {
   }
 
   private fail(e: unknown): void {
+    // A pool that lost a worker answers nothing more: a call sent to the dead thread would never settle.
+    this.broken ??= e;
     for (const p of this.waiting.values()) p.reject(e);
     this.waiting.clear();
     for (const w of this.slotWaiters.splice(0)) w();
@@ -66,6 +69,7 @@ export class ThreadPool<Req extends object, Res> {
 
   /** Send a request; `transfer` lists ArrayBuffers moved to the worker (the caller must not use them afterwards). */
   call(req: Req, transfer: ArrayBuffer[] = []): Promise<Res> {
+    if (this.broken) return Promise.reject(this.broken);
     const seq = ++this.seq;
     let k = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i]! < this.inFlight[k]!) k = i;

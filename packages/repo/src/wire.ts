@@ -5,6 +5,7 @@
  * takes them off a request body with bounded memory, and decompression with
  * an output bound.
  */
+import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { StrataError } from "@strata/core";
 
@@ -216,4 +217,45 @@ export function boundedDecompress(payload: Uint8Array, max: number, what: string
     );
   }
   return out.subarray(0, n);
+}
+
+/**
+ * Decodes chunks received in wire form (compressed or not, not sealed):
+ * decompress into exactly the length the snapshot names, then check the
+ * SHA-256 against the id. Throws DATA_CORRUPT naming the chunk. One
+ * decompression context and one output buffer, reused: the plaintext
+ * returned is valid until the next call (the restore workers write it at
+ * once). Used on the restore worker threads and by the remote source.
+ */
+export class WireDecoder {
+  private readonly dctx = new binding.DCtx();
+  private out: Buffer = Buffer.alloc(0);
+
+  decode(e: { id: string; compressed: boolean; rawLength: number }, body: Uint8Array): Buffer {
+    const what = `chunk ${e.id}`;
+    let plain: Buffer;
+    if (e.compressed) {
+      if (this.out.length < e.rawLength) this.out = Buffer.allocUnsafeSlow(Math.max(e.rawLength, 1 << 20));
+      let n: number;
+      try {
+        n = this.dctx.decompress(this.out.subarray(0, e.rawLength), body);
+      } catch (err) {
+        throw new StrataError(
+          "DATA_CORRUPT",
+          `${what} does not decompress into its ${e.rawLength} bytes: ${(err as Error).message}`,
+          { subject: e.id },
+        );
+      }
+      plain = this.out.subarray(0, n);
+    } else plain = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    if (plain.length !== e.rawLength)
+      throw new StrataError(
+        "DATA_CORRUPT",
+        `${what} has ${plain.length} bytes where the snapshot says ${e.rawLength}`,
+        { subject: e.id },
+      );
+    if (createHash("sha256").update(plain).digest("hex") !== e.id)
+      throw new StrataError("DATA_CORRUPT", `${what} does not match its hash`, { subject: e.id });
+    return plain;
+  }
 }

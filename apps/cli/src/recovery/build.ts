@@ -10,6 +10,7 @@
  *
  *     node                                  this process's node binary
  *     dist/recovery.mjs                     the program, one ESM bundle (esbuild)
+ *     dist/restore-worker.js                the restore worker threads' script, bundled the same way
  *     native/build/Release/strata_fs.node   @strata/fs's addon (../native/… of dist/)
  *     node_modules/zstd-napi/…              loaded with createRequire("zstd-napi/binding")
  *     node_modules/undici/…                 loaded with createRequire("undici")
@@ -117,7 +118,21 @@ function packageFiles(dir: string, prefix: string, keep: (rel: string) => boolea
   return out;
 }
 
-async function bundle(): Promise<Buffer> {
+/**
+ * The restore worker threads' script (@strata/repo's restore-worker.js):
+ * RestorePool starts it as `./restore-worker.js` beside the module that
+ * holds the pool, which in the bundle is dist/recovery.mjs.
+ */
+function workerEntry(): string {
+  const p = path.join(packageDir("@strata/repo"), "dist/restore-worker.js");
+  if (!existsSync(p))
+    throw new StrataError("INTERNAL", `the restore worker is not built (${p})`, {
+      hint: "build the CLI first: `npm run build`",
+    });
+  return p;
+}
+
+async function bundle(entry: string = entryPoint()): Promise<Buffer> {
   let esbuild: typeof import("esbuild");
   try {
     esbuild = await import("esbuild");
@@ -127,7 +142,7 @@ async function bundle(): Promise<Buffer> {
     });
   }
   const r = await esbuild.build({
-    entryPoints: [entryPoint()],
+    entryPoints: [entry],
     bundle: true,
     write: false,
     platform: "node",
@@ -187,6 +202,9 @@ async function payload(node: string): Promise<TarEntry[]> {
   return [
     { name: "node", file: node, mode: 0o755 },
     { name: "dist/recovery.mjs", data: await bundle(), mode: 0o644 },
+    // The restore workers' script, an ES module (dist/package.json says so for .js files).
+    { name: "dist/restore-worker.js", data: await bundle(workerEntry()), mode: 0o644 },
+    { name: "dist/package.json", data: Buffer.from('{ "type": "module" }\n'), mode: 0o644 },
     { name: "native/build/Release/strata_fs.node", file: fsAddon, mode: 0o755 },
     ...packageFiles(
       zstd,

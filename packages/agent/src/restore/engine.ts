@@ -11,6 +11,8 @@ import {
 import * as nodePath from "node:path";
 import { globToRegExp, isStrataError, StrataError } from "@strata/core";
 import { displayPath, native } from "@strata/fs";
+import { RestorePool } from "@strata/repo";
+import { TreeAhead } from "./ahead.js";
 import { Fetcher, SyncQueue } from "./fetcher.js";
 import {
   type ApplyContext,
@@ -67,7 +69,12 @@ export const DEFAULT_MINIMAL_SET: readonly string[] = [
 const BATCH_FILES = 1000;
 const BATCH_BYTES = 8 * 1024 * 1024;
 const FETCH_BYTES = 8 * 1024 * 1024;
-const FETCH_FILES = 1000;
+/**
+ * Files per chunk request. Each stays open until its chunks are written
+ * (the workers write through its descriptor), and up to three batches are
+ * collected or in flight: at most 768 descriptors.
+ */
+const FETCH_FILES = 256;
 const RESTORE_DIR = "restore";
 
 /**
@@ -145,6 +152,7 @@ class Engine {
   private phase: RestoreProgress["phase"] = "planning";
   private fetched = 0;
   private fetcher: Fetcher | null = null;
+  private pool: RestorePool | null = null;
   private steps = 0;
   private lastProgress = 0;
   private batches = 0;
@@ -264,6 +272,14 @@ class Engine {
   }
 
   async run(): Promise<RestoreResult> {
+    try {
+      return await this.runAll();
+    } finally {
+      await this.pool?.close();
+    }
+  }
+
+  private async runAll(): Promise<RestoreResult> {
     const started = Date.now();
     const received = this.source.stats.bytesReceived;
     try {
@@ -410,6 +426,7 @@ class Engine {
       trustMtime: !!o.trustMtime,
       wholeDirs: !this.streaming,
       seeds: new SeedReader(this.source.chunker),
+      trees: new TreeAhead(this.source, o.signal),
       work,
       protectedPaths: [Buffer.from(stateDir), Buffer.from(realpathSync(stateDir))],
       links: new Map(),
@@ -470,6 +487,7 @@ class Engine {
       syncs,
       { bytes: FETCH_BYTES, files: FETCH_FILES },
       this.opts.signal,
+      this.workers(),
     );
     return {
       n: this.batches + 1,
@@ -552,10 +570,23 @@ class Engine {
       return { stopped: out.stopped, lastDone: b.lastDone };
     } catch (e) {
       b.journal.close();
+      // No write may be in flight (nor a descriptor open) when the stage goes.
+      await b.fetcher.abandon();
       if (!committed) this.rollback();
       else this.journalLeft = true;
       throw e;
     }
+  }
+
+  /**
+   * The worker threads that verify and write fetched chunks, started at the
+   * first batch that can use them (a source that hands over chunks in wire
+   * form) and stopped when the run ends.
+   */
+  private workers(): RestorePool | null {
+    if (!this.source.fetchChunkFrames || this.opts.workers === 0) return null;
+    this.pool ??= new RestorePool(null, this.opts.workers);
+    return this.pool;
   }
 
   /** Nothing committed: the stage goes, the root is as it was. */

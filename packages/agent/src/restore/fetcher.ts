@@ -1,18 +1,24 @@
-import { closeSync, constants, fsync, openSync, writeSync } from "node:fs";
+import { closeSync, constants, fsync, openSync } from "node:fs";
 import { promisify } from "node:util";
 import { type BlobId, StrataError } from "@strata/core";
-import { displayPath } from "@strata/fs";
+import { type RestorePool, writeAllSync } from "@strata/repo";
 import type { RestoreSource, TreeRef } from "./source.js";
 
 const fsyncAsync = promisify(fsync);
+/** A chunk as the pool's workers take it (restore-worker.ts `RestoreItem`). */
+type RestoreItem = Parameters<RestorePool["run"]>[1][number][number];
 
 /** A staged regular file waiting for chunks. */
 export interface PendingFile {
   /** Where it is staged (absolute). */
   path: Buffer;
+  /** Its path in the snapshot, as errors show it. */
+  name: string;
+  /** Open for writing (O_NOFOLLOW, made by the engine) until `finish`; the Fetcher closes it. */
+  fd: number;
   /** Chunk writes still missing. */
   missing: number;
-  /** Called once every chunk is in place: metadata, then `sync`. */
+  /** Called once every chunk is in place (after the descriptor is closed): metadata, then `sync`. */
   finish: () => void;
 }
 
@@ -29,6 +35,10 @@ interface Batch {
 }
 
 const IN_FLIGHT = 2;
+/** Received (compressed) bytes handed to a worker in one message. */
+const JOB_BYTES = 512 * 1024;
+/** Chunks in one worker message. */
+const JOB_CHUNKS = 1024;
 
 const newBatch = (): Batch => ({ chunks: new Map(), trees: new Map(), files: [], bytes: 0 });
 
@@ -38,18 +48,38 @@ export interface FetcherLimits {
   files: number;
 }
 
+/** A chunk of a worker message: where its body lies in the message's buffer, and what it is. */
+interface JobChunk {
+  id: BlobId;
+  len: number;
+  compressed: boolean;
+  at: number;
+  size: number;
+  targets: Target[];
+}
+
 /**
  * Collects the chunks staged files still lack and fetches them from the
- * source in batches (restore.md, "Seeds"): up to 8 MiB or 1,000 files per
+ * source in batches (restore.md, "Seeds"): up to 8 MiB or 256 files per
  * `fetchChunks` call, two calls in flight while planning goes on, so memory
- * holds at most three batches of requests. A chunk named by several files
- * (or twice in one) is fetched once and written everywhere.
+ * holds at most three batches of requests (and their files' descriptors).
+ * A chunk named by several files (or twice in one) is fetched once and
+ * written everywhere.
+ *
+ * With a `pool` and a source that hands chunks over in wire form
+ * (`fetchChunkFrames`), the chunks go to the pool's worker threads in
+ * messages of about 512 KiB: each worker decompresses a chunk into the
+ * length the snapshot names, checks its SHA-256 and only then writes it
+ * into the staged files (pwrite on the descriptors opened here). Nothing
+ * unverified reaches a file; a chunk that fails names the files it was for.
  */
 export class Fetcher {
   private batch = newBatch();
   /** Requests in flight: two, so the server reads the next batch while this one is written. */
   private readonly inflight = new Set<Promise<void>>();
   private failure: unknown = null;
+  /** Every file handed to `add` and not finished: their descriptors close on `abandon`. */
+  private readonly open = new Set<PendingFile>();
   fetchedBytes = 0;
 
   constructor(
@@ -57,6 +87,7 @@ export class Fetcher {
     readonly _sync: SyncQueue,
     private readonly limits: FetcherLimits,
     private readonly signal?: AbortSignal,
+    private readonly pool: RestorePool | null = null,
   ) {}
 
   /** `wanted`: chunk id → offsets in the file; `tree` names the file (its grant covers the ids). */
@@ -67,6 +98,7 @@ export class Fetcher {
     lens: Map<BlobId, number>,
   ): Promise<void> {
     const b = this.batch;
+    this.open.add(file);
     for (const [id, offsets] of wanted) {
       let c = b.chunks.get(id);
       if (!c) {
@@ -111,47 +143,162 @@ export class Fetcher {
     if (this.failure) throw this.failure;
   }
 
+  /**
+   * The run failed: wait for the requests in flight (and, when a worker
+   * may still be writing, for the pool to stop), then close every
+   * descriptor still open. Only then may the stage be removed.
+   */
+  async abandon(): Promise<void> {
+    this.failure ??= new StrataError("INTERNAL", "the restore stopped");
+    await Promise.allSettled([...this.inflight]);
+    // A worker failure rejects every call at once, while the other workers may still be
+    // writing: they stop before a descriptor they hold is closed (and its number reused).
+    if (this.pool) await this.pool.close();
+    for (const f of this.open) closeQuietly(f);
+    this.open.clear();
+  }
+
+  private done(f: PendingFile): void {
+    this.open.delete(f);
+    closeSync(f.fd);
+    f.fd = -1;
+    f.finish();
+  }
+
   private async run(b: Batch): Promise<void> {
     if (b.chunks.size) {
-      await this.source.fetchChunks(
-        [...b.trees.values()],
-        (id, plain) => {
-          const c = b.chunks.get(id);
-          if (!c) return; // not asked for (or delivered twice)
-          b.chunks.delete(id);
-          if (plain.length !== c.len) {
-            throw new StrataError(
-              "DATA_CORRUPT",
-              `chunk ${id} has ${plain.length} bytes where the snapshot says ${c.len}`,
-              { subject: id },
-            );
-          }
-          for (const t of c.targets) {
-            const fd = openSync(t.file.path, constants.O_WRONLY | constants.O_NOFOLLOW);
-            try {
-              let w = 0;
-              while (w < plain.length) w += writeSync(fd, plain, w, plain.length - w, t.offset + w);
-            } finally {
-              closeSync(fd);
-            }
-            this.fetchedBytes += plain.length;
-            t.file.missing--;
-          }
-        },
-        this.signal,
-      );
+      if (this.pool && this.source.fetchChunkFrames) await this.viaWorkers(b, this.pool);
+      else await this.here(b);
     }
     for (const f of b.files) {
       if (f.missing !== 0) {
-        throw new StrataError(
-          "DATA_CORRUPT",
-          `the source did not deliver every chunk of ${displayPath(f.path)}`,
-          { subject: displayPath(f.path) },
-        );
+        throw new StrataError("DATA_CORRUPT", `the source did not deliver every chunk of ${f.name}`, {
+          subject: f.name,
+        });
       }
-      f.finish();
+      this.done(f);
     }
   }
+
+  /** Chunks verified by the source, written on this thread. */
+  private async here(b: Batch): Promise<void> {
+    await this.source.fetchChunks(
+      [...b.trees.values()],
+      (id, plain) => {
+        const c = b.chunks.get(id);
+        if (!c) return; // not asked for (or delivered twice)
+        b.chunks.delete(id);
+        if (plain.length !== c.len) {
+          throw new StrataError(
+            "DATA_CORRUPT",
+            `chunk ${id} has ${plain.length} bytes where the snapshot says ${c.len}${namesOf(c.targets)}`,
+            { subject: id },
+          );
+        }
+        for (const t of c.targets) {
+          writeAllSync(t.file.fd, plain, t.offset);
+          this.fetchedBytes += plain.length;
+          t.file.missing--;
+        }
+      },
+      this.signal,
+    );
+  }
+
+  /** Chunks in wire form, verified and written by the pool's workers. */
+  private async viaWorkers(b: Batch, pool: RestorePool): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    let parts: Buffer[] = [];
+    let chunks: JobChunk[] = [];
+    let size = 0;
+    let failed: unknown = null;
+    const send = async () => {
+      if (!chunks.length) return;
+      const buf = Buffer.allocUnsafeSlow(size);
+      let at = 0;
+      for (const p of parts) at += p.copy(buf, at);
+      const these = chunks;
+      parts = [];
+      chunks = [];
+      size = 0;
+      await pool.slot();
+      const items: RestoreItem[] = these.map((c) => ({
+        id: c.id,
+        packId: "" as RestoreItem["packId"],
+        offset: c.at,
+        length: c.size,
+        rawLength: c.len,
+        compressed: c.compressed,
+        writes: c.targets.flatMap((t) => [t.file.fd, t.offset]),
+      }));
+      const job = pool.run([{ buf, base: 0 }], [items]).then(([reply]) => {
+        const bad = new Map<number, string>();
+        for (const p of reply!.problems) if (!bad.has(p.item)) bad.set(p.item, p.message);
+        these.forEach((c, i) => {
+          const problem = bad.get(i);
+          if (problem !== undefined) {
+            failed ??= new StrataError(
+              "DATA_CORRUPT",
+              `${problem.replace(/^chunk [0-9a-f]{64}/, `chunk ${c.id} from the server`)}${namesOf(c.targets)}`,
+              {
+                subject: c.targets[0]!.file.name,
+                hint: "the server's repository may be damaged: run `strata repo check --read-data` there",
+              },
+            );
+            return;
+          }
+          for (const t of c.targets) {
+            this.fetchedBytes += c.len;
+            t.file.missing--;
+          }
+        });
+      });
+      job.catch((e: unknown) => {
+        failed ??= e; // stops the stream at the next chunk
+      });
+      jobs.push(job);
+    };
+    try {
+      await this.source.fetchChunkFrames!(
+        [...b.trees.values()],
+        async (id, compressed, payload) => {
+          if (failed) throw failed;
+          const c = b.chunks.get(id);
+          if (!c) return; // not asked for (or delivered twice)
+          b.chunks.delete(id);
+          chunks.push({ id, len: c.len, compressed, at: size, size: payload.length, targets: c.targets });
+          parts.push(payload);
+          size += payload.length;
+          if (size >= JOB_BYTES || chunks.length >= JOB_CHUNKS) await send();
+        },
+        this.signal,
+      );
+      await send();
+    } finally {
+      // Every write of this batch is done (or failed) before anyone looks at the files.
+      await Promise.allSettled(jobs);
+    }
+    for (const j of jobs) await j; // a worker that failed (crashed) fails the batch
+    if (failed) throw failed;
+  }
+}
+
+/** " (for FILE[, and N more])": the staged files a chunk was for, as the snapshot names them. */
+function namesOf(targets: Target[]): string {
+  if (!targets.length) return "";
+  const first = targets[0]!.file.name;
+  const more = new Set(targets.map((t) => t.file)).size - 1;
+  return ` (for ${first}${more > 0 ? `, and ${more} more` : ""})`;
+}
+
+function closeQuietly(f: PendingFile): void {
+  if (f.fd < 0) return;
+  try {
+    closeSync(f.fd);
+  } catch {
+    // already gone
+  }
+  f.fd = -1;
 }
 
 /**

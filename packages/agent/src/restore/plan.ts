@@ -24,6 +24,7 @@ import {
   readXattrs,
   validateName,
 } from "@strata/fs";
+import type { TreeAhead } from "./ahead.js";
 import type { Fetcher, PendingFile, SyncQueue } from "./fetcher.js";
 import { type JournalWriter, journalNode, WORKDIR_PREFIX, type Workdirs } from "./journal.js";
 import type { SeedReader } from "./seed.js";
@@ -153,6 +154,8 @@ export interface PlanEnv {
   /** Stage a directory absent from the root whole (false when streaming: batches stay bounded). */
   wholeDirs: boolean;
   seeds: SeedReader;
+  /** Listings read ahead of the walk. */
+  trees: TreeAhead;
   work: Workdirs;
   /** Never touched: the state directory, our workdirs. */
   protectedPaths: Buffer[];
@@ -260,7 +263,7 @@ export class Planner {
 
   /** Load a snapshot directory listing, dropping (and reporting) names no filesystem can hold. */
   async listing(ref: TreeRef, snapPath: Buffer): Promise<SnapItem[]> {
-    const t = await this.env.source.loadTree(ref, this.env.signal);
+    const t = await this.env.trees.load(ref);
     const out: SnapItem[] = [];
     let prev: Buffer | null = null;
     for (let i = 0; i < t.nodes.length; i++) {
@@ -280,6 +283,17 @@ export class Planner {
       const sub = t.subtrees[i];
       out.push({ node, owner: ref, snapPath: join(snapPath, node.name), ...(sub ? { subtree: sub } : {}) });
     }
+    // The subdirectories the walk will descend into, read ahead (`dir` forgets the unused ones).
+    this.env.trees.ahead(
+      out
+        .filter(
+          (it) =>
+            it.subtree &&
+            this.select(it.snapPath) !== "out" &&
+            classScope(this.env, it.snapPath, false, this.b.deferred !== null) === true,
+        )
+        .map((it) => it.subtree!),
+    );
     return out;
   }
 
@@ -325,6 +339,14 @@ export class Planner {
   }
 
   private async dir(d: DirCtx, items: SnapItem[]): Promise<Outcome> {
+    try {
+      return await this.dirEntries(d, items);
+    } finally {
+      this.env.trees.forget(items.flatMap((it) => (it.subtree ? [it.subtree] : [])));
+    }
+  }
+
+  private async dirEntries(d: DirCtx, items: SnapItem[]): Promise<Outcome> {
     const env = this.env;
     let names: Buffer[] = [];
     if (d.exists) {
@@ -729,7 +751,9 @@ export class Planner {
       if (e instanceof StrataError && e.code === "UNSAFE_PATH") throw e;
       if ((e as Error).name === "AbortError") throw e;
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === "ENOSPC" || code === "EDQUOT" || code === "EIO") throw e;
+      // Out of space or descriptors, or a failing disk: the whole batch fails (never a partial restore).
+      if (code === "ENOSPC" || code === "EDQUOT" || code === "EIO" || code === "EMFILE" || code === "ENFILE")
+        throw e;
       env.error(shown, `not restored: ${(e as Error).message}`);
       return CLEAN;
     }
@@ -797,6 +821,7 @@ export class Planner {
       });
     }
     const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    let fetching = false;
     try {
       // Holes (and a hole at the end) are made by the size alone.
       ftruncateSync(fd, n.size);
@@ -806,18 +831,22 @@ export class Planner {
       } else if (seed) {
         env.counters.seededBytes += env.seeds.copyFrom(seed, wanted, fd);
       }
+      fetching = wanted.size > 0 && !item.literal;
     } finally {
-      closeSync(fd);
+      if (!fetching) closeSync(fd);
     }
     const file: PendingFile = {
       path: dest,
+      name: shown,
+      // The fetcher writes the missing chunks through it and closes it (see Fetcher).
+      fd,
       missing: 0,
       finish: () => {
         this.applyMeta(dest, n, shown);
         this.b.syncs.add(dest);
       },
     };
-    if (wanted.size && !item.literal) await this.b.fetcher.add(file, item.owner, wanted, lens);
+    if (fetching) await this.b.fetcher.add(file, item.owner, wanted, lens);
     else file.finish();
     await this.b.syncs.throttle();
   }

@@ -280,6 +280,28 @@ export class RemoteRestoreSource implements RestoreSource {
     onChunk: (id: BlobId, plain: Buffer) => void | Promise<void>,
     signal?: AbortSignal,
   ): Promise<void> {
+    const maxSize = this.chunker.maxSize;
+    const firstBound = Math.min(maxSize, Math.max(this.chunker.avgSize * 4, 64 * 1024));
+    await this.fetchChunkFrames(
+      requests,
+      async (id, compressed, payload) => {
+        const what = `chunk ${id}`;
+        const plain = compressed ? decompressUpTo(payload, firstBound, maxSize, what) : payload;
+        if (plain.length > maxSize || createHash("sha256").update(plain).digest("hex") !== id)
+          throw new StrataError("DATA_CORRUPT", `${what} from the server does not match its hash`, {
+            subject: id,
+          });
+        await onChunk(id, plain);
+      },
+      signal,
+    );
+  }
+
+  async fetchChunkFrames(
+    requests: ChunkRequest[],
+    onFrame: (id: BlobId, compressed: boolean, payload: Buffer) => void | Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const wanted = new Set<string>();
     // Batches of at most MAX_IDS_PER_REQUEST ids; each id asked once.
     const batches: { tree: string; grant: string; ids: string[] }[][] = [];
@@ -304,7 +326,6 @@ export class RemoteRestoreSource implements RestoreSource {
     }
     if (batch.length) batches.push(batch);
     const maxSize = this.chunker.maxSize;
-    const firstBound = Math.min(maxSize, Math.max(this.chunker.avgSize * 4, 64 * 1024));
     const got = new Set<string>();
     for (const b of batches) {
       signal?.throwIfAborted();
@@ -321,15 +342,9 @@ export class RemoteRestoreSource implements RestoreSource {
           throw new StrataError("DATA_CORRUPT", `the server sent chunk ${id}, which was not asked for`, {
             subject: id,
           });
-        const what = `chunk ${id}`;
-        const plain = f.flags & FLAG_ZSTD ? decompressUpTo(f.payload, firstBound, maxSize, what) : f.payload;
-        if (plain.length > maxSize || createHash("sha256").update(plain).digest("hex") !== id)
-          throw new StrataError("DATA_CORRUPT", `${what} from the server does not match its hash`, {
-            subject: id,
-          });
         got.add(id);
         this.stats.chunksReceived++;
-        await onChunk(id as BlobId, plain);
+        await onFrame(id as BlobId, (f.flags & FLAG_ZSTD) !== 0, f.payload);
       }
     }
     const missing = [...wanted].filter((id) => !got.has(id));

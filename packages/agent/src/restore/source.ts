@@ -60,5 +60,18 @@ export interface RestoreSource {
     onChunk: (id: BlobId, plain: Buffer) => void | Promise<void>,
     signal?: AbortSignal,
   ): Promise<void>;
+  /**
+   * Optional, for the engine's worker threads: the same chunks as received,
+   * in wire form (`compressed`: zstd) and NOT verified: the caller must
+   * decompress into the length the snapshot names and check the SHA-256
+   * before using a byte (the restore workers do, before they write). A
+   * chunk not asked for is refused here; ids not delivered reject as in
+   * `fetchChunks`.
+   */
+  fetchChunkFrames?(
+    requests: ChunkRequest[],
+    onFrame: (id: BlobId, compressed: boolean, payload: Buffer) => void | Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void>;
   close?(): Promise<void>;
 }

@@ -58,6 +58,12 @@ export interface RestoreOptions {
   /** Classifies paths (absolute, relative to root) for system/full/recover. */
   policy?: CompiledPolicy;
   /**
+   * Worker threads that verify and write chunks fetched in wire form (a
+   * source with `fetchChunkFrames`): default one per core, at most four;
+   * 0 does it on the main thread.
+   */
+  workers?: number;
+  /**
    * `files`: paths of the snapshot to restore, each written below `to`
    * under its own name (PATH /home/a/x --to D gives D/x).
    */
