@@ -317,6 +317,28 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       for (const s of [srcB, file, old]) await s.close();
     });
 
+    it("a session's use pushes its expiry on before the counters reach the catalog; listing them writes them", async () => {
+      const a = eps.a!;
+      const src = await RemoteRestoreSource.open(restoreTransport(h, a.credential), a.cvd);
+      const root = await src.loadTree(src.snapshot.root);
+      // Used every 50 minutes: never idle for an hour, though the catalog has not been written yet.
+      for (let i = 0; i < 3; i++) {
+        h.now.t += 50 * 60_000;
+        await src.loadTree(src.snapshot.root);
+      }
+      const tx = (
+        await h.app.inject({ method: "GET", url: `${API}/cvds/${a.cvd}/transactions`, headers: admin() })
+      ).json() as { id: string; state: string; bytesSent: number; treesSent?: number }[];
+      expect(tx.find((t) => t.id === src.session)).toMatchObject({
+        state: "open",
+        treesSent: 4,
+        bytesSent: src.stats.bytesReceived,
+      });
+      expect(root.nodes.length).toBeGreaterThan(0);
+      h.now.t += 61 * 60_000;
+      expect((await rejects(src.loadTree(src.snapshot.root))).code).toBe("SESSION_EXPIRED");
+    });
+
     it("users: restore.run opens sessions (audited, usable only by their opener); Read-only is refused", async () => {
       const a = eps.a!;
       const ro = await h.app.inject({
