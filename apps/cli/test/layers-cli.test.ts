@@ -163,4 +163,35 @@ describe("strata layer / cvd reference, layers, dry-run, apply", () => {
     expect(enforce.stderr).toContain("--enforce sometimes is not keep or remove");
     expect((await run("layer", "show", "nope")).code).toBe(1);
   });
+
+  it("a refused migration says why and leaves the CVD's assignment as it was", async () => {
+    // pc-01 has debian@1 assigned (previous test) but never applied: a
+    // migration would leave the old release's files behind, so the server
+    // refuses it, and the CLI puts back the assignment it had replaced.
+    const before = await ok("cvd", "layers", a.cvd!, "--json");
+    expect(before.effective.base).toMatchObject({ version: 1 });
+    const r = await run("cvd", "migrate", a.cvd!, "--base", "debian@2");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `CVD ${a.cvd} runs no base layer applied by Strata: a migration would leave its old release's files behind`,
+    );
+    expect(r.stderr).toMatch(/hint: capture the release it runs as a base layer, assign and apply it/);
+    const after = await ok("cvd", "layers", a.cvd!, "--json");
+    // Assigned again (a new assignment record), with the same layers.
+    const layersOf = (e: { target: unknown; base: unknown; apps: unknown }) => ({
+      target: e.target,
+      base: e.base,
+      apps: e.apps,
+    });
+    expect(layersOf(after.effective)).toEqual(layersOf(before.effective));
+    expect(after.targetImage).toBe(before.targetImage);
+    expect(
+      (await ok("task", "ls", "--cvd", a.cvd!, "--json")).filter(
+        (t: { state: string }) => t.state === "queued",
+      ),
+    ).toEqual([]);
+    const noBase = await run("cvd", "migrate", a.cvd!);
+    expect(noBase.code).toBe(1);
+    expect(noBase.stderr).toMatch(/give the new release's base layer with --base[\s\S]*strata layer ls/);
+  });
 });
