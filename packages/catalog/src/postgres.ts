@@ -405,11 +405,13 @@ export class PostgresCatalog implements RepoCatalog {
     }
   }
 
-  async packLayout(packId: PackId): Promise<Buffer> {
-    const r = await this.q<{ id: Buffer; offset: string | number; length: number }>(
+  async packLayout(packId: PackId, ids: readonly BlobId[]): Promise<Buffer> {
+    if (ids.length === 0) return Buffer.alloc(0);
+    const r = await this.q<{ id: Buffer; offset: number; length: number }>(
       `SELECT b.id, b."offset", b.length FROM blobs b
-       WHERE b.pack = (SELECT seq FROM packs WHERE id = $1) ORDER BY b."offset"`,
-      [idBytes(packId)],
+       WHERE b.id = ANY (SELECT unnest($1::bytea[])) AND b.pack = (SELECT seq FROM packs WHERE id = $2)
+       ORDER BY b."offset"`,
+      [idsBytes(ids), idBytes(packId)],
     );
     return encodePackLayout(r.rows.map((x) => [x.id, Number(x.offset), Number(x.length)] as const));
   }
@@ -424,10 +426,13 @@ export class PostgresCatalog implements RepoCatalog {
     return r.rows.map((x) => x.id as BlobId);
   }
 
-  async packEntries(packId: PackId): Promise<IndexEntry[]> {
+  /** One scan of blobs (no index on blobs.pack, migration 0009), hash-joined with the few packs. */
+  async packEntries(packIds: readonly PackId[]): Promise<IndexEntry[]> {
+    if (packIds.length === 0) return [];
     const r = await this.q<BlobRow>(
-      `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = $1 ORDER BY b."offset"`,
-      [idBytes(packId)],
+      `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq
+       WHERE p.id = ANY (SELECT unnest($1::bytea[])) ORDER BY p.id, b."offset"`,
+      [idsBytes(packIds)],
     );
     return r.rows.map(toEntry);
   }
@@ -465,6 +470,7 @@ export class PostgresCatalog implements RepoCatalog {
     );
   }
 
+  /** One scan of blobs per call (no index on blobs.pack): callers batch. */
   async removePacks(ids: readonly PackId[]): Promise<void> {
     if (ids.length === 0) return;
     const bytes = idsBytes(ids);
@@ -560,48 +566,63 @@ export class PostgresCatalog implements RepoCatalog {
    * Every pack (active and doomed), in id order, paged. blobCount is the number
    * of index entries pointing into the pack (a pack whose blobs all lost
    * first-writer-wins, or were removed, reports 0); size is the pack's size.
+   * One query — a single scan of blobs aggregated per pack — read through a
+   * cursor, PAGE_SIZE rows at a time, in a read-only transaction on one
+   * pooled connection held until the iteration ends.
    */
   async *packUsage(): AsyncIterable<PackUsage> {
-    let after: Buffer = Buffer.alloc(0);
-    for (;;) {
-      const r = await this.q<{
-        id: Buffer;
-        size: number;
-        blob_count: number;
-        used_count: number;
-        used_bytes: number;
-      }>(
-        `SELECT p.id, p.size, count(b.id)::int8 AS blob_count, count(m.id)::int8 AS used_count,
-                coalesce(sum(b.length) FILTER (WHERE m.id IS NOT NULL), 0)::int8 AS used_bytes
-         FROM (SELECT seq, id, size FROM packs WHERE id > $1 ORDER BY id LIMIT $2) p
-         LEFT JOIN blobs b ON b.pack = p.seq
-         LEFT JOIN marks m ON m.id = b.id
-         GROUP BY p.id, p.size
+    const c = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      await c.query("BEGIN READ ONLY");
+      await c.query(
+        `DECLARE strata_pack_usage NO SCROLL CURSOR FOR
+         SELECT p.id, p.size, coalesce(u.blob_count, 0)::int8 AS blob_count,
+                coalesce(u.used_count, 0)::int8 AS used_count, coalesce(u.used_bytes, 0)::int8 AS used_bytes
+         FROM packs p LEFT JOIN (
+           SELECT b.pack, count(*) AS blob_count, count(m.id) AS used_count,
+                  sum(b.length) FILTER (WHERE m.id IS NOT NULL) AS used_bytes
+           FROM blobs b LEFT JOIN marks m ON m.id = b.id
+           GROUP BY b.pack
+         ) u ON u.pack = p.seq
          ORDER BY p.id`,
-        [after, PAGE_SIZE],
       );
-      for (const row of r.rows) {
-        yield {
-          packId: hexId<PackId>(row.id),
-          blobCount: row.blob_count,
-          usedCount: row.used_count,
-          size: row.size,
-          usedBytes: row.used_bytes,
-        };
+      for (;;) {
+        const r = await c.query<{
+          id: Buffer;
+          size: number;
+          blob_count: number;
+          used_count: number;
+          used_bytes: number;
+        }>(`FETCH ${PAGE_SIZE} FROM strata_pack_usage`);
+        for (const row of r.rows) {
+          yield {
+            packId: hexId<PackId>(row.id),
+            blobCount: row.blob_count,
+            usedCount: row.used_count,
+            size: row.size,
+            usedBytes: row.used_bytes,
+          };
+        }
+        if (r.rows.length < PAGE_SIZE) break;
       }
-      if (r.rows.length < PAGE_SIZE) return;
-      after = r.rows[r.rows.length - 1]!.id;
+    } finally {
+      try {
+        await c.query("ROLLBACK");
+      } catch (e) {
+        broken = e as Error;
+      }
+      c.release(broken);
     }
   }
 
-  async packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]> {
-    const r = await this.q<BlobRow>(
-      `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = $1
-         AND ${marked ? "" : "NOT"} EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id)
-       ORDER BY b."offset"`,
-      [idBytes(packId)],
+  async markedBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    if (ids.length === 0) return new Set();
+    const r = await this.q<{ id: Buffer }>(
+      "SELECT m.id FROM marks m WHERE m.id = ANY (SELECT unnest($1::bytea[]))",
+      [idsBytes(ids)],
     );
-    return r.rows.map(toEntry);
+    return new Set(r.rows.map((row) => hexId<BlobId>(row.id)));
   }
 
   async endMark(): Promise<void> {

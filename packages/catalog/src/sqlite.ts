@@ -231,6 +231,7 @@ export class SqliteCatalog implements RepoCatalog {
   private readonly txMoveBlobs: (pack: PackRecord, entries: readonly IndexEntry[]) => void;
   private readonly txRemovePacks: (json: string) => void;
   private readonly txAcquire: (l: LeaseRecord, now: number) => boolean;
+  private readonly txFillUsage: () => void;
 
   constructor(db: Db, path: string) {
     this.db = db;
@@ -277,16 +278,21 @@ export class SqliteCatalog implements RepoCatalog {
       packSeq: p("SELECT seq FROM packs WHERE id = ?").pluck(),
       listPacks: p(`SELECT ${PACK_COLS} FROM packs WHERE id > ? ORDER BY id LIMIT ?`),
       packLayout: p(
-        `SELECT b.id, b."offset", b.length FROM blobs b WHERE b.pack = (SELECT seq FROM packs WHERE id = ?) ORDER BY b."offset"`,
+        `SELECT b.id, b."offset", b.length FROM json_each(?) j CROSS JOIN blobs b ON b.id = unhex(j.value)
+         WHERE b.pack = (SELECT seq FROM packs WHERE id = ?) ORDER BY b."offset"`,
       ).raw(),
       missingBlobs: p(
         "SELECT j.value FROM json_each(?) j WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = unhex(j.value))",
       ).pluck(),
+      // No index on blobs.pack (migration 0009): one scan of blobs, which
+      // CROSS JOIN keeps as the outer loop (never a scan per pack).
       packEntries: p(
-        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ? ORDER BY b."offset"`,
+        `SELECT ${BLOB_COLS} FROM blobs b CROSS JOIN packs p ON p.seq = b.pack
+         WHERE b.pack IN (SELECT seq FROM packs WHERE id IN ${IDS}) ORDER BY p.id, b."offset"`,
       ),
       doom: p(`UPDATE packs SET state = 'doomed', doomed_at = ? WHERE state = 'active' AND id IN ${IDS}`),
       revive: p(`UPDATE packs SET state = 'active', doomed_at = NULL WHERE id IN ${IDS}`),
+      // One scan of blobs per call (no index on blobs.pack).
       deleteEntriesOfPacks: p(`DELETE FROM blobs WHERE pack IN (SELECT seq FROM packs WHERE id IN ${IDS})`),
       deletePacks: p(`DELETE FROM packs WHERE id IN ${IDS}`),
       deleteBlobs: p(`DELETE FROM blobs WHERE id IN ${IDS}`),
@@ -310,23 +316,23 @@ export class SqliteCatalog implements RepoCatalog {
       // RETURNING reports only rows actually inserted, i.e. the newly marked ids.
       mark: p(`INSERT INTO marks (id) SELECT unhex(value) FROM json_each(?) WHERE true
                ON CONFLICT (id) DO NOTHING RETURNING id`).pluck(),
+      // packUsage: one scan of blobs, aggregated per pack into a TEMP table
+      // (never fsynced; better-sqlite3 cannot keep a statement open across
+      // the caller's other queries), then paged in pack id order.
+      clearUsage: p("DELETE FROM pack_usage"),
+      fillUsage: p(
+        `INSERT INTO pack_usage (pack, blob_count, used_count, used_bytes)
+         SELECT b.pack, count(*), count(m.id), coalesce(sum(CASE WHEN m.id IS NOT NULL THEN b.length END), 0)
+         FROM blobs b LEFT JOIN marks m ON m.id = b.id
+         GROUP BY b.pack`,
+      ),
       packUsage: p(
-        `SELECT p.id AS id, p.size AS size, count(b.id) AS blob_count, count(m.id) AS used_count,
-                coalesce(sum(CASE WHEN m.id IS NOT NULL THEN b.length END), 0) AS used_bytes
-         FROM (SELECT seq, id, size FROM packs WHERE id > ? ORDER BY id LIMIT ?) p
-         LEFT JOIN blobs b ON b.pack = p.seq
-         LEFT JOIN marks m ON m.id = b.id
-         GROUP BY p.id, p.size
-         ORDER BY p.id`,
+        `SELECT p.id AS id, p.size AS size, coalesce(u.blob_count, 0) AS blob_count,
+                coalesce(u.used_count, 0) AS used_count, coalesce(u.used_bytes, 0) AS used_bytes
+         FROM packs p LEFT JOIN pack_usage u ON u.pack = p.seq
+         WHERE p.id > ? ORDER BY p.id LIMIT ?`,
       ),
-      packEntriesMarked: p(
-        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ?
-           AND EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id) ORDER BY b."offset"`,
-      ),
-      packEntriesUnmarked: p(
-        `SELECT ${BLOB_COLS} FROM packs p JOIN blobs b ON b.pack = p.seq WHERE p.id = ?
-           AND NOT EXISTS (SELECT 1 FROM marks m WHERE m.id = b.id) ORDER BY b."offset"`,
-      ),
+      markedBlobs: p("SELECT m.id FROM json_each(?) j CROSS JOIN marks m ON m.id = unhex(j.value)").pluck(),
       dropExpiredLeases: p("DELETE FROM leases WHERE name = ? AND expires_at <= ?"),
       otherLeases: p("SELECT mode FROM leases WHERE name = ? AND holder <> ?").pluck(),
       putLease: p(
@@ -372,6 +378,11 @@ export class SqliteCatalog implements RepoCatalog {
       return true;
     });
     this.txAcquire = (l, now) => acquire.immediate(l, now);
+    // Deferred: only the temp table is written, and readers see one snapshot of blobs.
+    this.txFillUsage = db.transaction(() => {
+      s.clearUsage!.run();
+      s.fillUsage!.run();
+    });
   }
 
   async addPack(pack: PackRecord, entries: IndexEntry[]): Promise<void> {
@@ -433,8 +444,11 @@ export class SqliteCatalog implements RepoCatalog {
     }
   }
 
-  async packLayout(packId: PackId): Promise<Buffer> {
-    return encodePackLayout(this.s.packLayout!.all(idBytes(packId)) as [Buffer, number, number][]);
+  async packLayout(packId: PackId, ids: readonly BlobId[]): Promise<Buffer> {
+    if (ids.length === 0) return Buffer.alloc(0);
+    return encodePackLayout(
+      this.s.packLayout!.all(idsJson(ids), idBytes(packId)) as [Buffer, number, number][],
+    );
   }
 
   async missingBlobs(ids: readonly BlobId[]): Promise<BlobId[]> {
@@ -442,8 +456,9 @@ export class SqliteCatalog implements RepoCatalog {
     return this.s.missingBlobs!.all(idsJson(ids)) as BlobId[];
   }
 
-  async packEntries(packId: PackId): Promise<IndexEntry[]> {
-    return (this.s.packEntries!.all(idBytes(packId)) as BlobRow[]).map(toEntry);
+  async packEntries(packIds: readonly PackId[]): Promise<IndexEntry[]> {
+    if (packIds.length === 0) return [];
+    return (this.s.packEntries!.all(idsJson(packIds)) as BlobRow[]).map(toEntry);
   }
 
   /**
@@ -538,8 +553,11 @@ export class SqliteCatalog implements RepoCatalog {
    * Every pack (active and doomed), in id order, paged. blobCount is the number
    * of index entries pointing into the pack (a pack whose blobs all lost
    * first-writer-wins, or were removed, reports 0); size is the pack's size.
+   * The counts are taken once, when iteration starts (one scan of blobs); one
+   * iteration at a time per catalog (prune and check hold the marks lease).
    */
   async *packUsage(): AsyncIterable<PackUsage> {
+    this.txFillUsage();
     let after: Buffer = Buffer.alloc(0);
     for (;;) {
       const rows = this.s.packUsage!.all(after, PAGE_SIZE) as {
@@ -563,9 +581,9 @@ export class SqliteCatalog implements RepoCatalog {
     }
   }
 
-  async packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]> {
-    const st = marked ? this.s.packEntriesMarked! : this.s.packEntriesUnmarked!;
-    return (st.all(idBytes(packId)) as BlobRow[]).map(toEntry);
+  async markedBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>> {
+    if (ids.length === 0) return new Set();
+    return new Set((this.s.markedBlobs!.all(idsJson(ids)) as Buffer[]).map((b) => hexId<BlobId>(b)));
   }
 
   async endMark(): Promise<void> {
@@ -626,6 +644,9 @@ export async function openSqliteCatalog(path: string): Promise<SqliteCatalog> {
     // tables are never fsynced — marking a large repository would otherwise
     // pay one synchronous commit per tree.
     db.exec("CREATE TEMP TABLE IF NOT EXISTS marks (id BLOB PRIMARY KEY) WITHOUT ROWID");
+    // packUsage's per-pack aggregate (see there); pack = packs.seq.
+    db.exec(`CREATE TEMP TABLE IF NOT EXISTS pack_usage (
+      pack INTEGER PRIMARY KEY, blob_count INTEGER NOT NULL, used_count INTEGER NOT NULL, used_bytes INTEGER NOT NULL)`);
     return new SqliteCatalog(db, path);
   } catch (e) {
     db.close();

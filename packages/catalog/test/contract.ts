@@ -129,9 +129,11 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
 
         expect(await c.getPack(p.id)).toEqual(p);
         expect(await c.getPack(packId("missing"))).toBeNull();
-        expect(await c.packEntries(p.id)).toEqual(es); // ordered by offset
-        // The same layout, compactly: id, offset (64-bit), length per entry.
-        const layout = await c.packLayout(p.id);
+        expect(await c.packEntries([p.id])).toEqual(es); // ordered by offset
+        expect(await c.packEntries([packId("missing")])).toEqual([]);
+        expect(await c.packEntries([])).toEqual([]);
+        // Where the index places a header's ids, compactly: id, offset (64-bit), length per entry, by offset.
+        const layout = await c.packLayout(p.id, [ids[2]!, blob("nope"), ids[0]!, ids[1]!]);
         expect(layout.length).toBe(3 * PACK_LAYOUT_ENTRY);
         es.forEach((e, i) => {
           const at = i * PACK_LAYOUT_ENTRY;
@@ -139,7 +141,8 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
           expect(layout.readUIntLE(at + 32, 6)).toBe(e.offset);
           expect(layout.readUInt32LE(at + 40)).toBe(e.length);
         });
-        expect((await c.packLayout(packId("missing"))).length).toBe(0);
+        expect((await c.packLayout(packId("missing"), ids)).length).toBe(0);
+        expect((await c.packLayout(p.id, [])).length).toBe(0);
         expect(await c.missingBlobs([...ids, blob("nope")])).toEqual([blob("nope")]);
         expect(await c.missingBlobs(ids)).toEqual([]);
         expect(await c.missingBlobs([])).toEqual([]);
@@ -180,13 +183,13 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
       it("addPack is idempotent: re-adding a recorded pack changes nothing", async () => {
         const c = await fresh();
         const { p, ids } = await addFresh(c, "a", 3);
-        const before = await c.packEntries(p.id);
+        const before = await c.packEntries([p.id]);
         // Same pack again, even with different entries and record: ignored.
         await c.addPack(
           { ...p, size: 1 },
           entries(p, [blob("other"), ...ids]).map((e) => ({ ...e, offset: e.offset + 1 })),
         );
-        expect(await c.packEntries(p.id)).toEqual(before);
+        expect(await c.packEntries([p.id])).toEqual(before);
         expect(await c.getPack(p.id)).toEqual(p);
         expect((await c.hasBlobs([blob("other")])).size).toBe(0);
       });
@@ -197,7 +200,11 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         const b = pack("b", 2);
         await c.addPack(b, entries(b, [ids[1]!, blob("b-own")]));
         expect((await c.lookupBlobs([ids[1]!])).get(ids[1]!)?.packId).toBe(a.id);
-        expect((await c.packEntries(b.id)).map((e) => e.id)).toEqual([blob("b-own")]);
+        expect((await c.packEntries([b.id])).map((e) => e.id)).toEqual([blob("b-own")]);
+        // b's header lists ids[1] too, but the index places it in a: not b's.
+        const bLayout = await c.packLayout(b.id, [ids[1]!, blob("b-own")]);
+        expect(bLayout.length).toBe(PACK_LAYOUT_ENTRY);
+        expect(bLayout.subarray(0, 32).toString("hex")).toBe(blob("b-own"));
         // Duplicate ids inside one pack: the first is indexed.
         const d = pack("d", 2);
         const de = entries(d, [blob("dup"), blob("dup")]);
@@ -252,14 +259,14 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         const moved = entries(n, [ids[1]!, ids[3]!]);
         await c.moveBlobs(n, moved);
         expect(await c.getPack(n.id)).toEqual(n);
-        expect(await c.packEntries(n.id)).toEqual(moved);
-        expect((await c.packEntries(a.id)).map((e) => e.id)).toEqual([ids[0], ids[2]]);
+        expect(await c.packEntries([n.id])).toEqual(moved);
+        expect((await c.packEntries([a.id])).map((e) => e.id)).toEqual([ids[0], ids[2]]);
         const looked = await c.lookupBlobs(ids);
         expect(looked.get(ids[1]!)).toEqual(moved[0]);
         expect(looked.get(ids[0]!)?.packId).toBe(a.id);
         // Re-running the move (a retried repack) is harmless.
         await c.moveBlobs(n, moved);
-        expect(await c.packEntries(n.id)).toEqual(moved);
+        expect(await c.packEntries([n.id])).toEqual(moved);
         // A repack out of a doomed pack makes its blobs live again.
         await c.markPacksDoomed([a.id], at(1));
         const n2 = pack("new2", 1);
@@ -276,22 +283,61 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         expect(await c.getPack(a.id)).toBeNull();
         expect(await c.getPack(b.id)).toBeNull();
         expect((await c.lookupBlobs([...aIds, ...bIds])).size).toBe(0);
-        expect(await c.packEntries(a.id)).toEqual([]);
+        expect(await c.packEntries([a.id])).toEqual([]);
         expect((await collect(c.listPacks())).map((p) => p.id)).toEqual([k.id]);
 
         await c.removeBlobs([kIds[1]!]);
-        expect((await c.packEntries(k.id)).map((e) => e.id)).toEqual([kIds[0], kIds[2]]);
+        expect((await c.packEntries([k.id])).map((e) => e.id)).toEqual([kIds[0], kIds[2]]);
         expect((await c.countBlobs()).chunks).toBe(2);
         // The pack of removed blobs can be recorded again with its entries.
         await c.addPack(a, entries(a, aIds));
         expect((await c.hasBlobs(aIds)).size).toBe(3);
       });
 
+      it("packEntries takes several packs: their entries ordered by pack id, then offset", async () => {
+        const c = await fresh();
+        const made = [];
+        for (const label of ["x", "y", "z"]) made.push(await addFresh(c, label, 3));
+        const { p: other } = await addFresh(c, "other", 2);
+        const want = made
+          .map(({ p, ids }) => ({ p, es: entries(p, ids) }))
+          .sort((u, v) => u.p.id.localeCompare(v.p.id))
+          .flatMap((x) => x.es);
+        const got = await c.packEntries([made[2]!.p.id, made[0]!.p.id, made[1]!.p.id, packId("none")]);
+        expect(got).toEqual(want);
+        expect(got.some((e) => e.packId === other.id)).toBe(false);
+        // Entries re-pointed elsewhere are the other pack's.
+        const n = pack("n", 1);
+        await c.moveBlobs(n, entries(n, [made[0]!.ids[1]!]));
+        expect((await c.packEntries([made[0]!.p.id])).map((e) => e.id)).toEqual([
+          made[0]!.ids[0],
+          made[0]!.ids[2],
+        ]);
+      });
+
+      it("removePacks takes MAX_BATCH (5000) packs in one call", async () => {
+        const c = await fresh();
+        const { p: keep, ids: keepIds } = await addFresh(c, "keep", 2);
+        const gone: PackId[] = [];
+        for (let i = 0; i < 5000; i += 500) {
+          // Many packs, few calls: moveBlobs records a pack with its entries.
+          for (let j = i; j < i + 500; j++) {
+            const p = pack(`gone/${j}`, 1);
+            gone.push(p.id);
+            await c.moveBlobs(p, entries(p, [blob(`gone/${j}`)]));
+          }
+        }
+        await c.removePacks(gone);
+        expect((await collect(c.listPacks())).map((p) => p.id)).toEqual([keep.id]);
+        expect((await c.countBlobs()).chunks).toBe(2);
+        expect((await c.packEntries([keep.id])).map((e) => e.id)).toEqual(keepIds);
+      }, 300_000);
+
       it("works on batches of MAX_BATCH (5000) ids in one call", async () => {
         const c = await fresh();
         const { p, ids } = await addFresh(c, "big", 5000);
         const { ids: ids2 } = await addFresh(c, "big2", 2500);
-        expect((await c.packEntries(p.id)).length).toBe(5000);
+        expect((await c.packEntries([p.id])).length).toBe(5000);
         const ask = [...ids.slice(0, 2500), ...Array.from({ length: 2500 }, (_, i) => blob(`absent/${i}`))];
         const has = await c.hasBlobs(ask);
         expect(has.size).toBe(2500);
@@ -394,7 +440,7 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
         await c.endMark();
       });
 
-      it("packUsage and packEntriesMarked report marked blobs per pack", async () => {
+      it("packUsage and markedBlobs report marked blobs per pack", async () => {
         const c = await fresh();
         const { p: a, ids: aIds } = await addFresh(c, "a", 4); // 2 marked
         const { p: b, ids: bIds } = await addFresh(c, "b", 2); // all marked
@@ -436,12 +482,19 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
           usedBytes: 0,
         });
 
-        const marked = await c.packEntriesMarked(a.id, true);
-        expect(marked.map((x) => x.id)).toEqual([aIds[0], aIds[2]]);
-        expect(marked[0]).toEqual((await c.lookupBlobs([aIds[0]!])).get(aIds[0]!));
-        expect((await c.packEntriesMarked(a.id, false)).map((x) => x.id)).toEqual([aIds[1], aIds[3]]);
-        expect((await c.packEntriesMarked(z.id, false)).map((x) => x.id)).toEqual(zIds);
-        expect(await c.packEntriesMarked(z.id, true)).toEqual([]);
+        expect(sorted(await c.markedBlobs([...aIds, ...zIds, blob("not-indexed"), blob("never")]))).toEqual(
+          sorted([aIds[0]!, aIds[2]!, blob("not-indexed")]),
+        );
+        expect((await c.markedBlobs([])).size).toBe(0);
+        // Counts are taken when iteration starts: an entry moved meanwhile is not counted twice.
+        const it = c.packUsage()[Symbol.asyncIterator]();
+        const first = await it.next();
+        expect(first.done).toBe(false);
+        const n = pack("n", 1);
+        await c.moveBlobs(n, entries(n, [aIds[0]!]));
+        const rest: PackUsage[] = [first.value as PackUsage];
+        for (let x = await it.next(); !x.done; x = await it.next()) rest.push(x.value);
+        expect(rest.reduce((s, u) => s + u.blobCount, 0)).toBe(9);
         await c.endMark();
         await c.beginMark();
         const after = await collect(c.packUsage());

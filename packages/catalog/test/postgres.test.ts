@@ -1,6 +1,9 @@
+import type { BlobId, PackId } from "@strata/core";
+import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
+import { loadMigrations } from "../src/common.js";
 import { COPY_THRESHOLD, openCatalog, openPostgresCatalog, PostgresCatalog } from "../src/index.js";
-import { addFresh, blob, entries, pack, runCatalogContract } from "./contract.js";
+import { addFresh, blob, entries, hid, pack, runCatalogContract } from "./contract.js";
 import { dropTestSchemas, findTestPostgres, newTestSchema } from "./pg-helper.js";
 
 const target = await findTestPostgres();
@@ -32,6 +35,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
         { version: 6, name: "restores" },
         { version: 7, name: "layers" },
         { version: 8, name: "targeting" },
+        { version: 9, name: "blobs_no_pack_index" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",
@@ -67,8 +71,110 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
       // The staging table is reused on the same pooled connection and empty again.
       const m = pack("m", n);
       await c.moveBlobs(m, entries(m, ids.slice(n / 2)));
-      expect((await c.packEntries(a.id)).length).toBe(0);
+      expect((await c.packEntries([a.id])).length).toBe(0);
       expect((await c.hasBlobs(ids)).size).toBe(n);
+      await c.close();
+    });
+
+    it("migration 0009 drops the (pack, offset) index and the foreign key, keeping every entry", async () => {
+      const schema = newTestSchema();
+      const db = new pg.Client({ connectionString: url });
+      await db.connect();
+      const hex = (c: string) => c.repeat(64);
+      const packs = [hex("a"), hex("b")] as PackId[];
+      const n = 3000;
+      const ids = Array.from({ length: n }, (_, i) => hid(`m9/${i}`) as BlobId);
+      try {
+        await db.query(`CREATE SCHEMA "${schema}"`);
+        await db.query(`SET search_path TO "${schema}"`);
+        await db.query(`CREATE TABLE schema_migrations (
+          version integer NOT NULL PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+        for (const m of loadMigrations("postgres").filter((m) => m.version < 9)) {
+          await db.query(m.sql);
+          await db.query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", [
+            m.version,
+            m.name,
+          ]);
+        }
+        for (const [i, p] of packs.entries()) {
+          await db.query(
+            "INSERT INTO packs (id, size, blob_count, created_at, state, doomed_at) VALUES ($1, 100, 2, $2, $3, $4)",
+            [
+              Buffer.from(p, "hex"),
+              new Date(1000 + i),
+              i === 0 ? "active" : "doomed",
+              i === 0 ? null : new Date(5000),
+            ],
+          );
+        }
+        await db.query(
+          `INSERT INTO blobs (id, type, pack, "offset", length, raw_length, compressed)
+           SELECT decode(u.id, 'hex'), CASE WHEN u.i % 7 = 0 THEN 1 ELSE 0 END,
+                  (SELECT seq FROM packs WHERE id = decode(CASE WHEN u.i % 2 = 0 THEN $2 ELSE $3 END, 'hex')),
+                  u.i * 10, 10, 20 + u.i, u.i % 2 = 1
+           FROM (SELECT x.id, (x.o - 1)::int AS i FROM unnest($1::text[]) WITH ORDINALITY AS x (id, o)) u`,
+          [ids, packs[0], packs[1]],
+        );
+      } finally {
+        await db.end();
+      }
+
+      const c = await openPostgresCatalog(url, { schema });
+      const found = await c.lookupBlobs(ids);
+      expect(found.size).toBe(n);
+      ids.forEach((id, i) => {
+        expect(found.get(id)).toEqual({
+          id,
+          type: i % 7 === 0 ? "tree" : "chunk",
+          packId: packs[i % 2],
+          offset: i * 10,
+          length: 10,
+          rawLength: 20 + i,
+          compressed: i % 2 === 1,
+        });
+      });
+      expect((await c.hasBlobs(ids)).size).toBe(n / 2);
+      const inA = await c.packEntries([packs[0]!]);
+      expect(inA.map((e) => e.offset)).toEqual(ids.filter((_, i) => i % 2 === 0).map((_, j) => j * 20));
+      const usage = [];
+      for await (const u of c.packUsage()) usage.push([u.packId, u.blobCount]);
+      expect(usage).toEqual([
+        [packs[0], n / 2],
+        [packs[1], n / 2],
+      ]);
+      await c.removePacks([packs[1]!]);
+      expect((await c.lookupBlobs(ids)).size).toBe(n / 2);
+      expect((await c.countBlobs()).storedBytes).toBe((n / 2) * 10);
+      const idx = await c.pool.query(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'blobs' ORDER BY indexname",
+        [schema],
+      );
+      expect(idx.rows.map((r) => r.indexname)).toEqual(["blobs_pkey"]);
+      const fk = await c.pool.query(
+        "SELECT count(*)::int AS n FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f'",
+        [`"${schema}".blobs`],
+      );
+      expect(fk.rows[0].n).toBe(0);
+      await c.close();
+    });
+
+    it("packUsage reads through a cursor on one connection and gives it back, also when left early", async () => {
+      const c = await openPostgresCatalog(url, { schema: newTestSchema(), maxConnections: 2 });
+      for (let i = 0; i < 3; i++) await addFresh(c, `u${i}`, 2);
+      for (let round = 0; round < 5; round++) {
+        for await (const u of c.packUsage()) {
+          expect(u.blobCount).toBe(2);
+          break; // the connection must come back (else the pool of 2 runs dry)
+        }
+      }
+      // Other queries run while an iteration is open.
+      const seen = [];
+      for await (const u of c.packUsage()) {
+        seen.push(u.packId);
+        expect((await c.getPack(u.packId))?.blobCount).toBe(2);
+      }
+      expect(seen).toHaveLength(3);
+      expect(c.pool.totalCount - c.pool.idleCount).toBe(0);
       await c.close();
     });
 

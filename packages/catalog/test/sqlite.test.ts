@@ -12,7 +12,7 @@ import {
   openSqliteFileCache,
   SqliteCatalog,
 } from "../src/index.js";
-import { addFresh, runCatalogContract } from "./contract.js";
+import { addFresh, hid, runCatalogContract } from "./contract.js";
 
 const dir = mkdtempSync(join(tmpdir(), "strata-catalog-"));
 let n = 0;
@@ -46,6 +46,7 @@ describe("SqliteCatalog specifics", () => {
       { version: 6, name: "restores" },
       { version: 7, name: "layers" },
       { version: 8, name: "targeting" },
+      { version: 9, name: "blobs_no_pack_index" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
       t: "blob",
@@ -105,10 +106,113 @@ describe("SqliteCatalog specifics", () => {
       })),
     );
     expect(await c.hasBlobs(blobs.map((b) => b[0] as BlobId))).toEqual(new Set([hex("1"), hex("2")]));
-    expect((await c.packEntries(packs[0] as PackId)).map((e) => e.id)).toEqual([hex("1"), hex("2")]);
+    expect((await c.packEntries([packs[0] as PackId])).map((e) => e.id)).toEqual([hex("1"), hex("2")]);
     expect((await c.getPack(packs[1] as PackId))?.doomedAt).toEqual(new Date(5000));
     await c.removePacks([packs[1] as PackId]);
     expect((await c.lookupBlobs([hex("3") as BlobId])).size).toBe(0);
+    await c.close();
+  });
+
+  it("migration 0009 drops the (pack, offset) index and the foreign key, keeping every entry", async () => {
+    const path = file();
+    const db = new Database(path);
+    db.exec(`CREATE TABLE schema_migrations (
+      version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+    for (const m of loadMigrations("sqlite").filter((m) => m.version < 9)) {
+      db.exec(m.sql);
+      db.prepare("INSERT INTO schema_migrations VALUES (?, ?, 0)").run(m.version, m.name);
+    }
+    expect(db.prepare("SELECT count(*) FROM pragma_foreign_key_list('blobs')").pluck().get()).toBe(1);
+    const hex = (c: string) => c.repeat(64);
+    const packs = [hex("a"), hex("b")] as PackId[];
+    for (const [i, p] of packs.entries()) {
+      db.prepare(
+        "INSERT INTO packs (id, size, blob_count, created_at, state, doomed_at) VALUES (?, 100, 2, ?, ?, ?)",
+      ).run(Buffer.from(p, "hex"), 1000 + i, i === 0 ? "active" : "doomed", i === 0 ? null : 5000);
+    }
+    const seq = (p: string) =>
+      db.prepare("SELECT seq FROM packs WHERE id = ?").pluck().get(Buffer.from(p, "hex")) as number;
+    // Many entries, so that the rebuilt table spans many pages.
+    const n = 3000;
+    const ids = Array.from({ length: n }, (_, i) => hid(`m9/${i}`) as BlobId);
+    const insert = db.prepare("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)");
+    db.transaction(() => {
+      ids.forEach((id, i) => {
+        insert.run(
+          Buffer.from(id, "hex"),
+          i % 7 === 0 ? 1 : 0,
+          seq(packs[i % 2]!),
+          i * 10,
+          10,
+          20 + i,
+          i % 2,
+        );
+      });
+    })();
+    db.close();
+
+    const c = await openSqliteCatalog(path);
+    const found = await c.lookupBlobs(ids);
+    expect(found.size).toBe(n);
+    ids.forEach((id, i) => {
+      expect(found.get(id)).toEqual({
+        id,
+        type: i % 7 === 0 ? "tree" : "chunk",
+        packId: packs[i % 2],
+        offset: i * 10,
+        length: 10,
+        rawLength: 20 + i,
+        compressed: i % 2 === 1,
+      });
+    });
+    expect((await c.hasBlobs(ids)).size).toBe(n / 2);
+    const inA = await c.packEntries([packs[0]!]);
+    expect(inA.map((e) => e.offset)).toEqual(ids.filter((_, i) => i % 2 === 0).map((_, j) => j * 20));
+    const usage = [];
+    for await (const u of c.packUsage()) usage.push([u.packId, u.blobCount]);
+    expect(usage).toEqual([
+      [packs[0], n / 2],
+      [packs[1], n / 2],
+    ]);
+    await c.removePacks([packs[1]!]);
+    expect((await c.lookupBlobs(ids)).size).toBe(n / 2);
+    expect((await c.countBlobs()).storedBytes).toBe((n / 2) * 10);
+    await c.close();
+
+    const after = new Database(path, { readonly: true });
+    expect(
+      after.prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'blobs' AND type = 'index'").all(),
+    ).toEqual([]);
+    expect(after.prepare("SELECT count(*) FROM pragma_foreign_key_list('blobs')").pluck().get()).toBe(0);
+    expect(after.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'blobs_0009'").pluck().get()).toBe(
+      0,
+    );
+    after.close();
+  });
+
+  it("never scans the index once per pack: pack→entries statements read blobs once, as the outer loop", async () => {
+    const c = await openSqliteCatalog(file());
+    await addFresh(c, "a", 3);
+    const { db, s: st } = c as unknown as { db: Database.Database; s: Record<string, Database.Statement> };
+    for (const name of ["packEntries", "deleteEntriesOfPacks", "fillUsage"]) {
+      const plan = (
+        db.prepare(`EXPLAIN QUERY PLAN ${st[name]!.source}`).all(...(name === "fillUsage" ? [] : ["[]"])) as {
+          id: number;
+          parent: number;
+          detail: string;
+        }[]
+      ).map((r) => r.detail);
+      // blobs has no index on pack (0009): one full scan, never nested inside a loop over packs.
+      expect(
+        plan.filter((d) => /^SCAN (b|blobs)\b/.test(d)),
+        `${name}: ${plan.join(" | ")}`,
+      ).toHaveLength(1);
+      const scanAt = plan.findIndex((d) => /^SCAN (b|blobs)\b/.test(d));
+      expect(
+        plan.slice(0, scanAt).some((d) => /^(SCAN|SEARCH) (p|packs)\b/.test(d)),
+        `${name}: ${plan.join(" | ")}`,
+      ).toBe(false);
+    }
     await c.close();
   });
 

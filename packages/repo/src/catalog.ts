@@ -98,10 +98,14 @@ export interface PackUsage {
   usedBytes: number;
 }
 
-/** Bytes per entry of `RepoCatalog.packLayout`: id (32), offset (u64 LE), length (u32 LE). */
+/**
+ * Bytes per entry of a pack layout (where the index says blobs lie in one
+ * pack; `check` compares it with the pack's own header, see
+ * `verifyPackLayout`): id (32), offset (u64 LE), length (u32 LE).
+ */
 export const PACK_LAYOUT_ENTRY = 44;
 
-/** Build a `packLayout` buffer from rows ordered by offset. */
+/** Build a pack layout buffer from rows ordered by offset. */
 export function encodePackLayout(rows: readonly (readonly [Uint8Array, number, number])[]): Buffer {
   const out = Buffer.allocUnsafe(rows.length * PACK_LAYOUT_ENTRY);
   rows.forEach(([id, offset, length], i) => {
@@ -129,15 +133,24 @@ export interface RepoCatalog {
   getPack(id: PackId): Promise<PackRecord | null>;
   /** All pack records, paged from the database. */
   listPacks(): AsyncIterable<PackRecord>;
-  /** Index entries that point into `packId`, ordered by offset. */
-  packEntries(packId: PackId): Promise<IndexEntry[]>;
   /**
-   * Where the index says blobs lie in `packId`, compactly (`check` compares
-   * it with the pack's own header): per entry, ordered by offset,
-   * `PACK_LAYOUT_ENTRY` bytes — the raw blob id (32), the offset (u64) and
-   * the length (u32), little-endian.
+   * Index entries that point into any of `packIds`, ordered by pack id, then
+   * offset. There is no pack→entries index (migration 0009): this is one
+   * scan of the whole index per call, for damaged packs (check) and tests.
+   * Code that needs a pack's entries in the normal course reads the pack's
+   * header and looks its ids up (`lookupBlobs`); never call this once per
+   * pack in a loop over all packs.
    */
-  packLayout(packId: PackId): Promise<Buffer>;
+  packEntries(packIds: readonly PackId[]): Promise<IndexEntry[]>;
+  /**
+   * Where the index places those of `ids` (a pack's header's ids, at most
+   * `MAX_BATCH`) that it places in `packId`, compactly (`check` compares it
+   * with the pack's header): per entry, ordered by offset,
+   * `PACK_LAYOUT_ENTRY` bytes — the raw blob id (32), the offset (u64) and
+   * the length (u32), little-endian. Ids indexed in another pack, or not at
+   * all, are left out.
+   */
+  packLayout(packId: PackId, ids: readonly BlobId[]): Promise<Buffer>;
   /** The subset of `ids` with no index entry at all (in an active or doomed pack). */
   missingBlobs(ids: readonly BlobId[]): Promise<BlobId[]>;
   /** Point existing entries for `entries[].id` at their new pack (repack). */
@@ -145,7 +158,11 @@ export interface RepoCatalog {
   markPacksDoomed(ids: readonly PackId[], at: Date): Promise<void>;
   /** Undo a doom: the pack is active again (a late snapshot needs it). */
   revivePacks(ids: readonly PackId[]): Promise<void>;
-  /** Remove pack records and all index entries that point into them. */
+  /**
+   * Remove pack records and all index entries that point into them, in one
+   * transaction. One scan of the index per call: batch the ids (at most
+   * `MAX_BATCH`).
+   */
   removePacks(ids: readonly PackId[]): Promise<void>;
   /** Remove index entries (blobs found unused by prune inside a kept pack). */
   removeBlobs(ids: readonly BlobId[]): Promise<void>;
@@ -168,10 +185,14 @@ export interface RepoCatalog {
   beginMark(): Promise<void>;
   /** Add ids to the mark set; returns the subset that was not yet marked. */
   mark(ids: readonly BlobId[]): Promise<BlobId[]>;
-  /** Per pack: how many of its indexed blobs are marked, and their bytes. */
+  /**
+   * Per pack (active and doomed, in id order): how many index entries point
+   * into it, how many of those are marked, and their bytes. One scan of the
+   * index per call, aggregated in the database; the result is paged.
+   */
   packUsage(): AsyncIterable<PackUsage>;
-  /** Index entries in `packId` that are (or are not) marked. */
-  packEntriesMarked(packId: PackId, marked: boolean): Promise<IndexEntry[]>;
+  /** The subset of `ids` in the mark set. */
+  markedBlobs(ids: readonly BlobId[]): Promise<Set<BlobId>>;
   endMark(): Promise<void>;
 
   // ---- pins: blobs an open upload session holds -----------------------

@@ -1,6 +1,6 @@
 import { type BlobId, chunkIdsOf, type FsNode, type PackId, type TreeId } from "@strata/core";
 import { displayPath } from "@strata/fs";
-import { type IndexEntry, MAX_BATCH } from "./catalog.js";
+import { encodePackLayout, type IndexEntry, MAX_BATCH, PACK_LAYOUT_ENTRY } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { packIdFromName, packName } from "./pack.js";
 import type { PackVerdict } from "./pack-verify.js";
@@ -26,6 +26,21 @@ export interface CheckReport {
   damagedBlobs: { blob: BlobId; pack: PackId | null; problem: string }[];
   affected: { snapshot: string; path: string; problem: string }[];
 }
+
+/** A layout whose parts were looked up separately, ordered by offset. */
+function sortLayout(b: Buffer): Buffer {
+  const n = b.length / PACK_LAYOUT_ENTRY;
+  const offset = (k: number) => b.readUIntLE(k * PACK_LAYOUT_ENTRY + 32, 6);
+  const order = Array.from({ length: n }, (_, k) => k).sort((x, y) => offset(x) - offset(y));
+  const out = Buffer.allocUnsafe(b.length);
+  order.forEach((k, i) => {
+    b.copy(out, i * PACK_LAYOUT_ENTRY, k * PACK_LAYOUT_ENTRY, (k + 1) * PACK_LAYOUT_ENTRY);
+  });
+  return out;
+}
+
+/** Damaged packs whose entries one `packEntries` call (one scan of the index) fetches. */
+const DAMAGED_BATCH = 1000;
 
 /**
  * Verify the repository. Without readData: every catalog pack exists with
@@ -158,6 +173,12 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
     const packs = [];
     for await (const p of repo.catalog.listPacks()) packs.push(p);
     r.packs = packs.length;
+    const subset = opts.readData ? 1 : (opts.readDataSubset ?? 0);
+    // How many index entries point into each pack (one scan of the index),
+    // so that a read pack's entries can come from its header (see readPack).
+    // Taken before the walk starts: it uses the mark set that the walk fills.
+    const indexed = new Map<PackId, number>();
+    if (subset > 0) for await (const u of repo.catalog.packUsage()) indexed.set(u.packId, u.blobCount);
     const walked = walk();
     // Awaited after the pack phase; a failure must not go unhandled meanwhile.
     walked.catch(() => {});
@@ -168,9 +189,13 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       badBlob(blob, pack, problem);
     };
 
-    // 1. Packs: present, right size, (optionally) intact.
+    // 1. Packs: present, right size, (optionally) intact. The entries of
+    // missing and truncated packs, and of read packs whose header does not
+    // open, come from the index after the loop: one scan per batch of packs.
     const known = new Set<string>();
-    const subset = opts.readData ? 1 : (opts.readDataSubset ?? 0);
+    const lost: PackId[] = [];
+    const truncated = new Map<PackId, { size: number; read: boolean }>();
+    const unopened = new Map<PackId, number>();
     let done = 0;
     for (const p of packs) {
       known.add(p.id);
@@ -183,26 +208,76 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       const read = subset >= 1 || (subset > 0 && Math.random() < subset);
       if (!st) {
         badPack(p.id, "missing from the store");
-        for (const e of await repo.catalog.packEntries(p.id)) packBadBlob(e.id, p.id, "its pack is missing");
+        lost.push(p.id);
         continue;
       }
       if (st.size !== p.size) {
         badPack(p.id, `size is ${st.size} bytes, catalog says ${p.size} (truncated or replaced)`);
-        const entries = await repo.catalog.packEntries(p.id);
-        for (const e of entries)
-          if (e.offset + e.length > st.size) packBadBlob(e.id, p.id, "beyond the end of its truncated pack");
-        if (read) await readPack(p.id, st.size, entries);
+        truncated.set(p.id, { size: st.size, read });
         continue;
       }
       if (read) await readPack(p.id, st.size, null);
     }
+    const damaged = [...lost, ...truncated.keys(), ...unopened.keys()];
+    for (let i = 0; i < damaged.length; i += DAMAGED_BATCH) {
+      const byPack = new Map<PackId, IndexEntry[]>();
+      for (const e of await repo.catalog.packEntries(damaged.slice(i, i + DAMAGED_BATCH))) {
+        const list = byPack.get(e.packId);
+        if (list) list.push(e);
+        else byPack.set(e.packId, [e]);
+      }
+      for (const id of damaged.slice(i, i + DAMAGED_BATCH)) {
+        const entries = byPack.get(id) ?? [];
+        const cut = truncated.get(id);
+        const size = unopened.get(id);
+        if (cut) {
+          for (const e of entries)
+            if (e.offset + e.length > cut.size) packBadBlob(e.id, id, "beyond the end of its truncated pack");
+          if (cut.read) await readPack(id, cut.size, entries);
+        } else if (size !== undefined) await readPack(id, size, entries);
+        else for (const e of entries) packBadBlob(e.id, id, "its pack is missing");
+      }
+    }
 
     /**
-     * Read a pack and verify it on a worker: against the catalog's compact
-     * layout (`entries` null), or its full entries (a truncated pack, or one
-     * whose header does not open).
+     * Where the index says blobs lie in pack `id` (`PACK_LAYOUT_ENTRY` bytes
+     * each, by offset), from the pack's header: the index's entries for its
+     * ids that are placed in this pack (`packLayout`). When the index has
+     * more entries in the pack than that (some the header does not list),
+     * the layout comes from the index itself (one scan), so the worker names
+     * them. Null when the header does not open.
+     */
+    async function layoutOf(id: PackId, size: number): Promise<Buffer | null> {
+      let header: IndexEntry[];
+      try {
+        header = await repo.readPackHeader(id, size);
+      } catch {
+        return null;
+      }
+      const ids = [...new Set(header.map((h) => h.id))];
+      const parts: Buffer[] = [];
+      for (let i = 0; i < ids.length; i += MAX_BATCH)
+        parts.push(await repo.catalog.packLayout(id, ids.slice(i, i + MAX_BATCH)));
+      let layout = parts.length === 1 ? parts[0]! : sortLayout(Buffer.concat(parts));
+      if (layout.length / PACK_LAYOUT_ENTRY !== (indexed.get(id) ?? 0)) {
+        const all = await repo.catalog.packEntries([id]);
+        layout = encodePackLayout(all.map((e) => [Buffer.from(e.id, "hex"), e.offset, e.length] as const));
+      }
+      return layout;
+    }
+
+    /**
+     * Read a pack and verify it on a worker: against the index's compact
+     * layout of it (`entries` null), or its full entries (a truncated pack,
+     * or one whose header does not open).
      */
     async function readPack(id: PackId, size: number, entries: IndexEntry[] | null): Promise<void> {
+      const layout = entries ? null : await layoutOf(id, size);
+      if (!entries && !layout) {
+        // The header does not open: verify every index entry on its own, after the loop.
+        unopened.set(id, size);
+        return;
+      }
       r.packsRead++;
       // Verified on the worker threads; results are applied as they come.
       // At most one pack per worker, plus one, is queued. A worker reads a
@@ -210,13 +285,13 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
       // files; otherwise the pack is read here, whole, and handed over.
       pool.verifier ??= new VerifyPool(repo.key);
       const verifier = pool.verifier;
-      const layout = entries ? null : await repo.catalog.packLayout(id);
       const local = layout ? repo.store.localPath?.(packName(id)) : undefined;
       await verifier.slot();
       const orEntryByEntry = async (v: PackVerdict & { headerBroken?: boolean }) => {
         if (!v.headerBroken) return v;
-        // The header does not open: verify every catalog entry on its own.
-        const all = await repo.catalog.packEntries(id);
+        // The header opened here but not on the worker (the file changed):
+        // verify every index entry on its own.
+        const all = await repo.catalog.packEntries([id]);
         await verifier.slot();
         return verifier.verify(id, await repo.store.getRange(packName(id), 0, size), size, all);
       };

@@ -57,8 +57,9 @@ export { BlobCodec };
 const SEGMENT = 4 * 1024 * 1024;
 
 /**
- * Verify a pack against the catalog's compact layout
- * (`RepoCatalog.packLayout`): its hash against its id; every blob its
+ * Verify a pack against the index's compact layout of it
+ * (`encodePackLayout`; check builds it from the header and the index):
+ * its hash against its id; every blob its
  * (authenticated) header lists (authentication, size and plaintext hash);
  * and every catalog entry against the header (same id, offset and length).
  * `read(offset, length)` returns the pack's bytes (a view of a buffer, or a

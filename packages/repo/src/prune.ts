@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { PackId } from "@strata/core";
 import { DATA_EPOCH } from "./backup.js";
-import type { LeaseRecord, PackRecord } from "./catalog.js";
+import { type IndexEntry, type LeaseRecord, MAX_BATCH, type PackRecord } from "./catalog.js";
 import { holdLease, type Lease, leaseHolder } from "./lease.js";
 import { markReachable } from "./marking.js";
 import { packName, storePack } from "./pack.js";
@@ -70,7 +70,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     report.snapshots = snapshots.length;
     await markReachable(repo, snapshots);
     const doom: PackId[] = [];
-    const repack: PackId[] = [];
+    const repack: { id: PackId; size: number }[] = [];
     for await (const u of repo.catalog.packUsage()) {
       const pack = await repo.catalog.getPack(u.packId);
       if (pack?.state !== "active") continue;
@@ -78,7 +78,7 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
         doom.push(u.packId);
         report.bytesDoomed += u.size;
       } else if (u.size > 0 && (u.size - u.usedBytes) / u.size > maxUnused) {
-        repack.push(u.packId);
+        repack.push({ id: u.packId, size: u.size });
       }
     }
     opts.onProgress?.(`repacking ${repack.length} packs`);
@@ -100,9 +100,8 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
       await repo.catalog.moveBlobs(rec, p.entries);
       builders[type] = repo.newPackBuilder();
     };
-    for (const id of repack) {
-      const used = await repo.catalog.packEntriesMarked(id, true);
-      for (const e of used) {
+    for (const { id, size } of repack) {
+      for (const e of await usedEntries(repo, id, size)) {
         const stored = await repo.store.getRange(packName(id), e.offset, e.length);
         repo.codec.decode(e, stored); // never copy damaged data
         builders[e.type].add({
@@ -118,12 +117,12 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     }
     await writeBuilder("chunk");
     await writeBuilder("tree");
-    for (const id of repack) {
+    for (const { id } of repack) {
       const pack = await repo.catalog.getPack(id);
       if (pack) report.bytesDoomed += pack.size;
     }
     report.packsRepacked = repack.length;
-    doom.push(...repack);
+    doom.push(...repack.map((p) => p.id));
     if (doom.length) {
       await repo.catalog.markPacksDoomed(doom, now());
       // Data has disappeared for new backups: file caches written before now
@@ -169,29 +168,61 @@ async function sweep(
   if (!eligible.length) return;
   await markReachable(repo, await repo.catalog.listSnapshots());
   const leasesNow = await repo.catalog.listLeases(now());
+  // (d) for every eligible pack at once: one scan of the index.
+  const candidates = new Set<PackId>(eligible.map((p) => p.id));
+  const inUse = new Set<PackId>();
+  for await (const u of repo.catalog.packUsage())
+    if (u.usedCount > 0 && candidates.has(u.packId)) inUse.add(u.packId);
   const revive: PackId[] = [];
+  const gone: PackId[] = [];
   for (const p of eligible) {
     if (blockedBy(p, leasesNow)) {
       report.packsWaiting++;
       continue;
     }
-    if ((await repo.catalog.packEntriesMarked(p.id, true)).length > 0) {
+    if (inUse.has(p.id)) {
       revive.push(p.id);
       continue;
     }
     // File first, rows second: a backup starting in between must not adopt
-    // the file as a live pack. A crash in between leaves rows of a doomed,
-    // unreferenced pack whose file is gone; check ignores those and the
-    // next sweep removes them.
+    // the file as a live pack. A crash in between leaves rows of doomed,
+    // unreferenced packs whose files are gone; check ignores those and the
+    // next sweep removes them. Rows go in batches: each removePacks scans
+    // the index once.
     lease.check();
     await repo.store.delete(packName(p.id));
-    await repo.catalog.removePacks([p.id]);
+    gone.push(p.id);
     report.packsDeleted++;
     report.bytesDeleted += p.size;
+    if (gone.length >= MAX_BATCH) await repo.catalog.removePacks(gone.splice(0));
   }
+  if (gone.length) await repo.catalog.removePacks(gone);
   if (revive.length) await repo.catalog.revivePacks(revive);
   report.packsRevived = revive.length;
   await repo.catalog.endMark();
+}
+
+/**
+ * The marked index entries of pack `id` (what a repack copies), ordered by
+ * offset: its entries come from its own header (`indexedEntries`), so no
+ * scan of the index per pack. Only a pack whose header does not open falls
+ * back to the index (`packEntries`, one scan); its blobs are still verified
+ * one by one before they are copied.
+ */
+async function usedEntries(repo: Repository, id: PackId, size: number): Promise<IndexEntry[]> {
+  let entries: IndexEntry[];
+  try {
+    entries = await repo.indexedEntries(id, await repo.readPackHeader(id, size));
+  } catch {
+    entries = await repo.catalog.packEntries([id]);
+  }
+  const used: IndexEntry[] = [];
+  for (let i = 0; i < entries.length; i += MAX_BATCH) {
+    const batch = entries.slice(i, i + MAX_BATCH);
+    const marked = await repo.catalog.markedBlobs(batch.map((e) => e.id));
+    for (const e of batch) if (marked.has(e.id)) used.push(e);
+  }
+  return used;
 }
 
 /**

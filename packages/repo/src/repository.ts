@@ -464,6 +464,27 @@ export class Repository {
   }
 
   /**
+   * The index entries that point into pack `id`, found from its `header`
+   * (`readPackHeader`): the header's ids are looked up in batches and only
+   * entries the index places in this pack are kept — a blob the index
+   * places elsewhere (first writer wins, a doomed copy re-stored) is not
+   * this pack's. Ordered by offset. The catalog has no pack→entries index
+   * (migration 0009); this is how a pack's entries are found without
+   * scanning it. An index entry into the pack that its header does not list
+   * cannot come from addPack or moveBlobs and is not returned: check finds
+   * those by count (`packUsage`).
+   */
+  async indexedEntries(id: PackId, header: readonly IndexEntry[]): Promise<IndexEntry[]> {
+    const ids = [...new Set(header.map((h) => h.id))];
+    const out: IndexEntry[] = [];
+    for (let i = 0; i < ids.length; i += MAX_BATCH) {
+      for (const e of (await this.catalog.lookupBlobs(ids.slice(i, i + MAX_BATCH))).values())
+        if (e.packId === id) out.push(e);
+    }
+    return out.sort((a, b) => a.offset - b.offset);
+  }
+
+  /**
    * Index packs present in the store but not in the catalog (a backup killed
    * after writing a pack and before indexing it). Damaged ones are reported
    * and skipped. Returns the ids adopted.
