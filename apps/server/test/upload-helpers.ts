@@ -12,7 +12,7 @@ import { loadServerConfig } from "../src/config.js";
 import { openServerRepository, type ServerRepository } from "../src/repository.js";
 import { AuditService } from "../src/services/audit-service.js";
 import { systemClock } from "../src/services/context.js";
-import { UploadService } from "../src/services/upload-service.js";
+import { type UploadLimits, UploadService } from "../src/services/upload-service.js";
 
 export interface UploadHarness {
   dataDir: string;
@@ -29,6 +29,7 @@ export interface UploadHarness {
 export async function uploadHarness(
   dir: string,
   retention: Map<string, RetentionCounts> = new Map(),
+  limits: Partial<UploadLimits> = {},
 ): Promise<UploadHarness> {
   const dataDir = path.join(dir, "data");
   mkdirSync(dataDir, { recursive: true });
@@ -42,7 +43,7 @@ export async function uploadHarness(
     clock: systemClock,
     audit,
     retentionOf: async (cvd) => retention.get(cvd) ?? null,
-    limits: { failedProofAudit: 2 },
+    limits: { failedProofAudit: 2, ...limits },
   });
   return {
     dataDir,

@@ -378,3 +378,82 @@ describe("upload protocol (agent ↔ server service)", () => {
     expect(left.find((s) => s.id === safety)?.kind).toBe("pre-restore");
   });
 });
+
+describe("the server's stream limit (all agents together)", () => {
+  let hl: UploadHarness;
+  let ldir: string;
+  beforeAll(async () => {
+    ldir = await makeTempDir("strata-upload-limit-");
+    hl = await uploadHarness(ldir, new Map(), { maxServerStreams: 1 });
+  });
+  afterAll(async () => {
+    await hl?.close();
+  });
+
+  it("refuses a stream past the limit with LOCKED and Retry-After; the agent sends it again and completes", async () => {
+    // One agent's stream holds the only slot until `release`.
+    const held = (await hl.service.create("cvd_held", { parent: null, kind: "centralize" })).view;
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => {
+      entered = r;
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const holding = hl.service.putChunks(
+      "cvd_held",
+      held.session,
+      (async function* () {
+        entered();
+        await gate;
+        yield* [] as Buffer[];
+      })(),
+    );
+    await inside;
+
+    const other = (await hl.service.create("cvd_y", { parent: null, kind: "centralize" })).view;
+    const refused = await hl.service
+      .putChunks(
+        "cvd_y",
+        other.session,
+        (async function* () {
+          yield* [] as Buffer[];
+        })(),
+      )
+      .catch((e) => e);
+    expect(isStrataError(refused) && refused.code).toBe("LOCKED");
+    expect(refused.message).toContain("receiving 1 upload streams, its limit (maxServerStreams)");
+    expect(refused.retryAfterSeconds).toBe(2);
+
+    // The agent: its first chunk stream is refused while the slot is held;
+    // the slot is freed when it asks again, and the upload completes.
+    const root = path.join(ldir, "ep-y");
+    buildEndpoint(root, "y");
+    let puts = 0;
+    const t = hl.transport("cvd_y", (what) => {
+      if (what.startsWith("PUT") && what.endsWith("/chunks") && ++puts === 2) release();
+    });
+    const r = await uploadOnce({
+      transport: t,
+      cvdId: "cvd_y",
+      root,
+      policy,
+      parent: null,
+      busyWaitMs: 5,
+    });
+    await holding;
+    expect(r.busyRetries).toBeGreaterThanOrEqual(1);
+    expect(puts).toBeGreaterThanOrEqual(2);
+    expect(r.errors).toEqual([]);
+    const snap = await hl.service.cvdSnapshot("cvd_y", r.snapshot);
+    const out = path.join(ldir, "restore-y");
+    await restore(hl.server.repo, snap, { target: out });
+    expect(
+      readFileSync(path.join(out, "home/alice/docs/own.bin")).equals(
+        readFileSync(path.join(root, "home/alice/docs/own.bin")),
+      ),
+    ).toBe(true);
+    expect((await check(hl.server.repo, { readData: true })).ok).toBe(true);
+  });
+});

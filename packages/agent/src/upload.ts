@@ -99,6 +99,13 @@ export interface UploadOptions {
   policyKey?: string;
   /** Walk everything at least this often, whatever the watcher says (default 24 h). */
   fullWalkEveryMs?: number;
+  /**
+   * A stream the server refuses because it is receiving too many (LOCKED)
+   * is sent again after this wait, doubled each time up to 8×, for up to
+   * `busyRetries` attempts (defaults 2000 ms and 30: about 6 minutes).
+   */
+  busyWaitMs?: number;
+  busyRetries?: number;
 }
 
 /** How an upload found what changed. */
@@ -130,6 +137,8 @@ export interface UploadResult {
   chunksSent: number;
   chunksProven: number;
   treesSent: number;
+  /** Streams sent again because the server was receiving too many (LOCKED). */
+  busyRetries: number;
   transaction: unknown;
   scan: UploadScan;
 }
@@ -176,7 +185,7 @@ class RemoteSink implements ChunkSink {
   private asking = false;
   private failed: unknown = null;
   private readonly codec: WireCodec;
-  readonly counts = { bytesSent: 0, chunksSent: 0, chunksProven: 0, treesSent: 0 };
+  readonly counts = { bytesSent: 0, chunksSent: 0, chunksProven: 0, treesSent: 0, busyRetries: 0 };
 
   constructor(
     private readonly o: UploadOptions,
@@ -342,11 +351,27 @@ class RemoteSink implements ChunkSink {
   }
 
   private async send(path: string, frames: Buffer[], bytes: number): Promise<void> {
-    const body = async function* () {
-      for (const f of frames) yield f;
-    };
-    const paced = this.o.pace ? this.o.pace(body()) : body();
-    await this.o.transport.frames(path, paced, bytes);
+    const wait = this.o.busyWaitMs ?? 2000;
+    const tries = this.o.busyRetries ?? 30;
+    for (let attempt = 1; ; attempt++) {
+      const body = async function* () {
+        for (const f of frames) yield f;
+      };
+      const paced = this.o.pace ? this.o.pace(body()) : body();
+      try {
+        await this.o.transport.frames(path, paced, bytes);
+        return;
+      } catch (e) {
+        // The server's stream limit (all agents together): wait and send again.
+        // Nothing of a refused stream was stored; a stream that was cut is not retried here.
+        // Also a stream of this session still being received after its connection was cut.
+        if ((e as { code?: string }).code !== "LOCKED" || attempt >= tries) throw e;
+        this.counts.busyRetries++;
+        const ms = wait * 2 ** Math.min(attempt - 1, 3) * (0.75 + Math.random() / 2);
+        await new Promise((r) => setTimeout(r, ms));
+        this.check();
+      }
+    }
   }
 
   /** Add a tree; its chunks must be acknowledged before it goes. */

@@ -66,6 +66,14 @@ export interface UploadLimits {
   maxTreeFrame: number;
   maxStreamBytes: number;
   maxConcurrentStreams: number;
+  /**
+   * Streams received at once by this server node, all sessions together.
+   * Each costs buffers, a worker's share of the CPU (every chunk is
+   * decompressed and hashed) and catalog writes; past the node's cores more
+   * only add memory and latency. Over it a stream is refused with LOCKED
+   * (429, Retry-After) and the agent sends it again after the wait.
+   */
+  maxServerStreams: number;
   sessionTtlMs: number;
   /** Failed proofs in one session that get an audit record (once). */
   failedProofAudit: number;
@@ -76,9 +84,13 @@ export const DEFAULT_UPLOAD_LIMITS: UploadLimits = {
   maxTreeFrame: 64 * 1024 * 1024,
   maxStreamBytes: 256 * 1024 * 1024,
   maxConcurrentStreams: 2,
+  maxServerStreams: 8,
   sessionTtlMs: 7 * 86_400_000,
   failedProofAudit: 1000,
 };
+
+/** Seconds an agent waits before sending a stream the server's limit refused. */
+export const STREAM_RETRY_AFTER_S = 2;
 
 /** Tag that ties a snapshot to its CVD (kept in the snapshot object, so a rebuilt catalog keeps it). */
 export const cvdTag = (cvdId: string) => `cvd:${cvdId}`;
@@ -197,6 +209,8 @@ export class UploadService {
   private readonly trees = new TreeCache();
   /** Streams being received per session on this node (back-pressure). */
   private readonly streams = new Map<string, number>();
+  /** Streams being received on this node, all sessions. */
+  private serverStreams = 0;
 
   constructor(
     private readonly d: {
@@ -366,10 +380,21 @@ export class UploadService {
       throw new StrataError("LOCKED", `upload session ${s.id} already has ${n} streams in flight`, {
         hint: "wait for a stream to finish (Retry-After)",
       });
+    if (this.serverStreams >= this.limits.maxServerStreams)
+      throw Object.assign(
+        new StrataError(
+          "LOCKED",
+          `this server is receiving ${this.serverStreams} upload streams, its limit (maxServerStreams); upload session ${s.id} must wait`,
+          { hint: "send the stream again after Retry-After (the agent does)" },
+        ),
+        { retryAfterSeconds: STREAM_RETRY_AFTER_S },
+      );
     this.streams.set(s.id, n + 1);
+    this.serverStreams++;
     try {
       return await this.leased(f);
     } finally {
+      this.serverStreams--;
       const left = (this.streams.get(s.id) ?? 1) - 1;
       if (left) this.streams.set(s.id, left);
       else this.streams.delete(s.id);
