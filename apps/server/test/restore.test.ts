@@ -12,14 +12,21 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { RemoteRestoreSource, type TreeRef, uploadOnce } from "@strata/agent";
 import { openPostgresServerStore, openSqliteServerStore, type ServerStore } from "@strata/catalog";
-import { compilePolicy, defaultPolicy, type FsNode, isStrataError } from "@strata/core";
+import {
+  compilePolicy,
+  defaultPolicy,
+  encodeTree,
+  type FsNode,
+  isStrataError,
+  type TreeId,
+} from "@strata/core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   dropTestSchemas,
   findTestPostgres,
   newTestSchema,
 } from "../../../packages/catalog/test/pg-helper.js";
-import { snapshotSummaries } from "../src/services/upload-service.js";
+import { cvdTag, snapshotSummaries } from "../src/services/upload-service.js";
 import { injectJson, restoreTransport, uploadTransport } from "./agent-transports.js";
 import { closers, enroll, enrollmentToken, FACTS, type Harness, makeHarness } from "./suite.js";
 
@@ -219,6 +226,57 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       await src.fetchChunks([{ tree: etc, ids: [id] }], (cid) => void delivered.push(cid));
       expect(delivered).toEqual([id]);
       await src.close();
+    });
+
+    it("a tree the repository stores as a delta (a local backup wrote it) is sent in full", async () => {
+      const a = eps.a!;
+      const latest = (await h.repo.catalog.listSnapshots({ tag: cvdTag(a.cvd) })).pop()!;
+      let file: FsNode | undefined;
+      for await (const { node } of h.repo.walk(latest.tree))
+        if (node.name.toString() === "a.txt") file = node;
+      // A directory big enough for deltas, and a second version with one entry changed.
+      const many = Array.from({ length: 60 }, (_, i) => ({
+        ...file!,
+        name: Buffer.from(`f${String(i).padStart(2, "0")}`),
+      }));
+      const enc1 = encodeTree(many);
+      const id1 = createHash("sha256").update(enc1).digest("hex") as TreeId;
+      await h.repo.saveTreeEncoded(id1, enc1, null);
+      await h.repo.flush();
+      many[30] = { ...many[30]!, mtimeNs: 7n };
+      const enc2 = encodeTree(many);
+      const id2 = createHash("sha256").update(enc2).digest("hex") as TreeId;
+      await h.repo.saveTreeEncoded(id2, enc2, id1);
+      await h.repo.flush();
+      expect(await h.repo.storedTreeBase(id2)).toBe(id1);
+      const rootNodes = [...(await h.repo.loadTree(latest.tree))];
+      rootNodes.push({
+        ...rootNodes.find((n) => n.type === "dir")!,
+        name: Buffer.from("zz-many"),
+        subtree: id2,
+      });
+      const root = await h.repo.saveTree(rootNodes);
+      const { id: _id, ...rest } = latest;
+      const snap = await h.repo.saveSnapshot({ ...rest, tree: root, parent: latest.id });
+      try {
+        const src = await RemoteRestoreSource.open(restoreTransport(h, a.credential), a.cvd, {
+          snapshot: snap.id,
+        });
+        const top = await src.loadTree(src.snapshot.root);
+        const i = top.nodes.findIndex((n) => n.name.toString() === "zz-many");
+        // The source hash-checks what it gets: the full tree, not the stored delta.
+        const t = await src.loadTree(top.subtrees[i]!);
+        expect(encodeTree(t.nodes).equals(enc2)).toBe(true);
+        const got: string[] = [];
+        await src.fetchChunks(
+          [{ tree: top.subtrees[i]!, ids: [(file!.content![0] as { id: string }).id as never] }],
+          (cid) => void got.push(cid),
+        );
+        expect(got).toHaveLength(1);
+        await src.close();
+      } finally {
+        await h.repo.removeSnapshots([snap.id]);
+      }
     });
 
     it("refuses foreign sessions, forged grants, chunks not named by the granted tree, malformed requests", async () => {

@@ -73,6 +73,10 @@ export class Reader {
   get remaining(): number {
     return this.buf.length - this.off;
   }
+  /** Bytes read so far. */
+  get offset(): number {
+    return this.off;
+  }
   u8(): number {
     this.need(1);
     return this.buf[this.off++]!;

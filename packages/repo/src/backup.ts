@@ -48,9 +48,17 @@ export interface WalkTarget {
    * Store one tree. Called only for trees that differ from the cache's
    * known tree at that place, children before parents. `path` is the
    * directory's path in the snapshot: raw bytes, `/`-separated, no leading
-   * slash, empty for the root.
+   * slash, empty for the root. `prev`: the directory's tree in the
+   * previous backup (from the file cache; not verified), which a target may
+   * use as the base of a delta.
    */
-  saveTree(id: TreeId, encoded: Buffer, path: Buffer, nodes: readonly FsNode[]): Promise<void>;
+  saveTree(
+    id: TreeId,
+    encoded: Buffer,
+    path: Buffer,
+    nodes: readonly FsNode[],
+    prev: TreeId | null,
+  ): Promise<void>;
   /** Bytes this run added to the target so far (progress and stats). */
   bytesAdded(): number;
 }
@@ -347,8 +355,10 @@ export class Backup {
         sink: local.sink,
         workerInit: local.init,
         hasBlobs: (ids) => repo.hasBlobs(ids),
-        saveTree: async (id, enc) => {
-          await repo.saveBlob(id, "tree", enc);
+        // A changed directory's tree is stored as a delta against its
+        // previous version when that is much smaller (see saveTreeEncoded).
+        saveTree: async (id, enc, _path, _nodes, prev) => {
+          await repo.saveTreeEncoded(id, enc, prev);
         },
         bytesAdded: () => repo.written.storedBytes - startWritten,
       };
@@ -500,8 +510,14 @@ export class TreeWalker {
     return abs.length < this.rootLen ? Buffer.alloc(0) : abs.subarray(this.rootLen);
   }
 
-  private async storeTree(id: TreeId, enc: Buffer, abs: Buffer, nodes: readonly FsNode[]): Promise<void> {
-    await this.target.saveTree(id, enc, this.snapshotPath(abs), nodes);
+  private async storeTree(
+    id: TreeId,
+    enc: Buffer,
+    abs: Buffer,
+    nodes: readonly FsNode[],
+    prev: TreeId | null,
+  ): Promise<void> {
+    await this.target.saveTree(id, enc, this.snapshotPath(abs), nodes, prev);
   }
 
   private error(path: string, message: string): void {
@@ -694,6 +710,8 @@ export class TreeWalker {
       cachedRaw ?? null,
       knownTree,
       fresh === 0,
+      totalsOfList,
+      decoded?.treeId ?? null,
     );
   }
 
@@ -1036,6 +1054,8 @@ export class TreeWalker {
     knownTree: TreeId | null = null,
     allHits = false,
     totalsFn: (list: readonly FsNode[]) => SubtreeTotals | null = totalsOfList,
+    /** The directory's tree in the previous backup, when the file cache knows it (trusted or not). */
+    prevTree: TreeId | null = knownTree,
   ): Promise<Later<DirDone>> {
     this.pending++;
     const value = Promise.all(nodes)
@@ -1044,7 +1064,7 @@ export class TreeWalker {
         const enc = encodeTree(list);
         const id = createHash("sha256").update(enc).digest("hex") as TreeId;
         const totals = totalsFn(list);
-        if (id !== knownTree) await this.storeTree(id, enc, abs, list);
+        if (id !== knownTree) await this.storeTree(id, enc, abs, list, prevTree);
         // An unchanged directory (trusted row, every entry a hit, same tree)
         // needs no new row: getDir already marked it seen. Version 2 rows
         // are rewritten once, as version 3.

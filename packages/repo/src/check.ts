@@ -1,4 +1,4 @@
-import { type BlobId, chunkIdsOf, type FsNode, type PackId, type TreeId } from "@strata/core";
+import { type BlobId, chunkIdsOf, decodeTree, type FsNode, type PackId, type TreeId } from "@strata/core";
 import { displayPath } from "@strata/fs";
 import { encodePackLayout, type IndexEntry, MAX_BATCH, PACK_LAYOUT_ENTRY } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
@@ -107,7 +107,11 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
           const out: { path: string; problem: string }[] = [];
           let nodes: FsNode[];
           try {
-            nodes = await repo.loadTree(id);
+            // A tree stored as a delta is rebuilt from its base, read from
+            // the store, and hashed: a damaged base shows up here, under
+            // every snapshot and path whose tree depends on it.
+            const t = await repo.loadTreeResolved(id, { uncached: true });
+            nodes = decodeTree(t.bytes, `tree ${id}`);
           } catch (e) {
             const problem = `directory listing (tree ${id}) unreadable: ${(e as Error).message}`;
             badBlob(id, null, (e as Error).message);

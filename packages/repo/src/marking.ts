@@ -1,4 +1,5 @@
-import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
+import { createHash } from "node:crypto";
+import { type BlobId, chunkIdsOf, decodeTree, type FsNode, StrataError, type TreeId } from "@strata/core";
 import { MAX_BATCH, type SnapshotRecord } from "./catalog.js";
 import type { Repository } from "./repository.js";
 
@@ -22,11 +23,17 @@ export async function markReachable(
     batch = [];
   };
   const visit = async (id: TreeId, where: string): Promise<void> => {
-    const fresh = await cat.mark([id]);
+    // "Visited" is its own mark: a tree marked only as a delta base (below)
+    // is still walked when a snapshot reaches it.
+    const fresh = await cat.mark([visitedMark(id)]);
     if (fresh.length === 0) return;
     let nodes: FsNode[];
     try {
-      nodes = await repo.loadTree(id);
+      const t = await repo.loadTreeResolved(id);
+      // The tree's blob, and the base its stored delta is rebuilt from:
+      // a delta keeps its base alive (not what the base references).
+      batch.push(id as string as BlobId, ...(t.bases as string[] as BlobId[]));
+      nodes = decodeTree(t.bytes, `tree ${id}`);
     } catch (e) {
       throw new StrataError("DATA_CORRUPT", `cannot read tree ${id} (${where}): ${(e as Error).message}`, {
         subject: id,
@@ -58,4 +65,13 @@ export async function markReachable(
     }
   }
   await flush();
+}
+
+/**
+ * The mark that says "tree `id` was walked": an id no blob has (a hash of
+ * the tree id under a label), so it never keeps a pack alive. The tree's
+ * own id is marked as a blob, which a delta also does for its base.
+ */
+function visitedMark(id: TreeId): BlobId {
+  return createHash("sha256").update(`strata:tree-walked:${id}`).digest("hex") as BlobId;
 }

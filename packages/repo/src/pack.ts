@@ -8,6 +8,7 @@ import {
   ReadError,
   Reader,
   StrataError,
+  TREE_DELTA,
   Writer,
 } from "@strata/core";
 import { Compressor, Decompressor } from "zstd-napi";
@@ -168,8 +169,18 @@ export class BlobCodec {
     return { id, type, data: seal(this.key, body), rawLength: plain.length, compressed };
   }
 
-  /** Decrypt, decompress and verify the hash; throws DATA_CORRUPT naming the blob and pack. */
-  decode(e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">, stored: Uint8Array): Buffer {
+  /**
+   * Decrypt, decompress and verify the hash; throws DATA_CORRUPT naming the
+   * blob and pack. With `treeDelta`, a tree blob stored as a delta (its
+   * plaintext starts with TREE_DELTA) is returned as it is, its hash
+   * unchecked: only its reconstruction can be hashed against the id
+   * (`Repository.loadTreeBytes`). Every other plaintext is hash-checked.
+   */
+  decode(
+    e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
+    stored: Uint8Array,
+    opts?: { treeDelta?: boolean },
+  ): Buffer {
     const where = `blob ${e.id} in pack ${e.packId}`;
     const body = openSealed(this.key, stored);
     if (!body)
@@ -180,7 +191,11 @@ export class BlobCodec {
     } catch (err) {
       throw new StrataError("DATA_CORRUPT", `${where} does not decompress`, { subject: e.id, cause: err });
     }
-    if (plain.length !== e.rawLength || oneShotHash("sha256", plain, "hex") !== e.id) {
+    if (plain.length !== e.rawLength) {
+      throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
+    }
+    if (opts?.treeDelta && plain[0] === TREE_DELTA) return plain;
+    if (oneShotHash("sha256", plain, "hex") !== e.id) {
       throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
     }
     return plain;
@@ -194,11 +209,13 @@ export class BlobCodec {
    * What `decode` checks, without keeping the plaintext: null when the blob
    * is intact, else the message `decode` would throw. Decrypts and
    * decompresses into buffers reused across calls, so verifying a pack
-   * allocates nothing per blob (`check --read-data`).
+   * allocates nothing per blob (`check --read-data`). `treeDelta` as in
+   * `decode`: a tree stored as a delta is hash-checked when it is rebuilt.
    */
   verify(
     e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
     stored: Uint8Array,
+    opts?: { treeDelta?: boolean },
   ): string | null {
     const where = `blob ${e.id} in pack ${e.packId}`;
     if (stored.length < SEAL_OVERHEAD) return `${where} fails authentication (damaged)`;
@@ -220,9 +237,9 @@ export class BlobCodec {
       }
       plain = this.plainOut.subarray(0, n);
     }
-    if (plain.length !== e.rawLength || oneShotHash("sha256", plain, "hex") !== e.id) {
-      return `${where} does not match its hash`;
-    }
+    if (plain.length !== e.rawLength) return `${where} does not match its hash`;
+    if (opts?.treeDelta && plain[0] === TREE_DELTA) return null;
+    if (oneShotHash("sha256", plain, "hex") !== e.id) return `${where} does not match its hash`;
     return null;
   }
 }

@@ -103,7 +103,9 @@ export async function prune(repo: Repository, opts: PruneOptions): Promise<Prune
     for (const { id, size } of repack) {
       for (const e of await usedEntries(repo, id, size)) {
         const stored = await repo.store.getRange(packName(id), e.offset, e.length);
-        repo.codec.decode(e, stored); // never copy damaged data
+        // Never copy damaged data. A tree stored as a delta is copied as it
+        // is: its hash is checked when it is rebuilt (check, restore).
+        repo.codec.decode(e, stored, { treeDelta: e.type === "tree" });
         builders[e.type].add({
           id: e.id,
           type: e.type,

@@ -1,11 +1,13 @@
 import { createHash, hkdfSync, randomBytes } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import {
+  applyTreeDelta,
   type BlobId,
   type ChunkerParams,
   DEFAULT_CHUNKER_PARAMS,
   decodeTree,
   encodeTree,
+  encodeTreeDelta,
   type FsNode,
   type HashAlgorithm,
   isStrataError,
@@ -13,6 +15,7 @@ import {
   type SnapshotId,
   StrataError,
   type TreeId,
+  treeDeltaBase,
   validateChunkerParams,
 } from "@strata/core";
 import { displayPath, trimMemory } from "@strata/fs";
@@ -347,6 +350,59 @@ export class Repository {
     return id;
   }
 
+  /**
+   * Store tree `id` (its full encoding `enc`) unless already stored. With
+   * `prev`, the same directory's tree in an earlier snapshot, it is stored
+   * as a delta when that is worth it (see `treeDeltaFor`), otherwise full.
+   * Returns true when written.
+   */
+  async saveTreeEncoded(id: TreeId, enc: Buffer, prev: TreeId | null): Promise<boolean> {
+    const need = await this.reserve([id]);
+    if (!need.has(id)) return false;
+    let plain = enc;
+    if (prev && enc.length >= TREE_DELTA_MIN) {
+      // A few at a time: each holds its previous and base trees.
+      await this.deltaSlots.acquire();
+      try {
+        plain = (await this.treeDeltaFor(id, enc, prev)) ?? enc;
+      } catch {
+        plain = enc; // a damaged or vanished previous tree only costs a full tree
+      } finally {
+        this.deltaSlots.release();
+      }
+    }
+    this.addEncoded(this.codec.encode(id, "tree", plain));
+    return true;
+  }
+
+  private readonly deltaSlots = new Slots(4);
+
+  /**
+   * A delta for tree `id` against the base of `prev`: `prev` itself when it
+   * is stored full, or the full tree `prev` is a delta of (deltas stay one
+   * level deep, so a reader loads at most one extra blob). Null when the
+   * base is not stored full in an active pack (a backup references only
+   * blobs it found active, see Pruning), or when the delta is not smaller
+   * than half the full encoding.
+   */
+  private async treeDeltaFor(id: TreeId, enc: Buffer, prev: TreeId): Promise<Buffer | null> {
+    if (prev === id) return null;
+    const pe = (await this.catalog.lookupBlobs([prev])).get(prev);
+    if (pe?.type !== "tree") return null;
+    const prevStored = await this.readStored(pe);
+    const baseId = treeDeltaBase(prevStored, `tree ${prev}`) ?? prev;
+    if (baseId === id || !(await this.hasBlobs([baseId])).has(baseId)) return null;
+    let base = prevStored;
+    if (baseId !== prev) {
+      const be = (await this.catalog.lookupBlobs([baseId])).get(baseId);
+      if (be?.type !== "tree") return null;
+      base = await this.readStored(be);
+      if (treeDeltaBase(base, `tree ${baseId}`) !== null) return null;
+    }
+    const delta = encodeTreeDelta(baseId, base, enc);
+    return delta.length * 2 <= enc.length ? delta : null;
+  }
+
   private rotate(type: BlobType): void {
     const builder = this.builders[type];
     const ids = this.builderIds[type];
@@ -411,10 +467,76 @@ export class Repository {
     return out;
   }
 
+  /**
+   * A blob's plaintext. A tree comes back in full (version 1) form, hashed
+   * against its id, also when it is stored as a delta.
+   */
   async readEntry(e: IndexEntry): Promise<Buffer> {
+    if (e.type === "tree")
+      return (await this.resolveTree(e.id as string as TreeId, await this.readStored(e), 0)).bytes;
     const stored = await this.store.getRange(packName(e.packId), e.offset, e.length);
     return this.codec.decode(e, stored);
   }
+
+  /** A blob's stored plaintext: for a tree, its full encoding (hash-checked) or a delta (not yet). */
+  private async readStored(e: IndexEntry): Promise<Buffer> {
+    const stored = await this.store.getRange(packName(e.packId), e.offset, e.length);
+    return this.codec.decode(e, stored, { treeDelta: e.type === "tree" });
+  }
+
+  /**
+   * The full encoding of tree `id` from its stored plaintext, and the trees
+   * it was rebuilt from (its delta base, and in the rare case below, the
+   * base's base). Writers keep deltas one level deep; a reader follows up
+   * to MAX_DELTA_CHAIN levels, because a base whose pack was doomed can be
+   * stored again, as a delta, by a backup that ran meanwhile, and that copy
+   * then takes over the index entry. Every failure is DATA_CORRUPT naming
+   * the tree (and its base).
+   */
+  private async resolveTree(
+    id: TreeId,
+    stored: Buffer,
+    depth: number,
+    uncached = false,
+  ): Promise<ResolvedTree> {
+    const what = `tree ${id}`;
+    const baseId = treeDeltaBase(stored, what);
+    if (!baseId) return { bytes: stored, bases: [] };
+    if (depth >= MAX_DELTA_CHAIN)
+      throw new StrataError(
+        "DATA_CORRUPT",
+        `${what}: its chain of delta bases is longer than ${MAX_DELTA_CHAIN}`,
+        {
+          subject: id,
+        },
+      );
+    let base = uncached ? undefined : this.baseCache.get(baseId);
+    if (!base) {
+      try {
+        const be = (await this.catalog.lookupBlobs([baseId as string as BlobId])).get(
+          baseId as string as BlobId,
+        );
+        if (!be) throw new StrataError("NOT_FOUND", "it is not in the index", { subject: baseId });
+        base = await this.resolveTree(baseId, await this.readStored(be), depth + 1, uncached);
+      } catch (e) {
+        throw new StrataError(
+          "DATA_CORRUPT",
+          `${what} is stored as a delta of tree ${baseId}, which cannot be read: ${(e as Error).message}`,
+          { subject: id, cause: e },
+        );
+      }
+      this.baseCache.set(baseId, base);
+    }
+    const bytes = applyTreeDelta(stored, base.bytes, what);
+    if (createHash("sha256").update(bytes).digest("hex") !== id)
+      throw new StrataError("DATA_CORRUPT", `${what}: its delta does not rebuild the tree (hash mismatch)`, {
+        subject: id,
+      });
+    return { bytes, bases: [baseId, ...base.bases] };
+  }
+
+  /** Full trees used as delta bases, recently used, bounded by bytes (readers walk many trees). */
+  private readonly baseCache = new ByteLru<ResolvedTree>(8 * 1024 * 1024, (t) => t.bytes.length);
 
   /**
    * A stored blob as the wire carries it (docs/design/protocol.md): opened
@@ -451,7 +573,35 @@ export class Repository {
   }
 
   async loadTree(id: TreeId): Promise<FsNode[]> {
-    return decodeTree(await this.loadBlob(id), `tree ${id}`);
+    return decodeTree(await this.loadTreeBytes(id), `tree ${id}`);
+  }
+
+  /** How tree `id` is stored: the tree its delta is against, or null when it is stored full. */
+  async storedTreeBase(id: TreeId): Promise<TreeId | null> {
+    const bid = id as string as BlobId;
+    const e = (await this.catalog.lookupBlobs([bid])).get(bid);
+    if (!e) throw new StrataError("NOT_FOUND", `blob ${id} is not in the index`, { subject: id });
+    return treeDeltaBase(await this.readStored(e), `tree ${id}`);
+  }
+
+  /** Tree `id` in its full (version 1) encoding, hash-checked, however it is stored. */
+  async loadTreeBytes(id: TreeId): Promise<Buffer> {
+    return (await this.loadTreeResolved(id)).bytes;
+  }
+
+  /**
+   * Tree `id` in full, with the trees its stored form depends on (its delta
+   * base; empty when it is stored full): what keeps it readable, which
+   * prune must keep too. `uncached`: bases are read from the store, not
+   * from the cache of recently used ones (check verifies what is stored).
+   */
+  async loadTreeResolved(id: TreeId, opts?: { uncached?: boolean }): Promise<ResolvedTree> {
+    const bid = id as string as BlobId;
+    const e = (await this.catalog.lookupBlobs([bid])).get(bid);
+    if (!e) throw new StrataError("NOT_FOUND", `blob ${id} is not in the index`, { subject: id });
+    if (e.type !== "tree")
+      throw new StrataError("DATA_CORRUPT", `tree ${id} is indexed as a chunk`, { subject: id });
+    return this.resolveTree(id, await this.readStored(e), 0, opts?.uncached);
   }
 
   // ---- packs --------------------------------------------------------------
@@ -602,6 +752,72 @@ export class Repository {
       await this.flush();
     } finally {
       await this.store.close();
+    }
+  }
+}
+
+/** A tree's full encoding and the trees it was rebuilt from (delta bases). */
+export interface ResolvedTree {
+  bytes: Buffer;
+  bases: TreeId[];
+}
+
+/** Trees smaller than this (full encoding) are always stored full. */
+export const TREE_DELTA_MIN = 1024;
+/** Delta links a reader follows (writers make one; see resolveTree). */
+const MAX_DELTA_CHAIN = 4;
+
+/** At most `n` holders at a time; the others wait in order. */
+class Slots {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+/** A least-recently-used map bounded by the total size of its values. */
+class ByteLru<V> {
+  private readonly map = new Map<string, V>();
+  private bytes = 0;
+  constructor(
+    private readonly limit: number,
+    private readonly sizeOf: (v: V) => number,
+  ) {}
+  get(k: string): V | undefined {
+    const v = this.map.get(k);
+    if (v !== undefined) {
+      this.map.delete(k);
+      this.map.set(k, v);
+    }
+    return v;
+  }
+  set(k: string, v: V): void {
+    const size = this.sizeOf(v);
+    if (size > this.limit / 4) return;
+    const old = this.map.get(k);
+    if (old !== undefined) {
+      this.bytes -= this.sizeOf(old);
+      this.map.delete(k);
+    }
+    this.map.set(k, v);
+    this.bytes += size;
+    for (const [key, val] of this.map) {
+      if (this.bytes <= this.limit) break;
+      this.map.delete(key);
+      this.bytes -= this.sizeOf(val);
     }
   }
 }

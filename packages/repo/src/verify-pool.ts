@@ -45,6 +45,7 @@ export class VerifyPool {
           length: e.length,
           rawLength: e.rawLength,
           compressed: e.compressed,
+          type: e.type,
         })),
       },
       [own.buffer as ArrayBuffer],

@@ -16,7 +16,7 @@ export interface VerifyRequest {
   path?: string;
   size: number;
   /** The catalog's entries of the pack, or its compact layout (see verifyPackLayout). */
-  entries?: Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed">[];
+  entries?: Pick<IndexEntry, "id" | "packId" | "offset" | "length" | "rawLength" | "compressed" | "type">[];
   layout?: Uint8Array;
 }
 

@@ -21,6 +21,7 @@ import {
   type FsNode,
   type SnapshotId,
   StrataError,
+  TREE_DELTA,
   type TreeId,
 } from "@strata/core";
 import type {
@@ -431,8 +432,19 @@ export class RestoreService {
     this.checkGrant(s.id, treeId, grant);
     const e = await this.loadEntry(treeId, "tree");
     const stored = await this.repo.store.getRange(packName(e.packId), e.offset, e.length);
-    const wire = this.repo.openWire(e, stored);
-    const decoded = decodeTree(this.repo.codec.decode(e, stored), `tree ${treeId}`);
+    const plain = this.repo.codec.decode(e, stored, { treeDelta: true });
+    let wire: { body: Buffer; compressed: boolean };
+    let full: Buffer;
+    if (plain[0] === TREE_DELTA) {
+      // Stored as a delta (a local backup wrote into this repository):
+      // agents always get the full tree, rebuilt and hash-checked.
+      full = await this.repo.readEntry(e);
+      wire = { body: full, compressed: false };
+    } else {
+      full = plain;
+      wire = this.repo.openWire(e, stored);
+    }
+    const decoded = decodeTree(full, `tree ${treeId}`);
     const grants = decoded.map((n) => (n.type === "dir" && n.subtree ? this.grant(s.id, n.subtree) : null));
     const out = Buffer.concat([
       ...encodeTreeFrame(Buffer.from(treeId, "hex"), Buffer.alloc(0), wire.compressed, wire.body),
