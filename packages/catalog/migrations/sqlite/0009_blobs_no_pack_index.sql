@@ -3,7 +3,7 @@
 -- migrations/postgres/0009_blobs_no_pack_index.sql.
 --
 -- The index repeated every entry (pack, offset and the 32-byte blob id it
--- carries as the table's key): ~45 of the ~107 bytes per blob of catalog.db
+-- carries as the table's key): ~50 of the ~108 bytes per blob of catalog.db
 -- on data set B of docs/benchmarks.md. Nothing needs a pack's entries often
 -- enough to keep it (docs/design/repository-format.md, "Index and catalog"):
 -- prune aggregates per pack in one scan of blobs (packUsage) and removes
