@@ -13,7 +13,14 @@ import {
 } from "node:fs";
 import * as nodePath from "node:path";
 import { type BlobId, chunkIdsOf, type FsNode, StrataError, type TreeId } from "@strata/core";
-import { applyMetadataSync, createSpecial, displayPath, hasDefaultAcl, trimMemory, validateName } from "@strata/fs";
+import {
+  applyMetadataSync,
+  createSpecial,
+  displayPath,
+  hasDefaultAcl,
+  trimMemory,
+  validateName,
+} from "@strata/fs";
 import type { IndexEntry, SnapshotRecord } from "./catalog.js";
 import { holdLease, leaseHolder } from "./lease.js";
 import { RestorePool, writeBlobs } from "./read-blobs.js";
