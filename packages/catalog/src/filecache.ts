@@ -6,6 +6,12 @@ import Database from "better-sqlite3";
 
 /** Buffered writes (puts + touches) flushed in one transaction. */
 export const FILE_CACHE_FLUSH_EVERY = 1000;
+/**
+ * …or sooner, once the buffered rows hold this many bytes: a row is a whole
+ * directory (2,000 files make about 250 KB), so a count alone would buffer
+ * the cache of a 1M-file endpoint (500 such rows, ~120 MB) until endRun.
+ */
+export const FILE_CACHE_FLUSH_BYTES = 8 * 1024 * 1024;
 
 const SCHEMA_VERSION = 1;
 
@@ -22,8 +28,9 @@ const SCHEMA_VERSION = 1;
  *
  * Speed and durability: statements are prepared once; writes (new data and
  * "seen" generation bumps) are buffered in memory and flushed in one
- * transaction every FILE_CACHE_FLUSH_EVERY operations, and on beginRun,
- * endRun and close. `getDir` reads its own buffered writes. WAL with
+ * transaction every FILE_CACHE_FLUSH_EVERY operations or FILE_CACHE_FLUSH_BYTES
+ * of row data, whichever comes first, and on beginRun, endRun and close
+ * (memory stays bounded whatever the directories' sizes). `getDir` reads its own buffered writes. WAL with
  * synchronous=NORMAL: a crash or power loss loses at most the last buffered
  * or un-synced rows, which only costs re-reading those files next time; and
  * without endRun nothing is deleted.
@@ -40,6 +47,8 @@ export class SqliteFileCache implements FileCache {
   private inRun = false;
   /** Pending puts, keyed by the path bytes as latin1 (a lossless byte↔string mapping). */
   private readonly puts = new Map<string, Buffer>();
+  /** Bytes of row data in `puts`. */
+  private putBytes = 0;
   /** Rows found by getDir with an older generation: bump on flush. */
   private readonly touches = new Set<string>();
   private readonly stGet: Database.Statement;
@@ -84,7 +93,9 @@ export class SqliteFileCache implements FileCache {
   putDir(dir: Buffer, value: CachedDir): void {
     const k = dir.toString("latin1");
     // Copy: the caller may reuse its buffer before the flush.
-    this.puts.set(k, Buffer.from(value.data));
+    const data = Buffer.from(value.data);
+    this.putBytes += data.length - (this.puts.get(k)?.length ?? 0);
+    this.puts.set(k, data);
     this.touches.delete(k);
     this.maybeFlush();
   }
@@ -132,7 +143,13 @@ export class SqliteFileCache implements FileCache {
     if (this.puts.size === 0 && this.touches.size === 0) return;
     this.flushTx();
     this.puts.clear();
+    this.putBytes = 0;
     this.touches.clear();
+  }
+
+  /** Rows and bytes of row data written but not flushed yet (bounded: see FILE_CACHE_FLUSH_BYTES). */
+  get buffered(): { rows: number; bytes: number } {
+    return { rows: this.puts.size + this.touches.size, bytes: this.putBytes };
   }
 
   close(): void {
@@ -145,7 +162,11 @@ export class SqliteFileCache implements FileCache {
   }
 
   private maybeFlush(): void {
-    if (this.puts.size + this.touches.size >= FILE_CACHE_FLUSH_EVERY) this.flush();
+    if (
+      this.puts.size + this.touches.size >= FILE_CACHE_FLUSH_EVERY ||
+      this.putBytes >= FILE_CACHE_FLUSH_BYTES
+    )
+      this.flush();
   }
 }
 

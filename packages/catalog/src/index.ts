@@ -2,7 +2,12 @@ import type { RepoCatalog } from "@strata/repo";
 import { openPostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
 import { openSqliteCatalog } from "./sqlite.js";
 
-export { FILE_CACHE_FLUSH_EVERY, openSqliteFileCache, SqliteFileCache } from "./filecache.js";
+export {
+  FILE_CACHE_FLUSH_BYTES,
+  FILE_CACHE_FLUSH_EVERY,
+  openSqliteFileCache,
+  SqliteFileCache,
+} from "./filecache.js";
 export {
   COPY_THRESHOLD,
   openPostgresCatalog,

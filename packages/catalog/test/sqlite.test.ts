@@ -6,6 +6,7 @@ import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadMigrations } from "../src/common.js";
 import {
+  FILE_CACHE_FLUSH_BYTES,
   FILE_CACHE_FLUSH_EVERY,
   openCatalog,
   openSqliteCatalog,
@@ -371,6 +372,32 @@ describe("SqliteFileCache", () => {
     again.endRun(); // nothing touched: everything goes
     expect(again.getDir(key("/d/1"))).toBeNull();
     again.close();
+  });
+
+  it("flushes by bytes too: large directory rows are never all held in memory", () => {
+    const path = file("cache-bytes");
+    const fc = openSqliteFileCache(path);
+    fc.beginRun();
+    // 300 rows of 256 KiB (a 2,000-file directory's row is about that): far
+    // fewer rows than FILE_CACHE_FLUSH_EVERY, 75 MiB in all.
+    const row = 256 * 1024;
+    let peak = 0;
+    for (let i = 0; i < 300; i++) {
+      fc.putDir(key(`/big/${i}`), { data: Buffer.alloc(row, i & 0xff) });
+      peak = Math.max(peak, fc.buffered.bytes);
+    }
+    expect(peak).toBeLessThan(FILE_CACHE_FLUSH_BYTES + row);
+    // Rewriting a buffered row counts its new size only.
+    fc.flush();
+    fc.putDir(key("/big/0"), { data: Buffer.alloc(10) });
+    fc.putDir(key("/big/0"), { data: Buffer.alloc(30) });
+    expect(fc.buffered).toEqual({ rows: 1, bytes: 30 });
+    fc.endRun();
+    expect(fc.buffered).toEqual({ rows: 0, bytes: 0 });
+    fc.close();
+    const db = new Database(path, { readonly: true });
+    expect(db.prepare("SELECT count(*) FROM dirs").pluck().get()).toBe(300);
+    db.close();
   });
 
   it("a crash before endRun deletes nothing", () => {
