@@ -41,6 +41,7 @@ import {
 } from "@strata/repo";
 import type { AuditService } from "./audit-service.js";
 import type { Clock } from "./context.js";
+import { Lru } from "./lru.js";
 
 export const UPLOAD_KINDS = [
   "centralize",
@@ -186,27 +187,20 @@ function checkId(id: unknown, what: string): string {
   return id;
 }
 
-/** A small LRU of decoded trees: siblings share their ancestors. */
-class TreeCache {
-  private readonly map = new Map<string, Map<string, FsNode>>();
-  constructor(private readonly max = 512) {}
-  get(id: string) {
-    const v = this.map.get(id);
-    if (v) {
-      this.map.delete(id);
-      this.map.set(id, v);
-    }
-    return v;
-  }
-  set(id: string, v: Map<string, FsNode>) {
-    this.map.set(id, v);
-    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
-  }
-}
+/**
+ * Decoded parent-snapshot trees (siblings share their ancestors), at most
+ * 512 and at most this many entries in all: memory stays bounded whatever
+ * the directories' sizes (a 1M-file endpoint's 1% change touches 500 trees
+ * of 2,000 entries).
+ */
+export const UPLOAD_TREE_CACHE_ENTRIES = 100_000;
 
 export class UploadService {
   private readonly limits: UploadLimits;
-  private readonly trees = new TreeCache();
+  private readonly trees = new Lru<Map<string, FsNode>>(512, {
+    maxWeight: UPLOAD_TREE_CACHE_ENTRIES,
+    weigh: (m) => m.size,
+  });
   /** Streams being received per session on this node (back-pressure). */
   private readonly streams = new Map<string, number>();
   /** Streams being received on this node, all sessions. */
