@@ -23,6 +23,7 @@ import {
   StrataError,
   type TreeId,
 } from "@strata/core";
+import { trimMemory } from "@strata/fs";
 import {
   type BackupError,
   type BackupProgress,
@@ -346,6 +347,9 @@ class RemoteSink implements ChunkSink {
       } finally {
         this.inFlightBytes -= bytes;
         for (const w of this.roomWaiters.splice(0)) w();
+        // The stream's frames, and the blobs the workers sent for them, are
+        // free now: give the pages back (as a local backup does after each pack).
+        trimMemory();
       }
     });
   }
