@@ -123,7 +123,7 @@ describe("snapshots, ls, diff, forget, stats", () => {
     }
     expect(sizes[1]).toBeLessThan(sizes[0]!); // the level is used, not only recorded
     const env = newEnv();
-    expect(ok(env, "repo", "init", "--json").compression).toEqual({ algorithm: "zstd", level: 6 });
+    expect(ok(env, "repo", "init", "--json").compression).toEqual({ algorithm: "zstd", level: 3 });
     const bad = strata(newEnv(), "repo", "init", "--compression-level", "20");
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/--compression-level 20 is outside 1\.\.19/);

@@ -55,14 +55,14 @@ export interface RepoConfig {
 }
 
 /**
- * zstd level of new repositories. 6 rather than zstd's usual 3: on the
- * benchmark's data set A (64 KiB chunks) it stores 1.1% less (3.4 MB of
- * 309) for about twice the compression CPU, which is ~10% of a first
- * backup's CPU; later backups compress only what changed. Levels 4 and 5
- * saved 0.03% and 0.6%. See docs/benchmarks.md. The agent's wire form has
- * its own level (upload.ts).
+ * zstd level of new repositories: 3. Level 6 stores 1.1% less on the
+ * benchmark's data set A (64 KiB chunks) but took 3-4 s more CPU and
+ * 1.5-2.3 s more wall time of its 10 s first backup (paired runs,
+ * docs/benchmarks.md); 4 and 5 saved 0.03% and 0.6%. `repo init
+ * --compression-level N` chooses another. The agent's wire form has its
+ * own level (upload.ts).
  */
-export const DEFAULT_COMPRESSION_LEVEL = 6;
+export const DEFAULT_COMPRESSION_LEVEL = 3;
 
 export interface InitOptions {
   chunker?: Partial<ChunkerParams>;
