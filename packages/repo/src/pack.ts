@@ -11,7 +11,7 @@ import {
   TREE_DELTA,
   Writer,
 } from "@strata/core";
-import { Compressor, Decompressor } from "zstd-napi";
+import { Compressor } from "zstd-napi";
 import type { BlobStore, TempObject } from "./blob-store.js";
 import type { BlobType, IndexEntry } from "./catalog.js";
 import { type MasterKey, openSealed, openSealedInto, SEAL_OVERHEAD, seal, sealInto } from "./crypto.js";
@@ -149,7 +149,6 @@ export class WireCodec {
 /** Per-thread codec state (zstd contexts are reused; they are not thread-safe). */
 export class BlobCodec {
   private readonly cmp = new Compressor();
-  private readonly dec = new Decompressor();
   private readonly batch: BatchEncoder;
   constructor(
     private readonly key: MasterKey,
@@ -175,72 +174,92 @@ export class BlobCodec {
    * plaintext starts with TREE_DELTA) is returned as it is, its hash
    * unchecked: only its reconstruction can be hashed against the id
    * (`Repository.loadTreeBytes`). Every other plaintext is hash-checked.
+   * The plaintext is a buffer of its own (callers may transfer it).
    */
   decode(
     e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
     stored: Uint8Array,
     opts?: { treeDelta?: boolean },
   ): Buffer {
-    const where = `blob ${e.id} in pack ${e.packId}`;
-    const body = openSealed(this.key, stored);
-    if (!body)
-      throw new StrataError("DATA_CORRUPT", `${where} fails authentication (damaged)`, { subject: e.id });
-    let plain: Buffer;
-    try {
-      plain = e.compressed ? this.dec.decompress(body) : body;
-    } catch (err) {
-      throw new StrataError("DATA_CORRUPT", `${where} does not decompress`, { subject: e.id, cause: err });
-    }
-    if (plain.length !== e.rawLength) {
-      throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
-    }
-    if (opts?.treeDelta && plain[0] === TREE_DELTA) return plain;
-    if (oneShotHash("sha256", plain, "hex") !== e.id) {
-      throw new StrataError("DATA_CORRUPT", `${where} does not match its hash`, { subject: e.id });
-    }
-    return plain;
+    const r = this.open(e, stored, opts);
+    if ("problem" in r) throw new StrataError("DATA_CORRUPT", r.problem, { subject: e.id, cause: r.cause });
+    const out = Buffer.allocUnsafeSlow(r.plain.length);
+    r.plain.copy(out);
+    return out;
   }
 
-  private dctx: InstanceType<typeof zstd.DCtx> | null = null;
-  private sealedOut: Buffer = Buffer.alloc(0);
-  private plainOut: Buffer = Buffer.alloc(0);
+  /**
+   * `decode` without the copy: the plaintext is a view of a buffer this
+   * codec reuses, valid until its next call (a worker that writes it out
+   * and moves on).
+   */
+  decodeTransient(
+    e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
+    stored: Uint8Array,
+  ): Buffer {
+    const r = this.open(e, stored);
+    if ("problem" in r) throw new StrataError("DATA_CORRUPT", r.problem, { subject: e.id, cause: r.cause });
+    return r.plain;
+  }
 
   /**
    * What `decode` checks, without keeping the plaintext: null when the blob
-   * is intact, else the message `decode` would throw. Decrypts and
-   * decompresses into buffers reused across calls, so verifying a pack
-   * allocates nothing per blob (`check --read-data`). `treeDelta` as in
-   * `decode`: a tree stored as a delta is hash-checked when it is rebuilt.
+   * is intact, else the message `decode` would throw (`check --read-data`).
    */
   verify(
     e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
     stored: Uint8Array,
     opts?: { treeDelta?: boolean },
   ): string | null {
+    const r = this.open(e, stored, opts);
+    return "problem" in r ? r.problem : null;
+  }
+
+  private dctx: InstanceType<typeof zstd.DCtx> | null = null;
+  private sealedOut: Buffer = Buffer.alloc(0);
+  private plainOut: Buffer = Buffer.alloc(0);
+
+  /** A reused buffer of at least `n` bytes; past 8 MiB (large trees) a one-off one, so it does not stay. */
+  private static room(held: Buffer, n: number): Buffer {
+    if (held.length >= n) return held;
+    return n > 8 << 20 ? Buffer.allocUnsafeSlow(n) : Buffer.allocUnsafeSlow(Math.max(n, 1 << 20));
+  }
+
+  /**
+   * Decrypt and decompress into buffers reused across calls and check the
+   * plaintext (length, hash; see `decode` for `treeDelta`). The plaintext
+   * returned is valid until the next call.
+   */
+  private open(
+    e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">,
+    stored: Uint8Array,
+    opts?: { treeDelta?: boolean },
+  ): { plain: Buffer } | { problem: string; cause?: unknown } {
     const where = `blob ${e.id} in pack ${e.packId}`;
-    if (stored.length < SEAL_OVERHEAD) return `${where} fails authentication (damaged)`;
+    if (stored.length < SEAL_OVERHEAD) return { problem: `${where} fails authentication (damaged)` };
     const bodyLen = stored.length - SEAL_OVERHEAD;
-    if (this.sealedOut.length < bodyLen) this.sealedOut = Buffer.allocUnsafeSlow(Math.max(bodyLen, 1 << 20));
-    if (openSealedInto(this.key, stored, this.sealedOut, 0) < 0)
-      return `${where} fails authentication (damaged)`;
-    let plain = this.sealedOut.subarray(0, bodyLen);
+    const sealedOut = BlobCodec.room(this.sealedOut, bodyLen);
+    if (bodyLen <= 8 << 20) this.sealedOut = sealedOut;
+    if (openSealedInto(this.key, stored, sealedOut, 0) < 0)
+      return { problem: `${where} fails authentication (damaged)` };
+    let plain = sealedOut.subarray(0, bodyLen);
     if (e.compressed) {
-      if (this.plainOut.length < e.rawLength)
-        this.plainOut = Buffer.allocUnsafeSlow(Math.max(e.rawLength, 1 << 20));
+      const plainOut = BlobCodec.room(this.plainOut, e.rawLength);
+      if (e.rawLength <= 8 << 20) this.plainOut = plainOut;
       this.dctx ??= new zstd.DCtx();
       let n: number;
       try {
         // Exactly rawLength of room: a frame that decompresses to more fails here.
-        n = this.dctx.decompress(this.plainOut.subarray(0, e.rawLength), plain);
-      } catch {
-        return `${where} does not decompress`;
+        n = this.dctx.decompress(plainOut.subarray(0, e.rawLength), plain);
+      } catch (cause) {
+        return { problem: `${where} does not decompress`, cause };
       }
-      plain = this.plainOut.subarray(0, n);
+      plain = plainOut.subarray(0, n);
     }
-    if (plain.length !== e.rawLength) return `${where} does not match its hash`;
-    if (opts?.treeDelta && plain[0] === TREE_DELTA) return null;
-    if (oneShotHash("sha256", plain, "hex") !== e.id) return `${where} does not match its hash`;
-    return null;
+    if (plain.length !== e.rawLength) return { problem: `${where} does not match its hash` };
+    if (opts?.treeDelta && plain[0] === TREE_DELTA) return { plain };
+    if (oneShotHash("sha256", plain, "hex") !== e.id) return { problem: `${where} does not match its hash` };
+    return { plain };
   }
 }
 

@@ -99,7 +99,11 @@ function readPack(path: string, base: number, length: number): Buffer {
   return readRangeSync(fd, path, base, length);
 }
 
-/** What turns a stored (or received) body into verified plaintext: BlobCodec, or WireDecoder for chunks in wire form. */
+/**
+ * What turns a stored (or received) body into verified plaintext: BlobCodec
+ * (through `decodeTransient`), or WireDecoder for chunks in wire form. The
+ * plaintext may be a reused buffer, valid until the next call.
+ */
 export interface BlobDecoder {
   decode(e: Pick<IndexEntry, "id" | "packId" | "compressed" | "rawLength">, body: Uint8Array): Buffer;
 }
@@ -154,6 +158,9 @@ export function decodeAndWrite(codec: BlobDecoder, m: Omit<RestoreRequest, "seq"
 // Without a key the thread decodes chunks in wire form (the agent's restore from the server).
 if (parentPort && (workerData as { role?: string } | null)?.role === "restore") {
   const raw = (workerData as { key: Uint8Array | null }).key;
-  const codec: BlobDecoder = raw ? new BlobCodec(new MasterKey(Buffer.from(raw)), 1) : new WireDecoder();
+  const blobs = raw ? new BlobCodec(new MasterKey(Buffer.from(raw)), 1) : null;
+  const codec: BlobDecoder = blobs
+    ? { decode: (e, body) => blobs.decodeTransient(e, body) }
+    : new WireDecoder();
   serve(parentPort, (m: RestoreBatch) => m.jobs.map((j) => decodeAndWrite(codec, j)));
 }
