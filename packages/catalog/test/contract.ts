@@ -615,5 +615,40 @@ export function runCatalogContract(name: string, open: () => Promise<RepoCatalog
   });
 }
 
+/**
+ * After migration 0009 on either database: the `n` entries a test wrote
+ * before it (entry i: pack i % 2, offset 10·i, length 10, raw 20 + i, a
+ * tree when i % 7 is 0, compressed when i is odd; pack 1 doomed) all read
+ * back, and the pack→entries operations that lost their index still work.
+ */
+export async function expectMigratedEntries(c: RepoCatalog, ids: BlobId[], packs: PackId[]): Promise<void> {
+  const n = ids.length;
+  const found = await c.lookupBlobs(ids);
+  expect(found.size).toBe(n);
+  ids.forEach((id, i) => {
+    expect(found.get(id)).toEqual({
+      id,
+      type: i % 7 === 0 ? "tree" : "chunk",
+      packId: packs[i % 2],
+      offset: i * 10,
+      length: 10,
+      rawLength: 20 + i,
+      compressed: i % 2 === 1,
+    });
+  });
+  expect((await c.hasBlobs(ids)).size).toBe(n / 2);
+  const inA = await c.packEntries([packs[0]!]);
+  expect(inA.map((e) => e.offset)).toEqual(ids.filter((_, i) => i % 2 === 0).map((_, j) => j * 20));
+  const usage = [];
+  for await (const u of c.packUsage()) usage.push([u.packId, u.blobCount]);
+  expect(usage).toEqual([
+    [packs[0], n / 2],
+    [packs[1], n / 2],
+  ]);
+  await c.removePacks([packs[1]!]);
+  expect((await c.lookupBlobs(ids)).size).toBe(n / 2);
+  expect((await c.countBlobs()).storedBytes).toBe((n / 2) * 10);
+}
+
 export type { SnapshotId, TreeId };
 export { addFresh, blob, entries, pack, packId };

@@ -3,7 +3,7 @@ import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadMigrations } from "../src/common.js";
 import { COPY_THRESHOLD, openCatalog, openPostgresCatalog, PostgresCatalog } from "../src/index.js";
-import { addFresh, blob, entries, hid, pack, runCatalogContract } from "./contract.js";
+import { addFresh, blob, entries, expectMigratedEntries, hid, pack, runCatalogContract } from "./contract.js";
 import { dropTestSchemas, findTestPostgres, newTestSchema } from "./pg-helper.js";
 
 const target = await findTestPostgres();
@@ -120,31 +120,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
       }
 
       const c = await openPostgresCatalog(url, { schema });
-      const found = await c.lookupBlobs(ids);
-      expect(found.size).toBe(n);
-      ids.forEach((id, i) => {
-        expect(found.get(id)).toEqual({
-          id,
-          type: i % 7 === 0 ? "tree" : "chunk",
-          packId: packs[i % 2],
-          offset: i * 10,
-          length: 10,
-          rawLength: 20 + i,
-          compressed: i % 2 === 1,
-        });
-      });
-      expect((await c.hasBlobs(ids)).size).toBe(n / 2);
-      const inA = await c.packEntries([packs[0]!]);
-      expect(inA.map((e) => e.offset)).toEqual(ids.filter((_, i) => i % 2 === 0).map((_, j) => j * 20));
-      const usage = [];
-      for await (const u of c.packUsage()) usage.push([u.packId, u.blobCount]);
-      expect(usage).toEqual([
-        [packs[0], n / 2],
-        [packs[1], n / 2],
-      ]);
-      await c.removePacks([packs[1]!]);
-      expect((await c.lookupBlobs(ids)).size).toBe(n / 2);
-      expect((await c.countBlobs()).storedBytes).toBe((n / 2) * 10);
+      await expectMigratedEntries(c, ids, packs);
       const idx = await c.pool.query(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'blobs' ORDER BY indexname",
         [schema],

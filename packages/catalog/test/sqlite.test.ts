@@ -13,7 +13,7 @@ import {
   openSqliteFileCache,
   SqliteCatalog,
 } from "../src/index.js";
-import { addFresh, hid, runCatalogContract } from "./contract.js";
+import { addFresh, expectMigratedEntries, hid, runCatalogContract } from "./contract.js";
 
 const dir = mkdtempSync(join(tmpdir(), "strata-catalog-"));
 let n = 0;
@@ -153,31 +153,7 @@ describe("SqliteCatalog specifics", () => {
     db.close();
 
     const c = await openSqliteCatalog(path);
-    const found = await c.lookupBlobs(ids);
-    expect(found.size).toBe(n);
-    ids.forEach((id, i) => {
-      expect(found.get(id)).toEqual({
-        id,
-        type: i % 7 === 0 ? "tree" : "chunk",
-        packId: packs[i % 2],
-        offset: i * 10,
-        length: 10,
-        rawLength: 20 + i,
-        compressed: i % 2 === 1,
-      });
-    });
-    expect((await c.hasBlobs(ids)).size).toBe(n / 2);
-    const inA = await c.packEntries([packs[0]!]);
-    expect(inA.map((e) => e.offset)).toEqual(ids.filter((_, i) => i % 2 === 0).map((_, j) => j * 20));
-    const usage = [];
-    for await (const u of c.packUsage()) usage.push([u.packId, u.blobCount]);
-    expect(usage).toEqual([
-      [packs[0], n / 2],
-      [packs[1], n / 2],
-    ]);
-    await c.removePacks([packs[1]!]);
-    expect((await c.lookupBlobs(ids)).size).toBe(n / 2);
-    expect((await c.countBlobs()).storedBytes).toBe((n / 2) * 10);
+    await expectMigratedEntries(c, ids, packs);
     await c.close();
 
     const after = new Database(path, { readonly: true });
