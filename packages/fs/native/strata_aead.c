@@ -55,7 +55,7 @@ static struct {
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
-/* Run once per process (worker threads load the addon too). */
+/* Run once per process (worker threads load the addon too), on first use. */
 static void load_lib(void) {
   if (getenv("STRATA_NATIVE_AES") != NULL && strcmp(getenv("STRATA_NATIVE_AES"), "0") == 0) {
     snprintf(lib.error, sizeof lib.error, "disabled by STRATA_NATIVE_AES=0");
@@ -147,6 +147,7 @@ static int get_index(napi_env env, napi_value v, size_t *out) {
 }
 
 static napi_value js_available(napi_env env, napi_callback_info info) {
+  pthread_once(&lib_once, load_lib);
   napi_value r;
   if (lib.cipher != NULL) {
     napi_get_boolean(env, true, &r);
@@ -165,6 +166,7 @@ static napi_value js_seal(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6)
     return throw_msg(env, "gcmSeal(key, nonce, plain, aad, out, offset)");
+  pthread_once(&lib_once, load_lib);
   if (lib.cipher == NULL) return throw_msg(env, lib.error);
   unsigned char *key, *nonce, *plain, *aad = NULL, *out;
   size_t klen, nlen, plen, alen = 0, olen, off;
@@ -205,6 +207,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5)
     return throw_msg(env, "gcmOpen(key, sealed, aad, out, offset)");
+  pthread_once(&lib_once, load_lib);
   if (lib.cipher == NULL) return throw_msg(env, lib.error);
   unsigned char *key, *sealed, *aad = NULL, *out;
   size_t klen, slen, alen = 0, olen, off;
@@ -237,8 +240,12 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/*
+ * The library is loaded on the first aeadAvailable() (the callers ask it
+ * before any seal or open), not when the addon loads: dlopen costs 5-10 ms
+ * that a process which never encrypts (most CLI commands) should not pay.
+ */
 napi_value aead_register(napi_env env, napi_value exports) {
-  pthread_once(&lib_once, load_lib);
   aead_env *e = calloc(1, sizeof *e);
   if (e == NULL || napi_set_instance_data(env, e, free_env, NULL) != napi_ok) {
     free(e);

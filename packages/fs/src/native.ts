@@ -38,7 +38,8 @@ export interface NativeFs {
   mallocTrim(): boolean;
   /**
    * AES-256-GCM through the system's libcrypto (native/strata_aead.c): true,
-   * or why it is not available (then gcmSeal/gcmOpen throw).
+   * or why it is not available (then gcmSeal/gcmOpen throw). The first call
+   * loads the library.
    */
   aeadAvailable(): true | string;
   /** nonce(12) || ciphertext || tag(16) into `out` at `offset`; returns the bytes written. */

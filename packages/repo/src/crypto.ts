@@ -26,11 +26,17 @@ export const SEAL_OVERHEAD = NONCE_LEN + TAG_LEN;
  * else node:crypto. Both produce and accept the same bytes.
  * `STRATA_NATIVE_AES=0` forces node:crypto.
  */
-const nativeStatus =
-  process.env.STRATA_NATIVE_AES === "0" ? "disabled by STRATA_NATIVE_AES=0" : native.aeadAvailable();
-export const aeadBackend: { name: "libcrypto" | "node:crypto"; reason?: string } =
-  nativeStatus === true ? { name: "libcrypto" } : { name: "node:crypto", reason: nativeStatus };
-const useNative = nativeStatus === true;
+let backend: { name: "libcrypto" | "node:crypto"; reason?: string } | null = null;
+export function aeadBackend(): { name: "libcrypto" | "node:crypto"; reason?: string } {
+  if (!backend) {
+    // Asked on first use: loading the library costs a few ms a process that never encrypts should not pay.
+    const status =
+      process.env.STRATA_NATIVE_AES === "0" ? "disabled by STRATA_NATIVE_AES=0" : native.aeadAvailable();
+    backend = status === true ? { name: "libcrypto" } : { name: "node:crypto", reason: status };
+  }
+  return backend;
+}
+const useNative = () => aeadBackend().name === "libcrypto";
 
 export class MasterKey {
   constructor(readonly key: Buffer) {
@@ -74,7 +80,7 @@ export function sealInto(
   aad?: Uint8Array,
 ): number {
   const nonce = nextNonce();
-  if (useNative) return native.gcmSeal(key.key, nonce, plain, aad ?? null, out, offset);
+  if (useNative()) return native.gcmSeal(key.key, nonce, plain, aad ?? null, out, offset);
   const c = createCipheriv("aes-256-gcm", key.key, nonce);
   if (aad) c.setAAD(aad);
   nonce.copy(out, offset);
@@ -88,7 +94,7 @@ export function sealInto(
 /** Returns null when authentication fails (wrong key or damaged bytes). */
 export function openSealed(key: MasterKey, sealed: Uint8Array, aad?: Uint8Array): Buffer | null {
   if (sealed.length < SEAL_OVERHEAD) return null;
-  if (useNative) {
+  if (useNative()) {
     // A dedicated (non-pooled) buffer, as node's decipher returns: callers may transfer it.
     const out = Buffer.allocUnsafeSlow(sealed.length - SEAL_OVERHEAD);
     return native.gcmOpen(key.key, sealed, aad ?? null, out, 0) < 0 ? null : out;
@@ -123,7 +129,7 @@ export function openSealedInto(
   aad?: Uint8Array,
 ): number {
   if (sealed.length < SEAL_OVERHEAD) return -1;
-  if (useNative) return native.gcmOpen(key.key, sealed, aad ?? null, out, offset);
+  if (useNative()) return native.gcmOpen(key.key, sealed, aad ?? null, out, offset);
   const body = openSealed(key, sealed, aad);
   if (!body) return -1;
   out.set(body, offset);
