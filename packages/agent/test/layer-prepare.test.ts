@@ -195,12 +195,16 @@ describe("removalPredicate", () => {
     expect(f(b("/"))).toBe(false);
   });
 
-  it("matches names that are not UTF-8 by their bytes", () => {
+  it("matches names that are not UTF-8 by their bytes (removalsB64)", () => {
     const name = Buffer.from([0x2f, 0x6f, 0x70, 0x74, 0x2f, 0xe9]); // "/opt/é" in latin1
-    const f = removalPredicate([name.toString("utf8")]);
     // A lossy UTF-8 string cannot name it: the predicate does not invent a match.
-    expect(f(name)).toBe(false);
-    expect(removalPredicate(["/opt/é"])(Buffer.from("/opt/é"))).toBe(true);
+    expect(removalPredicate([name.toString("utf8")])(name)).toBe(false);
+    // Its bytes in base64 do, and its directory is "below"; the UTF-8 é is another name.
+    const f = removalPredicate(["/opt/é"], [Buffer.concat([name, Buffer.from("/x")]).toString("base64")]);
+    expect(f(Buffer.concat([name, Buffer.from("/x")]))).toBe(true);
+    expect(f(name)).toBe("below");
+    expect(f(Buffer.from("/opt/é"))).toBe(true);
+    expect(f(Buffer.from("/opt/é/x"))).toBe(false);
   });
 });
 

@@ -1,3 +1,4 @@
+export * from "./byte-path.js";
 export * from "./chunker.js";
 export * from "./codec.js";
 export * from "./errors.js";

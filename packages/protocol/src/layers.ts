@@ -68,8 +68,13 @@ export interface InitramfsTargets {
 /** docs/design/layers.md, "Manifest". */
 export interface LayerManifest {
   os: OsRelease | null;
-  /** Absolute machine-area paths the layer removes (app layers). */
+  /** Absolute machine-area paths the layer removes (app layers) whose bytes are valid UTF-8. */
   removed: string[];
+  /**
+   * The removed paths whose bytes are not valid UTF-8, as base64 of the
+   * exact bytes (names are bytes; absent when there are none).
+   */
+  removedB64?: string[];
   packages: PackageStanza[];
   removedPackages: string[];
   accounts: AccountLines;
@@ -348,8 +353,13 @@ export interface ApplyPlan {
   /** A restore session on the image tree. */
   session: RestoreSessionInfo;
   manifest: LayerManifest;
-  /** Absolute paths the apply may delete (owned by the applied image, not by this one; or removed by a layer). */
+  /**
+   * Absolute paths the apply may delete (owned by the applied image, not by
+   * this one; or removed by a layer) whose bytes are valid UTF-8.
+   */
   removals: string[];
+  /** The removals whose bytes are not valid UTF-8, as base64 of the exact bytes (absent when none). */
+  removalsB64?: string[];
   /** Packages the applied image owned (so the merge drops those the new image lacks). */
   previousPackages: string[];
   doNotOverride: PolicyRule[];
@@ -423,6 +433,7 @@ const manifest = obj(
   {
     os: osRelease,
     removed: strings,
+    removedB64: strings,
     packages: {
       type: "array",
       items: obj({ name: str(), arch: str(), version: str(), stanza: str() }),
@@ -580,6 +591,7 @@ export const layerSchemas = {
       session: restoreSchemas.RestoreSessionInfo,
       manifest,
       removals: strings,
+      removalsB64: strings,
       previousPackages: strings,
       doNotOverride: { type: "array", items: rule },
       enforce: str({ enum: ["none", "keep", "remove"] }),

@@ -44,6 +44,7 @@ import {
   diffStatus,
   diskSpaceNeeded,
   diskSpaceProblem,
+  displayBytePath,
   dryRunPackages,
   ENDPOINT_DERIVED_RULES,
   FACTORY_RULES,
@@ -53,6 +54,7 @@ import {
   initramfsTargets,
   isAlternativeName,
   isStructuredPath,
+  joinBytePaths,
   mergeAccounts,
   mergeInitramfsTargets,
   type PackageStanza,
@@ -65,6 +67,7 @@ import {
   type SnapshotId,
   StrataError,
   selectsPackage,
+  splitBytePaths,
   systemAccounts,
   TRIGGER_ORDER,
   type TreeId,
@@ -225,12 +228,17 @@ export function assignmentView(a: AssignmentRecord): AssignmentInfo {
   };
 }
 
-/** A manifest as stored (opaque JSON in the catalog), with every field present. */
+/**
+ * A manifest as stored (opaque JSON in the catalog), with every field
+ * present; `removed` as byte-path strings (the stored `removed` and
+ * `removedB64` together: a manifest stored before `removedB64` has only
+ * the first).
+ */
 function manifestOf(m: Record<string, unknown> | null): LayerManifest {
   const x = (m ?? {}) as Partial<LayerManifest>;
   return {
     os: x.os ?? null,
-    removed: x.removed ?? [],
+    removed: joinBytePaths(x.removed ?? [], x.removedB64),
     packages: x.packages ?? [],
     removedPackages: x.removedPackages ?? [],
     accounts: { ...emptyAccounts(), ...x.accounts },
@@ -239,6 +247,16 @@ function manifestOf(m: Record<string, unknown> | null): LayerManifest {
     ...(x.initramfs ? { initramfs: x.initramfs } : {}),
     stats: x.stats ?? { files: 0, bytes: 0 },
   };
+}
+
+/**
+ * A manifest as stored and sent (layers.md "Manifest"): its removed paths
+ * that are valid UTF-8 in `removed`, the others in `removedB64`.
+ */
+function storedManifest(m: LayerManifest): Record<string, unknown> {
+  const { utf8, b64 } = splitBytePaths(m.removed);
+  const { removedB64: _b64, ...rest } = m;
+  return { ...rest, removed: utf8, ...(b64.length ? { removedB64: b64 } : {}) };
 }
 
 /** A layer version the composition uses. */
@@ -565,7 +583,7 @@ export class LayerService {
       createdBy: o.createdBy,
     };
     try {
-      await this.layers.addLayerVersion(rec, o.manifest as unknown as Record<string, unknown>);
+      await this.layers.addLayerVersion(rec, storedManifest(o.manifest));
     } catch (e) {
       await this.repo.removeSnapshots([snap.id]).catch(() => {});
       throw e;
@@ -777,7 +795,7 @@ export class LayerService {
     const diffView: CaptureFinishResponse["diff"] = {
       added: out.diff.added.items,
       changed: out.diff.changed.items,
-      removed: out.diff.removed.slice(0, SAMPLE),
+      removed: out.diff.removed.slice(0, SAMPLE).map(displayBytePath),
       counts: {
         added: out.diff.added.count,
         changed: out.diff.changed.count,
@@ -1105,7 +1123,7 @@ export class LayerService {
         key,
         snapshot: snap.id,
         layers: list,
-        manifest: manifest as unknown as Record<string, unknown>,
+        manifest: storedManifest(manifest),
         createdAt: this.d.clock.now(),
       });
     });
@@ -1503,6 +1521,7 @@ export class LayerService {
       snapshot: img.rec.snapshot,
     });
     const { removals, previousPackages } = await this.removals(cvdId, img);
+    const wire = splitBytePaths(removals);
     const { doNotOverride } = await this.rules();
     const enforce = t.params.enforce;
     // What the apply stages, against the newest snapshot (the agent checks its free space).
@@ -1512,8 +1531,9 @@ export class LayerService {
       task: t.id,
       image: { id: img.rec.key, snapshot: img.rec.snapshot },
       session,
-      manifest: img.manifest,
-      removals,
+      manifest: storedManifest(img.manifest) as unknown as LayerManifest,
+      removals: wire.utf8,
+      ...(wire.b64.length ? { removalsB64: wire.b64 } : {}),
       previousPackages,
       doNotOverride: doNotOverride.map((r) => ({ ...r })),
       enforce: enforce === "keep" || enforce === "remove" ? enforce : "none",

@@ -7,24 +7,35 @@
  * subtrees whose ids are equal, and saves new trees bottom-up with
  * `saveTree`, reusing the id of every subtree it did not change.
  *
- * Paths are absolute, '/'-separated, names decoded as UTF-8 (the rule
- * matchers and the JSON lists take strings); the root is "/".
+ * Paths are absolute, '/'-separated byte-path strings (core
+ * `bytePathString`: UTF-8 where the names are, each other byte escaped, so
+ * the exact bytes come back with `bytePathOf`); the rule matchers take them
+ * as strings. The root is "/".
  */
-import { type BlobId, encodeTree, type FsNode, StrataError, type TreeId } from "@strata/core";
+import {
+  type BlobId,
+  bytePathOf,
+  bytePathString,
+  displayBytePath,
+  encodeTree,
+  type FsNode,
+  StrataError,
+  type TreeId,
+} from "@strata/core";
 import type { Repository } from "@strata/repo";
 import { Lru } from "./lru.js";
 
 /** `dir` + `/` + name; dir "/" is the root. */
 export function childPath(dir: string, name: Buffer): string {
-  return `${dir === "/" ? "" : dir}/${name.toString("utf8")}`;
+  return `${dir === "/" ? "" : dir}/${bytePathString(name)}`;
 }
 
-/** An absolute path as name segments. */
+/** An absolute byte-path string as name segments (the exact bytes). */
 export function pathSegments(p: string): Buffer[] {
   return p
     .split("/")
     .filter((s) => s !== "" && s !== ".")
-    .map((s) => Buffer.from(s, "utf8"));
+    .map((s) => bytePathOf(s));
 }
 
 /** A node's encoding without its name and hard-link identity (inode numbers differ between machines). */
@@ -44,14 +55,14 @@ function sameDirMeta(a: FsNode, b: FsNode): boolean {
   return nodeKey({ ...a, subtree: none }, true).equals(nodeKey({ ...b, subtree: none }, true));
 }
 
-/** First `max` items plus a count. */
+/** First `max` items (for display: a name that is not UTF-8 with its bytes as \xNN) plus a count. */
 export class Sample {
   readonly items: string[] = [];
   count = 0;
   constructor(private readonly max = 100) {}
   add(p: string): void {
     this.count++;
-    if (this.items.length < this.max) this.items.push(p);
+    if (this.items.length < this.max) this.items.push(displayBytePath(p));
   }
 }
 

@@ -25,6 +25,7 @@ import {
   dryRunPackages,
   initramfsTargets,
   isAlternativeName,
+  joinBytePaths,
   mergeAccounts,
   mergeInitramfsTargets,
   mergeStatus,
@@ -172,7 +173,9 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
 
   // Triggers: the image's, and what its removals need (a layer that went
   // away took libraries, units, a kernel, alternatives with it).
-  const removable = removalPredicate(plan.removals);
+  const removable = removalPredicate(plan.removals, plan.removalsB64);
+  // Every removal as a byte-path string, for what derives triggers from paths.
+  const removals = joinBytePaths(plan.removals, plan.removalsB64);
   const liveAlternatives = readAlternatives(root);
   const alternativeRemovals = new Map<string, { name: string; path: string }>();
   for (const r of m.alternatives?.removed ?? []) alternativeRemovals.set(`${r.name}\n${r.path}`, r);
@@ -180,7 +183,7 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
     for (const c of g.choices)
       if (removable(Buffer.from(c.path, "utf8")) === true)
         alternativeRemovals.set(`${g.name}\n${c.path}`, { name: g.name, path: c.path });
-  const fromRemovals = triggersFor(plan.removals);
+  const fromRemovals = triggersFor(removals);
   const triggers = TRIGGER_ORDER.filter(
     (t) =>
       m.triggers.includes(t) ||
@@ -189,7 +192,7 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
   );
   const initramfs = mergeInitramfsTargets(
     m.initramfs ?? (m.triggers.includes("update-initramfs") ? { kernels: [], all: true } : null),
-    initramfsTargets(plan.removals),
+    initramfsTargets(removals),
   );
   // The generic links of every group (the endpoint's and the layers') are
   // update-alternatives' to make: an apply neither writes nor deletes them.
@@ -228,19 +231,26 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
   };
 }
 
-/** A snapshot path (bytes) as the strings the protocol carries (UTF-8 names; others by latin1). */
-const keyOf = (p: string) => Buffer.from(p, "utf8").toString("latin1");
-
 /**
  * `true` for a path in the removal set, "below" for a directory holding
- * one, false otherwise. Memory: the set and its ancestors (bounded by the
- * layers' sizes, not by the endpoint's).
+ * one, false otherwise. The set is the plan's `removals` (paths whose bytes
+ * are valid UTF-8) and `removalsB64` (the others, base64 of their bytes),
+ * compared with snapshot paths byte for byte. Memory: the set and its
+ * ancestors (bounded by the layers' sizes, not by the endpoint's).
  */
-export function removalPredicate(removals: string[]): (snapPath: Buffer) => boolean | "below" {
+export function removalPredicate(
+  removals: readonly string[],
+  removalsB64: readonly string[] = [],
+): (snapPath: Buffer) => boolean | "below" {
   const exact = new Set<string>();
   const ancestors = new Set<string>();
-  for (const r of removals) {
-    const k = keyOf(r.replace(/\/+$/, ""));
+  // Keys are the exact bytes as latin1 strings (one character per byte).
+  const keys = [
+    ...removals.map((r) => Buffer.from(r, "utf8").toString("latin1")),
+    ...removalsB64.map((b) => Buffer.from(b, "base64").toString("latin1")),
+  ];
+  for (const key of keys) {
+    const k = key.replace(/\/+$/, "");
     if (!k.startsWith("/") || k === "/") continue;
     exact.add(k);
     for (let i = k.lastIndexOf("/"); i > 0; i = k.lastIndexOf("/", i - 1)) ancestors.add(k.slice(0, i));
