@@ -45,7 +45,7 @@ import {
 import type { AuditService } from "./audit-service.js";
 import type { Caller, Clock } from "./context.js";
 import { Lru } from "./lru.js";
-import { cvdTag, type TransactionView } from "./upload-service.js";
+import { cvdTag, sentToCvdHolder, type TransactionView } from "./upload-service.js";
 
 /** Who opens and uses a session: an endpoint (its own CVD) or a user. */
 export type RestoreActor = { endpointId: string; cvdId: string } | { caller: Caller };
@@ -124,6 +124,8 @@ export class RestoreService {
   private readonly grantKey: Buffer;
   /** Chunk ids named by the files of a tree (trees are immutable: cached by id). */
   private readonly fileChunks = new Lru<Set<string>>(128);
+  /** Sessions known to be an endpoint's on a layer image (a session's snapshot never changes). */
+  private readonly imageSessions = new Lru<boolean>(256);
   /** Counters and expiry not yet written to the catalog, by session (see TOUCH_DELAY_MS). */
   private readonly touches = new Map<string, { add: RestoreCounters; at: Date; expiresAt: Date }>();
   private touchTimer: NodeJS.Timeout | null = null;
@@ -517,8 +519,9 @@ export class RestoreService {
       throw e;
     }
     entries.sort((a, b) => (a.packId === b.packId ? a.offset - b.offset : a.packId < b.packId ? -1 : 1));
+    const sentTo = (await this.isImageSession(s).catch(() => false)) ? sentToCvdHolder(s.cvdId) : null;
     const stream = Readable.from(
-      this.serve(s, entries, () => lease.release()),
+      this.serve(s, entries, () => lease.release(), sentTo),
       {
         objectMode: false,
         highWaterMark: 1024 * 1024,
@@ -527,13 +530,29 @@ export class RestoreService {
     return { stream };
   }
 
+  /** The session is a layer image's, opened by the CVD's endpoint (an apply's download). */
+  private async isImageSession(s: RestoreSessionRecord): Promise<boolean> {
+    if (!s.openedBy.startsWith("endpoint:")) return false;
+    const hit = this.imageSessions.get(s.id);
+    if (hit !== undefined) return hit;
+    const image = (await this.repo.catalog.getSnapshot(s.snapshot))?.kind === "image";
+    this.imageSessions.set(s.id, image);
+    return image;
+  }
+
+  /**
+   * Stream `entries`; with `sentTo`, the ids sent are pinned for that holder
+   * (`sentToCvdHolder`: the CVD owns what the server sent it in an apply).
+   */
   private async *serve(
     s: RestoreSessionRecord,
     entries: IndexEntry[],
     release: () => Promise<void>,
+    sentTo: string | null = null,
   ): AsyncGenerator<Buffer> {
     let bytes = 0;
     let chunks = 0;
+    const sent: BlobId[] = [];
     let out: Buffer[] = [];
     let outBytes = 0;
     try {
@@ -562,6 +581,7 @@ export class RestoreService {
             continue; // the receiver reports what it lacks
           }
           chunks++;
+          if (sentTo) sent.push(e.id);
           for (const part of frame) {
             bytes += part.length;
             out.push(part);
@@ -576,6 +596,9 @@ export class RestoreService {
       }
       if (outBytes) yield Buffer.concat(out, outBytes);
     } finally {
+      // Under the lease: pinned before prune could look at them. Best effort:
+      // without the pins the next upload proves these chunks instead.
+      if (sentTo && sent.length) await this.repo.catalog.addPins(sentTo, sent).catch(() => {});
       await release().catch(() => {});
       this.touch(s, { chunksSent: chunks, bytesSent: bytes });
     }

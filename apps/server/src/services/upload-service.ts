@@ -96,6 +96,15 @@ export const STREAM_RETRY_AFTER_S = 2;
 /** Tag that ties a snapshot to its CVD (kept in the snapshot object, so a rebuilt catalog keeps it). */
 export const cvdTag = (cvdId: string) => `cvd:${cvdId}`;
 
+/**
+ * The pin holder of the chunks the server sent to a CVD's endpoint through
+ * a restore session on a layer image (docs/design/layers.md, "Ownership of
+ * what an apply brought"): its next upload owns them as if it had proved
+ * them. Only the server's own sending puts an id here, so knowing a hash
+ * still grants nothing. The commit of the CVD's next upload drops them.
+ */
+export const sentToCvdHolder = (cvdId: string) => `sent:${cvdId}`;
+
 export interface SessionView {
   session: string;
   resumed: boolean;
@@ -421,7 +430,7 @@ export class UploadService {
       }
     }
     return this.leased(async () => {
-      const owned = await this.repo.catalog.pinned(s.id, ids);
+      const owned = await this.owned(s, ids);
       const status: HaveAnswer[] = ids.map((cid, i) =>
         owned.has(cid) ? "owned" : proofs[i] ? "send" : "prove",
       );
@@ -641,6 +650,18 @@ export class UploadService {
     });
   }
 
+  /**
+   * The subset of `ids` the session owns: sent or proved in it, or sent to
+   * the CVD's endpoint by the server in a layer apply (`sentToCvdHolder`).
+   */
+  private async owned(s: UploadSessionRecord, ids: BlobId[]): Promise<Set<BlobId>> {
+    const owned = await this.repo.catalog.pinned(s.id, ids);
+    if (owned.size === ids.length) return owned;
+    const rest = ids.filter((c) => !owned.has(c));
+    for (const c of await this.repo.catalog.pinned(sentToCvdHolder(s.cvdId), rest)) owned.add(c);
+    return owned;
+  }
+
   /** protocol.md, "Trees" steps 3–4: every chunk and subtree must be owned or inherited at this path. */
   private async checkOwnership(
     s: UploadSessionRecord,
@@ -657,7 +678,7 @@ export class UploadService {
     const ids = [...chunkIds];
     const owned = new Set<BlobId>();
     for (let i = 0; i < ids.length; i += MAX_BATCH)
-      for (const c of await this.repo.catalog.pinned(s.id, ids.slice(i, i + MAX_BATCH))) owned.add(c);
+      for (const c of await this.owned(s, ids.slice(i, i + MAX_BATCH))) owned.add(c);
     let parent: Map<string, FsNode> | null | undefined;
     const parentDir = async () => {
       if (parent === undefined) parent = await this.parentDir(s, segs);
@@ -777,6 +798,8 @@ export class UploadService {
         typeof body.uniqueFiles === "number" && Number.isFinite(body.uniqueFiles) ? body.uniqueFiles : null;
       await this.d.uploads.finish(s.id, "committed", now, snap.id, { stats, errors, uniqueFiles });
       await this.repo.catalog.removePins(s.id);
+      // What an apply brought is in this snapshot now (its files are inherited by path from here on).
+      await this.repo.catalog.removePins(sentToCvdHolder(cvdId));
       await this.applyRetention(cvdId).catch(() => {
         // Retention runs again after the next commit; the upload itself succeeded.
       });
