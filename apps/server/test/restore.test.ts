@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { RemoteRestoreSource, type TreeRef, uploadOnce } from "@strata/agent";
+import { asStrataError, RemoteRestoreSource, type TreeRef, uploadOnce } from "@strata/agent";
 import { openPostgresServerStore, openSqliteServerStore, type ServerStore } from "@strata/catalog";
 import {
   compilePolicy,
@@ -20,6 +20,7 @@ import {
   isStrataError,
   type TreeId,
 } from "@strata/core";
+import { ApiError } from "@strata/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   dropTestSchemas,
@@ -277,6 +278,114 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       } finally {
         await h.repo.removeSnapshots([snap.id]);
       }
+    });
+
+    it("several trees in one request: the same listings as one by one; grants checked before anything is sent", async () => {
+      const a = eps.a!;
+      const asA = restoreTransport(h, a.credential);
+      const src = await RemoteRestoreSource.open(asA, a.cvd);
+      const root = await src.loadTree(src.snapshot.root);
+      const refs = root.subtrees.filter((r): r is TreeRef => !!r);
+      const home = await src.loadTree(refs[1]!);
+      const batch = [src.snapshot.root, ...refs, home.subtrees[0]!];
+      const got: [number, string[]][] = [];
+      const before = src.stats.bytesReceived;
+      await src.loadTrees(batch, (i, t) => got.push([i, t.nodes.map((n) => n.name.toString())]));
+      const bytes = src.stats.bytesReceived - before;
+      const one: [number, string[]][] = [];
+      for (const [i, r] of batch.entries())
+        one.push([i, (await src.loadTree(r)).nodes.map((n) => n.name.toString())]);
+      expect(got).toEqual(one);
+      expect(got.map(([i]) => i)).toEqual([0, 1, 2, 3]);
+      // Grants of the batch's listings open the next level, as single answers' do.
+      let alice: TreeRef | undefined;
+      await src.loadTrees([refs[1]!, refs[0]!], (i, t) => {
+        if (i === 0) alice = t.subtrees[0];
+      });
+      expect((await src.loadTree(alice!)).nodes.map((n) => n.name.toString())).toContain("secret.bin");
+
+      const post = (body: unknown, secret = a.credential, session = src.session) =>
+        h.app.inject({
+          method: "POST",
+          url: `${API}/restores/${session}/trees`,
+          headers: { authorization: `Bearer ${secret}`, "strata-protocol": "1" },
+          payload: body as object,
+        });
+      const ok = await post({ trees: batch.map((r) => ({ id: r.id, grant: r.grant })) });
+      expect(ok.statusCode).toBe(200);
+      expect(ok.rawPayload.length).toBe(bytes);
+      // One forged grant among good ones: refused whole, nothing sent.
+      const forged = await post({
+        trees: [
+          { id: batch[0]!.id, grant: batch[0]!.grant },
+          { id: alice!.id, grant: "A".repeat(22) },
+        ],
+      });
+      expect(forged.statusCode).toBe(403);
+      expect(forged.json().error.code).toBe("PERMISSION_DENIED");
+      // A grant opens only its own tree, in a batch too.
+      const swapped = await post({ trees: [{ id: refs[0]!.id, grant: refs[1]!.grant }] });
+      expect(swapped.json().error.code).toBe("PERMISSION_DENIED");
+      // Another endpoint cannot use A's session; B's session with A's grants is refused.
+      const b = eps.b!;
+      expect((await post({ trees: [{ id: alice!.id, grant: alice!.grant }] }, b.credential)).statusCode).toBe(
+        404,
+      );
+      const srcB = await RemoteRestoreSource.open(restoreTransport(h, b.credential), b.cvd);
+      expect(
+        (await post({ trees: [{ id: alice!.id, grant: alice!.grant }] }, b.credential, srcB.session)).json()
+          .error.code,
+      ).toBe("PERMISSION_DENIED");
+      // Oversized: 413 before any grant is checked; malformed: 400 with a message.
+      const many = Array.from({ length: 257 }, () => ({ id: batch[0]!.id, grant: batch[0]!.grant }));
+      const big = await post({ trees: many });
+      expect(big.statusCode).toBe(413);
+      expect(big.json().error.code).toBe("TOO_LARGE");
+      for (const body of [
+        { trees: [] },
+        { trees: [{ id: "xyz", grant: batch[0]!.grant }] },
+        { trees: [{ id: batch[0]!.id, grant: "short" }] },
+        { trees: [{ id: batch[0]!.id }] },
+        { trees: "all" },
+        { nope: 1 },
+      ]) {
+        const r = await post(body);
+        expect(r.statusCode, r.body).toBe(400);
+        expect(r.json().error.message.length).toBeGreaterThan(5);
+      }
+      // A tree the repository lacks (a grant for it can only come from the server): NOT_FOUND.
+      const ghost = "f".repeat(64);
+      const missing = await post({
+        trees: [{ id: ghost, grant: h.services.restores!.grant(src.session, ghost) }],
+      });
+      expect(missing.statusCode).toBe(404);
+      // A server without the route (older): the source asks tree by tree.
+      const posts: string[] = [];
+      const older = await RemoteRestoreSource.open(
+        {
+          json: asA.json,
+          frames: (m, p, body, signal) => {
+            if (m === "POST" && p.endsWith("/trees")) {
+              posts.push(p);
+              return Promise.reject(
+                asStrataError(new ApiError(404, { code: "NOT_FOUND", message: `no route POST /api/v1${p}` })),
+              );
+            }
+            return asA.frames(m, p, body, signal);
+          },
+        },
+        a.cvd,
+      );
+      const olderRoot = await older.loadTree(older.snapshot.root);
+      const olderBatch = [older.snapshot.root, ...olderRoot.subtrees.filter((r): r is TreeRef => !!r)];
+      const viaOld: [number, string[]][] = [];
+      await older.loadTrees(olderBatch, (i, t) => viaOld.push([i, t.nodes.map((n) => n.name.toString())]));
+      await older.loadTrees(olderBatch, () => {});
+      expect(viaOld).toEqual(one.slice(0, 3));
+      expect(posts).toHaveLength(1);
+      await older.close();
+      await srcB.close();
+      await src.close();
     });
 
     it("refuses foreign sessions, forged grants, chunks not named by the granted tree, malformed requests", async () => {

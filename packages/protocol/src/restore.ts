@@ -16,6 +16,8 @@ export const SNAPSHOT_REF_PATTERN = "^(latest|[0-9a-f]{4,64})$";
 export const GRANT_PATTERN = "^[A-Za-z0-9_-]{22}$";
 /** Paths travel as strings; at most this long. */
 export const MAX_RESTORE_PATH = 4096;
+/** Trees in one `POST /restores/:session/trees` (the server answers TOO_LARGE beyond). */
+export const MAX_TREES_PER_REQUEST = 256;
 
 export interface OpenRestoreRequest {
   /** `latest` (default), a snapshot id or a unique prefix. */
@@ -188,6 +190,13 @@ export const restoreSchemas = {
     tree: str({ pattern: TREE_ID_PATTERN }),
   }),
   RestoreTreeQuery: obj({ grant: str({ pattern: GRANT_PATTERN }) }),
+  RestoreTreesRequest: obj({
+    trees: {
+      type: "array",
+      minItems: 1,
+      items: obj({ id: str({ pattern: TREE_ID_PATTERN }), grant: str({ pattern: GRANT_PATTERN }) }),
+    },
+  }),
   ChunkFetchRequest: obj({
     requests: {
       type: "array",

@@ -24,12 +24,13 @@ import {
   TREE_DELTA,
   type TreeId,
 } from "@strata/core";
-import type {
-  CvdHistory,
-  HistoryEntry,
-  HistoryQuery,
-  OpenRestoreRequest,
-  RestoreSessionInfo,
+import {
+  type CvdHistory,
+  type HistoryEntry,
+  type HistoryQuery,
+  MAX_TREES_PER_REQUEST,
+  type OpenRestoreRequest,
+  type RestoreSessionInfo,
 } from "@strata/protocol";
 import {
   encodeChunkFrame,
@@ -55,6 +56,8 @@ export interface RestoreLimits {
   sessionTtlMs: number;
   /** Chunk ids in one chunk request. */
   maxChunkIds: number;
+  /** Trees in one tree batch request. */
+  maxTreeIds: number;
   /** Snapshots one history page looks at. */
   maxHistorySnapshots: number;
 }
@@ -62,6 +65,7 @@ export interface RestoreLimits {
 export const DEFAULT_RESTORE_LIMITS: RestoreLimits = {
   sessionTtlMs: 3_600_000,
   maxChunkIds: 8192,
+  maxTreeIds: MAX_TREES_PER_REQUEST,
   maxHistorySnapshots: 500,
 };
 
@@ -109,6 +113,10 @@ export function parseSnapshotPath(p: unknown): Buffer[] {
 }
 
 const shownPath = (segs: Buffer[]) => `/${segs.map((s) => s.toString("utf8")).join("/")}`;
+
+export interface TreeBatchBody {
+  trees: { id: string; grant: string }[];
+}
 
 export interface ChunkRequestBody {
   requests: { tree: string; grant: string; ids: string[] }[];
@@ -433,6 +441,57 @@ export class RestoreService {
     checkHex(treeId, "tree id");
     this.checkGrant(s.id, treeId, grant);
     const e = await this.loadEntry(treeId, "tree");
+    const out = await this.treeAnswer(s.id, treeId, e);
+    this.touch(s, { treesSent: 1, bytesSent: out.length });
+    return out;
+  }
+
+  /**
+   * `POST /restores/:session/trees {trees: [{id, grant}]}`: several trees
+   * in one round trip (a restore lists every directory, and a request per
+   * listing cost both sides more than the listing). Every grant is checked
+   * and every tree looked up before a byte is sent; then, in the order
+   * asked, each tree's frames as `GET …/trees/:tree` answers them, one
+   * tree in memory at a time.
+   */
+  async trees(actor: RestoreActor, sessionId: string, body: TreeBatchBody): Promise<FrameStream> {
+    const s = await this.session(actor, sessionId);
+    const list = body?.trees;
+    if (!Array.isArray(list) || list.length === 0)
+      throw new StrataError("INVALID_ARGUMENT", "trees must be a non-empty array of { id, grant }");
+    if (list.length > this.limits.maxTreeIds)
+      throw new StrataError("TOO_LARGE", `more than ${this.limits.maxTreeIds} trees in one request`, {
+        hint: "split the request",
+      });
+    for (const [i, t] of list.entries()) checkHex(t?.id, `trees[${i}].id`);
+    for (const t of list) this.checkGrant(s.id, t.id, t.grant);
+    const ids = [...new Set(list.map((t) => t.id))] as BlobId[];
+    const found = await this.repo.catalog.lookupBlobs(ids);
+    for (const id of ids) {
+      if (!found.has(id))
+        throw new StrataError("NOT_FOUND", `tree ${id} is not in the repository`, { subject: id });
+    }
+    const entries = list.map((t) => found.get(t.id as BlobId)!);
+    const self = this;
+    async function* answers(): AsyncGenerator<Buffer> {
+      let bytes = 0;
+      let sent = 0;
+      try {
+        for (const [i, e] of entries.entries()) {
+          const out = await self.treeAnswer(s.id, list[i]!.id, e);
+          bytes += out.length;
+          sent++;
+          yield out;
+        }
+      } finally {
+        self.touch(s, { treesSent: sent, bytesSent: bytes });
+      }
+    }
+    return { stream: Readable.from(answers(), { objectMode: false, highWaterMark: 1024 * 1024 }) };
+  }
+
+  /** A tree's answer: its frame (wire form, or rebuilt in full from a delta) and its subtrees' grants. */
+  private async treeAnswer(session: string, treeId: string, e: IndexEntry): Promise<Buffer> {
     const stored = await this.repo.store.getRange(packName(e.packId), e.offset, e.length);
     const plain = this.repo.codec.decode(e, stored, { treeDelta: true });
     let wire: { body: Buffer; compressed: boolean };
@@ -446,14 +505,13 @@ export class RestoreService {
       full = plain;
       wire = this.repo.openWire(e, stored);
     }
-    const decoded = decodeTree(full, `tree ${treeId}`);
-    const grants = decoded.map((n) => (n.type === "dir" && n.subtree ? this.grant(s.id, n.subtree) : null));
-    const out = Buffer.concat([
+    const grants = decodeTree(full, `tree ${treeId}`).map((n) =>
+      n.type === "dir" && n.subtree ? this.grant(session, n.subtree) : null,
+    );
+    return Buffer.concat([
       ...encodeTreeFrame(Buffer.from(treeId, "hex"), Buffer.alloc(0), wire.compressed, wire.body),
       encodeJsonFrame({ grants }),
     ]);
-    this.touch(s, { treesSent: 1, bytesSent: out.length });
-    return out;
   }
 
   private async chunksOfTree(tree: string): Promise<Set<string>> {

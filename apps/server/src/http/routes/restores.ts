@@ -11,7 +11,12 @@ import {
 } from "@strata/protocol";
 import { FRAMES_CONTENT_TYPE } from "@strata/repo";
 import type { Services } from "../../services/index.js";
-import type { ChunkRequestBody, RestoreActor, RestoreService } from "../../services/restore-service.js";
+import type {
+  ChunkRequestBody,
+  RestoreActor,
+  RestoreService,
+  TreeBatchBody,
+} from "../../services/restore-service.js";
 import { agentOf, callerOf, type HandlerContext, ownCvdOf, type RouteDef, route } from "../registry.js";
 
 /**
@@ -77,6 +82,21 @@ export const restoreRoutes: RouteDef[] = [
     response: null,
     handler: async (ctx) => ({
       raw: await restores(ctx).tree(actorOf(ctx), ctx.params.session, ctx.params.tree, ctx.query.grant),
+      type: FRAMES_CONTENT_TYPE,
+    }),
+  }),
+  route<TreeBatchBody, Session>({
+    method: "POST",
+    url: `${API_PREFIX}/restores/:session/trees`,
+    access: SESSION_ACCESS,
+    summary:
+      "Several trees of the session in one answer, in the order asked (each as GET …/trees/:tree answers it)",
+    tag: "restores",
+    params: "RestoreSessionParams",
+    body: "RestoreTreesRequest",
+    response: null,
+    handler: async (ctx) => ({
+      raw: (await restores(ctx).trees(actorOf(ctx), ctx.params.session, ctx.body)).stream,
       type: FRAMES_CONTENT_TYPE,
     }),
   }),
