@@ -18,12 +18,14 @@ import {
   type ErrorCode,
   ErrorCodes,
   type FsNode,
+  isStrataError,
   StrataError,
   type TreeId,
 } from "@strata/core";
 import {
   API_PREFIX,
   ApiError,
+  MAX_TREES_PER_REQUEST,
   type OpenRestoreRequest,
   PROTOCOL_HEADER,
   PROTOCOL_VERSION,
@@ -237,8 +239,68 @@ export class RemoteRestoreSource implements RestoreSource {
       throw asStrataError(e);
     });
     const r = new ByteReader(this.counted(body));
+    const tree = await this.readTree(r, ref, 0);
+    if (!(await r.atEnd()))
+      throw new StrataError("DATA_CORRUPT", `tree ${ref.id}: trailing bytes after the grants`, {
+        subject: ref.id,
+      });
+    return tree;
+  }
+
+  readonly maxTrees = MAX_TREES_PER_REQUEST;
+
+  /**
+   * `POST /restores/:session/trees`: the trees of `refs` in one request,
+   * each checked as `loadTree` checks it. A server without the route (an
+   * older one) is asked tree by tree instead.
+   */
+  async loadTrees(
+    refs: TreeRef[],
+    onTree: (i: number, tree: SourceTree) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    if (refs.length === 0) return;
+    if (this.oneByOne || refs.length === 1) {
+      for (const [i, ref] of refs.entries()) onTree(i, await this.loadTree(ref, signal));
+      return;
+    }
+    if (refs.length > MAX_TREES_PER_REQUEST)
+      throw new StrataError("INVALID_ARGUMENT", `at most ${MAX_TREES_PER_REQUEST} trees per request`);
+    const trees = refs.map((ref) => {
+      if (!ref.grant) throw new StrataError("INVALID_ARGUMENT", `tree ${ref.id} comes without a grant`);
+      return { id: ref.id, grant: ref.grant };
+    });
+    let body: AsyncIterable<Buffer>;
+    try {
+      body = await this.t.frames(
+        "POST",
+        `/restores/${encodeURIComponent(this.session)}/trees`,
+        { trees },
+        signal,
+      );
+    } catch (e) {
+      const err = asStrataError(e);
+      if (isStrataError(err, "NOT_FOUND") && /^no route /.test(err.message)) {
+        this.oneByOne = true;
+        return this.loadTrees(refs, onTree, signal);
+      }
+      throw err;
+    }
+    const r = new ByteReader(this.counted(body));
+    for (const [i, ref] of refs.entries()) onTree(i, await this.readTree(r, ref, i));
+    if (!(await r.atEnd()))
+      throw new StrataError("DATA_CORRUPT", `trailing bytes after ${refs.length} trees`, {
+        subject: refs[refs.length - 1]!.id,
+      });
+  }
+
+  /** The server has no batch route for trees: ask one by one. */
+  private oneByOne = false;
+
+  /** One tree's frames (tree frame, grants): hash-checked, decoded, with its subtrees' refs. */
+  private async readTree(r: ByteReader, ref: TreeRef, index: number): Promise<SourceTree> {
     const what = `tree ${ref.id}`;
-    const f = await readTreeFrame(r, MAX_TREE_BYTES, 4096, 0);
+    const f = await readTreeFrame(r, MAX_TREE_BYTES, 4096, index);
     if (f.id.toString("hex") !== ref.id)
       throw new StrataError(
         "DATA_CORRUPT",
@@ -265,8 +327,6 @@ export class RemoteRestoreSource implements RestoreSource {
       throw new StrataError("DATA_CORRUPT", `${what}: the server's grants do not match its entries`, {
         subject: ref.id,
       });
-    if (!(await r.atEnd()))
-      throw new StrataError("DATA_CORRUPT", `${what}: trailing bytes after the grants`, { subject: ref.id });
     return {
       nodes,
       subtrees: nodes.map((n, i) =>

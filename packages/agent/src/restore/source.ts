@@ -51,6 +51,19 @@ export interface RestoreSource {
   /** Load one tree; its hash is verified before it is returned. */
   loadTree(ref: TreeRef, signal?: AbortSignal): Promise<SourceTree>;
   /**
+   * Optional: several trees in one round trip (the remote source: one
+   * request instead of one per directory). `onTree(i, tree)` sees each of
+   * `refs` in order, verified as `loadTree` verifies it, as it arrives;
+   * any failure rejects (the trees not yet seen are not delivered).
+   * `maxTrees` is the most a call may ask for.
+   */
+  loadTrees?(
+    refs: TreeRef[],
+    onTree: (i: number, tree: SourceTree) => void,
+    signal?: AbortSignal,
+  ): Promise<void>;
+  readonly maxTrees?: number;
+  /**
    * Fetch chunks, in any order; each chunk's SHA-256 is checked before
    * `onChunk` sees its plaintext. Ids the source cannot deliver reject the
    * promise with a StrataError naming them (after delivering the others).
