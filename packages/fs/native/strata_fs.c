@@ -639,6 +639,7 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
 }
 
 napi_value aead_register(napi_env env, napi_value exports); /* strata_aead.c */
+napi_value watch_register(napi_env env, napi_value exports); /* strata_watch.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -660,6 +661,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (watch_register(env, exports) == NULL) return NULL;
   return aead_register(env, exports);
 }
 

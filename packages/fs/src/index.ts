@@ -1,6 +1,13 @@
 export { displayPath } from "./display-path.js";
 export { dropCache, setIdlePriority, trimMemory, tuneMemory } from "./io-hints.js";
-export { type NativeFs, native, XATTR_CREATE, XATTR_REPLACE } from "./native.js";
+export {
+  type NativeFs,
+  native,
+  WATCH_FLAGS,
+  type WatchHandle,
+  XATTR_CREATE,
+  XATTR_REPLACE,
+} from "./native.js";
 export { dataRanges, nodeFromStat, nodeTypeOf, readNode, readXattrs } from "./read-node.js";
 export {
   type ApplyOptions,

@@ -37,6 +37,44 @@ export interface NativeFs {
   /** glibc malloc_trim(0): free pages of every arena back to the kernel; whether any were. */
   mallocTrim(): boolean;
   /**
+   * A per-directory inotify watcher (native/strata_watch.c): memory grows
+   * with watched directories, not files. `cb(flags, newDirs)` runs on the
+   * event loop after each batch of events that needs a decision: flags are
+   * `WATCH_FLAGS`; newDirs packs the directories created or moved in
+   * (i32 parent wd, u16 name length, name bytes; little-endian). `maxDirs`:
+   * dirty directories kept before `watchTake` answers null. `maxWatches` > 0
+   * (a test hook) makes further watches fail with ENOSPC, as the kernel's
+   * `fs.inotify.max_user_watches` would. Not closing it keeps it open.
+   */
+  watchOpen(
+    cb: (flags: number, newDirs: Buffer | null) => void,
+    maxDirs: number,
+    maxWatches: number,
+  ): WatchHandle;
+  /**
+   * Watch `name` in the directory watched as `parentWd` (0: `name` is a
+   * root's absolute path), then list it: its subdirectories' names, packed
+   * (u16 length, bytes), or null when it could not be listed. `dirty`:
+   * mark it changed if it was not watched at that place already. Throws errno errors (ENOENT, ENOTDIR, ENOSPC, ...).
+   */
+  watchAdd(
+    h: WatchHandle,
+    parentWd: number,
+    name: Buffer,
+    dirty: boolean,
+  ): { wd: number; subdirs: Buffer | null };
+  /** Stop watching `name` in `parentWd` and everything below it; how many watches went. */
+  watchRemove(h: WatchHandle, parentWd: number, name: Buffer): number;
+  /** The path of a watched directory, or null when `wd` is not (or no longer) watched. */
+  watchPath(h: WatchHandle, wd: number): Buffer | null;
+  /** The dirty directories' paths (null: more than maxDirs); `reset` starts a new set. */
+  watchTake(h: WatchHandle, reset: boolean): Buffer[] | null;
+  /** begin: start a generation; else drop every watch `watchAdd` did not confirm since it began. */
+  watchSweep(h: WatchHandle, begin: boolean): number;
+  /** Watches held, and the bytes the watcher's own tables take. */
+  watchStats(h: WatchHandle): { watches: number; bytes: number };
+  watchClose(h: WatchHandle): void;
+  /**
    * AES-256-GCM through the system's libcrypto (native/strata_aead.c): true,
    * or why it is not available (then gcmSeal/gcmOpen throw). The first call
    * loads the library.
@@ -60,6 +98,23 @@ export interface NativeFs {
     offset: number,
   ): number;
 }
+
+/** An open native watcher (opaque). */
+export type WatchHandle = { readonly __strataWatch: unique symbol };
+
+/** Bits of the watcher callback's `flags`. */
+export const WATCH_FLAGS = {
+  /** The kernel's event queue overflowed (IN_Q_OVERFLOW): events were lost. */
+  overflow: 1,
+  /** More directories appeared at once than the watcher buffers (4 MiB of names): some were dropped. */
+  newDirsLost: 2,
+  /** A root's own metadata changed, or it went away. */
+  rootChanged: 4,
+  /** A root's watch was removed (deleted, moved, unmounted). */
+  rootGone: 8,
+  /** A filesystem under a watched directory was unmounted: what it hid was never watched. */
+  unmounted: 16,
+} as const;
 
 // Resolved relative to this module: src/ (tests) and dist/ (build) are siblings of native/.
 const ADDON = "../native/build/Release/strata_fs.node";
