@@ -2,8 +2,10 @@
 // One agent on a large endpoint (issue 3: "memory bounded on a 1M-file
 // endpoint"): peak RSS of the agent and of the server while the agent
 // centralizes N small files, uploads again with no change, and uploads
-// after 1% of the files changed; plus what @parcel/watcher costs to watch
-// the same tree. See docs/benchmarks.md ("Agent at 1M files").
+// after 1% of the files changed; plus what the agent's change watcher
+// (packages/agent/src/watcher.ts, our inotify watcher) costs to watch the
+// same tree, and @parcel/watcher (which it replaced) when --parcel names a
+// copy of it. See docs/benchmarks.md ("Agent at 1M files").
 //
 //   nice -n 10 node bench/agent-scale.mjs                       N = 200,000 and 1,000,000
 //   nice -n 10 node bench/agent-scale.mjs --sizes=20000 --keep=1
@@ -18,6 +20,8 @@
 //   agentnode                 node options for the agent's process only, e.g.
 //                             "--max-old-space-size=64 --heapsnapshot-near-heap-limit=1" to show
 //                             that its live heap is bounded (snapshots land in OUT)
+//   parcel                   directory of an @parcel/watcher install to measure as well
+//                            (e.g. another checkout's node_modules/@parcel/watcher)
 //   heapprobe 0               1: the agent's threads log their live heap after a forced GC every
 //                             3 s to OUT/heap-N-STEP.txt (bench/lib/heap-probe.cjs)
 //
@@ -46,6 +50,7 @@ const KEEP = opt("keep", "0") === "1";
 const BIN = path.resolve(opt("strata", path.join(repoRoot, "bin/strata.js")));
 const AGENT_NODE = opt("agentnode", "").split(" ").filter(Boolean);
 const HEAP_PROBE = opt("heapprobe", "0") === "1";
+const PARCEL = opt("parcel", "");
 const protocol = await import(path.join(repoRoot, "packages/protocol/dist/index.js"));
 const agentPkg = await import(path.join(repoRoot, "packages/agent/dist/index.js"));
 
@@ -143,25 +148,50 @@ function strata(args, { json = true, node = [], env = {} } = {}) {
   return { out: r.stdout, wall, cpu: user + sys, rss: rssKb * 1024 };
 }
 
-/** Subscribe @parcel/watcher to the tree in a child process: its RSS and inotify watch count. */
-function measureWatcher(tree) {
-  const script = `
-    const w = require(${JSON.stringify(path.join(repoRoot, "node_modules/@parcel/watcher"))});
+/** Where a watch probe reads its numbers, in the child process (after a GC). */
+const PROBE = `
     const fs = require("node:fs");
-    const rss0 = process.memoryUsage().rss;
-    const t0 = performance.now();
-    w.subscribe(${JSON.stringify(tree)}, () => {}, {}).then(async (sub) => {
-      const ms = performance.now() - t0;
+    const inotifyWatches = () => {
       let watches = 0;
       for (const fd of fs.readdirSync("/proc/self/fdinfo")) {
         try { watches += fs.readFileSync("/proc/self/fdinfo/" + fd, "utf8").split("\\n").filter((l) => l.startsWith("inotify wd:")).length; } catch {}
       }
-      const hwm = Number(/VmHWM:\\s+(\\d+)/.exec(fs.readFileSync("/proc/self/status", "utf8"))[1]) * 1024;
-      const rss = process.memoryUsage().rss;
-      await sub.unsubscribe();
-      console.log(JSON.stringify({ watches, subscribeMs: ms, rssBefore: rss0, rss, hwm }));
+      return watches;
+    };
+    const hwm = () => Number(/VmHWM:\\s+(\\d+)/.exec(fs.readFileSync("/proc/self/status", "utf8"))[1]) * 1024;`;
+
+/** Start the agent's ChangeWatcher on the tree in a child process: its RSS, inotify watches and own tables. */
+function measureWatcher(tree) {
+  const script = `${PROBE}
+    import(${JSON.stringify(path.join(repoRoot, "packages/agent/dist/index.js"))}).then(async ({ ChangeWatcher }) => {
+      global.gc?.();
+      const rss0 = process.memoryUsage().rss;
+      const t0 = performance.now();
+      const w = await ChangeWatcher.start({ roots: [${JSON.stringify(tree)}] });
+      const ms = performance.now() - t0;
+      global.gc?.();
+      const out = { watches: inotifyWatches(), startMs: ms, rssBefore: rss0, rss: process.memoryUsage().rss, hwm: hwm(), tableBytes: w.stats().bytes };
+      await w.close();
+      console.log(JSON.stringify(out));
     });`;
-  return JSON.parse(execFileSync(process.execPath, ["-e", script], { encoding: "utf8" }));
+  return JSON.parse(execFileSync(process.execPath, ["--expose-gc", "-e", script], { encoding: "utf8" }));
+}
+
+/** Subscribe @parcel/watcher (the watcher the agent used before) to the tree in a child process. */
+function measureParcel(tree) {
+  const script = `${PROBE}
+    const w = require(${JSON.stringify(path.resolve(PARCEL))});
+    global.gc?.();
+    const rss0 = process.memoryUsage().rss;
+    const t0 = performance.now();
+    w.subscribe(${JSON.stringify(tree)}, () => {}, {}).then(async (sub) => {
+      const ms = performance.now() - t0;
+      global.gc?.();
+      const out = { watches: inotifyWatches(), startMs: ms, rssBefore: rss0, rss: process.memoryUsage().rss, hwm: hwm() };
+      await sub.unsubscribe();
+      console.log(JSON.stringify(out));
+    });`;
+  return JSON.parse(execFileSync(process.execPath, ["--expose-gc", "-e", script], { encoding: "utf8" }));
 }
 
 async function runSize(n) {
@@ -251,6 +281,10 @@ async function runSize(n) {
   if (STEPS.has("watch")) {
     result.watcher = measureWatcher(tree);
     log(`  watcher: ${JSON.stringify(result.watcher)}`);
+    if (PARCEL) {
+      result.parcel = measureParcel(tree);
+      log(`  @parcel/watcher: ${JSON.stringify(result.parcel)}`);
+    }
   }
   if (!KEEP) rmSync(dir, { recursive: true, force: true });
   return result;
@@ -273,9 +307,10 @@ for (const s of results.sizes)
     console.log(
       `${String(s.files).padEnd(10)} ${name.padEnd(11)} ${String(st.wallS).padStart(6)}  ${String(st.agentCpuS).padStart(11)}  ${String(st.agentPeakRssMB).padStart(12)}  ${String(st.serverCpuS).padStart(12)}  ${String(st.serverPeakRssMB).padStart(13)}  ${String(MB(st.bytesSent)).padStart(7)}  ${String(st.fileCacheMB).padStart(8)}`,
     );
-for (const s of results.sizes)
-  if (s.watcher)
-    console.log(
-      `${s.files} files: @parcel/watcher ${s.watcher.watches} inotify watches, RSS ${MB(s.watcher.rss)} MB (${MB(s.watcher.rssBefore)} before subscribing), subscribe ${Math.round(s.watcher.subscribeMs)} ms`,
-    );
+const watchLine = (name, w) =>
+  `${name} ${w.watches} inotify watches, RSS ${MB(w.rss)} MB (${MB(w.rssBefore)} MB before), start ${Math.round(w.startMs)} ms${w.tableBytes === undefined ? "" : `, own tables ${MB(w.tableBytes)} MB`}`;
+for (const s of results.sizes) {
+  if (s.watcher) console.log(`${s.files} files: ${watchLine("ChangeWatcher", s.watcher)}`);
+  if (s.parcel) console.log(`${s.files} files: ${watchLine("@parcel/watcher", s.parcel)}`);
+}
 console.log(`results: ${path.join(OUT, "results.json")}`);

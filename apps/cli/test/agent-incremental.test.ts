@@ -92,15 +92,13 @@ describe("strata agent run: incremental uploads from the watcher", () => {
       expect(readFileSync(path.join(target, "alice/docs/new.txt"), "utf8")).toBe("a new document\n");
       expect(readFileSync(path.join(target, "alice/docs/doc4.txt"), "utf8")).toBe("document 4\n");
 
-      // A tree moved in from outside: its subdirectories were never watched, so the next upload
-      // walks everything, and from then on a change deep inside it is seen.
+      // A tree moved in from outside: every directory in it is watched and dirty (what was in
+      // it was never reported), so the next upload follows the set and still stores all of it;
+      // from then on a change deep inside it is seen.
       mkdirSync(path.join(dir, "outside/project/src/lib"), { recursive: true });
       writeFileSync(path.join(dir, "outside/project/src/lib/a.c"), "int a;\n");
       renameSync(path.join(dir, "outside/project"), path.join(ep.root, "home/alice/project"));
-      await agent.waitFor(
-        (s) => s?.changes?.full?.includes("appeared with subdirectories"),
-        "the moved-in tree",
-      );
+      await agent.waitFor((s) => s?.changes?.dirs === 4, "the moved-in tree");
       const sync2 = async (prev: string) => {
         await fleet.ok("agent", "sync-now", "--state", ep.state, "--json");
         return agent.waitFor(
@@ -109,8 +107,7 @@ describe("strata agent run: incremental uploads from the watcher", () => {
         );
       };
       const moved = await sync2(after.lastUpload.finishedAt);
-      expect(moved.lastUpload.full).toBe(true);
-      expect(moved.lastUpload.reason).toMatch(/project appeared with subdirectories that were not watched/);
+      expect(moved.lastUpload).toMatchObject({ full: false, dirtyDirs: 4 });
       writeFileSync(path.join(ep.root, "home/alice/project/src/lib/a.c"), "int a = 1;\n");
       await agent.waitFor(
         (s) => s?.changes?.dirs >= 1,

@@ -12,7 +12,6 @@ import * as path from "node:path";
 import {
   type CompiledPolicy,
   compilePolicy,
-  FACTORY_RULES,
   type PolicyContext,
   parsePasswd,
   parseProcSwaps,
@@ -398,21 +397,18 @@ class Agent {
       this.log.error({ err: errorOf(e) }, "cannot compile the upload policy; every upload walks everything");
       return;
     }
-    // Whole subtrees the policy excludes are not even watched (inotify watches are a kernel resource).
-    const candidates = [...FACTORY_RULES, ...policy.unprotected]
-      .map((r) => r.dir)
-      .filter((d) => !/[%*?[]/.test(d))
-      .concat(stateInEndpoint);
-    const ignoreDirs = candidates.filter((d) => !compiled.shouldDescend(d)).map((d) => this.toReal(d));
-    ignoreDirs.push(stateDir);
+    // Whole subtrees the policy excludes (factory and unprotected rules, macros and globs
+    // included) are not even watched: inotify watches are a kernel resource.
     this.watcher = await ChangeWatcher.start({
       roots: [this.root],
-      ignoreDirs,
+      ignoreDirs: [stateDir],
+      skipDir: (d) => !compiled.shouldDescend(this.toEndpoint(d)),
       shouldIgnore: (p) => {
         const ep = this.toEndpoint(p);
         return compiled.classify(ep) === "excluded" || p === stateDir || p.startsWith(`${stateDir}/`);
       },
-      onError: (e) => this.log.warn({ err: errorOf(e) }, "watcher error; the next upload walks everything"),
+      onError: (e) =>
+        this.log.warn({ err: errorOf(e) }, "watcher lost track; the next upload walks everything"),
     });
   }
 

@@ -1,268 +1,379 @@
 /**
  * Which directories changed since the last upload, so an upload can rescan
  * only those (syncthing's watch aggregator, reduced to what an upload
- * needs). Built on @parcel/watcher (inotify on Linux).
+ * needs). Built on our own inotify watcher in the @strata/fs addon
+ * (native/strata_watch.c): one watch per directory, and a tree of watched
+ * directories kept in C as watch descriptor → parent + name bytes, so its
+ * memory grows with directories, not files.
  *
  * The answer is a hint an upload may trust only because it is
  * conservative: whenever the watcher cannot vouch for having seen every
  * change, it says "full" and the upload walks everything. That is the
  * case before the first upload (nothing was watched while the agent was
- * down), after a watcher error or a kernel queue overflow, when a root
- * could not be watched, when a path's name could not be represented, and
- * when more than `maxDirs` directories changed (the set's memory is
- * bounded; a walk is cheaper than a huge list anyway).
+ * down), after the kernel's event queue overflowed, while some directory
+ * could not be watched (the kernel's `max_user_watches`), when a root
+ * could not be watched or itself changed, when a dirty directory's path is
+ * not UTF-8 (the upload's hint is strings), and when more than `maxDirs`
+ * directories changed (the set's memory is bounded; a walk is cheaper than
+ * a huge list anyway).
  *
  * A dirty directory is one whose listing, or whose entries' metadata or
  * content, may have changed: its parent's view of it did not (a change to a
  * directory's own mode makes its parent dirty). A dirty directory may no
  * longer exist when the upload looks.
  *
- * What @parcel/watcher (2.6, inotify) does not say, and how it is made up
- * for: a directory that appears with subdirectories already in it (moved
- * in, `mkdir -p`, `cp -r`, an archive unpacked) gets a watch on itself
- * only, so nothing below those subdirectories is ever reported. Such a
- * directory makes the set full and gets a recursive subscription of its
- * own, which `take` waits for. And the kernel's queue overflow is dropped
- * silently: a burst of events large enough to have overflowed it makes the
- * set full.
+ * Who does what: the addon reads events on the event loop (libuv polls the
+ * inotify descriptor; no thread), marks the directory an event names dirty,
+ * drops the watches of removed directories, follows directories moved
+ * within the area and unwatches those moved away. Directories created or
+ * moved in come here: the policy decides (`skipDir`), the addon adds the
+ * watch and then lists the directory, and each subdirectory found is
+ * handled the same way; a new directory is dirty itself, as what was
+ * created in it before its watch existed was not reported. After an
+ * overflow everything is walked again (existing watches are confirmed,
+ * missing ones added, stale ones dropped) and the set is full.
  */
-import { existsSync, lstatSync, readdirSync } from "node:fs";
-import * as path from "node:path";
+import { lstatSync, readFileSync } from "node:fs";
+import { setImmediate as yieldToLoop } from "node:timers/promises";
+import { native, WATCH_FLAGS, type WatchHandle } from "@strata/fs";
 
 export type DirtySet = { kind: "full"; reason: string } | { kind: "dirs"; dirs: string[] };
-
-export interface WatchEvent {
-  path: string;
-  type: "create" | "update" | "delete";
-}
-
-export interface WatchSubscription {
-  unsubscribe(): Promise<void>;
-}
-
-/** @parcel/watcher's `subscribe`, narrowed to what we use; injectable for fault tests. */
-export type SubscribeFn = (
-  dir: string,
-  fn: (err: Error | null, events: WatchEvent[]) => unknown,
-  opts: { ignore?: string[] },
-) => Promise<WatchSubscription>;
 
 export interface ChangeWatcherOptions {
   /** Absolute directories to watch, recursively. */
   roots: readonly string[];
-  /** True for a path whose changes do not matter (excluded by the policy). */
-  shouldIgnore?: (path: string) => boolean;
+  /**
+   * True for a directory whose changes do not matter (excluded by the
+   * policy): it is left out of the dirty set.
+   */
+  shouldIgnore?: (dir: string) => boolean;
   /**
    * Absolute directories not to watch at all (their whole subtree is
-   * excluded, e.g. /proc): saves inotify watches, which are a limited
-   * kernel resource.
+   * excluded, e.g. the agent's state): saves inotify watches, which are a
+   * limited kernel resource.
    */
   ignoreDirs?: readonly string[];
+  /**
+   * True for a directory not to watch, nor anything below it (every entry
+   * below it is excluded by the policy: /proc, /tmp, ~/.cache). Asked for
+   * each directory, including ones that appear later. A path that is not
+   * UTF-8 is not asked: it is watched.
+   */
+  skipDir?: (dir: string) => boolean;
   /** Largest dirty set kept before collapsing to "full". Default 10,000. */
   maxDirs?: number;
   /**
-   * Events in one batch from which the kernel's queue may have overflowed
-   * (which @parcel/watcher does not report): the set becomes full. Default 4096.
+   * Test hook: watches this watcher may hold; past it adding one fails with
+   * ENOSPC, as the kernel's `fs.inotify.max_user_watches` would.
    */
-  burstEvents?: number;
-  subscribe?: SubscribeFn;
-  /** Told about each watcher error (for the log); the set is already "full". */
+  maxWatches?: number;
+  /**
+   * Told why the next upload walks everything when the watcher lost track:
+   * a queue overflow, a directory or root that cannot be watched. Once per
+   * episode, not once per directory.
+   */
   onError?: (e: Error) => void;
 }
 
 export const DEFAULT_MAX_DIRTY_DIRS = 10_000;
-export const DEFAULT_BURST_EVENTS = 4096;
-/** Directories with a subscription of their own before the roots are subscribed again instead. */
-const MAX_EXTRA_SUBSCRIPTIONS = 256;
+/** Directories handled between two yields to the event loop. */
+const BATCH = 64;
 
-async function parcelSubscribe(): Promise<SubscribeFn> {
-  const w = await import("@parcel/watcher");
-  return (dir, fn, opts) => w.subscribe(dir, fn, opts);
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+function decode(b: Uint8Array): string | null {
+  try {
+    return utf8.decode(b);
+  } catch {
+    return null;
+  }
+}
+
+interface Work {
+  parentWd: number;
+  name: Buffer;
+  /** A directory that appeared while watching: dirty itself. */
+  dirty: boolean;
 }
 
 export class ChangeWatcher {
-  private dirs = new Set<string>();
+  private readonly h: WatchHandle;
   private full: string | null = "nothing was watched before the agent started";
-  private readonly subs = new Map<string, WatchSubscription>();
-  /** Directories that appeared with subdirectories, subscribed on their own. */
-  private readonly extras = new Map<string, WatchSubscription>();
-  private readonly pendingExtras = new Set<Promise<void>>();
-  /** Subscribe the roots again at the next `take` (too many extras, or one failed). */
-  private rewatch = false;
+  /** Dirty directories put back by an upload that did not finish. */
+  private readonly extra = new Set<string>();
+  private readonly rootWds = new Map<string, number>();
+  /** Directories to watch and list (depth first). */
+  private readonly work: Work[] = [];
+  private running: Promise<void> | null = null;
+  /** Why everything must be walked again (an overflow, dropped new directories). */
+  private rewalkDue: string | null = null;
+  /** Why some directory is not watched (the watch limit); retried at each `take`. */
+  private unwatched: string | null = null;
+  /** Whether `unwatched` was told (once until a walk watches everything again). */
+  private unwatchedTold = false;
   private readonly maxDirs: number;
   private closed = false;
 
-  private constructor(
-    private readonly opts: ChangeWatcherOptions,
-    private readonly subscribe: SubscribeFn,
-  ) {
+  private constructor(private readonly opts: ChangeWatcherOptions) {
     this.maxDirs = opts.maxDirs ?? DEFAULT_MAX_DIRTY_DIRS;
+    this.h = native.watchOpen(
+      (flags, newDirs) => this.onNative(flags, newDirs),
+      this.maxDirs,
+      opts.maxWatches ?? 0,
+    );
   }
 
-  /** Subscribe to every root. A root that cannot be watched is retried by `take`. */
+  /** Watch every root and every directory below it. A root that cannot be watched is retried by `take`. */
   static async start(opts: ChangeWatcherOptions): Promise<ChangeWatcher> {
-    const w = new ChangeWatcher(opts, opts.subscribe ?? (await parcelSubscribe()));
-    await w.subscribeMissing();
+    const w = new ChangeWatcher(opts);
+    w.watchRoots();
+    w.kick();
+    await w.settled();
     return w;
   }
 
   /** Roots currently watched. */
   get watching(): string[] {
-    return [...this.subs.keys()];
+    return [...this.rootWds.keys()];
   }
 
-  private async subscribeMissing(): Promise<void> {
+  /** Watches held and the bytes of the watcher's own tables (for status and benchmarks). */
+  stats(): { watches: number; bytes: number } {
+    return this.closed ? { watches: 0, bytes: 0 } : native.watchStats(this.h);
+  }
+
+  private skip(dir: string): boolean {
+    return (this.opts.ignoreDirs ?? []).includes(dir) || (this.opts.skipDir?.(dir) ?? false);
+  }
+
+  private watchRoots(): void {
     for (const root of this.opts.roots) {
-      if (this.subs.has(root) || this.closed) continue;
-      const ignore = (this.opts.ignoreDirs ?? []).filter((d) => isUnder(d, root));
+      if (this.rootWds.has(root) || this.skip(root)) continue;
       try {
-        const sub = await this.subscribe(root, (err, events) => this.onEvents(err, events), { ignore });
-        if (this.closed) await sub.unsubscribe();
-        else this.subs.set(root, sub);
+        const r = native.watchAdd(this.h, 0, Buffer.from(root), false);
+        this.rootWds.set(root, r.wd);
+        this.pushSubdirs(r.wd, r.subdirs, false);
       } catch (e) {
-        this.fail(`cannot watch ${root}: ${(e as Error).message}`, e);
+        this.markFull(`cannot watch ${root}: ${(e as Error).message}`);
+        this.opts.onError?.(e as Error);
       }
     }
   }
 
-  private fail(reason: string, e: unknown): void {
-    this.markFull(reason);
-    this.opts.onError?.(e instanceof Error ? e : new Error(String(e)));
-  }
-
-  private onEvents(err: Error | null, events: readonly WatchEvent[]): void {
-    if (err) {
-      this.fail(`watcher error: ${err.message}`, err);
-      return;
-    }
-    const burst = this.opts.burstEvents ?? DEFAULT_BURST_EVENTS;
-    if (events.length >= burst)
-      this.markFull(`a burst of ${events.length} changes (the kernel's event queue may have overflowed)`);
-    let created: Set<string> | null = null;
-    for (const ev of events) {
-      this.add(ev.path);
-      if (ev.type !== "create") continue;
-      created ??= new Set(events.filter((e) => e.type === "create").map((e) => e.path));
-      this.checkNewDir(ev.path, created);
+  private pushSubdirs(parentWd: number, packed: Buffer | null, dirty: boolean): void {
+    if (packed === null) return;
+    for (let off = 0; off < packed.length; ) {
+      const len = packed.readUInt16LE(off);
+      this.work.push({ parentWd, name: packed.subarray(off + 2, off + 2 + len), dirty });
+      off += 2 + len;
     }
   }
 
-  /**
-   * A created directory: what was created in it before its watch was
-   * added was not reported, so it is dirty itself. Subdirectories whose own
-   * creation was not reported existed before it was watched, so nothing
-   * below them would ever be: watch it whole, and walk everything once.
-   */
-  private checkNewDir(p: string, created: ReadonlySet<string>): void {
-    if (this.closed || this.opts.shouldIgnore?.(p)) return;
-    let unseen: boolean;
+  /** Called by the addon on the event loop; must not throw. */
+  private onNative(flags: number, newDirs: Buffer | null): void {
+    if (this.closed) return;
     try {
-      if (!lstatSync(p).isDirectory()) return;
-      unseen = readdirSync(p, { withFileTypes: true }).some(
-        (d) => d.isDirectory() && !created.has(path.join(p, d.name)),
-      );
-    } catch {
-      return; // gone already: nothing to watch
+      if (flags & WATCH_FLAGS.overflow)
+        this.lostTrack("the kernel's inotify event queue overflowed (fs.inotify.max_queued_events)");
+      if (flags & WATCH_FLAGS.newDirsLost) this.lostTrack("too many directories appeared at once");
+      if (flags & WATCH_FLAGS.unmounted) this.lostTrack("a filesystem in the watched area was unmounted");
+      if (flags & WATCH_FLAGS.rootGone)
+        for (const [root, wd] of this.rootWds)
+          if (native.watchPath(this.h, wd) === null) this.rootWds.delete(root);
+      if (flags & WATCH_FLAGS.rootChanged)
+        this.markFull(`the watched root ${this.opts.roots.join(", ")} itself changed`);
+      if (newDirs !== null)
+        for (let off = 0; off < newDirs.length; ) {
+          const parentWd = newDirs.readInt32LE(off);
+          const len = newDirs.readUInt16LE(off + 4);
+          this.work.push({
+            parentWd,
+            name: Buffer.from(newDirs.subarray(off + 6, off + 6 + len)),
+            dirty: true,
+          });
+          off += 6 + len;
+        }
+      this.kick();
+    } catch (e) {
+      this.markFull(`watcher error: ${(e as Error).message}`);
+      this.opts.onError?.(e as Error);
     }
-    // What was created in it before it was watched was not reported: list it.
-    this.addDir(p);
-    if (!unseen) return;
-    this.markFull(`${p} appeared with subdirectories that were not watched`);
-    if (this.extras.size >= MAX_EXTRA_SUBSCRIPTIONS) {
-      this.rewatch = true;
+  }
+
+  /** Events were lost: the next upload walks everything, and every directory is watched again. */
+  private lostTrack(reason: string): void {
+    this.markFull(reason);
+    if (this.rewalkDue === null)
+      this.opts.onError?.(new Error(`${reason}; the next upload walks everything`));
+    this.rewalkDue = reason;
+  }
+
+  private kick(): void {
+    if (this.running !== null || this.closed) return;
+    this.running = this.pump().finally(() => {
+      this.running = null;
+      if (this.work.length || this.rewalkDue !== null) this.kick();
+    });
+  }
+
+  private async settled(): Promise<void> {
+    while (this.running !== null) await this.running;
+  }
+
+  /** Handle queued directories (and a walk of everything when one is due), yielding to the event loop. */
+  private async pump(): Promise<void> {
+    let sweep = false;
+    let t = performance.now();
+    let n = 0;
+    while (!this.closed) {
+      if (this.rewalkDue !== null) {
+        this.rewalkDue = null;
+        this.unwatched = null;
+        this.work.length = 0;
+        native.watchSweep(this.h, true);
+        this.rootWds.clear();
+        this.watchRoots();
+        sweep = true;
+      }
+      const item = this.work.pop();
+      if (item === undefined) {
+        if (sweep) {
+          native.watchSweep(this.h, false);
+          if (this.unwatched === null) this.unwatchedTold = false;
+        }
+        return;
+      }
+      this.visit(item);
+      if (++n % BATCH === 0 && performance.now() - t > 5) {
+        await yieldToLoop();
+        t = performance.now();
+      }
+    }
+  }
+
+  private visit({ parentWd, name, dirty }: Work): void {
+    const parent = native.watchPath(this.h, parentWd);
+    if (parent === null) return; // gone since: so is what was in it
+    const full = Buffer.concat([
+      parent,
+      parent[parent.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/"),
+      name,
+    ]);
+    const p = decode(full);
+    if (p !== null && this.skip(p)) {
+      native.watchRemove(this.h, parentWd, name); // moved to where it is excluded
       return;
     }
-    const ignore = (this.opts.ignoreDirs ?? []).filter((d) => isUnder(d, p));
-    const job = (async () => {
-      try {
-        const sub = await this.subscribe(p, (err, events) => this.onEvents(err, events), { ignore });
-        const old = this.extras.get(p);
-        if (this.closed) await sub.unsubscribe();
-        else this.extras.set(p, sub);
-        await old?.unsubscribe();
-      } catch (e) {
-        if (!existsSync(p)) return;
-        // Watching everything again at the next take repairs it; the set is full meanwhile.
-        this.rewatch = true;
-        this.fail(`cannot watch ${p}: ${(e as Error).message}`, e);
-      }
-    })();
-    this.pendingExtras.add(job);
-    void job.finally(() => this.pendingExtras.delete(job));
+    let r: { wd: number; subdirs: Buffer | null };
+    try {
+      r = native.watchAdd(this.h, parentWd, name, dirty);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR") return; // gone or replaced: its parent is dirty
+      this.cannotWatch(p ?? full.toString("latin1"), e as Error);
+      return;
+    }
+    if (r.subdirs === null) {
+      if (exists(full)) this.cannotWatch(p ?? full.toString("latin1"), new Error("cannot list it"));
+      return;
+    }
+    this.pushSubdirs(r.wd, r.subdirs, dirty);
   }
 
-  private add(p: string): void {
-    if (this.full !== null) return;
-    if (this.opts.shouldIgnore?.(p)) return;
-    // The native side decodes names as UTF-8 with replacement: such a path
-    // does not name the directory it came from.
-    if (p.includes("\uFFFD")) this.markFull("a changed path's name is not valid UTF-8");
-    else if (this.opts.roots.includes(p)) this.markFull(`the watched root ${p} itself changed`);
-    else this.addDir(path.dirname(p));
-  }
-
-  private addDir(dir: string): void {
-    if (this.full !== null) return;
-    this.dirs.add(dir);
-    if (this.dirs.size > this.maxDirs) this.markFull(`more than ${this.maxDirs} directories changed`);
+  private cannotWatch(dir: string, e: Error): void {
+    const limit =
+      (e as NodeJS.ErrnoException).code === "ENOSPC"
+        ? ` (the kernel's inotify watch limit, fs.inotify.max_user_watches = ${maxUserWatches()}, is reached)`
+        : "";
+    const reason = `a directory is not watched: ${dir}${limit}`;
+    this.markFull(reason);
+    if (this.unwatched !== null) return;
+    this.unwatched = reason;
+    if (this.unwatchedTold) return; // told once per episode, not per directory or retry
+    this.unwatchedTold = true;
+    this.opts.onError?.(
+      new Error(
+        `cannot watch ${dir}: ${e.message}${limit}; directories from there on are not watched and every upload walks everything until they can be`,
+      ),
+    );
   }
 
   /** Forget the dirty directories: the next upload must walk everything. */
   markFull(reason: string): void {
     if (this.full === null) this.full = reason;
-    this.dirs.clear();
+    this.extra.clear();
+    if (!this.closed) native.watchTake(this.h, true);
   }
 
   /** The current set, without resetting it. */
   peek(): DirtySet {
-    return this.full !== null
-      ? { kind: "full", reason: this.full }
-      : { kind: "dirs", dirs: [...this.dirs].sort() };
+    if (this.full !== null) return { kind: "full", reason: this.full };
+    const bufs = this.closed ? [] : native.watchTake(this.h, false);
+    const tooMany: DirtySet = { kind: "full", reason: `more than ${this.maxDirs} directories changed` };
+    if (bufs === null) return tooMany;
+    const dirs = new Set(this.extra);
+    for (const b of bufs) {
+      const d = decode(b);
+      if (d === null) return { kind: "full", reason: "a changed directory's path is not valid UTF-8" };
+      if (!this.opts.shouldIgnore?.(d)) dirs.add(d);
+    }
+    if (dirs.size > this.maxDirs) return tooMany;
+    return { kind: "dirs", dirs: [...dirs].sort() };
   }
 
   /**
-   * The set since the last `take`, and start a new one. Roots not watched
-   * yet are subscribed first, so changes during the upload are seen.
+   * The set since the last `take`, and start a new one. Directories being
+   * added are watched first, and what could not be watched is tried again,
+   * so changes during the upload are seen.
    */
   async take(): Promise<DirtySet> {
-    // A directory being subscribed must be watched before the upload walks it.
-    while (this.pendingExtras.size) await Promise.all([...this.pendingExtras]);
-    if (this.rewatch) await this.watchAgain();
-    await this.subscribeMissing();
+    // A directory being added must be watched before the upload walks it.
+    await this.settled();
+    if (this.unwatched !== null) this.rewalkDue = `retrying: ${this.unwatched}`;
+    if (this.rootWds.size < this.opts.roots.length) this.watchRoots();
+    this.kick();
+    await this.settled();
     const set = this.peek();
-    this.dirs = new Set();
-    this.full = this.subs.size < this.opts.roots.length ? "a protected root is not watched" : null;
+    if (!this.closed) native.watchTake(this.h, true);
+    this.extra.clear();
+    this.full =
+      this.rootWds.size < this.opts.roots.filter((r) => !this.skip(r)).length
+        ? "a protected root is not watched"
+        : this.unwatched;
     return set;
   }
 
   /** An upload that took `set` did not finish: its directories are still dirty. */
   putBack(set: DirtySet): void {
-    if (set.kind === "full") this.markFull(set.reason);
-    else for (const d of set.dirs) this.addDir(d);
-  }
-
-  /** Subscribe the roots anew (every directory watched), then drop the old subscriptions. */
-  private async watchAgain(): Promise<void> {
-    this.rewatch = false;
-    const old = [...this.subs.values(), ...this.extras.values()];
-    this.subs.clear();
-    this.extras.clear();
-    await this.subscribeMissing();
-    await Promise.allSettled(old.map((s) => s.unsubscribe()));
-    this.markFull("the watcher watched everything again");
+    if (set.kind === "full") {
+      this.markFull(set.reason);
+      return;
+    }
+    for (const d of set.dirs) this.extra.add(d);
+    const now = this.peek();
+    if (now.kind === "full") this.markFull(now.reason);
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
-    await Promise.allSettled([...this.pendingExtras]);
-    const subs = [...this.subs.values(), ...this.extras.values()];
-    this.subs.clear();
-    this.extras.clear();
-    await Promise.allSettled(subs.map((s) => s.unsubscribe()));
+    await this.settled();
+    native.watchClose(this.h);
   }
 }
 
-function isUnder(p: string, root: string): boolean {
-  const rel = path.relative(root, p);
-  return rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel);
+function exists(p: Buffer): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function maxUserWatches(): string {
+  try {
+    return readFileSync("/proc/sys/fs/inotify/max_user_watches", "utf8").trim();
+  } catch {
+    return "?";
+  }
 }

@@ -1,7 +1,8 @@
-import { chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { ChangeWatcher, type DirtySet, type SubscribeFn, type WatchEvent } from "../src/watcher.js";
+import { ChangeWatcher, type DirtySet } from "../src/watcher.js";
 import { cleanup, tmp, waitFor } from "./helpers.js";
 
 const open: ChangeWatcher[] = [];
@@ -19,6 +20,8 @@ afterAll(cleanup);
 
 const dirsOf = (s: DirtySet) => (s.kind === "dirs" ? s.dirs : undefined);
 const hasDir = (w: ChangeWatcher, d: string) => dirsOf(w.peek())?.includes(d);
+const watches = (w: ChangeWatcher) => w.stats().watches;
+const fullSet = (w: ChangeWatcher) => (w.peek().kind === "full" ? w.peek() : undefined);
 
 describe("ChangeWatcher on real files", () => {
   it("reports the directories where files were created, changed, removed or re-moded", async () => {
@@ -28,6 +31,7 @@ describe("ChangeWatcher on real files", () => {
     writeFileSync(path.join(root, "c/old"), "x");
     const w = await start({ roots: [root] });
     expect(w.peek()).toEqual({ kind: "dirs", dirs: [] });
+    expect(watches(w)).toBe(4); // root, a, a/b, c: one per directory
 
     writeFileSync(path.join(root, "a/b/new.txt"), "hello");
     rmSync(path.join(root, "c/old"));
@@ -44,20 +48,30 @@ describe("ChangeWatcher on real files", () => {
     expect(dirsOf(w.peek())).toEqual([path.join(root, "a/b")]);
   });
 
-  it("ignores what shouldIgnore rejects and what ignoreDirs names", async () => {
+  it("does not watch what ignoreDirs and skipDir name, now or when it appears later, and drops what shouldIgnore rejects", async () => {
     const root = tmp();
-    for (const d of ["cache", "skip", "home"]) mkdirSync(path.join(root, d));
+    for (const d of ["cache", "skip/deep", "tmp/x", "home"])
+      mkdirSync(path.join(root, d), { recursive: true });
     const w = await start({
       roots: [root],
-      shouldIgnore: (p) => p.startsWith(`${path.join(root, "cache")}/`),
+      shouldIgnore: (p) => p === path.join(root, "cache"),
       ignoreDirs: [path.join(root, "skip")],
+      skipDir: (d) => path.basename(d) === "tmp",
     });
+    expect(watches(w)).toBe(3); // root, cache, home
     writeFileSync(path.join(root, "cache/blob"), "x");
-    writeFileSync(path.join(root, "skip/blob"), "x");
-    // Written last: once it is seen, the two writes before it were too.
-    writeFileSync(path.join(root, "home/doc"), "x");
-    await waitFor("the sentinel", () => hasDir(w, path.join(root, "home")));
-    expect(dirsOf(await w.take())).toEqual([path.join(root, "home")]);
+    writeFileSync(path.join(root, "skip/deep/blob"), "x");
+    writeFileSync(path.join(root, "tmp/x/blob"), "x");
+    // A directory the policy excludes that appears later is not watched either.
+    mkdirSync(path.join(root, "home/tmp/y"), { recursive: true });
+    mkdirSync(path.join(root, "home/docs"));
+    await waitFor("home/docs watched", () => watches(w) === 4);
+    writeFileSync(path.join(root, "home/tmp/y/blob"), "x");
+    // Written last: once it is seen, the writes before it were too.
+    writeFileSync(path.join(root, "home/docs/doc"), "x");
+    await waitFor("the sentinel", () => hasDir(w, path.join(root, "home/docs")));
+    expect(dirsOf(await w.take())).toEqual([path.join(root, "home"), path.join(root, "home/docs")]);
+    expect(watches(w)).toBe(4);
   });
 
   it("collapses to a full rescan when more than maxDirs directories changed", async () => {
@@ -65,7 +79,7 @@ describe("ChangeWatcher on real files", () => {
     for (let i = 0; i < 6; i++) mkdirSync(path.join(root, `d${i}`));
     const w = await start({ roots: [root], maxDirs: 4 });
     for (let i = 0; i < 6; i++) writeFileSync(path.join(root, `d${i}`, "f"), "x");
-    const set = await waitFor("full", () => (w.peek().kind === "full" ? w.peek() : undefined));
+    const set = await waitFor("full", () => fullSet(w));
     expect(set).toEqual({ kind: "full", reason: "more than 4 directories changed" });
     await w.take();
     writeFileSync(path.join(root, "d0/g"), "x");
@@ -88,42 +102,88 @@ describe("ChangeWatcher on real files", () => {
     expect(w.peek()).toEqual({ kind: "full", reason: "more than 3 directories changed" });
   });
 
-  it("a directory that appears with subdirectories (moved in, mkdir -p) makes the set full and is then watched whole", async () => {
+  it("watches new directories and whole new trees (mkdir -p, moved in), and reports them and what is in them", async () => {
     const base = tmp();
     const root = path.join(base, "root");
     mkdirSync(path.join(root, "home"), { recursive: true });
     mkdirSync(path.join(base, "outside/tree/sub/deeper"), { recursive: true });
+    writeFileSync(path.join(base, "outside/tree/sub/deeper/old"), "x");
     const w = await start({ roots: [root] });
-    // A plain new directory: the watcher sees it created, and what happens in it.
+    expect(watches(w)).toBe(2);
+
     mkdirSync(path.join(root, "home/plain"));
     writeFileSync(path.join(root, "home/plain/f"), "x");
     await waitFor("the plain directory's file", () => hasDir(w, path.join(root, "home/plain")));
-    expect(w.peek().kind).toBe("dirs");
-    await w.take();
+    expect(dirsOf(await w.take())).toEqual([path.join(root, "home"), path.join(root, "home/plain")]);
 
-    // @parcel/watcher watches a moved-in directory, not the directories already in it.
+    // A tree moved in: every directory in it watched, each dirty (what was in it was never reported).
     renameSync(path.join(base, "outside/tree"), path.join(root, "home/tree"));
-    const full = await waitFor("full", () => (w.peek().kind === "full" ? w.peek() : undefined));
-    expect(full).toEqual({
-      kind: "full",
-      reason: `${path.join(root, "home/tree")} appeared with subdirectories that were not watched`,
-    });
-    await w.take(); // waits until the tree is watched
+    await waitFor("the moved-in tree watched", () => watches(w) === 6);
+    expect(dirsOf(await w.take())).toEqual(
+      ["home", "home/tree", "home/tree/sub", "home/tree/sub/deeper"].map((d) => path.join(root, d)),
+    );
     writeFileSync(path.join(root, "home/tree/sub/deeper/f"), "x");
     await waitFor("a change deep in the moved-in tree", () =>
       hasDir(w, path.join(root, "home/tree/sub/deeper")),
     );
-    await w.take();
+    expect(dirsOf(await w.take())).toEqual([path.join(root, "home/tree/sub/deeper")]);
 
-    // mkdir -p: whether the watcher saw q and r created depends on timing; either way r ends up watched.
+    // mkdir -p with files made at once: whatever the timing, all of it is reported and watched.
     mkdirSync(path.join(root, "home/p/q/r"), { recursive: true });
-    await waitFor(
-      "p, q and r seen, or a full set",
-      () => w.peek().kind === "full" || hasDir(w, path.join(root, "home/p/q/r")),
+    writeFileSync(path.join(root, "home/p/q/r/early"), "x");
+    await waitFor("p, q and r watched", () => watches(w) === 9);
+    const set = dirsOf(await w.take());
+    expect(set).toEqual(
+      expect.arrayContaining(["home", "home/p", "home/p/q", "home/p/q/r"].map((d) => path.join(root, d))),
     );
-    await w.take();
     writeFileSync(path.join(root, "home/p/q/r/f"), "x");
     await waitFor("a change in a directory made by mkdir -p", () => hasDir(w, path.join(root, "home/p/q/r")));
+  });
+
+  it("follows a directory renamed within the area, and stops watching one moved away or deleted", async () => {
+    const base = tmp();
+    const root = path.join(base, "root");
+    mkdirSync(path.join(root, "a/old/inner"), { recursive: true });
+    mkdirSync(path.join(root, "b"));
+    mkdirSync(path.join(root, "gone/x/y"), { recursive: true });
+    mkdirSync(path.join(root, "away/z"), { recursive: true });
+    mkdirSync(path.join(base, "elsewhere"));
+    const w = await start({ roots: [root] });
+    expect(watches(w)).toBe(10);
+
+    renameSync(path.join(root, "a/old"), path.join(root, "b/new"));
+    writeFileSync(path.join(root, "b/new/inner/f"), "x");
+    await waitFor("the renamed directory's change", () => hasDir(w, path.join(root, "b/new/inner")));
+    // Its watches followed it: nothing below it is dirty but where the file was written.
+    expect(dirsOf(await w.take())).toEqual(["a", "b", "b/new/inner"].map((d) => path.join(root, d)));
+    expect(watches(w)).toBe(10);
+
+    renameSync(path.join(root, "away"), path.join(base, "elsewhere/away"));
+    rmSync(path.join(root, "gone"), { recursive: true });
+    await waitFor("the watches of what left", () => watches(w) === 5);
+    writeFileSync(path.join(base, "elsewhere/away/z/f"), "x");
+    writeFileSync(path.join(root, "b/sentinel"), "x");
+    await waitFor("the sentinel", () => hasDir(w, path.join(root, "b")));
+    expect(dirsOf(await w.take())).toEqual([root, path.join(root, "b")]);
+  });
+
+  it("handles names that are not UTF-8: a file's directory is reported, a directory's path makes the set full", async () => {
+    const root = tmp();
+    mkdirSync(path.join(root, "d"));
+    const w = await start({ roots: [root] });
+    const bad = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "caf\xe9", latin1
+    writeFileSync(Buffer.concat([Buffer.from(path.join(root, "d/")), bad]), "x");
+    await waitFor("d", () => hasDir(w, path.join(root, "d")));
+    expect(dirsOf(await w.take())).toEqual([path.join(root, "d")]);
+
+    const badDir = Buffer.concat([Buffer.from(`${root}/`), bad]);
+    mkdirSync(badDir);
+    mkdirSync(Buffer.concat([badDir, Buffer.from("/sub")]));
+    await waitFor("the directory and its subdirectory watched", () => watches(w) === 4);
+    expect(w.peek()).toEqual({ kind: "full", reason: "a changed directory's path is not valid UTF-8" });
+    await w.take();
+    writeFileSync(Buffer.concat([badDir, Buffer.from("/sub/f")]), "x");
+    await waitFor("a change below it", () => fullSet(w));
   });
 
   it("asks for a full rescan while a root cannot be watched, and watches it once it can", async () => {
@@ -143,65 +203,118 @@ describe("ChangeWatcher on real files", () => {
     writeFileSync(path.join(root, "f"), "x");
     await waitFor("the new root's change", () => hasDir(w, root));
   });
-});
 
-describe("ChangeWatcher faults", () => {
-  /** A subscribe that hands the test the event callback. */
-  function fakeSubscribe(): {
-    subscribe: SubscribeFn;
-    emit: (err: Error | null, events: WatchEvent[]) => void;
-  } {
-    let cb: ((err: Error | null, events: WatchEvent[]) => unknown) | undefined;
-    return {
-      subscribe: async (_dir, fn) => {
-        cb = fn;
-        return { unsubscribe: async () => {} };
-      },
-      emit: (err, events) => cb?.(err, events),
-    };
-  }
-
-  it("turns a watcher error (e.g. a kernel queue overflow) into a full rescan", async () => {
-    const f = fakeSubscribe();
-    const errors: Error[] = [];
-    const w = await start({ roots: ["/r"], subscribe: f.subscribe, onError: (e) => errors.push(e) });
-    f.emit(null, [{ path: "/r/a/f", type: "update" }]);
-    expect(w.peek()).toEqual({ kind: "dirs", dirs: ["/r/a"] });
-    f.emit(new Error("Event queue overflow"), []);
-    f.emit(null, [{ path: "/r/b/f", type: "update" }]);
-    expect(w.peek()).toEqual({ kind: "full", reason: "watcher error: Event queue overflow" });
-    expect(errors.map((e) => e.message)).toEqual(["Event queue overflow"]);
-    await w.take();
-    f.emit(null, [{ path: "/r/b/f", type: "create" }]);
-    expect(w.peek()).toEqual({ kind: "dirs", dirs: ["/r/b"] });
-  });
-
-  it("a burst of events that may have overflowed the kernel's queue (not reported) makes the set full", async () => {
-    const f = fakeSubscribe();
-    const w = await start({ roots: ["/r"], subscribe: f.subscribe, burstEvents: 3 });
-    f.emit(null, [
-      { path: "/r/a/f", type: "update" },
-      { path: "/r/a/g", type: "update" },
-    ]);
-    expect(w.peek()).toEqual({ kind: "dirs", dirs: ["/r/a"] });
-    f.emit(null, [
-      { path: "/r/a/f", type: "update" },
-      { path: "/r/a/g", type: "update" },
-      { path: "/r/a/h", type: "update" },
-    ]);
-    expect(w.peek()).toEqual({
+  it("a change to the root itself makes the set full", async () => {
+    const root = tmp();
+    const w = await start({ roots: [root] });
+    chmodSync(root, 0o750);
+    expect(await waitFor("full", () => fullSet(w))).toEqual({
       kind: "full",
-      reason: "a burst of 3 changes (the kernel's event queue may have overflowed)",
+      reason: `the watched root ${root} itself changed`,
     });
   });
 
-  it("asks for a full rescan for a name it cannot represent, or when a root itself changes", async () => {
-    const f = fakeSubscribe();
-    const w = await start({ roots: ["/r"], subscribe: f.subscribe });
-    f.emit(null, [{ path: "/r/caf\uFFFD/x", type: "create" }]);
-    expect(w.peek()).toEqual({ kind: "full", reason: "a changed path's name is not valid UTF-8" });
-    await w.take();
-    f.emit(null, [{ path: "/r", type: "delete" }]);
-    expect(w.peek()).toEqual({ kind: "full", reason: "the watched root /r itself changed" });
+  it("keeps memory per directory, not per file", async () => {
+    const root = tmp();
+    for (let i = 0; i < 200; i++) {
+      mkdirSync(path.join(root, `d${i}`));
+      for (let j = 0; j < 20; j++) writeFileSync(path.join(root, `d${i}`, `file-with-a-long-name-${j}`), "");
+    }
+    const w = await start({ roots: [root] });
+    const s = w.stats();
+    expect(s.watches).toBe(201);
+    // Node array, hash table, names and the 64 KiB read buffer: no entry per file.
+    expect(s.bytes).toBeLessThan(64 * 1024 + 201 * 200);
+  });
+});
+
+describe("ChangeWatcher when it loses track", () => {
+  it("a kernel queue overflow makes the set full, is told once, and watches what appeared meanwhile", async () => {
+    const root = tmp();
+    mkdirSync(path.join(root, "burst"));
+    const errors: Error[] = [];
+    const w = await start({ roots: [root], onError: (e) => errors.push(e) });
+    // The event loop is blocked while this runs, so nothing reads the queue:
+    // each file is two events (create, modify), past the kernel's queue length.
+    const queued = Number(readFileSync("/proc/sys/fs/inotify/max_queued_events", "utf8"));
+    for (let i = 0; i < queued / 2 + 100; i++) writeFileSync(path.join(root, "burst", String(i)), "x");
+    mkdirSync(path.join(root, "lost/deeper"), { recursive: true }); // its creation event is lost
+    const set = await waitFor("full", () => fullSet(w));
+    expect(set).toEqual({
+      kind: "full",
+      reason: "the kernel's inotify event queue overflowed (fs.inotify.max_queued_events)",
+    });
+    expect(errors.map((e) => e.message)).toEqual([
+      "the kernel's inotify event queue overflowed (fs.inotify.max_queued_events); the next upload walks everything",
+    ]);
+    expect((await w.take()).kind).toBe("full");
+    expect(watches(w)).toBe(4); // the walk after the overflow found lost/ and lost/deeper
+    writeFileSync(path.join(root, "lost/deeper/f"), "x");
+    await waitFor("a change in a directory made during the overflow", () =>
+      hasDir(w, path.join(root, "lost/deeper")),
+    );
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "an unmount in the area makes the set full and watches what the mount hid (needs root)",
+    async () => {
+      const root = tmp();
+      mkdirSync(path.join(root, "mnt/hidden"), { recursive: true });
+      execFileSync("mount", ["-t", "tmpfs", "strata-test", path.join(root, "mnt")]);
+      try {
+        mkdirSync(path.join(root, "mnt/inside"));
+        const w = await start({ roots: [root] });
+        expect(watches(w)).toBe(3); // root, the tmpfs's root, inside
+        execFileSync("umount", [path.join(root, "mnt")]);
+        expect(await waitFor("full", () => fullSet(w))).toEqual({
+          kind: "full",
+          reason: "a filesystem in the watched area was unmounted",
+        });
+        await w.take();
+        expect(watches(w)).toBe(3); // root, mnt, mnt/hidden
+        writeFileSync(path.join(root, "mnt/hidden/f"), "x");
+        await waitFor("a change in what the mount hid", () => hasDir(w, path.join(root, "mnt/hidden")));
+      } finally {
+        spawnSync("umount", [path.join(root, "mnt")]);
+      }
+    },
+  );
+
+  it("running out of watches makes every set full, told once, until the directories fit again", async () => {
+    const root = tmp();
+    for (const d of ["a", "b", "c/d", "c/e"]) mkdirSync(path.join(root, d), { recursive: true });
+    const errors: Error[] = [];
+    const w = await ChangeWatcher.start({ roots: [root], maxWatches: 4, onError: (e) => errors.push(e) });
+    open.push(w);
+    expect(watches(w)).toBe(4);
+    expect(errors.length).toBe(1);
+    expect(errors[0]?.message).toMatch(
+      /^cannot watch .*: ENOSPC: .* \(the kernel's inotify watch limit, fs\.inotify\.max_user_watches = \d+, is reached\); directories from there on are not watched and every upload walks everything until they can be$/,
+    );
+    expect((await w.take()).kind).toBe("full");
+    // Still not all watched: the next set is full too, whatever changed, and nothing more is logged.
+    writeFileSync(path.join(root, "a/f"), "x");
+    expect((await w.take()).kind).toBe("full");
+    const next = await w.take();
+    expect(next).toMatchObject({
+      kind: "full",
+      reason: expect.stringMatching(/^a directory is not watched: /),
+    });
+    expect(errors.length).toBe(1);
+    // Room again (c and what is in it removed): after the next take, everything is watched and sets are exact.
+    rmSync(path.join(root, "c"), { recursive: true });
+    await waitFor("the removed watches", () => watches(w) <= 3);
+    expect((await w.take()).kind).toBe("full");
+    expect(watches(w)).toBe(3);
+    expect(w.peek()).toEqual({ kind: "dirs", dirs: [] });
+    mkdirSync(path.join(root, "b/new"));
+    writeFileSync(path.join(root, "b/new/f"), "x");
+    await waitFor("b/new", () => hasDir(w, path.join(root, "b/new")));
+    expect(watches(w)).toBe(4);
+    expect(errors.length).toBe(1);
+    // Past the limit again: told again (a new episode), and the set is full.
+    mkdirSync(path.join(root, "b/one-too-many"));
+    await waitFor("full", () => fullSet(w));
+    expect(errors.length).toBe(2);
   });
 });

@@ -60,15 +60,7 @@ export interface BuildRecoveryResult {
 }
 
 /** Packages the bundle leaves out: never used by the recovery program, or loaded at run time from node_modules. */
-const EXTERNAL = [
-  "zstd-napi",
-  "zstd-napi/*",
-  "undici",
-  "better-sqlite3",
-  "pg",
-  "pg-copy-streams",
-  "@parcel/watcher",
-];
+const EXTERNAL = ["zstd-napi", "zstd-napi/*", "undici", "better-sqlite3", "pg", "pg-copy-streams"];
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
