@@ -153,10 +153,12 @@ export async function runApplyTask(
         accountsAdded: prep.accountsAdded,
         problems: prep.problems,
         ...(prep.disk ? { disk: prep.disk } : {}),
+        // What each printed (depmod's warnings, update-grub's menu), or why it was skipped.
         triggers: triggers.map((t) => ({
           trigger: t.trigger,
           ok: t.ok,
-          ...(t.ok ? {} : { output: t.output }),
+          ...(t.skipped ? { skipped: true } : {}),
+          ...(t.output ? { output: t.output } : {}),
         })),
       };
       if (plan.reinstallUserPackages !== true || pending)

@@ -916,8 +916,9 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         expect(all).not.toContain(p);
       expect(cap.diff.removed).toEqual(["/bin/more"]);
       const m = (await h.store.layers.getLayerManifest(cap.layer.id, 1)) as Record<string, never>;
-      expect(m.triggers).toEqual(["update-alternatives", "update-initramfs"]);
+      expect(m.triggers).toEqual(["update-alternatives", "depmod", "update-initramfs", "update-grub"]);
       expect(m.initramfs).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
+      expect(m.depmod).toEqual({ kernels: ["6.1.0-99-amd64"], all: false });
       expect(m.alternatives).toEqual({
         groups: [
           {
@@ -964,10 +965,13 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect(bm.triggers).toEqual([
         "ldconfig",
         "update-alternatives",
+        "depmod",
         "update-initramfs",
+        "update-grub",
         "systemd-daemon-reload",
       ]);
       expect(bm.initramfs).toEqual({ kernels: [], all: true });
+      expect(bm.depmod).toEqual({ kernels: [], all: true });
       const groups = (bm.alternatives as { groups: { name: string; choices: unknown[]; manual?: string }[] })
         .groups;
       expect(groups.map((g) => [g.name, g.choices.length, g.manual ?? null])).toEqual([
@@ -993,11 +997,14 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         { name: "pager", path: "/bin/more" },
       ]);
       expect(im.initramfs).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
+      expect(im.depmod).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
       const r = await ok<DryRunReport>("GET", `/cvds/${b.cvd}/dry-run`);
       expect(r.triggers).toEqual([
         "ldconfig",
         "update-alternatives",
+        "depmod",
         "update-initramfs",
+        "update-grub",
         "systemd-daemon-reload",
       ]);
     });

@@ -4,10 +4,12 @@
  * alternatives registered by the endpoint's own update-alternatives, by
  * dpkg's rules (auto mode takes the best priority, the endpoint's manual
  * choice survives, a layer's manual choice applies where the endpoint made
- * none, a removed alternative leaves), and update-initramfs for the right
- * kernels (a recording stand-in: a minbase root has no kernel).
+ * none, a removed alternative leaves), update-initramfs for the right
+ * kernels (a recording stand-in: a minbase root has no kernel), depmod with
+ * kmod installed from the Debian archive on a compiled module, and
+ * update-grub (noted as skipped where the root has no GRUB).
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import {
   chmodSync,
   cpSync,
@@ -20,9 +22,16 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { composeAlternatives, DEFAULT_DO_NOT_OVERRIDE, diffAlternatives } from "@strata/core";
+import {
+  composeAlternatives,
+  DEFAULT_DO_NOT_OVERRIDE,
+  depmodTargets,
+  diffAlternatives,
+  initramfsTargets,
+  triggersFor,
+} from "@strata/core";
 import type { ApplyPlan, LayerManifest } from "@strata/protocol";
-import { debianRoot, debianRootSkipReason } from "@strata/testkit";
+import { debCache, debianRoot, debianRootSkipReason } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   prepareLayerApply,
@@ -35,6 +44,11 @@ import {
 const bookworm = await debianRoot("bookworm");
 const reason =
   debianRootSkipReason("bookworm") ?? (process.getuid?.() === 0 ? undefined : "needs root (chroot)");
+/** kmod (depmod) for the root: minbase has none. */
+const kmod = await debCache("kmod-bookworm", ["kmod", "libkmod2", "libssl3"]);
+/** A real (tiny) ELF module is compiled: depmod reads its .modinfo. */
+const gcc = spawnSync("gcc", ["--version"], { stdio: "ignore" }).status === 0;
+const kmodReason = kmod.reason ?? (gcc ? undefined : "needs gcc (to build a test kernel module)");
 const dir = mkdtempSync(path.join(tmpdir(), "strata-layer-triggers-"));
 chmodSync(dir, 0o755);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -292,7 +306,16 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
       ["update-initramfs"],
       ctx(["6.1.0-99-amd64", "6.1.0-97-amd64"], false, "img_a"),
     );
-    expect(runs).toEqual([{ trigger: "update-initramfs", ok: true, output: "" }]);
+    // A new initramfs changes GRUB's menu too: update-grub, which this root lacks (a note, not a failure).
+    expect(runs).toEqual([
+      { trigger: "update-initramfs", ok: true, output: "" },
+      {
+        trigger: "update-grub",
+        ok: true,
+        skipped: true,
+        output: "update-grub is not installed in the root (no GRUB): not run",
+      },
+    ]);
     expect(read()).toEqual(["-c -k 6.1.0-99-amd64"]);
     // Every kernel (initramfs-tools' configuration changed): a failure is reported, the others still built.
     runs = await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_a"));
@@ -324,11 +347,12 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
       ep,
       { space: null },
     );
-    expect(prep.triggers).toEqual(["ldconfig", "update-initramfs"]);
+    expect(prep.triggers).toEqual(["ldconfig", "depmod", "update-initramfs"]);
     expect(prep.triggerContext.initramfs).toEqual({
       kernels: ["6.1.0-98-amd64", "6.1.0-99-amd64"],
       all: false,
     });
+    expect(prep.triggerContext.depmod).toEqual({ kernels: ["6.1.0-98-amd64"], all: false });
     // An earlier deferred apply waits with its own triggers: one restart runs both.
     savePendingTriggers(state, "task_o", ["update-alternatives"], {
       alternatives: { groups: [], removed: [{ name: "strata-demo", path: "/usr/bin/strata-gone-too" }] },
@@ -339,10 +363,11 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
     const saved = JSON.parse(readFileSync(path.join(state, "pending-triggers.json"), "utf8"));
     expect(saved).toMatchObject({
       id: "task_p",
-      triggers: ["ldconfig", "update-alternatives", "update-initramfs"],
+      triggers: ["ldconfig", "update-alternatives", "depmod", "update-initramfs"],
       context: {
         alternatives: { groups: [], removed: [{ name: "strata-demo", path: "/usr/bin/strata-gone-too" }] },
         initramfs: { kernels: ["6.1.0-98-amd64", "6.1.0-99-amd64"], all: false },
+        depmod: { kernels: ["6.1.0-98-amd64"], all: false },
         image: "img_c",
       },
     });
@@ -358,8 +383,131 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
     expect(existsSync(path.join(state, "pending-triggers.json"))).toBe(false);
     expect(await runPendingTriggers(state, ep)).toEqual([]);
 
-    // Without initramfs-tools in the root there is nothing to rebuild.
+    // Without initramfs-tools in the root nothing is rebuilt, and the report says so.
     rmSync(path.join(ep, "usr/sbin/update-initramfs"));
-    expect(await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_d"))).toEqual([]);
+    expect(await runTriggers(ep, ["update-initramfs"], ctx([], true, "img_d"))).toEqual([
+      {
+        trigger: "update-initramfs",
+        ok: true,
+        skipped: true,
+        output:
+          "update-initramfs is not installed in the root (initramfs-tools): not run for 6.1.0-98-amd64, 6.1.0-99-amd64",
+      },
+    ]);
+  });
+
+  it.skipIf(kmodReason !== undefined)(
+    `indexes a driver folder's kernel module with the root's depmod; update-grub follows a kernel (${kmodReason ?? "kmod, gcc"})`,
+    async () => {
+      // A root with kmod installed by dpkg (its own database: dpkg writes there).
+      const root = copyRoot("kmod");
+      rmSync(path.join(root, "var/lib/dpkg"), { recursive: true });
+      cpSync(path.join(bookworm!, "var/lib/dpkg"), path.join(root, "var/lib/dpkg"), {
+        recursive: true,
+        preserveTimestamps: true,
+      });
+      mkdirSync(path.join(root, "tmp/debs"), { recursive: true });
+      for (const f of kmod.cache!.files) cpSync(f, path.join(root, "tmp/debs", path.basename(f)));
+      inRoot(root, "sh", "-c", "dpkg -i /tmp/debs/*.deb >/dev/null");
+      const v = "6.1.0-99-amd64";
+      const ko = `/usr/lib/modules/${v}/extra/strata_demo.ko`;
+      // What the engine writes from the driver folder: a module (a real ELF object with its .modinfo).
+      const src = path.join(dir, "strata_demo.c");
+      writeFileSync(
+        src,
+        ['"license=GPL"', '"alias=strata:demo"', '"name=strata_demo"']
+          .map(
+            (x, i) =>
+              `__attribute__((section(".modinfo"), used, aligned(1))) static const char m${i}[] = ${x};`,
+          )
+          .concat("int init_module(void) { return 0; }")
+          .join("\n"),
+      );
+      mkdirSync(path.dirname(path.join(root, ko)), { recursive: true });
+      execFileSync("gcc", ["-c", "-O2", "-o", path.join(root, ko), src]);
+      // The capture's manifest (core derives it from the paths, as the server does).
+      const m = {
+        triggers: triggersFor([ko]),
+        depmod: depmodTargets([ko])!,
+        initramfs: initramfsTargets([ko])!,
+      };
+      expect(m.triggers).toEqual(["depmod", "update-initramfs"]);
+      const prep = prepareLayerApply(plan(m), root, { space: null });
+      expect(prep.triggers).toEqual(["depmod", "update-initramfs"]);
+      const runs = await runTriggers(root, prep.triggers, { ...prep.triggerContext, stateDir: state });
+      // No kernel image for it here: no initramfs to build (and nothing to say).
+      expect(runs.map((r) => [r.trigger, r.ok, r.skipped ?? false])).toEqual([["depmod", true, false]]);
+      const modulesDep = () => readFileSync(path.join(root, `usr/lib/modules/${v}/modules.dep`), "utf8");
+      expect(modulesDep()).toMatch(/^extra\/strata_demo\.ko:$/m);
+      expect(readFileSync(path.join(root, `usr/lib/modules/${v}/modules.alias`), "utf8")).toMatch(
+        /^alias strata:demo strata_demo$/m,
+      );
+      // modprobe's tools find it by name through the index.
+      expect(inRoot(root, "modinfo", "-k", v, "-F", "alias", "strata_demo").trim()).toBe("strata:demo");
+
+      // The folder no longer has it: the apply removes it, depmod forgets it.
+      rmSync(path.join(root, ko));
+      const prep2 = prepareLayerApply(plan({}, { removals: [ko] }), root, { space: null });
+      expect(prep2.triggers).toEqual(["depmod", "update-initramfs"]);
+      const runs2 = await runTriggers(root, prep2.triggers, prep2.triggerContext);
+      expect(runs2.map((r) => [r.trigger, r.ok])).toEqual([["depmod", true]]);
+      expect(modulesDep()).not.toMatch(/strata_demo/);
+
+      // A kernel image: its initramfs and GRUB's menu. A minbase root has neither tool: noted, not failed.
+      put(root, `boot/vmlinuz-${v}`, "kernel\n");
+      const kernel = plan({
+        triggers: triggersFor([`/boot/vmlinuz-${v}`]),
+        initramfs: initramfsTargets([`/boot/vmlinuz-${v}`])!,
+      });
+      expect(kernel.manifest.triggers).toEqual(["update-initramfs", "update-grub"]);
+      const prep3 = prepareLayerApply(kernel, root, { space: null });
+      const runs3 = await runTriggers(root, prep3.triggers, prep3.triggerContext);
+      expect(runs3).toEqual([
+        {
+          trigger: "update-initramfs",
+          ok: true,
+          skipped: true,
+          output: `update-initramfs is not installed in the root (initramfs-tools): not run for ${v}`,
+        },
+        {
+          trigger: "update-grub",
+          ok: true,
+          skipped: true,
+          output: "update-grub is not installed in the root (no GRUB): not run",
+        },
+      ]);
+      // Where GRUB is installed (a stand-in that records the call): it runs, its output in the report.
+      put(
+        root,
+        "usr/sbin/update-grub",
+        '#!/bin/sh\necho run >> /tmp/update-grub.calls\necho "Generating grub configuration file ..." >&2\n',
+        0o755,
+      );
+      const runs4 = await runTriggers(root, prep3.triggers, prep3.triggerContext);
+      expect(runs4.at(-1)).toEqual({
+        trigger: "update-grub",
+        ok: true,
+        output: "Generating grub configuration file ...",
+      });
+      expect(readFileSync(path.join(root, "tmp/update-grub.calls"), "utf8")).toBe("run\n");
+    },
+  );
+
+  it("skips depmod with a note when the root has no kmod", async () => {
+    put(ep, "usr/lib/modules/6.1.0-99-amd64/extra/x.ko", "module\n");
+    expect(
+      await runTriggers(ep, ["depmod"], { depmod: { kernels: ["6.1.0-99-amd64"], all: false } }),
+    ).toEqual([
+      {
+        trigger: "depmod",
+        ok: true,
+        skipped: true,
+        output: "depmod is not installed in the root (kmod): not run for 6.1.0-99-amd64",
+      },
+    ]);
+    // A kernel whose module tree the endpoint does not have: nothing to index.
+    expect(
+      await runTriggers(ep, ["depmod"], { depmod: { kernels: ["6.1.0-42-amd64"], all: false } }),
+    ).toEqual([]);
   });
 });

@@ -129,7 +129,10 @@ describe("rule lists", () => {
     expect(c.coversBelow("/var/log")).toBe(true);
     expect(c.coversBelow("/var/lib/dpkg")).toBe(false);
     expect(c.mayMatchBelow("/var/lib")).toBe(true);
-    expect(c.mayMatchBelow("/usr")).toBe(false);
+    expect(c.mayMatchBelow("/opt")).toBe(false);
+    // depmod's index below each kernel's module tree: only that way is read.
+    expect(c.mayMatchBelow("/usr/lib/modules")).toBe(true);
+    expect(c.mayMatchBelow("/usr/lib/x86_64-linux-gnu")).toBe(false);
     expect(c.find("/var/lib/dpkg/lock")).toEqual({ dir: "/var/lib/dpkg/lock" });
   });
 });

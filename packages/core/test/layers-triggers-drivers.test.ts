@@ -1,10 +1,13 @@
 import {
+  depmodTargets,
+  ENDPOINT_DERIVED_RULES,
   globToRegExp,
   initramfsTargets,
   matchCollectionRule,
   matchDriverRule,
   matchProfile,
   mergeInitramfsTargets,
+  ruleMatcher,
   TRIGGER_ORDER,
   triggersFor,
 } from "@strata/core";
@@ -60,11 +63,16 @@ describe("triggersFor", () => {
   });
 
   it("asks for update-initramfs on kernels, their modules, initramfs-tools and firmware", () => {
+    // A kernel image: its initramfs, and GRUB's menu.
+    expect(triggersFor(["/boot/vmlinuz-6.1.0-13-amd64"])).toEqual(["update-initramfs", "update-grub"]);
+    // Modules: their index (depmod), then the initramfs that copies them.
     for (const p of [
-      "/boot/vmlinuz-6.1.0-13-amd64",
       "/lib/modules/6.1.0-13-amd64/kernel/drivers/net/e1000e.ko",
-      "/usr/lib/modules/6.1.0-13-amd64/modules.dep",
+      "/usr/lib/modules/6.1.0-13-amd64/updates/dkms/x.ko",
       "/usr/lib/modules/6.1.0-13-amd64",
+    ])
+      expect(triggersFor([p]), p).toEqual(["depmod", "update-initramfs"]);
+    for (const p of [
       "/etc/initramfs-tools/initramfs.conf",
       "/etc/initramfs-tools",
       "/usr/share/initramfs-tools/hooks/cryptroot",
@@ -84,21 +92,57 @@ describe("triggersFor", () => {
       expect(triggersFor([p]), p).toEqual([]);
   });
 
-  it("orders all four: linker cache, alternatives, initramfs, systemd", () => {
+  it("orders all six: linker cache, alternatives, modules index, initramfs, boot menu, systemd", () => {
     expect(TRIGGER_ORDER).toEqual([
       "ldconfig",
       "update-alternatives",
+      "depmod",
       "update-initramfs",
+      "update-grub",
       "systemd-daemon-reload",
     ]);
     expect(
       triggersFor([
         "/lib/systemd/system/a.service",
         "/boot/vmlinuz-6.1.0-13-amd64",
+        "/lib/modules/6.1.0-13-amd64/extra/a.ko",
         "/etc/alternatives/pager",
         "/usr/lib/x86_64-linux-gnu/libz.so.1",
       ]),
     ).toEqual(TRIGGER_ORDER);
+  });
+
+  it("names the kernels whose module index depmod rebuilds", () => {
+    expect(
+      depmodTargets([
+        "/usr/lib/modules/6.1.0-99-amd64/extra/a.ko",
+        "/lib/modules/6.1.0-13-amd64/kernel/b.ko",
+        "/lib/modules/6.1.0-13-amd64",
+        "/boot/vmlinuz-6.1.0-42-amd64",
+        "/lib/firmware/x.bin",
+        "/lib/modules/../x",
+      ]),
+    ).toEqual({ kernels: ["6.1.0-13-amd64", "6.1.0-99-amd64"], all: false });
+    expect(depmodTargets(["/boot/vmlinuz-6.1.0-13-amd64", "/lib/modules"])).toBeNull();
+  });
+
+  it("keeps depmod's own output out of layers, but not the kernel's module lists", () => {
+    const derived = ruleMatcher(ENDPOINT_DERIVED_RULES);
+    for (const p of [
+      "/lib/modules/6.1.0-13-amd64/modules.dep",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.dep.bin",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.alias",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.builtin.alias.bin",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.symbols",
+    ])
+      expect(derived(p), p).toBe(true);
+    for (const p of [
+      "/usr/lib/modules/6.1.0-13-amd64/modules.order",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.builtin",
+      "/usr/lib/modules/6.1.0-13-amd64/modules.builtin.modinfo",
+      "/usr/lib/modules/6.1.0-13-amd64/extra/modules.dep.ko",
+    ])
+      expect(derived(p), p).toBe(false);
   });
 
   it("returns both, in a fixed order, from any iterable", () => {

@@ -39,7 +39,13 @@ export interface AccountLines {
   gshadow: string[];
 }
 
-export type Trigger = "ldconfig" | "update-alternatives" | "update-initramfs" | "systemd-daemon-reload";
+export type Trigger =
+  | "ldconfig"
+  | "update-alternatives"
+  | "depmod"
+  | "update-initramfs"
+  | "update-grub"
+  | "systemd-daemon-reload";
 
 /** docs/design/layers.md, "Alternatives": a group a layer registers alternatives into. */
 export interface LayerAlternative {
@@ -83,6 +89,8 @@ export interface LayerManifest {
   alternatives?: LayerAlternatives;
   /** With trigger `update-initramfs`: whose initramfs to rebuild. */
   initramfs?: InitramfsTargets;
+  /** With trigger `depmod`: the kernels whose module trees (/lib/modules/VER, /usr/lib/modules/VER) changed. */
+  depmod?: InitramfsTargets;
   stats: { files: number; bytes: number };
 }
 
@@ -465,6 +473,7 @@ const manifest = obj(
       removed: { type: "array", items: obj({ name: str(), path: str() }) },
     }),
     initramfs: obj({ kernels: strings, all: { type: "boolean" } }),
+    depmod: obj({ kernels: strings, all: { type: "boolean" } }),
     stats: obj({ files: { type: "integer" }, bytes: { type: "integer" } }),
   },
   ["os", "removed", "packages", "removedPackages", "accounts", "triggers", "stats"],

@@ -84,10 +84,11 @@ export function showTask(t: Task): string {
   if (Array.isArray(triggers) && triggers.length) {
     // What ran once the files were in place; a failure did not undo the apply.
     lines.push("  triggers:");
-    for (const x of triggers as { trigger: string; ok: boolean; output?: string }[])
-      lines.push(
-        `    ${x.trigger}: ${x.ok ? "ok" : `failed: ${(x.output ?? "").split("\n").join("\n      ")}`}`,
-      );
+    for (const x of triggers as { trigger: string; ok: boolean; skipped?: boolean; output?: string }[]) {
+      const state = x.skipped ? "skipped" : x.ok ? "ok" : "failed";
+      const out = (x.output ?? "").split("\n").join("\n      ");
+      lines.push(`    ${x.trigger}: ${state}${out ? `: ${out}` : ""}`);
+    }
   }
   if (t.kind === "apply" && t.result?.reinstall)
     lines.push(...reinstallLines(t.result.reinstall as ReinstallReport));

@@ -39,6 +39,7 @@ import {
   composeAlternatives,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_DO_NOT_OVERRIDE,
+  depmodTargets,
   diffAccounts,
   diffAlternatives,
   diffStatus,
@@ -245,6 +246,7 @@ function manifestOf(m: Record<string, unknown> | null): LayerManifest {
     triggers: x.triggers ?? [],
     ...(x.alternatives ? { alternatives: x.alternatives } : {}),
     ...(x.initramfs ? { initramfs: x.initramfs } : {}),
+    ...(x.depmod ? { depmod: x.depmod } : {}),
     stats: x.stats ?? { files: 0, bytes: 0 },
   };
 }
@@ -622,10 +624,12 @@ export class LayerService {
         // The reference machine's own people (uid 1000–60000) are not the OS's.
         accounts: systemAccounts(await this.accountsOf(snap.tree)),
         // A base replaces the system: every trigger runs after it, the
-        // initramfs of every kernel the endpoint has then is rebuilt.
+        // initramfs and modules index of every kernel the endpoint has then
+        // are rebuilt.
         triggers: [...TRIGGER_ORDER],
         alternatives,
         initramfs: { kernels: [], all: true },
+        depmod: { kernels: [], all: true },
         stats: await this.trees.stats(tree),
       };
       return this.recordVersion({
@@ -755,6 +759,7 @@ export class LayerService {
       );
       const triggers = triggersFor([...diff.touched, ...altPaths]);
       const initramfs = initramfsTargets(diff.touched);
+      const depmod = depmodTargets(diff.touched);
       const status =
         kind === "app"
           ? diffStatus(
@@ -774,6 +779,7 @@ export class LayerService {
         triggers,
         ...(alternatives.groups.length || alternatives.removed.length ? { alternatives } : {}),
         ...(initramfs ? { initramfs } : {}),
+        ...(depmod ? { depmod } : {}),
         stats: diff.stats,
       };
       const recorded = await this.recordVersion({
@@ -1059,6 +1065,7 @@ export class LayerService {
       const triggers = new Set<Trigger>();
       const alternatives: LayerManifest["alternatives"][] = [];
       let initramfs: InitramfsTargets | null = null;
+      let depmod: InitramfsTargets | null = null;
       const removed = new Set<string>();
       let os: OsRelease | null = null;
       for (const l of layers) {
@@ -1084,6 +1091,7 @@ export class LayerService {
         for (const t of m.triggers) triggers.add(t);
         alternatives.push(m.alternatives);
         initramfs = mergeInitramfsTargets(initramfs, m.initramfs);
+        depmod = mergeInitramfsTargets(depmod, m.depmod);
         if (l.kind === "base") os = m.os;
         else if (l.kind === "app" && !layers.some((x) => x.kind === "base")) os ??= m.os;
       }
@@ -1102,6 +1110,7 @@ export class LayerService {
         triggers: TRIGGER_ORDER.filter((t) => triggers.has(t)),
         ...(alternatives.some((a) => a) ? { alternatives: composeAlternatives(alternatives) } : {}),
         ...(initramfs ? { initramfs } : {}),
+        ...(depmod ? { depmod } : {}),
         stats: await this.trees.stats(root),
       };
       await this.repo.flush();

@@ -9,7 +9,7 @@
  * staged, journaled change of the disk.
  */
 import { spawn } from "node:child_process";
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import {
   type AccountLines,
@@ -20,6 +20,7 @@ import {
   alternativeLinks,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
+  depmodTargets,
   diskSpaceNeeded,
   diskSpaceProblem,
   dryRunPackages,
@@ -194,6 +195,11 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
     m.initramfs ?? (m.triggers.includes("update-initramfs") ? { kernels: [], all: true } : null),
     initramfsTargets(removals),
   );
+  // A layer captured before `depmod` was recorded has none: every kernel then.
+  const depmod = mergeInitramfsTargets(
+    m.depmod ?? (m.triggers.includes("depmod") ? { kernels: [], all: true } : null),
+    depmodTargets(removals),
+  );
   // The generic links of every group (the endpoint's and the layers') are
   // update-alternatives' to make: an apply neither writes nor deletes them.
   const links = alternativeLinks([...liveAlternatives.values(), ...(m.alternatives?.groups ?? [])]);
@@ -226,6 +232,7 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
           }
         : {}),
       ...(initramfs && triggers.includes("update-initramfs") ? { initramfs } : {}),
+      ...(depmod && triggers.includes("depmod") ? { depmod } : {}),
       image: plan.image.id,
     },
   };
@@ -321,6 +328,8 @@ export function savePendingTriggers(
     }
     const i = mergeInitramfsTargets(was.context?.initramfs, ctx.initramfs);
     if (i) ctx.initramfs = i;
+    const d = mergeInitramfsTargets(was.context?.depmod, ctx.depmod);
+    if (d) ctx.depmod = d;
   } catch {
     // None waiting.
   }
@@ -350,7 +359,10 @@ export async function runPendingTriggers(stateDir: string, root: string): Promis
 export interface TriggerRun {
   trigger: Trigger;
   ok: boolean;
+  /** What the commands printed (at most 4 KiB), or why the trigger was skipped. */
   output: string;
+  /** Not run: its tool is not installed in the root (`output` says which). */
+  skipped?: true;
 }
 
 /** What the triggers need besides the root (docs/design/layers.md, "Triggers"). */
@@ -363,6 +375,8 @@ export interface TriggerContext {
   alternatives?: LayerAlternatives;
   /** `update-initramfs`: whose initramfs to rebuild (default: every kernel of the root). */
   initramfs?: InitramfsTargets;
+  /** `depmod`: whose module index to rebuild (default: every kernel with a module tree in the root). */
+  depmod?: InitramfsTargets;
   /** The image applied: an initramfs built for it is not built again by a later apply of the same image. */
   image?: string;
   /** The agent's state directory (what the triggers remember between applies); none: nothing is remembered. */
@@ -372,10 +386,13 @@ export interface TriggerContext {
 /**
  * Run what the layers recorded after their files landed, in the root
  * (chroot for a root other than /), in `TRIGGER_ORDER`: `ldconfig`;
- * `update-alternatives` (`runAlternatives`); `update-initramfs`
- * (`runInitramfs`, only when initramfs-tools is installed in the root);
- * `systemctl daemon-reload` only on a live system (a chroot has no running
- * systemd). A failing trigger is reported, not fatal: the files are in place.
+ * `update-alternatives` (`runAlternatives`); `depmod` (`runDepmod`);
+ * `update-initramfs` (`runInitramfs`); `update-grub` (`runUpdateGrub`, also
+ * when update-initramfs made a kernel its first initramfs: GRUB lists only
+ * the initramfs it finds); `systemctl daemon-reload` only on a live system
+ * (a chroot has no running systemd). A trigger whose tool the root lacks is
+ * skipped with a note; a failing one is reported, not fatal: the files are
+ * in place.
  */
 export async function runTriggers(
   root: string,
@@ -384,24 +401,95 @@ export async function runTriggers(
 ): Promise<TriggerRun[]> {
   const live = path.resolve(root) === "/";
   const out: TriggerRun[] = [];
-  for (const t of TRIGGER_ORDER.filter((x) => triggers.includes(x))) {
-    let r: { ok: boolean; output: string } | null = null;
+  let initrdCreated = false;
+  for (const t of TRIGGER_ORDER) {
+    if (!triggers.includes(t) && !(t === "update-grub" && initrdCreated)) continue;
+    let r: StepResult | null = null;
     if (t === "ldconfig") r = await run(live ? ["ldconfig"] : ["chroot", root, "ldconfig"]);
     else if (t === "update-alternatives") r = await runAlternatives(root, ctx);
-    else if (t === "update-initramfs") r = await runInitramfs(root, ctx);
+    else if (t === "depmod") r = await runDepmod(root, ctx);
+    else if (t === "update-initramfs") {
+      const i = await runInitramfs(root, ctx);
+      initrdCreated = i?.created === true;
+      r = i && { ok: i.ok, output: i.output, ...(i.skipped ? { skipped: i.skipped } : {}) };
+    } else if (t === "update-grub") r = await runUpdateGrub(root);
     else if (t === "systemd-daemon-reload" && live) r = await run(["systemctl", "daemon-reload"]);
     if (r) out.push({ trigger: t, ...r });
   }
   return out;
 }
 
+/** One trigger's outcome (`TriggerRun` without its name). */
+type StepResult = { ok: boolean; output: string; skipped?: true };
+
+/** A trigger not run because the root lacks its tool: reported, not failed. */
+const skipped = (output: string): StepResult => ({ ok: true, output, skipped: true });
+
+/** The kernel versions with a module tree in the root (/lib/modules/VER or /usr/lib/modules/VER). */
+export function rootModuleTrees(root: string): string[] {
+  const out = new Set<string>();
+  for (const d of ["lib/modules", "usr/lib/modules"]) {
+    try {
+      for (const e of readdirSync(path.join(root, d), { withFileTypes: true }))
+        if (e.isDirectory()) out.add(e.name);
+    } catch {
+      // None there.
+    }
+  }
+  return [...out].sort();
+}
+
+/**
+ * Rebuild the module index (modules.dep, aliases, symbols) of the kernels
+ * whose module tree the layers changed, or of every kernel with a module
+ * tree in the root (`all`): `depmod -a VER` with the root's own depmod. A
+ * version whose tree is not in the root (a kernel the apply removed) is
+ * skipped. Skipped with a note when kmod is not installed in the root; null
+ * when there is nothing to index.
+ */
+export async function runDepmod(root: string, ctx: TriggerContext): Promise<StepResult | null> {
+  const t = ctx.depmod ?? { kernels: [], all: true };
+  const versions = new Set(t.kernels);
+  if (t.all) for (const v of rootModuleTrees(root)) versions.add(v);
+  const present = [...versions]
+    .filter((v) => v && !v.includes("/") && v !== "." && v !== "..")
+    .filter((v) => existsIn(root, `/lib/modules/${v}`) || existsIn(root, `/usr/lib/modules/${v}`))
+    .sort();
+  if (!present.length) return null;
+  const bin = rootFile(root, ["/usr/sbin/depmod", "/sbin/depmod"]);
+  if (!bin) return skipped(`depmod is not installed in the root (kmod): not run for ${present.join(", ")}`);
+  let ok = true;
+  const output: string[] = [];
+  for (const v of present) {
+    const r = await run(inRoot(root, [bin, "-a", v]));
+    if (!r.ok) ok = false;
+    if (r.output) output.push(`depmod -a ${v}: ${r.output}`);
+  }
+  return { ok, output: output.join("\n").slice(0, 4096) };
+}
+
+/**
+ * `update-grub` with the root's own (a new or removed kernel, or a new
+ * initramfs, changes GRUB's menu). Skipped with a note when GRUB is not
+ * installed in the root (a minimal chroot, a machine booted otherwise).
+ */
+export async function runUpdateGrub(root: string): Promise<StepResult> {
+  const bin = rootFile(root, ["/usr/sbin/update-grub", "/sbin/update-grub"]);
+  if (!bin) return skipped("update-grub is not installed in the root (no GRUB): not run");
+  return run(inRoot(root, [bin]));
+}
+
 /** A command of the root: argv run there (chroot unless the root is /). */
 const inRoot = (root: string, argv: string[]) =>
   path.resolve(root) === "/" ? argv : ["chroot", root, ...argv];
 
-/** The first of `candidates` (absolute paths in the root) that exists there, or null. */
+/**
+ * The first of `candidates` (absolute paths in the root) that exists there,
+ * or null. A symlink counts without being followed: its target is the
+ * root's (kmod's /sbin/depmod → /bin/kmod), not the host's.
+ */
 function rootFile(root: string, candidates: string[]): string | null {
-  return candidates.find((c) => existsSync(path.join(root, c))) ?? null;
+  return candidates.find((c) => existsIn(root, c)) ?? null;
 }
 
 /** `p` (absolute in the root) exists, itself (a symlink counts; it is not followed). */
@@ -548,12 +636,19 @@ const INITRAMFS_STATE = "initramfs.json";
 export async function runInitramfs(
   root: string,
   ctx: TriggerContext,
-): Promise<{ ok: boolean; output: string } | null> {
-  const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
-  if (!bin) return null;
+): Promise<(StepResult & { created?: boolean }) | null> {
   const t = ctx.initramfs ?? { kernels: [], all: true };
   const versions = new Set(t.kernels);
   if (t.all) for (const v of rootKernels(root)) versions.add(v);
+  const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
+  if (!bin) {
+    const named = [...versions].filter((v) => v && !v.includes("/") && existsIn(root, `/boot/vmlinuz-${v}`));
+    return named.length
+      ? skipped(
+          `update-initramfs is not installed in the root (initramfs-tools): not run for ${named.sort().join(", ")}`,
+        )
+      : null;
+  }
   const stateFile = ctx.stateDir ? path.join(ctx.stateDir, INITRAMFS_STATE) : null;
   let done = new Set<string>();
   try {
@@ -564,6 +659,7 @@ export async function runInitramfs(
   }
   let ok = true;
   let ran = false;
+  let created = false;
   const output: string[] = [];
   for (const v of [...versions].sort()) {
     if (!v || v.includes("/") || !existsIn(root, `/boot/vmlinuz-${v}`)) continue;
@@ -571,12 +667,14 @@ export async function runInitramfs(
     if (has && done.has(v)) continue;
     ran = true;
     const r = await run(inRoot(root, [bin, has ? "-u" : "-c", "-k", v]));
-    if (r.ok) done.add(v);
-    else {
+    if (r.ok) {
+      done.add(v);
+      if (!has) created = true;
+    } else {
       ok = false;
       done.delete(v);
-      output.push(`update-initramfs ${has ? "-u" : "-c"} -k ${v}: ${r.output}`);
     }
+    if (r.output) output.push(`update-initramfs ${has ? "-u" : "-c"} -k ${v}: ${r.output}`);
   }
   if (!ran) return null;
   if (stateFile && ctx.image) {
@@ -590,7 +688,7 @@ export async function runInitramfs(
       // Best effort: the next apply of this image builds them again.
     }
   }
-  return { ok, output: output.join("\n").slice(0, 4096) };
+  return { ok, output: output.join("\n").slice(0, 4096), ...(created ? { created } : {}) };
 }
 
 function run(cmd: string[]): Promise<{ ok: boolean; output: string }> {

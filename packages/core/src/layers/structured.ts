@@ -59,6 +59,21 @@ export const IDENTITY_RULES: readonly Rule[] = freeze([
 ]);
 
 /**
+ * The files `depmod` writes into /lib/modules/VER (kmod 30–33). The kernel
+ * package's own modules.order, modules.builtin and modules.builtin.modinfo
+ * are not among them: they are the kernel's, and depmod reads them.
+ */
+const DEPMOD_OUTPUTS = [
+  "modules.*.bin",
+  "modules.dep",
+  "modules.alias",
+  "modules.softdep",
+  "modules.weakdep",
+  "modules.symbols",
+  "modules.devname",
+];
+
+/**
  * What each endpoint derives itself, after an apply, by a trigger
  * (docs/design/layers.md, "Triggers"): never in a layer tree, never written
  * or deleted by an apply. The initramfs images (built on the reference, they
@@ -66,13 +81,18 @@ export const IDENTITY_RULES: readonly Rule[] = freeze([
  * endpoint's own) and the alternatives database with its links in
  * /etc/alternatives (layers record alternatives in their manifest and
  * `update-alternatives` registers them, keeping the endpoint's choices).
- * Part of both the capture-noise and the base-capture rules; a base capture
- * drops them even when the administrator's rules do not name them.
+ * And the index `depmod` writes for each kernel's modules (its own
+ * modules and DKMS's may differ from the reference's). Part of both the
+ * capture-noise and the base-capture rules; a base capture drops them even
+ * when the administrator's rules do not name them.
  */
 export const ENDPOINT_DERIVED_RULES: readonly Rule[] = freeze([
   { dir: "/boot", pattern: "initrd.img-*" },
   { dir: "/var/lib/dpkg/alternatives" },
   { dir: "/etc/alternatives" },
+  ...["/lib/modules/*", "/usr/lib/modules/*"].flatMap((dir) =>
+    DEPMOD_OUTPUTS.map((pattern) => ({ dir, pattern })),
+  ),
 ]);
 
 /**

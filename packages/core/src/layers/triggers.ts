@@ -7,13 +7,17 @@ import type { InitramfsTargets, Trigger } from "./types.js";
 
 /**
  * The order triggers run in: the linker cache first (everything after it may
- * start binaries), then the alternatives links, then the initramfs (its
- * hooks run binaries and copy libraries), then systemd's view of the units.
+ * start binaries), then the alternatives links, then the modules' index
+ * (the initramfs copies modules by it), then the initramfs (its hooks run
+ * binaries and copy libraries), then the boot menu (it lists the kernels
+ * and their initramfs), then systemd's view of the units.
  */
 export const TRIGGER_ORDER: readonly Trigger[] = [
   "ldconfig",
   "update-alternatives",
+  "depmod",
   "update-initramfs",
+  "update-grub",
   "systemd-daemon-reload",
 ];
 
@@ -50,7 +54,11 @@ const INITRAMFS_ROOTS = new Set(INITRAMFS_DIRS.map((d) => d.slice(0, -1)));
  * - `update-alternatives`: anything below /var/lib/dpkg/alternatives or
  *   /etc/alternatives (a capture names the administrative files of the
  *   groups it changed; the files themselves are never in a layer tree);
+ * - `depmod`: anything below /lib/modules/VER or /usr/lib/modules/VER
+ *   (a kernel's modules: `depmodTargets`);
  * - `update-initramfs`: what `initramfsTargets` finds;
+ * - `update-grub`: a kernel image, /boot/vmlinuz-VER (GRUB's menu lists
+ *   the kernels);
  * - `systemd-daemon-reload`: anything below /etc/systemd/system,
  *   /lib/systemd/system or /usr/lib/systemd/system (units, drop-ins,
  *   `.wants` links).
@@ -64,7 +72,9 @@ export function triggersFor(paths: Iterable<string>): Trigger[] {
     }
     if (!found.has("update-alternatives") && ALTERNATIVES_DIRS.some((d) => p.startsWith(d)))
       found.add("update-alternatives");
+    if (!found.has("depmod") && modulesVersion(p) !== null) found.add("depmod");
     if (!found.has("update-initramfs") && initramfsPath(p) !== null) found.add("update-initramfs");
+    if (!found.has("update-grub") && kernelVersion(KERNEL_IMAGE, p) !== null) found.add("update-grub");
     if (!found.has("systemd-daemon-reload") && UNIT_DIRS.some((d) => p.startsWith(d)))
       found.add("systemd-daemon-reload");
     if (found.size === TRIGGER_ORDER.length) break;
@@ -72,12 +82,35 @@ export function triggersFor(paths: Iterable<string>): Trigger[] {
   return TRIGGER_ORDER.filter((t) => found.has(t));
 }
 
+/** The version `re` captures from `p` (a kernel image or modules path), null when none. */
+function kernelVersion(re: RegExp, p: string): string | null {
+  const k = re.exec(p);
+  return k && k[1] !== "." && k[1] !== ".." ? k[1]! : null;
+}
+
+/** The kernel whose module tree holds `p` (/lib/modules/VER or below, also under /usr), or null. */
+const modulesVersion = (p: string) => kernelVersion(KERNEL_MODULES, p);
+
 /** The kernel version a path belongs to, "*" for every kernel's initramfs, null when no initramfs holds it. */
 function initramfsPath(p: string): string | null {
-  const k = KERNEL_IMAGE.exec(p) ?? KERNEL_MODULES.exec(p);
-  if (k) return k[1] === "." || k[1] === ".." ? null : k[1]!;
+  const k = kernelVersion(KERNEL_IMAGE, p) ?? modulesVersion(p);
+  if (k) return k;
   if (INITRAMFS_ROOTS.has(p) || INITRAMFS_DIRS.some((d) => p.startsWith(d))) return "*";
   return null;
+}
+
+/**
+ * The kernels whose module tree `paths` change (/lib/modules/VER/…, also
+ * below /usr/lib): `depmod -a VER` rebuilds their index (modules.dep,
+ * aliases). Null when none. Versions are sorted.
+ */
+export function depmodTargets(paths: Iterable<string>): InitramfsTargets | null {
+  const kernels = new Set<string>();
+  for (const p of paths) {
+    const v = modulesVersion(p);
+    if (v !== null) kernels.add(v);
+  }
+  return kernels.size ? { kernels: [...kernels].sort(), all: false } : null;
 }
 
 /**

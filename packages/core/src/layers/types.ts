@@ -23,7 +23,13 @@ export interface AccountLines {
   gshadow: string[];
 }
 
-export type Trigger = "ldconfig" | "update-alternatives" | "update-initramfs" | "systemd-daemon-reload";
+export type Trigger =
+  | "ldconfig"
+  | "update-alternatives"
+  | "depmod"
+  | "update-initramfs"
+  | "update-grub"
+  | "systemd-daemon-reload";
 
 /** A slave link of an alternatives group: `--slave LINK NAME PATH`. */
 export interface AlternativeSlave {
@@ -59,7 +65,11 @@ export interface LayerAlternatives {
   removed: { name: string; path: string }[];
 }
 
-/** The kernels whose initramfs an apply rebuilds: those named, or (all) every kernel of the endpoint. */
+/**
+ * The kernels an apply works on: those named, or (all) every kernel of the
+ * endpoint — whose initramfs it rebuilds (`initramfs`), whose modules it
+ * indexes (`depmod`).
+ */
 export interface InitramfsTargets {
   kernels: string[];
   all: boolean;
