@@ -68,6 +68,12 @@ export interface ChangeWatcherOptions {
    */
   maxWatches?: number;
   /**
+   * New directories waiting to be watched before the watcher gives up on
+   * them and walks everything again instead (bounds its memory during a
+   * storm of new directories). Default 65,536.
+   */
+  maxPendingDirs?: number;
+  /**
    * Told why the next upload walks everything when the watcher lost track:
    * a queue overflow, a directory or root that cannot be watched. Once per
    * episode, not once per directory.
@@ -76,6 +82,7 @@ export interface ChangeWatcherOptions {
 }
 
 export const DEFAULT_MAX_DIRTY_DIRS = 10_000;
+export const DEFAULT_MAX_PENDING_DIRS = 65_536;
 /** Directories handled between two yields to the event loop. */
 const BATCH = 64;
 
@@ -111,6 +118,8 @@ export class ChangeWatcher {
   /** Whether `unwatched` was told (once until a walk watches everything again). */
   private unwatchedTold = false;
   private readonly maxDirs: number;
+  /** A walk of everything is under way. */
+  private walking = false;
   private closed = false;
 
   private constructor(private readonly opts: ChangeWatcherOptions) {
@@ -125,6 +134,7 @@ export class ChangeWatcher {
   /** Watch every root and every directory below it. A root that cannot be watched is retried by `take`. */
   static async start(opts: ChangeWatcherOptions): Promise<ChangeWatcher> {
     const w = new ChangeWatcher(opts);
+    w.walking = true;
     w.watchRoots();
     w.kick();
     await w.settled();
@@ -192,6 +202,10 @@ export class ChangeWatcher {
           });
           off += 6 + len;
         }
+      // The queue is dropped when the walk of everything starts. During that walk the queue
+      // also holds the walk's own frontier, which is not what this bounds.
+      if (!this.walking && this.work.length > (this.opts.maxPendingDirs ?? DEFAULT_MAX_PENDING_DIRS))
+        this.lostTrack("too many directories appeared at once");
       this.kick();
     } catch (e) {
       this.markFull(`watcher error: ${(e as Error).message}`);
@@ -233,9 +247,11 @@ export class ChangeWatcher {
         this.rootWds.clear();
         this.watchRoots();
         sweep = true;
+        this.walking = true;
       }
       const item = this.work.pop();
       if (item === undefined) {
+        this.walking = false;
         if (sweep) {
           native.watchSweep(this.h, false);
           if (this.unwatched === null) this.unwatchedTold = false;

@@ -255,6 +255,24 @@ describe("ChangeWatcher when it loses track", () => {
     );
   });
 
+  it("a storm of new directories past what it queues makes the set full and is then watched whole", async () => {
+    const root = tmp();
+    const errors: Error[] = [];
+    const w = await start({ roots: [root], maxPendingDirs: 10, onError: (e) => errors.push(e) });
+    // Made while the event loop is blocked: they arrive at once, past the 10 it queues.
+    for (let i = 0; i < 30; i++) mkdirSync(path.join(root, `d${i}/sub`), { recursive: true });
+    for (let i = 0; i < 30; i++) mkdirSync(path.join(root, `e${i}`));
+    expect(await waitFor("full", () => fullSet(w))).toEqual({
+      kind: "full",
+      reason: "too many directories appeared at once",
+    });
+    expect((await w.take()).kind).toBe("full");
+    expect(watches(w)).toBe(91);
+    expect(errors.length).toBe(1);
+    writeFileSync(path.join(root, "e29/f"), "x");
+    await waitFor("e29", () => hasDir(w, path.join(root, "e29")));
+  });
+
   it.skipIf(process.getuid?.() !== 0)(
     "an unmount in the area makes the set full and watches what the mount hid (needs root)",
     async () => {
