@@ -10,6 +10,7 @@ import {
   type FleetStore,
   type NewEndpoint,
   type PolicyRecord,
+  type PolicyUsage,
   policyInUse,
   sameCvdRefusal,
 } from "./fleet-store.js";
@@ -34,6 +35,7 @@ interface EnrollmentTokenRow {
   policy_id: string | null;
   auto_approve: boolean;
   revoked_at: Date | null;
+  autoassign: boolean;
 }
 interface EndpointRow {
   id: string;
@@ -55,6 +57,9 @@ interface CvdRow {
   policy_id: string;
   created_at: Date;
   snoozed_until: Date | null;
+  sync_requested_at: Date | null;
+  sync_requested_by: string | null;
+  snoozed_by: string | null;
   endpoint_hostname: string | null;
   policy_name: string;
   policy_version: number;
@@ -80,6 +85,7 @@ const toToken = (r: EnrollmentTokenRow): EnrollmentTokenRecord => ({
   policyId: r.policy_id,
   autoApprove: r.auto_approve,
   revokedAt: r.revoked_at,
+  autoAssign: r.autoassign,
 });
 const toEndpoint = (r: EndpointRow): EndpointRecord => ({
   id: r.id,
@@ -101,6 +107,9 @@ const toCvd = (r: CvdRow): CvdSummary => ({
   policyId: r.policy_id,
   createdAt: r.created_at,
   snoozedUntil: r.snoozed_until,
+  syncRequestedAt: r.sync_requested_at,
+  syncRequestedBy: r.sync_requested_by,
+  snoozedBy: r.snoozed_by,
   endpointHostname: r.endpoint_hostname,
   policyName: r.policy_name,
   policyVersion: r.policy_version,
@@ -197,13 +206,19 @@ export class PostgresFleetStore implements FleetStore {
     }
   }
 
-  async policyUsage(id: string): Promise<{ cvds: number; enrollmentTokens: number }> {
-    const r = await this.q<{ cvds: number; tokens: number }>(
+  async policyUsage(id: string): Promise<PolicyUsage> {
+    const r = await this.q<{ cvds: number; tokens: number; rules: number }>(
       `SELECT (SELECT count(*) FROM cvds WHERE policy_id = $1) AS cvds,
-              (SELECT count(*) FROM enrollment_tokens WHERE policy_id = $1) AS tokens`,
+              (SELECT count(*) FROM enrollment_tokens WHERE policy_id = $1) AS tokens,
+              (SELECT count(*) FROM autoassign_rules WHERE policy_id = $1) AS rules`,
       [id],
     );
-    return { cvds: Number(r.rows[0]!.cvds), enrollmentTokens: Number(r.rows[0]!.tokens) };
+    const row = r.rows[0]!;
+    return {
+      cvds: Number(row.cvds),
+      enrollmentTokens: Number(row.tokens),
+      autoassignRules: Number(row.rules),
+    };
   }
 
   async deletePolicy(id: string): Promise<boolean> {
@@ -219,8 +234,8 @@ export class PostgresFleetStore implements FleetStore {
     try {
       await this.q(
         `INSERT INTO enrollment_tokens (id, token_hash, created_by, created_at, expires_at, max_uses,
-           uses_left, policy_id, auto_approve, revoked_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+           uses_left, policy_id, auto_approve, revoked_at, autoassign)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
         [
           t.id,
           t.tokenHash,
@@ -232,6 +247,7 @@ export class PostgresFleetStore implements FleetStore {
           t.policyId,
           t.autoApprove,
           t.revokedAt,
+          t.autoAssign !== false,
         ],
       );
     } catch (e) {
@@ -324,6 +340,12 @@ export class PostgresFleetStore implements FleetStore {
       "INSERT INTO cvds (id, endpoint_id, policy_id, created_at, snoozed_until) VALUES ($1, $2, $3, $4, $5)",
       [cvd.id, cvd.endpointId, cvd.policyId, cvd.createdAt, cvd.snoozedUntil],
     );
+    if (cvd.tags?.length) {
+      await c.query(
+        "INSERT INTO cvd_tags (cvd_id, tag) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+        [cvd.id, [...new Set(cvd.tags)]],
+      );
+    }
   }
 
   async findEnrollment(tokenId: string, keyHash: string): Promise<EndpointRecord | null> {
@@ -450,5 +472,23 @@ export class PostgresFleetStore implements FleetStore {
         throw new StrataError("NOT_FOUND", `policy ${policyId} does not exist`, { subject: policyId });
       throw e;
     }
+  }
+
+  async requestCvdSync(id: string, at: Date, by: string): Promise<boolean> {
+    const r = await this.q("UPDATE cvds SET sync_requested_at = $1, sync_requested_by = $2 WHERE id = $3", [
+      at,
+      by,
+      id,
+    ]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async setCvdSnooze(id: string, until: Date | null, by: string | null): Promise<boolean> {
+    const r = await this.q("UPDATE cvds SET snoozed_until = $1, snoozed_by = $2 WHERE id = $3", [
+      until,
+      until === null ? null : by,
+      id,
+    ]);
+    return (r.rowCount ?? 0) > 0;
   }
 }

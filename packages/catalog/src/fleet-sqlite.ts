@@ -10,6 +10,7 @@ import {
   type FleetStore,
   type NewEndpoint,
   type PolicyRecord,
+  type PolicyUsage,
   policyInUse,
   sameCvdRefusal,
 } from "./fleet-store.js";
@@ -35,6 +36,7 @@ interface EnrollmentTokenRow {
   policy_id: string | null;
   auto_approve: number;
   revoked_at: number | null;
+  autoassign: number;
 }
 interface EndpointRow {
   id: string;
@@ -56,6 +58,9 @@ interface CvdRow {
   policy_id: string;
   created_at: number;
   snoozed_until: number | null;
+  sync_requested_at: number | null;
+  sync_requested_by: string | null;
+  snoozed_by: string | null;
   endpoint_hostname: string | null;
   policy_name: string;
   policy_version: number;
@@ -84,6 +89,7 @@ const toToken = (r: EnrollmentTokenRow): EnrollmentTokenRecord => ({
   policyId: r.policy_id,
   autoApprove: r.auto_approve !== 0,
   revokedAt: date(r.revoked_at),
+  autoAssign: r.autoassign !== 0,
 });
 const toEndpoint = (r: EndpointRow): EndpointRecord => ({
   id: r.id,
@@ -105,6 +111,9 @@ const toCvd = (r: CvdRow): CvdSummary => ({
   policyId: r.policy_id,
   createdAt: new Date(r.created_at),
   snoozedUntil: date(r.snoozed_until),
+  syncRequestedAt: date(r.sync_requested_at),
+  syncRequestedBy: r.sync_requested_by,
+  snoozedBy: r.snoozed_by,
   endpointHostname: r.endpoint_hostname,
   policyName: r.policy_name,
   policyVersion: r.policy_version,
@@ -195,14 +204,15 @@ export class SqliteFleetStore implements FleetStore {
     }
   }
 
-  async policyUsage(id: string): Promise<{ cvds: number; enrollmentTokens: number }> {
+  async policyUsage(id: string): Promise<PolicyUsage> {
     const r = this.db
       .prepare(
         `SELECT (SELECT count(*) FROM cvds WHERE policy_id = ?) AS cvds,
-                (SELECT count(*) FROM enrollment_tokens WHERE policy_id = ?) AS tokens`,
+                (SELECT count(*) FROM enrollment_tokens WHERE policy_id = ?) AS tokens,
+                (SELECT count(*) FROM autoassign_rules WHERE policy_id = ?) AS rules`,
       )
-      .get(id, id) as { cvds: number; tokens: number };
-    return { cvds: r.cvds, enrollmentTokens: r.tokens };
+      .get(id, id, id) as { cvds: number; tokens: number; rules: number };
+    return { cvds: r.cvds, enrollmentTokens: r.tokens, autoassignRules: r.rules };
   }
 
   async deletePolicy(id: string): Promise<boolean> {
@@ -219,8 +229,8 @@ export class SqliteFleetStore implements FleetStore {
       this.db
         .prepare(
           `INSERT INTO enrollment_tokens (id, token_hash, created_by, created_at, expires_at, max_uses,
-             uses_left, policy_id, auto_approve, revoked_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             uses_left, policy_id, auto_approve, revoked_at, autoassign)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         )
         .run(
           t.id,
@@ -233,6 +243,7 @@ export class SqliteFleetStore implements FleetStore {
           t.policyId,
           t.autoApprove ? 1 : 0,
           ms(t.revokedAt),
+          t.autoAssign === false ? 0 : 1,
         );
     } catch (e) {
       if (isUnique(e)) throw new StrataError("ALREADY_EXISTS", `enrollment token ${t.id} already exists`);
@@ -325,6 +336,10 @@ export class SqliteFleetStore implements FleetStore {
         "INSERT INTO cvds (id, endpoint_id, policy_id, created_at, snoozed_until) VALUES (?, ?, ?, ?, ?)",
       )
       .run(c.id, c.endpointId, c.policyId, c.createdAt.getTime(), ms(c.snoozedUntil));
+    if (c.tags?.length) {
+      const tag = this.db.prepare("INSERT INTO cvd_tags (cvd_id, tag) VALUES (?, ?) ON CONFLICT DO NOTHING");
+      for (const t of c.tags) tag.run(c.id, t);
+    }
   }
 
   async findEnrollment(tokenId: string, keyHash: string): Promise<EndpointRecord | null> {
@@ -443,5 +458,21 @@ export class SqliteFleetStore implements FleetStore {
         throw new StrataError("NOT_FOUND", `policy ${policyId} does not exist`, { subject: policyId });
       throw e;
     }
+  }
+
+  async requestCvdSync(id: string, at: Date, by: string): Promise<boolean> {
+    return (
+      this.db
+        .prepare("UPDATE cvds SET sync_requested_at = ?, sync_requested_by = ? WHERE id = ?")
+        .run(at.getTime(), by, id).changes > 0
+    );
+  }
+
+  async setCvdSnooze(id: string, until: Date | null, by: string | null): Promise<boolean> {
+    return (
+      this.db
+        .prepare("UPDATE cvds SET snoozed_until = ?, snoozed_by = ? WHERE id = ?")
+        .run(ms(until), until === null ? null : by, id).changes > 0
+    );
   }
 }

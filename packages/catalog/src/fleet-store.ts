@@ -28,6 +28,10 @@
  *   a different CVD, or when the CVD to attach belongs to an endpoint that is
  *   not disabled; it moves an attached CVD from its (disabled) endpoint.
  * - an endpoint's cvdId is derived from cvds.endpoint_id: it is never stale.
+ * - a CVD created with `tags` (enrollEndpoint's autoApprove, approveEndpoint's
+ *   create) gets them in the same transaction.
+ * - requestCvdSync / setCvdSnooze return false for a missing CVD; a token's
+ *   autoAssign is stored (absent: true) and read back.
  */
 import { StrataError } from "@strata/core";
 
@@ -59,6 +63,12 @@ export interface EnrollmentTokenRecord {
   policyId: string | null;
   autoApprove: boolean;
   revokedAt: Date | null;
+  /**
+   * Whether auto-assignment rules apply to endpoints enrolling with it
+   * (absent: true). False for tokens whose endpoints get a CVD otherwise
+   * (recovery: the tool gives the endpoint an existing CVD).
+   */
+  autoAssign?: boolean;
 }
 
 export interface EndpointRecord {
@@ -91,10 +101,21 @@ export interface CvdRecord {
   policyId: string;
   createdAt: Date;
   snoozedUntil: Date | null;
+  /** Tags the new CVD gets (an auto-assignment rule's), written with it; absent: none. */
+  tags?: readonly string[];
+}
+
+/** An administrator's requests to the CVD's agent (server.md, "Remote sync and snooze"). */
+export interface CvdRemoteControl {
+  /** The newest "upload now" request, and who made it (`user:NAME`). */
+  syncRequestedAt: Date | null;
+  syncRequestedBy: string | null;
+  /** Who set snoozedUntil (`user:NAME`), null when nobody did or it was resumed. */
+  snoozedBy: string | null;
 }
 
 /** A CVD with the names an administrator reads, joined in the same query. */
-export interface CvdSummary extends CvdRecord {
+export interface CvdSummary extends CvdRecord, CvdRemoteControl {
   endpointHostname: string | null;
   policyName: string;
   policyVersion: number;
@@ -125,8 +146,8 @@ export interface FleetStore {
     p: { name: string; body: Record<string, unknown> },
     at: Date,
   ): Promise<PolicyRecord | null>;
-  /** How many CVDs and enrollment tokens name the policy. */
-  policyUsage(id: string): Promise<{ cvds: number; enrollmentTokens: number }>;
+  /** How many CVDs, enrollment tokens and auto-assignment rules name the policy. */
+  policyUsage(id: string): Promise<PolicyUsage>;
   deletePolicy(id: string): Promise<boolean>;
 
   createEnrollmentToken(t: EnrollmentTokenRecord): Promise<void>;
@@ -166,15 +187,28 @@ export interface FleetStore {
   listCvds(): Promise<CvdSummary[]>;
   /** False when the CVD is missing; NOT_FOUND when the policy is. */
   setCvdPolicy(id: string, policyId: string): Promise<boolean>;
+  /** Records an "upload now" request (replacing an older one). False when the CVD is missing. */
+  requestCvdSync(id: string, at: Date, by: string): Promise<boolean>;
+  /** Sets (or with null, clears) the CVD's snooze and who set it. False when the CVD is missing. */
+  setCvdSnooze(id: string, until: Date | null, by: string | null): Promise<boolean>;
+}
+
+export interface PolicyUsage {
+  cvds: number;
+  enrollmentTokens: number;
+  autoassignRules: number;
 }
 
 // Errors both implementations raise, worded once.
 
-export function policyInUse(id: string, use: { cvds: number; enrollmentTokens: number }): StrataError {
+export function policyInUse(id: string, use: PolicyUsage): StrataError {
   return new StrataError(
     "INVALID_ARGUMENT",
-    `policy ${id} is in use by ${use.cvds} CVD(s) and ${use.enrollmentTokens} enrollment token(s)`,
-    { subject: id, hint: "move those CVDs to another policy and revoke those tokens first" },
+    `policy ${id} is in use by ${use.cvds} CVD(s), ${use.enrollmentTokens} enrollment token(s) and ${use.autoassignRules} auto-assignment rule(s)`,
+    {
+      subject: id,
+      hint: "move those CVDs to another policy, revoke those tokens and remove those rules (`strata autoassign rm`) first",
+    },
   );
 }
 

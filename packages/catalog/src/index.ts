@@ -30,10 +30,18 @@ export async function openCatalog(spec: string, opts: PostgresCatalogOptions = {
   return openSqliteCatalog(spec.startsWith("sqlite:") ? spec.slice("sqlite:".length) : spec);
 }
 
+export {
+  type AutoassignRuleRecord,
+  type AutoassignStore,
+  type NewAutoassignRule,
+  PostgresAutoassignStore,
+  SqliteAutoassignStore,
+} from "./autoassign.js";
 export { PostgresFleetStore } from "./fleet-postgres.js";
 export { SqliteFleetStore } from "./fleet-sqlite.js";
 export type {
   CvdRecord,
+  CvdRemoteControl,
   CvdSummary,
   EndpointFilter,
   EndpointRecord,
@@ -42,6 +50,7 @@ export type {
   FleetStore,
   NewEndpoint,
   PolicyRecord,
+  PolicyUsage,
 } from "./fleet-store.js";
 export {
   type AssignmentRecord,

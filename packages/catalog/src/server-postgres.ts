@@ -1,4 +1,5 @@
 import { StrataError } from "@strata/core";
+import { type AutoassignStore, PostgresAutoassignStore } from "./autoassign.js";
 import { PostgresFleetStore } from "./fleet-postgres.js";
 import { type LayerStore, PostgresLayerStore } from "./layers.js";
 import { openPostgresCatalog, type PostgresCatalog, type PostgresCatalogOptions } from "./postgres.js";
@@ -93,6 +94,7 @@ export class PostgresServerStore extends PostgresFleetStore implements ServerSto
   readonly tasks: TaskStore;
   readonly layers: LayerStore;
   readonly targeting: TargetingStore;
+  readonly autoassign: AutoassignStore;
   private readonly catalog: PostgresCatalog;
 
   constructor(catalog: PostgresCatalog) {
@@ -101,6 +103,7 @@ export class PostgresServerStore extends PostgresFleetStore implements ServerSto
     this.tasks = new PostgresTaskStore(catalog.pool);
     this.layers = new PostgresLayerStore(catalog.pool);
     this.targeting = new PostgresTargetingStore(catalog.pool);
+    this.autoassign = new PostgresAutoassignStore(catalog.pool);
   }
 
   async upsertBuiltinRoles(

@@ -1,5 +1,6 @@
 import { StrataError } from "@strata/core";
 import Database from "better-sqlite3";
+import { type AutoassignStore, SqliteAutoassignStore } from "./autoassign.js";
 import { SqliteFleetStore } from "./fleet-sqlite.js";
 import { type LayerStore, SqliteLayerStore } from "./layers.js";
 import { SqliteTaskStore, type TaskStore } from "./restores.js";
@@ -107,6 +108,7 @@ export class SqliteServerStore extends SqliteFleetStore implements ServerStore {
   readonly tasks: TaskStore = new SqliteTaskStore(this.db);
   readonly layers: LayerStore = new SqliteLayerStore(this.db);
   readonly targeting: TargetingStore = new SqliteTargetingStore(this.db);
+  readonly autoassign: AutoassignStore = new SqliteAutoassignStore(this.db);
 
   async upsertBuiltinRoles(
     roles: readonly { name: string; permissions: readonly string[] }[],

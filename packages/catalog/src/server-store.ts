@@ -16,6 +16,7 @@
  * The fleet's tables (policies, enrollment tokens, endpoints, CVDs) are
  * FleetStore's (fleet-store.ts), with their own contract.
  */
+import type { AutoassignStore } from "./autoassign.js";
 import type { FleetStore } from "./fleet-store.js";
 import type { LayerStore } from "./layers.js";
 import type { TaskStore } from "./restores.js";
@@ -87,6 +88,8 @@ export interface ServerStore extends FleetStore {
   readonly layers: LayerStore;
   /** Collections, driver profiles, layer rules and CVD tags (targeting.ts), in the same database. */
   readonly targeting: TargetingStore;
+  /** Auto-assignment rules (autoassign.ts), in the same database. */
+  readonly autoassign: AutoassignStore;
 
   /** Writes the built-in roles (insert or overwrite permissions; marks them builtin). */
   upsertBuiltinRoles(roles: readonly { name: string; permissions: readonly string[] }[]): Promise<void>;

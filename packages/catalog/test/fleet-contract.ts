@@ -40,6 +40,7 @@ function token(id: string, over: Partial<EnrollmentTokenRecord> = {}): Enrollmen
     policyId: null,
     autoApprove: false,
     revokedAt: null,
+    autoAssign: true,
     ...over,
   };
 }
@@ -112,7 +113,7 @@ export function runFleetStoreContract(name: string, open: () => Promise<ServerSt
       expect(await s.updatePolicy("pol_missing", { name: "x", body: {} }, later(3))).toBeNull();
       // In use by a token, then by a CVD.
       await s.createEnrollmentToken(token("00000000000000a1", { policyId: d.id }));
-      expect(await s.policyUsage(d.id)).toEqual({ cvds: 0, enrollmentTokens: 1 });
+      expect(await s.policyUsage(d.id)).toEqual({ cvds: 0, enrollmentTokens: 1, autoassignRules: 0 });
       await rejectsWith(s.deletePolicy(d.id), "INVALID_ARGUMENT");
       expect(await s.getPolicy(d.id)).not.toBeNull();
       expect(await s.deletePolicy(both[0].id)).toBe(true);

@@ -36,6 +36,7 @@ describe.skipIf(!target.url)("PostgreSQL", () => {
         { version: 7, name: "layers" },
         { version: 8, name: "targeting" },
         { version: 9, name: "blobs_no_pack_index" },
+        { version: 10, name: "autoassign" },
       ]);
       const t = await cs[1]!.pool.query(
         "SELECT pg_typeof(id)::text AS t, octet_length(id) AS n FROM blobs LIMIT 1",

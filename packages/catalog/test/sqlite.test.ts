@@ -48,6 +48,7 @@ describe("SqliteCatalog specifics", () => {
       { version: 7, name: "layers" },
       { version: 8, name: "targeting" },
       { version: 9, name: "blobs_no_pack_index" },
+      { version: 10, name: "autoassign" },
     ]);
     expect(db.prepare("SELECT typeof(id) AS t, length(id) AS n FROM blobs LIMIT 1").get()).toEqual({
       t: "blob",
