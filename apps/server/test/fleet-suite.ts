@@ -412,7 +412,11 @@ export function runFleetSuite(name: string, open: () => Promise<ServerStore>): v
         name: "Kiosks",
         version: 3,
       });
-      expect((await get("/api/v1/policies/Kiosks")).json().usage).toEqual({ cvds: 1, enrollmentTokens: 0 });
+      expect((await get("/api/v1/policies/Kiosks")).json().usage).toEqual({
+        cvds: 1,
+        enrollmentTokens: 0,
+        autoassignRules: 0,
+      });
       const del = await send("DELETE", "/api/v1/policies/Kiosks");
       expect(del.statusCode).toBe(400);
       expect(del.json().error.message).toContain("1 CVD");

@@ -8,6 +8,7 @@ import {
   findTestPostgres,
   newTestSchema,
 } from "../../../packages/catalog/test/pg-helper.js";
+import { runAutoassignSuite } from "./autoassign-suite.js";
 import { runFleetSuite } from "./fleet-suite.js";
 import { runServerSuite } from "./suite.js";
 import { runTargetingSuite } from "./targeting-suite.js";
@@ -19,6 +20,7 @@ describe("SQLite catalog", () => {
   runServerSuite("sqlite", () => openSqliteServerStore(join(dir, "catalog.db")));
   runFleetSuite("sqlite", () => openSqliteServerStore(join(dir, "fleet.db")));
   runTargetingSuite("sqlite", () => openSqliteServerStore(join(dir, "targeting.db")));
+  runAutoassignSuite("sqlite", () => openSqliteServerStore(join(dir, "autoassign.db")));
 });
 
 const target = await findTestPostgres();
@@ -29,4 +31,7 @@ describe.skipIf(!target.url)("PostgreSQL catalog", () => {
   runServerSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
   runFleetSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
   runTargetingSuite("postgres", () => openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }));
+  runAutoassignSuite("postgres", () =>
+    openPostgresServerStore(target.url ?? "", { schema: newTestSchema() }),
+  );
 });

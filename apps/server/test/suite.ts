@@ -66,6 +66,11 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   ApplyRequest: {},
   CaptureStartRequest: { snapshot: "a".repeat(64) },
   CaptureFinishRequest: { snapshot: "a".repeat(64), name: "probe-app" },
+  // Matches no endpoint of this suite: approve-by-rules leaves the pending probe endpoint pending.
+  CreateAutoassignRuleRequest: { name: "Probe Rule", rule: { hostname: "probe-matches-nothing-*" } },
+  AutoassignTestRequest: { facts: { hostname: "probe" } },
+  ApproveByRulesRequest: {},
+  SnoozeEndpointRequest: { minutes: 5 },
 };
 
 /** A query that passes validation, by schema: required query parameters are checked before access. */

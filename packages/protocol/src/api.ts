@@ -3,6 +3,7 @@
  * validates requests and documents responses with the schemas; the client
  * returns the types. Times travel as ISO 8601 strings.
  */
+import { autoassignSchemas } from "./autoassign.js";
 import { fleetSchemas } from "./fleet.js";
 import { dateTime, nullableDateTime, obj, type Schema, str } from "./json-schema.js";
 import { layerSchemas } from "./layers.js";
@@ -207,6 +208,7 @@ export const schemas = {
   ...restoreSchemas,
   ...layerSchemas,
   ...targetingSchemas,
+  ...autoassignSchemas,
 } satisfies Record<string, Schema>;
 
 export type SchemaName = keyof typeof schemas;

@@ -12,6 +12,14 @@ import {
   type User,
   type WhoAmI,
 } from "./api.js";
+import type {
+  ApproveByRulesRequest,
+  ApproveByRulesResult,
+  AutoassignRuleInfo,
+  AutoassignTestRequest,
+  AutoassignTestResult,
+  CreateAutoassignRuleRequest,
+} from "./autoassign.js";
 import { ApiError, type ApiErrorBody } from "./errors.js";
 import type {
   AgentSelf,
@@ -278,6 +286,38 @@ export class StrataClient {
   }
   disableEndpoint(id: string): Promise<EndpointDetail> {
     return this.request("POST", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/disable`);
+  }
+  /** Ask the endpoint's agent to upload now (it learns of it at its next agent/self, within a minute). */
+  syncEndpoint(id: string): Promise<EndpointDetail> {
+    return this.request("POST", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/sync`);
+  }
+  /** Snooze the endpoint's uploads for `minutes` (at most 24 h). */
+  snoozeEndpoint(id: string, minutes: number): Promise<EndpointDetail> {
+    return this.request("POST", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/snooze`, { minutes });
+  }
+  /** End the administrator's snooze. */
+  resumeEndpoint(id: string): Promise<EndpointDetail> {
+    return this.request("DELETE", `${API_PREFIX}/endpoints/${encodeURIComponent(id)}/snooze`);
+  }
+  /** Give pending endpoints the CVD of the first auto-assignment rule they match. */
+  approveByRules(req: ApproveByRulesRequest = {}): Promise<ApproveByRulesResult> {
+    return this.request("POST", `${API_PREFIX}/endpoints/approve-by-rules`, req);
+  }
+  // auto-assignment rules (by id or name)
+  listAutoassignRules(): Promise<AutoassignRuleInfo[]> {
+    return this.request("GET", `${API_PREFIX}/autoassign-rules`);
+  }
+  getAutoassignRule(ref: string): Promise<AutoassignRuleInfo> {
+    return this.request("GET", `${API_PREFIX}/autoassign-rules/${encodeURIComponent(ref)}`);
+  }
+  createAutoassignRule(req: CreateAutoassignRuleRequest): Promise<AutoassignRuleInfo> {
+    return this.request("POST", `${API_PREFIX}/autoassign-rules`, req);
+  }
+  deleteAutoassignRule(ref: string): Promise<void> {
+    return this.request("DELETE", `${API_PREFIX}/autoassign-rules/${encodeURIComponent(ref)}`);
+  }
+  testAutoassignRules(req: AutoassignTestRequest): Promise<AutoassignTestResult> {
+    return this.request("POST", `${API_PREFIX}/autoassign-rules/test`, req);
   }
   // CVDs
   listCvds(): Promise<Cvd[]> {

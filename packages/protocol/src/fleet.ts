@@ -101,7 +101,13 @@ export interface AgentSelf {
     id: string;
     latestSnapshot: string | null;
     policy: UploadPolicyDoc;
+    /** An administrator's snooze (`strata endpoints snooze`): no scheduled upload before it. */
     snoozedUntil: string | null;
+    /**
+     * An administrator's newest "upload now" (`strata endpoints sync`): the
+     * agent uploads once when it sees a value it has not served yet.
+     */
+    syncRequestedAt: string | null;
   } | null;
   /** The endpoint's queued and running tasks (restore.md, "Tasks"), oldest first. */
   tasks: AgentTaskRef[];
@@ -118,6 +124,8 @@ export interface EnrollmentToken {
   /** Policy name of auto-approved endpoints' CVDs (null: the default policy). */
   policy: string | null;
   autoApprove: boolean;
+  /** Whether auto-assignment rules apply to endpoints enrolling with it. */
+  autoAssign: boolean;
   revokedAt: string | null;
   /** `usable` until it expires, is used up or revoked. */
   status: "usable" | "expired" | "used-up" | "revoked";
@@ -135,6 +143,8 @@ export interface CreateEnrollmentTokenRequest {
   /** Policy (id or name) of the CVDs of endpoints it auto-approves. */
   policy?: string;
   autoApprove?: boolean;
+  /** Apply the auto-assignment rules to its endpoints (default true; false for recovery tokens). */
+  autoAssign?: boolean;
 }
 
 export interface Endpoint {
@@ -155,6 +165,25 @@ export interface EndpointDetail extends Endpoint {
   enrollmentTokenId: string | null;
   /** Other endpoints that reported the same machine id. */
   sameMachineId: string[];
+  /** An administrator's requests to its agent (null without a CVD): server.md, "Remote sync and snooze". */
+  remote: EndpointRemote | null;
+}
+export interface EndpointRemote {
+  /** The newest "upload now" request and who made it (`user:NAME`). */
+  syncRequestedAt: string | null;
+  syncRequestedBy: string | null;
+  /** `pending` until a snapshot of the CVD is at least as new as the request; null when none was made. */
+  sync: "pending" | "done" | null;
+  /** The administrator's snooze, and who set it; null when none. */
+  snoozedUntil: string | null;
+  snoozedBy: string | null;
+  /** The CVD's newest snapshot's time. */
+  latestSnapshotAt: string | null;
+}
+/** `POST /endpoints/:id/snooze`. */
+export interface SnoozeEndpointRequest {
+  /** 1 to 1440 (24 hours, the agent's own limit). */
+  minutes: number;
 }
 export interface ApproveEndpointRequest {
   /** Policy (id or name) of the new CVD; default: the default policy. */
@@ -172,6 +201,9 @@ export interface Cvd {
   policyVersion: number;
   createdAt: string;
   snoozedUntil: string | null;
+  snoozedBy: string | null;
+  syncRequestedAt: string | null;
+  syncRequestedBy: string | null;
   /** Administrators' tags (`strata cvd tag`): collection rules match them. */
   tags: string[];
 }
@@ -201,7 +233,7 @@ export interface PolicySummary {
 }
 export interface PolicyDetail extends PolicySummary {
   policy: UploadPolicyDoc;
-  usage: { cvds: number; enrollmentTokens: number };
+  usage: { cvds: number; enrollmentTokens: number; autoassignRules: number };
 }
 
 // ---- JSON Schemas ---------------------------------------------------------
@@ -248,6 +280,7 @@ const tokenFields = {
   usesLeft: { type: "integer" },
   policy: { type: ["string", "null"] },
   autoApprove: { type: "boolean" },
+  autoAssign: { type: "boolean" },
   revokedAt: nullableDateTime,
   status: str({ enum: ["usable", "expired", "used-up", "revoked"] }),
 };
@@ -311,6 +344,7 @@ export const fleetSchemas = {
           latestSnapshot: { type: ["string", "null"] },
           policy: policyDoc,
           snoozedUntil: nullableDateTime,
+          syncRequestedAt: nullableDateTime,
         }),
       ],
     },
@@ -337,6 +371,7 @@ export const fleetSchemas = {
       expiresInMinutes: { type: "integer", minimum: 1, maximum: 366 * 1440 },
       policy: str({ pattern: POLICY_REF_PATTERN }),
       autoApprove: { type: "boolean" },
+      autoAssign: { type: "boolean" },
     },
     [],
   ),
@@ -346,7 +381,21 @@ export const fleetSchemas = {
     facts: { type: "object", additionalProperties: true },
     enrollmentTokenId: { type: ["string", "null"] },
     sameMachineId: { type: "array", items: str() },
+    remote: {
+      anyOf: [
+        { type: "null" },
+        obj({
+          syncRequestedAt: nullableDateTime,
+          syncRequestedBy: { type: ["string", "null"] },
+          sync: { anyOf: [{ type: "null" }, str({ enum: ["pending", "done"] })] },
+          snoozedUntil: nullableDateTime,
+          snoozedBy: { type: ["string", "null"] },
+          latestSnapshotAt: nullableDateTime,
+        }),
+      ],
+    },
   }),
+  SnoozeEndpointRequest: obj({ minutes: { type: "integer", minimum: 1, maximum: 1440 } }),
   ApproveEndpointRequest: obj(
     { policy: str({ pattern: POLICY_REF_PATTERN }), cvd: str({ pattern: CVD_ID_PATTERN }) },
     [],
@@ -360,6 +409,9 @@ export const fleetSchemas = {
     policyVersion: { type: "integer" },
     createdAt: dateTime,
     snoozedUntil: nullableDateTime,
+    snoozedBy: { type: ["string", "null"] },
+    syncRequestedAt: nullableDateTime,
+    syncRequestedBy: { type: ["string", "null"] },
     tags: { type: "array", items: str() },
   }),
   CvdSnapshotSummary: obj({
@@ -376,7 +428,11 @@ export const fleetSchemas = {
   PolicyDetail: obj({
     ...policySummary,
     policy: policyDoc,
-    usage: obj({ cvds: { type: "integer" }, enrollmentTokens: { type: "integer" } }),
+    usage: obj({
+      cvds: { type: "integer" },
+      enrollmentTokens: { type: "integer" },
+      autoassignRules: { type: "integer" },
+    }),
   }),
   PolicyInput: policyInput,
   PolicyDocument: policyInput,

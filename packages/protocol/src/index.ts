@@ -1,4 +1,5 @@
 export * from "./api.js";
+export * from "./autoassign.js";
 export * from "./client.js";
 export * from "./errors.js";
 export * from "./fingerprint.js";

@@ -15,6 +15,7 @@ export const PERMISSIONS = [
   { name: "endpoints.read", description: "list and show endpoints" },
   { name: "endpoints.approve", description: "approve pending endpoints and give them a CVD" },
   { name: "endpoints.write", description: "rename, retire and delete endpoints" },
+  { name: "endpoints.control", description: "ask an endpoint's agent to upload now or to snooze" },
   { name: "cvd.read", description: "list CVDs, their snapshots and transactions" },
   { name: "cvd.browse", description: "browse and download files inside CVD snapshots" },
   { name: "cvd.write", description: "change a CVD's policy, delete CVDs or snapshots" },
@@ -76,6 +77,7 @@ export const BUILTIN_ROLES: readonly BuiltinRole[] = [
       "endpoints.read",
       "endpoints.approve",
       "endpoints.write",
+      "endpoints.control",
       "cvd.read",
       "cvd.browse",
       "cvd.write",
@@ -91,6 +93,7 @@ export const BUILTIN_ROLES: readonly BuiltinRole[] = [
     permissions: [
       "system.read",
       "endpoints.read",
+      "endpoints.control",
       "cvd.read",
       "cvd.browse",
       "policy.read",

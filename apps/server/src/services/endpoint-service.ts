@@ -11,6 +11,7 @@ import type {
   CvdSnapshotSummary,
   Endpoint,
   EndpointDetail,
+  EndpointRemote,
   EndpointState,
 } from "@strata/protocol";
 import type { AuditService } from "./audit-service.js";
@@ -24,6 +25,9 @@ export interface EndpointServiceDeps extends ServiceDeps {
   policies: PolicyService;
   snapshotsOf: SnapshotsOf;
 }
+
+/** An administrator's snooze lasts at most this long, as a user's does at the agent (agent.md, "Snooze"). */
+export const MAX_SNOOZE_MINUTES = 24 * 60;
 
 export function endpointView(e: EndpointRecord): Endpoint {
   const os = (e.facts.os as { prettyName?: unknown } | undefined)?.prettyName;
@@ -50,6 +54,9 @@ export function cvdView(c: CvdSummary): Cvd {
     policyVersion: c.policyVersion,
     createdAt: c.createdAt.toISOString(),
     snoozedUntil: c.snoozedUntil?.toISOString() ?? null,
+    snoozedBy: c.snoozedBy,
+    syncRequestedAt: c.syncRequestedAt?.toISOString() ?? null,
+    syncRequestedBy: c.syncRequestedBy,
     tags: c.tags,
   };
 }
@@ -86,7 +93,104 @@ export class EndpointService {
       facts: e.facts,
       enrollmentTokenId: e.enrollmentTokenId,
       sameMachineId: same.map((x) => x.id).filter((id) => id !== e.id),
+      remote: e.cvdId ? await this.remote(e.cvdId) : null,
     };
+  }
+
+  /** The administrator's requests to the CVD's agent, and whether the sync was served. */
+  private async remote(cvdId: string): Promise<EndpointRemote | null> {
+    const c = await this.deps.store.getCvd(cvdId);
+    if (!c) return null;
+    let latest: string | null = null;
+    for (const s of await this.deps.snapshotsOf(cvdId))
+      if (latest === null || s.time > latest) latest = s.time;
+    const now = this.deps.clock.now().getTime();
+    const snoozed = c.snoozedUntil && c.snoozedUntil.getTime() > now ? c.snoozedUntil : null;
+    return {
+      syncRequestedAt: c.syncRequestedAt?.toISOString() ?? null,
+      syncRequestedBy: c.syncRequestedBy,
+      sync: c.syncRequestedAt
+        ? latest !== null && new Date(latest).getTime() >= c.syncRequestedAt.getTime()
+          ? "done"
+          : "pending"
+        : null,
+      snoozedUntil: snoozed?.toISOString() ?? null,
+      snoozedBy: snoozed ? c.snoozedBy : null,
+      latestSnapshotAt: latest,
+    };
+  }
+
+  /** The endpoint's CVD, which only an active endpoint's agent acts on. */
+  private async activeCvdOf(e: EndpointRecord, what: string): Promise<string> {
+    if (e.state !== "active" || !e.cvdId) {
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `endpoint ${e.id} is ${e.state}: there is no agent to ${what}`,
+        {
+          subject: e.id,
+          hint:
+            e.state === "pending"
+              ? `approve it first (\`strata endpoints approve ${e.id}\`)`
+              : "only an active endpoint uploads",
+        },
+      );
+    }
+    return e.cvdId;
+  }
+
+  /**
+   * `strata endpoints sync`: the agent uploads once when it next asks the
+   * server (within a minute; right away if it is idle), even while snoozed.
+   * A newer request replaces an unserved one (they coalesce).
+   */
+  async requestSync(c: Caller, id: string): Promise<EndpointDetail> {
+    requirePermission(c, "endpoints.control");
+    const e = await this.endpoint(id);
+    const cvdId = await this.activeCvdOf(e, "sync");
+    await this.deps.store.requestCvdSync(cvdId, this.deps.clock.now(), `user:${c.user.name}`);
+    await this.deps.audit.by(c, "endpoint.sync", `endpoint:${id}`, { hostname: e.hostname, cvdId });
+    return this.detail(await this.endpoint(id));
+  }
+
+  /** `strata endpoints snooze`: no scheduled upload for `minutes` (1 to 1440); an upload in progress stops. */
+  async snooze(c: Caller, id: string, minutes: number): Promise<EndpointDetail> {
+    requirePermission(c, "endpoints.control");
+    if (!Number.isInteger(minutes) || minutes < 1 || minutes > MAX_SNOOZE_MINUTES) {
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `a snooze lasts 1 to ${MAX_SNOOZE_MINUTES} minutes, not ${minutes}`,
+        {
+          hint: "an endpoint that never uploads is not protected: at most 24 h",
+        },
+      );
+    }
+    const e = await this.endpoint(id);
+    const cvdId = await this.activeCvdOf(e, "snooze");
+    const until = new Date(this.deps.clock.now().getTime() + minutes * 60_000);
+    await this.deps.store.setCvdSnooze(cvdId, until, `user:${c.user.name}`);
+    await this.deps.audit.by(c, "endpoint.snooze", `endpoint:${id}`, {
+      hostname: e.hostname,
+      cvdId,
+      until: until.toISOString(),
+    });
+    return this.detail(await this.endpoint(id));
+  }
+
+  /** `strata endpoints snooze --resume`: ends the administrator's snooze (and, at the agent, any snooze). */
+  async resume(c: Caller, id: string): Promise<EndpointDetail> {
+    requirePermission(c, "endpoints.control");
+    const e = await this.endpoint(id);
+    const cvdId = await this.activeCvdOf(e, "resume");
+    const before = await this.deps.store.getCvd(cvdId);
+    if (before?.snoozedUntil) {
+      await this.deps.store.setCvdSnooze(cvdId, null, null);
+      await this.deps.audit.by(c, "endpoint.resume", `endpoint:${id}`, {
+        hostname: e.hostname,
+        cvdId,
+        was: before.snoozedUntil.toISOString(),
+      });
+    }
+    return this.detail(await this.endpoint(id));
   }
 
   async list(c: Caller, q: { state?: EndpointState } = {}): Promise<Endpoint[]> {

@@ -17,6 +17,7 @@ import type {
   EnrollResponse,
 } from "@strata/protocol";
 import type { AuditService } from "./audit-service.js";
+import type { AutoassignService } from "./autoassign-service.js";
 import { type AgentIdentity, type Caller, requirePermission, type ServiceDeps } from "./context.js";
 import { DEFAULT_POLICY_ID, type PolicyService, policyDocOf } from "./policy-service.js";
 import {
@@ -43,6 +44,8 @@ export interface EnrollmentServiceDeps extends ServiceDeps {
   policies: PolicyService;
   serverFingerprint: string | null;
   snapshotsOf: SnapshotsOf;
+  /** The auto-assignment rules; without it, enrollment applies none. */
+  autoassign?: Pick<AutoassignService, "match">;
 }
 
 const badEnrollmentToken = () =>
@@ -97,6 +100,7 @@ export class EnrollmentService {
       usesLeft: t.usesLeft,
       policy,
       autoApprove: t.autoApprove,
+      autoAssign: t.autoAssign !== false,
       revokedAt: t.revokedAt?.toISOString() ?? null,
       status: tokenStatus(t, this.deps.clock.now()),
     };
@@ -119,6 +123,7 @@ export class EnrollmentService {
       policyId: policy?.id ?? null,
       autoApprove: req.autoApprove ?? false,
       revokedAt: null,
+      autoAssign: req.autoAssign ?? true,
     };
     await this.deps.store.createEnrollmentToken(rec);
     await this.deps.audit.by(c, "enrollment_token.create", `enrollment-token:${rec.id}`, {
@@ -126,6 +131,7 @@ export class EnrollmentService {
       expiresAt: rec.expiresAt.toISOString(),
       policy: policy?.name ?? null,
       autoApprove: rec.autoApprove,
+      autoAssign: rec.autoAssign,
     });
     return {
       ...(await this.tokenView(rec, new Map(policy ? [[policy.id, policy.name]] : []))),
@@ -187,15 +193,27 @@ export class EnrollmentService {
 
     const credential = generateSecret(ENDPOINT_CREDENTIAL_PREFIX);
     const endpointId = randomId("ep_");
+    // Precedence (server.md, "Auto-assignment rules"): the token's own
+    // policy when it auto-approves with one; else the first matching rule
+    // (unless the token excludes the rules); else the token's auto-approve
+    // with the default policy; else pending. A clone stays pending whatever
+    // this says (the store decides, in the enrollment's transaction).
     let autoApprove: CvdRecord | null = null;
-    if (t.autoApprove) {
+    let assignedBy: string | null = null;
+    const rule =
+      (t.autoApprove && t.policyId) || t.autoAssign === false || !this.deps.autoassign
+        ? null
+        : await this.deps.autoassign.match(facts.hostname, { ...facts });
+    if (t.autoApprove || rule) {
       autoApprove = {
         id: randomId("cvd_"),
         endpointId,
-        policyId: t.policyId ?? DEFAULT_POLICY_ID,
+        policyId: rule ? rule.policyId : (t.policyId ?? DEFAULT_POLICY_ID),
         createdAt: now,
         snoozedUntil: null,
+        ...(rule?.tags.length ? { tags: rule.tags } : {}),
       };
+      assignedBy = rule ? `autoassign-rule:${rule.name}` : `enrollment-token:${t.id}`;
     }
     let ep: EndpointRecord | null;
     try {
@@ -224,6 +242,8 @@ export class EnrollmentService {
       machineId: ep.machineId,
       duplicateMachineId: ep.duplicateMachineId,
       cvdId: ep.cvdId,
+      ...(ep.cvdId && assignedBy ? { assignedBy, policyId: autoApprove?.policyId } : {}),
+      ...(ep.cvdId && rule?.tags.length ? { tags: rule.tags } : {}),
     });
   }
 
@@ -306,6 +326,7 @@ export class EnrollmentService {
           latestSnapshot: latest?.id ?? null,
           policy: policyDocOf(policy),
           snoozedUntil: row.snoozedUntil?.toISOString() ?? null,
+          syncRequestedAt: row.syncRequestedAt?.toISOString() ?? null,
         };
       }
     }

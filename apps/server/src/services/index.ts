@@ -4,6 +4,7 @@ import { isStrataError } from "@strata/core";
 import { ADMINISTRATOR_ROLE } from "@strata/protocol";
 import { AuditService } from "./audit-service.js";
 import { AuthService } from "./auth-service.js";
+import { AutoassignService } from "./autoassign-service.js";
 import { type Clock, systemClock } from "./context.js";
 import { EndpointService } from "./endpoint-service.js";
 import { EnrollmentService, type SnapshotsOf } from "./enrollment-service.js";
@@ -36,6 +37,8 @@ export interface Services {
   tasks: TaskService;
   /** Collections, driver profiles, layer rules, CVD tags. */
   targeting: TargetingService;
+  /** Auto-assignment rules: which pending endpoints get a CVD, with which policy. */
+  autoassign: AutoassignService;
   /** Layers, assignments, images and apply tasks; null without a repository. */
   layers: LayerService | null;
 }
@@ -93,6 +96,7 @@ export function createServices(o: CreateServicesOptions): Services {
   });
   const restores = o.restores ? o.restores(audit) : null;
   const targeting = new TargetingService({ ...base, audit });
+  const autoassign = new AutoassignService({ ...base, audit, policies });
   return {
     ...base,
     audit,
@@ -103,12 +107,14 @@ export function createServices(o: CreateServicesOptions): Services {
       policies,
       serverFingerprint: o.serverFingerprint ?? null,
       snapshotsOf,
+      autoassign,
     }),
     endpoints,
     tasks,
     auth: new AuthService({ ...base, audit, limiter, loginTokenTtlMs: o.loginTokenTtlMs ?? 30 * 86_400_000 }),
     users: new UserService({ ...base, audit }),
     targeting,
+    autoassign,
     roles: new RoleService({ ...base, audit }),
     uploads: o.uploads ? o.uploads(audit) : null,
     restores,
@@ -170,6 +176,7 @@ export { DEFAULT_POLICY_ID, DEFAULT_POLICY_NAME } from "./policy-service.js";
 export {
   AuditService,
   AuthService,
+  AutoassignService,
   EndpointService,
   EnrollmentService,
   LoginRateLimiter,

@@ -164,7 +164,11 @@ export class PolicyService {
       throw e;
     }
     await this.deps.audit.by(c, action, `policy:${rec.id}`, { name: rec.name });
-    return { ...summaryOf(rec), policy: policyDocOf(rec), usage: { cvds: 0, enrollmentTokens: 0 } };
+    return {
+      ...summaryOf(rec),
+      policy: policyDocOf(rec),
+      usage: { cvds: 0, enrollmentTokens: 0, autoassignRules: 0 },
+    };
   }
 
   /**

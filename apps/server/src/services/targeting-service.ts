@@ -95,7 +95,7 @@ const invalid = (message: string, hint: string, subject?: string) =>
   new StrataError("INVALID_ARGUMENT", message, { hint, ...(subject ? { subject } : {}) });
 
 /** A glob of a rule: fnmatch syntax, refused when it cannot compile. */
-function checkGlob(what: string, pattern: string): void {
+export function checkGlob(what: string, pattern: string): void {
   try {
     globToRegExp(pattern, { text: true });
   } catch (e) {

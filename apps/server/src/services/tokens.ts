@@ -49,6 +49,6 @@ export function looksLikeToken(s: string): boolean {
 }
 
 /** A random public id: the prefix and 16 random bytes in base64url (`ep_…`, `cvd_…`, `pol_…`). */
-export function randomId(prefix: "ep_" | "cvd_" | "pol_" | "col_" | "drv_" | "lay_"): string {
+export function randomId(prefix: "ep_" | "cvd_" | "pol_" | "col_" | "drv_" | "lay_" | "aar_"): string {
   return prefix + randomBytes(16).toString("base64url");
 }

@@ -1,6 +1,7 @@
 import type { RouteDef } from "../registry.js";
 import { auditRoutes } from "./audit.js";
 import { authRoutes } from "./auth.js";
+import { autoassignRoutes } from "./autoassign.js";
 import { endpointRoutes } from "./endpoints.js";
 import { enrollmentRoutes } from "./enrollment.js";
 import { layerRoutes } from "./layers.js";
@@ -21,6 +22,7 @@ export const apiRoutes: RouteDef[] = [
   ...auditRoutes,
   ...enrollmentRoutes,
   ...endpointRoutes,
+  ...autoassignRoutes,
   ...policyRoutes,
   ...uploadRoutes,
   ...restoreRoutes,
