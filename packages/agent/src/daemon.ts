@@ -20,7 +20,7 @@ import {
 } from "@strata/core";
 import { type Clock, isAbort, systemClock } from "./clock.js";
 import { type ControlRequest, startControlServer } from "./control.js";
-import { UploadScheduler } from "./scheduler.js";
+import { DEFAULT_MAX_SNOOZE_MS, UploadScheduler } from "./scheduler.js";
 import { ensureStateDir } from "./state.js";
 import {
   type AgentActivity,
@@ -42,8 +42,17 @@ export interface AgentSelf {
   state: EndpointState;
   /** The CVD's upload policy; null while pending or disabled. */
   policy: UploadPolicy | null;
-  /** The CVD, for the upload (its id, the parent snapshot); the service itself does not read it. */
-  cvd?: { id: string; latestSnapshot: string | null } | null;
+  /**
+   * The CVD, for the upload (its id, the parent snapshot), with the
+   * administrator's requests: `snoozedUntil` (a snooze) and
+   * `syncRequestedAt` (upload now), acted on when they change.
+   */
+  cvd?: {
+    id: string;
+    latestSnapshot: string | null;
+    snoozedUntil?: string | null;
+    syncRequestedAt?: string | null;
+  } | null;
   /** Queued and running tasks of this endpoint, oldest first (restore.md, "Tasks"). */
   tasks?: AgentTaskRef[];
 }
@@ -249,6 +258,7 @@ class Agent {
       nextUploadAt: null,
       snoozedUntil: null,
       syncRequested: false,
+      remote: previous?.remote ?? null,
       server: { lastContactAt: null, error: null },
       changes: { watching: false, full: "nothing was watched before the agent started", dirs: 0 },
     };
@@ -350,6 +360,7 @@ class Agent {
     };
     this.scheduler.setInterval(policy.intervalMinutes);
     this.throttle.setRate(policy.bandwidthLimitKBps);
+    this.applyRemote(self);
     const key = `${policy.id}\0${policy.version}`;
     if (key !== this.watchedPolicy) {
       this.log.info({ policy: policy.id, version: policy.version }, "upload policy");
@@ -361,6 +372,38 @@ class Agent {
         this.log.error({ err: errorOf(e) }, "cannot watch for changes; every upload walks everything");
       }
     }
+  }
+
+  /**
+   * The administrator's requests (agent.md, "Remote sync and snooze"),
+   * acted on when agent/self says something new: a new snooze replaces the
+   * one in force (and stops an upload, as the user's does); a snooze the
+   * administrator ended (while it still ran) ends the one in force; a new
+   * sync request is an upload now, once, even while snoozed.
+   */
+  private applyRemote(self: AgentSelf): void {
+    const now = this.clock.now();
+    const seen = this.status.remote ?? { snoozedUntil: null, syncRequestedAt: null };
+    const snooze = self.cvd?.snoozedUntil ?? null;
+    const sync = self.cvd?.syncRequestedAt ?? null;
+    if (snooze !== seen.snoozedUntil) {
+      const until = timeOf(snooze);
+      if (until !== null && until > now) {
+        this.scheduler.snooze(Math.min(until, now + DEFAULT_MAX_SNOOZE_MS), now);
+        this.upload?.abort(new Error("snoozed by an administrator; it resumes when the snooze ends"));
+        this.log.info({ until: snooze }, "snoozed by an administrator");
+      } else if (snooze === null && (timeOf(seen.snoozedUntil) ?? 0) > now) {
+        this.scheduler.resume();
+        this.log.info({}, "snooze ended by an administrator");
+      }
+    }
+    if (sync !== null && sync !== seen.syncRequestedAt) {
+      // Not compared with the last upload's start: the two clocks need not agree.
+      // (A status.json lost with a request outstanding costs one more upload.)
+      this.scheduler.syncNow();
+      this.log.info({ requestedAt: sync }, "sync requested by an administrator");
+    }
+    this.status.remote = { snoozedUntil: snooze, syncRequestedAt: sync };
   }
 
   // ---- watcher ---------------------------------------------------------
@@ -429,6 +472,8 @@ class Agent {
     // Registered before anything is awaited, so a snooze from now on stops it.
     this.upload = ac;
     const dirty = await this.takeDirty();
+    const polling = new AbortController();
+    const poller = this.pollDuringUpload(polling.signal);
     const started = this.clock.now();
     let full = dirty.kind === "full";
     let reason = dirty.kind === "full" ? dirty.reason : null;
@@ -486,6 +531,8 @@ class Agent {
       this.opts.signal.removeEventListener("abort", stop);
       this.upload = null;
       this.status.current = null;
+      polling.abort();
+      await poller;
     }
     this.status.lastUpload = {
       startedAt: new Date(started).toISOString(),
@@ -497,6 +544,31 @@ class Agent {
       ...record,
     };
     this.save();
+  }
+
+  /**
+   * While an upload runs, the loop does not ask the server; this does, every
+   * `selfPollMs`, for the administrator's requests only (a snooze stops the
+   * upload, a sync queues one more after it). State, policy and tasks wait
+   * for the loop, after the upload.
+   */
+  private async pollDuringUpload(stop: AbortSignal): Promise<void> {
+    const every = this.opts.selfPollMs ?? DEFAULT_SELF_POLL_MS;
+    const until = AbortSignal.any([stop, this.opts.signal]);
+    for (;;) {
+      await this.clock.sleep(every, until).catch(() => {});
+      if (until.aborted) return;
+      try {
+        const self = await this.opts.fetchSelf({ signal: until });
+        if (until.aborted) return;
+        this.status.server = { lastContactAt: new Date(this.clock.now()).toISOString(), error: null };
+        if (self.state === "active" && self.policy) this.applyRemote(self);
+        this.save(false);
+      } catch (e) {
+        if (until.aborted) return;
+        this.log.warn({ err: errorOf(e) }, "cannot reach the server during the upload");
+      }
+    }
   }
 
   // ---- tasks -------------------------------------------------------------

@@ -103,6 +103,12 @@ export interface AgentStatus {
   snoozedUntil: string | null;
   /** A sync-now waits to be served (after the current upload, or right now). */
   syncRequested: boolean;
+  /**
+   * The administrator's requests as agent/self last said them (agent.md,
+   * "Remote sync and snooze"): only a change is acted on, so a restart does
+   * not sync again or undo a `resume` the user gave since.
+   */
+  remote?: { snoozedUntil: string | null; syncRequestedAt: string | null } | null;
   server: { lastContactAt: string | null; error: string | null };
   /**
    * What the next upload will rescan: `full` says why it walks everything

@@ -252,6 +252,69 @@ describe("runAgent", () => {
     expect([s.snoozedUntil, s.nextUploadAt, s.activity]).toEqual([null, iso(T0 + 65 * MIN), "idle"]);
   });
 
+  it("acts on an administrator's sync and snooze from agent/self, once each, also during an upload; a restart repeats neither", async () => {
+    const h = harness();
+    const cvd = {
+      id: "cvd_1",
+      latestSnapshot: null,
+      snoozedUntil: null as string | null,
+      syncRequestedAt: null as string | null,
+    };
+    const serve = (over: Partial<typeof cvd>) => {
+      Object.assign(cvd, over);
+      h.self = { state: "active", policy: policy(), cvd: { ...cvd } };
+    };
+    serve({});
+    await h.start();
+    await h.uploads(1);
+    // A sync request: the next poll (a minute later) uploads, though none is due for an hour.
+    serve({ syncRequestedAt: iso(T0 + 30_000) });
+    await h.clock.advance(MIN);
+    await h.uploads(2);
+    expect(h.calls[1]?.at).toBe(T0 + MIN);
+    // The same request seen again changes nothing.
+    await h.clock.advance(5 * MIN);
+    expect(h.calls.length).toBe(2);
+    // An administrator's snooze while an upload runs stops it (the agent asks during uploads too).
+    h.behaviour = untilAborted;
+    serve({ syncRequestedAt: iso(T0 + 6 * MIN) });
+    await h.clock.advance(MIN);
+    await h.until("uploading", (s) => s.activity === "uploading");
+    serve({ snoozedUntil: iso(T0 + 120 * MIN) });
+    await h.clock.advance(MIN);
+    let s = await h.until("aborted by the snooze", (x) => x.lastUpload?.result === "aborted");
+    expect(s.lastUpload?.error?.message).toMatch(/snoozed by an administrator/);
+    expect(s).toMatchObject({ activity: "snoozed", snoozedUntil: iso(T0 + 120 * MIN) });
+    expect(s.remote).toEqual({ snoozedUntil: iso(T0 + 120 * MIN), syncRequestedAt: iso(T0 + 6 * MIN) });
+    // A sync during the snooze uploads once; the snooze stays.
+    h.behaviour = async () => "ok";
+    serve({ syncRequestedAt: iso(T0 + 10 * MIN) });
+    await h.clock.advance(MIN);
+    s = await h.until("synced while snoozed", (x) => x.lastUpload?.result === "ok" && h.calls.length === 4);
+    expect(s.snoozedUntil).toBe(iso(T0 + 120 * MIN));
+    // The administrator's resume ends it.
+    serve({ snoozedUntil: null });
+    await h.clock.advance(MIN);
+    s = await h.until("resumed", (x) => x.snoozedUntil === null);
+    expect(s.activity).toBe("idle");
+    // The user snoozes locally; the server's unchanged answers leave that snooze alone.
+    await h.control({ cmd: "snooze", ms: 30 * MIN });
+    await h.clock.advance(2 * MIN);
+    expect((await h.status()).snoozedUntil).not.toBeNull();
+    const uploads = h.calls.length;
+    await h.stop();
+
+    // A restart with the same answers: no sync, no snooze change.
+    const again = harness(h.stateDir);
+    again.clock.t = h.clock.now();
+    again.self = h.self;
+    await again.start();
+    await again.until("the server's answer", (x) => x.state === "active");
+    await settle();
+    expect(again.calls.length).toBe(0);
+    expect(uploads).toBe(4);
+  });
+
   it("never runs two uploads at once: sync-now during an upload queues one more", async () => {
     const h = harness();
     let release!: () => void;

@@ -127,7 +127,14 @@ async function serverHooks(ctx: {
       return {
         state: s.state,
         policy: s.cvd ? parsePolicy(s.cvd.policy) : null,
-        cvd: s.cvd ? { id: s.cvd.id, latestSnapshot: s.cvd.latestSnapshot } : null,
+        cvd: s.cvd
+          ? {
+              id: s.cvd.id,
+              latestSnapshot: s.cvd.latestSnapshot,
+              snoozedUntil: s.cvd.snoozedUntil ?? null,
+              syncRequestedAt: s.cvd.syncRequestedAt ?? null,
+            }
+          : null,
         tasks: s.tasks ?? [],
       };
     },
