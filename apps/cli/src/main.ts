@@ -5,6 +5,7 @@ import { registerAgentCommands } from "./commands/agent.js";
 import { registerAgentCapture } from "./commands/agent-capture.js";
 import { registerAgentEnroll } from "./commands/agent-enroll.js";
 import { registerAgentUpload } from "./commands/agent-upload.js";
+import { registerAutoassignCommands } from "./commands/autoassign.js";
 import { registerFleetCommands } from "./commands/fleet.js";
 import { registerLayerCommands } from "./commands/layers.js";
 import { registerRecoveryCommands } from "./commands/recovery.js";
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerRepoCommands(program);
   registerServerCommands(program);
   registerFleetCommands(program);
+  registerAutoassignCommands(program);
   registerRestoreCommands(program);
   registerLayerCommands(program);
   const agent = registerAgentCommands(program);

@@ -56,6 +56,23 @@ export const agentHooks: AgentHooks = {};
  */
 export const TEST_UPLOAD_ENV = "STRATA_AGENT_TEST_UPLOAD";
 
+/**
+ * How often `strata agent run` asks the server for its state, policy, tasks
+ * and an administrator's sync or snooze between uploads (agent.md,
+ * "Scheduling"): `STRATA_AGENT_POLL_SECONDS`, 5 to 3600, default 60.
+ */
+export const POLL_ENV = "STRATA_AGENT_POLL_SECONDS";
+function pollSeconds(): number {
+  const v = process.env[POLL_ENV];
+  if (v === undefined || v === "") return 60;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 5 || n > 3600)
+    throw new StrataError("INVALID_ARGUMENT", `${POLL_ENV}=${v}: give whole seconds from 5 to 3600`, {
+      hint: "the default, 60, answers an administrator within a minute",
+    });
+  return n;
+}
+
 function noopHooks(): { fetchSelf: FetchSelf; uploadOnce: UploadOnce } {
   const policy = defaultPolicy("test-noop", `test mode (${TEST_UPLOAD_ENV}=noop)`);
   let n = 0;
@@ -442,6 +459,7 @@ export function registerAgentCommands(program: Command): Command {
       await a.runAgent({
         stateDir,
         root,
+        selfPollMs: pollSeconds() * 1000,
         // The no-op upload needs no change list; do not watch a whole machine for it.
         watch: testMode !== "noop",
         signal: ac.signal,

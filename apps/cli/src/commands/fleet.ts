@@ -61,7 +61,7 @@ export function readJsonFile(file: string): unknown {
 
 function tokenRows(list: EnrollmentToken[]): string {
   return table([
-    ["ID", "STATUS", "USES LEFT", "EXPIRES", "POLICY", "AUTO-APPROVE", "CREATED BY"],
+    ["ID", "STATUS", "USES LEFT", "EXPIRES", "POLICY", "AUTO-APPROVE", "RULES", "CREATED BY"],
     ...list.map((t) => [
       t.id,
       t.status,
@@ -69,6 +69,7 @@ function tokenRows(list: EnrollmentToken[]): string {
       t.expiresAt,
       dash(t.policy),
       t.autoApprove ? "yes" : "no",
+      t.autoAssign ? "yes" : "no",
       t.createdBy,
     ]),
   ]);
@@ -112,7 +113,24 @@ function showEndpoint(e: EndpointDetail): string {
     `  last seen:   ${dash(e.lastSeenAt)}`,
   ];
   if (e.sameMachineId.length) lines.push(`  same machine id as: ${e.sameMachineId.join(", ")}`);
-  if (e.state === "pending") lines.push(`\napprove it with \`strata endpoints approve ${e.id}\``);
+  const r = e.remote;
+  if (r) {
+    lines.push(`  snapshot:    ${r.latestSnapshotAt ? `newest at ${r.latestSnapshotAt}` : "none yet"}`);
+    lines.push(
+      `  sync now:    ${
+        r.syncRequestedAt
+          ? `${r.sync === "done" ? "done" : "waiting for the agent"} (asked at ${r.syncRequestedAt} by ${dash(r.syncRequestedBy)})`
+          : "-"
+      }`,
+    );
+    lines.push(
+      `  snoozed:     ${r.snoozedUntil ? `until ${r.snoozedUntil} (by ${dash(r.snoozedBy)}; \`strata endpoints snooze ${e.id} --resume\` ends it)` : "-"}`,
+    );
+  }
+  if (e.state === "pending")
+    lines.push(
+      `\napprove it with \`strata endpoints approve ${e.id}\` (or by the rules: \`strata endpoints approve --by-rules ${e.id}\`)`,
+    );
   return `${lines.join("\n")}\n`;
 }
 
@@ -142,7 +160,7 @@ function showPolicy(p: PolicyDetail): string {
     rules("unprotected exceptions", p.policy.unprotectedExceptions) +
     rules("user area", p.policy.userArea) +
     rules("user area exceptions", p.policy.userAreaExceptions) +
-    `  used by:   ${p.usage.cvds} CVD(s), ${p.usage.enrollmentTokens} enrollment token(s)\n`
+    `  used by:   ${p.usage.cvds} CVD(s), ${p.usage.enrollmentTokens} enrollment token(s), ${p.usage.autoassignRules} auto-assignment rule(s)\n`
   );
 }
 
@@ -166,6 +184,10 @@ export function registerFleetCommands(program: Command): void {
       "--auto-approve",
       "endpoints enrolling with it get a CVD at once (never a clone: duplicates stay pending)",
     )
+    .option(
+      "--no-autoassign",
+      "the auto-assignment rules do not apply to its endpoints (recovery: the tool gives the CVD)",
+    )
     .action(async (_a, cmd: Command) => {
       const o = opts(cmd);
       const c = client(o);
@@ -175,6 +197,7 @@ export function registerFleetCommands(program: Command): void {
           expiresInMinutes: parseDuration(String(o.expires)),
           ...(o.policy ? { policy: String(o.policy) } : {}),
           ...(o.autoApprove ? { autoApprove: true } : {}),
+          ...(o.autoassign === false ? { autoAssign: false } : {}),
         }),
       );
       const fp = t.serverFingerprint;
@@ -185,7 +208,11 @@ export function registerFleetCommands(program: Command): void {
           `    ${t.token}\n\n` +
           `server certificate SHA256 fingerprint: ${dash(fp)}\n\n` +
           `on the endpoint, as root, run:\n\n    ${enroll}\n\n` +
-          (t.autoApprove ? "" : "then approve it with `strata endpoints approve ENDPOINT_ID`\n"),
+          (t.autoApprove
+            ? ""
+            : t.autoAssign
+              ? "an auto-assignment rule that matches gives it a CVD (`strata autoassign ls`); else approve it with `strata endpoints approve ENDPOINT_ID`\n"
+              : "then approve it with `strata endpoints approve ENDPOINT_ID`\n"),
       );
     });
   tokens
@@ -247,13 +274,44 @@ export function registerFleetCommands(program: Command): void {
   endpoints
     .command("approve")
     .description(
-      "approve an endpoint: a new CVD with a policy, or --cvd to give it an existing CVD (a replacement device)",
+      "approve an endpoint: a new CVD with a policy, or --cvd to give it an existing CVD (a replacement device); " +
+        "--by-rules gives pending endpoints (all, or ID) the CVD of the first auto-assignment rule they match",
     )
-    .argument("<id>", "endpoint id (ep_…)")
+    .argument("[id]", "endpoint id (ep_…); with --by-rules, default: every pending endpoint")
     .option("--policy <name>", "upload policy of the new CVD (default: the default policy)")
     .option("--cvd <id>", "attach this existing CVD instead (disable its old endpoint first)")
-    .action(async (id: string, _o, cmd: Command) => {
+    .option(
+      "--by-rules",
+      "apply the auto-assignment rules (`strata autoassign ls`) instead of --policy/--cvd",
+    )
+    .action(async (id: string | undefined, _o, cmd: Command) => {
       const o = opts(cmd);
+      if (o.byRules) {
+        if (o.policy || o.cvd) {
+          throw new StrataError("INVALID_ARGUMENT", "--by-rules takes the policy from the matching rule", {
+            hint: "give either --by-rules or --policy/--cvd",
+          });
+        }
+        const r = await call(client(o).approveByRules(id ? { endpoints: [id] } : {}));
+        if (o.json) return printJson(r);
+        out(
+          (r.approved.length
+            ? table([
+                ["APPROVED", "HOSTNAME", "RULE", "POLICY", "CVD"],
+                ...r.approved.map((a) => [a.endpoint, a.hostname, a.rule, a.policy, a.cvd]),
+              ])
+            : "no endpoint approved\n") +
+            (r.pending.length
+              ? `\n${table([["STILL PENDING", "HOSTNAME", "WHY"], ...r.pending.map((p) => [p.endpoint, p.hostname, p.reason])])}`
+              : ""),
+        );
+        return;
+      }
+      if (!id) {
+        throw new StrataError("INVALID_ARGUMENT", "which endpoint?", {
+          hint: "strata endpoints approve ep_… [--policy P | --cvd CVD], or --by-rules",
+        });
+      }
       const e = await call(
         client(o).approveEndpoint(id, {
           ...(o.policy ? { policy: String(o.policy) } : {}),
@@ -276,6 +334,46 @@ export function registerFleetCommands(program: Command): void {
       const e = await call(client(o).disableEndpoint(id));
       if (o.json) return printJson(e);
       out(`disabled ${e.id} (${e.hostname}); its CVD ${dash(e.cvdId)} is kept\n`);
+    });
+
+  endpoints
+    .command("sync")
+    .description(
+      "ask the endpoint's agent to upload now (it hears of it within a minute), even while snoozed; see `endpoints show`",
+    )
+    .argument("<id>", "endpoint id (ep_…)")
+    .action(async (id: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const e = await call(client(o).syncEndpoint(id));
+      if (o.json) return printJson(e);
+      out(
+        `asked ${e.id} (${e.hostname}) to upload now; its agent starts at its next check-in (within a minute)\n` +
+          `\`strata endpoints show ${e.id}\` says when a snapshot newer than the request arrived\n`,
+      );
+    });
+  endpoints
+    .command("snooze")
+    .description(
+      "no uploads on the endpoint for DURATION (at most 24h; an upload in progress stops); --resume ends the snooze",
+    )
+    .argument("<id>", "endpoint id (ep_…)")
+    .argument("[duration]", "30m, 2h, 1d (at most 24h)")
+    .option("--resume", "end the snooze: uploads resume at the policy's interval")
+    .action(async (id: string, duration: string | undefined, _o, cmd: Command) => {
+      const o = opts(cmd);
+      if (o.resume ? duration !== undefined : duration === undefined) {
+        throw new StrataError("INVALID_ARGUMENT", "give a DURATION, or --resume", {
+          hint: "strata endpoints snooze ep_… 2h   |   strata endpoints snooze ep_… --resume",
+        });
+      }
+      const c = client(o);
+      const e = await call(o.resume ? c.resumeEndpoint(id) : c.snoozeEndpoint(id, parseDuration(duration!)));
+      if (o.json) return printJson(e);
+      out(
+        o.resume
+          ? `${e.id} (${e.hostname}) is no longer snoozed; its agent hears of it within a minute\n`
+          : `${e.id} (${e.hostname}) uploads nothing until ${dash(e.remote?.snoozedUntil)}; its agent hears of it within a minute\n`,
+      );
     });
 
   // ---- CVDs ----------------------------------------------------------------
