@@ -298,6 +298,22 @@ describe("ChangeWatcher when it loses track", () => {
     },
   );
 
+  it("can be closed from its own callback", async () => {
+    const root = tmp();
+    let closed: Promise<void> | undefined;
+    const w = await start({
+      roots: [root],
+      onError: () => {
+        closed ??= w.close();
+      },
+    });
+    const queued = Number(readFileSync("/proc/sys/fs/inotify/max_queued_events", "utf8"));
+    for (let i = 0; i < queued / 2 + 100; i++) writeFileSync(path.join(root, String(i)), "x");
+    await waitFor("closed", () => closed !== undefined);
+    await closed;
+    expect(w.stats()).toEqual({ watches: 0, bytes: 0 });
+  });
+
   it("running out of watches makes every set full, told once, until the directories fit again", async () => {
     const root = tmp();
     for (const d of ["a", "b", "c/d", "c/e"]) mkdirSync(path.join(root, d), { recursive: true });

@@ -87,7 +87,8 @@ struct buf {
 typedef struct {
   int fd;
   int closed;
-  int refs; /* the JS external and the uv handle */
+  int in_cb; /* inside napi_make_callback: the async context must outlive it */
+  int refs;  /* the JS external and the uv handle */
   napi_env env;
   napi_ref cb;
   napi_async_context actx;
@@ -397,7 +398,10 @@ static void call_js(watcher_t *w) {
   }
   if (napi_get_reference_value(env, w->cb, &cb) == napi_ok && cb != NULL) {
     napi_get_global(env, &recv); /* make_callback wants an object as `this` */
+    w->in_cb = 1;
     napi_make_callback(env, w->actx, recv, cb, 2, argv, NULL);
+    w->in_cb = 0;
+    if (w->closed) napi_async_destroy(env, w->actx); /* closed from the callback (or its microtasks) */
   }
   napi_close_handle_scope(env, scope);
 }
@@ -481,7 +485,7 @@ static void do_close(watcher_t *w) {
   w->tcap = 0;
   if (w->cb) napi_delete_reference(w->env, w->cb);
   w->cb = NULL;
-  napi_async_destroy(w->env, w->actx);
+  if (!w->in_cb) napi_async_destroy(w->env, w->actx); /* else call_js does, after the callback */
 }
 
 static void finalize(napi_env env, void *data, void *hint) {
