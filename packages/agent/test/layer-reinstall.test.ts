@@ -84,6 +84,9 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
       { name: "quiet-user", version: "1.0" },
       { name: "broken-user", version: "1.0" },
       { name: "dep-user", version: "1.0" },
+      // A library the new release renames (64-bit time_t: libfoo1 → libfoo1t64), and a program using it.
+      { name: "libfoo-user1", version: "1.0", files: { "usr/lib/libfoo-user.so.1": "libfoo 1.0\n" } },
+      { name: "foo-app", version: "1.0", control: { Depends: "libfoo-user1" } },
     ]) {
       const deb = buildDeb(old, d);
       sh(root, "dpkg", "-i", `/tmp/old/${path.basename(deb)}`);
@@ -103,6 +106,19 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
       },
       { name: "broken-user", version: "2.0", control: { Depends: "no-such-package (>= 1)" } },
       { name: "dep-user", version: "2.0" },
+      // The rename, as Debian 13's t64 libraries are made (amd64: the old name is provided).
+      {
+        name: "libfoo-user1t64",
+        version: "1.0t64",
+        control: {
+          Provides: "libfoo-user1 (= 1.0t64)",
+          Replaces: "libfoo-user1",
+          Breaks: "libfoo-user1 (<< 1.0t64)",
+        },
+        files: { "usr/lib/libfoo-user.so.1": "libfoo 1.0t64\n" },
+      },
+      // Provides quiet-user without replacing it: an alternative, not its successor.
+      { name: "quiet-provider", version: "1.0", control: { Provides: "quiet-user" } },
     ]);
     writeFileSync(path.join(root, "etc/apt/sources.list"), "deb [trusted=yes] file:/srv/repo ./\n");
   }, 300_000);
@@ -164,6 +180,32 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
         message: expect.any(String),
       },
     ]);
+  }, 300_000);
+
+  it("maps a package the new release renamed (t64) to the one that Provides and Replaces it", async () => {
+    const logFile = path.join(dir, "state/logs/reinstall-t64.log");
+    const r = await reinstallUserPackages({ root, packages: ["libfoo-user1", "foo-app"], logFile });
+    expect(r.packages).toEqual([
+      {
+        name: "libfoo-user1",
+        from: "1.0",
+        outcome: "reinstalled",
+        version: "1.0t64",
+        renamedTo: "libfoo-user1t64",
+        message: "the new release renamed it libfoo-user1t64",
+      },
+      expect.objectContaining({ name: "foo-app", from: "1.0", outcome: "unavailable" }),
+    ]);
+    const t64 = sh(root, "dpkg", "-s", "libfoo-user1t64");
+    expect(t64).toMatch(/^Status: install ok installed$/m);
+    expect(t64).toMatch(/^Version: 1\.0t64$/m);
+    expect(sh(root, "sh", "-c", "dpkg -s libfoo-user1 2>&1 || true")).not.toMatch(
+      /^Status: install ok installed$/m,
+    );
+    expect(readFileSync(path.join(root, "usr/lib/libfoo-user.so.1"), "utf8")).toBe("libfoo 1.0t64\n");
+    // The program that uses it stays: the successor provides the old name.
+    expect(sh(root, "dpkg", "-s", "foo-app")).toMatch(/^Status: install ok installed$/m);
+    expect(sh(root, "dpkg", "--audit").trim()).toBe("");
   }, 300_000);
 
   it("a reinstall stopped with the agent leaves dpkg interrupted; the next run finishes it first", async () => {

@@ -340,6 +340,12 @@ export interface ReinstallOutcome {
   outcome: "reinstalled" | "unavailable" | "failed";
   /** reinstalled: the version installed now. */
   version?: string;
+  /**
+   * The new release renamed the package (`libfoo1` → `libfoo1t64`): its
+   * successor, which Provides and Replaces it, is what was (or failed to
+   * be) installed in its place.
+   */
+  renamedTo?: string;
   /** unavailable: why; failed: apt's message (its last lines). */
   message?: string;
 }

@@ -55,7 +55,7 @@ function reinstallLines(r: ReinstallReport): string[] {
   for (const p of r.packages) {
     const what =
       p.outcome === "reinstalled"
-        ? `reinstalled ${p.from} → ${p.version ?? "?"}`
+        ? `reinstalled ${p.from} → ${p.renamedTo ? `${p.renamedTo} ` : ""}${p.version ?? "?"}`
         : `${p.outcome} (${p.from}): ${p.message ?? ""}`;
     out.push(`    ${p.name}: ${what.split("\n").join("\n      ")}`);
   }

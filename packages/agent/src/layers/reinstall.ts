@@ -107,6 +107,74 @@ export function parseAptPolicy(text: string): Map<string, AptPolicy> {
   return out;
 }
 
+/**
+ * `apt-cache showpkg PKG…` (LC_ALL=C): for each package, the packages that
+ * provide it (its "Reverse Provides": name and version).
+ */
+export function parseReverseProvides(text: string): Map<string, { name: string; version: string }[]> {
+  const out = new Map<string, { name: string; version: string }[]>();
+  let cur: { name: string; version: string }[] | null = null;
+  let inList = false;
+  for (const line of text.split("\n")) {
+    const head = /^Package: (\S+)$/.exec(line);
+    if (head) {
+      cur = [];
+      out.set(head[1]!, cur);
+      inList = false;
+      continue;
+    }
+    if (!cur) continue;
+    if (/^Reverse Provides:/.test(line)) {
+      inList = true;
+      continue;
+    }
+    if (!inList) continue;
+    const m = /^(\S+) (\S+)/.exec(line);
+    if (!m || line.endsWith(":")) inList = false;
+    else cur.push({ name: m[1]!, version: m[2]! });
+  }
+  return out;
+}
+
+/** The package names a relation field lists (`a (>= 1) | b:any, c` → a, b, c). */
+export function relationNames(field: string | null): string[] {
+  if (!field) return [];
+  return field
+    .split(/[,|]/)
+    .map((r) => r.trim().split(/[\s(:]/)[0]!)
+    .filter((n) => n !== "");
+}
+
+/**
+ * Packages the new release renamed (Debian 13's 64-bit time_t transition:
+ * `libfoo1` → `libfoo1t64`): for each of `names`, the one package of the
+ * endpoint's sources that both Provides it and Replaces it — the form a
+ * Debian rename takes (a package that only Provides it is an alternative,
+ * not its successor). `showpkg` is `apt-cache showpkg NAMES…`, `show` runs
+ * `apt-cache show --no-all-versions` on the candidates (their candidate
+ * stanzas). A name with no successor, or with several, is left out.
+ */
+export function renamedPackages(
+  names: readonly string[],
+  showpkg: string,
+  showCandidates: string,
+): Map<string, string> {
+  const provides = parseReverseProvides(showpkg);
+  const replaces = new Map<string, string[]>();
+  for (const stanza of showCandidates.split(/\n\s*\n/)) {
+    const name = stanzaField(stanza, "Package");
+    if (name) replaces.set(name, relationNames(stanzaField(stanza, "Replaces")));
+  }
+  const out = new Map<string, string>();
+  for (const n of names) {
+    const succ = [...new Set((provides.get(n) ?? []).map((p) => p.name))].filter(
+      (c) => c !== n && replaces.get(c)?.includes(n),
+    );
+    if (succ.length === 1) out.set(n, succ[0]!);
+  }
+  return out;
+}
+
 /** The candidate version when a source other than the dpkg database has it; null otherwise. */
 export function availableVersion(p: AptPolicy | undefined): string | null {
   if (!p?.candidate) return null;
@@ -375,6 +443,7 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
     const pol = await apt.run(["apt-cache", "policy", ...labels], true);
     const policies = pol.code === 0 ? parseAptPolicy(pol.stdout) : new Map<string, AptPolicy>();
     const want: { label: string; version: string }[] = [];
+    const missing: string[] = [];
     for (const label of labels) {
       const was = from.get(label)!;
       if (pol.code !== 0) {
@@ -389,6 +458,7 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
       const p = policies.get(label) ?? policies.get(label.split(":")[0]!);
       const version = availableVersion(p);
       if (version === null) {
+        missing.push(label);
         outcomes.set(label, {
           name: label,
           from: was,
@@ -460,10 +530,88 @@ async function reinstall(o: ReinstallOptions): Promise<ReinstallReport> {
         );
       if (reAuto.length) await apt.run(["apt-mark", "auto", ...reAuto]);
     }
+    // Renamed by the new release (libfoo1 → libfoo1t64): its successor replaces it.
+    if (missing.length) await reinstallRenamed(apt, missing, from, outcomes, timeoutMs, o);
     report.packages = all();
     return report;
   } finally {
     if (wrotePolicy) rmSync(policyRcD, { force: true });
     apt.close();
+  }
+}
+
+/**
+ * The unavailable packages the new release renamed (`renamedPackages`):
+ * each successor is installed at its candidate version in place of the
+ * old package, one transaction each (`apt-get install NEW=VER OLD-`: the
+ * successor Breaks the old name, so the old package must go in the same
+ * transaction, which `--no-remove` would refuse). apt is asked first with
+ * `-s`: when it would remove anything but the old package, nothing is
+ * done and the package is reported failed with the list.
+ */
+async function reinstallRenamed(
+  apt: AptRunner,
+  labels: readonly string[],
+  from: ReadonlyMap<string, string>,
+  outcomes: Map<string, ReinstallOutcome>,
+  timeoutMs: number,
+  o: ReinstallOptions,
+): Promise<void> {
+  const base = (l: string) => l.split(":")[0]!;
+  const names = [...new Set(labels.map(base))];
+  const showpkg = await apt.run(["apt-cache", "showpkg", ...names], true);
+  if (showpkg.code !== 0) return;
+  const candidates = [
+    ...new Set([...parseReverseProvides(showpkg.stdout).values()].flat().map((p) => p.name)),
+  ];
+  if (!candidates.length) return;
+  const show = await apt.run(["apt-cache", "show", "--no-all-versions", ...candidates], true);
+  if (show.code !== 0) return;
+  const renamed = renamedPackages(names, showpkg.stdout, show.stdout);
+  if (!renamed.size) return;
+  const pol = await apt.run(["apt-cache", "policy", ...new Set(renamed.values())], true);
+  const policies = pol.code === 0 ? parseAptPolicy(pol.stdout) : new Map<string, AptPolicy>();
+  const autoRun = await apt.run(["apt-mark", "showauto"], true);
+  const auto = new Set(autoRun.code === 0 ? autoRun.stdout.split("\n").map((l) => l.trim()) : []);
+  for (const label of labels) {
+    const succ = renamed.get(base(label));
+    const version = succ ? availableVersion(policies.get(succ)) : null;
+    if (!succ || !version) continue;
+    const was = from.get(label)!;
+    const arch = label.includes(":") ? `:${label.split(":")[1]}` : "";
+    const target = `${succ}${arch}`;
+    const args = ["install", `${target}=${version}`, `${label}-`];
+    const opts = INSTALL_OPTS.filter((x) => x !== "--no-remove");
+    o.onProgress?.({ step: "install", package: label });
+    const sim = await apt.run(["apt-get", ...APT_OPTS, ...opts, "-s", ...args], true);
+    const removes = [...sim.stdout.matchAll(/^Remv (\S+)/gm)].map((m) => m[1]!);
+    const others = removes.filter((r) => base(r) !== base(label));
+    let message: string | null = null;
+    if (sim.code !== 0) message = messageOf(sim, timeoutMs);
+    else if (others.length)
+      message = `installing ${target}, which replaces it, would remove ${others.join(", ")}: not done`;
+    else {
+      const r = await apt.run(["apt-get", ...APT_OPTS, ...opts, ...args]);
+      if (r.code !== 0) message = messageOf(r, timeoutMs);
+    }
+    const now = findInstalled(readStatus(o.root), target);
+    if (message === null && now?.version === version) {
+      outcomes.set(label, {
+        name: label,
+        from: was,
+        outcome: "reinstalled",
+        version: now.version,
+        renamedTo: target,
+        message: `the new release renamed it ${succ}`,
+      });
+      if (auto.has(label) || auto.has(base(label))) await apt.run(["apt-mark", "auto", target]);
+    } else
+      outcomes.set(label, {
+        name: label,
+        from: was,
+        outcome: "failed",
+        renamedTo: target,
+        message: message ?? `apt finished, but ${target} ${version} is not installed`,
+      });
   }
 }
