@@ -1,5 +1,14 @@
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ChangeWatcher, type DirtySet } from "../src/watcher.js";
@@ -225,6 +234,96 @@ describe("ChangeWatcher on real files", () => {
     expect(s.watches).toBe(201);
     // Node array, hash table, names and the 64 KiB read buffer: no entry per file.
     expect(s.bytes).toBeLessThan(64 * 1024 + 201 * 200);
+  });
+});
+
+describe("ChangeWatcher against a random mix of changes", () => {
+  type Listing = Map<string, string>;
+  /** Every directory under root (sentinel/ left out) → its entries' name, type, size and mode. */
+  function snapshot(root: string): Map<string, Listing> {
+    const out = new Map<string, Listing>();
+    const walk = (dir: string) => {
+      const l: Listing = new Map();
+      for (const name of readdirSync(dir)) {
+        const p = path.join(dir, name);
+        if (p === path.join(root, "sentinel")) continue;
+        const st = lstatSync(p);
+        l.set(name, `${st.isDirectory() ? "d" : "f"}:${st.isDirectory() ? 0 : st.size}:${st.mode}`);
+        if (st.isDirectory()) walk(p);
+      }
+      out.set(dir, l);
+    };
+    walk(root);
+    return out;
+  }
+  const same = (a: Listing | undefined, b: Listing) =>
+    a !== undefined && a.size === b.size && [...b].every(([k, v]) => a.get(k) === v);
+
+  it("every changed directory is reported, or lies in a new subtree whose parent is", async () => {
+    const root = tmp();
+    mkdirSync(path.join(root, "sentinel"));
+    let seed = 12345;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const w = await start({ roots: [root] });
+    let before = snapshot(root);
+    for (let round = 0; round < 25; round++) {
+      for (let op = 0; op < 15; op++) {
+        const dirs = [...snapshot(root).keys()];
+        const d = dirs[rand(dirs.length)] as string;
+        const entries = readdirSync(d).filter((n) => path.join(d, n) !== path.join(root, "sentinel"));
+        const e = entries.length ? path.join(d, entries[rand(entries.length)] as string) : null;
+        const other = dirs[rand(dirs.length)] as string;
+        switch (rand(7)) {
+          case 0:
+            writeFileSync(path.join(d, `f${round}-${op}`), "x".repeat(rand(10)));
+            break;
+          case 1:
+            mkdirSync(path.join(d, `d${round}-${op}/n/m`), { recursive: true });
+            writeFileSync(path.join(d, `d${round}-${op}/n/m/f`), "x");
+            break;
+          case 2:
+            if (e && e !== root) rmSync(e, { recursive: true, force: true });
+            break;
+          case 3: // rename within the area (not into itself)
+            if (e && !`${other}/`.startsWith(`${e}/`)) renameSync(e, path.join(other, `r${round}-${op}`));
+            break;
+          case 4:
+            if (e) chmodSync(e, 0o700 + rand(0o77));
+            break;
+          case 5:
+            if (e && lstatSync(e).isFile()) writeFileSync(e, "y".repeat(20 + rand(10)), { flag: "a" });
+            break;
+          case 6: {
+            // A tree made outside, moved in.
+            const out = `${root}-outside-${round}-${op}`;
+            mkdirSync(path.join(out, "a/b"), { recursive: true });
+            writeFileSync(path.join(out, "a/b/f"), "x");
+            renameSync(out, path.join(d, `in${round}-${op}`));
+            break;
+          }
+        }
+      }
+      writeFileSync(path.join(root, "sentinel", String(round)), "x");
+      await waitFor("the sentinel", () => hasDir(w, path.join(root, "sentinel")));
+      const set = await w.take();
+      const after = snapshot(root);
+      expect(set.kind).toBe("dirs");
+      const dirty = new Set(dirsOf(set));
+      for (const [dir, listing] of after) {
+        if (same(before.get(dir), listing)) continue;
+        // Changed: reported, or some ancestor (or itself) is new at its path under a reported parent.
+        let ok = dirty.has(dir);
+        for (let a = dir; !ok && a !== root; a = path.dirname(a))
+          ok = !before.get(path.dirname(a))?.has(path.basename(a)) && dirty.has(path.dirname(a));
+        expect(ok, `${dir} changed but was not reported (round ${round})`).toBe(true);
+      }
+      before = after;
+    }
+    // One watch per directory, no more, no less.
+    expect(watches(w)).toBe(snapshot(root).size + 1);
   });
 });
 
