@@ -221,6 +221,19 @@ export function runAutoassignSuite(name: string, open: () => Promise<ServerStore
       expect((await get("/api/v1/audit?action=autoassign.delete")).json()[0].detail.name).toBe("spare");
     });
 
+    it("the OpenAPI document has the new routes with their access", async () => {
+      const doc = (await h.app.inject({ url: "/api/openapi.json" })).json();
+      const access = (p: string, m: string) => doc.paths[p]?.[m]?.["x-strata-access"];
+      expect(access("/api/v1/autoassign-rules", "get")).toBe("endpoints.read");
+      expect(access("/api/v1/autoassign-rules", "post")).toBe("endpoints.approve");
+      expect(access("/api/v1/autoassign-rules/test", "post")).toBe("endpoints.read");
+      expect(access("/api/v1/autoassign-rules/{rule}", "delete")).toBe("endpoints.approve");
+      expect(access("/api/v1/endpoints/approve-by-rules", "post")).toBe("endpoints.approve");
+      expect(access("/api/v1/endpoints/{id}/sync", "post")).toBe("endpoints.control");
+      expect(access("/api/v1/endpoints/{id}/snooze", "post")).toBe("endpoints.control");
+      expect(access("/api/v1/endpoints/{id}/snooze", "delete")).toBe("endpoints.control");
+    });
+
     it("bad rules are refused, nothing stored; Read-only and Help Desk may read but not change them", async () => {
       const n = (await get("/api/v1/autoassign-rules")).json().length;
       for (const body of [

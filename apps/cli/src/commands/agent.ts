@@ -340,7 +340,10 @@ function formatStatus(s: AgentStatus, now = Date.now()): string {
   } else rows.push(["last upload", "none yet"]);
   if (s.lastSuccessAt && last?.result !== "ok") rows.push(["last success", when(s.lastSuccessAt, now)]);
   if (s.snoozedUntil)
-    rows.push(["snoozed", `until ${when(s.snoozedUntil, now)} (\`strata agent resume\` ends it)`]);
+    rows.push([
+      "snoozed",
+      `until ${when(s.snoozedUntil, now)}${s.remote?.snoozedUntil === s.snoozedUntil ? " by an administrator" : ""} (\`strata agent resume\` ends it)`,
+    ]);
   if (s.state === "active" && !s.current)
     rows.push([
       "changes",

@@ -239,7 +239,7 @@ export class TaskService {
     if (ep.cvdId && ep.cvdId !== cvdId)
       throw new StrataError("INVALID_ARGUMENT", `endpoint ${ep.id} already has CVD ${ep.cvdId}`, {
         subject: ep.id,
-        hint: "recover onto an endpoint without a CVD: enroll the replacement with a token that does not auto-approve",
+        hint: "recover onto an endpoint without a CVD: enroll the replacement with a token made by `strata tokens create --no-autoassign` (neither auto-approve nor auto-assignment rules)",
       });
     if (ep.duplicateMachineId && ep.state === "pending")
       throw new StrataError(
