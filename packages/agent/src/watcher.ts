@@ -35,6 +35,7 @@
  */
 import { lstatSync, readFileSync } from "node:fs";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
+import { StrataError } from "@strata/core";
 import { native, WATCH_FLAGS, type WatchHandle } from "@strata/fs";
 
 export type DirtySet = { kind: "full"; reason: string } | { kind: "dirs"; dirs: string[] };
@@ -124,6 +125,15 @@ export class ChangeWatcher {
 
   private constructor(private readonly opts: ChangeWatcherOptions) {
     this.maxDirs = opts.maxDirs ?? DEFAULT_MAX_DIRTY_DIRS;
+    if (typeof native.watchOpen !== "function")
+      throw new StrataError(
+        "INTERNAL",
+        "the @strata/fs native addon has no watcher (built before it had one)",
+        {
+          subject: "@strata/fs",
+          hint: "rebuild it: `npm run build:native -w @strata/fs`",
+        },
+      );
     this.h = native.watchOpen(
       (flags, newDirs) => this.onNative(flags, newDirs),
       this.maxDirs,
