@@ -118,6 +118,22 @@ describe("chunks verified and written by worker threads", () => {
     expect(diff(v1, root, /(^| )(tmp|var\/cache)\/./)).toEqual([]);
   });
 
+  it("the workers hand message buffers back, and the pool reuses them (no fresh memory per message)", async () => {
+    const pool = new RestorePool(null, 1);
+    try {
+      const buf = pool.buffer(1000);
+      expect(buf.length).toBeGreaterThanOrEqual(1024 * 1024);
+      buf.write("marker", 0);
+      await pool.run([{ buf, base: 0 }], [[]]);
+      expect(buf.length).toBe(0); // moved to the worker and back into the pool
+      const again = pool.buffer(1000);
+      expect(again.subarray(0, 6).toString()).toBe("marker");
+      expect(pool.buffer(1000).subarray(0, 6).toString()).not.toBe("marker"); // taken once
+    } finally {
+      await pool.close();
+    }
+  });
+
   it("a chunk that does not match its id is refused, names the file, and leaves the root as it was", async () => {
     const root = drifted();
     const before = tmp("strata-before-");

@@ -79,6 +79,8 @@ export interface RestoreReply {
   bytes: number;
   /** What failed: the blob (`write` = -1) or one of its writes (index into the pairs). */
   problems: { item: number; write: number; message: string }[];
+  /** The request's `buf`, moved back for reuse (fresh memory costs a page fault per 4 KiB). */
+  buf?: ArrayBuffer;
 }
 
 /** Pack files kept open by this thread (packs are immutable; restore holds a lease against prune). */
@@ -162,5 +164,15 @@ if (parentPort && (workerData as { role?: string } | null)?.role === "restore") 
   const codec: BlobDecoder = blobs
     ? { decode: (e, body) => blobs.decodeTransient(e, body) }
     : new WireDecoder();
-  serve(parentPort, (m: RestoreBatch) => m.jobs.map((j) => decodeAndWrite(codec, j)));
+  serve(
+    parentPort,
+    (m: RestoreBatch) =>
+      m.jobs.map((j) => {
+        const reply = decodeAndWrite(codec, j);
+        if (j.buf && j.buf.byteOffset === 0 && j.buf.byteLength === j.buf.buffer.byteLength)
+          reply.buf = j.buf.buffer as ArrayBuffer;
+        return reply;
+      }),
+    (replies) => replies.flatMap((r) => (r.buf ? [r.buf] : [])),
+  );
 }

@@ -91,16 +91,20 @@ export function ownBuffer(buf: Buffer): Buffer {
   return buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength ? buf : Buffer.from(buf);
 }
 
-/** Run a worker's request handler: answers `{ seq, result }` or `{ seq, error }`. */
+/**
+ * Run a worker's request handler: answers `{ seq, result }` or `{ seq, error }`.
+ * `transferOf` names buffers of the result moved back to the caller (not copied).
+ */
 export function serve<Req extends { seq: number }, Res>(
   port: { on(ev: "message", f: (m: Req) => void): void; postMessage(m: unknown, t?: ArrayBuffer[]): void },
   handle: (m: Req) => Res | Promise<Res>,
+  transferOf?: (result: Res) => ArrayBuffer[],
 ): void {
   port.on("message", (m: Req) => {
     Promise.resolve()
       .then(() => handle(m))
       .then(
-        (result) => port.postMessage({ seq: m.seq, result }),
+        (result) => port.postMessage({ seq: m.seq, result }, transferOf?.(result)),
         (e) => port.postMessage({ seq: m.seq, error: (e as Error)?.message ?? String(e) }),
       );
   });

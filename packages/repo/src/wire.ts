@@ -199,16 +199,21 @@ export async function readJsonFrame(r: ByteReader, maxPayload: number, what: str
   }
 }
 
+let sharedDctx: { decompress(dst: Uint8Array, src: Uint8Array): number } | null = null;
+
 /**
  * Decompress a zstd payload into at most `max` bytes: a payload that
  * inflates further (a decompression bomb) or is not valid zstd is
  * INVALID_ARGUMENT naming `what` (it is the sender's bad frame).
  */
-export function boundedDecompress(payload: Uint8Array, max: number, what: string): Buffer {
-  const out = Buffer.allocUnsafe(max);
+export function boundedDecompress(payload: Uint8Array, max: number, what: string, scratch?: Buffer): Buffer {
+  // Into `scratch` when it is large enough (the result is then valid until its next use).
+  const out = scratch && scratch.length >= max ? scratch.subarray(0, max) : Buffer.allocUnsafe(max);
   let n: number;
   try {
-    n = new binding.DCtx().decompress(out, payload);
+    // One context per thread, reused: a new one allocates its tables anew each time.
+    sharedDctx ??= new binding.DCtx();
+    n = sharedDctx.decompress(out, payload);
   } catch (e) {
     throw new StrataError(
       "INVALID_ARGUMENT",

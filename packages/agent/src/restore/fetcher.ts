@@ -214,7 +214,7 @@ export class Fetcher {
     let failed: unknown = null;
     const send = async () => {
       if (!chunks.length) return;
-      const buf = Buffer.allocUnsafeSlow(size);
+      const buf = pool.buffer(size);
       let at = 0;
       for (const p of parts) at += p.copy(buf, at);
       const these = chunks;

@@ -133,11 +133,17 @@ export function httpRestoreTransport(url: string, fingerprint: string, secret: s
 const treeRefOf = (id: string, grant: string | null | undefined): TreeRef =>
   grant ? { id: id as TreeId, grant } : { id: id as TreeId };
 
+/** Where trees and chunks are first decompressed (then copied out): one buffer, reused. */
+let scratch: Buffer | null = null;
+
 /** Decompress with a bound, trying a small buffer first; a copy, so the large buffer is not kept. */
 function decompressUpTo(payload: Buffer, first: number, max: number, what: string): Buffer {
   if (first < max) {
     try {
-      return Buffer.from(boundedDecompress(payload, first, what));
+      scratch ??= Buffer.allocUnsafeSlow(FIRST_TREE_BOUND);
+      return Buffer.from(
+        boundedDecompress(payload, first, what, first <= scratch.length ? scratch : undefined),
+      );
     } catch {
       // larger than `first` (or not zstd: the bounded retry says which)
     }
