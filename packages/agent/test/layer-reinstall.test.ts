@@ -87,6 +87,9 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
       // A library the new release renames (64-bit time_t: libfoo1 → libfoo1t64), and a program using it.
       { name: "libfoo-user1", version: "1.0", files: { "usr/lib/libfoo-user.so.1": "libfoo 1.0\n" } },
       { name: "foo-app", version: "1.0", control: { Depends: "libfoo-user1" } },
+      // Another, whose user needs exactly the old version: the rename would take that program away.
+      { name: "libbar-user1", version: "1.0" },
+      { name: "bar-app", version: "1.0", control: { Depends: "libbar-user1 (= 1.0)" } },
     ]) {
       const deb = buildDeb(old, d);
       sh(root, "dpkg", "-i", `/tmp/old/${path.basename(deb)}`);
@@ -116,6 +119,15 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
           Breaks: "libfoo-user1 (<< 1.0t64)",
         },
         files: { "usr/lib/libfoo-user.so.1": "libfoo 1.0t64\n" },
+      },
+      {
+        name: "libbar-user1t64",
+        version: "1.0t64",
+        control: {
+          Provides: "libbar-user1 (= 1.0t64)",
+          Replaces: "libbar-user1",
+          Breaks: "libbar-user1 (<< 1.0t64)",
+        },
       },
       // Provides quiet-user without replacing it: an alternative, not its successor.
       { name: "quiet-provider", version: "1.0", control: { Provides: "quiet-user" } },
@@ -206,6 +218,16 @@ describe.skipIf(reason !== undefined)(`reinstall on a Debian root (${reason ?? "
     // The program that uses it stays: the successor provides the old name.
     expect(sh(root, "dpkg", "-s", "foo-app")).toMatch(/^Status: install ok installed$/m);
     expect(sh(root, "dpkg", "--audit").trim()).toBe("");
+
+    // A rename that would remove another package is not done.
+    const bar = await reinstallUserPackages({ root, packages: ["libbar-user1"], logFile });
+    expect(bar.packages).toEqual([
+      expect.objectContaining({ name: "libbar-user1", outcome: "failed", renamedTo: "libbar-user1t64" }),
+    ]);
+    expect(bar.packages[0]!.message).toMatch(/bar-app/);
+    for (const p of ["libbar-user1", "bar-app"])
+      expect(sh(root, "dpkg", "-s", p)).toMatch(/^Status: install ok installed$/m);
+    expect(sh(root, "sh", "-c", "dpkg -s libbar-user1t64 2>&1 || true")).not.toMatch(/^Status: install/m);
   }, 300_000);
 
   it("a reinstall stopped with the agent leaves dpkg interrupted; the next run finishes it first", async () => {
