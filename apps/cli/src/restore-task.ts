@@ -7,6 +7,7 @@
  * the recovery tool, which runs the replacement device's `recover` task.
  */
 import {
+  agentCacheVouch,
   hasPendingRestore,
   RemoteRestoreSource,
   type RestoreResult,
@@ -145,6 +146,9 @@ export async function runRestoreTask(
     const source = await RemoteRestoreSource.forEndpoint(ctx.stateDir, task.cvd, {
       snapshot: String(task.params.snapshot),
     });
+    // The safety upload just read (or vouched for) every local file: its file cache says which
+    // are unchanged without reading them again (restore.md, "Engine decisions").
+    const cached = safetySnapshot ? agentCacheVouch(ctx.stateDir, safetySnapshot) : null;
     try {
       const run = runRestore(source, {
         root: ctx.root,
@@ -153,6 +157,7 @@ export async function runRestoreTask(
         kind: task.kind,
         ...(ctx.policy ? { policy: ctx.policy } : {}),
         ...(task.kind === "recover" ? { streaming: task.params.streaming !== false } : {}),
+        ...(cached ? { vouch: cached.vouch } : {}),
         signal,
         onProgress: (p) => report({ ...p }),
       });
@@ -170,6 +175,7 @@ export async function runRestoreTask(
         value: { result: r, safetySnapshot, bytesReceived },
       };
     } finally {
+      cached?.close();
       await source.close();
     }
   });

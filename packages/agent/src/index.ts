@@ -82,6 +82,7 @@ export * from "./restore/socket-source.js";
 export type * from "./restore/source.js";
 export type * from "./restore/types.js";
 export * from "./restore/user-relay.js";
+export { agentCacheVouch, fileCacheVouch, type Vouch } from "./restore/vouch.js";
 export { DEFAULT_MAX_SNOOZE_MS, DEFAULT_RETRY_BASE_MS, UploadScheduler } from "./scheduler.js";
 export {
   type AgentState,

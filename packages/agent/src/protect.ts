@@ -57,6 +57,11 @@ export function endpointHostname(root: string): string {
   return readText(path.join(root, "etc/hostname")).trim() || osHostname();
 }
 
+/** The agent's file cache (one per state directory). */
+export function fileCachePath(stateDir: string): string {
+  return path.join(stateDir, "cache", "files.db");
+}
+
 export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
   const { state } = enrolledState(o.stateDir);
   const root = path.resolve(o.root ?? state.root ?? "/");
@@ -82,7 +87,7 @@ export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
   const compiled = compilePolicy(policy, ctx);
   // A new user's home, a swap file or another policy version protect other files: walk everything.
   const policyKey = createHash("sha256").update(JSON.stringify({ policy, ctx })).digest("hex");
-  const cache = openSqliteFileCache(path.join(o.stateDir, "cache", "files.db"));
+  const cache = openSqliteFileCache(fileCachePath(o.stateDir));
   try {
     const r = await uploadOnce({
       transport: endpointTransport(o.stateDir),

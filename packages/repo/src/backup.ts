@@ -146,21 +146,21 @@ export interface BackupResult {
 }
 
 /** Stat signature: a file whose signature is unchanged is not read again. */
-interface Sig {
+export interface FileSig {
   dev: bigint;
   ino: bigint;
   size: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
 }
-const sigOf = (st: BigIntStats): Sig => ({
+const sigOf = (st: BigIntStats): FileSig => ({
   dev: st.dev,
   ino: st.ino,
   size: st.size,
   mtimeNs: st.mtimeNs,
   ctimeNs: st.ctimeNs,
 });
-const sameSig = (a: Sig, b: Sig) =>
+const sameSig = (a: FileSig, b: FileSig) =>
   a.dev === b.dev &&
   a.ino === b.ino &&
   a.size === b.size &&
@@ -221,7 +221,7 @@ const EMPTY_TREE = createHash("sha256").update(encodeTree([])).digest("hex") as 
 function encodeCacheDir(
   enc: Buffer,
   list: readonly FsNode[],
-  sigs: ReadonlyMap<string, Sig>,
+  sigs: ReadonlyMap<string, FileSig>,
   treeId: TreeId,
   totals: SubtreeTotals | null,
 ): Buffer | null {
@@ -241,7 +241,7 @@ function encodeCacheDir(
 }
 interface CachedEntries {
   /** Non-directory entries with their signatures, by name (latin1). */
-  entries: Map<string, { node: FsNode; sig: Sig }>;
+  entries: Map<string, { node: FsNode; sig: FileSig }>;
   treeId: TreeId;
   /** Version 3: every entry of the tree, in order; null for a version 2 row. */
   nodes: FsNode[] | null;
@@ -258,7 +258,7 @@ function decodeCacheDir(buf: Buffer): CachedEntries | null {
     const own = version === 3 ? nodes.filter((n) => n.type !== "dir") : nodes;
     const n = r.u32();
     if (n !== own.length) return null;
-    const out = new Map<string, { node: FsNode; sig: Sig }>();
+    const out = new Map<string, { node: FsNode; sig: FileSig }>();
     for (const node of own) {
       const sig = {
         dev: BigInt(r.u64()),
@@ -278,6 +278,26 @@ function decodeCacheDir(buf: Buffer): CachedEntries | null {
   } catch {
     return null; // a damaged cache only costs a re-read
   }
+}
+
+/**
+ * The regular files (and other non-directories) the file cache records for
+ * directory `dir` (absolute, as the walk named it), by name (latin1), with
+ * the signature (dev, ino, size, mtime, ctime) each had when its content
+ * was last read or vouched for. Only a row a completed run wrote or saw
+ * (generation 1..`trustedGen`) counts; anything else is null. A restore
+ * uses it to take a local file whose lstat still shows that signature as
+ * holding the recorded content, without reading it (docs/design/restore.md).
+ */
+export function cachedFiles(
+  cache: FileCache,
+  dir: Buffer,
+  trustedGen: number,
+): Map<string, { node: FsNode; sig: Readonly<FileSig> }> | null {
+  const row = cache.getDir(dir);
+  const gen = row?.gen ?? 0;
+  if (!row || gen <= 0 || gen > trustedGen) return null;
+  return decodeCacheDir(row.data)?.entries ?? null;
 }
 
 /** A hinted walk cannot go on safely: the walker starts again and walks everything. */
@@ -642,7 +662,7 @@ export class TreeWalker {
     if (known)
       for (const n of known.row.nodes) if (n.type === "dir") oldDirs.set(n.name.toString("latin1"), n);
     const nodes: Promise<FsNode | null>[] = [];
-    const cacheOut: { node: FsNode; sig: Sig }[] = [];
+    const cacheOut: { node: FsNode; sig: FileSig }[] = [];
     const base = abs.length === 1 ? abs : Buffer.concat([abs, SLASH]);
     let n = 0;
     /** Non-directory entries that are not unchanged cache hits. */
@@ -898,8 +918,8 @@ export class TreeWalker {
    * catalog query per directory.
    */
   private async validCacheEntries(
-    cached: Map<string, { node: FsNode; sig: Sig }> | null,
-  ): Promise<Map<string, { node: FsNode; sig: Sig }> | null> {
+    cached: Map<string, { node: FsNode; sig: FileSig }> | null,
+  ): Promise<Map<string, { node: FsNode; sig: FileSig }> | null> {
     if (!cached || cached.size === 0) return cached;
     const ids: BlobId[] = [];
     for (const { node } of cached.values()) for (const c of chunkIdsOf(node)) ids.push(c);
@@ -921,8 +941,8 @@ export class TreeWalker {
     display: string,
     name: Buffer,
     st: BigIntStats,
-    hit: { node: FsNode; sig: Sig } | null,
-    cacheOut: { node: FsNode; sig: Sig }[] | null = null,
+    hit: { node: FsNode; sig: FileSig } | null,
+    cacheOut: { node: FsNode; sig: FileSig }[] | null = null,
     untrusted = false,
   ): Promise<Later<FsNode | null>> {
     this.current = display;
@@ -995,7 +1015,7 @@ export class TreeWalker {
     node: FsNode,
     st: BigIntStats,
     retries: number,
-  ): Promise<{ node: FsNode; sig: Sig } | null> {
+  ): Promise<{ node: FsNode; sig: FileSig } | null> {
     let cur = node;
     let curSt = st;
     for (let attempt = 0; ; attempt++) {
@@ -1049,7 +1069,7 @@ export class TreeWalker {
     abs: Buffer,
     nodes: Promise<FsNode | null>[],
     cacheKey: Buffer | null,
-    cacheOut: { node: FsNode; sig: Sig }[] | null,
+    cacheOut: { node: FsNode; sig: FileSig }[] | null,
     cachedRaw: Buffer | null = null,
     knownTree: TreeId | null = null,
     allHits = false,
@@ -1070,7 +1090,7 @@ export class TreeWalker {
         // are rewritten once, as version 3.
         const unchanged = allHits && id === knownTree && cachedRaw?.[0] === 3;
         if (cacheKey && cacheOut && this.opts.fileCache && !unchanged) {
-          const sigs = new Map<string, Sig>();
+          const sigs = new Map<string, FileSig>();
           for (const e of cacheOut) sigs.set(e.node.name.toString("latin1"), e.sig);
           const data = encodeCacheDir(enc, list, sigs, id, totals);
           // An unchanged directory keeps its row (getDir already marked it

@@ -424,6 +424,7 @@ class Engine {
       root,
       owner,
       trustMtime: !!o.trustMtime,
+      vouch: o.vouch,
       wholeDirs: !this.streaming,
       seeds: new SeedReader(this.source.chunker),
       trees: new TreeAhead(this.source, o.signal),

@@ -151,6 +151,8 @@ export interface PlanEnv {
   /** Set owners (only root may give files away). */
   owner: boolean;
   trustMtime: boolean;
+  /** RestoreOptions.vouch. */
+  vouch: ((abs: Buffer, st: BigIntStats, node: FsNode) => boolean) | undefined;
   /** Stage a directory absent from the root whole (false when streaming: batches stay bounded). */
   wholeDirs: boolean;
   seeds: SeedReader;
@@ -637,7 +639,9 @@ export class Planner {
     const linksOk = r.nlink === 1n || key !== null;
     const same =
       linksOk &&
-      ((this.env.trustMtime && metaEq && Number(r.size) === n.size) || env.seeds.sameContent(abs, r, n));
+      ((this.env.trustMtime && metaEq && Number(r.size) === n.size) ||
+        env.vouch?.(abs, r, n) === true ||
+        env.seeds.sameContent(abs, r, n));
     if (!same) return this.create(d, item, comps, abs);
     if (key) env.links.set(key, { rel: relOf(comps), stage: null, batch: this.b.n });
     if (metaEq) c.unchangedFiles++;

@@ -94,6 +94,13 @@ export interface RestoreOptions {
    * engine").
    */
   trustMtime?: boolean;
+  /**
+   * Says a root file holds a snapshot file's content without reading it
+   * (`fileCacheVouch`: the agent's file cache records the file's signature
+   * and chunk list). Metadata is still compared; a file it does not vouch
+   * for is hashed as usual.
+   */
+  vouch?: (abs: Buffer, st: import("node:fs").BigIntStats, node: import("@strata/core").FsNode) => boolean;
   /** Streaming batch limits (restore.md: 2,000 files, 32 MiB); tests make them small. */
   batchLimits?: { files?: number; bytes?: number };
   /**
