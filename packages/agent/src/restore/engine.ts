@@ -8,6 +8,7 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
+import { availableParallelism } from "node:os";
 import * as nodePath from "node:path";
 import { globToRegExp, isStrataError, StrataError } from "@strata/core";
 import { displayPath, native } from "@strata/fs";
@@ -586,7 +587,7 @@ class Engine {
    */
   private workers(): RestorePool | null {
     if (!this.source.fetchChunkFrames || this.opts.workers === 0) return null;
-    this.pool ??= new RestorePool(null, this.opts.workers);
+    this.pool ??= new RestorePool(null, this.opts.workers ?? restoreWorkers());
     return this.pool;
   }
 
@@ -667,6 +668,16 @@ class Engine {
     }
     this.fetcher = null;
   }
+}
+
+/**
+ * Worker threads for fetched chunks by default: one per core but one. The
+ * main thread (requests, planning, stage files, metadata) keeps a core
+ * busy; on two cores a second worker only cost its start-up and memory
+ * (restore-file of a Debian root: ~0.3 s of CPU and 15 MB more, no faster).
+ */
+function restoreWorkers(): number {
+  return Math.max(1, Math.min(availableParallelism() - 1, 4));
 }
 
 function minimalSelector(globs: readonly string[]): Selector {

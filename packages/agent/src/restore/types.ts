@@ -59,8 +59,9 @@ export interface RestoreOptions {
   policy?: CompiledPolicy;
   /**
    * Worker threads that verify and write chunks fetched in wire form (a
-   * source with `fetchChunkFrames`): default one per core, at most four;
-   * 0 does it on the main thread.
+   * source with `fetchChunkFrames`): default one per core but one (the
+   * main thread keeps a core busy planning and staging), at least one, at
+   * most four; 0 does it on the main thread.
    */
   workers?: number;
   /**
