@@ -15,6 +15,12 @@ export interface ChunkSink {
   reserve(ids: readonly BlobId[], proofs: Buffer | null): Promise<Set<BlobId>>;
   release(ids: Iterable<BlobId>): void;
   addEncoded(b: EncodedBlob): void;
+  /**
+   * True when `addEncoded` is done with the blob's bytes once it returns
+   * (they were written out, not kept): the pool then gives the buffer back
+   * to its worker for the next batch.
+   */
+  readonly releasesData?: boolean;
 }
 
 /** The local repository as a chunk sink, with the worker setup that seals for it. */
@@ -24,6 +30,7 @@ export function repositorySink(repo: Repository): { sink: ChunkSink; init: Worke
       reserve: (ids) => repo.reserve(ids),
       release: (ids) => repo.release(ids),
       addEncoded: (b) => repo.addEncoded(b),
+      releasesData: repo.streamsPacks,
     },
     init: {
       key: new Uint8Array(repo.key.key),
@@ -283,6 +290,11 @@ export class ChunkPool {
             });
             j.reserved.delete(b.id);
           }
+          if (this.repo.releasesData && !this.closing)
+            this.workers[wi]!.postMessage(
+              { t: "recycle", job: 0, buf: m.data.buffer as ArrayBuffer } satisfies ToWorker,
+              [m.data.buffer as ArrayBuffer],
+            );
         } catch (e) {
           this.fail(e);
         }

@@ -11,6 +11,7 @@ import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import { type BlobId, Chunker, type ChunkerParams, type ContentPiece, type Xattr } from "@strata/core";
 import { dataRanges, readXattrs } from "@strata/fs";
+import { BufferPool } from "./buffer-pool.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec, WireCodec } from "./pack.js";
 
@@ -30,7 +31,9 @@ export type ToWorker =
   | { t: "file"; job: number; path: Uint8Array }
   /** Small files: all paths in one buffer (cheaper to post than many). */
   | { t: "files"; job: number; paths: Uint8Array; lens: number[]; sizes: number[] }
-  | { t: "need"; job: number; seq: number; need: boolean[] };
+  | { t: "need"; job: number; seq: number; need: boolean[] }
+  /** A `blobs` message's buffer, given back once its bytes are written (job 0). */
+  | { t: "recycle"; job: 0; buf: ArrayBuffer };
 export type FileOutcome =
   | { t: "ok"; pieces: ContentPiece[]; size: number; bytesRead: number; sig: string; xattrs: Xattr[] }
   | { t: "changed"; why: string }
@@ -48,8 +51,12 @@ export type FromWorker =
 
 /** Read buffer of a large file (at least twice the largest chunk). */
 const BUF_SIZE = 1024 * 1024;
-/** Smallest read buffer of a batch of small files (sized to the batch). */
-const BATCH_BUF = 64 * 1024;
+/**
+ * Bytes of buffers a worker keeps for reuse (read buffers, and the output
+ * buffers of `blobs` messages, which the main thread gives back once the
+ * repository has written them: `recycle`). About its jobs in flight.
+ */
+const POOL_BYTES = 16 * 1024 * 1024;
 
 /** What the content was read under; the walk compares it with its own lstat. */
 export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint }): string {
@@ -64,7 +71,7 @@ if (parentPort) {
     : new WireCodec(init.level);
   const proofKey = init.proofKey ? Buffer.from(init.proofKey) : null;
   const chunker = new Chunker(init.chunker);
-  const bufPool: Buffer[] = [];
+  const pool = new BufferPool(POOL_BYTES);
   const waiters = new Map<string, (need: boolean[]) => void>();
   let seqCounter = 0;
 
@@ -96,7 +103,8 @@ if (parentPort) {
   };
 
   port.on("message", (m: ToWorker) => {
-    if (m.t === "need") {
+    if (m.t === "recycle") pool.give(m.buf);
+    else if (m.t === "need") {
       const k = `${m.job}:${m.seq}`;
       const w = waiters.get(k);
       waiters.delete(k);
@@ -139,21 +147,9 @@ if (parentPort) {
   function sendBlobs(job: number, cuts: readonly Cut[], need: readonly boolean[]): void {
     const items = cuts.filter((_, i) => need[i]).map((c) => ({ id: c.id, plain: c.data }));
     if (!items.length) return;
-    const { data, blobs } = codec.encodeMany(items);
+    const { data, blobs } = codec.encodeMany(items, (n) => pool.take(n));
     port.postMessage({ t: "blobs", job, data, blobs } satisfies FromWorker, [data.buffer as ArrayBuffer]);
   }
-
-  /**
-   * Read buffers for batches of small files, reused: a batch is read into
-   * one buffer instead of one allocation per file.
-   */
-  const batchPool: Buffer[] = [];
-  const takeBatchBuffer = (min: number): Buffer => {
-    const b = batchPool.pop();
-    if (b && b.length >= min) return b;
-    if (b) batchPool.push(b);
-    return Buffer.allocUnsafeSlow(Math.max(min, BATCH_BUF));
-  };
 
   type Cut = { data: Uint8Array; id: BlobId };
   /** Cut every complete chunk of buf[0..filled) into `out`; returns the bytes consumed. */
@@ -172,12 +168,12 @@ if (parentPort) {
   /** Small files: read whole, chunk, then one query and one blob message for the batch. */
   async function smallFiles(job: number, paths: Buffer[], sizes: number[]): Promise<FileOutcome[]> {
     // The walk's sizes (a file may have grown since: the buffer then grows).
-    let batchBuf = takeBatchBuffer(sizes.reduce((a, b) => a + b + 1, 0));
+    let batchBuf = pool.take(sizes.reduce((a, b) => a + b + 1, 0));
     let used = 0;
     try {
       return await readSmallFiles();
     } finally {
-      if (batchPool.length < 2) batchPool.push(batchBuf);
+      pool.give(batchBuf.buffer);
     }
 
     async function readSmallFiles(): Promise<FileOutcome[]> {
@@ -197,7 +193,7 @@ if (parentPort) {
           if (used + size + 1 > batchBuf.length) {
             // Cuts of earlier files point into the old buffer: keep it (it
             // becomes garbage once this batch is done) and start a bigger one.
-            batchBuf = takeBatchBuffer(Math.max(batchBuf.length * 2, size + 1));
+            batchBuf = pool.take(Math.max(batchBuf.length * 2, size + 1));
             used = 0;
           }
           const buf = batchBuf.subarray(used, used + size + 1);
@@ -266,7 +262,7 @@ if (parentPort) {
         Number(before.blocks) * 512 >= size ? [[0, size]] : dataRanges(fd, size);
       const fileChunker = new Chunker(init.chunker);
       const pieces: ContentPiece[] = [];
-      held = bufPool.pop() ?? Buffer.allocUnsafeSlow(Math.max(BUF_SIZE, init.chunker.maxSize * 2));
+      held = pool.take(Math.max(BUF_SIZE, init.chunker.maxSize * 2));
       const buf = held;
       let cursor = 0;
       let bytesRead = 0;
@@ -315,7 +311,7 @@ if (parentPort) {
       return { t: "ok", pieces, size, bytesRead, sig: statSig(before), xattrs: readXattrs(path) };
     } finally {
       closeSync(fd);
-      if (held && bufPool.length < 2) bufPool.push(held);
+      if (held) pool.give(held.buffer);
     }
   }
 }

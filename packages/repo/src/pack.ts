@@ -86,7 +86,10 @@ class BatchEncoder {
     private readonly finish: (body: Uint8Array, out: Buffer, offset: number) => void,
   ) {}
 
-  encode(items: readonly { id: BlobId; plain: Uint8Array }[]): { data: Buffer; blobs: PlacedBlob[] } {
+  encode(
+    items: readonly { id: BlobId; plain: Uint8Array }[],
+    take: OutputBuffer = fresh,
+  ): { data: Buffer; blobs: PlacedBlob[] } {
     let need = 0;
     for (const it of items) if (it.plain.length >= 64) need += zstd.compressBound(it.plain.length);
     if (this.staging.length < need) this.staging = Buffer.allocUnsafeSlow(Math.max(need, 1 << 20));
@@ -115,12 +118,22 @@ class BatchEncoder {
       blobs.push({ id: it.id, offset: total, length, rawLength: it.plain.length, compressed });
       total += length;
     }
-    // A dedicated (non-pooled) buffer: workers transfer its ArrayBuffer.
-    const data = Buffer.allocUnsafeSlow(total);
+    // A buffer of its own (never Node's shared pool): workers transfer its ArrayBuffer.
+    const data = take(total);
     for (let i = 0; i < blobs.length; i++) this.finish(bodies[i]!, data, blobs[i]!.offset);
     return { data, blobs };
   }
 }
+
+/**
+ * Supplies `encodeMany`'s output: a Buffer of exactly `n` bytes whose
+ * ArrayBuffer belongs to no one else (it may be larger, and is transferred
+ * whole). Chunk workers hand out buffers the main thread gave back, so a
+ * backup reuses a few warm buffers instead of touching fresh memory for
+ * every batch.
+ */
+export type OutputBuffer = (n: number) => Buffer;
+const fresh: OutputBuffer = (n) => Buffer.allocUnsafeSlow(n);
 
 /** The upload protocol's chunk form: compressed (when worth it), not sealed. */
 export class WireCodec {
@@ -131,8 +144,11 @@ export class WireCodec {
     this.batch = new BatchEncoder(level, 0, (body, out, off) => out.set(body, off));
   }
   /** Encode several blobs (as `encode` would) back to back into one new buffer; see BatchEncoder. */
-  encodeMany(items: readonly { id: BlobId; plain: Uint8Array }[]): { data: Buffer; blobs: PlacedBlob[] } {
-    return this.batch.encode(items);
+  encodeMany(
+    items: readonly { id: BlobId; plain: Uint8Array }[],
+    take?: OutputBuffer,
+  ): { data: Buffer; blobs: PlacedBlob[] } {
+    return this.batch.encode(items, take);
   }
   encode(id: BlobId, type: BlobType, plain: Uint8Array): EncodedBlob {
     const { body, compressed } = compressIfWorth(this.cmp, plain);
@@ -159,8 +175,11 @@ export class BlobCodec {
   }
 
   /** Encode several blobs (as `encode` would) back to back into one new buffer; see BatchEncoder. */
-  encodeMany(items: readonly { id: BlobId; plain: Uint8Array }[]): { data: Buffer; blobs: PlacedBlob[] } {
-    return this.batch.encode(items);
+  encodeMany(
+    items: readonly { id: BlobId; plain: Uint8Array }[],
+    take?: OutputBuffer,
+  ): { data: Buffer; blobs: PlacedBlob[] } {
+    return this.batch.encode(items, take);
   }
 
   encode(id: BlobId, type: BlobType, plain: Uint8Array): EncodedBlob {

@@ -18,7 +18,7 @@ import {
   treeDeltaBase,
   validateChunkerParams,
 } from "@strata/core";
-import { displayPath, trimMemory } from "@strata/fs";
+import { displayPath } from "@strata/fs";
 import type { BlobStore } from "./blob-store.js";
 import {
   type BlobType,
@@ -124,6 +124,11 @@ export class Repository {
    * Packs stream to a temporary object of the store when it offers one, so
    * an open pack costs its entry list, not its 16 MiB of blobs.
    */
+  /** True when open packs stream to a temporary object (`addEncoded` keeps no blob bytes). */
+  get streamsPacks(): boolean {
+    return !!this.store.createTemp;
+  }
+
   newPackBuilder(): PackBuilder {
     const store = this.store;
     return new PackBuilder(store.createTemp ? () => store.createTemp!() : undefined);
@@ -432,7 +437,6 @@ export class Repository {
         );
         this.written.packs++;
         for (const id of ids) this.pending.delete(id);
-        trimMemory(); // the pack's buffers and the blobs the workers sent for it are free now
       } catch (e) {
         this.flushError = e;
         await builder.discard();
