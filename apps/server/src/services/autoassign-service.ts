@@ -26,6 +26,7 @@ import {
 } from "@strata/protocol";
 import type { AuditService } from "./audit-service.js";
 import { type Caller, requirePermission, type ServiceDeps } from "./context.js";
+import { requireEndpoint } from "./endpoint-service.js";
 import { DEFAULT_POLICY_ID, type PolicyService } from "./policy-service.js";
 import { checkGlob, collectionFactsOf } from "./targeting-service.js";
 import { randomId } from "./tokens.js";
@@ -216,15 +217,8 @@ export class AutoassignService {
     };
   }
 
-  private async endpoint(id: string): Promise<EndpointRecord> {
-    const e = await this.deps.store.getEndpoint(id);
-    if (!e) {
-      throw new StrataError("NOT_FOUND", `endpoint ${id} does not exist`, {
-        subject: id,
-        hint: "see `strata endpoints list`",
-      });
-    }
-    return e;
+  private endpoint(id: string): Promise<EndpointRecord> {
+    return requireEndpoint(this.deps.store, id);
   }
 
   /**

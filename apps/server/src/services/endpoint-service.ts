@@ -61,18 +61,26 @@ export function cvdView(c: CvdSummary): Cvd {
   };
 }
 
+/** The endpoint `id`, or NOT_FOUND naming it. */
+export async function requireEndpoint(
+  store: { getEndpoint(id: string): Promise<EndpointRecord | null> },
+  id: string,
+): Promise<EndpointRecord> {
+  const e = await store.getEndpoint(id);
+  if (!e) {
+    throw new StrataError("NOT_FOUND", `endpoint ${id} does not exist`, {
+      subject: id,
+      hint: "see `strata endpoints list`",
+    });
+  }
+  return e;
+}
+
 export class EndpointService {
   constructor(private readonly deps: EndpointServiceDeps) {}
 
-  private async endpoint(id: string): Promise<EndpointRecord> {
-    const e = await this.deps.store.getEndpoint(id);
-    if (!e) {
-      throw new StrataError("NOT_FOUND", `endpoint ${id} does not exist`, {
-        subject: id,
-        hint: "see `strata endpoints list`",
-      });
-    }
-    return e;
+  private endpoint(id: string): Promise<EndpointRecord> {
+    return requireEndpoint(this.deps.store, id);
   }
 
   private async cvd(id: string): Promise<CvdSummary> {
