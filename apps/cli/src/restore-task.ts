@@ -7,7 +7,6 @@
  * the recovery tool, which runs the replacement device's `recover` task.
  */
 import {
-  agentCacheVouch,
   hasPendingRestore,
   RemoteRestoreSource,
   type RestoreResult,
@@ -16,17 +15,23 @@ import {
   runRestore,
   type TaskContext,
   type Throttle,
+  type Vouch,
 } from "@strata/agent";
 import { StrataError } from "@strata/core";
 import type { AgentTaskRef, StrataClient, Task } from "@strata/protocol";
 
-/** The upload before a system or full revert, so the revert can itself be reverted. */
+/**
+ * The upload before a system or full revert, so the revert can itself be
+ * reverted. `cacheVouch`, when given, opens the file cache that upload just
+ * committed as a vouch for unchanged files (restore.md, "Engine decisions");
+ * the agent supplies it, the recovery tool (no file cache, no SQLite) does not.
+ */
 export type SafetyUpload = (
   signal: AbortSignal,
   pace: Throttle | null,
   onProgress: (p: object) => void,
   kind: "pre-restore" | "pre-apply",
-) => Promise<{ snapshot: string }>;
+) => Promise<{ snapshot: string; cacheVouch?: () => { vouch: Vouch; close(): void } | null }>;
 
 /** What a restore task needs of the daemon's TaskContext. */
 export type RestoreTaskContext = Pick<
@@ -125,6 +130,7 @@ export async function runRestoreTask(
 ): Promise<RestoreTaskOutcome> {
   const o = await runClaimedTask(client, ref, ctx, async ({ task, signal, report }) => {
     let safetySnapshot: string | null = null;
+    let cacheVouch: (() => { vouch: Vouch; close(): void } | null) | undefined;
     if (task.kind === "system" || task.kind === "full") {
       if (!safetyUpload)
         throw new StrataError("UNSUPPORTED", `a ${task.kind} restore needs a safety upload first`, {
@@ -138,6 +144,7 @@ export async function runRestoreTask(
         "pre-restore",
       );
       safetySnapshot = r.snapshot;
+      cacheVouch = r.cacheVouch;
     }
     if (task.kind === "apply")
       throw new StrataError("INVALID_ARGUMENT", `task ${task.id} is a layer apply, not a restore`);
@@ -148,7 +155,7 @@ export async function runRestoreTask(
     });
     // The safety upload just read (or vouched for) every local file: its file cache says which
     // are unchanged without reading them again (restore.md, "Engine decisions").
-    const cached = safetySnapshot ? agentCacheVouch(ctx.stateDir, safetySnapshot) : null;
+    const cached = cacheVouch?.() ?? null;
     try {
       const run = runRestore(source, {
         root: ctx.root,

@@ -23,6 +23,7 @@ import { defaultPolicy, parsePolicy, StrataError } from "@strata/core";
 import type { Command } from "commander";
 import type { GlobalOptions } from "../context.js";
 import { formatBytes, printJson } from "../output.js";
+import type { SafetyUpload } from "../restore-task.js";
 import { STATE_HELP, stateDirOf } from "./agent-state.js";
 import { registerAgentUserCommands } from "./agent-user.js";
 import { parseDuration } from "./repo.js";
@@ -190,7 +191,12 @@ async function serverHooks(ctx: {
       }
       const { runRestoreTask } = await import("../restore-task.js");
       try {
-        const o = await runRestoreTask(client, task, t, protect, (run) => {
+        // The safety upload's file cache vouches for the files it just read (vouch.ts).
+        const safety: SafetyUpload = async (signal, pace, onProgress, kind) => {
+          const r = await protect(signal, pace, onProgress, kind);
+          return { snapshot: r.snapshot, cacheVouch: () => a.agentCacheVouch(ctx.stateDir, r.snapshot) };
+        };
+        const o = await runRestoreTask(client, task, t, safety, (run) => {
           current = run;
         });
         if ("skipped" in o) return o;

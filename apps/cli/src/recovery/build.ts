@@ -94,6 +94,15 @@ function packageDir(name: string): string {
   throw new StrataError("INTERNAL", `cannot find the directory of the package ${name}`);
 }
 
+/** The root of this checkout (apps/cli/{src,dist}/recovery → ../../../..). */
+const ROOT = path.resolve(here, "../../../..");
+
+/** Whether `file` is one of our modules (not a dependency's). */
+function isOurs(file: string): boolean {
+  const rel = path.relative(ROOT, file);
+  return !rel.startsWith("..") && /^(apps|packages)\//.test(rel) && !rel.includes("node_modules");
+}
+
 /** Files of `dir` below `prefix` in the payload, skipping what the program never reads. */
 function packageFiles(dir: string, prefix: string, keep: (rel: string) => boolean): TarEntry[] {
   const out: TarEntry[] = [];
@@ -156,8 +165,12 @@ async function bundle(entry: string = entryPoint()): Promise<Buffer> {
         // with it) although the recovery program never calls them.
         name: "strata-side-effect-free",
         setup(b) {
-          b.onResolve({ filter: /^@strata\// }, async (args) => {
-            if (args.pluginData === "strata") return undefined;
+          // Bare `@strata/…` names, and relative imports between our own
+          // modules (an index re-exporting ./postgres.js must not keep it).
+          const ours = (a: { path: string; importer: string }) =>
+            a.path.startsWith("@strata/") || (a.path.startsWith(".") && isOurs(a.importer));
+          b.onResolve({ filter: /^(@strata\/|\.)/ }, async (args) => {
+            if (args.pluginData === "strata" || !ours(args)) return undefined;
             const r = await b.resolve(args.path, {
               kind: args.kind,
               resolveDir: args.resolveDir,
