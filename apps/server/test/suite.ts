@@ -50,6 +50,7 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   PolicyInput: { name: "Probe Policy" },
   PolicyDocument: { format: "strata-upload-policy", schemaVersion: 1, policy: { name: "Probe Import" } },
   OpenRestoreRequest: {},
+  RestoreTreesRequest: { trees: [{ id: "a".repeat(64), grant: "A".repeat(22) }] },
   ChunkFetchRequest: { requests: [{ tree: "a".repeat(64), grant: "A".repeat(22), ids: ["b".repeat(64)] }] },
   RevertRequest: {},
   RecoverRequest: { endpoint: "ep_nothere" },
