@@ -20,6 +20,9 @@ import {
 import { StrataError } from "@strata/core";
 import type { AgentTaskRef, StrataClient, Task } from "@strata/protocol";
 
+/** Opens a file cache as a vouch for unchanged files; null when it cannot vouch. */
+export type OpenVouch = () => { vouch: Vouch; close(): void } | null;
+
 /**
  * The upload before a system or full revert, so the revert can itself be
  * reverted. `cacheVouch`, when given, opens the file cache that upload just
@@ -31,7 +34,7 @@ export type SafetyUpload = (
   pace: Throttle | null,
   onProgress: (p: object) => void,
   kind: "pre-restore" | "pre-apply",
-) => Promise<{ snapshot: string; cacheVouch?: () => { vouch: Vouch; close(): void } | null }>;
+) => Promise<{ snapshot: string; cacheVouch?: OpenVouch }>;
 
 /** What a restore task needs of the daemon's TaskContext. */
 export type RestoreTaskContext = Pick<
@@ -130,7 +133,7 @@ export async function runRestoreTask(
 ): Promise<RestoreTaskOutcome> {
   const o = await runClaimedTask(client, ref, ctx, async ({ task, signal, report }) => {
     let safetySnapshot: string | null = null;
-    let cacheVouch: (() => { vouch: Vouch; close(): void } | null) | undefined;
+    let cacheVouch: OpenVouch | undefined;
     if (task.kind === "system" || task.kind === "full") {
       if (!safetyUpload)
         throw new StrataError("UNSUPPORTED", `a ${task.kind} restore needs a safety upload first`, {
