@@ -29,6 +29,8 @@ interface ChildArgs {
   snapshot?: string;
   /** Kind `layer`'s options. */
   layer?: LayerSpec;
+  /** Stream (full/recover) in small batches: the minimal set, then batches of these limits. */
+  streaming?: { minimalSet: string[]; files: number; bytes: number };
 }
 
 const a = JSON.parse(process.argv[2]!) as ChildArgs;
@@ -49,6 +51,13 @@ const run = runRestore(source, {
   ...(a.paths ? { paths: a.paths } : {}),
   ...(a.to ? { to: a.to } : {}),
   ...(a.layer ? { layer: layerOptions(a.layer) } : {}),
+  ...(a.streaming
+    ? {
+        streaming: true,
+        minimalSet: a.streaming.minimalSet,
+        batchLimits: { files: a.streaming.files, bytes: a.streaming.bytes },
+      }
+    : {}),
   onStep: (s) => {
     steps = s.n;
     if (s.n === a.killAt) process.kill(process.pid, "SIGKILL");

@@ -52,7 +52,7 @@ export function runChild(
  * steps of `total`, each time onto a fresh copy of `old` at `root`, then
  * recoverPendingRestore: the root must equal, by rsync, exactly `old` or
  * `fresh` (the state of an uninterrupted run; lines matching `ignoreNew`
- * do not count). Kills must land on both sides of the commit.
+ * do not count against it, lines matching `ignore` against neither). Kills must land on both sides of the commit.
  */
 export async function killLoop(o: {
   old: string;
@@ -63,6 +63,8 @@ export async function killLoop(o: {
   seed: number;
   args: (killAt: number, stateDir: string) => Record<string, unknown>;
   ignoreNew?: RegExp;
+  /** Lines that count against neither state. */
+  ignore?: RegExp;
 }): Promise<void> {
   const rand = prng(o.seed);
   const outcomes = { old: 0, new: 0 };
@@ -76,8 +78,8 @@ export async function killLoop(o: {
     expect(res.signal, `${where}: ${res.out}`).toBe("SIGKILL");
     const pending = await recoverPendingRestore(stateDir, o.root);
     expect(pending.length, where).toBe(1);
-    const asOld = diff(o.old, o.root);
-    const asNew = diff(o.fresh, o.root, o.ignoreNew);
+    const asOld = diff(o.old, o.root, o.ignore);
+    const asNew = diff(o.fresh, o.root, o.ignoreNew).filter((l) => !o.ignore?.test(l));
     if (asOld.length && asNew.length) {
       throw new Error(
         `${where}: ${JSON.stringify(pending)} left a mix:\n vs old: ${asOld.slice(0, 8).join("\n")}\n vs new: ${asNew.slice(0, 8).join("\n")}`,
