@@ -98,8 +98,13 @@ function readPack(path: string, base: number, length: number): Buffer {
       closeSync(ofd);
     }
   }
-  return readRangeSync(fd, path, base, length);
+  // One read buffer per thread, grown to the longest range read: the range
+  // is decoded and written before the next is read, and a fresh buffer per
+  // range (up to 8 MiB) left the thread's garbage to the next GC.
+  if (readBuf.length < length) readBuf = Buffer.allocUnsafeSlow(Math.max(length, 2 * readBuf.length));
+  return readRangeSync(fd, path, base, length, readBuf);
 }
+let readBuf = Buffer.alloc(0);
 
 /**
  * What turns a stored (or received) body into verified plaintext: BlobCodec
