@@ -110,6 +110,10 @@ describe.skipIf(skip)(
       const snaps = await fleet.ok("cvd", "snapshots", ws1.cvd!, "--json");
       expect(snaps.find((s: { id: string }) => s.id === safety)?.kind).toBe("pre-restore");
       expect(done.result.bytesReceived).toBeLessThan(done.result.bytes);
+      // The safety upload's file cache vouched for the unchanged machine area: not read again.
+      // (minbase has ~5,000 machine-area files; /usr/bin's were deleted above.)
+      expect(done.result.vouchedFiles).toBeGreaterThan(3000);
+      expect(done.result.unchangedFiles).toBeGreaterThanOrEqual(done.result.vouchedFiles);
       await agent1.stop();
     }, 600_000);
 

@@ -80,12 +80,13 @@ describe("the file cache vouches for unchanged local files", () => {
     expect(asked.length).toBeGreaterThan(3);
     expect(read).not.toHaveBeenCalled();
     expect(r.unchangedFiles).toBeGreaterThan(3);
+    expect(r.vouchedFiles).toBe(asked.length);
     expect(diff(root, target, /(^| )(tmp|var\/cache)\/./)).toEqual([]);
     // Without a vouch the same restore reads them.
     const again = tmp("strata-root-");
     copyTree(root, again);
     const read2 = vi.spyOn(SeedReader.prototype, "sameContent");
-    await runRestore(src, {
+    const r2 = await runRestore(src, {
       root: again,
       stateDir: tmp("strata-state-"),
       id: "v2",
@@ -93,6 +94,7 @@ describe("the file cache vouches for unchanged local files", () => {
       policy: testPolicy(),
     }).done;
     expect(read2).toHaveBeenCalled();
+    expect(r2.vouchedFiles).toBe(0);
     read2.mockRestore();
   });
   it("a file whose signature and chunks are the cache's; not one changed behind its old mtime", async () => {

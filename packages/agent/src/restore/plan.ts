@@ -64,6 +64,8 @@ export interface RunCounters {
   seededBytes: number;
   files: number;
   unchangedFiles: number;
+  /** Files found unchanged on the file cache's word (RestoreOptions.vouch), not read. */
+  vouchedFiles: number;
   putOps: number;
   deleted: number;
   metaOps: number;
@@ -637,11 +639,12 @@ export class Planner {
     const metaEq = this.sameMeta(abs, r, n);
     // A file with other names that the snapshot does not group with it gets its own inode.
     const linksOk = r.nlink === 1n || key !== null;
-    const same =
-      linksOk &&
-      ((this.env.trustMtime && metaEq && Number(r.size) === n.size) ||
-        env.vouch?.(abs, r, n) === true ||
-        env.seeds.sameContent(abs, r, n));
+    let same = linksOk && this.env.trustMtime && metaEq && Number(r.size) === n.size;
+    if (linksOk && !same && env.vouch?.(abs, r, n) === true) {
+      same = true;
+      c.vouchedFiles++;
+    }
+    if (linksOk && !same) same = env.seeds.sameContent(abs, r, n);
     if (!same) return this.create(d, item, comps, abs);
     if (key) env.links.set(key, { rel: relOf(comps), stage: null, batch: this.b.n });
     if (metaEq) c.unchangedFiles++;

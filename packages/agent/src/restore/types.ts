@@ -124,6 +124,12 @@ export interface RestoreResult {
   snapshot: string;
   files: number;
   unchangedFiles: number;
+  /**
+   * Of the files left in place, those the agent's file cache vouched for
+   * (RestoreOptions.vouch): not read. The others were hashed, or trusted
+   * by mtime (trustMtime).
+   */
+  vouchedFiles: number;
   putOps: number;
   deleted: number;
   metaOps: number;
