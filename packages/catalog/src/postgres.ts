@@ -10,8 +10,8 @@ import {
   type RepoCatalog,
   type SnapshotRecord,
 } from "@strata/repo";
-import pg from "pg";
-import copyStreams from "pg-copy-streams";
+import type pg from "pg";
+import type copyStreamsModule from "pg-copy-streams";
 import {
   blobTypeCode,
   blobTypeName,
@@ -53,12 +53,24 @@ const LOCK_CLASS = 0x53747261;
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
+/**
+ * pg and pg-copy-streams, loaded by the first `openPostgresCatalog`: every
+ * `strata` command imports the catalog, and pg alone took ~0.1 s of each
+ * start-up that never opens PostgreSQL.
+ */
+let pgLib: typeof pg;
+let copyStreams: typeof copyStreamsModule;
+async function loadPg(): Promise<void> {
+  pgLib ??= (await import("pg")).default;
+  copyStreams ??= (await import("pg-copy-streams")).default;
+}
+
 /** int8 as a JS number (counts, sizes and offsets stay far below 2^53); everything else as pg defaults. */
 const TYPES = {
   getTypeParser: ((oid: number, format?: string) => {
     if (oid === 20 && format !== "binary") return (v: string) => Number(v);
-    return pg.types.getTypeParser(oid, format as "text");
-  }) as typeof pg.types.getTypeParser,
+    return pgLib.types.getTypeParser(oid, format as "text");
+  }) as pg.CustomTypesConfig["getTypeParser"],
 };
 
 /** Index entry columns; `p` is the entry's pack (blobs.pack = packs.seq, migration 0005). */
@@ -761,7 +773,8 @@ export async function openPostgresCatalog(
       hint: "use lowercase letters, digits and underscores",
     });
   }
-  const pool = new pg.Pool({
+  await loadPg();
+  const pool = new pgLib.Pool({
     connectionString: url,
     max: opts.maxConnections ?? 10,
     types: TYPES,
