@@ -237,7 +237,8 @@ for (const [name, open] of backends) {
       });
       // Its blobs are intact: verified one by one, none is damaged.
       expect(r.damagedBlobs.filter((b) => b.pack === broken)).toEqual([]);
-      expect(brokenEntries.length).toBe(3);
+      // Three files of random bytes: a chunk each, or two when a boundary falls past the minimum size.
+      expect(brokenEntries.length).toBeGreaterThanOrEqual(3);
       expect(r.damagedPacks).toContainEqual({ pack: lost, problem: "missing from the store" });
       expect(
         r.damagedBlobs
