@@ -12,6 +12,13 @@
  *   stored rule with its position. ALREADY_EXISTS (naming it, nothing
  *   stored) for a taken id or name; NOT_FOUND for a missing `before` rule
  *   or policy.
+ * - updateRule changes the fields the patch gives and, with `move`, the
+ *   rule's place (just before the rule `move.before`, or last for null; a
+ *   move renumbers every rule 1..n, so positions are dense and unique
+ *   after it), in one transaction; id, createdAt and createdBy stay. It
+ *   returns the rule as it was and as it is. NOT_FOUND for a missing rule,
+ *   `move.before` rule or policy; ALREADY_EXISTS for a taken name; nothing
+ *   changes then. Moving a rule before itself leaves it in place.
  * - get* return null for a missing rule; deleteRule false.
  * - A policy a rule names cannot be deleted (deletePolicy: INVALID_ARGUMENT,
  *   policyUsage counts the rules).
@@ -40,9 +47,23 @@ export interface AutoassignRuleRecord {
 
 export type NewAutoassignRule = Omit<AutoassignRuleRecord, "position">;
 
+/** What updateRule may change; a field left out stays. */
+export type AutoassignRulePatch = Partial<Pick<AutoassignRuleRecord, "name" | "rule" | "policyId" | "tags">>;
+
+/** Where updateRule moves the rule: just before the rule `before` (an id), or last (null). */
+export interface AutoassignRuleMove {
+  before: string | null;
+}
+
 export interface AutoassignStore {
   /** See the contract. `before`: the id of the rule the new one goes before; null: last. */
   createRule(r: NewAutoassignRule, before: string | null): Promise<AutoassignRuleRecord>;
+  /** See the contract. Without `move` the rule keeps its place. */
+  updateRule(
+    id: string,
+    patch: AutoassignRulePatch,
+    move?: AutoassignRuleMove,
+  ): Promise<{ before: AutoassignRuleRecord; after: AutoassignRuleRecord }>;
   getRule(id: string): Promise<AutoassignRuleRecord | null>;
   getRuleByName(name: string): Promise<AutoassignRuleRecord | null>;
   /** In evaluation order. */
@@ -91,6 +112,40 @@ const toRule = (r: RuleRow): AutoassignRuleRecord => ({
   createdBy: r.created_by,
 });
 
+/** The stored rule with the patch's fields over it. */
+const patched = (r: AutoassignRuleRecord, p: AutoassignRulePatch): AutoassignRuleRecord => ({
+  ...r,
+  ...(p.name !== undefined ? { name: p.name } : {}),
+  ...(p.rule !== undefined ? { rule: p.rule } : {}),
+  ...(p.policyId !== undefined ? { policyId: p.policyId } : {}),
+  ...(p.tags !== undefined ? { tags: p.tags } : {}),
+});
+const updateArgs = (r: AutoassignRuleRecord) => [
+  r.name,
+  JSON.stringify(r.rule),
+  r.policyId,
+  JSON.stringify(r.tags),
+  r.id,
+];
+
+/**
+ * The positions a move gives: `order` is every rule's id in evaluation
+ * order; the rule `id` goes just before `before` (last for null) and all
+ * are numbered 1..n. Answers the [id, position] pairs that change.
+ */
+function moved(
+  order: { id: string; position: number }[],
+  id: string,
+  before: string | null,
+): [string, number][] {
+  if (before !== null && !order.some((r) => r.id === before)) throw noRule(before);
+  if (before === id) return moved(order, id, order[order.findIndex((r) => r.id === id) + 1]?.id ?? null);
+  const ids = order.map((r) => r.id).filter((x) => x !== id);
+  ids.splice(before === null ? ids.length : ids.indexOf(before), 0, id);
+  const was = new Map(order.map((r) => [r.id, r.position]));
+  return ids.flatMap((x, i): [string, number][] => (was.get(x) === i + 1 ? [] : [[x, i + 1]]));
+}
+
 // ---- SQLite -----------------------------------------------------------------------------
 
 const sqliteCode = (e: unknown) => (e as { code?: string }).code ?? "";
@@ -134,6 +189,43 @@ export class SqliteAutoassignStore implements AutoassignStore {
       const code = sqliteCode(e);
       if (code === "SQLITE_CONSTRAINT_FOREIGNKEY") throw noPolicy(r.policyId);
       if (code.startsWith("SQLITE_CONSTRAINT_")) throw ruleExists(r.name);
+      throw e;
+    }
+  }
+
+  async updateRule(
+    id: string,
+    patch: AutoassignRulePatch,
+    move?: AutoassignRuleMove,
+  ): Promise<{ before: AutoassignRuleRecord; after: AutoassignRuleRecord }> {
+    const run = this.db.transaction(() => {
+      const row = this.db.prepare(`SELECT ${COLS} FROM autoassign_rules WHERE id = ?`).get(id) as
+        | RuleRow
+        | undefined;
+      if (!row) throw noRule(id);
+      const before = toRule(row);
+      const after = patched(before, patch);
+      this.db
+        .prepare("UPDATE autoassign_rules SET name = ?, rule = ?, policy_id = ?, tags = ? WHERE id = ?")
+        .run(...updateArgs(after));
+      if (move) {
+        const order = this.db
+          .prepare("SELECT id, position FROM autoassign_rules ORDER BY position, id")
+          .all() as { id: string; position: number }[];
+        const set = this.db.prepare("UPDATE autoassign_rules SET position = ? WHERE id = ?");
+        for (const [x, position] of moved(order, id, move.before)) {
+          set.run(position, x);
+          if (x === id) after.position = position;
+        }
+      }
+      return { before, after };
+    });
+    try {
+      return run.immediate();
+    } catch (e) {
+      const code = sqliteCode(e);
+      if (code === "SQLITE_CONSTRAINT_FOREIGNKEY") throw noPolicy(patch.policyId ?? "");
+      if (code.startsWith("SQLITE_CONSTRAINT_")) throw ruleExists(patch.name ?? "");
       throw e;
     }
   }
@@ -211,6 +303,41 @@ export class PostgresAutoassignStore implements AutoassignStore {
     } catch (e) {
       if (pgCode(e) === "23503") throw noPolicy(r.policyId);
       if (pgCode(e) === "23505") throw ruleExists(r.name);
+      throw e;
+    }
+  }
+
+  async updateRule(
+    id: string,
+    patch: AutoassignRulePatch,
+    move?: AutoassignRuleMove,
+  ): Promise<{ before: AutoassignRuleRecord; after: AutoassignRuleRecord }> {
+    try {
+      return await withTransaction(this.pool, async (c) => {
+        // As createRule: positions are read and renumbered under the lock.
+        await c.query("LOCK TABLE autoassign_rules IN SHARE ROW EXCLUSIVE MODE");
+        const row = await c.query<RuleRow>(`SELECT ${COLS} FROM autoassign_rules WHERE id = $1`, [id]);
+        if (!row.rows[0]) throw noRule(id);
+        const before = toRule(row.rows[0]);
+        const after = patched(before, patch);
+        await c.query(
+          "UPDATE autoassign_rules SET name = $1, rule = $2::jsonb, policy_id = $3, tags = $4::jsonb WHERE id = $5",
+          updateArgs(after),
+        );
+        if (move) {
+          const order = await c.query<{ id: string; position: number }>(
+            'SELECT id, position FROM autoassign_rules ORDER BY position, id COLLATE "C"',
+          );
+          for (const [x, position] of moved(order.rows, id, move.before)) {
+            await c.query("UPDATE autoassign_rules SET position = $1 WHERE id = $2", [position, x]);
+            if (x === id) after.position = position;
+          }
+        }
+        return { before, after };
+      });
+    } catch (e) {
+      if (pgCode(e) === "23503") throw noPolicy(patch.policyId ?? "");
+      if (pgCode(e) === "23505") throw ruleExists(patch.name ?? "");
       throw e;
     }
   }

@@ -31,6 +31,8 @@ export async function openCatalog(spec: string, opts: PostgresCatalogOptions = {
 }
 
 export {
+  type AutoassignRuleMove,
+  type AutoassignRulePatch,
   type AutoassignRuleRecord,
   type AutoassignStore,
   type NewAutoassignRule,

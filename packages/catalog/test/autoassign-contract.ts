@@ -80,6 +80,77 @@ export function runAutoassignStoreContract(name: string, open: () => Promise<Ser
       await s.close();
     });
 
+    it("updateRule changes what the patch gives and moves the rule in one transaction; positions stay dense and unique", async () => {
+      const s = await open();
+      await withPolicies(s);
+      for (const n of ["a", "b", "c", "d"]) await s.autoassign.createRule(rule(n), null);
+      await s.autoassign.deleteRule("aar_b"); // a gap: positions 1, 3, 4
+      const order = async () => (await s.autoassign.listRules()).map((r) => `${r.position}:${r.name}`);
+      expect(await order()).toEqual(["1:a", "3:c", "4:d"]);
+      // Fields only: the rule keeps its place, id and creation.
+      const u = await s.autoassign.updateRule("aar_c", {
+        name: "c2",
+        rule: { os: "debian 12" },
+        policyId: "pol_kiosk",
+        tags: ["kiosk"],
+      });
+      expect(u.before).toMatchObject({
+        id: "aar_c",
+        name: "c",
+        rule: { hostname: "c-*" },
+        policyId: "pol_lab",
+      });
+      expect(u.after).toEqual({
+        ...u.before,
+        name: "c2",
+        rule: { os: "debian 12" },
+        policyId: "pol_kiosk",
+        tags: ["kiosk"],
+      });
+      expect(await s.autoassign.getRule("aar_c")).toEqual(u.after);
+      expect(await s.autoassign.getRuleByName("c")).toBeNull();
+      expect(await order()).toEqual(["1:a", "3:c2", "4:d"]);
+      expect(await s.policyUsage("pol_kiosk")).toMatchObject({ autoassignRules: 1 });
+      // Moves: first, last, before itself; each renumbers 1..n.
+      const m = await s.autoassign.updateRule("aar_d", {}, { before: "aar_a" });
+      expect(m.after).toEqual({ ...m.before, position: 1 });
+      expect(await order()).toEqual(["1:d", "2:a", "3:c2"]);
+      expect((await s.autoassign.updateRule("aar_d", { tags: ["x"] }, { before: null })).after).toMatchObject(
+        {
+          position: 3,
+          tags: ["x"],
+        },
+      );
+      expect(await order()).toEqual(["1:a", "2:c2", "3:d"]);
+      await s.autoassign.updateRule("aar_c", {}, { before: "aar_c" });
+      expect(await order()).toEqual(["1:a", "2:c2", "3:d"]);
+      await s.autoassign.updateRule("aar_a", {}, { before: "aar_d" });
+      expect(await order()).toEqual(["1:c2", "2:a", "3:d"]);
+      // Refused, nothing changes: taken name, missing rule, anchor or policy.
+      const all = await s.autoassign.listRules();
+      expect(await code(s.autoassign.updateRule("aar_a", { name: "d", tags: ["y"] }))).toBe("ALREADY_EXISTS");
+      expect(await code(s.autoassign.updateRule("aar_missing", { name: "z" }))).toBe("NOT_FOUND");
+      expect(await code(s.autoassign.updateRule("aar_a", { tags: ["y"] }, { before: "aar_missing" }))).toBe(
+        "NOT_FOUND",
+      );
+      expect(
+        await code(s.autoassign.updateRule("aar_a", { policyId: "pol_missing" }, { before: null })),
+      ).toBe("NOT_FOUND");
+      expect(await s.autoassign.listRules()).toEqual(all);
+      // A new rule after moves still goes last; concurrent moves all land, positions unique.
+      await s.autoassign.createRule(rule("e"), null);
+      await Promise.all([
+        s.autoassign.updateRule("aar_e", {}, { before: "aar_c" }),
+        s.autoassign.updateRule("aar_d", {}, { before: "aar_c" }),
+        s.autoassign.updateRule("aar_a", {}, { before: null }),
+      ]);
+      const after = await s.autoassign.listRules();
+      expect(after.map((r) => r.position)).toEqual([1, 2, 3, 4]);
+      expect(after.at(-1)?.name).toBe("a");
+      expect(after[2]?.name).toBe("c2");
+      await s.close();
+    });
+
     it("tokens keep autoAssign; a new CVD gets its tags with it; sync requests and snoozes are recorded", async () => {
       const s = await open();
       await withPolicies(s);
