@@ -51,6 +51,23 @@ export interface CreateAutoassignRuleRequest {
   before?: string;
 }
 
+/**
+ * `PATCH /autoassign-rules/:rule`: fields given change, the others stay;
+ * at least one. The rule keeps its id and, unless `before` is given, its
+ * place. CVDs the rule already made do not change.
+ */
+export interface UpdateAutoassignRuleRequest {
+  name?: string;
+  /** A merge patch of the condition: a field given replaces the rule's, null removes it; one must remain. */
+  rule?: { [K in keyof AutoassignCondition]?: string | null };
+  /** Policy (id or name) of the CVDs it creates from now on. */
+  policy?: string;
+  /** The tags its new CVDs get, replacing the rule's ([]: none). */
+  tags?: string[];
+  /** Move it just before this rule (id or name); null: last. */
+  before?: string | null;
+}
+
 /** `POST /autoassign-rules/test`: an endpoint's stored facts, or facts given here. */
 export interface AutoassignTestRequest {
   endpoint?: string;
@@ -82,6 +99,7 @@ export interface ApproveByRulesResult {
 
 const glob = str({ minLength: 1, maxLength: TARGETING_LIMITS.globLength });
 const condition = obj({ hostname: glob, os: glob, vendor: glob, model: glob }, []);
+const orNull = (s: Schema): Schema => ({ ...s, type: ["string", "null"] });
 const tags = { type: "array", items: str({ pattern: TAG_PATTERN }), maxItems: TAGS_MAX, uniqueItems: true };
 const strings = { type: "array", items: str() };
 const nullableStr = { type: ["string", "null"] };
@@ -108,6 +126,22 @@ export const autoassignSchemas = {
     },
     ["name", "rule"],
   ),
+  UpdateAutoassignRuleRequest: {
+    ...obj(
+      {
+        name: str({ pattern: AUTOASSIGN_RULE_NAME_PATTERN }),
+        rule: {
+          ...obj({ hostname: orNull(glob), os: orNull(glob), vendor: orNull(glob), model: orNull(glob) }, []),
+          minProperties: 1,
+        },
+        policy: str({ pattern: POLICY_REF_PATTERN }),
+        tags,
+        before: { anyOf: [{ type: "null" }, str({ pattern: AUTOASSIGN_RULE_REF_PATTERN })] },
+      },
+      [],
+    ),
+    minProperties: 1,
+  },
   AutoassignRuleRefParams: obj({ rule: str({ pattern: AUTOASSIGN_RULE_REF_PATTERN }) }),
   AutoassignTestRequest: {
     ...obj({ endpoint: str({ pattern: ENDPOINT_ID_PATTERN }), facts: condition }, []),

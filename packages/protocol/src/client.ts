@@ -19,6 +19,7 @@ import type {
   AutoassignTestRequest,
   AutoassignTestResult,
   CreateAutoassignRuleRequest,
+  UpdateAutoassignRuleRequest,
 } from "./autoassign.js";
 import { ApiError, type ApiErrorBody } from "./errors.js";
 import type {
@@ -312,6 +313,9 @@ export class StrataClient {
   }
   createAutoassignRule(req: CreateAutoassignRuleRequest): Promise<AutoassignRuleInfo> {
     return this.request("POST", `${API_PREFIX}/autoassign-rules`, req);
+  }
+  updateAutoassignRule(ref: string, patch: UpdateAutoassignRuleRequest): Promise<AutoassignRuleInfo> {
+    return this.request("PATCH", `${API_PREFIX}/autoassign-rules/${encodeURIComponent(ref)}`, patch);
   }
   deleteAutoassignRule(ref: string): Promise<void> {
     return this.request("DELETE", `${API_PREFIX}/autoassign-rules/${encodeURIComponent(ref)}`);
