@@ -17,8 +17,12 @@ export function runAutoassignSuite(name: string, open: () => Promise<ServerStore
     const bearer = (t: string) => ({ authorization: `Bearer ${t}`, "strata-protocol": "1" });
     const get = (url: string, token = h.adminToken) =>
       h.app.inject({ method: "GET", url, headers: bearer(token) });
-    const send = (method: "POST" | "PUT" | "DELETE", url: string, payload?: unknown, token = h.adminToken) =>
-      h.app.inject({ method, url, headers: bearer(token), ...(payload === undefined ? {} : { payload }) });
+    const send = (
+      method: "POST" | "PUT" | "PATCH" | "DELETE",
+      url: string,
+      payload?: unknown,
+      token = h.adminToken,
+    ) => h.app.inject({ method, url, headers: bearer(token), ...(payload === undefined ? {} : { payload }) });
     const tokens = new Map<string, string>();
     /** A user of the role, logged in. */
     const as = async (role: string) => {
@@ -221,6 +225,139 @@ export function runAutoassignSuite(name: string, open: () => Promise<ServerStore
       expect((await get("/api/v1/audit?action=autoassign.delete")).json()[0].detail.name).toBe("spare");
     });
 
+    it("edit in place: fields, condition (merge patch) and place change, the id stays, CVDs made stay; audited; checked as create", async () => {
+      const names = async () =>
+        (await get("/api/v1/autoassign-rules")).json().map((r: { name: string }) => r.name);
+      const patch = (ref: string, body: unknown, token = h.adminToken) =>
+        send("PATCH", `/api/v1/autoassign-rules/${encodeURIComponent(ref)}`, body, token);
+      const t = await enrollmentToken(h, { uses: 1 });
+      const q = (
+        await enroll(h, t.token, { ...withFacts(401, "desk-7"), os: { id: "fedora", versionId: "41" } })
+      ).json();
+      expect(q.state).toBe("pending");
+      const made = await send("POST", "/api/v1/autoassign-rules", {
+        name: "desks",
+        rule: { hostname: "desk-*" },
+        policy: "Lab",
+      });
+      expect(made.statusCode, made.body).toBe(201);
+      const order = await names();
+      expect(order.at(-1)).toBe("desks");
+      // By id: rename, add a condition field, new policy and tags, move first.
+      const e1 = await patch(made.json().id, {
+        name: "desktops",
+        rule: { os: "fedora 4*" },
+        policy: "Kiosk",
+        tags: ["desk"],
+        before: order[0],
+      });
+      expect(e1.statusCode, e1.body).toBe(200);
+      expect(e1.json()).toEqual({
+        ...made.json(),
+        name: "desktops",
+        position: 1,
+        rule: { hostname: "desk-*", os: "fedora 4*" },
+        policyId: expect.stringMatching(/^pol_/),
+        policy: "Kiosk",
+        tags: ["desk"],
+      });
+      expect(await names()).toEqual(["desktops", ...order.slice(0, -1)]);
+      expect(
+        (await send("POST", "/api/v1/autoassign-rules/test", { endpoint: q.endpointId })).json().match,
+      ).toMatchObject({ name: "desktops", policy: "Kiosk", tags: ["desk"] });
+      // By name: drop a condition field (null), move last.
+      const e2 = await patch("desktops", { rule: { hostname: null }, before: null });
+      expect(e2.statusCode, e2.body).toBe(200);
+      expect(e2.json()).toMatchObject({
+        id: made.json().id,
+        rule: { os: "fedora 4*" },
+        position: order.length,
+      });
+      expect(e2.json().rule).not.toHaveProperty("hostname");
+      const audit = (await get(`/api/v1/audit?object=autoassign-rule:${made.json().id}`)).json();
+      expect(audit.map((a: { action: string }) => a.action)).toEqual([
+        "autoassign.update",
+        "autoassign.update",
+        "autoassign.create",
+      ]);
+      expect(audit[1].detail).toEqual({
+        name: "desktops",
+        before: {
+          name: "desks",
+          rule: { hostname: "desk-*" },
+          policy: "Lab",
+          tags: [],
+          position: order.length,
+        },
+        after: {
+          name: "desktops",
+          rule: { hostname: "desk-*", os: "fedora 4*" },
+          policy: "Kiosk",
+          tags: ["desk"],
+          position: 1,
+        },
+      });
+      expect(audit[0].detail).toEqual({
+        name: "desktops",
+        before: { rule: { hostname: "desk-*", os: "fedora 4*" }, position: 1 },
+        after: { rule: { os: "fedora 4*" }, position: order.length },
+      });
+      // A no-op edit answers the rule and is not audited.
+      expect((await patch("desktops", { name: "desktops", tags: ["desk"] })).statusCode).toBe(200);
+      expect((await get(`/api/v1/audit?object=autoassign-rule:${made.json().id}`)).json()).toHaveLength(3);
+
+      // Refused as create refuses them; nothing changes.
+      const rules = (await get("/api/v1/autoassign-rules")).json();
+      for (const [ref, body, status] of [
+        ["desktops", {}, 400],
+        ["desktops", { rule: { os: null } }, 400],
+        ["desktops", { rule: {} }, 400],
+        ["desktops", { rule: { tags: "x" } }, 400],
+        ["desktops", { rule: { hostname: "x".repeat(300) } }, 400],
+        ["desktops", { name: "aar_x" }, 400],
+        ["desktops", { tags: ["bad tag!"] }, 400],
+        ["desktops", { name: "lab", tags: [] }, 409],
+        ["desktops", { policy: "Nope" }, 404],
+        ["desktops", { before: "nope" }, 404],
+        ["nope", { name: "x" }, 404],
+        ["aar_nope", { name: "x" }, 404],
+      ] as const) {
+        const r = await patch(ref, body);
+        expect(r.statusCode, `${ref} ${JSON.stringify(body)}: ${r.body}`).toBe(status);
+      }
+      expect((await get("/api/v1/autoassign-rules")).json()).toEqual(rules);
+
+      // The endpoint gets the rule's CVD; editing the rule later changes no CVD it made.
+      const by = (
+        await send("POST", "/api/v1/endpoints/approve-by-rules", { endpoints: [q.endpointId] })
+      ).json();
+      expect(by.approved).toEqual([expect.objectContaining({ rule: "desktops", policy: "Kiosk" })]);
+      expect((await patch("desktops", { policy: "Servers", tags: [] })).statusCode).toBe(200);
+      expect((await get(`/api/v1/cvds/${by.approved[0].cvd}`)).json()).toMatchObject({
+        policy: "Kiosk",
+        tags: ["desk"],
+      });
+
+      // Permissions: endpoints.approve; tags (had or given) also layers.assign.
+      for (const role of ["Read-only", "Help Desk"]) {
+        const r = await patch("desktops", { name: "x" }, await as(role));
+        expect(r.statusCode).toBe(403);
+      }
+      const pm = await as("Protection Manager");
+      const untagged = await patch("desktops", { rule: { hostname: "desk-*" }, before: "desktops" }, pm);
+      expect(untagged.statusCode, untagged.body).toBe(200);
+      for (const [ref, body] of [
+        ["desktops", { tags: ["t"] }],
+        ["builders", { name: "builders2" }],
+        ["builders", { tags: [] }],
+      ] as const) {
+        const r = await patch(ref, body, pm);
+        expect(r.statusCode, `${ref} ${JSON.stringify(body)}`).toBe(403);
+        expect(r.json().error.message).toMatch(/layers.assign/);
+      }
+      expect((await send("DELETE", "/api/v1/autoassign-rules/desktops")).statusCode).toBe(204);
+    });
+
     it("the OpenAPI document has the new routes with their access", async () => {
       const doc = (await h.app.inject({ url: "/api/openapi.json" })).json();
       const access = (p: string, m: string) => doc.paths[p]?.[m]?.["x-strata-access"];
@@ -228,6 +365,7 @@ export function runAutoassignSuite(name: string, open: () => Promise<ServerStore
       expect(access("/api/v1/autoassign-rules", "post")).toBe("endpoints.approve");
       expect(access("/api/v1/autoassign-rules/test", "post")).toBe("endpoints.read");
       expect(access("/api/v1/autoassign-rules/{rule}", "delete")).toBe("endpoints.approve");
+      expect(access("/api/v1/autoassign-rules/{rule}", "patch")).toBe("endpoints.approve");
       expect(access("/api/v1/endpoints/approve-by-rules", "post")).toBe("endpoints.approve");
       expect(access("/api/v1/endpoints/{id}/sync", "post")).toBe("endpoints.control");
       expect(access("/api/v1/endpoints/{id}/snooze", "post")).toBe("endpoints.control");

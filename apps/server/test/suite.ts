@@ -69,6 +69,7 @@ const SAMPLE_BODIES: Record<string, unknown> = {
   CaptureFinishRequest: { snapshot: "a".repeat(64), name: "probe-app" },
   // Matches no endpoint of this suite: approve-by-rules leaves the pending probe endpoint pending.
   CreateAutoassignRuleRequest: { name: "Probe Rule", rule: { hostname: "probe-matches-nothing-*" } },
+  UpdateAutoassignRuleRequest: { rule: { hostname: "probe-edited-*", os: null }, before: null },
   AutoassignTestRequest: { facts: { hostname: "probe" } },
   ApproveByRulesRequest: {},
   SnoozeEndpointRequest: { minutes: 5 },

@@ -6,10 +6,16 @@
  * `match` for each enrolling endpoint (first match wins); administrators
  * re-evaluate pending endpoints with `approveByRules`.
  *
- * Permissions: reading and testing the rules is endpoints.read; creating
- * and removing them, and approving by them, is endpoints.approve (a rule
- * approves endpoints); a rule that tags its CVDs also needs layers.assign,
- * the permission tags take (`strata cvd tag`): no escalation.
+ * Permissions: reading and testing the rules is endpoints.read; creating,
+ * editing and removing them, and approving by them, is endpoints.approve
+ * (a rule approves endpoints); creating a rule that tags its CVDs, or
+ * editing one that tags them before or after the edit, also needs
+ * layers.assign, the permission tags take (`strata cvd tag`): no
+ * escalation. (Moving a tagging rule or changing its condition changes
+ * which endpoints get its tags.)
+ *
+ * Editing a rule changes no CVD it already made: like removing it, it only
+ * decides what later enrollments (and approve-by-rules) get.
  */
 import type { AutoassignRuleRecord, EndpointRecord } from "@strata/catalog";
 import { type CollectionRule, matchCollectionRule, StrataError } from "@strata/core";
@@ -23,6 +29,7 @@ import {
   type AutoassignTestRequest,
   type AutoassignTestResult,
   type CreateAutoassignRuleRequest,
+  type UpdateAutoassignRuleRequest,
 } from "@strata/protocol";
 import type { AuditService } from "./audit-service.js";
 import { type Caller, requirePermission, type ServiceDeps } from "./context.js";
@@ -59,6 +66,39 @@ function checkCondition(rule: AutoassignCondition): AutoassignCondition {
     );
   }
   return out;
+}
+
+/** The rule's condition with the request's merge patch over it (null removes a field). */
+function mergeCondition(
+  rule: Record<string, unknown>,
+  patch: NonNullable<UpdateAutoassignRuleRequest["rule"]>,
+): AutoassignCondition {
+  const out = { ...rule } as Record<string, unknown>;
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else if (v !== undefined) out[k] = v;
+  }
+  return out as AutoassignCondition;
+}
+
+/** Tags a rule gives, once each; giving tags takes layers.assign (see the header). */
+function tagsOf(c: Caller, tags: string[], had: string[] = []): string[] {
+  const out = [...new Set(tags)];
+  if (out.length || had.length) requirePermission(c, "layers.assign");
+  return out;
+}
+
+/** What an update audits: the fields of the rule's view that changed, as they were and as they are. */
+const AUDITED = ["name", "rule", "policy", "tags", "position"] as const;
+function changes(was: AutoassignRuleInfo, is: AutoassignRuleInfo) {
+  const before: Record<string, unknown> = {};
+  const after: Record<string, unknown> = {};
+  for (const k of AUDITED) {
+    if (JSON.stringify(was[k]) === JSON.stringify(is[k])) continue;
+    before[k] = was[k];
+    after[k] = is[k];
+  }
+  return { before, after };
 }
 
 export interface AutoassignMatch {
@@ -124,8 +164,7 @@ export class AutoassignService {
 
   async create(c: Caller, req: CreateAutoassignRuleRequest): Promise<AutoassignRuleInfo> {
     requirePermission(c, "endpoints.approve");
-    const tags = [...new Set(req.tags ?? [])];
-    if (tags.length) requirePermission(c, "layers.assign");
+    const tags = tagsOf(c, req.tags ?? []);
     const rule = checkCondition(req.rule);
     const policy = req.policy
       ? await this.deps.policies.resolve(req.policy)
@@ -160,6 +199,39 @@ export class AutoassignService {
       before: before?.name ?? null,
     });
     return this.get(c, rec.id);
+  }
+
+  /**
+   * Edit a rule in place (its id stays; its place too, unless `before` moves
+   * it), checked as create checks; audited with what changed. A no-op edit
+   * is answered with the rule and not audited.
+   */
+  async update(c: Caller, ref: string, req: UpdateAutoassignRuleRequest): Promise<AutoassignRuleInfo> {
+    requirePermission(c, "endpoints.approve");
+    const cur = await this.resolve(ref);
+    const tags = tagsOf(c, req.tags ?? cur.tags, cur.tags);
+    const rule = req.rule === undefined ? undefined : checkCondition(mergeCondition(cur.rule, req.rule));
+    const policy = req.policy === undefined ? undefined : await this.deps.policies.resolve(req.policy);
+    const before = req.before ? await this.resolve(req.before) : null;
+    const was = await this.get(c, cur.id);
+    await this.rules.updateRule(
+      cur.id,
+      {
+        ...(req.name !== undefined ? { name: req.name } : {}),
+        ...(rule ? { rule: rule as Record<string, unknown> } : {}),
+        ...(policy ? { policyId: policy.id } : {}),
+        ...(req.tags !== undefined ? { tags } : {}),
+      },
+      req.before === undefined ? undefined : { before: before?.id ?? null },
+    );
+    const is = await this.get(c, cur.id);
+    const changed = changes(was, is);
+    if (Object.keys(changed.after).length)
+      await this.deps.audit.by(c, "autoassign.update", `autoassign-rule:${cur.id}`, {
+        name: is.name,
+        ...changed,
+      });
+    return is;
   }
 
   async remove(c: Caller, ref: string): Promise<void> {

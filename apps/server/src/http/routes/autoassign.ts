@@ -3,6 +3,7 @@ import {
   type ApproveByRulesRequest,
   type AutoassignTestRequest,
   type CreateAutoassignRuleRequest,
+  type UpdateAutoassignRuleRequest,
 } from "@strata/protocol";
 import { callerOf, type RouteDef, route } from "../registry.js";
 
@@ -10,9 +11,10 @@ type Ref = { rule: string };
 
 /**
  * Auto-assignment rules (docs/design/server.md, "Auto-assignment rules"):
- * reading and testing them is [endpoints.read]; changing them and
- * approving pending endpoints by them is [endpoints.approve] (a rule that
- * tags CVDs also needs layers.assign, checked by the service).
+ * reading and testing them is [endpoints.read]; changing them (create,
+ * edit, remove) and approving pending endpoints by them is
+ * [endpoints.approve] (a rule that tags CVDs also needs layers.assign,
+ * checked by the service).
  */
 export const autoassignRoutes: RouteDef[] = [
   route({
@@ -54,6 +56,18 @@ export const autoassignRoutes: RouteDef[] = [
     params: "AutoassignRuleRefParams",
     response: "AutoassignRuleInfo",
     handler: (ctx) => ctx.services.autoassign.get(callerOf(ctx), ctx.params.rule),
+  }),
+  route<UpdateAutoassignRuleRequest, Ref>({
+    method: "PATCH",
+    url: `${API_PREFIX}/autoassign-rules/:rule`,
+    access: { permission: "endpoints.approve" },
+    summary:
+      "Edit an auto-assignment rule in place (by id or name): name, condition, policy, tags, place; CVDs it made stay as they are",
+    tag: "autoassign",
+    params: "AutoassignRuleRefParams",
+    body: "UpdateAutoassignRuleRequest",
+    response: "AutoassignRuleInfo",
+    handler: (ctx) => ctx.services.autoassign.update(callerOf(ctx), ctx.params.rule, ctx.body),
   }),
   route<unknown, Ref>({
     method: "DELETE",
