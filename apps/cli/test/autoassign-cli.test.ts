@@ -130,6 +130,102 @@ describe("strata autoassign / endpoints approve --by-rules / endpoints sync|snoo
     expect(await fails("policy", "delete", "Lab")).toMatch(/auto-assignment rule/);
   });
 
+  it("autoassign edit changes a rule in place: id kept, fields one by one or the whole condition, moved; CVDs it made stay", async () => {
+    const was = await ok("autoassign", "show", "kiosk", "--json");
+    expect(was.position).toBe(1);
+    const e1 = await ok(
+      "autoassign",
+      "edit",
+      "kiosk",
+      "--os",
+      "debian 1*",
+      "--tag",
+      "kiosk",
+      "--last",
+      "--json",
+    );
+    expect(e1).toEqual({
+      ...was,
+      position: 2,
+      rule: { hostname: "lab-kiosk-*", os: "debian 1*" },
+      tags: ["kiosk"],
+    });
+    const human = await ok(
+      "autoassign",
+      "edit",
+      was.id,
+      "--unset",
+      "os",
+      "--name",
+      "kiosks",
+      "--before",
+      "lab",
+    );
+    expect(human).toMatch(
+      /updated rule kiosks \(aar_.*\), evaluated 1\. of the rules: hostname=lab-kiosk-\* → policy Kiosk, tags kiosk/,
+    );
+    expect(human).toMatch(/CVDs it already made keep their policy and tags/);
+    expect(
+      await ok("autoassign", "edit", "kiosks", "--rule", "hostname=kiosk-*,model=K*", "--json"),
+    ).toMatchObject({
+      id: was.id,
+      rule: { hostname: "kiosk-*", model: "K*" },
+    });
+    const e4 = await ok(
+      "autoassign",
+      "edit",
+      "kiosks",
+      "--no-tags",
+      "--policy",
+      "Lab",
+      "--vendor",
+      "acme",
+      "--json",
+    );
+    expect(e4).toMatchObject({
+      tags: [],
+      policy: "Lab",
+      rule: { hostname: "kiosk-*", model: "K*", vendor: "acme" },
+    });
+    expect((await ok("autoassign", "ls", "--json")).map((r: { id: string }) => r.id)).toEqual([
+      was.id,
+      expect.any(String),
+    ]);
+    // The CVD the rule gave lab-kiosk-1 keeps the policy it had.
+    const kioskCvd = (await ok("endpoints", "show", kiosk.endpointId!, "--json")).cvdId;
+    expect(await ok("cvd", "show", kioskCvd, "--json")).toMatchObject({ policy: "Kiosk", tags: [] });
+    const audit = await ok("audit", "--limit", "10", "--json");
+    expect(audit.filter((e: { action: string }) => e.action === "autoassign.update")).toHaveLength(4);
+
+    // Refused, with a hint; nothing changes.
+    const nothing = await fails("autoassign", "edit", "kiosks");
+    expect(nothing).toMatch(/nothing to change/);
+    expect(nothing).toMatch(/hint: give --name, --rule/);
+    expect(await fails("autoassign", "edit", "kiosks", "--rule", "hostname=x", "--os", "y")).toMatch(
+      /replaces the whole condition/,
+    );
+    expect(await fails("autoassign", "edit", "kiosks", "--tag", "a", "--no-tags")).toMatch(/contradict/);
+    expect(await fails("autoassign", "edit", "kiosks", "--before", "lab", "--last")).toMatch(/contradict/);
+    expect(await fails("autoassign", "edit", "kiosks", "--unset", "tags")).toMatch(/not a condition field/);
+    expect(
+      await fails(
+        "autoassign",
+        "edit",
+        "kiosks",
+        "--unset",
+        "hostname",
+        "--unset",
+        "model",
+        "--unset",
+        "vendor",
+      ),
+    ).toMatch(/at least one of hostname/);
+    expect(await fails("autoassign", "edit", "kiosks", "--name", "lab")).toMatch(/already exists/);
+    expect(await fails("autoassign", "edit", "kiosks", "--policy", "Nope")).toMatch(/does not exist/);
+    expect(await fails("autoassign", "edit", "nope", "--last")).toMatch(/does not exist/);
+    expect(await ok("autoassign", "show", "kiosks", "--json")).toEqual(e4);
+  });
+
   it("a recovery token (--no-autoassign) leaves its endpoint pending, even by the rules", async () => {
     const token = await ok("tokens", "create", "--no-autoassign", "--json");
     expect(token.autoAssign).toBe(false);
@@ -193,6 +289,7 @@ describe("strata autoassign / endpoints approve --by-rules / endpoints sync|snoo
     for (const args of [
       ["autoassign"],
       ["autoassign", "create"],
+      ["autoassign", "edit"],
       ["autoassign", "test"],
       ["endpoints", "sync"],
       ["endpoints", "snooze"],
@@ -201,5 +298,21 @@ describe("strata autoassign / endpoints approve --by-rules / endpoints sync|snoo
       expect(r.code, args.join(" ")).toBe(0);
       expect(r.stdout).toContain("Usage: strata");
     }
+    const edit = (await fleet.strata({}, "autoassign", "edit", "--help")).stdout;
+    for (const flag of [
+      "--name",
+      "--rule",
+      "--hostname",
+      "--os",
+      "--vendor",
+      "--model",
+      "--unset",
+      "--policy",
+      "--tag",
+      "--no-tags",
+      "--before",
+      "--last",
+    ])
+      expect(edit).toContain(flag);
   });
 });

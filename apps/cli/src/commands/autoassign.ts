@@ -7,7 +7,12 @@
  * `strata endpoints approve --by-rules` applies them to pending endpoints.
  */
 import { StrataError } from "@strata/core";
-import type { AutoassignCondition, AutoassignRuleInfo, AutoassignTestResult } from "@strata/protocol";
+import type {
+  AutoassignCondition,
+  AutoassignRuleInfo,
+  AutoassignTestResult,
+  UpdateAutoassignRuleRequest,
+} from "@strata/protocol";
 import type { Command } from "commander";
 import { printJson } from "../output.js";
 import { call, client, type Opts, table } from "./server.js";
@@ -30,6 +35,61 @@ export function parseAutoassignRule(spec: string): AutoassignCondition {
     rule[key] = v;
   }
   return rule;
+}
+
+const usage = (message: string, hint: string) => new StrataError("INVALID_ARGUMENT", message, { hint });
+
+/**
+ * `autoassign edit`'s options as a PATCH body: --rule replaces the whole
+ * condition (the fields it leaves out are removed), --hostname/--os/
+ * --vendor/--model change one field and --unset removes one, keeping the
+ * rest; --tag replaces the tags, --no-tags removes them; --before or
+ * --last moves the rule.
+ */
+export function editRequest(o: Record<string, unknown>): UpdateAutoassignRuleRequest {
+  const fields = KEYS.filter((k) => o[k] !== undefined);
+  const unset = (o.unset as string[] | undefined) ?? [];
+  for (const k of unset)
+    if (!(KEYS as readonly string[]).includes(k))
+      throw usage(`--unset ${k}: not a condition field`, `one of ${KEYS.join(", ")}`);
+  if (o.rule !== undefined && (fields.length || unset.length))
+    throw usage(
+      "--rule replaces the whole condition: give it alone, or change fields one by one",
+      "--rule hostname=lab-*,os='debian 12'   |   --os 'debian 13' --unset vendor",
+    );
+  const twice = fields.find((k) => unset.includes(k));
+  if (twice) throw usage(`--${twice} and --unset ${twice} contradict each other`, "give one of them");
+  if (o.tag !== undefined && o.tags === false)
+    throw usage(
+      "--tag and --no-tags contradict each other",
+      "--tag replaces all the tags; --no-tags removes them",
+    );
+  if (o.before !== undefined && o.last)
+    throw usage("--before and --last contradict each other", "give one of them");
+  let rule: UpdateAutoassignRuleRequest["rule"];
+  if (o.rule !== undefined) {
+    const given = parseAutoassignRule(String(o.rule));
+    rule = Object.fromEntries(KEYS.map((k) => [k, given[k] ?? null]));
+  } else if (fields.length || unset.length) {
+    rule = Object.fromEntries([...fields.map((k) => [k, String(o[k])]), ...unset.map((k) => [k, null])]);
+  }
+  const req: UpdateAutoassignRuleRequest = {
+    ...(o.name !== undefined ? { name: String(o.name) } : {}),
+    ...(rule ? { rule } : {}),
+    ...(o.policy !== undefined ? { policy: String(o.policy) } : {}),
+    ...(o.tag !== undefined
+      ? { tags: [...new Set(o.tag as string[])] }
+      : o.tags === false
+        ? { tags: [] }
+        : {}),
+    ...(o.before !== undefined ? { before: String(o.before) } : o.last ? { before: null } : {}),
+  };
+  if (!Object.keys(req).length)
+    throw usage(
+      "nothing to change",
+      "give --name, --rule, --hostname/--os/--vendor/--model, --unset, --policy, --tag/--no-tags, or --before/--last",
+    );
+  return req;
 }
 
 const ruleText = (r: AutoassignCondition) =>
@@ -129,6 +189,40 @@ export function registerAutoassignCommands(program: Command): void {
       out(
         `created rule ${r.name} (${r.id}), evaluated ${r.position}. of the rules: ${ruleText(r.rule)} → policy ${r.policy}\n` +
           "pending endpoints it matches get their CVD with `strata endpoints approve --by-rules`\n",
+      );
+    });
+  aa.command("edit")
+    .description(
+      "change a rule in place (its id stays; its place too, unless --before or --last): the options given change, the rest stays; CVDs it already made do not change",
+    )
+    .argument("<rule>", "name or id")
+    .option("--name <name>", "rename it")
+    .option(
+      "--rule <spec>",
+      "a new condition replacing the whole of it, as in create: hostname=GLOB,os='debian 12',vendor=GLOB,model=GLOB",
+    )
+    .option("--hostname <glob>", "change the hostname field of the condition (the other fields stay)")
+    .option("--os <glob>", "change the os field of the condition, e.g. 'debian 1*' (the other fields stay)")
+    .option("--vendor <glob>", "change the vendor field of the condition (the other fields stay)")
+    .option("--model <glob>", "change the model field of the condition (the other fields stay)")
+    .option(
+      "--unset <field>",
+      "remove a field (hostname, os, vendor, model) from the condition (repeat; one field must remain)",
+      collect,
+    )
+    .option("--policy <name>", "upload policy of the CVDs it creates from now on")
+    .option("--tag <tag>", "a tag its new CVDs get (repeat): replaces all of its tags", collect)
+    .option("--no-tags", "its new CVDs get no tags")
+    .option("--before <rule>", "move it to just before this rule")
+    .option("--last", "move it to the end: evaluated last")
+    .action(async (ref: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const req = editRequest(cmd.opts()); // usage errors before the login is read
+      const r = await call(client(o).updateAutoassignRule(ref, req));
+      if (o.json) return printJson(r);
+      out(
+        `updated rule ${r.name} (${r.id}), evaluated ${r.position}. of the rules: ${ruleText(r.rule)} → policy ${r.policy}${r.tags.length ? `, tags ${r.tags.join(", ")}` : ""}\n` +
+          "CVDs it already made keep their policy and tags; pending endpoints it matches now get their CVD with `strata endpoints approve --by-rules`\n",
       );
     });
   aa.command("rm")
