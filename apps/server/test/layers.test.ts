@@ -916,7 +916,14 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
         expect(all).not.toContain(p);
       expect(cap.diff.removed).toEqual(["/bin/more"]);
       const m = (await h.store.layers.getLayerManifest(cap.layer.id, 1)) as Record<string, never>;
-      expect(m.triggers).toEqual(["update-alternatives", "depmod", "update-initramfs", "update-grub"]);
+      expect(m.triggers).toEqual([
+        "update-alternatives",
+        "kernel-postrm",
+        "depmod",
+        "kernel-postinst",
+        "update-initramfs",
+        "update-grub",
+      ]);
       expect(m.initramfs).toEqual({ kernels: ["6.1.0-99-amd64"], all: true });
       expect(m.depmod).toEqual({ kernels: ["6.1.0-99-amd64"], all: false });
       expect(m.alternatives).toEqual({
@@ -965,7 +972,9 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect(bm.triggers).toEqual([
         "ldconfig",
         "update-alternatives",
+        "kernel-postrm",
         "depmod",
+        "kernel-postinst",
         "update-initramfs",
         "update-grub",
         "systemd-daemon-reload",
@@ -1002,7 +1011,9 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       expect(r.triggers).toEqual([
         "ldconfig",
         "update-alternatives",
+        "kernel-postrm",
         "depmod",
+        "kernel-postinst",
         "update-initramfs",
         "update-grub",
         "systemd-daemon-reload",

@@ -18,6 +18,7 @@ import {
   mkdtempSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -459,8 +460,14 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
         triggers: triggersFor([`/boot/vmlinuz-${v}`]),
         initramfs: initramfsTargets([`/boot/vmlinuz-${v}`])!,
       });
-      expect(kernel.manifest.triggers).toEqual(["update-initramfs", "update-grub"]);
+      expect(kernel.manifest.triggers).toEqual([
+        "kernel-postrm",
+        "kernel-postinst",
+        "update-initramfs",
+        "update-grub",
+      ]);
       const prep3 = prepareLayerApply(kernel, root, { space: null });
+      // The endpoint had the kernel before this apply: no kernel hooks (and nothing to say about them).
       const runs3 = await runTriggers(root, prep3.triggers, prep3.triggerContext);
       expect(runs3).toEqual([
         {

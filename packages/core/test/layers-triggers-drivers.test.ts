@@ -1,4 +1,5 @@
 import {
+  applyTriggers,
   depmodTargets,
   ENDPOINT_DERIVED_RULES,
   globToRegExp,
@@ -63,8 +64,13 @@ describe("triggersFor", () => {
   });
 
   it("asks for update-initramfs on kernels, their modules, initramfs-tools and firmware", () => {
-    // A kernel image: its initramfs, and GRUB's menu.
-    expect(triggersFor(["/boot/vmlinuz-6.1.0-13-amd64"])).toEqual(["update-initramfs", "update-grub"]);
+    // A kernel image: the hooks of a kernel the endpoint loses or gains, its initramfs, and GRUB's menu.
+    expect(triggersFor(["/boot/vmlinuz-6.1.0-13-amd64"])).toEqual([
+      "kernel-postrm",
+      "kernel-postinst",
+      "update-initramfs",
+      "update-grub",
+    ]);
     // Modules: their index (depmod), then the initramfs that copies them.
     for (const p of [
       "/lib/modules/6.1.0-13-amd64/kernel/drivers/net/e1000e.ko",
@@ -92,11 +98,13 @@ describe("triggersFor", () => {
       expect(triggersFor([p]), p).toEqual([]);
   });
 
-  it("orders all six: linker cache, alternatives, modules index, initramfs, boot menu, systemd", () => {
+  it("orders all eight: linker cache, alternatives, removed kernel, modules index, new kernel, initramfs, boot menu, systemd", () => {
     expect(TRIGGER_ORDER).toEqual([
       "ldconfig",
       "update-alternatives",
+      "kernel-postrm",
       "depmod",
+      "kernel-postinst",
       "update-initramfs",
       "update-grub",
       "systemd-daemon-reload",
@@ -110,6 +118,29 @@ describe("triggersFor", () => {
         "/usr/lib/x86_64-linux-gnu/libz.so.1",
       ]),
     ).toEqual(TRIGGER_ORDER);
+  });
+
+  it("an apply runs the image's triggers and its removals', the kernel hooks with update-grub", () => {
+    expect(applyTriggers(["systemd-daemon-reload", "ldconfig"], ["depmod"])).toEqual([
+      "ldconfig",
+      "depmod",
+      "systemd-daemon-reload",
+    ]);
+    // A layer captured before the kernel hooks were recorded: its kernel image asked for update-grub.
+    expect(applyTriggers(["update-initramfs", "update-grub"])).toEqual([
+      "kernel-postrm",
+      "kernel-postinst",
+      "update-initramfs",
+      "update-grub",
+    ]);
+    expect(applyTriggers(["ldconfig"], triggersFor(["/boot/vmlinuz-6.1.0-13-amd64"]))).toEqual([
+      "ldconfig",
+      "kernel-postrm",
+      "kernel-postinst",
+      "update-initramfs",
+      "update-grub",
+    ]);
+    expect(applyTriggers([], [])).toEqual([]);
   });
 
   it("names the kernels whose module index depmod rebuilds", () => {

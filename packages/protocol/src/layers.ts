@@ -42,7 +42,9 @@ export interface AccountLines {
 export type Trigger =
   | "ldconfig"
   | "update-alternatives"
+  | "kernel-postrm"
   | "depmod"
+  | "kernel-postinst"
   | "update-initramfs"
   | "update-grub"
   | "systemd-daemon-reload";

@@ -7,19 +7,29 @@ import type { InitramfsTargets, Trigger } from "./types.js";
 
 /**
  * The order triggers run in: the linker cache first (everything after it may
- * start binaries), then the alternatives links, then the modules' index
- * (the initramfs copies modules by it), then the initramfs (its hooks run
- * binaries and copy libraries), then the boot menu (it lists the kernels
- * and their initramfs), then systemd's view of the units.
+ * start binaries), then the alternatives links, then what a removed kernel
+ * leaves (its initramfs, its /etc/kernel/postrm.d hooks: /boot gets room
+ * before new initramfs are built), then the modules' index (the initramfs
+ * copies modules by it), then a new kernel's /etc/kernel/postinst.d hooks
+ * (DKMS builds its modules: after depmod, as Debian's kernel packages run
+ * them, and before the initramfs that may include them), then the
+ * initramfs (its hooks run binaries and copy libraries), then the boot menu
+ * (it lists the kernels and their initramfs), then systemd's view of the
+ * units.
  */
 export const TRIGGER_ORDER: readonly Trigger[] = [
   "ldconfig",
   "update-alternatives",
+  "kernel-postrm",
   "depmod",
+  "kernel-postinst",
   "update-initramfs",
   "update-grub",
   "systemd-daemon-reload",
 ];
+
+/** What a kernel image (/boot/vmlinuz-VER) added, changed or removed asks for. */
+const KERNEL_IMAGE_TRIGGERS: readonly Trigger[] = ["kernel-postrm", "kernel-postinst", "update-grub"];
 
 /** Library directories ldconfig(8) scans, by default or through Debian's ld.so.conf.d. */
 const LIB_DIR = /^\/(?:lib[^/]*|usr\/lib[^/]*|usr\/local\/lib[^/]*)\//;
@@ -57,7 +67,9 @@ const INITRAMFS_ROOTS = new Set(INITRAMFS_DIRS.map((d) => d.slice(0, -1)));
  * - `depmod`: anything below /lib/modules/VER or /usr/lib/modules/VER
  *   (a kernel's modules: `depmodTargets`);
  * - `update-initramfs`: what `initramfsTargets` finds;
- * - `update-grub`: a kernel image, /boot/vmlinuz-VER (GRUB's menu lists
+ * - `kernel-postrm`, `kernel-postinst` and `update-grub`: a kernel image,
+ *   /boot/vmlinuz-VER (the kernel hooks run for a kernel the endpoint loses
+ *   or gains by the apply, which only the agent knows; GRUB's menu lists
  *   the kernels);
  * - `systemd-daemon-reload`: anything below /etc/systemd/system,
  *   /lib/systemd/system or /usr/lib/systemd/system (units, drop-ins,
@@ -74,12 +86,27 @@ export function triggersFor(paths: Iterable<string>): Trigger[] {
       found.add("update-alternatives");
     if (!found.has("depmod") && modulesVersion(p) !== null) found.add("depmod");
     if (!found.has("update-initramfs") && initramfsPath(p) !== null) found.add("update-initramfs");
-    if (!found.has("update-grub") && kernelVersion(KERNEL_IMAGE, p) !== null) found.add("update-grub");
+    if (!found.has("update-grub") && kernelVersion(KERNEL_IMAGE, p) !== null)
+      for (const t of KERNEL_IMAGE_TRIGGERS) found.add(t);
     if (!found.has("systemd-daemon-reload") && UNIT_DIRS.some((d) => p.startsWith(d)))
       found.add("systemd-daemon-reload");
     if (found.size === TRIGGER_ORDER.length) break;
   }
   return TRIGGER_ORDER.filter((t) => found.has(t));
+}
+
+/**
+ * What an apply runs, in `TRIGGER_ORDER`: the image's recorded triggers and
+ * those its removals need (`triggersFor` of the removal set). A layer
+ * captured before the kernel hooks were recorded asked for `update-grub`
+ * on a kernel image: the kernel hooks come with it.
+ */
+export function applyTriggers(
+  recorded: readonly Trigger[],
+  fromRemovals: readonly Trigger[] = [],
+): Trigger[] {
+  const has = (t: Trigger) => recorded.includes(t) || fromRemovals.includes(t);
+  return TRIGGER_ORDER.filter((t) => has(t) || (KERNEL_IMAGE_TRIGGERS.includes(t) && has("update-grub")));
 }
 
 /** The version `re` captures from `p` (a kernel image or modules path), null when none. */

@@ -26,7 +26,9 @@ export interface AccountLines {
 export type Trigger =
   | "ldconfig"
   | "update-alternatives"
+  | "kernel-postrm"
   | "depmod"
+  | "kernel-postinst"
   | "update-initramfs"
   | "update-grub"
   | "systemd-daemon-reload";
