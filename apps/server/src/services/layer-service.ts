@@ -31,6 +31,7 @@ import {
   accountName,
   accountProblems,
   alternativeLinks,
+  applyTriggers,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
   type CompiledPolicy,
@@ -1343,7 +1344,7 @@ export class LayerService {
       },
       doNotOverride: kept.items,
       // The agent runs the image's triggers and those its removals need (a library gone: ldconfig).
-      triggers: TRIGGER_ORDER.filter((t) => img.manifest.triggers.includes(t) || removalTriggers.includes(t)),
+      triggers: applyTriggers(img.manifest.triggers, removalTriggers),
       bytesToWrite,
       filesToWrite,
       disk,
