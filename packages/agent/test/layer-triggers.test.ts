@@ -6,8 +6,10 @@
  * choice survives, a layer's manual choice applies where the endpoint made
  * none, a removed alternative leaves), update-initramfs for the right
  * kernels (a recording stand-in: a minbase root has no kernel), depmod with
- * kmod installed from the Debian archive on a compiled module, and
- * update-grub (noted as skipped where the root has no GRUB).
+ * kmod installed from the Debian archive on a compiled module,
+ * update-grub (noted as skipped where the root has no GRUB), and the
+ * /etc/kernel/postinst.d and postrm.d hooks of a kernel an apply adds or
+ * removes (fabricated hooks and stand-ins that record what ran, in order).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import {
@@ -516,5 +518,211 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
     expect(
       await runTriggers(ep, ["depmod"], { depmod: { kernels: ["6.1.0-42-amd64"], all: false } }),
     ).toEqual([]);
+  });
+
+  describe("the hooks of a kernel an apply adds or removes", () => {
+    const v = "6.1.0-99-amd64";
+    const old = "6.1.0-98-amd64";
+    let root: string;
+    const hookState = path.join(dir, "state-kernel");
+    /** What ran, in order, one line each (every stand-in and hook appends to /tmp/order); then forgotten. */
+    const order = () => {
+      const f = path.join(root, "tmp/order");
+      const out = existsSync(f) ? readFileSync(f, "utf8").trim().split("\n") : [];
+      rmSync(f, { force: true });
+      return out;
+    };
+    const log = (what: string) => `#!/bin/sh\necho "${what}" >> /tmp/order\n`;
+    const hook = (dir: string, name: string, body: string, mode = 0o755) =>
+      put(root, `etc/kernel/${dir}/${name}`, body, mode);
+    const paths = [`/boot/vmlinuz-${v}`, `/usr/lib/modules/${v}/kernel/drivers/x.ko`];
+    const manifest = () => ({
+      triggers: triggersFor(paths),
+      initramfs: initramfsTargets(paths)!,
+      depmod: depmodTargets(paths)!,
+    });
+    /** What the engine writes for the kernel's layer (the reference's initramfs is never in it). */
+    const writeKernel = (ver: string) => {
+      put(root, `boot/vmlinuz-${ver}`, "kernel\n");
+      put(root, `usr/lib/modules/${ver}/kernel/drivers/x.ko`, "module\n");
+    };
+
+    beforeAll(() => {
+      root = copyRoot("kernel-hooks");
+      mkdirSync(hookState);
+      // Stand-ins for kmod, initramfs-tools and GRUB (a minbase root has none): they record their call.
+      put(root, "usr/sbin/depmod", log("depmod $*"), 0o755);
+      put(
+        root,
+        "usr/sbin/update-initramfs",
+        `${log("update-initramfs $*")}case "$1" in -d) rm -f "/boot/initrd.img-$3" ;; *) : > "/boot/initrd.img-$3" ;; esac\n`,
+        0o755,
+      );
+      put(root, "usr/sbin/update-grub", log("update-grub"), 0o755);
+      // DKMS's hook, and what the packages of initramfs-tools and grub2 ship: Strata runs those two itself.
+      hook("postinst.d", "dkms", log("dkms $* $DEB_MAINT_PARAMS"));
+      hook("postinst.d", "initramfs-tools", log("WRONG postinst.d/initramfs-tools $*"));
+      hook("postinst.d", "zz-update-grub", log("WRONG postinst.d/zz-update-grub $*"));
+      // A failing hook (it sorts first), a symlink whose absolute target is the root's, and what run-parts leaves out.
+      hook(
+        "postinst.d",
+        "a-fails",
+        '#!/bin/sh\necho "a-fails $1" >> /tmp/order\necho "cannot build for $1" >&2\nexit 3\n',
+      );
+      put(root, "usr/local/lib/strata-hook", log("linked $* $DEB_MAINT_PARAMS"), 0o755);
+      symlinkSync("/usr/local/lib/strata-hook", path.join(root, "etc/kernel/postinst.d/linked"));
+      hook("postinst.d", "dkms.dpkg-old", log("WRONG dkms.dpkg-old"));
+      hook("postinst.d", "not-executable", log("WRONG not-executable"), 0o644);
+      hook("postrm.d", "strata-rm", log("strata-rm $* $DEB_MAINT_PARAMS"));
+      hook("postrm.d", "initramfs-tools", log("WRONG postrm.d/initramfs-tools $*"));
+      hook("postrm.d", "zz-update-grub", log("WRONG postrm.d/zz-update-grub $*"));
+      // The endpoint's own kernel, with its initramfs.
+      writeKernel(old);
+      put(root, `boot/initrd.img-${old}`, "initramfs\n");
+    });
+
+    it("a new kernel: its postinst.d hooks after depmod and before update-initramfs, less initramfs-tools and zz-update-grub", async () => {
+      // Decided before the engine writes: the kernels the endpoint has then.
+      const prep = prepareLayerApply(plan(manifest()), root, { space: null });
+      expect(prep.triggers).toEqual([
+        "kernel-postrm",
+        "depmod",
+        "kernel-postinst",
+        "update-initramfs",
+        "update-grub",
+      ]);
+      expect(prep.triggerContext.kernelsBefore).toEqual([old]);
+      writeKernel(v);
+      const runs = await runTriggers(root, prep.triggers, { ...prep.triggerContext, stateDir: hookState });
+      const img = `/boot/vmlinuz-${v}`;
+      expect(order()).toEqual([
+        `depmod -a ${v}`,
+        `a-fails ${v}`,
+        `dkms ${v} ${img} configure`,
+        `linked ${v} ${img} configure`,
+        `update-initramfs -c -k ${v}`,
+        "update-grub",
+      ]);
+      // No kernel went: nothing about kernel-postrm. The failing hook is in the report, the others still ran.
+      expect(runs.map((r) => [r.trigger, r.ok, r.skipped ?? false])).toEqual([
+        ["depmod", true, false],
+        ["kernel-postinst", false, false],
+        ["update-initramfs", true, false],
+        ["update-grub", true, false],
+      ]);
+      expect(runs[1]!.output.split("\n")).toEqual([
+        `/etc/kernel/postinst.d/a-fails ${v} ${img} failed: cannot build for ${v}`,
+        `/etc/kernel/postinst.d/dkms ${v} ${img}`,
+        `/etc/kernel/postinst.d/linked ${v} ${img}`,
+      ]);
+      expect(existsSync(path.join(root, `boot/initrd.img-${v}`))).toBe(true);
+
+      // The same image again: the kernel is not new any more, its hooks do not run again.
+      const again = prepareLayerApply(plan(manifest()), root, { space: null });
+      const runs2 = await runTriggers(root, again.triggers, { ...again.triggerContext, stateDir: hookState });
+      expect(runs2.map((r) => r.trigger)).toEqual(["depmod", "update-grub"]);
+      expect(order()).toEqual([`depmod -a ${v}`, "update-grub"]);
+    });
+
+    it("a removed kernel: its initramfs goes, its postrm.d hooks run, then update-grub", async () => {
+      expect(existsSync(path.join(root, `boot/initrd.img-${v}`))).toBe(true);
+      // The next image has no kernel: the apply removes what the kernel's layer brought.
+      const prep = prepareLayerApply(plan({}, { removals: paths }), root, { space: null });
+      expect(prep.triggers).toEqual([
+        "kernel-postrm",
+        "depmod",
+        "kernel-postinst",
+        "update-initramfs",
+        "update-grub",
+      ]);
+      // The initramfs is endpoint-derived: the engine leaves it, the trigger removes it.
+      expect(prep.doNotOverride(b(`/boot/initrd.img-${v}`))).toBe(true);
+      rmSync(path.join(root, `boot/vmlinuz-${v}`));
+      rmSync(path.join(root, `usr/lib/modules/${v}`), { recursive: true });
+      const runs = await runTriggers(root, prep.triggers, prep.triggerContext);
+      expect(order()).toEqual([
+        `update-initramfs -d -k ${v}`,
+        `strata-rm ${v} /boot/vmlinuz-${v} remove`,
+        "update-grub",
+      ]);
+      expect(existsSync(path.join(root, `boot/initrd.img-${v}`))).toBe(false);
+      expect(existsSync(path.join(root, `boot/initrd.img-${old}`))).toBe(true);
+      expect(runs).toEqual([
+        {
+          trigger: "kernel-postrm",
+          ok: true,
+          output: `/etc/kernel/postrm.d/strata-rm ${v} /boot/vmlinuz-${v}`,
+        },
+        { trigger: "update-grub", ok: true, output: "" },
+      ]);
+    });
+
+    it("without initramfs-tools the removed kernel's initramfs is deleted; nothing to run is noted", async () => {
+      const w = "6.1.0-97-amd64";
+      rmSync(path.join(root, "usr/sbin/update-initramfs"));
+      writeKernel(w);
+      put(root, `boot/initrd.img-${w}`, "initramfs\n");
+      const prep = prepareLayerApply(plan({}, { removals: [`/boot/vmlinuz-${w}`] }), root, { space: null });
+      expect(prep.triggerContext.kernelsBefore).toEqual([w, old]);
+      rmSync(path.join(root, `boot/vmlinuz-${w}`));
+      const runs = await runTriggers(root, prep.triggers, prep.triggerContext);
+      expect(existsSync(path.join(root, `boot/initrd.img-${w}`))).toBe(false);
+      expect(runs[0]).toEqual({
+        trigger: "kernel-postrm",
+        ok: true,
+        output: `/boot/initrd.img-${w} deleted (no initramfs-tools in the root)\n/etc/kernel/postrm.d/strata-rm ${w} /boot/vmlinuz-${w}`,
+      });
+      expect(order()).toEqual([`strata-rm ${w} /boot/vmlinuz-${w} remove`, "update-grub"]);
+
+      // No initramfs and no hook but Strata's own: a note, nothing run.
+      rmSync(path.join(root, "etc/kernel/postrm.d/strata-rm"));
+      put(root, `boot/vmlinuz-${w}`, "kernel\n");
+      const prep2 = prepareLayerApply(plan({}, { removals: [`/boot/vmlinuz-${w}`] }), root, { space: null });
+      rmSync(path.join(root, `boot/vmlinuz-${w}`));
+      expect((await runTriggers(root, prep2.triggers, prep2.triggerContext))[0]).toEqual({
+        trigger: "kernel-postrm",
+        ok: true,
+        skipped: true,
+        output: `no initramfs and no hook in /etc/kernel/postrm.d besides initramfs-tools, zz-update-grub: nothing run for ${w}`,
+      });
+      expect(order()).toEqual(["update-grub"]);
+    });
+
+    it("--at-restart: the kernels before the first deferred apply decide, once the files are in place", async () => {
+      const u = "6.1.0-96-amd64";
+      const st = path.join(dir, "state-kernel-pending");
+      mkdirSync(st);
+      // Only the hooks Strata runs itself: a new kernel gets a note.
+      for (const n of ["dkms", "a-fails", "linked"]) rmSync(path.join(root, "etc/kernel/postinst.d", n));
+      const up = [`/boot/vmlinuz-${u}`];
+      const m = { triggers: triggersFor(up), initramfs: initramfsTargets(up)! };
+      const first = prepareLayerApply(plan(m), root, { space: null });
+      savePendingTriggers(st, "task_1", first.triggers, first.triggerContext);
+      // A second deferred apply rolls the first forward (its kernel is there now) and waits with it.
+      writeKernel(u);
+      const second = prepareLayerApply(plan(m), root, { space: null });
+      expect(second.triggerContext.kernelsBefore).toEqual([u, old]);
+      savePendingTriggers(st, "task_2", second.triggers, second.triggerContext);
+      const saved = JSON.parse(readFileSync(path.join(st, "pending-triggers.json"), "utf8"));
+      expect(saved.context.kernelsBefore).toEqual([old]);
+      expect(order()).toEqual([]);
+      const runs = await runPendingTriggers(st, root);
+      expect(runs).toEqual([
+        {
+          trigger: "kernel-postinst",
+          ok: true,
+          skipped: true,
+          output: `no hook in /etc/kernel/postinst.d besides initramfs-tools, zz-update-grub (Strata runs those itself): none run for ${u}`,
+        },
+        {
+          trigger: "update-initramfs",
+          ok: true,
+          skipped: true,
+          output: `update-initramfs is not installed in the root (initramfs-tools): not run for ${u}`,
+        },
+        { trigger: "update-grub", ok: true, output: "" },
+      ]);
+      expect(order()).toEqual(["update-grub"]);
+    });
   });
 });

@@ -4,12 +4,14 @@
  * that block, the structured files' new contents (dpkg status and the
  * account files, merged by entry with what the endpoint has), the removal
  * predicate the engine deletes by, and afterwards run the triggers the
- * layers recorded (ldconfig, update-alternatives, update-initramfs, systemd
- * daemon-reload). The engine (restore/engine.ts, kind `layer`) does the
- * staged, journaled change of the disk.
+ * layers recorded (ldconfig, update-alternatives, a removed kernel's
+ * initramfs and postrm.d hooks, depmod, a new kernel's postinst.d hooks,
+ * update-initramfs, update-grub, systemd daemon-reload). The engine
+ * (restore/engine.ts, kind `layer`) does the staged, journaled change of
+ * the disk.
  */
 import { spawn } from "node:child_process";
-import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import * as path from "node:path";
 import {
   type AccountLines,
@@ -18,6 +20,7 @@ import {
   type AlternativeGroup,
   accountProblems,
   alternativeLinks,
+  applyTriggers,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
   depmodTargets,
@@ -184,13 +187,12 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
     for (const c of g.choices)
       if (removable(Buffer.from(c.path, "utf8")) === true)
         alternativeRemovals.set(`${g.name}\n${c.path}`, { name: g.name, path: c.path });
-  const fromRemovals = triggersFor(removals);
+  const recorded = applyTriggers(m.triggers, triggersFor(removals));
   const triggers = TRIGGER_ORDER.filter(
-    (t) =>
-      m.triggers.includes(t) ||
-      fromRemovals.includes(t) ||
-      (t === "update-alternatives" && alternativeRemovals.size > 0),
+    (t) => recorded.includes(t) || (t === "update-alternatives" && alternativeRemovals.size > 0),
   );
+  // Which kernels the endpoint gains or loses is known after the apply, by these.
+  const kernelHooks = triggers.includes("kernel-postinst") || triggers.includes("kernel-postrm");
   const initramfs = mergeInitramfsTargets(
     m.initramfs ?? (m.triggers.includes("update-initramfs") ? { kernels: [], all: true } : null),
     initramfsTargets(removals),
@@ -233,6 +235,7 @@ export function prepareLayerApply(plan: ApplyPlan, root: string, o: PrepareOptio
         : {}),
       ...(initramfs && triggers.includes("update-initramfs") ? { initramfs } : {}),
       ...(depmod && triggers.includes("depmod") ? { depmod } : {}),
+      ...(kernelHooks ? { kernelsBefore: rootKernels(root) } : {}),
       image: plan.image.id,
     },
   };
@@ -330,6 +333,8 @@ export function savePendingTriggers(
     if (i) ctx.initramfs = i;
     const d = mergeInitramfsTargets(was.context?.depmod, ctx.depmod);
     if (d) ctx.depmod = d;
+    // The kernels before the first of them: what the restart's files are compared with.
+    if (was.context?.kernelsBefore) ctx.kernelsBefore = was.context.kernelsBefore;
   } catch {
     // None waiting.
   }
@@ -377,6 +382,12 @@ export interface TriggerContext {
   initramfs?: InitramfsTargets;
   /** `depmod`: whose module index to rebuild (default: every kernel with a module tree in the root). */
   depmod?: InitramfsTargets;
+  /**
+   * `kernel-postinst`, `kernel-postrm`: the kernels (/boot/vmlinuz-VER) the
+   * root had before the apply; those there now and not then were added, those
+   * then and not now removed. None: the hooks run for no kernel.
+   */
+  kernelsBefore?: string[];
   /** The image applied: an initramfs built for it is not built again by a later apply of the same image. */
   image?: string;
   /** The agent's state directory (what the triggers remember between applies); none: nothing is remembered. */
@@ -386,10 +397,13 @@ export interface TriggerContext {
 /**
  * Run what the layers recorded after their files landed, in the root
  * (chroot for a root other than /), in `TRIGGER_ORDER`: `ldconfig`;
- * `update-alternatives` (`runAlternatives`); `depmod` (`runDepmod`);
- * `update-initramfs` (`runInitramfs`); `update-grub` (`runUpdateGrub`, also
- * when update-initramfs made a kernel its first initramfs: GRUB lists only
- * the initramfs it finds); `systemctl daemon-reload` only on a live system
+ * `update-alternatives` (`runAlternatives`); `kernel-postrm`
+ * (`runKernelPostrm`: a removed kernel's initramfs and postrm.d hooks);
+ * `depmod` (`runDepmod`); `kernel-postinst` (`runKernelPostinst`: a new
+ * kernel's postinst.d hooks, DKMS); `update-initramfs` (`runInitramfs`);
+ * `update-grub` (`runUpdateGrub`, also when update-initramfs made a kernel
+ * its first initramfs or a kernel came or went: GRUB lists only the kernels
+ * and initramfs it finds); `systemctl daemon-reload` only on a live system
  * (a chroot has no running systemd). A trigger whose tool the root lacks is
  * skipped with a note; a failing one is reported, not fatal: the files are
  * in place.
@@ -401,16 +415,20 @@ export async function runTriggers(
 ): Promise<TriggerRun[]> {
   const live = path.resolve(root) === "/";
   const out: TriggerRun[] = [];
-  let initrdCreated = false;
+  // GRUB's menu changes with a new initramfs, a new kernel, a removed one.
+  let menuChanged = false;
   for (const t of TRIGGER_ORDER) {
-    if (!triggers.includes(t) && !(t === "update-grub" && initrdCreated)) continue;
+    if (!triggers.includes(t) && !(t === "update-grub" && menuChanged)) continue;
     let r: StepResult | null = null;
     if (t === "ldconfig") r = await run(live ? ["ldconfig"] : ["chroot", root, "ldconfig"]);
     else if (t === "update-alternatives") r = await runAlternatives(root, ctx);
-    else if (t === "depmod") r = await runDepmod(root, ctx);
+    else if (t === "kernel-postrm" || t === "kernel-postinst") {
+      r = t === "kernel-postrm" ? await runKernelPostrm(root, ctx) : await runKernelPostinst(root, ctx);
+      if (r) menuChanged = true;
+    } else if (t === "depmod") r = await runDepmod(root, ctx);
     else if (t === "update-initramfs") {
       const i = await runInitramfs(root, ctx);
-      initrdCreated = i?.created === true;
+      if (i?.created === true) menuChanged = true;
       r = i && { ok: i.ok, output: i.output, ...(i.skipped ? { skipped: i.skipped } : {}) };
     } else if (t === "update-grub") r = await runUpdateGrub(root);
     else if (t === "systemd-daemon-reload" && live) r = await run(["systemctl", "daemon-reload"]);
@@ -691,9 +709,186 @@ export async function runInitramfs(
   return { ok, output: output.join("\n").slice(0, 4096), ...(created ? { created } : {}) };
 }
 
-function run(cmd: string[]): Promise<{ ok: boolean; output: string }> {
+/** Debian's kernel hook directories (kernel-handbook, "Kernel hooks"). */
+export const KERNEL_POSTINST_DIR = "/etc/kernel/postinst.d";
+export const KERNEL_POSTRM_DIR = "/etc/kernel/postrm.d";
+/**
+ * Hooks Strata does not run from those directories: it runs what they do
+ * itself, in its own order and once for all kernels (initramfs-tools' hook
+ * is `update-initramfs`, grub2's `zz-update-grub` is `update-grub`).
+ */
+export const KERNEL_HOOKS_OURS: ReadonlySet<string> = new Set(["initramfs-tools", "zz-update-grub"]);
+/** run-parts(8)'s names (without --lsbsysinit): others (`dkms.dpkg-old`, `x.sh`) are not run. */
+const RUN_PARTS_NAME = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * `abs` (absolute in the root) as a host path with every symlink resolved
+ * inside the root (an absolute target is the root's, not the host's), or
+ * null when it does not resolve (dangling, a loop).
+ */
+function resolveInRoot(root: string, abs: string): string | null {
+  const todo = abs.split("/").filter((c) => c && c !== ".");
+  const done: string[] = [];
+  let hops = 0;
+  while (todo.length) {
+    const c = todo.shift()!;
+    if (c === "..") {
+      done.pop();
+      continue;
+    }
+    const host = path.join(root, ...done, c);
+    let link: string;
+    try {
+      if (!lstatSync(host).isSymbolicLink()) {
+        done.push(c);
+        continue;
+      }
+      link = readlinkSync(host);
+    } catch {
+      return null;
+    }
+    if (++hops > 40) return null;
+    if (link.startsWith("/")) done.length = 0;
+    todo.unshift(...link.split("/").filter((x) => x && x !== "."));
+  }
+  return path.join(root, ...done);
+}
+
+/**
+ * The hooks of `dir` (absolute in the root) that run-parts(8) would run, less
+ * `KERNEL_HOOKS_OURS`, as absolute paths in the root: names of letters,
+ * digits, `_` and `-`; regular files (a symlink counts by its target, in the
+ * root) with an execute bit; in byte order (run-parts' in the C locale).
+ */
+export function kernelHooks(root: string, dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(path.join(root, dir));
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const n of names) {
+    if (!RUN_PARTS_NAME.test(n) || KERNEL_HOOKS_OURS.has(n)) continue;
+    const host = resolveInRoot(root, `${dir}/${n}`);
+    try {
+      const st = host ? statSync(host) : null;
+      if (st?.isFile() && (st.mode & 0o111) !== 0) out.push(`${dir}/${n}`);
+    } catch {
+      // Gone meanwhile: not run.
+    }
+  }
+  return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+}
+
+/** Kernel versions as /boot names them (no path separators, not `.` or `..`). */
+const kernelName = (v: string) => v.length > 0 && !v.includes("/") && v !== "." && v !== "..";
+
+/** The kernels the apply added or removed (`kernelsBefore` against /boot now); null without `kernelsBefore`. */
+function kernelChanges(root: string, ctx: TriggerContext): { added: string[]; removed: string[] } | null {
+  if (!ctx.kernelsBefore) return null;
+  const before = new Set(ctx.kernelsBefore.filter(kernelName));
+  const now = new Set(rootKernels(root));
+  return {
+    added: [...now].filter((v) => !before.has(v)).sort(),
+    removed: [...before].filter((v) => !now.has(v)).sort(),
+  };
+}
+
+/**
+ * Run the hooks of `dir` for each of `versions` the way Debian's kernel
+ * packages do (`DEB_MAINT_PARAMS=PARAMS run-parts --report --arg=VER
+ * --arg=/boot/vmlinuz-VER DIR`), in the root, each hook on its own: every
+ * hook runs even when one before it failed (nothing runs them again later:
+ * the kernel is no longer new at the next apply), each command is listed
+ * with what it printed.
+ */
+async function runHooks(
+  root: string,
+  dir: string,
+  versions: string[],
+  params: string,
+): Promise<{ ok: boolean; output: string[]; ran: boolean }> {
+  const hooks = kernelHooks(root, dir);
+  let ok = true;
+  const output: string[] = [];
+  for (const v of versions)
+    for (const h of hooks) {
+      const argv = [h, v, `/boot/vmlinuz-${v}`];
+      const r = await run(inRoot(root, argv), { DEB_MAINT_PARAMS: params });
+      if (!r.ok) ok = false;
+      output.push(`${argv.join(" ")}${r.ok ? "" : " failed"}${r.output ? `: ${r.output}` : ""}`);
+    }
+  return { ok, output, ran: hooks.length > 0 };
+}
+
+const ourHooks = [...KERNEL_HOOKS_OURS].join(", ");
+
+/**
+ * A kernel the apply brought (its /boot/vmlinuz-VER was not on the endpoint
+ * before): the root's /etc/kernel/postinst.d hooks for it, less
+ * `KERNEL_HOOKS_OURS` — DKMS builds its modules for the new kernel there.
+ * Skipped with a note when the directory has no other hook; null when no
+ * kernel was added.
+ */
+export async function runKernelPostinst(root: string, ctx: TriggerContext): Promise<StepResult | null> {
+  const added = kernelChanges(root, ctx)?.added ?? [];
+  if (!added.length) return null;
+  const r = await runHooks(root, KERNEL_POSTINST_DIR, added, "configure");
+  if (!r.ran)
+    return skipped(
+      `no hook in ${KERNEL_POSTINST_DIR} besides ${ourHooks} (Strata runs those itself): none run for ${added.join(", ")}`,
+    );
+  return { ok: r.ok, output: r.output.join("\n").slice(0, 4096) };
+}
+
+/**
+ * A kernel the apply removed (its /boot/vmlinuz-VER is gone): its initramfs
+ * goes (`update-initramfs -d -k VER` with the root's initramfs-tools, else
+ * /boot/initrd.img-VER is deleted: no apply deletes an endpoint-derived
+ * file), then the root's /etc/kernel/postrm.d hooks run for it, less
+ * `KERNEL_HOOKS_OURS`. Skipped with a note when there is neither an
+ * initramfs nor a hook; null when no kernel was removed.
+ */
+export async function runKernelPostrm(root: string, ctx: TriggerContext): Promise<StepResult | null> {
+  const removed = kernelChanges(root, ctx)?.removed ?? [];
+  if (!removed.length) return null;
+  let ok = true;
+  const output: string[] = [];
+  const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
+  let deleted = false;
+  for (const v of removed) {
+    const initrd = `/boot/initrd.img-${v}`;
+    if (!existsIn(root, initrd)) continue;
+    deleted = true;
+    if (bin) {
+      const r = await run(inRoot(root, [bin, "-d", "-k", v]));
+      if (!r.ok) ok = false;
+      if (r.output || !r.ok) output.push(`update-initramfs -d -k ${v}${r.ok ? "" : " failed"}: ${r.output}`);
+    } else {
+      try {
+        rmSync(path.join(root, initrd), { force: true });
+        output.push(`${initrd} deleted (no initramfs-tools in the root)`);
+      } catch (e) {
+        ok = false;
+        output.push(`cannot delete ${initrd}: ${(e as Error).message}`);
+      }
+    }
+  }
+  const r = await runHooks(root, KERNEL_POSTRM_DIR, removed, "remove");
+  if (!deleted && !r.ran)
+    return skipped(
+      `no initramfs and no hook in ${KERNEL_POSTRM_DIR} besides ${ourHooks}: nothing run for ${removed.join(", ")}`,
+    );
+  return { ok: ok && r.ok, output: [...output, ...r.output].join("\n").slice(0, 4096) };
+}
+
+function run(cmd: string[], env?: NodeJS.ProcessEnv): Promise<{ ok: boolean; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd[0]!, cmd.slice(1), {
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(env ? { env: { ...process.env, ...env } } : {}),
+    });
     let output = "";
     const add = (b: Buffer) => {
       if (output.length < 4096) output += b.toString("utf8");
