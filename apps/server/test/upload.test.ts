@@ -10,12 +10,14 @@ import * as path from "node:path";
 import { CACHE_PARENT, uploadOnce } from "@strata/agent";
 import { openSqliteFileCache } from "@strata/catalog";
 import {
+  type BlobId,
   compilePolicy,
   defaultPolicy,
   encodeTree,
   type FsNode,
   isStrataError,
   type RetentionCounts,
+  type TreeId,
 } from "@strata/core";
 import { check, encodeChunkFrame, encodeTreeFrame, prune, restore } from "@strata/repo";
 import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
@@ -376,6 +378,106 @@ describe("upload protocol (agent ↔ server service)", () => {
     const left = await h.service.snapshotsOf("cvd_s");
     expect(left.map((s) => s.id).sort()).toEqual([parent, safety].sort());
     expect(left.find((s) => s.id === safety)?.kind).toBe("pre-restore");
+  });
+});
+
+describe("trees stored as deltas of the parent snapshot's version", () => {
+  let hd: UploadHarness;
+  let ddir: string;
+  const dretention = new Map<string, RetentionCounts>();
+  beforeAll(async () => {
+    ddir = await makeTempDir("strata-upload-delta-");
+    hd = await uploadHarness(ddir, dretention);
+  });
+  afterAll(async () => {
+    await hd?.close();
+  });
+
+  /** The tree of `rel` (a directory) in snapshot `snap`. */
+  const treeAt = async (snap: string, rel: string): Promise<TreeId> => {
+    let tree = (await hd.service.cvdSnapshot("cvd_t", snap)).tree;
+    for (const seg of rel.split("/")) {
+      const n = (await hd.server.repo.loadTree(tree)).find((x) => x.name.toString() === seg);
+      expect(n?.type).toBe("dir");
+      tree = n!.subtree!;
+    }
+    return tree;
+  };
+  const entryOf = async (id: TreeId) =>
+    (await hd.server.repo.lookup([id as string as BlobId])).get(id as string as BlobId)!;
+
+  it("a one-file change in a 200-entry directory stores a delta, read back in full; deltas stay one level deep; retention and prune keep the base", async () => {
+    const root = path.join(ddir, "ep-t");
+    buildEndpoint(root, "t");
+    const doc = path.join(root, "usr/share/doc");
+    mkdirSync(doc, { recursive: true });
+    for (let i = 0; i < 200; i++)
+      writeFileSync(path.join(doc, `pkg-${String(i).padStart(3, "0")}`), `doc ${i}\n`);
+    const cache = openSqliteFileCache(path.join(ddir, "cache-t.db"));
+    const upload = async (parent: string | null) => {
+      const r = await uploadOnce({
+        transport: hd.transport("cvd_t"),
+        cvdId: "cvd_t",
+        root,
+        policy,
+        parent,
+        fileCache: cache,
+        hostname: "ep-t",
+      });
+      expect(r.errors).toEqual([]);
+      return r.snapshot;
+    };
+    try {
+      const s1 = await upload(null);
+      const t1 = await treeAt(s1, "usr/share/doc");
+      // The first version has nothing to be a delta of.
+      expect(await hd.server.repo.storedTreeBase(t1)).toBeNull();
+      const full1 = await hd.server.repo.loadTreeBytes(t1);
+      expect(full1.length).toBeGreaterThan(10_000);
+
+      writeFileSync(path.join(doc, "pkg-100"), "changed\n");
+      const s2 = await upload(s1);
+      const t2 = await treeAt(s2, "usr/share/doc");
+      expect(t2).not.toBe(t1);
+      // Stored as a delta of the parent snapshot's tree at the same path:
+      // the stored blob is a small fraction of the listing.
+      expect(await hd.server.repo.storedTreeBase(t2)).toBe(t1);
+      const full2 = await hd.server.repo.loadTreeBytes(t2);
+      expect((await entryOf(t2)).length * 10).toBeLessThan(full2.length);
+      // Read back, it is the full tree the agent sent (its id is the hash of it).
+      expect(createHash("sha256").update(full2).digest("hex")).toBe(t2);
+      const nodes = await hd.server.repo.loadTree(t2);
+      expect(nodes).toHaveLength(200);
+      expect(encodeTree(nodes).equals(full2)).toBe(true);
+      // Small trees (the ancestors here) stay full.
+      expect(await hd.server.repo.storedTreeBase(await treeAt(s2, "usr/share"))).toBeNull();
+
+      // The next version is a delta of the same full base, not of the delta;
+      // retention now forgets the snapshots that reach that base.
+      dretention.set("cvd_t", { hourly: 0, daily: 0, weekly: 0, monthly: 0 });
+      writeFileSync(path.join(doc, "pkg-150"), "changed too\n");
+      const s3 = await upload(s2);
+      expect((await hd.service.snapshotsOf("cvd_t")).map((s) => s.id)).toEqual([s3]);
+      const t3 = await treeAt(s3, "usr/share/doc");
+      expect(await hd.server.repo.storedTreeBase(t3)).toBe(t1);
+
+      // Repack every pack with an unused byte, then delete what was doomed:
+      // the base is no snapshot's tree any more and stays, as the delta needs it.
+      await prune(hd.server.repo, { graceMs: 0, maxUnused: 0 });
+      await prune(hd.server.repo, { graceMs: 0 });
+      expect((await hd.server.repo.lookup([t1 as string as BlobId])).size).toBe(1);
+      expect((await hd.server.repo.lookup([t2 as string as BlobId])).size).toBe(0);
+      const report = await check(hd.server.repo, { readData: true });
+      expect(report.errors).toEqual([]);
+      expect(report.ok).toBe(true);
+      const out = path.join(ddir, "restore-t");
+      await restore(hd.server.repo, await hd.service.cvdSnapshot("cvd_t", s3), { target: out });
+      expect(readFileSync(path.join(out, "usr/share/doc/pkg-150"), "utf8")).toBe("changed too\n");
+      expect(readFileSync(path.join(out, "usr/share/doc/pkg-100"), "utf8")).toBe("changed\n");
+      expect(readFileSync(path.join(out, "usr/share/doc/pkg-199"), "utf8")).toBe("doc 199\n");
+    } finally {
+      cache.close();
+    }
   });
 });
 

@@ -38,6 +38,7 @@ import {
   readTreeFrame,
   type SnapshotRecord,
   type SnapshotStats,
+  TREE_DELTA_MIN,
 } from "@strata/repo";
 import type { AuditService } from "./audit-service.js";
 import type { Clock } from "./context.js";
@@ -550,20 +551,26 @@ export class UploadService {
     });
   }
 
-  /** The parent snapshot's tree at `segs`, as name → node, or null when the parent has no such directory. */
-  private async parentDir(s: UploadSessionRecord, segs: Buffer[]): Promise<Map<string, FsNode> | null> {
-    if (!s.parent) return null;
-    const snap = await this.repo.catalog.getSnapshot(s.parent);
-    if (!snap) return null;
-    let tree: string | undefined = snap.tree;
-    let dir = await this.dirOf(tree);
+  /**
+   * The tree the session's parent snapshot has at `segs` (its root for no
+   * segments), or null when there is no parent or it has no directory
+   * there. Walks (and caches) the ancestors only: the tree itself is loaded
+   * when the ownership check needs its entries. The id serves both the
+   * inheritance check and the delta base of the uploaded version.
+   */
+  private async parentTree(
+    segs: Buffer[],
+    /** The parent snapshot's root tree (null: no parent), looked up once per stream. */
+    parentRoot: () => Promise<string | null>,
+  ): Promise<TreeId | null> {
+    let tree = await parentRoot();
+    if (!tree) return null;
     for (const seg of segs) {
-      const n = dir.get(seg.toString("latin1"));
+      const n = (await this.dirOf(tree)).get(seg.toString("latin1"));
       if (n?.type !== "dir" || !n.subtree) return null;
       tree = n.subtree;
-      dir = await this.dirOf(tree);
     }
-    return dir;
+    return tree as TreeId;
   }
 
   private async dirOf(tree: string): Promise<Map<string, FsNode>> {
@@ -594,6 +601,13 @@ export class UploadService {
       // the agent sends again.
       const pending: TreeAtPath[] = [];
       const pendingKeys = new Set<string>();
+      let root: Promise<string | null> | undefined;
+      const parentRoot = () => {
+        root ??= s.parent
+          ? this.repo.catalog.getSnapshot(s.parent as SnapshotId).then((p) => p?.tree ?? null)
+          : Promise.resolve(null);
+        return root;
+      };
       const flushPending = async () => {
         if (!pending.length) return;
         const batch = pending.splice(0);
@@ -635,11 +649,24 @@ export class UploadService {
             subject: tid,
           });
         }
-        await this.checkOwnership(s, tid, shown, segs, f.path, nodes, pendingKeys);
+        // The parent snapshot's version of this directory: what inherited
+        // entries are checked against, and the base of a stored delta.
+        let prev: Promise<TreeId | null> | undefined;
+        const prevTree = () => {
+          prev ??= this.parentTree(segs, parentRoot);
+          return prev;
+        };
+        await this.checkOwnership(s, tid, shown, f.path, nodes, pendingKeys, prevTree);
         const at = { pathHash: pathHash(f.path), tree: tid as TreeId };
         pending.push(at);
         pendingKeys.add(treeKey(at));
-        if (await this.repo.saveBlob(tid as BlobId, "tree", plain)) stored++;
+        // Stored as a delta of that version when the repository finds it
+        // worthwhile (repository-format.md, "Tree deltas"): an hourly upload
+        // that changes a few files of a big directory stores the change, not
+        // the listing again. Small trees never become deltas: no lookup. A
+        // parent tree that cannot be read only costs a full tree.
+        const base = plain.length >= TREE_DELTA_MIN ? await prevTree().catch(() => null) : null;
+        if (await this.repo.saveTreeEncoded(tid as TreeId, plain, base)) stored++;
         done.push(tid);
         if (pending.length >= TREE_BATCH) await flushPending();
       }
@@ -667,11 +694,12 @@ export class UploadService {
     s: UploadSessionRecord,
     tid: string,
     shown: string,
-    segs: Buffer[],
     rawPath: Buffer,
     nodes: FsNode[],
     /** Trees of this stream not written to the catalog yet (`treeKey`). */
-    pendingTrees: ReadonlySet<string> = new Set(),
+    pendingTrees: ReadonlySet<string>,
+    /** The parent snapshot's tree at this path (`parentTree`), looked up once per frame. */
+    prevTree: () => Promise<TreeId | null>,
   ): Promise<void> {
     const chunkIds = new Set<BlobId>();
     for (const n of nodes) for (const c of chunkIdsOf(n)) chunkIds.add(c);
@@ -681,7 +709,10 @@ export class UploadService {
       for (const c of await this.owned(s, ids.slice(i, i + MAX_BATCH))) owned.add(c);
     let parent: Map<string, FsNode> | null | undefined;
     const parentDir = async () => {
-      if (parent === undefined) parent = await this.parentDir(s, segs);
+      if (parent === undefined) {
+        const t = await prevTree();
+        parent = t ? await this.dirOf(t) : null;
+      }
       return parent;
     };
     const refuse = async (entry: FsNode, what: string, ref: string) => {
