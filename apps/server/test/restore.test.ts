@@ -229,7 +229,7 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       await src.close();
     });
 
-    it("a tree the repository stores as a delta (a local backup wrote it) is sent in full", async () => {
+    it("a tree the repository stores as a delta (an upload or a local backup wrote it) is sent in full", async () => {
       const a = eps.a!;
       const latest = (await h.repo.catalog.listSnapshots({ tag: cvdTag(a.cvd) })).pop()!;
       let file: FsNode | undefined;

@@ -497,7 +497,7 @@ export class RestoreService {
     let wire: { body: Buffer; compressed: boolean };
     let full: Buffer;
     if (plain[0] === TREE_DELTA) {
-      // Stored as a delta (a local backup wrote into this repository):
+      // Stored as a delta (of the parent snapshot's version, or by a local backup):
       // agents always get the full tree, rebuilt and hash-checked.
       full = await this.repo.readEntry(e);
       wire = { body: full, compressed: false };
