@@ -42,6 +42,7 @@ import {
   packName,
   type Repository,
   type SnapshotRecord,
+  WireCodec,
 } from "@strata/repo";
 import type { AuditService } from "./audit-service.js";
 import type { Caller, Clock } from "./context.js";
@@ -132,6 +133,8 @@ export class RestoreService {
   private readonly grantKey: Buffer;
   /** Chunk ids named by the files of a tree (trees are immutable: cached by id). */
   private readonly fileChunks = new Lru<Set<string>>(128);
+  /** Compresses trees rebuilt from deltas for the wire (stored full trees go as stored). */
+  private readonly wireCodec = new WireCodec(3);
   /** Sessions known to be an endpoint's on a layer image (a session's snapshot never changes). */
   private readonly imageSessions = new Lru<boolean>(256);
   /** Counters and expiry not yet written to the catalog, by session (see TOUCH_DELAY_MS). */
@@ -498,9 +501,11 @@ export class RestoreService {
     let full: Buffer;
     if (plain[0] === TREE_DELTA) {
       // Stored as a delta (of the parent snapshot's version, or by a local backup):
-      // agents always get the full tree, rebuilt and hash-checked.
+      // agents always get the full tree, rebuilt and hash-checked, in the
+      // wire form a stored full tree would have (zstd when worth it).
       full = await this.repo.readEntry(e);
-      wire = { body: full, compressed: false };
+      const w = this.wireCodec.encode(e.id, "tree", full);
+      wire = { body: w.data, compressed: w.compressed };
     } else {
       full = plain;
       wire = this.repo.openWire(e, stored);
