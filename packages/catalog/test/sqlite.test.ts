@@ -1,3 +1,4 @@
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -23,6 +24,41 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 runCatalogContract("sqlite", () => openSqliteCatalog(file()));
 
 describe("SqliteCatalog specifics", () => {
+  // fincore (util-linux) tells how much of a file is in the page cache; dd's iflag=nocache drops it.
+  const fincore = spawnSync("fincore", ["--version"]).status === 0;
+  it.skipIf(!fincore)(
+    "warm reads the whole catalog into the page cache (fincore: needs util-linux)",
+    async () => {
+      const path = file("warm");
+      const c = await openSqliteCatalog(path);
+      await addFresh(c, "w", 5000);
+      await c.close();
+      const resident = () =>
+        execFileSync("fincore", ["--bytes", "--noheadings", "--raw", "-o", "RES,SIZE", path], {
+          encoding: "utf8",
+        })
+          .trim()
+          .split(/\s+/)
+          .map(Number) as [number, number];
+      execFileSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]);
+      const [before, size] = resident();
+      expect(size).toBeGreaterThan(256 * 1024);
+      expect(before).toBeLessThan(size / 2);
+      const again = await openSqliteCatalog(path);
+      try {
+        await again.warm();
+        expect(resident()[0]).toBe(size);
+        // A second call shares the first read; a missing WAL is no error.
+        await again.warm();
+        const fresh = await openSqliteCatalog(file("fresh"));
+        await expect(fresh.warm()).resolves.toBeUndefined();
+        await fresh.close();
+      } finally {
+        await again.close();
+      }
+    },
+  );
+
   it("creates the file with WAL, runs migrations once, and keeps data across reopen", async () => {
     const path = join(dir, "sub", "dir", "c.db");
     const c = await openSqliteCatalog(path);

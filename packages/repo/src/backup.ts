@@ -360,6 +360,8 @@ export class Backup {
       }
     }
     const repo = this.repo;
+    // Dedup lookups follow; let the index reach the page cache meanwhile.
+    void repo.catalog.warm?.();
     const lease: Lease = await holdLease(repo.catalog, "repo", leaseHolder("backup"), "shared");
     const startWritten = repo.written.storedBytes;
     const cache = this.opts.fileCache ?? null;

@@ -119,6 +119,13 @@ export function encodePackLayout(rows: readonly (readonly [Uint8Array, number, n
 }
 
 export interface RepoCatalog {
+  /**
+   * Optional: start reading the index into the operating system's page
+   * cache in the background (a backup is about to look up many ids). Never
+   * blocks, never rejects; callers need not wait for it (the promise is for
+   * tests). A catalog with nothing to gain need not have it.
+   */
+  warm?(): Promise<void>;
   // ---- packs and the blob index -------------------------------------
   /**
    * Record a pack and its blobs in one transaction. Idempotent: re-adding a
