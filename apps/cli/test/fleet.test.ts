@@ -189,6 +189,31 @@ describe("strata tokens → agent enroll → endpoints approve → agent/self", 
     const stale = await strata({}, "policy", "update", "Laptops", "--file", exported);
     expect(stale.code).toBe(1);
     expect(stale.stderr).toMatch(/at version 2; this edit is of version 1[\s\S]*hint: export it again/);
+    // `policy edit` opens the export in $EDITOR (here a script that edits it) and saves the next version.
+    const editor = path.join(dir, "edit-interval.sh");
+    writeFileSync(editor, `#!/bin/sh\nsed -i 's/"intervalMinutes": *120/"intervalMinutes": 45/' "$1"\n`, {
+      mode: 0o755,
+    });
+    expect(await strata({ EDITOR: editor, VISUAL: "" }, "policy", "edit", "Laptops", "--json")).toMatchObject(
+      {
+        code: 0,
+      },
+    );
+    expect(await ok("policy", "show", "Laptops", "--json")).toMatchObject({
+      version: 3,
+      intervalMinutes: 45,
+    });
+    const same = await strata({ EDITOR: "true", VISUAL: "" }, "policy", "edit", "Laptops");
+    expect([same.code, same.stdout]).toEqual([0, "policy Laptops unchanged\n"]);
+    const broken = path.join(dir, "break-json.sh");
+    writeFileSync(broken, `#!/bin/sh\necho '{ not json' > "$1"\n`, { mode: 0o755 });
+    const bad = await strata({ EDITOR: broken, VISUAL: "" }, "policy", "edit", "Laptops");
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/not JSON[\s\S]*hint: fix \S+ and run `strata policy edit Laptops --file/);
+    const failing = await strata({ EDITOR: "false", VISUAL: "" }, "policy", "edit", "Laptops");
+    expect(failing.code).toBe(1);
+    expect(failing.stderr).toContain("the policy is unchanged");
+    expect((await ok("policy", "show", "Laptops", "--json")).version).toBe(3);
     await ok("policy", "import", "--file", exported, "--name", "Laptops copy");
     await ok("cvd", "set-policy", approved.cvdId, "Laptops copy");
     expect((await endpointClient(state).agentSelf()).cvd?.policy.name).toBe("Laptops copy");

@@ -118,6 +118,26 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     expect(bad.stderr).toContain("path");
   });
 
+  it("browse lists a folder of the latest or an older snapshot, like ls -l", async () => {
+    const latest = await ok("cvd", "browse", cvd, "latest", "/home/alice/docs", "--json");
+    expect(latest.snapshot.id).toBe(snaps[1]);
+    expect(latest.entries.map((e: { name: string }) => e.name)).toEqual(["report.odt"]);
+    const old = await ok("cvd", "browse", cvd, snaps[0]!.slice(0, 10), "/home/alice/docs", "--json");
+    expect(old.entries.map((e: { name: string }) => e.name)).toEqual(["draft.txt", "report.odt"]);
+    const text = await ok("cvd", "browse", cvd, snaps[0]!, "/home/alice/docs");
+    expect(text).toMatch(/^\/home\/alice\/docs in snapshot [0-9a-f]{12} .*: 2 entries$/m);
+    expect(text).toMatch(/^-rw-r--r--\s+\d+\s+\d+\s+6 B\s+\S+\s+draft\.txt$/m);
+    // The root by default; folders end in a slash.
+    expect(await ok("cvd", "browse", cvd, "latest")).toMatch(/^d[rwx-]{9}\s.*\shome\/$/m);
+    const file = await strata("cvd", "browse", cvd, "latest", "/home/alice/docs/report.odt");
+    expect(file.code).toBe(1);
+    expect(file.stderr).toMatch(/not a folder/);
+    expect(file.stderr).toContain("restore-file");
+    const rel = await strata("cvd", "browse", cvd, "latest", "home");
+    expect(rel.code).toBe(1);
+    expect(rel.stderr).toContain("absolute");
+  });
+
   it("revert → task list/show with progress → cancel; the endpoint sees, claims and reports it", async () => {
     const t = await ok("cvd", "revert", cvd, "--snapshot", snaps[0]!.slice(0, 10), "--json");
     expect(t).toMatchObject({ kind: "system", state: "queued", params: { snapshot: snaps[0] } });

@@ -596,6 +596,53 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       expect((await get("path=/etc", tokens.helpdesk)).statusCode).toBe(200);
     });
 
+    it("browse: one folder of the latest or an older snapshot; files, missing paths and other CVDs refused clearly", async () => {
+      const a = eps.a!;
+      const get = (q: string, token = h.adminToken, cvd = a.cvd) =>
+        h.app.inject({
+          method: "GET",
+          url: `${API}/cvds/${cvd}/browse?${q}`,
+          headers: { authorization: `Bearer ${token}` },
+        });
+      const latest = await get("path=/home/alice/docs");
+      expect(latest.statusCode, latest.body).toBe(200);
+      const b = latest.json();
+      expect(b.snapshot.id).toBe(snaps[1]);
+      expect(b.path).toBe("/home/alice/docs");
+      expect(b.entries.map((e: { name: string }) => e.name)).toEqual(["a.txt", "big.bin"]);
+      expect(b.entries[1]).toMatchObject({
+        type: "file",
+        size: 300_000,
+        nameB64: Buffer.from("big.bin").toString("base64"),
+      });
+      expect(typeof b.entries[0].mode).toBe("number");
+      expect(b).toMatchObject({ total: 2, truncated: false });
+      // The older snapshot still has the deleted file, by id prefix; the limit truncates.
+      const old = (await get(`path=/home/alice/docs&snapshot=${snaps[0]!.slice(0, 12)}`)).json();
+      expect(old.snapshot.id).toBe(snaps[0]);
+      expect(old.entries.map((e: { name: string }) => e.name)).toEqual(["a.txt", "big.bin", "old.txt"]);
+      const one = (await get(`path=/home/alice/docs&snapshot=${snaps[0]}&limit=1`)).json();
+      expect(one).toMatchObject({ total: 3, truncated: true });
+      expect(one.entries).toHaveLength(1);
+      // The root by default; a directory entry is typed.
+      const root = (await get("")).json();
+      expect(root.path).toBe("/");
+      expect(root.entries.find((e: { name: string }) => e.name === "home")).toMatchObject({ type: "dir" });
+      // Errors name the path and say what to do.
+      const missing = await get("path=/home/alice/nowhere");
+      expect(missing.statusCode).toBe(404);
+      expect(missing.json().error.message).toMatch(/has no \/home\/alice\/nowhere/);
+      const file = await get("path=/home/alice/docs/a.txt");
+      expect(file.statusCode).toBe(400);
+      expect(file.json().error.message).toMatch(/is a file .* not a folder/);
+      expect((await get("path=/a/../b")).statusCode).toBe(400);
+      expect((await get("snapshot=ffffffffffff")).statusCode).toBe(404);
+      // Needs cvd.browse; an unknown CVD is 404.
+      expect((await get("path=/etc", tokens.readonly)).statusCode).toBe(403);
+      expect((await get("path=/etc", tokens.helpdesk)).statusCode).toBe(200);
+      expect((await get("path=/", h.adminToken, "cvd_nothere")).statusCode).toBe(404);
+    });
+
     it("tasks: revert queued, listed in agent/self, claimed by its endpoint only, progress, cancel, finish", async () => {
       const a = eps.a!;
       const b = eps.b!;

@@ -59,6 +59,8 @@ import type {
   ReferenceInfo,
 } from "./layers.js";
 import type {
+  BrowseQuery,
+  CvdBrowse,
   CvdHistory,
   HistoryQuery,
   OpenRestoreRequest,
@@ -341,6 +343,9 @@ export class StrataClient {
     return this.request("GET", `${API_PREFIX}/cvds/${enc(id)}/transactions`);
   }
   /** For the folder `path`, each entry across the CVD's snapshots (newest first, paged). */
+  cvdBrowse(id: string, q: BrowseQuery): Promise<CvdBrowse> {
+    return this.request("GET", `${API_PREFIX}/cvds/${enc(id)}/browse${queryString(q)}`);
+  }
   cvdHistory(id: string, q: HistoryQuery): Promise<CvdHistory> {
     return this.request("GET", `${API_PREFIX}/cvds/${enc(id)}/history${queryString(q)}`);
   }

@@ -154,6 +154,44 @@ export interface CvdHistory {
   next: string | null;
 }
 
+/** `GET /cvds/:cvd/browse`: one folder of one snapshot. */
+export interface BrowseQuery {
+  /** Absolute folder path in the snapshot (default `/`). */
+  path?: string;
+  /** `latest` (default), a snapshot id or a unique prefix. */
+  snapshot?: string;
+  /** Instead of `snapshot`: the newest snapshot taken at or before this time. */
+  at?: string;
+  /** Entries returned, in name order (default 1,000, at most 10,000). */
+  limit?: number;
+}
+
+export interface BrowseEntry {
+  name: string;
+  /** The raw name bytes, base64 (names need not be UTF-8). */
+  nameB64: string;
+  type: string;
+  /** Regular files: bytes; others 0. */
+  size: number;
+  /** Permission bits (st_mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: string | null;
+  /** Symlinks: the target (UTF-8, lossy). */
+  target?: string;
+}
+
+export interface CvdBrowse {
+  cvd: string;
+  snapshot: { id: string; time: string };
+  path: string;
+  entries: BrowseEntry[];
+  /** Entries in the folder; more than `entries.length` when `truncated`. */
+  total: number;
+  truncated: boolean;
+}
+
 // ---- JSON Schemas ---------------------------------------------------------
 
 const taskKind = str({ enum: [...TASK_KIND_NAMES] });
@@ -256,6 +294,39 @@ export const restoreSchemas = {
     },
     ["path"],
   ),
+  BrowseQuery: obj(
+    {
+      path: str({ minLength: 1, maxLength: MAX_RESTORE_PATH }),
+      snapshot: str({ pattern: SNAPSHOT_REF_PATTERN }),
+      at: dateTime,
+      limit: { type: "integer", minimum: 1, maximum: 10_000 },
+    },
+    [],
+  ),
+  CvdBrowse: obj({
+    cvd: str(),
+    snapshot: obj({ id: str(), time: dateTime }),
+    path: str(),
+    entries: {
+      type: "array",
+      items: obj(
+        {
+          name: str(),
+          nameB64: str(),
+          type: str(),
+          size: { type: "integer" },
+          mode: { type: "integer" },
+          uid: { type: "integer" },
+          gid: { type: "integer" },
+          mtime: { type: ["string", "null"] },
+          target: str(),
+        },
+        ["name", "nameB64", "type", "size", "mode", "uid", "gid", "mtime"],
+      ),
+    },
+    total: { type: "integer" },
+    truncated: { type: "boolean" },
+  }),
   CvdHistory: obj({
     cvd: str(),
     path: str(),

@@ -9,7 +9,10 @@
  *
  * Handlers fetch data and print it, as a table or with --json as JSON.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
 import { StrataError } from "@strata/core";
 import {
   API_PREFIX,
@@ -521,6 +524,79 @@ export function registerFleetCommands(program: Command): void {
       const p = await call(client(o).updatePolicy(name, readJsonFile(String(o.file))));
       if (o.json) return printJson(p);
       out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+    });
+  policy
+    .command("edit")
+    .description(
+      "edit a policy in $VISUAL or $EDITOR (its `policy export` document) and save it as the next version; --file: from a file instead",
+    )
+    .argument("<name>", "policy name or id")
+    .option(
+      "--file <file>",
+      "the edited JSON document (- for stdin) instead of an editor, as `policy update`",
+    )
+    .addHelpText(
+      "after",
+      "\nWithout --file the policy is exported to a temporary file and opened in $VISUAL, $EDITOR or vi;\nsaved unchanged, nothing is updated. Another edit saved meanwhile makes this one stale: it is\nrefused and the file kept so you can merge and retry with --file.",
+    )
+    .action(async (name: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const c = client(o);
+      if (o.file !== undefined) {
+        const p = await call(c.updatePolicy(name, readJsonFile(String(o.file))));
+        if (o.json) return printJson(p);
+        out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+        return;
+      }
+      const editor = process.env.VISUAL || process.env.EDITOR || "vi";
+      const before = await call(c.exportPolicy(name));
+      const dir = mkdtempSync(path.join(tmpdir(), "strata-policy-"));
+      const file = path.join(dir, `${name.replace(/[^A-Za-z0-9._-]/g, "_")}.json`);
+      writeFileSync(file, before, { mode: 0o600 });
+      let keep = false;
+      try {
+        // Through the shell, so EDITOR may carry arguments ("code --wait").
+        const r = spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit" });
+        if (r.status !== 0)
+          throw new StrataError(
+            "IO_ERROR",
+            `the editor (${editor}) exited with ${r.signal ?? r.status}; the policy is unchanged`,
+            {
+              hint: "set VISUAL or EDITOR to an editor that waits until you close the file, or use --file",
+            },
+          );
+        const after = readFileSync(file, "utf8");
+        if (after === before) {
+          if (o.json) printJson({ policy: name, changed: false });
+          else out(`policy ${name} unchanged\n`);
+          return;
+        }
+        let doc: unknown;
+        try {
+          doc = JSON.parse(after);
+        } catch (e) {
+          keep = true;
+          throw new StrataError(
+            "INVALID_ARGUMENT",
+            `the edited policy is not JSON: ${(e as Error).message}`,
+            {
+              subject: file,
+              hint: `fix ${file} and run \`strata policy edit ${name} --file ${file}\``,
+            },
+          );
+        }
+        try {
+          const p = await call(c.updatePolicy(name, doc as never));
+          if (o.json) return printJson(p);
+          out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+        } catch (e) {
+          keep = true;
+          process.stderr.write(`your edit is kept in ${file}\n`);
+          throw e;
+        }
+      } finally {
+        if (!keep) rmSync(dir, { recursive: true, force: true });
+      }
     });
   policy
     .command("delete")

@@ -13,7 +13,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import { StrataError } from "@strata/core";
-import type { CvdHistory, ReinstallReport, StrataClient, Task } from "@strata/protocol";
+import type { CvdBrowse, CvdHistory, ReinstallReport, StrataClient, Task } from "@strata/protocol";
 import type { Command } from "commander";
 import { formatBytes, isTTY, printJson } from "../output.js";
 import { call, client, loginOf, type Opts, table } from "./server.js";
@@ -192,6 +192,47 @@ function historyText(h: CvdHistory): string {
   );
 }
 
+/** `ls -l`-like: type and mode, owner, size, time, name (→ target). */
+function browseText(b: CvdBrowse): string {
+  const head = `${b.path} in snapshot ${b.snapshot.id.slice(0, 12)} (${b.snapshot.time}) of ${b.cvd}: ${b.total} entr${b.total === 1 ? "y" : "ies"}\n`;
+  if (!b.entries.length) return head;
+  const letter: Record<string, string> = {
+    dir: "d",
+    symlink: "l",
+    fifo: "p",
+    socket: "s",
+    chardev: "c",
+    blockdev: "b",
+  };
+  const perms = (m: number) =>
+    [6, 3, 0]
+      .map((s, i) => {
+        const r = m & (4 << s) ? "r" : "-";
+        const w = m & (2 << s) ? "w" : "-";
+        const x = m & (1 << s);
+        const special = m & (0o4000 >> i);
+        const xs =
+          i === 2 ? (special ? (x ? "t" : "T") : x ? "x" : "-") : special ? (x ? "s" : "S") : x ? "x" : "-";
+        return r + w + xs;
+      })
+      .join("");
+  return (
+    head +
+    table([
+      ["MODE", "UID", "GID", "SIZE", "MODIFIED", "NAME"],
+      ...b.entries.map((e) => [
+        (letter[e.type] ?? "-") + perms(e.mode),
+        String(e.uid),
+        String(e.gid),
+        e.type === "file" ? formatBytes(e.size) : "-",
+        e.mtime ?? "?",
+        e.name + (e.target !== undefined ? ` -> ${e.target}` : "") + (e.type === "dir" ? "/" : ""),
+      ]),
+    ]) +
+    (b.truncated ? `first ${b.entries.length} of ${b.total} shown: raise --limit (at most 10000)\n` : "")
+  );
+}
+
 /** The newest snapshot at or before `at` (an ISO time or a date), for `--at`. */
 async function snapshotAt(c: StrataClient, cvd: string, at: string): Promise<string> {
   const t = new Date(at);
@@ -282,6 +323,27 @@ export function registerRestoreCommands(program: Command): void {
       );
       if (o.json) return printJson(h);
       out(historyText(h));
+    });
+
+  cvd
+    .command("browse")
+    .description("list a folder of one of the CVD's snapshots (names, types, modes, owners, sizes, times)")
+    .argument("<cvd>", "CVD id (cvd_…)")
+    .argument("<snapshot>", "latest, a snapshot id or a unique prefix (see `strata cvd snapshots CVD`)")
+    .argument("[path]", "absolute folder path in the snapshot", "/")
+    .option("--limit <n>", "entries shown, in name order (default 1000, at most 10000)")
+    .action(async (id: string, snapshot: string, p: string, _o, cmd: Command) => {
+      const o = opts(cmd);
+      const limit = o.limit === undefined ? undefined : Number(o.limit);
+      if (limit !== undefined && !(Number.isInteger(limit) && limit >= 1 && limit <= 10_000))
+        throw new StrataError("INVALID_ARGUMENT", `--limit ${String(o.limit)} is not 1-10000`);
+      if (!p.startsWith("/"))
+        throw new StrataError("INVALID_ARGUMENT", `${p} is not an absolute path`, {
+          hint: `e.g. /${p}`,
+        });
+      const b = await call(client(o).cvdBrowse(id, { snapshot, path: p, ...(limit ? { limit } : {}) }));
+      if (o.json) return printJson(b);
+      out(browseText(b));
     });
 
   cvd

@@ -25,6 +25,9 @@ import {
   type TreeId,
 } from "@strata/core";
 import {
+  type BrowseEntry,
+  type BrowseQuery,
+  type CvdBrowse,
   type CvdHistory,
   type HistoryEntry,
   type HistoryQuery,
@@ -685,6 +688,49 @@ export class RestoreService {
    * (newest first) with the snapshots holding it. Trees are cached by id
    * while walking: snapshots share most of them.
    */
+  /**
+   * The entries of one folder of one of the CVD's snapshots (`latest`, an id
+   * or prefix, or the newest at or before `at`), in name order, at most
+   * `limit`. Nothing is opened or counted: it reads trees only.
+   */
+  async browse(cvdId: string, q: BrowseQuery): Promise<CvdBrowse> {
+    const segs = parseSnapshotPath(q?.path ?? "/");
+    if (q.at !== undefined && q.snapshot !== undefined)
+      throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
+    const snap =
+      q.at !== undefined ? await this.snapshotAt(cvdId, q.at) : await this.resolveSnapshot(cvdId, q.snapshot);
+    const limit = Math.min(Math.max(Number(q.limit ?? 1000) || 1000, 1), 10_000);
+    let tree = snap.tree as TreeId;
+    for (const [i, seg] of segs.entries()) {
+      const n = (await this.repo.loadTree(tree)).find((x) => x.name.equals(seg));
+      const at = shownPath(segs.slice(0, i + 1));
+      if (!n)
+        throw new StrataError("NOT_FOUND", `snapshot ${snap.id.slice(0, 16)} of CVD ${cvdId} has no ${at}`, {
+          subject: at,
+          hint: "browse its parent folder, or find when it existed with `strata cvd history CVD PARENT`",
+        });
+      if (n.type !== "dir" || !n.subtree)
+        throw new StrataError(
+          "INVALID_ARGUMENT",
+          `${at} is a ${n.type} in snapshot ${snap.id.slice(0, 16)}, not a folder`,
+          {
+            subject: at,
+            hint: "restore it with `strata cvd restore-file CVD PATH --to DIR`",
+          },
+        );
+      tree = n.subtree;
+    }
+    const nodes = await this.repo.loadTree(tree);
+    return {
+      cvd: cvdId,
+      snapshot: { id: snap.id, time: snap.time.toISOString() },
+      path: shownPath(segs),
+      entries: nodes.slice(0, limit).map(browseEntry),
+      total: nodes.length,
+      truncated: nodes.length > limit,
+    };
+  }
+
   async history(cvdId: string, q: HistoryQuery): Promise<CvdHistory> {
     const segs = parseSnapshotPath(q?.path);
     const limit = Math.min(Math.max(Number(q.limit ?? 50) || 50, 1), this.limits.maxHistorySnapshots);
@@ -761,6 +807,21 @@ export class RestoreService {
       next: end < all.length && page.length ? page[page.length - 1]!.id : null,
     };
   }
+}
+
+/** One folder of one snapshot, for `GET /cvds/:cvd/browse` (see RestoreService.browse). */
+function browseEntry(n: FsNode): BrowseEntry {
+  return {
+    name: n.name.toString("utf8"),
+    nameB64: n.name.toString("base64"),
+    type: n.type,
+    size: n.type === "file" ? n.size : 0,
+    mode: n.mode,
+    uid: n.uid,
+    gid: n.gid,
+    mtime: nsToIso(n.mtimeNs),
+    ...(n.type === "symlink" && n.target ? { target: n.target.toString("utf8") } : {}),
+  };
 }
 
 function nsToIso(ns: bigint): string | null {

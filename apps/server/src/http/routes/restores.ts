@@ -1,6 +1,7 @@
 import { StrataError } from "@strata/core";
 import {
   API_PREFIX,
+  type BrowseQuery,
   type HistoryQuery,
   type OpenRestoreRequest,
   type RecoverRequest,
@@ -124,6 +125,17 @@ export const restoreRoutes: RouteDef[] = [
     status: 204,
     response: null,
     handler: (ctx) => restores(ctx).close(actorOf(ctx), ctx.params.session),
+  }),
+  route<unknown, Cvd, BrowseQuery>({
+    method: "GET",
+    url: `${API_PREFIX}/cvds/:cvd/browse`,
+    access: { permission: "cvd.browse" },
+    summary: "List one folder of one of the CVD's snapshots (latest, an id or prefix, or at a time)",
+    tag: "cvds",
+    params: "CvdParams",
+    query: "BrowseQuery",
+    response: "CvdBrowse",
+    handler: async (ctx) => restores(ctx).browse(await existingCvd(ctx, ctx.params.cvd), ctx.query ?? {}),
   }),
   route<unknown, Cvd, HistoryQuery>({
     method: "GET",
