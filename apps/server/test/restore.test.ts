@@ -631,7 +631,7 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       // Errors name the path and say what to do.
       const missing = await get("path=/home/alice/nowhere");
       expect(missing.statusCode).toBe(404);
-      expect(missing.json().error.message).toMatch(/has no \/home\/alice\/nowhere/);
+      expect(missing.json().error.message).toMatch(/\/home\/alice\/nowhere is not in snapshot [0-9a-f]{12}/);
       const file = await get("path=/home/alice/docs/a.txt");
       expect(file.statusCode).toBe(400);
       expect(file.json().error.message).toMatch(/is a file .* not a folder/);

@@ -204,6 +204,13 @@ export class RestoreService {
     return pickSnapshot(newestFirst(await this.snapshotsOf(cvdId)), ref, cvdId);
   }
 
+  /** `snapshot` (`latest` by default, an id or a unique prefix) or `at`, not both. */
+  private chosenSnapshot(cvdId: string, q: { snapshot?: string; at?: string }): Promise<SnapshotRecord> {
+    if (q.at !== undefined && q.snapshot !== undefined)
+      throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
+    return q.at !== undefined ? this.snapshotAt(cvdId, q.at) : this.resolveSnapshot(cvdId, q.snapshot);
+  }
+
   /** The CVD's newest snapshot taken at or before `at`. */
   async snapshotAt(cvdId: string, at: string): Promise<SnapshotRecord> {
     const t = new Date(at);
@@ -293,13 +300,7 @@ export class RestoreService {
   async open(actor: RestoreActor, cvdId: string, body: OpenRestoreRequest): Promise<RestoreSessionInfo> {
     const b = body ?? {};
     const segs = b.path === undefined ? [] : parseSnapshotPath(b.path);
-    if (b.at !== undefined && b.snapshot !== undefined)
-      throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
-    const snap = b.image
-      ? await this.imageSnapshot(actor, cvdId, b)
-      : b.at !== undefined
-        ? await this.snapshotAt(cvdId, b.at)
-        : await this.resolveSnapshot(cvdId, b.snapshot);
+    const snap = b.image ? await this.imageSnapshot(actor, cvdId, b) : await this.chosenSnapshot(cvdId, b);
     await this.expireStale().catch(() => {
       // Expiry runs again at the next open and on the server's timer.
     });
@@ -684,42 +685,21 @@ export class RestoreService {
   }
 
   /**
-   * For the folder `path`, every entry across a page of the CVD's snapshots
-   * (newest first) with the snapshots holding it. Trees are cached by id
-   * while walking: snapshots share most of them.
-   */
-  /**
    * The entries of one folder of one of the CVD's snapshots (`latest`, an id
    * or prefix, or the newest at or before `at`), in name order, at most
    * `limit`. Nothing is opened or counted: it reads trees only.
    */
   async browse(cvdId: string, q: BrowseQuery): Promise<CvdBrowse> {
     const segs = parseSnapshotPath(q?.path ?? "/");
-    if (q.at !== undefined && q.snapshot !== undefined)
-      throw new StrataError("INVALID_ARGUMENT", "give snapshot or at, not both");
-    const snap =
-      q.at !== undefined ? await this.snapshotAt(cvdId, q.at) : await this.resolveSnapshot(cvdId, q.snapshot);
+    const snap = await this.chosenSnapshot(cvdId, q);
     const limit = Math.min(Math.max(Number(q.limit ?? 1000) || 1000, 1), 10_000);
-    let tree = snap.tree as TreeId;
-    for (const [i, seg] of segs.entries()) {
-      const n = (await this.repo.loadTree(tree)).find((x) => x.name.equals(seg));
-      const at = shownPath(segs.slice(0, i + 1));
-      if (!n)
-        throw new StrataError("NOT_FOUND", `snapshot ${snap.id.slice(0, 16)} of CVD ${cvdId} has no ${at}`, {
-          subject: at,
-          hint: "browse its parent folder, or find when it existed with `strata cvd history CVD PARENT`",
-        });
-      if (n.type !== "dir" || !n.subtree)
-        throw new StrataError(
-          "INVALID_ARGUMENT",
-          `${at} is a ${n.type} in snapshot ${snap.id.slice(0, 16)}, not a folder`,
-          {
-            subject: at,
-            hint: "restore it with `strata cvd restore-file CVD PATH --to DIR`",
-          },
-        );
-      tree = n.subtree;
-    }
+    const { tree, node } = await this.walkPath(snap.tree as TreeId, segs, snap.id);
+    if (node)
+      throw new StrataError(
+        "INVALID_ARGUMENT",
+        `${shownPath(segs)} is a ${node.type} in snapshot ${snap.id.slice(0, 12)}, not a folder`,
+        { subject: shownPath(segs), hint: "restore it with `strata cvd restore-file CVD PATH --to DIR`" },
+      );
     const nodes = await this.repo.loadTree(tree);
     return {
       cvd: cvdId,
@@ -731,6 +711,11 @@ export class RestoreService {
     };
   }
 
+  /**
+   * For the folder `path`, every entry across a page of the CVD's snapshots
+   * (newest first) with the snapshots holding it. Trees are cached by id
+   * while walking: snapshots share most of them.
+   */
   async history(cvdId: string, q: HistoryQuery): Promise<CvdHistory> {
     const segs = parseSnapshotPath(q?.path);
     const limit = Math.min(Math.max(Number(q.limit ?? 50) || 50, 1), this.limits.maxHistorySnapshots);
