@@ -46,6 +46,13 @@ function positiveInt(s: string): number {
   return n;
 }
 
+/** `policy update` and `policy edit`: save DOC as NAME's next version and say so. */
+async function savePolicy(o: Opts, name: string, doc: unknown): Promise<void> {
+  const p = await call(client(o).updatePolicy(name, doc));
+  if (o.json) printJson(p);
+  else out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+}
+
 export function readJsonFile(file: string): unknown {
   let text: string;
   try {
@@ -521,9 +528,7 @@ export function registerFleetCommands(program: Command): void {
     .requiredOption("--file <file>", "JSON file (- for stdin)")
     .action(async (name: string, _o, cmd: Command) => {
       const o = opts(cmd);
-      const p = await call(client(o).updatePolicy(name, readJsonFile(String(o.file))));
-      if (o.json) return printJson(p);
-      out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+      await savePolicy(o, name, readJsonFile(String(o.file)));
     });
   policy
     .command("edit")
@@ -541,15 +546,9 @@ export function registerFleetCommands(program: Command): void {
     )
     .action(async (name: string, _o, cmd: Command) => {
       const o = opts(cmd);
-      const c = client(o);
-      if (o.file !== undefined) {
-        const p = await call(c.updatePolicy(name, readJsonFile(String(o.file))));
-        if (o.json) return printJson(p);
-        out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
-        return;
-      }
+      if (o.file !== undefined) return savePolicy(o, name, readJsonFile(String(o.file)));
       const editor = process.env.VISUAL || process.env.EDITOR || "vi";
-      const before = await call(c.exportPolicy(name));
+      const before = await call(client(o).exportPolicy(name));
       const dir = mkdtempSync(path.join(tmpdir(), "strata-policy-"));
       const file = path.join(dir, `${name.replace(/[^A-Za-z0-9._-]/g, "_")}.json`);
       writeFileSync(file, before, { mode: 0o600 });
@@ -586,9 +585,7 @@ export function registerFleetCommands(program: Command): void {
           );
         }
         try {
-          const p = await call(c.updatePolicy(name, doc as never));
-          if (o.json) return printJson(p);
-          out(`updated policy ${p.name} to version ${p.version}; agents pick it up at their next check-in\n`);
+          await savePolicy(o, name, doc);
         } catch (e) {
           keep = true;
           process.stderr.write(`your edit is kept in ${file}\n`);
