@@ -443,6 +443,9 @@ type StepResult = { ok: boolean; output: string; skipped?: true };
 /** A trigger not run because the root lacks its tool: reported, not failed. */
 const skipped = (output: string): StepResult => ({ ok: true, output, skipped: true });
 
+/** Kernel versions as /boot names them (no path separators, not `.` or `..`). */
+const kernelName = (v: string) => v.length > 0 && !v.includes("/") && v !== "." && v !== "..";
+
 /** The kernel versions with a module tree in the root (/lib/modules/VER or /usr/lib/modules/VER). */
 export function rootModuleTrees(root: string): string[] {
   const out = new Set<string>();
@@ -470,7 +473,7 @@ export async function runDepmod(root: string, ctx: TriggerContext): Promise<Step
   const versions = new Set(t.kernels);
   if (t.all) for (const v of rootModuleTrees(root)) versions.add(v);
   const present = [...versions]
-    .filter((v) => v && !v.includes("/") && v !== "." && v !== "..")
+    .filter(kernelName)
     .filter((v) => existsIn(root, `/lib/modules/${v}`) || existsIn(root, `/usr/lib/modules/${v}`))
     .sort();
   if (!present.length) return null;
@@ -660,7 +663,7 @@ export async function runInitramfs(
   if (t.all) for (const v of rootKernels(root)) versions.add(v);
   const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
   if (!bin) {
-    const named = [...versions].filter((v) => v && !v.includes("/") && existsIn(root, `/boot/vmlinuz-${v}`));
+    const named = [...versions].filter((v) => kernelName(v) && existsIn(root, `/boot/vmlinuz-${v}`));
     return named.length
       ? skipped(
           `update-initramfs is not installed in the root (initramfs-tools): not run for ${named.sort().join(", ")}`,
@@ -680,7 +683,7 @@ export async function runInitramfs(
   let created = false;
   const output: string[] = [];
   for (const v of [...versions].sort()) {
-    if (!v || v.includes("/") || !existsIn(root, `/boot/vmlinuz-${v}`)) continue;
+    if (!kernelName(v) || !existsIn(root, `/boot/vmlinuz-${v}`)) continue;
     const has = existsIn(root, `/boot/initrd.img-${v}`);
     if (has && done.has(v)) continue;
     ran = true;
@@ -780,9 +783,6 @@ export function kernelHooks(root: string, dir: string): string[] {
   }
   return out.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
 }
-
-/** Kernel versions as /boot names them (no path separators, not `.` or `..`). */
-const kernelName = (v: string) => v.length > 0 && !v.includes("/") && v !== "." && v !== "..";
 
 /** The kernels the apply added or removed (`kernelsBefore` against /boot now); null without `kernelsBefore`. */
 function kernelChanges(root: string, ctx: TriggerContext): { added: string[]; removed: string[] } | null {
