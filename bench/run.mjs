@@ -17,6 +17,8 @@
 //   verify   1                    compare every restore with the source (rsync -c, untimed)
 //   study    1                    run the chunk-size study on data set A
 //   keep     0                    keep repositories and data after the run
+//   init     (none)               extra `strata repo init` arguments, space-separated
+//            (e.g. "--chunk-avg 131072"), to measure other repository parameters
 //   mirror   (from apt's sources) Debian mirror for debootstrap
 //   strata   head                 "head": benchmark a private build of the committed HEAD
 //            (git archive into bench/out/strata-<sha>, node_modules linked, tsc -b), so
@@ -55,6 +57,7 @@ const DEBIAN = opt("debian", DEFAULT_DEBIAN);
 const VERIFY = opt("verify", "1") !== "0";
 const STUDY = opt("study", "1") !== "0";
 const KEEP = opt("keep", "0") !== "0";
+const INIT_ARGS = opt("init", "").split(" ").filter(Boolean);
 const PASSWORD = "bench-password";
 const STRATA_MODE = opt("strata", "head");
 let STRATA_BIN = null; // set by prepareStrata()
@@ -77,7 +80,7 @@ function makeTools(set) {
       }),
       repo: () => dir("strata", "repos"),
       cache: () => dir("strata", "cache"),
-      init: () => ["node", STRATA_BIN, "repo", "init"],
+      init: () => ["node", STRATA_BIN, "repo", "init", ...INIT_ARGS],
       backup: (data) => ["node", STRATA_BIN, "backup", data, "--json"],
       restore: (target) => ({ argv: ["node", STRATA_BIN, "restore", "latest", "--target", target] }),
       check: () => ["node", STRATA_BIN, "check", "--read-data"],
