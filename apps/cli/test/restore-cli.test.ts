@@ -284,6 +284,78 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       expect(readFileSync(path.join(root, "home/alice/docs/report.odt")).equals(before)).toBe(true);
       // A full revert deletes what the snapshot lacks (the safety snapshot had it).
       expect(existsSync(path.join(root, "home/alice/docs/new.txt"))).toBe(false);
+      // Only a recover leaves idle priority (agent.md, "Priority").
+      expect(log).not.toContain("normal priority");
+    } finally {
+      agent.kill("SIGTERM");
+      await new Promise((r) => agent.once("close", r));
+    }
+  });
+
+  // Last: a recover gives the CVD to the new endpoint (the first one stops being its owner).
+  it("strata agent run of a replacement endpoint runs its recover at normal priority, then idle again", async () => {
+    const root2 = path.join(dir, "root2");
+    const state2 = path.join(dir, "state2");
+    mkdirSync(path.join(root2, "etc"), { recursive: true });
+    writeFileSync(path.join(root2, "etc/machine-id"), `${randomBytes(16).toString("hex")}\n`);
+    const tok = await ok("tokens", "create", "--json");
+    const e = await ok(
+      "agent",
+      "enroll",
+      "--server",
+      server.url,
+      "--token",
+      tok.token,
+      "--root",
+      root2,
+      "--state",
+      state2,
+      "--json",
+    );
+    const t = await ok(
+      "cvd",
+      "recover",
+      cvd,
+      "--endpoint",
+      e.endpointId,
+      "--snapshot",
+      snaps[0]!,
+      "--no-streaming",
+      "--json",
+    );
+    const agent = spawn(process.execPath, [BIN, "agent", "run", "--state", state2, "--json"], {
+      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "" },
+    });
+    let log = "";
+    agent.stderr.on("data", (d) => {
+      log += d;
+    });
+    try {
+      const done = await strata("task", "show", t.id, "--wait", "--json");
+      expect(done.code, `${done.stdout}\n${done.stderr}\n${log}`).toBe(0);
+      expect(JSON.parse(done.stdout)).toMatchObject({
+        state: "done",
+        kind: "recover",
+        result: { errors: 0 },
+      });
+      expect(readFileSync(path.join(root2, "home/alice/docs/draft.txt"), "utf8")).toBe("draft\n");
+      const lines = log
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { msg: string; threads?: number });
+      const msgs = lines.map((l) => l.msg);
+      const up = msgs.indexOf("recover runs at normal priority");
+      const starts = msgs.indexOf("task starts");
+      const back = msgs.indexOf("back to idle priority");
+      expect(up, log).toBeGreaterThanOrEqual(0);
+      expect(back, log).toBeGreaterThan(up);
+      expect(up).toBeGreaterThan(starts);
+      if (process.getuid?.() === 0) {
+        // Root may lower a nice value: every thread was raised, and every thread went back.
+        expect(lines[up]!.threads).toBeGreaterThan(0);
+        expect(lines[back]!.threads).toBeGreaterThan(0);
+        expect(log).not.toContain("cannot raise priority");
+      }
     } finally {
       agent.kill("SIGTERM");
       await new Promise((r) => agent.once("close", r));

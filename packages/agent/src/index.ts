@@ -58,6 +58,8 @@ export {
   type IoClass,
   type LowerPriorityResult,
   lowerPriority,
+  type RaisedPriority,
+  raisePriority,
   readPriorities,
 } from "./priority.js";
 export * from "./protect.js";

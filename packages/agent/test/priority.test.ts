@@ -46,3 +46,52 @@ describe("lowerPriority", () => {
     expect(out.processNice).toBe(19);
   });
 });
+
+describe.skipIf(process.getuid?.() !== 0)(
+  "raisePriority (root: lowering a nice value needs CAP_SYS_NICE)",
+  () => {
+    it("raises every thread out of idle (SCHED_IDLE too), new threads inherit it, restore() goes back to idle", () => {
+      const out = inChild(`
+      import { lowerPriority, raisePriority, readPriorities } from ${JSON.stringify(pathToFileURL(DIST).href)};
+      import { native } from "@strata/fs";
+      import { Worker } from "node:worker_threads";
+      import { pbkdf2 } from "node:crypto";
+      import { promisify } from "node:util";
+      await Promise.all([1, 2, 3, 4].map(() => promisify(pbkdf2)("pw", "salt", 1000, 32, "sha256")));
+      // As under systemd's CPUSchedulingPolicy=idle, then as \`strata agent run\` lowers itself.
+      native.schedSetAll(5);
+      lowerPriority();
+      const idle = readPriorities();
+      const raised = raisePriority();
+      const during = readPriorities();
+      // A thread started while raised (the restore's worker) inherits normal priority.
+      const w = new Worker("setInterval(() => {}, 1000)", { eval: true });
+      await new Promise((r) => w.once("online", r));
+      await new Promise((r) => setTimeout(r, 50));
+      const withWorker = readPriorities();
+      const back = raised.restore();
+      const after = readPriorities();
+      await w.terminate();
+      console.log(JSON.stringify({ idle, raised: { threads: raised.threads, errors: raised.errors }, during, withWorker, back, after }));
+    `) as {
+        idle: { nice: number; ioClass: string; schedIdle: boolean }[];
+        raised: { threads: number; errors: string[] };
+        during: { nice: number; ioClass: string; schedIdle: boolean }[];
+        withWorker: { tid: number; nice: number; ioClass: string; schedIdle: boolean }[];
+        back: { threads: number; errors: string[] };
+        after: { nice: number; ioClass: string; schedIdle: boolean }[];
+      };
+      expect(out.idle.every((t) => t.nice === 19 && t.ioClass === "idle" && t.schedIdle)).toBe(true);
+      expect(out.raised.errors).toEqual([]);
+      expect(out.during.length).toBeGreaterThanOrEqual(5);
+      expect(out.during.every((t) => t.nice === 0 && t.ioClass === "best-effort" && !t.schedIdle)).toBe(true);
+      expect(out.raised.threads).toBe(out.during.length);
+      expect(out.withWorker.length).toBeGreaterThan(out.during.length);
+      expect(out.withWorker.every((t) => t.nice === 0 && t.ioClass === "best-effort" && !t.schedIdle)).toBe(
+        true,
+      );
+      expect(out.back.errors).toEqual([]);
+      expect(out.after.every((t) => t.nice === 19 && t.ioClass === "idle" && t.schedIdle)).toBe(true);
+    });
+  },
+);

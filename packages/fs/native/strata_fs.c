@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -530,15 +531,13 @@ static napi_value js_seek_hole(napi_env env, napi_callback_info info) {
 }
 
 /*
- * Put every thread of this process in the idle I/O class. ioprio is per
- * thread and only inherited at creation, so setting it for the calling
- * thread alone would miss libuv's pool threads, which do the actual reads.
+ * Set raw I/O priority `prio` (class << 13 | data) for every thread of this
+ * process. ioprio is per thread and only inherited at creation, so setting
+ * it for the calling thread alone would miss libuv's pool threads, which do
+ * the actual reads. 0, or -1 with errno of the calling thread's failure.
  */
-static napi_value js_ioprio_idle(napi_env env, napi_callback_info info) {
-  (void)info;
-  int prio = STRATA_IOPRIO_CLASS_IDLE << STRATA_IOPRIO_CLASS_SHIFT;
-  if (syscall(SYS_ioprio_set, STRATA_IOPRIO_WHO_PROCESS, 0, prio) < 0)
-    return throw_errno(env, errno, "ioprio_set", NULL);
+static int ioprio_all(int prio) {
+  if (syscall(SYS_ioprio_set, STRATA_IOPRIO_WHO_PROCESS, 0, prio) < 0) return -1;
   DIR *d = opendir("/proc/self/task");
   if (d != NULL) {
     struct dirent *e;
@@ -546,6 +545,67 @@ static napi_value js_ioprio_idle(napi_env env, napi_callback_info info) {
       int tid = atoi(e->d_name);
       /* A thread may exit while we walk; that is not an error. */
       if (tid > 0) syscall(SYS_ioprio_set, STRATA_IOPRIO_WHO_PROCESS, tid, prio);
+    }
+    closedir(d);
+  }
+  return 0;
+}
+
+/* Put every thread of this process in the idle I/O class. */
+static napi_value js_ioprio_idle(napi_env env, napi_callback_info info) {
+  (void)info;
+  if (ioprio_all(STRATA_IOPRIO_CLASS_IDLE << STRATA_IOPRIO_CLASS_SHIFT) < 0)
+    return throw_errno(env, errno, "ioprio_set", NULL);
+  return NULL;
+}
+
+/*
+ * ioprioSet(prio): every thread of this process to raw I/O priority prio
+ * (class << 13 | data; e.g. best-effort level 4: 2 << 13 | 4). Only the
+ * real-time class needs privileges.
+ */
+static napi_value js_ioprio_set(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t prio;
+  if (napi_get_value_int32(env, argv[0], &prio) != napi_ok) return throw_type(env, "prio must be a number");
+  if (ioprio_all(prio) < 0) return throw_errno(env, errno, "ioprio_set", NULL);
+  return NULL;
+}
+
+/* schedPolicy(tid): the scheduling policy of thread `tid` (0: the caller), as sched_getscheduler(2). */
+static napi_value js_sched_policy(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t tid;
+  if (napi_get_value_int32(env, argv[0], &tid) != napi_ok) return throw_type(env, "tid must be a number");
+  int r = sched_getscheduler(tid);
+  if (r < 0) return throw_errno(env, errno, "sched_getscheduler", NULL);
+  napi_value out;
+  CHECK(napi_create_int32(env, r, &out));
+  return out;
+}
+
+/*
+ * schedSetAll(policy): every thread of this process to SCHED_OTHER (0) or
+ * SCHED_IDLE (5), static priority 0. systemd's CPUSchedulingPolicy=idle
+ * puts the agent in SCHED_IDLE, where nice has no effect. Throws when the
+ * calling thread cannot be changed; other threads are best effort.
+ */
+static napi_value js_sched_set_all(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t policy;
+  if (napi_get_value_int32(env, argv[0], &policy) != napi_ok) return throw_type(env, "policy must be a number");
+  if (policy != SCHED_OTHER && policy != SCHED_IDLE) return throw_type(env, "policy must be SCHED_OTHER or SCHED_IDLE");
+  struct sched_param sp = {0};
+  if (sched_setscheduler(0, policy, &sp) < 0) return throw_errno(env, errno, "sched_setscheduler", NULL);
+  DIR *d = opendir("/proc/self/task");
+  if (d != NULL) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      int tid = atoi(e->d_name);
+      if (tid > 0) sched_setscheduler(tid, policy, &sp);
     }
     closedir(d);
   }
@@ -653,6 +713,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioprioIdle", NULL, js_ioprio_idle, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioprioGet", NULL, js_ioprio_get, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ioprioSet", NULL, js_ioprio_set, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"schedPolicy", NULL, js_sched_policy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"schedSetAll", NULL, js_sched_set_all, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseDontneed", NULL, js_fadvise_dontneed, NULL, NULL, NULL, napi_enumerable, NULL},
       {"peerCred", NULL, js_peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
       {"syncfs", NULL, js_syncfs, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -25,6 +25,12 @@ export interface NativeFs {
   ioprioIdle(): void;
   /** Raw ioprio of thread `tid` (0: the caller): class << 13 | data. */
   ioprioGet(tid: number): number;
+  /** Every thread of the process to raw ioprio `prio` (class << 13 | data). */
+  ioprioSet(prio: number): void;
+  /** Scheduling policy of thread `tid` (0: the caller): 0 SCHED_OTHER, 5 SCHED_IDLE, … */
+  schedPolicy(tid: number): number;
+  /** Every thread of the process to SCHED_OTHER (0) or SCHED_IDLE (5). */
+  schedSetAll(policy: number): void;
   fadviseDontneed(fd: number, offset: number, len: number): void;
   /** SO_PEERCRED of a connected Unix socket: who is at the other end. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };

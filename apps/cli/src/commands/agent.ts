@@ -190,6 +190,13 @@ async function serverHooks(ctx: {
         };
       }
       const { runRestoreTask } = await import("../restore-task.js");
+      // A recover is an administrator bringing this machine back: it does not yield the machine
+      // to its (absent) user. Normal priority for the task, idle again after it (agent.md, "Priority").
+      const raised = task.kind === "recover" ? a.raisePriority() : null;
+      if (raised) {
+        for (const err of raised.errors) ctx.logger.warn({ err }, "cannot raise priority for the recover");
+        ctx.logger.info({ threads: raised.threads }, "recover runs at normal priority");
+      }
       try {
         // The safety upload's file cache vouches for the files it just read (vouch.ts).
         const safety: SafetyUpload = async (signal, pace, onProgress, kind) => {
@@ -208,6 +215,11 @@ async function serverHooks(ctx: {
         };
       } finally {
         current = null;
+        if (raised) {
+          const back = raised.restore();
+          for (const err of back.errors) ctx.logger.warn({ err }, "cannot lower priority after the recover");
+          ctx.logger.info({ threads: back.threads }, "back to idle priority");
+        }
       }
     },
     // A restore or an apply staged for this start reaches the disk, then what the apply must run after it.
