@@ -118,6 +118,16 @@ if (WHAT === "file") {
   const [u, s, m] = r.stderr.trim().split("\n").pop().split(" ").map(Number);
   res.cpuS = +(u + s).toFixed(2);
   res.rssMB = Math.round(m / 1024);
+  res.status = r.status;
+  try {
+    const out = JSON.parse(r.stdout);
+    res.files = out.files;
+    res.errors = out.errors?.length;
+    if (out.errors?.length) res.firstError = out.errors[0];
+  } catch {
+    res.stdout = r.stdout.slice(-2000);
+    res.stderr = r.stderr.slice(0, 3000);
+  }
   rmSync(to, { recursive: true, force: true });
 } else {
   const root = path.join(OUT, "again", `e-${n}`);
