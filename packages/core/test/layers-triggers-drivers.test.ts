@@ -176,6 +176,26 @@ describe("triggersFor", () => {
       expect(derived(p), p).toBe(false);
   });
 
+  it("keeps the default kernel links out of layers (linux-update-symlinks makes the endpoint's), not the kernels", () => {
+    const derived = ruleMatcher(ENDPOINT_DERIVED_RULES);
+    for (const p of [
+      "/vmlinuz",
+      "/vmlinuz.old",
+      "/initrd.img",
+      "/initrd.img.old",
+      "/boot/vmlinuz",
+      "/boot/initrd.img.old",
+    ])
+      expect(derived(p), p).toBe(true);
+    for (const p of [
+      "/boot/vmlinuz-6.1.0-13-amd64",
+      "/vmlinuz.d",
+      "/boot/initrd.img.bak",
+      "/boot/grub/vmlinuz",
+    ])
+      expect(derived(p), p).toBe(false);
+  });
+
   it("returns both, in a fixed order, from any iterable", () => {
     function* paths() {
       yield "/lib/systemd/system/a.service";

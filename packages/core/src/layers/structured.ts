@@ -63,7 +63,7 @@ export const IDENTITY_RULES: readonly Rule[] = freeze([
  * package's own modules.order, modules.builtin and modules.builtin.modinfo
  * are not among them: they are the kernel's, and depmod reads them.
  */
-const DEPMOD_OUTPUTS = [
+export const DEPMOD_OUTPUTS: readonly string[] = [
   "modules.*.bin",
   "modules.dep",
   "modules.alias",
@@ -74,6 +74,15 @@ const DEPMOD_OUTPUTS = [
 ];
 
 /**
+ * The default kernel links linux-base's `linux-update-symlinks` keeps
+ * (image_dest `/`, or `/boot` with `link_in_boot`; `vmlinux` where the
+ * architecture's image is named so).
+ */
+export const KERNEL_LINKS: readonly string[] = ["/", "/boot/"].flatMap((d) =>
+  ["vmlinuz", "vmlinuz.old", "vmlinux", "vmlinux.old", "initrd.img", "initrd.img.old"].map((n) => `${d}${n}`),
+);
+
+/**
  * What each endpoint derives itself, after an apply, by a trigger
  * (docs/design/layers.md, "Triggers"): never in a layer tree, never written
  * or deleted by an apply. The initramfs images (built on the reference, they
@@ -82,12 +91,16 @@ const DEPMOD_OUTPUTS = [
  * /etc/alternatives (layers record alternatives in their manifest and
  * `update-alternatives` registers them, keeping the endpoint's choices).
  * And the index `depmod` writes for each kernel's modules (its own
- * modules and DKMS's may differ from the reference's). Part of both the
+ * modules and DKMS's may differ from the reference's), and the default
+ * kernel links (`KERNEL_LINKS`: /vmlinuz, /initrd.img and their `.old`,
+ * also in /boot) that `linux-update-symlinks` points at the endpoint's
+ * own newest kernels when a kernel comes or goes. Part of both the
  * capture-noise and the base-capture rules; a base capture drops them even
  * when the administrator's rules do not name them.
  */
 export const ENDPOINT_DERIVED_RULES: readonly Rule[] = freeze([
   { dir: "/boot", pattern: "initrd.img-*" },
+  ...KERNEL_LINKS.map((dir) => ({ dir })),
   { dir: "/var/lib/dpkg/alternatives" },
   { dir: "/etc/alternatives" },
   ...["/lib/modules/*", "/usr/lib/modules/*"].flatMap((dir) =>
