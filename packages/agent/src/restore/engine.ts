@@ -40,7 +40,14 @@ import {
 } from "./plan.js";
 import { SeedReader } from "./seed.js";
 import type { RestoreSource, TreeRef } from "./source.js";
-import type { PendingOutcome, RestoreOptions, RestoreProgress, RestoreResult, RestoreStep } from "./types.js";
+import type {
+  PendingOutcome,
+  RestoreOptions,
+  RestoreProgress,
+  RestoreResult,
+  RestoreStep,
+  StagedOp,
+} from "./types.js";
 
 /** A restore in progress (docs/design/restore.md, "The engine"). */
 export interface RestoreRun {
@@ -522,6 +529,23 @@ class Engine {
     const b = this.newBatchState(budget, deferredList);
     const pending = nodePath.join(this.idDir, "journal.pending");
     b.journal = new JournalWriter(pending);
+    const layer = this.opts.kind === "layer" ? this.opts.layer : undefined;
+    const watched: StagedOp[] = [];
+    const watch = layer?.beforeCommit ? layer.watch : undefined;
+    if (watch) {
+      b.journal.observer = (op) => {
+        if (op.op === "meta") return;
+        const rel = Buffer.from(op.pathB64, "base64");
+        const abs = Buffer.concat([Buffer.from("/"), rel]);
+        if (!watch(abs)) return;
+        const w = this.env.work.list[op.work];
+        watched.push(
+          op.op === "put" && w
+            ? { op: "put", path: abs, staged: Buffer.concat([w.path, Buffer.from(`/stage/${op.stage}`)]) }
+            : { op: op.op, path: abs },
+        );
+      };
+    }
     const planner = new Planner(this.env, b, select);
     let committed = false;
     try {
@@ -547,6 +571,12 @@ class Engine {
         if (b.syncs.viaSyncfs) native.syncfs(w.path);
         fsyncPath(Buffer.concat([w.path, Buffer.from("/stage")]));
         fsyncPath(w.path);
+      }
+      if (layer?.beforeCommit) {
+        // The last point where the root is the old state (layers.md, "Kernel hooks before the commit").
+        this.opts.signal?.throwIfAborted();
+        await layer.beforeCommit(watched);
+        this.opts.signal?.throwIfAborted();
       }
       this.step("commit");
       b.journal.commit(nodePath.join(this.idDir, "journal"), this.idDir);

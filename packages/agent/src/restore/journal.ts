@@ -76,12 +76,15 @@ export class JournalWriter {
   private bytes = 0;
   /** Operations written so far. */
   count = 0;
+  /** Told every operation as it is added (kind `layer`'s watched paths). */
+  observer: ((op: JournalOp) => void) | null = null;
 
   constructor(readonly pendingPath: string) {
     this.fd = openSync(pendingPath, "w", 0o600);
   }
 
   add(op: JournalOp): void {
+    this.observer?.(op);
     const line = `${JSON.stringify(op)}\n`;
     this.buf.push(line);
     this.bytes += line.length;

@@ -29,6 +29,29 @@ export interface LayerRestoreOptions {
    * file's (mtime now), else 0644 root:root; equal content is left alone.
    */
   literals?: Map<string, Buffer>;
+  /**
+   * Paths (absolute, bytes) whose staged `put` and `del` operations
+   * `beforeCommit` is told (docs/design/layers.md, "Kernel hooks before the
+   * commit"): the agent watches /boot and the kernel images in it.
+   */
+  watch?: (snapPath: Buffer) => boolean;
+  /**
+   * Called once everything is staged and durable, right before the commit
+   * (also with `deferApply`), with the watched operations in journal order;
+   * not called when the apply changes nothing. The root is still the old
+   * state. A throw aborts the apply: nothing is committed, the stage goes,
+   * and the run rejects with that error.
+   */
+  beforeCommit?: (ops: StagedOp[]) => Promise<void>;
+}
+
+/** A staged operation on a watched path (`LayerRestoreOptions.watch`). */
+export interface StagedOp {
+  op: "put" | "del";
+  /** Absolute path in the root, bytes. */
+  path: Buffer;
+  /** `put`: the staged entry (host path) that the commit renames into place; a directory holds what it will hold. */
+  staged?: Buffer;
 }
 
 export interface RestoreProgress {
