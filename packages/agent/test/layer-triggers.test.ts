@@ -610,8 +610,13 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
         ["update-initramfs", true, false],
         ["update-grub", true, false],
       ]);
+      // The default links point at the new kernel first (Strata's linux-update-symlinks: the root has no linux-base).
       expect(runs[1]!.output.split("\n")).toEqual([
-        `/etc/kernel/postinst.d/a-fails ${v} ${img} failed: cannot build for ${v}`,
+        `I: /vmlinuz.old is now a symlink to boot/vmlinuz-${old}`,
+        `I: /initrd.img.old is now a symlink to boot/initrd.img-${old}`,
+        `I: /vmlinuz is now a symlink to boot/vmlinuz-${v}`,
+        `I: /initrd.img is now a symlink to boot/initrd.img-${v}`,
+        `/etc/kernel/postinst.d/a-fails ${v} ${img} failed (exit 3): cannot build for ${v}`,
         `/etc/kernel/postinst.d/dkms ${v} ${img}`,
         `/etc/kernel/postinst.d/linked ${v} ${img}`,
       ]);
@@ -651,7 +656,11 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
         {
           trigger: "kernel-postrm",
           ok: true,
-          output: `/etc/kernel/postrm.d/strata-rm ${v} /boot/vmlinuz-${v}`,
+          output: [
+            `I: /vmlinuz is now a symlink to boot/vmlinuz-${old}`,
+            `I: /initrd.img is now a symlink to boot/initrd.img-${old}`,
+            `/etc/kernel/postrm.d/strata-rm ${v} /boot/vmlinuz-${v}`,
+          ].join("\n"),
         },
         { trigger: "update-grub", ok: true, output: "" },
       ]);
@@ -670,12 +679,18 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
       expect(runs[0]).toEqual({
         trigger: "kernel-postrm",
         ok: true,
-        output: `/boot/initrd.img-${w} deleted (no initramfs-tools in the root)\n/etc/kernel/postrm.d/strata-rm ${w} /boot/vmlinuz-${w}`,
+        output: [
+          `/boot/initrd.img-${w} deleted (no initramfs-tools in the root)`,
+          `/etc/kernel/postrm.d/strata-rm ${w} /boot/vmlinuz-${w}`,
+          // Its modules stay (this apply did not remove them): depmod's files would go, the directory stays.
+          `/lib/modules/${w} kept: it holds files no layer removed (kernel)`,
+        ].join("\n"),
       });
       expect(order()).toEqual([`strata-rm ${w} /boot/vmlinuz-${w} remove`, "update-grub"]);
 
       // No initramfs and no hook but Strata's own: a note, nothing run.
       rmSync(path.join(root, "etc/kernel/postrm.d/strata-rm"));
+      rmSync(path.join(root, `usr/lib/modules/${w}`), { recursive: true });
       put(root, `boot/vmlinuz-${w}`, "kernel\n");
       const prep2 = prepareLayerApply(plan({}, { removals: [`/boot/vmlinuz-${w}`] }), root, { space: null });
       rmSync(path.join(root, `boot/vmlinuz-${w}`));
@@ -694,6 +709,8 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
       mkdirSync(st);
       // Only the hooks Strata runs itself: a new kernel gets a note.
       for (const n of ["dkms", "a-fails", "linked"]) rmSync(path.join(root, "etc/kernel/postinst.d", n));
+      // And no default links wanted (kernel-img.conf(5)): nothing else to do.
+      put(root, "etc/kernel-img.conf", "# the endpoint's\ndo_symlinks = no\n");
       const up = [`/boot/vmlinuz-${u}`];
       const m = { triggers: triggersFor(up), initramfs: initramfsTargets(up)! };
       const first = prepareLayerApply(plan(m), root, { space: null });
@@ -723,6 +740,7 @@ describe.skipIf(reason !== undefined)(`triggers on a Debian root (${reason ?? "c
         { trigger: "update-grub", ok: true, output: "" },
       ]);
       expect(order()).toEqual(["update-grub"]);
+      rmSync(path.join(root, "etc/kernel-img.conf"));
     });
   });
 });

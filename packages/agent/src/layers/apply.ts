@@ -6,12 +6,25 @@
  * predicate the engine deletes by, and afterwards run the triggers the
  * layers recorded (ldconfig, update-alternatives, a removed kernel's
  * initramfs and postrm.d hooks, depmod, a new kernel's postinst.d hooks,
- * update-initramfs, update-grub, systemd daemon-reload). The engine
+ * update-initramfs, update-grub, systemd daemon-reload) — and, right
+ * before the engine commits, the prerm.d and preinst.d hooks of a kernel
+ * the commit removes or adds (`kernelPreCommit`). The engine
  * (restore/engine.ts, kind `layer`) does the staged, journaled change of
  * the disk.
  */
 import { spawn } from "node:child_process";
-import { lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
+import {
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+} from "node:fs";
 import * as path from "node:path";
 import {
   type AccountLines,
@@ -23,10 +36,12 @@ import {
   applyTriggers,
   BASE_CAPTURE_RULES,
   CAPTURE_NOISE_RULES,
+  DEPMOD_OUTPUTS,
   depmodTargets,
   diskSpaceNeeded,
   diskSpaceProblem,
   dryRunPackages,
+  globToRegExp,
   initramfsTargets,
   isAlternativeName,
   joinBytePaths,
@@ -49,6 +64,7 @@ import type {
 } from "@strata/protocol";
 import { type RootFilesystem, rootFilesystem } from "../facts.js";
 import { hasPendingRestore } from "../restore/engine.js";
+import type { StagedOp } from "../restore/types.js";
 import { writeFileAtomic } from "../state.js";
 
 /** The structured files, by role, as paths below the root. */
@@ -361,8 +377,14 @@ export async function runPendingTriggers(stateDir: string, root: string): Promis
   return out;
 }
 
+/**
+ * What runs before the commit (`kernelPreCommit`): the /etc/kernel/prerm.d
+ * hooks of a kernel the apply removes, the preinst.d hooks of one it adds.
+ */
+export type KernelPreHook = "kernel-prerm" | "kernel-preinst";
+
 export interface TriggerRun {
-  trigger: Trigger;
+  trigger: Trigger | KernelPreHook;
   ok: boolean;
   /** What the commands printed (at most 4 KiB), or why the trigger was skipped. */
   output: string;
@@ -420,7 +442,7 @@ export async function runTriggers(
   for (const t of TRIGGER_ORDER) {
     if (!triggers.includes(t) && !(t === "update-grub" && menuChanged)) continue;
     let r: StepResult | null = null;
-    if (t === "ldconfig") r = await run(live ? ["ldconfig"] : ["chroot", root, "ldconfig"]);
+    if (t === "ldconfig") r = stepOf(await run(live ? ["ldconfig"] : ["chroot", root, "ldconfig"]));
     else if (t === "update-alternatives") r = await runAlternatives(root, ctx);
     else if (t === "kernel-postrm" || t === "kernel-postinst") {
       r = t === "kernel-postrm" ? await runKernelPostrm(root, ctx) : await runKernelPostinst(root, ctx);
@@ -431,7 +453,7 @@ export async function runTriggers(
       if (i?.created === true) menuChanged = true;
       r = i && { ok: i.ok, output: i.output, ...(i.skipped ? { skipped: i.skipped } : {}) };
     } else if (t === "update-grub") r = await runUpdateGrub(root);
-    else if (t === "systemd-daemon-reload" && live) r = await run(["systemctl", "daemon-reload"]);
+    else if (t === "systemd-daemon-reload" && live) r = stepOf(await run(["systemctl", "daemon-reload"]));
     if (r) out.push({ trigger: t, ...r });
   }
   return out;
@@ -439,6 +461,9 @@ export async function runTriggers(
 
 /** One trigger's outcome (`TriggerRun` without its name). */
 type StepResult = { ok: boolean; output: string; skipped?: true };
+
+/** A command's outcome as a trigger's. */
+const stepOf = (r: { ok: boolean; output: string }): StepResult => ({ ok: r.ok, output: r.output });
 
 /** A trigger not run because the root lacks its tool: reported, not failed. */
 const skipped = (output: string): StepResult => ({ ok: true, output, skipped: true });
@@ -497,7 +522,7 @@ export async function runDepmod(root: string, ctx: TriggerContext): Promise<Step
 export async function runUpdateGrub(root: string): Promise<StepResult> {
   const bin = rootFile(root, ["/usr/sbin/update-grub", "/sbin/update-grub"]);
   if (!bin) return skipped("update-grub is not installed in the root (no GRUB): not run");
-  return run(inRoot(root, [bin]));
+  return stepOf(await run(inRoot(root, [bin])));
 }
 
 /** A command of the root: argv run there (chroot unless the root is /). */
@@ -713,6 +738,8 @@ export async function runInitramfs(
 }
 
 /** Debian's kernel hook directories (kernel-handbook, "Kernel hooks"). */
+export const KERNEL_PREINST_DIR = "/etc/kernel/preinst.d";
+export const KERNEL_PRERM_DIR = "/etc/kernel/prerm.d";
 export const KERNEL_POSTINST_DIR = "/etc/kernel/postinst.d";
 export const KERNEL_POSTRM_DIR = "/etc/kernel/postrm.d";
 /**
@@ -790,35 +817,57 @@ function kernelChanges(root: string, ctx: TriggerContext): { added: string[]; re
   const before = new Set(ctx.kernelsBefore.filter(kernelName));
   const now = new Set(rootKernels(root));
   return {
-    added: [...now].filter((v) => !before.has(v)).sort(),
-    removed: [...before].filter((v) => !now.has(v)).sort(),
+    added: [...now].filter((v) => !before.has(v)).sort(kernelVersionCmp),
+    removed: [...before].filter((v) => !now.has(v)).sort(kernelVersionCmp),
   };
 }
 
+/** What `runHooks` is told to do besides running every hook. */
+interface HookRunOptions {
+  /** `run-parts --exit-on-error`: stop at the first failing hook (the hooks before the commit). */
+  stopOnError?: boolean;
+  /** Hooks (`HOOK VER`) that ran to success before the agent stopped: not run again. */
+  done?: ReadonlySet<string>;
+  /** Told each hook (`HOOK VER`) that exited 0. */
+  onDone?: (key: string) => void;
+}
+
 /**
- * Run the hooks of `dir` for each of `versions` the way Debian's kernel
- * packages do (`DEB_MAINT_PARAMS=PARAMS run-parts --report --arg=VER
- * --arg=/boot/vmlinuz-VER DIR`), in the root, each hook on its own: every
- * hook runs even when one before it failed (nothing runs them again later:
- * the kernel is no longer new at the next apply), each command is listed
- * with what it printed.
+ * Run the hooks of `dir` for `v` the way Debian's kernel packages do
+ * (`DEB_MAINT_PARAMS=PARAMS run-parts --report --arg=VER
+ * --arg=/boot/vmlinuz-VER DIR`), in the root, each hook on its own, each
+ * listed with its exit status and what it printed. After the files changed
+ * every hook runs even when one before it failed (nothing runs them again
+ * later: the kernel is no longer new at the next apply); before the commit
+ * (`stopOnError`) the first failure stops them, as `--exit-on-error` does.
  */
 async function runHooks(
   root: string,
   dir: string,
-  versions: string[],
+  v: string,
   params: string,
+  o: HookRunOptions = {},
 ): Promise<{ ok: boolean; output: string[]; ran: boolean }> {
   const hooks = kernelHooks(root, dir);
   let ok = true;
   const output: string[] = [];
-  for (const v of versions)
-    for (const h of hooks) {
-      const argv = [h, v, `/boot/vmlinuz-${v}`];
-      const r = await run(inRoot(root, argv), { DEB_MAINT_PARAMS: params });
-      if (!r.ok) ok = false;
-      output.push(`${argv.join(" ")}${r.ok ? "" : " failed"}${r.output ? `: ${r.output}` : ""}`);
+  for (const h of hooks) {
+    const argv = [h, v, `/boot/vmlinuz-${v}`];
+    const key = `${h} ${v}`;
+    if (o.done?.has(key)) {
+      output.push(`${argv.join(" ")}: ran before the agent stopped, not run again`);
+      continue;
     }
+    const r = await run(inRoot(root, argv), { DEB_MAINT_PARAMS: params });
+    output.push(
+      `${argv.join(" ")}${r.ok ? "" : ` failed (${r.status})`}${r.printed ? `: ${r.printed}` : ""}`,
+    );
+    if (r.ok) o.onDone?.(key);
+    else {
+      ok = false;
+      if (o.stopOnError) break;
+    }
+  }
   return { ok, output, ran: hooks.length > 0 };
 }
 
@@ -826,29 +875,45 @@ const ourHooks = [...KERNEL_HOOKS_OURS].join(", ");
 
 /**
  * A kernel the apply brought (its /boot/vmlinuz-VER was not on the endpoint
- * before): the root's /etc/kernel/postinst.d hooks for it, less
- * `KERNEL_HOOKS_OURS` — DKMS builds its modules for the new kernel there.
- * Skipped with a note when the directory has no other hook; null when no
- * kernel was added.
+ * before), for each in version order: the default links point at it
+ * (`updateKernelLinks install`), then the root's /etc/kernel/postinst.d
+ * hooks run for it, less `KERNEL_HOOKS_OURS` — DKMS builds its modules for
+ * the new kernel there. Skipped with a note when the links are unchanged
+ * (or not wanted) and the directory has no other hook; null when no kernel
+ * was added.
  */
 export async function runKernelPostinst(root: string, ctx: TriggerContext): Promise<StepResult | null> {
   const added = kernelChanges(root, ctx)?.added ?? [];
   if (!added.length) return null;
-  const r = await runHooks(root, KERNEL_POSTINST_DIR, added, "configure");
-  if (!r.ran)
+  let ok = true;
+  let ran = false;
+  const output: string[] = [];
+  for (const v of added) {
+    const l = await updateKernelLinks(root, "install", v);
+    if (!l.ok) ok = false;
+    output.push(...l.output);
+    const r = await runHooks(root, KERNEL_POSTINST_DIR, v, "configure");
+    if (!r.ok) ok = false;
+    ran ||= r.ran;
+    output.push(...r.output);
+  }
+  if (!ran && !output.length)
     return skipped(
       `no hook in ${KERNEL_POSTINST_DIR} besides ${ourHooks} (Strata runs those itself): none run for ${added.join(", ")}`,
     );
-  return { ok: r.ok, output: r.output.join("\n").slice(0, 4096) };
+  return { ok, output: output.join("\n").slice(0, 4096) };
 }
 
 /**
- * A kernel the apply removed (its /boot/vmlinuz-VER is gone): its initramfs
- * goes (`update-initramfs -d -k VER` with the root's initramfs-tools, else
- * /boot/initrd.img-VER is deleted: no apply deletes an endpoint-derived
- * file), then the root's /etc/kernel/postrm.d hooks run for it, less
- * `KERNEL_HOOKS_OURS`. Skipped with a note when there is neither an
- * initramfs nor a hook; null when no kernel was removed.
+ * A kernel the apply removed (its /boot/vmlinuz-VER is gone), as its
+ * package's postrm (remove, then purge) would: the default links leave it
+ * (`updateKernelLinks remove`); its initramfs goes (`update-initramfs -d -k
+ * VER` with the root's initramfs-tools, else /boot/initrd.img-VER is
+ * deleted: no apply deletes an endpoint-derived file); the root's
+ * /etc/kernel/postrm.d hooks run for it, less `KERNEL_HOOKS_OURS`; then
+ * depmod's files of its module tree go, and the tree when that leaves it
+ * empty (`purgeModuleTree`). Skipped with a note when there was nothing to
+ * do; null when no kernel was removed.
  */
 export async function runKernelPostrm(root: string, ctx: TriggerContext): Promise<StepResult | null> {
   const removed = kernelChanges(root, ctx)?.removed ?? [];
@@ -856,34 +921,429 @@ export async function runKernelPostrm(root: string, ctx: TriggerContext): Promis
   let ok = true;
   const output: string[] = [];
   const bin = rootFile(root, ["/usr/sbin/update-initramfs", "/sbin/update-initramfs"]);
-  let deleted = false;
+  let ran = false;
   for (const v of removed) {
+    const l = await updateKernelLinks(root, "remove", v);
+    if (!l.ok) ok = false;
+    output.push(...l.output);
     const initrd = `/boot/initrd.img-${v}`;
-    if (!existsIn(root, initrd)) continue;
-    deleted = true;
-    if (bin) {
-      const r = await run(inRoot(root, [bin, "-d", "-k", v]));
-      if (!r.ok) ok = false;
-      if (r.output || !r.ok) output.push(`update-initramfs -d -k ${v}${r.ok ? "" : " failed"}: ${r.output}`);
-    } else {
-      try {
-        rmSync(path.join(root, initrd), { force: true });
-        output.push(`${initrd} deleted (no initramfs-tools in the root)`);
-      } catch (e) {
-        ok = false;
-        output.push(`cannot delete ${initrd}: ${(e as Error).message}`);
+    if (existsIn(root, initrd)) {
+      if (bin) {
+        const r = await run(inRoot(root, [bin, "-d", "-k", v]));
+        if (!r.ok) ok = false;
+        if (r.output || !r.ok)
+          output.push(
+            `update-initramfs -d -k ${v}${r.ok ? "" : ` failed (${r.status})`}${r.printed ? `: ${r.printed}` : ""}`,
+          );
+      } else {
+        try {
+          rmSync(path.join(root, initrd), { force: true });
+          output.push(`${initrd} deleted (no initramfs-tools in the root)`);
+        } catch (e) {
+          ok = false;
+          output.push(`cannot delete ${initrd}: ${(e as Error).message}`);
+        }
       }
     }
+    const r = await runHooks(root, KERNEL_POSTRM_DIR, v, "remove");
+    if (!r.ok) ok = false;
+    ran ||= r.ran;
+    output.push(...r.output);
+    const p = purgeModuleTree(root, v);
+    if (!p.ok) ok = false;
+    output.push(...p.output);
   }
-  const r = await runHooks(root, KERNEL_POSTRM_DIR, removed, "remove");
-  if (!deleted && !r.ran)
+  if (!ran && !output.length)
     return skipped(
       `no initramfs and no hook in ${KERNEL_POSTRM_DIR} besides ${ourHooks}: nothing run for ${removed.join(", ")}`,
     );
-  return { ok: ok && r.ok, output: [...output, ...r.output].join("\n").slice(0, 4096) };
+  return { ok, output: output.join("\n").slice(0, 4096) };
 }
 
-function run(cmd: string[], env?: NodeJS.ProcessEnv): Promise<{ ok: boolean; output: string }> {
+/** depmod's output files by name (core `DEPMOD_OUTPUTS`). */
+const DEPMOD_OUTPUT_NAMES = DEPMOD_OUTPUTS.map((g) => globToRegExp(g));
+
+/**
+ * What a kernel package's purge does to the module tree of a kernel that
+ * is gone: depmod's files (`DEPMOD_OUTPUTS`: endpoint-derived, so the
+ * apply left them) are deleted from /lib/modules/VER and
+ * /usr/lib/modules/VER (one directory when /lib is /usr/lib), then the
+ * directory when it is empty. A tree holding anything else (modules no
+ * layer removed: the user's, DKMS's when no prerm hook took them) stays,
+ * and the report says so.
+ */
+export function purgeModuleTree(root: string, v: string): { ok: boolean; output: string[] } {
+  const output: string[] = [];
+  let ok = true;
+  if (!kernelName(v)) return { ok, output };
+  const seen = new Set<string>();
+  for (const d of [`/lib/modules/${v}`, `/usr/lib/modules/${v}`]) {
+    const host = resolveInRoot(root, d);
+    if (!host || seen.has(host)) continue;
+    seen.add(host);
+    let names: string[];
+    try {
+      if (!lstatSync(host).isDirectory()) continue;
+      names = readdirSync(host);
+    } catch {
+      continue;
+    }
+    const gone: string[] = [];
+    for (const n of names.sort()) {
+      if (!DEPMOD_OUTPUT_NAMES.some((re) => re.test(n))) continue;
+      try {
+        if (lstatSync(path.join(host, n)).isDirectory()) continue;
+        unlinkSync(path.join(host, n));
+        gone.push(n);
+      } catch (e) {
+        ok = false;
+        output.push(`cannot delete ${d}/${n}: ${(e as Error).message}`);
+      }
+    }
+    if (gone.length) output.push(`${d}: depmod's files deleted (${gone.join(", ")})`);
+    try {
+      rmdirSync(host);
+      output.push(`${d} deleted (empty)`);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "ENOTEMPTY" || code === "EEXIST")
+        output.push(`${d} kept: it holds files no layer removed (${readdirSync(host).sort().join(", ")})`);
+      else {
+        ok = false;
+        output.push(`cannot delete ${d}: ${(e as Error).message}`);
+      }
+    }
+  }
+  return { ok, output };
+}
+
+/** linux-base's program that keeps the default kernel links. */
+export const LINUX_UPDATE_SYMLINKS = "/usr/bin/linux-update-symlinks";
+
+/**
+ * Point the default kernel links (/vmlinuz, /vmlinuz.old, /initrd.img,
+ * /initrd.img.old — in /boot with `link_in_boot`) at the newest kernels,
+ * as a kernel package's postinst (`install`) and postrm (`remove`) do: the
+ * root's own `linux-update-symlinks CHANGE VER /boot/vmlinuz-VER` (linux-base)
+ * when it is there, else `kernelLinksUpdate`, Strata's port of it (a layer
+ * that removed a kernel may have removed linux-base with it; dpkg would
+ * have removed the kernel first). What either printed, one line each.
+ */
+export async function updateKernelLinks(
+  root: string,
+  change: "install" | "remove",
+  v: string,
+): Promise<{ ok: boolean; output: string[] }> {
+  const image = `/boot/vmlinuz-${v}`;
+  if (existsIn(root, LINUX_UPDATE_SYMLINKS)) {
+    const r = await run(inRoot(root, [LINUX_UPDATE_SYMLINKS, change, v, image]));
+    const head = `linux-update-symlinks ${change} ${v} ${image}`;
+    if (!r.ok)
+      return { ok: false, output: [`${head} failed (${r.status})${r.printed ? `: ${r.printed}` : ""}`] };
+    return { ok: true, output: r.printed ? r.printed.split("\n").map((l) => `${head}: ${l}`) : [] };
+  }
+  try {
+    return { ok: true, output: kernelLinksUpdate(root, change, v, image) };
+  } catch (e) {
+    return { ok: false, output: [`the kernel links for ${v}: ${(e as Error).message}`] };
+  }
+}
+
+/** /etc/kernel-img.conf as linux-base reads it (kernel-img.conf(5)): only what the links need. */
+function kernelImgConf(root: string): { doSymlinks: boolean; imageDest: string } {
+  const conf = { doSymlinks: true, imageDest: "/", linkInBoot: false };
+  const text = readRootFile(root, "/etc/kernel-img.conf") ?? "";
+  for (const raw of text.split("\n")) {
+    const line = raw.replace(/#.*$/, "");
+    const m = /^\s*(\w+)\s*=\s*(.*)/.exec(line);
+    if (!m) continue;
+    const name = m[1]!.toLowerCase();
+    const value = m[2]!;
+    const bool = /^(?:no|false|0)\s*$/i.test(value)
+      ? false
+      : /^(?:yes|true|1)\s*$/i.test(value)
+        ? true
+        : null;
+    if (name === "do_symlinks" && bool !== null) conf.doSymlinks = bool;
+    else if (name === "link_in_boot" && bool !== null) conf.linkInBoot = bool;
+    else if (name === "image_dest") conf.imageDest = /^(\S*)/.exec(value)![1]!;
+  }
+  return { doSymlinks: conf.doSymlinks, imageDest: conf.linkInBoot ? "/boot" : conf.imageDest };
+}
+
+/** Kernel versions compared as linux-base's `version_cmp` (numbers as numbers, `-rc`/`-trunk` first). */
+export function kernelVersionCmp(a: string, b: string): number {
+  const split = (v: string) => v.match(/\d+|-?[^-\d]*/g)?.filter((c) => c !== "") ?? [];
+  const l = split(a);
+  const r = split(b);
+  for (let i = 0; ; i++) {
+    const x = l[i];
+    const y = r[i];
+    const xPre = x !== undefined && /^-(?:rc|trunk)$/.test(x);
+    const yPre = y !== undefined && /^-(?:rc|trunk)$/.test(y);
+    if (xPre || yPre) {
+      if (!yPre) return -1;
+      if (!xPre) return 1;
+    }
+    if (x === undefined || y === undefined) return x === undefined ? (y === undefined ? 0 : -1) : 1;
+    if (/^\d/.test(x) && /^\d/.test(y)) {
+      const d = Number.parseInt(x, 10) - Number.parseInt(y, 10);
+      if (d) return d < 0 ? -1 : 1;
+    } else if (x !== y) return x < y ? -1 : 1;
+  }
+}
+
+/**
+ * linux-update-symlinks (linux-base 4.x, `update_all`) over `root`: the
+ * kernels of /boot ordered by version, with CHANGE's kernel taken out
+ * (`remove`) or put last (`install`: the kernel just installed is the
+ * default); the kernels the links point at now (when they still exist) move
+ * up, the current default last; the last becomes /vmlinuz and /initrd.img,
+ * the one before it /vmlinuz.old and /initrd.img.old (the same kernel when
+ * there is one). An initrd link goes when its kernel has no
+ * /boot/initrd.img-VER (a kernel just installed gets its link anyway: its
+ * initramfs is built later). No kernel left: the links go. Links are
+ * relative, made under a temporary name and renamed into place; one that
+ * is right already is left alone. Returns linux-update-symlinks' messages.
+ */
+export function kernelLinksUpdate(
+  root: string,
+  change: "install" | "remove",
+  v: string,
+  image: string,
+): string[] {
+  const conf = kernelImgConf(root);
+  if (!conf.doSymlinks) return [];
+  const dir = conf.imageDest.replace(/\/*$/, "/");
+  const stem = ["mips", "mipsel", "mips64el", "ppc", "ppc64"].includes(process.arch) ? "vmlinux" : "vmlinuz";
+  const out: string[] = [];
+  type Entry = { version: string; image: string; initrd?: string };
+  let names: string[] = [];
+  try {
+    names = readdirSync(path.join(root, "boot"));
+  } catch {
+    // No /boot: no kernel.
+  }
+  const sorted: Entry[] = names
+    .filter((n) => /^vmlinu[xz]-/.test(n) && !n.endsWith(".sig"))
+    .sort()
+    .map((n) => ({ version: n.slice("vmlinuz-".length), image: `/boot/${n}` }))
+    .sort((a, b) => kernelVersionCmp(a.version, b.version));
+  for (const e of sorted) {
+    try {
+      if (statSync(path.join(root, "boot", `initrd.img-${e.version}`)).isFile())
+        e.initrd = `/boot/initrd.img-${e.version}`;
+    } catch {
+      // No initramfs.
+    }
+  }
+  const mine: Entry = { version: v, image, initrd: `/boot/initrd.img-${v}` };
+  const at = sorted.findIndex((e) => kernelVersionCmp(v, e.version) <= 0);
+  if (at >= 0 && kernelVersionCmp(v, sorted[at]!.version) === 0) sorted.splice(at, 1);
+  const promote = (link: string) => {
+    let target: string;
+    try {
+      target = readlinkSync(path.join(root, link));
+    } catch {
+      return;
+    }
+    const abs = path.posix.resolve(path.posix.dirname(link), target);
+    const i = sorted.findIndex((e) => e.image === abs);
+    if (i >= 0) sorted.push(...sorted.splice(i, 1));
+  };
+  promote(`${dir}${stem}.old`);
+  promote(`${dir}${stem}`);
+  if (change === "install") sorted.push(mine);
+  const link = (source: string, dest: string) => {
+    const rel = path.posix.relative(path.posix.dirname(dest), source);
+    const host = path.join(root, dest);
+    try {
+      if (readlinkSync(host) === rel) return;
+    } catch {
+      // Not a link yet.
+    }
+    const tmp = `${host}.${process.pid}${Date.now() % 1_000_000}`;
+    symlinkSync(rel, tmp);
+    try {
+      renameSync(tmp, host);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw new Error(`cannot create or replace ${dest}: ${(e as Error).message}`);
+    }
+    out.push(`I: ${dest} is now a symlink to ${rel}`);
+  };
+  const unlink = (dest: string) => {
+    try {
+      unlinkSync(path.join(root, dest));
+    } catch {
+      // Not there (as linux-update-symlinks, which ignores it).
+    }
+  };
+  if (!sorted.length) {
+    out.push("W: Last kernel image has been removed, so removing the default symlinks");
+    for (const n of [`${stem}.old`, "initrd.img.old", stem, "initrd.img"]) unlink(`${dir}${n}`);
+    return out;
+  }
+  const old = sorted[sorted.length >= 2 ? sorted.length - 2 : sorted.length - 1]!;
+  const cur = sorted[sorted.length - 1]!;
+  link(old.image, `${dir}${stem}.old`);
+  if (old.initrd) link(old.initrd, `${dir}initrd.img.old`);
+  else unlink(`${dir}initrd.img.old`);
+  link(cur.image, `${dir}${stem}`);
+  if (cur.initrd) link(cur.initrd, `${dir}initrd.img`);
+  else unlink(`${dir}initrd.img`);
+  return out;
+}
+
+/** STATE/kernel-hooks-ID.json: what the hooks before an apply's commit did, until its task is reported. */
+const kernelHooksFile = (stateDir: string, id: string) => path.join(stateDir, `kernel-hooks-${id}.json`);
+
+/** The kernel hooks an apply runs before its commit (the engine's `layer.watch` and `layer.beforeCommit`). */
+export interface KernelPreCommit {
+  /**
+   * The kernels before the apply, for the triggers after it: the root's
+   * when `prepareLayerApply` looked, or — when an earlier run of the same
+   * task was stopped (kill -9 too) after its hooks ran — the kernels that
+   * run saw, so a commit it made before stopping still runs the postinst.d
+   * and postrm.d hooks of the kernels it added and removed.
+   */
+  kernelsBefore: string[];
+  /** /boot and the kernel images in it: what the engine tells `beforeCommit`. */
+  watch: (snapPath: Buffer) => boolean;
+  /**
+   * From the staged operations: the kernels the commit removes and adds.
+   * Runs /etc/kernel/prerm.d (`DEB_MAINT_PARAMS=remove`) for each removed
+   * one, then /etc/kernel/preinst.d (`DEB_MAINT_PARAMS=install`) for each
+   * added one, each hook with VER and /boot/vmlinuz-VER, by run-parts' rules
+   * (`kernelHooks`). A failing hook stops them and throws CONFLICT: the apply
+   * is not committed (Debian aborts the removal or the installation then).
+   */
+  beforeCommit: (ops: StagedOp[]) => Promise<void>;
+  /** What ran (`kernel-prerm`, `kernel-preinst`: only those with a hook), once `beforeCommit` did. */
+  runs: TriggerRun[];
+}
+
+/**
+ * The hooks before the commit of apply `id`, or null when the apply involves
+ * no kernel image (`ctx.kernelsBefore` unset: no kernel trigger). Each hook
+ * that exits 0 is recorded in STATE/kernel-hooks-ID.json, with the kernels
+ * before the apply, before the next one runs: a later run of the same task
+ * (after a stop or a kill -9 before the commit, which leaves the old files)
+ * does not run it again and reports it so; a hook killed while running runs
+ * again (Debian's maintainer scripts are meant to be run again). The file
+ * goes with `forgetKernelPreCommit` once the task is reported.
+ */
+export function kernelPreCommit(
+  root: string,
+  ctx: TriggerContext,
+  o: { stateDir: string; id: string },
+): KernelPreCommit | null {
+  if (!ctx.kernelsBefore) return null;
+  const file = kernelHooksFile(o.stateDir, o.id);
+  let saved: { before?: string[]; done?: string[] } = {};
+  try {
+    saved = JSON.parse(readFileSync(file, "utf8"));
+  } catch {
+    // A first run.
+  }
+  const kernelsBefore = Array.isArray(saved.before) ? saved.before : ctx.kernelsBefore;
+  const done = new Set(Array.isArray(saved.done) ? saved.done : []);
+  const save = () =>
+    writeFileAtomic(file, `${JSON.stringify({ before: kernelsBefore, done: [...done].sort() })}\n`, 0o600);
+  const runs: TriggerRun[] = [];
+  return {
+    kernelsBefore,
+    watch: (p) => {
+      const s = p.toString("utf8");
+      return s === "/boot" || KERNEL_IMAGE_PATH.test(s);
+    },
+    beforeCommit: async (ops) => {
+      const now = rootKernels(root);
+      const after = kernelsAfter(now, ops);
+      const removed = now.filter((v) => !after.has(v)).sort(kernelVersionCmp);
+      const added = [...after].filter((v) => !now.includes(v) && kernelName(v)).sort(kernelVersionCmp);
+      if (!removed.length && !added.length) return;
+      save();
+      const steps: [KernelPreHook, string, string[], string][] = [
+        ["kernel-prerm", KERNEL_PRERM_DIR, removed, "remove"],
+        ["kernel-preinst", KERNEL_PREINST_DIR, added, "install"],
+      ];
+      for (const [trigger, dir, versions, params] of steps) {
+        let ok = true;
+        let ran = false;
+        const output: string[] = [];
+        for (const v of versions) {
+          const r = await runHooks(root, dir, v, params, {
+            stopOnError: true,
+            done,
+            onDone: (key) => {
+              done.add(key);
+              save();
+            },
+          });
+          ran ||= r.ran;
+          output.push(...r.output);
+          if (!r.ok) {
+            ok = false;
+            break;
+          }
+        }
+        if (!ran) continue;
+        const text = output.join("\n").slice(0, 4096);
+        runs.push({ trigger, ok, output: text });
+        if (!ok)
+          throw new StrataError(
+            "CONFLICT",
+            `a kernel hook failed before the apply's commit; nothing was committed, the endpoint keeps its files (what the hooks changed stays): ${text}`,
+            {
+              subject: dir,
+              hint: `fix or remove the failing hook in ${dir} on the endpoint, then apply again (to run them by hand: run-parts --report --arg=VER --arg=/boot/vmlinuz-VER ${dir})`,
+            },
+          );
+      }
+    },
+    runs,
+  };
+}
+
+/** The task of apply `id` is reported: its record of the hooks before the commit goes. */
+export function forgetKernelPreCommit(stateDir: string, id: string): void {
+  rmSync(kernelHooksFile(stateDir, id), { force: true });
+}
+
+/** A kernel image path: /boot/vmlinuz-VER. */
+const KERNEL_IMAGE_PATH = /^\/boot\/vmlinuz-([^/]+)$/;
+
+/** The kernels (/boot/vmlinuz-VER) once the staged operations `ops` are committed, from those of the root now. */
+function kernelsAfter(now: readonly string[], ops: readonly StagedOp[]): Set<string> {
+  const after = new Set(now);
+  for (const op of ops) {
+    const p = op.path.toString("utf8");
+    if (p === "/boot") {
+      // The whole directory goes, or is replaced by the staged one.
+      after.clear();
+      if (op.op === "put" && op.staged) {
+        try {
+          for (const n of readdirSync(op.staged.toString("utf8")))
+            if (n.startsWith("vmlinuz-") && n.length > 8) after.add(n.slice(8));
+        } catch {
+          // Not a directory: no kernel.
+        }
+      }
+      continue;
+    }
+    const v = KERNEL_IMAGE_PATH.exec(p)?.[1];
+    if (v === undefined) continue;
+    if (op.op === "del") after.delete(v);
+    else after.add(v);
+  }
+  return after;
+}
+
+function run(
+  cmd: string[],
+  env?: NodeJS.ProcessEnv,
+): Promise<{ ok: boolean; output: string; printed: string; status: string }> {
   return new Promise((resolve) => {
     const child = spawn(cmd[0]!, cmd.slice(1), {
       stdio: ["ignore", "pipe", "pipe"],
@@ -895,11 +1355,15 @@ function run(cmd: string[], env?: NodeJS.ProcessEnv): Promise<{ ok: boolean; out
     };
     child.stdout.on("data", add);
     child.stderr.on("data", add);
-    child.on("error", (e) => resolve({ ok: false, output: e.message }));
+    child.on("error", (e) =>
+      resolve({ ok: false, output: e.message, printed: e.message, status: "not started" }),
+    );
     child.on("exit", (code, signal) =>
       resolve({
         ok: code === 0,
         output: output.trim() || (code === 0 ? "" : `exited with ${signal ?? code}`),
+        printed: output.trim(),
+        status: signal ? `killed by ${signal}` : `exit ${code}`,
       }),
     );
   });
