@@ -3,7 +3,8 @@
  * endpoint: claim it, fetch the apply plan, finish a change pending from an
  * earlier apply at restart, upload the safety snapshot, check the dry-run
  * against the live root (blocking problems fail the task), merge the
- * structured files, run the restore engine with kind `layer`, run the
+ * structured files, run the restore engine with kind `layer` (a kernel's
+ * prerm.d and preinst.d hooks run right before its commit), run the
  * triggers, reinstall the user's packages from the new release when a
  * migration asks for it, and report.
  */
@@ -11,7 +12,9 @@ import { readFileSync, rmSync } from "node:fs";
 import * as path from "node:path";
 import {
   blockedError,
+  forgetKernelPreCommit,
   hasPendingRestore,
+  kernelPreCommit,
   prepareLayerApply,
   RemoteRestoreSource,
   type RestoreResult,
@@ -68,7 +71,27 @@ export async function runApplyTask(
   ctx: RestoreTaskContext,
   safetyUpload: SafetyUpload,
 ): Promise<{ skipped: string } | ApplyOutcome> {
-  const o = await runClaimedTask<ApplyOutcome>(client, ref, ctx, async ({ task, signal, report }) => {
+  let o: Awaited<ReturnType<typeof applyClaimed>>;
+  try {
+    o = await applyClaimed(client, ref, ctx, safetyUpload);
+  } catch (e) {
+    // Failed and reported: a later task starts afresh. Stopped: the task resumes with what the hooks did.
+    if (!ctx.signal.aborted) forgetKernelPreCommit(ctx.stateDir, ref.id);
+    throw e;
+  }
+  // Reported (or skipped): nothing is left to resume.
+  rmSync(markFile(ctx.stateDir, ref.id), { force: true });
+  forgetKernelPreCommit(ctx.stateDir, ref.id);
+  return "skipped" in o ? o : o.value;
+}
+
+function applyClaimed(
+  client: StrataClient,
+  ref: AgentTaskRef,
+  ctx: RestoreTaskContext,
+  safetyUpload: SafetyUpload,
+) {
+  return runClaimedTask<ApplyOutcome>(client, ref, ctx, async ({ task, signal, report }) => {
     // The new release is in place (and committed): its apt brings the user's packages
     // up to it. Whatever apt says, the migration stays; the result tells per package.
     const reinstallNow = (packages: string[]) => {
@@ -100,6 +123,11 @@ export async function runApplyTask(
     const prep = prepareLayerApply(plan, ctx.root);
     const blocked = blockedError(prep.problems);
     if (blocked) throw blocked;
+    // A kernel the commit removes or adds: its prerm.d / preinst.d hooks run right before the commit.
+    const pre = kernelPreCommit(ctx.root, prep.triggerContext, { stateDir: ctx.stateDir, id: task.id });
+    const triggerContext = pre
+      ? { ...prep.triggerContext, kernelsBefore: pre.kernelsBefore }
+      : prep.triggerContext;
     const source = RemoteRestoreSource.forEndpointSession(ctx.stateDir, plan.session);
     try {
       const run = runRestore(source, {
@@ -113,6 +141,7 @@ export async function runApplyTask(
           doNotOverride: prep.doNotOverride,
           enforceRemove: plan.enforce === "remove",
           literals: prep.literals,
+          ...(pre ? { watch: pre.watch, beforeCommit: pre.beforeCommit } : {}),
         },
         ...(plan.atRestart ? { deferApply: true } : {}),
         signal,
@@ -121,10 +150,14 @@ export async function runApplyTask(
       const r = await run.done;
       const pending = r.pending === true;
       // Triggers run when the files are in place: now, or after the restart's roll-forward.
-      if (pending) savePendingTriggers(ctx.stateDir, task.id, prep.triggers, prep.triggerContext);
-      const triggers = pending
-        ? []
-        : await runTriggers(ctx.root, prep.triggers, { ...prep.triggerContext, stateDir: ctx.stateDir });
+      if (pending) savePendingTriggers(ctx.stateDir, task.id, prep.triggers, triggerContext);
+      // The hooks before the commit first: the report lists what ran in order.
+      const triggers = [
+        ...(pre?.runs ?? []),
+        ...(pending
+          ? []
+          : await runTriggers(ctx.root, prep.triggers, { ...triggerContext, stateDir: ctx.stateDir })),
+      ];
       const value: Omit<ApplyOutcome, "reinstall"> = {
         task,
         image: plan.image.id,
@@ -175,7 +208,4 @@ export async function runApplyTask(
       await source.close();
     }
   });
-  // Reported (or skipped): nothing is left to resume.
-  rmSync(markFile(ctx.stateDir, ref.id), { force: true });
-  return "skipped" in o ? o : o.value;
 }
