@@ -69,7 +69,7 @@ if (!probe()) {
       "--listen",
       `127.0.0.1:${port}`,
       "--log-level",
-      "warn",
+      opt("server-log", "warn"),
     ],
     {
       stdio: ["ignore", fd, fd],

@@ -22,6 +22,7 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { endpointClient, RemoteRestoreSource, type TreeRef } from "@strata/agent";
 import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
+import { startTcpProxy } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fakeRoot } from "../../../packages/agent/test/fixtures.js";
 import { BIN, type Run, strataAsync } from "./helpers.js";
@@ -213,6 +214,66 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       "user:admin",
     ]);
     expect(restores.every((t: { state: string }) => t.state === "closed")).toBe(true);
+  });
+
+  it("a restore survives answers cut mid-stream: only what did not arrive is asked again; a server gone for good fails naming the attempts", async () => {
+    const creds = JSON.parse(readFileSync(path.join(home, ".config/strata/credentials.json"), "utf8"));
+    const entry = creds.servers[creds.current];
+    const proxy = await startTcpProxy(Number(new URL(server.url).port));
+    try {
+      const src = await RemoteRestoreSource.forUser(
+        { url: `https://127.0.0.1:${proxy.port}`, fingerprint: entry.fingerprint, token: entry.token },
+        cvd,
+        { path: "/home/alice/docs", snapshot: snaps[0]! },
+      );
+      src.retryDelaysMs = [20, 20, 20];
+      // The tree listing's answer is cut at its first bytes: asked again.
+      proxy.cutDownstreamAfter(1);
+      const trees: { nodes: { name: Buffer }[] }[] = [];
+      await src.loadTrees([src.snapshot.root, src.snapshot.root], (i, t) => {
+        trees[i] = t;
+      });
+      expect(trees.map((t) => t.nodes.map((n) => n.name.toString()).sort())).toEqual([
+        ["draft.txt", "report.odt"],
+        ["draft.txt", "report.odt"],
+      ]);
+      expect(proxy.cuts).toBeGreaterThan(0);
+      expect(src.stats.retries).toBe(1);
+      const t = await src.loadTree(src.snapshot.root);
+      const node = t.nodes.find((n) => n.name.toString() === "report.odt")!;
+      const ids = (node.content ?? []).flatMap((c) => ("id" in c ? [c.id] : []));
+      expect(new Set(ids).size).toBeGreaterThan(1);
+      // The chunks' answer (≈200 kB) is cut after 40 kB: what arrived is kept, the rest asked again.
+      const cutsBefore = proxy.cuts;
+      proxy.cutDownstreamAfter(40_000);
+      const parts = new Map<string, Buffer>();
+      const seen: string[] = [];
+      await src.fetchChunks([{ tree: src.snapshot.root as TreeRef, ids }], (id, plain) => {
+        seen.push(id);
+        parts.set(id, plain);
+      });
+      expect(proxy.cuts).toBeGreaterThan(cutsBefore);
+      expect(src.stats.retries).toBe(2);
+      expect(seen.length).toBe(new Set(ids).size); // each chunk delivered once
+      expect(Buffer.concat(ids.map((id) => parts.get(id)!)).equals(big)).toBe(true);
+      // The caller's own failure is never retried.
+      const mine = await src
+        .fetchChunks([{ tree: src.snapshot.root as TreeRef, ids: ids.slice(0, 1) }], () => {
+          throw new Error("disk full (the caller's)");
+        })
+        .catch((e: Error) => e);
+      expect(String(mine)).toContain("disk full (the caller's)");
+      expect(src.stats.retries).toBe(2);
+      // Gone for good: every attempt refused, then a clear error.
+      await proxy.close();
+      const err = await src
+        .fetchChunks([{ tree: src.snapshot.root as TreeRef, ids: ids.slice(0, 1) }], () => {})
+        .catch((e: Error) => e);
+      expect(String(err)).toMatch(/cannot reach .*\(1 chunks; 4 attempts\)/);
+      expect(src.stats.retries).toBe(5);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("restore-file writes a file of the latest or an older snapshot (--snapshot, --at) into a directory", async () => {

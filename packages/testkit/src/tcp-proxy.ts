@@ -18,6 +18,8 @@ export interface TcpProxy {
   cutAfter(n: number): void;
   /** Bytes forwarded target → client since start. */
   readonly downstreamBytes: number;
+  /** Cut every connection once `n` more bytes have come downstream (an answer cut mid-stream). */
+  cutDownstreamAfter(n: number): void;
   /** Pace target → client traffic of every connection to this rate (null: full speed). */
   limitDownstream(bytesPerSecond: number | null): void;
   /** Cut every open connection now. */
@@ -31,6 +33,7 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
   let cutAt = Number.POSITIVE_INFINITY;
   let cuts = 0;
   let downstream = 0;
+  let downCutAt = Number.POSITIVE_INFINITY;
   let rate = 0;
   const cutAll = () => {
     for (const s of sockets) {
@@ -66,6 +69,12 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
     // Downstream (target → client), paced when a rate is set: a slow WAN link.
     target.on("data", (b: Buffer) => {
       downstream += b.length;
+      if (downstream >= downCutAt) {
+        // What came before this piece was delivered; the rest never arrives.
+        downCutAt = Number.POSITIVE_INFINITY;
+        cutAll();
+        return;
+      }
       const ok = client.write(b);
       const wait = rate ? (b.length / rate) * 1000 : 0;
       if (!ok || wait > 0) {
@@ -99,6 +108,9 @@ export async function startTcpProxy(targetPort: number, targetHost = "127.0.0.1"
     },
     cutAfter(n: number) {
       cutAt = upstream + n;
+    },
+    cutDownstreamAfter(n: number) {
+      downCutAt = downstream + n;
     },
     limitDownstream(bytesPerSecond: number | null) {
       rate = bytesPerSecond ?? 0;

@@ -115,6 +115,23 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           },
     bodyLimit: deps.bodyLimit ?? 1024 * 1024,
     genReqId: () => randomUUID(),
+    // A connection the HTTP parser gives up on is logged (Fastify's default
+    // logs at trace): a client that sees "other side closed" can be matched
+    // with a reason here. Answered 400 only when no response is under way.
+    clientErrorHandler(err: NodeJS.ErrnoException, socket: import("node:net").Socket) {
+      if (err.code === "ECONNRESET" || socket.destroyed) return;
+      (this as unknown as FastifyInstance).log.warn(
+        { code: err.code, remote: socket.remoteAddress, err: err.message },
+        "connection closed on a client error",
+      );
+      if (socket.writable && !(socket as { _httpMessage?: unknown })._httpMessage) {
+        const body = '{"error":{"code":"INVALID_ARGUMENT","message":"malformed HTTP request"}}';
+        socket.write(
+          `HTTP/1.1 400 Bad Request\r\nContent-Length: ${body.length}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy(err);
+    },
     exposeHeadRoutes: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: "array", allErrors: false } },
   }) as unknown as FastifyInstance;

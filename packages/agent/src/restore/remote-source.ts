@@ -58,6 +58,48 @@ export interface RestoreTransport {
 export const MAX_TREE_BYTES = 64 * 1024 * 1024;
 /** Chunk ids per chunk request (the server's limit). */
 export const MAX_IDS_PER_REQUEST = 8192;
+/**
+ * Attempts of one request whose connection fails (cut, reset, refused, a
+ * body that ends early) or that a server node answers 502/503/504; the
+ * waits between them (restore.md, "Transport failures").
+ */
+export const FETCH_RETRY_DELAYS_MS: readonly number[] = [250, 500, 1000, 2000, 4000];
+
+/** Network-level failures worth a new request (never the caller's own errors, never 4xx answers). */
+export function retryableFetchError(e: unknown): boolean {
+  const err = e as { name?: string; code?: string; statusCode?: number; status?: number };
+  if (!err || err.name === "AbortError") return false;
+  if (e instanceof StrataError) {
+    if (e.code === "IO_ERROR" && /^cannot reach /.test(e.message)) return true;
+    return /^HTTP 50[234] /.test(e.message);
+  }
+  const status = err.statusCode ?? err.status;
+  if (status === 502 || status === 503 || status === 504) return true;
+  return (
+    typeof err.code === "string" &&
+    /^(UND_ERR_SOCKET|UND_ERR_CLOSED|UND_ERR_BODY_TIMEOUT|UND_ERR_HEADERS_TIMEOUT|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|ECONNABORTED)$/.test(
+      err.code,
+    )
+  );
+}
+
+/** An error of the caller's callback, carried through the retry loop untouched. */
+class CallerError {
+  constructor(readonly error: unknown) {}
+}
+
+const waitMs = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
 /** A tree is first decompressed into this much; only a larger one pays for a larger buffer. */
 const FIRST_TREE_BOUND = 1024 * 1024;
 
@@ -154,7 +196,9 @@ function decompressUpTo(payload: Buffer, first: number, max: number, what: strin
 export class RemoteRestoreSource implements RestoreSource {
   readonly snapshot: { id: string; time: string; root: TreeRef };
   readonly chunker: ChunkerParams;
-  readonly stats: SourceStats = { bytesReceived: 0, chunksReceived: 0 };
+  readonly stats: SourceStats = { bytesReceived: 0, chunksReceived: 0, retries: 0 };
+  /** Waits between attempts of a request (FETCH_RETRY_DELAYS_MS; shorter in tests). */
+  retryDelaysMs: readonly number[] = FETCH_RETRY_DELAYS_MS;
   private closed = false;
 
   private constructor(
@@ -238,19 +282,61 @@ export class RemoteRestoreSource implements RestoreSource {
     })();
   }
 
+  /**
+   * Run `attempt` until it succeeds, a failure is not a network one, or
+   * FETCH_RETRY_DELAYS_MS is used up. `attempt` must be safe to repeat: each
+   * repeats only what the earlier ones did not deliver. Errors of the
+   * caller's callbacks come wrapped in CallerError and are rethrown as they are.
+   */
+  private async withRetries(what: string, attempt: () => Promise<void>, signal?: AbortSignal): Promise<void> {
+    for (let i = 0; ; i++) {
+      try {
+        await attempt();
+        return;
+      } catch (e) {
+        if (e instanceof CallerError) throw e.error;
+        if (signal?.aborted || i >= this.retryDelaysMs.length || !retryableFetchError(e)) {
+          const err = asStrataError(e);
+          if (!retryableFetchError(e)) throw err;
+          const se =
+            err instanceof StrataError
+              ? err
+              : new StrataError(
+                  "IO_ERROR",
+                  `the connection to the server failed: ${(err as Error)?.message}`,
+                );
+          throw new StrataError(se.code, `${se.message} (${what}; ${i + 1} attempts)`, {
+            subject: se.subject,
+            hint:
+              se.hint ?? "check the network and that `strata server` is running, then run the restore again",
+            cause: e,
+          });
+        }
+        this.stats.retries = (this.stats.retries ?? 0) + 1;
+        await waitMs(this.retryDelaysMs[i]!, signal);
+      }
+    }
+  }
+
   async loadTree(ref: TreeRef, signal?: AbortSignal): Promise<SourceTree> {
     if (!ref.grant) throw new StrataError("INVALID_ARGUMENT", `tree ${ref.id} comes without a grant`);
     const path = `/restores/${encodeURIComponent(this.session)}/trees/${ref.id}?grant=${encodeURIComponent(ref.grant)}`;
-    const body = await this.t.frames("GET", path, undefined, signal).catch((e: unknown) => {
-      throw asStrataError(e);
-    });
-    const r = new ByteReader(this.counted(body));
-    const tree = await this.readTree(r, ref, 0);
-    if (!(await r.atEnd()))
-      throw new StrataError("DATA_CORRUPT", `tree ${ref.id}: trailing bytes after the grants`, {
-        subject: ref.id,
-      });
-    return tree;
+    let tree: SourceTree | undefined;
+    await this.withRetries(
+      `tree ${ref.id}`,
+      async () => {
+        const body = await this.t.frames("GET", path, undefined, signal);
+        const r = new ByteReader(this.counted(body));
+        const got = await this.readTree(r, ref, 0);
+        if (!(await r.atEnd()))
+          throw new StrataError("DATA_CORRUPT", `tree ${ref.id}: trailing bytes after the grants`, {
+            subject: ref.id,
+          });
+        tree = got;
+      },
+      signal,
+    );
+    return tree!;
   }
 
   readonly maxTrees = MAX_TREES_PER_REQUEST;
@@ -272,32 +358,49 @@ export class RemoteRestoreSource implements RestoreSource {
     }
     if (refs.length > MAX_TREES_PER_REQUEST)
       throw new StrataError("INVALID_ARGUMENT", `at most ${MAX_TREES_PER_REQUEST} trees per request`);
-    const trees = refs.map((ref) => {
+    for (const ref of refs)
       if (!ref.grant) throw new StrataError("INVALID_ARGUMENT", `tree ${ref.id} comes without a grant`);
-      return { id: ref.id, grant: ref.grant };
-    });
-    let body: AsyncIterable<Buffer>;
-    try {
-      body = await this.t.frames(
-        "POST",
-        `/restores/${encodeURIComponent(this.session)}/trees`,
-        { trees },
-        signal,
-      );
-    } catch (e) {
-      const err = asStrataError(e);
-      if (isStrataError(err, "NOT_FOUND") && /^no route /.test(err.message)) {
-        this.oneByOne = true;
-        return this.loadTrees(refs, onTree, signal);
-      }
-      throw err;
-    }
-    const r = new ByteReader(this.counted(body));
-    for (const [i, ref] of refs.entries()) onTree(i, await this.readTree(r, ref, i));
-    if (!(await r.atEnd()))
-      throw new StrataError("DATA_CORRUPT", `trailing bytes after ${refs.length} trees`, {
-        subject: refs[refs.length - 1]!.id,
-      });
+    // Trees arrive in order: a repeated request asks for those not delivered yet.
+    let done = 0;
+    await this.withRetries(
+      `${refs.length} trees`,
+      async () => {
+        const rest = refs.slice(done);
+        let body: AsyncIterable<Buffer>;
+        try {
+          body = await this.t.frames(
+            "POST",
+            `/restores/${encodeURIComponent(this.session)}/trees`,
+            { trees: rest.map((ref) => ({ id: ref.id, grant: ref.grant! })) },
+            signal,
+          );
+        } catch (e) {
+          const err = asStrataError(e);
+          if (isStrataError(err, "NOT_FOUND") && /^no route /.test(err.message)) {
+            this.oneByOne = true;
+            return;
+          }
+          throw err;
+        }
+        const r = new ByteReader(this.counted(body));
+        for (const [j, ref] of rest.entries()) {
+          const tree = await this.readTree(r, ref, j);
+          try {
+            onTree(done, tree);
+          } catch (e) {
+            throw new CallerError(e);
+          }
+          done++;
+        }
+        if (!(await r.atEnd()))
+          throw new StrataError("DATA_CORRUPT", `trailing bytes after ${rest.length} trees`, {
+            subject: rest[rest.length - 1]!.id,
+          });
+      },
+      signal,
+    );
+    if (this.oneByOne && done < refs.length)
+      for (let i = done; i < refs.length; i++) onTree(i, await this.loadTree(refs[i]!, signal));
   }
 
   /** The server has no batch route for trees: ask one by one. */
@@ -395,23 +498,41 @@ export class RemoteRestoreSource implements RestoreSource {
     const got = new Set<string>();
     for (const b of batches) {
       signal?.throwIfAborted();
-      const body = await this.t
-        .frames("POST", `/restores/${encodeURIComponent(this.session)}/chunks`, { requests: b }, signal)
-        .catch((e: unknown) => {
-          throw asStrataError(e);
-        });
-      const r = new ByteReader(this.counted(body));
-      for (let i = 0; !(await r.atEnd()); i++) {
-        const f = await readChunkFrame(r, maxSize + 1024, i);
-        const id = f.id.toString("hex");
-        if (!wanted.has(id) || got.has(id))
-          throw new StrataError("DATA_CORRUPT", `the server sent chunk ${id}, which was not asked for`, {
-            subject: id,
-          });
-        got.add(id);
-        this.stats.chunksReceived++;
-        await onFrame(id as BlobId, (f.flags & FLAG_ZSTD) !== 0, f.payload);
-      }
+      let n = 0;
+      for (const r of b) n += r.ids.length;
+      await this.withRetries(
+        `${n} chunks`,
+        async () => {
+          // A repeated request asks only for the chunks not received yet.
+          const rest = b
+            .map((r) => ({ ...r, ids: r.ids.filter((id) => !got.has(id)) }))
+            .filter((r) => r.ids.length > 0);
+          if (rest.length === 0) return;
+          const body = await this.t.frames(
+            "POST",
+            `/restores/${encodeURIComponent(this.session)}/chunks`,
+            { requests: rest },
+            signal,
+          );
+          const r = new ByteReader(this.counted(body));
+          for (let i = 0; !(await r.atEnd()); i++) {
+            const f = await readChunkFrame(r, maxSize + 1024, i);
+            const id = f.id.toString("hex");
+            if (!wanted.has(id) || got.has(id))
+              throw new StrataError("DATA_CORRUPT", `the server sent chunk ${id}, which was not asked for`, {
+                subject: id,
+              });
+            got.add(id);
+            this.stats.chunksReceived++;
+            try {
+              await onFrame(id as BlobId, (f.flags & FLAG_ZSTD) !== 0, f.payload);
+            } catch (e) {
+              throw new CallerError(e);
+            }
+          }
+        },
+        signal,
+      );
     }
     const missing = [...wanted].filter((id) => !got.has(id));
     if (missing.length)

@@ -35,6 +35,8 @@ export interface SourceStats {
   /** Bytes received over the network (0 for a local source). */
   bytesReceived: number;
   chunksReceived: number;
+  /** Requests repeated after a network failure (a remote source). */
+  retries?: number;
 }
 
 export interface RestoreSource {
