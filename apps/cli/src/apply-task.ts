@@ -94,16 +94,30 @@ function applyClaimed(
   return runClaimedTask<ApplyOutcome>(client, ref, ctx, async ({ task, signal, report }) => {
     // The new release is in place (and committed): its apt brings the user's packages
     // up to it. Whatever apt says, the migration stays; the result tells per package.
-    const reinstallNow = (packages: string[]) => {
+    const reinstallNow = async (packages: string[]): Promise<ReinstallReport> => {
       report({ phase: "reinstall" }, true);
-      return reinstallUserPackages({
-        root: ctx.root,
-        packages,
-        logFile: path.join(ctx.stateDir, "logs", `reinstall-${task.id}.log`),
-        signal,
-        onProgress: (p) =>
-          report({ phase: "reinstall", step: p.step, ...(p.package ? { package: p.package } : {}) }),
-      });
+      const logFile = path.join(ctx.stateDir, "logs", `reinstall-${task.id}.log`);
+      try {
+        return await reinstallUserPackages({
+          root: ctx.root,
+          packages,
+          logFile,
+          signal,
+          onProgress: (p) =>
+            report({ phase: "reinstall", step: p.step, ...(p.package ? { package: p.package } : {}) }),
+        });
+      } catch (e) {
+        // The agent stopping: the task resumes with the reinstall alone.
+        if (ctx.signal.aborted) throw e;
+        // Cancelled by an administrator after the commit: the migration is on
+        // disk and is reported as applied; the packages apt did not reach say so.
+        const message = "cancelled by an administrator after the new system was committed";
+        return {
+          update: { ok: false, message },
+          packages: packages.map((name) => ({ name, from: "", outcome: "failed", message })),
+          log: logFile,
+        };
+      }
     };
     const mark = readMark(ctx.stateDir, task.id);
     if (mark) {

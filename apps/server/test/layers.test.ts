@@ -685,6 +685,49 @@ function runLayerSuite(name: string, open: () => Promise<ServerStore>): void {
       await ok("POST", `/tasks/${t.id}/cancel`);
     });
 
+    it("an apply cancelled after its commit still records the image the endpoint runs; one cancelled before does not", async () => {
+      const a = eps.a!;
+      const before = await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`);
+      // Cancelled, then the agent reports an error (it rolled back before the commit): nothing recorded.
+      const early = await ok<Task>("POST", `/cvds/${a.cvd}/apply`, {});
+      await ok("POST", `/agent/tasks/${early.id}/start`, undefined, a.credential);
+      await ok("POST", `/tasks/${early.id}/cancel`);
+      h.now.t += 1000;
+      await ok(
+        "POST",
+        `/agent/tasks/${early.id}/finish`,
+        { error: { code: "INVALID_ARGUMENT", message: `task ${early.id} was cancelled` } },
+        a.credential,
+      );
+      expect(await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`)).toMatchObject({
+        appliedImage: before.appliedImage,
+        appliedAt: before.appliedAt,
+      });
+      // Cancelled while apt ran after the commit: the agent reports the apply's result.
+      const late = await ok<Task>("POST", `/cvds/${a.cvd}/apply`, {});
+      await ok("POST", `/agent/tasks/${late.id}/start`, undefined, a.credential);
+      await ok("POST", `/tasks/${late.id}/cancel`);
+      h.now.t += 1000;
+      const reported = await ok<Task>(
+        "POST",
+        `/agent/tasks/${late.id}/finish`,
+        {
+          result: {
+            image: late.params.imageKey,
+            imageSnapshot: late.params.image,
+            reinstall: { cancelled: 1 },
+          },
+        },
+        a.credential,
+      );
+      expect(reported.state).toBe("cancelled");
+      expect(reported.result).toMatchObject({ imageSnapshot: late.params.image });
+      const after = await ok<CvdLayersInfo>("GET", `/cvds/${a.cvd}/layers`);
+      expect(after.appliedImage).toBe(late.params.image);
+      expect(after.appliedAt).not.toBe(before.appliedAt);
+      expect(new Date(after.appliedAt!).getTime()).toBe(h.now.t);
+    });
+
     it("an assignment mixing OS releases is a conflict naming both", async () => {
       const ref = eps.ref!;
       put(ref.root, "usr/lib/os-release", 'ID=debian\nVERSION_ID="13"\n');

@@ -364,6 +364,23 @@ export class TaskService {
   }
 
   /**
+   * What a successful apply (or the rollback of one) leaves on the endpoint:
+   * the image it runs. True when the task is of a kind that records one.
+   */
+  private async recordImage(t: TaskRecord, now: Date): Promise<boolean> {
+    if (t.kind === "apply" && typeof t.params.image === "string") {
+      await this.d.store.layers.setAppliedImage(t.cvdId, t.params.image as SnapshotId, now);
+      return true;
+    }
+    // A rollback of a layer apply: the endpoint runs the image it had before again.
+    if (t.kind === "system" && typeof t.params.restoreImage === "string") {
+      await this.d.store.layers.setAppliedImage(t.cvdId, t.params.restoreImage as SnapshotId, now);
+      return true;
+    }
+    return false;
+  }
+
+  /**
    * The end: `result` (done) or `error` (failed). A task cancelled while it
    * ran keeps its state; what the agent reports is recorded with it.
    */
@@ -390,11 +407,7 @@ export class TaskService {
     const now = this.d.clock.now();
     const state: TaskState = hasError ? "failed" : "done";
     if (await this.tasks.updateTask(id, ["running"], { state, result, error, finishedAt: now }, now)) {
-      if (t.kind === "apply" && state === "done" && typeof t.params.image === "string")
-        await this.d.store.layers.setAppliedImage(t.cvdId, t.params.image as SnapshotId, now);
-      // A rollback of a layer apply: the endpoint runs the image it had before again.
-      if (t.kind === "system" && state === "done" && typeof t.params.restoreImage === "string")
-        await this.d.store.layers.setAppliedImage(t.cvdId, t.params.restoreImage as SnapshotId, now);
+      if (state === "done") await this.recordImage(t, now);
       await this.d.audit.record({
         actor: `endpoint:${agent.endpointId}`,
         action: `task.${state}`,
@@ -404,6 +417,16 @@ export class TaskService {
       });
     } else if (t.state === "cancelled") {
       await this.tasks.updateTask(id, ["cancelled"], { result, error }, now);
+      // Cancelled after its commit (during the triggers or the reinstall): the
+      // files are on the endpoint, so the catalog says so (layers.md, "A cancel after the commit").
+      if (result && !error && (await this.recordImage(t, now)))
+        await this.d.audit.record({
+          actor: `endpoint:${agent.endpointId}`,
+          action: "task.applied-after-cancel",
+          object: `cvd:${t.cvdId}`,
+          detail: { task: id, kind: t.kind },
+          remoteAddr: "agent",
+        });
     } else if (t.state === "queued") {
       throw new StrataError("INVALID_ARGUMENT", `task ${id} was never started`, {
         hint: "claim it with POST /agent/tasks/{id}/start first",
