@@ -230,12 +230,31 @@ export class DirBlobStore implements BlobStore {
     return fromSystemError(e, "reading", `${this.root}/${name}`);
   }
 
+  /**
+   * Drop `name`'s cached handle from the map and the eviction order: a
+   * stale name left in the order would later evict (close early) a handle
+   * opened again under the same name.
+   */
+  private forget(name: string): void {
+    this.fds.delete(name);
+    const i = this.fdOrder.indexOf(name);
+    if (i >= 0) this.fdOrder.splice(i, 1);
+  }
+
+  /** Open read handles, at most this many (least recently opened first out). */
+  get openHandles(): readonly string[] {
+    return this.fdOrder;
+  }
+
   /** Keep a few read handles open: restore and check read many ranges per pack. */
   private handle(name: string): Promise<fsp.FileHandle> {
     let h = this.fds.get(name);
     if (!h) {
-      h = fsp.open(this.full(name), "r");
-      h.catch(() => this.fds.delete(name));
+      const opened = fsp.open(this.full(name), "r");
+      h = opened;
+      opened.catch(() => {
+        if (this.fds.get(name) === opened) this.forget(name);
+      });
       this.fds.set(name, h);
       this.fdOrder.push(name);
       while (this.fdOrder.length > 64) {
@@ -345,7 +364,7 @@ export class DirBlobStore implements BlobStore {
     const p = this.full(name);
     const h = this.fds.get(name);
     if (h) {
-      this.fds.delete(name);
+      this.forget(name);
       h.then((fh) => fh.close()).catch(() => {});
     }
     try {

@@ -18,6 +18,30 @@ afterAll(() => {
 runBlobStoreContract("DirBlobStore", async () => new DirBlobStore(fresh()));
 
 describe("DirBlobStore specifics", () => {
+  it("a deleted or unopenable object leaves the read-handle cache; a name put again is read anew and cached once", async () => {
+    const s = new DirBlobStore(fresh());
+    await s.put("packs/aa/a", Buffer.from("first"));
+    expect((await s.getRange("packs/aa/a", 0, 5)).toString()).toBe("first");
+    expect(s.openHandles).toEqual(["packs/aa/a"]);
+    await s.delete("packs/aa/a");
+    expect(s.openHandles).toEqual([]);
+    await s.put("packs/aa/a", Buffer.from("again"));
+    expect((await s.getRange("packs/aa/a", 0, 5)).toString()).toBe("again");
+    expect(s.openHandles).toEqual(["packs/aa/a"]);
+    await expect(s.getRange("packs/aa/missing", 0, 1)).rejects.toThrow(/missing/);
+    await Promise.resolve();
+    expect(s.openHandles).toEqual(["packs/aa/a"]);
+    // 64 other objects read: "a" is the oldest and goes; nothing evicts twice.
+    for (let i = 0; i < 64; i++) {
+      await s.put(`packs/bb/${i}`, Buffer.from(`b${i}`));
+      await s.getRange(`packs/bb/${i}`, 0, 2);
+    }
+    expect(s.openHandles).toHaveLength(64);
+    expect(new Set(s.openHandles).size).toBe(64);
+    expect(s.openHandles).not.toContain("packs/aa/a");
+    await s.close();
+  });
+
   it("leaves no temporary files behind and writes files readable only by the owner", async () => {
     const root = fresh();
     const s = new DirBlobStore(root);
