@@ -1,4 +1,4 @@
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import {
   chmodSync,
   existsSync,
@@ -44,6 +44,8 @@ afterAll(async () => {
   await closeTestRepo(repo);
   cleanup();
 });
+
+const hasSetfacl = spawnSync("setfacl", ["--version"]).status === 0;
 
 /** Paths no kind writes (excluded by the default policy). */
 const EXCLUDED = /(^| )(tmp|var\/cache)\/./;
@@ -92,6 +94,24 @@ describe("restore engine, small tree", () => {
     // Nothing of the restore's own state is left.
     expect(readdirSync(path.join(o.stateDir, "restore"))).toEqual([]);
   });
+
+  it.skipIf(!hasSetfacl)(
+    "a stage with a default ACL (inherited from the state directory): restored objects carry only the snapshot's ACLs (needs setfacl)",
+    async () => {
+      const root = tmp("strata-root-");
+      const o = opts(root, { kind: "full" });
+      mkdirSync(o.stateDir, { recursive: true });
+      execFileSync("setfacl", ["-d", "-m", "u:4321:rwx", o.stateDir]);
+      const run = runRestore(src, o);
+      const r = await run.done;
+      expect(r.errors).toEqual([]);
+      // rsync -aHAX compares ACLs: an inherited u:4321 entry would show on every object.
+      expect(diff(v1, root, EXCLUDED)).toEqual([]);
+      expect(native.llistxattr(Buffer.from(path.join(root, "etc/hostname")))).not.toContain(
+        "system.posix_acl_access",
+      );
+    },
+  );
 
   it("full repairs every kind of drift and deletes newer files, excluded ones kept", async () => {
     const root = drifted();

@@ -13,7 +13,7 @@ import {
 } from "node:fs";
 import { createInterface } from "node:readline";
 import { type FsNode, type NodeType, StrataError } from "@strata/core";
-import { applyMetadataSync, displayPath, nodeTypeOf } from "@strata/fs";
+import { applyMetadataSync, displayPath, hasDefaultAcl, nodeTypeOf } from "@strata/fs";
 
 /*
  * The restore journal (docs/design/restore.md, "Phases" and "Operations").
@@ -153,6 +153,12 @@ export interface Workdir {
   /** Absolute; holds `stage/` and `trash/`. */
   path: Buffer;
   dev: number;
+  /**
+   * `stage/` has a default ACL (inherited from where the workdir was made),
+   * so objects created in it carry ACLs the snapshot may lack. Known only
+   * for workdirs this run created.
+   */
+  inheritsAcl?: boolean;
 }
 
 export const WORKDIR_PREFIX = ".strata-restore-";
@@ -226,7 +232,7 @@ export class Workdirs {
         { subject: displayPath(path) },
       );
     }
-    this.list.push({ path, dev });
+    this.list.push({ path, dev, inheritsAcl: hasDefaultAcl(Buffer.concat([path, Buffer.from("/stage")])) });
     return this.list.length - 1;
   }
 }

@@ -870,13 +870,16 @@ export class Planner {
       this.env.error(shown, `metadata not fully restored: ${dropped.join(", ")} need root`);
       node = { ...n, xattrs: n.xattrs.filter((x) => userSettable(x.name)) };
     }
+    // `dest` was created in a stage: without a default ACL there, it inherited
+    // none, and its xattrs need no listing (one syscall less per object).
+    const opts = { owner: this.env.owner, noInheritedAcl: !this.env.work.list.some((w) => w.inheritsAcl) };
     try {
-      applyMetadataSync(dest, node, { owner: this.env.owner });
+      applyMetadataSync(dest, node, opts);
     } catch (e) {
       this.env.error(shown, `metadata not fully restored: ${(e as Error).message}`);
       try {
         const { xattrs: _dropped, ...rest } = node;
-        applyMetadataSync(dest, rest, { owner: this.env.owner });
+        applyMetadataSync(dest, rest, opts);
       } catch (e2) {
         this.env.error(shown, `metadata not restored: ${(e2 as Error).message}`);
       }
