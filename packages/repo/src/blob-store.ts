@@ -37,6 +37,12 @@ export interface BlobStore {
   put(name: string, data: Buffer | readonly Buffer[]): Promise<void>;
   get(name: string): Promise<Buffer>;
   getRange(name: string, offset: number, length: number): Promise<Buffer>;
+  /**
+   * `getRange` into the caller's buffer (at least `length` bytes; its first
+   * `length` bytes are returned): a reader of many ranges reuses one buffer
+   * instead of allocating each. Same errors as `getRange`. Optional.
+   */
+  getRangeInto?(name: string, offset: number, length: number, into: Buffer): Promise<Buffer>;
   /** Size in bytes, or null when missing. */
   stat(name: string): Promise<{ size: number; mtime: Date } | null>;
   list(prefix: string): AsyncIterable<{ name: string; size: number }>;
@@ -267,10 +273,16 @@ export class DirBlobStore implements BlobStore {
     return h;
   }
 
-  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+  getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    return this.getRangeInto(name, offset, length, Buffer.allocUnsafe(length));
+  }
+
+  async getRangeInto(name: string, offset: number, length: number, into: Buffer): Promise<Buffer> {
+    if (into.length < length)
+      throw new StrataError("INVALID_ARGUMENT", `a ${into.length}-byte buffer cannot hold ${length} bytes`);
     try {
       const fh = await this.handle(name);
-      const buf = Buffer.allocUnsafe(length);
+      const buf = into.length === length ? into : into.subarray(0, length);
       let got = 0;
       // Small ranges (trees, single chunks) are read synchronously: a trip
       // through libuv's thread pool costs more than the read itself, and

@@ -27,7 +27,15 @@ import {
   type RepoCatalog,
   type SnapshotRecord,
 } from "./catalog.js";
-import { type KeyFile, MasterKey, openSealed, seal, unwrapMasterKey, wrapMasterKey } from "./crypto.js";
+import {
+  type KeyFile,
+  MasterKey,
+  openSealed,
+  openSealedInto,
+  seal,
+  unwrapMasterKey,
+  wrapMasterKey,
+} from "./crypto.js";
 import {
   BlobCodec,
   type EncodedBlob,
@@ -558,6 +566,23 @@ export class Repository {
         },
       );
     return { body, compressed: e.compressed };
+  }
+
+  /**
+   * `openWire` into the caller's buffer at `offset` (room for
+   * `stored.length − SEAL_OVERHEAD` bytes): the wire body's length.
+   */
+  openWireInto(e: IndexEntry, stored: Uint8Array, out: Buffer, offset: number): number {
+    const n = openSealedInto(this.key, stored, out, offset);
+    if (n < 0)
+      throw new StrataError(
+        "DATA_CORRUPT",
+        `blob ${e.id} in pack ${e.packId} fails authentication (damaged)`,
+        {
+          subject: e.id,
+        },
+      );
+    return n;
   }
 
   /**

@@ -27,6 +27,26 @@ export interface TreeFrame extends ChunkFrame {
 }
 
 /** Chunk frame: id(32) u32 n u8 flags payload(n). */
+/** Bytes of a chunk frame before its payload: id(32) u32 n u8 flags. */
+export const CHUNK_FRAME_HEADER = 37;
+
+/**
+ * A chunk frame's header written in place (the payload of `length` bytes
+ * follows at `at + CHUNK_FRAME_HEADER`): for senders that build frames in
+ * one buffer. `id` is the chunk id in hex.
+ */
+export function writeChunkFrameHeader(
+  out: Buffer,
+  at: number,
+  id: string,
+  length: number,
+  compressed: boolean,
+): void {
+  if (out.write(id, at, 32, "hex") !== 32) throw new StrataError("INVALID_ARGUMENT", `bad chunk id ${id}`);
+  out.writeUInt32LE(length, at + 32);
+  out[at + 36] = compressed ? FLAG_ZSTD : 0;
+}
+
 export function encodeChunkFrame(id: Buffer, compressed: boolean, payload: Uint8Array): Buffer[] {
   const h = Buffer.allocUnsafe(37);
   id.copy(h, 0);

@@ -24,6 +24,25 @@ export function runBlobStoreContract(name: string, make: () => Promise<BlobStore
       );
     });
 
+    it("getRangeInto (where a store has it) fills the caller's buffer as getRange reads", async () => {
+      if (!s.getRangeInto) return; // optional: readers fall back to getRange
+      await s.put("ri", Buffer.from("0123456789"));
+      const into = Buffer.alloc(16, 0x2e);
+      const got = await s.getRangeInto("ri", 2, 5, into);
+      expect(got.toString()).toBe("23456");
+      expect(got.buffer).toBe(into.buffer); // the caller's memory, no copy
+      expect(into.subarray(5).toString()).toBe(".".repeat(11));
+      await expect(s.getRangeInto("ri", 8, 5, into)).rejects.toSatisfy(
+        (e) => isStrataError(e, "DATA_CORRUPT") && /ri is truncated/.test((e as Error).message),
+      );
+      await expect(s.getRangeInto("nope", 0, 1, into)).rejects.toSatisfy((e) =>
+        isStrataError(e, "NOT_FOUND"),
+      );
+      await expect(s.getRangeInto("ri", 0, 17, into)).rejects.toSatisfy((e) =>
+        isStrataError(e, "INVALID_ARGUMENT"),
+      );
+    });
+
     it("missing objects give NOT_FOUND naming the object; stat gives null", async () => {
       await expect(s.get("nope")).rejects.toSatisfy(
         (e) => isStrataError(e, "NOT_FOUND") && /nope/.test((e as Error).message),
