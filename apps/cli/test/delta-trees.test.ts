@@ -59,10 +59,13 @@ function setup() {
 async function withRepo<T>(env: Env, f: (repo: Repository) => Promise<T>): Promise<T> {
   process.env.STRATA_SCRYPT_LOG_N = "12";
   const catalog = await openSqliteCatalog(path.join(env.repo, "catalog.db"));
+  const store = new DirBlobStore(env.repo);
   try {
-    const repo = await Repository.open(new DirBlobStore(env.repo), catalog, Buffer.from(env.password));
+    const repo = await Repository.open(store, catalog, Buffer.from(env.password));
     return await f(repo);
   } finally {
+    // Its cached read handles too: a pack the next CLI run prunes stays open otherwise.
+    await store.close();
     await catalog.close();
   }
 }
