@@ -1,5 +1,5 @@
 import { type BlobStore, isStrataError } from "@strata/repo";
-import { beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
 
 /** The BlobStore contract, run against every implementation (dir now, S3 later). */
 export function runBlobStoreContract(name: string, make: () => Promise<BlobStore>): void {
@@ -7,6 +7,9 @@ export function runBlobStoreContract(name: string, make: () => Promise<BlobStore
     let s: BlobStore;
     beforeEach(async () => {
       s = await make();
+    });
+    afterEach(async () => {
+      await s.close(); // its cached read handles too (left to GC, Node warns)
     });
 
     it("put then get returns the same bytes; put of parts concatenates", async () => {
