@@ -141,6 +141,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         clearInterval(expiry);
         await app.close();
         await services.restores?.flushTouches().catch(() => {});
+        await services.restores?.releaseStreamLease();
         await repoData.close();
         await store.close();
       },

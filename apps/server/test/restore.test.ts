@@ -177,15 +177,28 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
       // big.bin is random: sent as it is stored, never larger than it plus frame headers.
       expect(src.stats.bytesReceived).toBeGreaterThan(390_000);
       expect(src.stats.bytesReceived).toBeLessThan(450_000);
+      // The node's chunk streams read under one shared lease, reused by the next request and
+      // kept a moment after the last stream (not taken and given back per request).
+      const serveLeases = async () =>
+        (await h.repo.catalog.listLeases(new Date())).filter((l) => l.holder.includes("restore-serve"));
+      const held = await serveLeases();
+      expect(held).toHaveLength(1);
+      expect(held[0]).toMatchObject({ name: "repo", mode: "shared" });
+      await readAll(src);
+      expect((await serveLeases()).map((l) => [l.holder, l.acquiredAt])).toEqual([
+        [held[0]!.holder, held[0]!.acquiredAt],
+      ]);
       await src.close();
       await src.close(); // idempotent
+      await h.services.restores!.releaseStreamLease();
+      expect(await serveLeases()).toEqual([]);
       const tx = (
         await h.app.inject({ method: "GET", url: `${API}/cvds/${a.cvd}/transactions`, headers: admin() })
       ).json() as { kind: string; state: string; bytesSent: number; openedBy?: string; treesSent?: number }[];
       const restore = tx.find((t) => t.kind === "restore");
       expect(restore).toMatchObject({ state: "closed", openedBy: `endpoint:${a.endpointId}` });
       expect(restore!.bytesSent).toBe(src.stats.bytesReceived);
-      expect(restore!.treesSent).toBe(5); // /, etc, home, alice, docs
+      expect(restore!.treesSent).toBe(10); // /, etc, home, alice, docs — read twice above
       expect(tx.filter((t) => t.kind !== "restore")).toHaveLength(2);
       // A closed session serves nothing more.
       expect((await rejects(src.loadTree(src.snapshot.root))).code).toBe("SESSION_EXPIRED");

@@ -41,6 +41,7 @@ import {
   encodeTreeFrame,
   holdLease,
   type IndexEntry,
+  type Lease,
   leaseHolder,
   packName,
   type Repository,
@@ -66,6 +67,8 @@ export interface RestoreLimits {
   maxTreeIds: number;
   /** Snapshots one history page looks at. */
   maxHistorySnapshots: number;
+  /** The node's shared lease for chunk streams is kept this long after the last one ends. */
+  streamLeaseLingerMs: number;
 }
 
 export const DEFAULT_RESTORE_LIMITS: RestoreLimits = {
@@ -73,6 +76,7 @@ export const DEFAULT_RESTORE_LIMITS: RestoreLimits = {
   maxChunkIds: 8192,
   maxTreeIds: MAX_TREES_PER_REQUEST,
   maxHistorySnapshots: 500,
+  streamLeaseLingerMs: 2000,
 };
 
 export const GRANT_INFO = "strata restore grant";
@@ -546,6 +550,74 @@ export class RestoreService {
    * sealed) as they are read. A chunk the repository cannot deliver
    * (missing, damaged) is left out: the receiver names what it lacks.
    */
+  /** The node's shared repository lease for chunk streams (see holdStreamLease). */
+  private streamLease: { lease: Promise<Lease>; users: number; timer: NodeJS.Timeout | null } | null = null;
+
+  /**
+   * Chunk streams read packs under a shared repository lease, so prune
+   * cannot delete them meanwhile. One lease serves every stream of this
+   * node and is kept `streamLeaseLingerMs` after the last one ends: a
+   * restore asks for chunks in ~100 requests, and taking and releasing a
+   * lease for each (two catalog transactions) was a tenth of the server's
+   * time. Returns the stream's release (idempotent).
+   */
+  private async holdStreamLease(): Promise<() => void> {
+    for (let attempt = 0; ; attempt++) {
+      let h = this.streamLease;
+      if (!h) {
+        const lease = holdLease(this.repo.catalog, "repo", leaseHolder("restore-serve"), "shared");
+        const fresh = { lease, users: 0, timer: null as NodeJS.Timeout | null };
+        lease.catch(() => {
+          if (this.streamLease === fresh) this.streamLease = null;
+        });
+        this.streamLease = h = fresh;
+      }
+      const held = h;
+      held.users++;
+      if (held.timer) {
+        clearTimeout(held.timer);
+        held.timer = null;
+      }
+      let lease: Lease;
+      try {
+        lease = await held.lease;
+        lease.check(); // a heartbeat failed: the lease may be gone, take a new one
+      } catch (e) {
+        held.users--;
+        if (this.streamLease === held) this.streamLease = null;
+        if (held.users === 0) void held.lease.then((l) => l.release()).catch(() => {});
+        if (attempt === 0 && !(e instanceof StrataError && e.code === "LOCKED" && /is busy/.test(e.message)))
+          continue;
+        throw e;
+      }
+      let done = false;
+      return () => {
+        if (done) return;
+        done = true;
+        held.users--;
+        if (held.users > 0) return;
+        const drop = () => {
+          held.timer = null;
+          if (held.users > 0) return;
+          if (this.streamLease === held) this.streamLease = null;
+          void lease.release().catch(() => {});
+        };
+        if (this.limits.streamLeaseLingerMs <= 0) return drop();
+        held.timer = setTimeout(drop, this.limits.streamLeaseLingerMs);
+        held.timer.unref();
+      };
+    }
+  }
+
+  /** Give back the stream lease now if no stream uses it (the server is stopping). */
+  async releaseStreamLease(): Promise<void> {
+    const h = this.streamLease;
+    if (!h || h.users > 0) return;
+    if (h.timer) clearTimeout(h.timer);
+    this.streamLease = null;
+    await h.lease.then((l) => l.release()).catch(() => {});
+  }
+
   async chunks(actor: RestoreActor, sessionId: string, body: ChunkRequestBody): Promise<FrameStream> {
     const s = await this.session(actor, sessionId);
     const reqs = body?.requests;
@@ -581,18 +653,18 @@ export class RestoreService {
         wanted.add(id);
       }
     }
-    const lease = await holdLease(this.repo.catalog, "repo", leaseHolder("restore-serve"), "shared");
+    const release = await this.holdStreamLease();
     let entries: IndexEntry[];
     try {
       entries = [...(await this.repo.lookup([...wanted] as BlobId[])).values()];
     } catch (e) {
-      await lease.release();
+      release();
       throw e;
     }
     entries.sort((a, b) => (a.packId === b.packId ? a.offset - b.offset : a.packId < b.packId ? -1 : 1));
     const sentTo = (await this.isImageSession(s).catch(() => false)) ? sentToCvdHolder(s.cvdId) : null;
     const stream = Readable.from(
-      this.serve(s, entries, () => lease.release(), sentTo),
+      this.serve(s, entries, async () => release(), sentTo),
       {
         objectMode: false,
         highWaterMark: 1024 * 1024,
