@@ -1,5 +1,32 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import { DEFAULT_DO_NOT_OVERRIDE } from "@strata/core";
+import type { ApplyPlan, LayerManifest } from "@strata/protocol";
+
+/** An apply plan as the server sends it, for a Debian 12 image: `manifest` and `more` override its parts. */
+export function applyPlanOf(manifest: Partial<LayerManifest>, more: Partial<ApplyPlan> = {}): ApplyPlan {
+  return {
+    task: "task_t",
+    image: { id: "img_1", snapshot: "0".repeat(64) },
+    session: {} as ApplyPlan["session"],
+    manifest: {
+      os: { id: "debian", versionId: "12" },
+      removed: [],
+      packages: [],
+      removedPackages: [],
+      accounts: { passwd: [], group: [], shadow: [], gshadow: [] },
+      triggers: [],
+      stats: { files: 0, bytes: 0 },
+      ...manifest,
+    },
+    removals: [],
+    previousPackages: [],
+    doNotOverride: [...DEFAULT_DO_NOT_OVERRIDE],
+    enforce: "none",
+    atRestart: false,
+    ...more,
+  };
+}
 
 /** A fake endpoint root: /etc files, /proc and /sys entries as plain files. */
 export function fakeRoot(root: string, o: { machineId?: string | null; hostname?: string } = {}): string {

@@ -27,8 +27,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { DEFAULT_DO_NOT_OVERRIDE, depmodTargets, initramfsTargets, triggersFor } from "@strata/core";
-import type { ApplyPlan, LayerManifest } from "@strata/protocol";
+import { depmodTargets, initramfsTargets, triggersFor } from "@strata/core";
 import type { Repository } from "@strata/repo";
 import { debCache, debianRoot, debianRootSkipReason } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -47,6 +46,7 @@ import {
 import { hasPendingRestore, recoverPendingRestore, runRestore } from "../src/restore/engine.js";
 import type { LocalRestoreSource } from "../src/restore/local-source.js";
 import type { StagedOp } from "../src/restore/types.js";
+import { applyPlanOf } from "./fixtures.js";
 import { closeTestRepo, createTestRepo, put, settleDirs, snapshotOf, testPolicy } from "./restore-helpers.js";
 
 const bookworm = await debianRoot("bookworm");
@@ -80,29 +80,7 @@ const OLD_PATHS = [
 ];
 const NEW_PATHS = [`/boot/vmlinuz-${NEW}`, `/usr/lib/modules/${NEW}/kernel/a.ko`];
 
-function plan(manifest: Partial<LayerManifest>, more: Partial<ApplyPlan> = {}): ApplyPlan {
-  return {
-    task: "task_k",
-    image: { id: "img_k", snapshot: "0".repeat(64) },
-    session: {} as ApplyPlan["session"],
-    manifest: {
-      os: { id: "debian", versionId: "12" },
-      removed: [],
-      packages: [],
-      removedPackages: [],
-      accounts: { passwd: [], group: [], shadow: [], gshadow: [] },
-      triggers: [],
-      stats: { files: 0, bytes: 0 },
-      ...manifest,
-    },
-    removals: [],
-    previousPackages: [],
-    doNotOverride: [...DEFAULT_DO_NOT_OVERRIDE],
-    enforce: "none",
-    atRestart: false,
-    ...more,
-  };
-}
+const plan = applyPlanOf;
 
 /** The apply of the new kernel's image over an endpoint running the old one. */
 const kernelPlan = () =>

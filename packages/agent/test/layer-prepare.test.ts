@@ -7,10 +7,9 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
-import { DEFAULT_DO_NOT_OVERRIDE } from "@strata/core";
-import type { ApplyPlan, LayerManifest } from "@strata/protocol";
 import { afterAll, describe, expect, it } from "vitest";
 import { blockedError, prepareLayerApply, removalPredicate, runTriggers } from "../src/layers/apply.js";
+import { applyPlanOf } from "./fixtures.js";
 
 const dir = mkdtempSync(path.join(tmpdir(), "strata-layer-prepare-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -35,29 +34,7 @@ function root(name: string, status: string): string {
   return r;
 }
 
-function plan(manifest: Partial<LayerManifest>, more: Partial<ApplyPlan> = {}): ApplyPlan {
-  return {
-    task: "task_x",
-    image: { id: "img", snapshot: "0".repeat(64) },
-    session: {} as ApplyPlan["session"],
-    manifest: {
-      os: { id: "debian", versionId: "12" },
-      removed: [],
-      packages: [],
-      removedPackages: [],
-      accounts: { passwd: [], group: [], shadow: [], gshadow: [] },
-      triggers: [],
-      stats: { files: 0, bytes: 0 },
-      ...manifest,
-    },
-    removals: [],
-    previousPackages: [],
-    doNotOverride: [...DEFAULT_DO_NOT_OVERRIDE],
-    enforce: "none",
-    atRestart: false,
-    ...more,
-  };
-}
+const plan = applyPlanOf;
 
 const jq = {
   name: "jq",

@@ -27,13 +27,11 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import {
   composeAlternatives,
-  DEFAULT_DO_NOT_OVERRIDE,
   depmodTargets,
   diffAlternatives,
   initramfsTargets,
   triggersFor,
 } from "@strata/core";
-import type { ApplyPlan, LayerManifest } from "@strata/protocol";
 import { debCache, debianRoot, debianRootSkipReason } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -43,6 +41,7 @@ import {
   runTriggers,
   savePendingTriggers,
 } from "../src/layers/apply.js";
+import { applyPlanOf } from "./fixtures.js";
 
 const bookworm = await debianRoot("bookworm");
 const reason =
@@ -96,29 +95,7 @@ function put(root: string, rel: string, content: string, mode = 0o644): void {
   writeFileSync(p, content, { mode });
 }
 
-function plan(manifest: Partial<LayerManifest>, more: Partial<ApplyPlan> = {}): ApplyPlan {
-  return {
-    task: "task_t",
-    image: { id: "img_1", snapshot: "0".repeat(64) },
-    session: {} as ApplyPlan["session"],
-    manifest: {
-      os: { id: "debian", versionId: "12" },
-      removed: [],
-      packages: [],
-      removedPackages: [],
-      accounts: { passwd: [], group: [], shadow: [], gshadow: [] },
-      triggers: [],
-      stats: { files: 0, bytes: 0 },
-      ...manifest,
-    },
-    removals: [],
-    previousPackages: [],
-    doNotOverride: [...DEFAULT_DO_NOT_OVERRIDE],
-    enforce: "none",
-    atRestart: false,
-    ...more,
-  };
-}
+const plan = applyPlanOf;
 
 const DEMO_FILES = [
   "usr/bin/strata-demo-a",
