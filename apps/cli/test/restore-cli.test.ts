@@ -41,6 +41,24 @@ async function ok(...args: string[]): Promise<any> {
   return args.includes("--json") ? JSON.parse(r.stdout) : r.stdout;
 }
 
+/** `strata agent run` of an enrolled endpoint, its stderr collected, until `stop`. */
+function agentRun(stateDir: string, ...args: string[]) {
+  const child = spawn(process.execPath, [BIN, "agent", "run", "--state", stateDir, ...args], {
+    env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "" },
+  });
+  const run = {
+    log: "",
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => child.once("close", r));
+    },
+  };
+  child.stderr.on("data", (d) => {
+    run.log += d;
+  });
+  return run;
+}
+
 describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS", () => {
   let server: RunningServer;
   const root = path.join(dir, "root");
@@ -328,16 +346,10 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     const before = readFileSync(path.join(root, "home/alice/docs/report.odt"));
     writeFileSync(path.join(root, "home/alice/docs/new.txt"), "made after the snapshot\n");
     const t = await ok("cvd", "revert", cvd, "--full", "--snapshot", snaps[0]!, "--json");
-    const agent = spawn(process.execPath, [BIN, "agent", "run", "--state", state], {
-      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "" },
-    });
-    let log = "";
-    agent.stderr.on("data", (d) => {
-      log += d;
-    });
+    const agent = agentRun(state);
     try {
       const done = await strata("task", "show", t.id, "--wait", "--json");
-      expect(done.code, `${done.stdout}\n${done.stderr}\n${log}`).toBe(0);
+      expect(done.code, `${done.stdout}\n${done.stderr}\n${agent.log}`).toBe(0);
       const task = JSON.parse(done.stdout);
       expect(task).toMatchObject({ state: "done", kind: "full", result: { snapshot: snaps[0], errors: 0 } });
       expect(task.result.safetySnapshot).toMatch(/^[0-9a-f]{64}$/);
@@ -346,10 +358,9 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       // A full revert deletes what the snapshot lacks (the safety snapshot had it).
       expect(existsSync(path.join(root, "home/alice/docs/new.txt"))).toBe(false);
       // Only a recover leaves idle priority (agent.md, "Priority").
-      expect(log).not.toContain("normal priority");
+      expect(agent.log).not.toContain("normal priority");
     } finally {
-      agent.kill("SIGTERM");
-      await new Promise((r) => agent.once("close", r));
+      await agent.stop();
     }
   });
 
@@ -384,23 +395,17 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       "--no-streaming",
       "--json",
     );
-    const agent = spawn(process.execPath, [BIN, "agent", "run", "--state", state2, "--json"], {
-      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: "", STRATA_CREDENTIALS: "" },
-    });
-    let log = "";
-    agent.stderr.on("data", (d) => {
-      log += d;
-    });
+    const agent = agentRun(state2, "--json");
     try {
       const done = await strata("task", "show", t.id, "--wait", "--json");
-      expect(done.code, `${done.stdout}\n${done.stderr}\n${log}`).toBe(0);
+      expect(done.code, `${done.stdout}\n${done.stderr}\n${agent.log}`).toBe(0);
       expect(JSON.parse(done.stdout)).toMatchObject({
         state: "done",
         kind: "recover",
         result: { errors: 0 },
       });
       expect(readFileSync(path.join(root2, "home/alice/docs/draft.txt"), "utf8")).toBe("draft\n");
-      const lines = log
+      const lines = agent.log
         .split("\n")
         .filter((l) => l.startsWith("{"))
         .map((l) => JSON.parse(l) as { msg: string; threads?: number });
@@ -408,18 +413,17 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       const up = msgs.indexOf("recover runs at normal priority");
       const starts = msgs.indexOf("task starts");
       const back = msgs.indexOf("back to idle priority");
-      expect(up, log).toBeGreaterThanOrEqual(0);
-      expect(back, log).toBeGreaterThan(up);
+      expect(up, agent.log).toBeGreaterThanOrEqual(0);
+      expect(back, agent.log).toBeGreaterThan(up);
       expect(up).toBeGreaterThan(starts);
       if (process.getuid?.() === 0) {
         // Root may lower a nice value: every thread was raised, and every thread went back.
         expect(lines[up]!.threads).toBeGreaterThan(0);
         expect(lines[back]!.threads).toBeGreaterThan(0);
-        expect(log).not.toContain("cannot raise priority");
+        expect(agent.log).not.toContain("cannot raise priority");
       }
     } finally {
-      agent.kill("SIGTERM");
-      await new Promise((r) => agent.once("close", r));
+      await agent.stop();
     }
   });
 });
