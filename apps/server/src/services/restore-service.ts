@@ -578,16 +578,24 @@ export class RestoreService {
         clearTimeout(held.timer);
         held.timer = null;
       }
-      let lease: Lease;
-      try {
-        lease = await held.lease;
-        lease.check(); // a heartbeat failed: the lease may be gone, take a new one
-      } catch (e) {
+      const unuse = () => {
         held.users--;
         if (this.streamLease === held) this.streamLease = null;
-        if (held.users === 0) void held.lease.then((l) => l.release()).catch(() => {});
-        if (attempt === 0 && !(e instanceof StrataError && e.code === "LOCKED" && /is busy/.test(e.message)))
-          continue;
+      };
+      let lease: Lease;
+      try {
+        lease = await held.lease; // LOCKED while a prune holds the repository
+      } catch (e) {
+        unuse();
+        throw e;
+      }
+      try {
+        lease.check();
+      } catch (e) {
+        // A heartbeat failed: the lease may be gone. Give it up and take a new one (once).
+        unuse();
+        if (held.users === 0) void lease.release().catch(() => {});
+        if (attempt === 0) continue;
         throw e;
       }
       let done = false;
