@@ -167,7 +167,7 @@ describe("upload protocol (agent ↔ server service)", () => {
     cache.close();
     expect(r2.stats.filesChanged).toBe(1);
     expect(r2.chunksSent).toBeGreaterThan(0);
-    // Only the chunks around the edit travel (chunks are 16-512 KiB), not the 1.5 MB file.
+    // Only the chunks around the edit travel (chunks are 32 KiB–1 MiB), not the 1.5 MB file.
     expect(t2.received).toBeLessThan(700_000);
     snapA = r2.snapshot;
   });

@@ -26,9 +26,9 @@ export interface ChunkerParams {
 
 export const DEFAULT_CHUNKER_PARAMS: ChunkerParams = {
   algorithm: "fastcdc-v1",
-  minSize: 16 * 1024,
-  avgSize: 64 * 1024,
-  maxSize: 512 * 1024,
+  minSize: 32 * 1024,
+  avgSize: 128 * 1024,
+  maxSize: 1024 * 1024,
   normalization: 2,
   gearSeed: "7374726174612d6765617273",
 };

@@ -91,7 +91,7 @@ export function registerRepoCommands(program: Command): void {
     .description("create a new encrypted repository in --repo DIR")
     .option(
       "--chunk-avg <bytes>",
-      "average chunk size, a power of two (default 65536); fixed for the repository's life",
+      "average chunk size, a power of two (default 131072); fixed for the repository's life",
       int,
     )
     .option(
