@@ -1,6 +1,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import {
   chmodSync,
+  chownSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -110,6 +111,22 @@ describe("restore engine, small tree", () => {
       expect(native.llistxattr(Buffer.from(path.join(root, "etc/hostname")))).not.toContain(
         "system.posix_acl_access",
       );
+    },
+  );
+
+  it.skipIf(process.geteuid?.() !== 0)(
+    "a setgid state directory (the stage's new files get its group): owners and modes still match the snapshot (needs root)",
+    async () => {
+      const root = tmp("strata-root-");
+      const o = opts(root, { kind: "full" });
+      mkdirSync(o.stateDir, { recursive: true });
+      chownSync(o.stateDir, 0, 4321);
+      chmodSync(o.stateDir, 0o2755);
+      const r = await runRestore(src, o).done;
+      expect(r.errors).toEqual([]);
+      // rsync -aHAX compares owners, groups and modes: a skipped chown would show as "g".
+      expect(diff(v1, root, EXCLUDED)).toEqual([]);
+      expect(statSync(path.join(root, "etc/hostname")).gid).toBe(statSync(path.join(v1, "etc/hostname")).gid);
     },
   );
 

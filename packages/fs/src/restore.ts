@@ -192,6 +192,13 @@ export interface ApplyOptions {
    * there is no inherited ACL to remove and the xattrs need not be listed.
    */
   noInheritedAcl?: boolean;
+  /**
+   * What the caller knows the object has now, because it has just created
+   * it (owner from its own ids and its directory, mode from the creating
+   * call and the umask): a step that would set the same value is skipped,
+   * two syscalls less for most files of a restore.
+   */
+  fresh?: { uid: number; gid: number; mode: number };
 }
 
 /**
@@ -219,7 +226,9 @@ export async function applyMetadata(path: Buffer, node: FsNode, opts: ApplyOptio
  * thread-pool round trips.
  */
 export function applyMetadataSync(path: Buffer, node: FsNode, opts: ApplyOptions = {}): void {
-  if (opts.owner ?? process.geteuid?.() === 0) {
+  const fresh = opts.fresh;
+  const sameOwner = fresh !== undefined && fresh.uid === node.uid && fresh.gid === node.gid;
+  if ((opts.owner ?? process.geteuid?.() === 0) && !sameOwner) {
     try {
       lchownSync(path, node.uid, node.gid);
     } catch (e) {
@@ -227,7 +236,9 @@ export function applyMetadataSync(path: Buffer, node: FsNode, opts: ApplyOptions
     }
   }
   if (!opts.noInheritedAcl || node.xattrs?.length) applyXattrs(path, node, opts.noInheritedAcl === true);
-  if (node.type !== "symlink") {
+  // With xattrs the mode is set again after them: an ACL's mask must match it.
+  const sameMode = fresh !== undefined && fresh.mode === (node.mode & 0o7777) && !node.xattrs?.length;
+  if (node.type !== "symlink" && !sameMode) {
     try {
       chmodSync(path, node.mode & 0o7777);
     } catch (e) {

@@ -443,6 +443,7 @@ class Engine {
       links: new Map(),
       counters: this.counters,
       countTotals: !this.streaming,
+      creator: { uid: process.geteuid?.() ?? -1, umask: process.umask() },
       error: (p, m) => this.error(p, m),
       step: (p) => this.step(p),
       progress: () => this.progress(),

@@ -159,6 +159,11 @@ export interface Workdir {
    * for workdirs this run created.
    */
   inheritsAcl?: boolean;
+  /**
+   * The group objects created in `stage/` get: its own when it is setgid,
+   * else this process's. Known only for workdirs this run created.
+   */
+  createdGid?: number;
 }
 
 export const WORKDIR_PREFIX = ".strata-restore-";
@@ -232,7 +237,14 @@ export class Workdirs {
         { subject: displayPath(path) },
       );
     }
-    this.list.push({ path, dev, inheritsAcl: hasDefaultAcl(Buffer.concat([path, Buffer.from("/stage")])) });
+    const stage = Buffer.concat([path, Buffer.from("/stage")]);
+    const sst = lstatSync(stage);
+    this.list.push({
+      path,
+      dev,
+      inheritsAcl: hasDefaultAcl(stage),
+      createdGid: sst.mode & 0o2000 ? sst.gid : (process.getegid?.() ?? sst.gid),
+    });
     return this.list.length - 1;
   }
 }

@@ -16,6 +16,7 @@ import {
 import type { BlobId, CompiledPolicy, FsNode } from "@strata/core";
 import { StrataError } from "@strata/core";
 import {
+  type ApplyOptions,
   applyMetadataSync,
   createSpecial,
   displayPath,
@@ -168,6 +169,8 @@ export interface PlanEnv {
   counters: RunCounters;
   /** Count totals (files, bytes) while planning (false when a separate count did). */
   countTotals: boolean;
+  /** This process's user and umask, read once: a file created in the stage is theirs. */
+  creator?: { uid: number; umask: number };
   error(path: string, message: string): void;
   step(phase: RestoreStep["phase"]): void;
   progress(): void;
@@ -811,9 +814,11 @@ export class Planner {
     const wanted = new Map<BlobId, number[]>();
     const lens = new Map<BlobId, number>();
     let off = 0;
+    let holes = false;
     for (const p of n.content ?? []) {
       if ("hole" in p) {
         off += p.hole;
+        holes = true;
         continue;
       }
       const at = wanted.get(p.id);
@@ -827,11 +832,14 @@ export class Planner {
         subject: shown,
       });
     }
-    const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    // Created with its final permission bits when they let the owner read and write (most
+    // files): its chmod is then skipped. The stage is the restore's own 0700 directory.
+    const createMode = (n.mode & 0o777) | 0o600;
+    const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
     let fetching = false;
     try {
-      // Holes (and a hole at the end) are made by the size alone.
-      ftruncateSync(fd, n.size);
+      // Holes (and a hole at the end) are made by the size alone; the writes fill a dense file.
+      if (holes || item.literal) ftruncateSync(fd, n.size);
       if (item.literal) {
         let w = 0;
         while (w < item.literal.length) w += writeSync(fd, item.literal, w, item.literal.length - w, w);
@@ -849,7 +857,7 @@ export class Planner {
       fd,
       missing: 0,
       finish: () => {
-        this.applyMeta(dest, n, shown);
+        this.applyMeta(dest, n, shown, this.fresh(createMode));
         this.b.syncs.add(dest);
       },
     };
@@ -863,7 +871,22 @@ export class Planner {
    * non-root the owner is left to the restoring user and xattrs it may not
    * set (security.*, trusted.*) are dropped; mode and times still apply.
    */
-  private applyMeta(dest: Buffer, n: FsNode, shown: string): void {
+  /**
+   * What a file this run just created in a stage has: this process's user,
+   * the stage's group (all workdirs must agree), `mode` less the umask.
+   * Unknown (undefined) when a workdir was not made by this run.
+   */
+  private fresh(mode: number): { uid: number; gid: number; mode: number } | undefined {
+    const c = this.env.creator;
+    const work = this.env.work.list;
+    const gid = work[0]?.createdGid;
+    // A default ACL on the stage replaces the umask (and its inherited entries are removed later).
+    if (!c || gid === undefined || work.some((w) => w.createdGid !== gid || w.inheritsAcl !== false))
+      return undefined;
+    return { uid: c.uid, gid, mode: mode & ~c.umask };
+  }
+
+  private applyMeta(dest: Buffer, n: FsNode, shown: string, fresh?: ApplyOptions["fresh"]): void {
     let node = n;
     if (!this.env.owner && n.xattrs?.some((x) => !userSettable(x.name))) {
       const dropped = n.xattrs.filter((x) => !userSettable(x.name)).map((x) => x.name);
@@ -872,7 +895,11 @@ export class Planner {
     }
     // `dest` was created in a stage: without a default ACL there, it inherited
     // none, and its xattrs need no listing (one syscall less per object).
-    const opts = { owner: this.env.owner, noInheritedAcl: !this.env.work.list.some((w) => w.inheritsAcl) };
+    const opts: ApplyOptions = {
+      owner: this.env.owner,
+      noInheritedAcl: !this.env.work.list.some((w) => w.inheritsAcl),
+      ...(fresh ? { fresh } : {}),
+    };
     try {
       applyMetadataSync(dest, node, opts);
     } catch (e) {
