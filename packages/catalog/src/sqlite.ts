@@ -243,10 +243,17 @@ export class SqliteCatalog implements RepoCatalog {
    */
   warm(): Promise<void> {
     if (this.path === ":memory:") return Promise.resolve();
-    this.warming ??= warmFile(this.path).then(() => warmFile(`${this.path}-wal`));
+    // A server warms at every restore it opens: at most once a minute (the
+    // page cache may have been dropped since; reading it again when it was
+    // not costs a copy of the file).
+    const now = Date.now();
+    if (this.warming && now - this.warmedAt < WARM_AGAIN_MS) return this.warming;
+    this.warmedAt = now;
+    this.warming = warmFile(this.path).then(() => warmFile(`${this.path}-wal`));
     return this.warming;
   }
   private warming: Promise<void> | null = null;
+  private warmedAt = 0;
 
   constructor(db: Db, path: string) {
     this.db = db;
@@ -639,6 +646,8 @@ export class SqliteCatalog implements RepoCatalog {
 /** Open (creating if needed) a SQLite catalog file and bring its schema up to date. */
 /** Catalogs larger than this are not read ahead by `warm`. */
 const WARM_MAX_BYTES = 256 * 1024 * 1024;
+/** `warm` reads the file again only this long after it last started to. */
+const WARM_AGAIN_MS = 60_000;
 
 /** Read `file` to the end in 1 MiB pieces into one scratch buffer; errors are ignored. */
 async function warmFile(file: string): Promise<void> {

@@ -307,6 +307,8 @@ export class RestoreService {
   /** Open a restore session (the caller's access to the CVD is checked by the route). */
   async open(actor: RestoreActor, cvdId: string, body: OpenRestoreRequest): Promise<RestoreSessionInfo> {
     const b = body ?? {};
+    // The restore looks up every tree and chunk it asks for: the index in the page cache first.
+    void this.repo.catalog.warm?.();
     const segs = b.path === undefined ? [] : parseSnapshotPath(b.path);
     const snap = b.image ? await this.imageSnapshot(actor, cvdId, b) : await this.chosenSnapshot(cvdId, b);
     await this.expireStale().catch(() => {
