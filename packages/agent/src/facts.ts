@@ -233,8 +233,25 @@ export class FactsReporter {
     this.now = o.now ?? Date.now;
   }
 
+  /** A report in flight: a call meanwhile waits for it instead of sending again. */
+  private running: Promise<boolean> | null = null;
+
   /** True when the facts were sent by this call. */
   async report(): Promise<boolean> {
+    if (this.running)
+      return this.running.then(
+        () => false,
+        () => false,
+      );
+    this.running = this.reportNow();
+    try {
+      return await this.running;
+    } finally {
+      this.running = null;
+    }
+  }
+
+  private async reportNow(): Promise<boolean> {
     const now = this.now();
     if (this.checkedAt !== null && now - this.checkedAt < this.everyMs) return false;
     const facts = this.o.gather();

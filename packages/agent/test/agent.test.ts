@@ -158,6 +158,28 @@ describe("facts", () => {
     expect(sent[1]).toMatchObject({ hostname: "web-2" });
   });
 
+  it("FactsReporter: a report while one is in flight waits for it and sends nothing itself", async () => {
+    const root = fakeRoot(dir());
+    const sent: unknown[] = [];
+    let release = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const r = new FactsReporter({
+      gather: () => gatherFacts({ root }),
+      send: async (f) => {
+        await gate;
+        sent.push(f);
+      },
+    });
+    const first = r.report();
+    const second = r.report();
+    release();
+    expect(await first).toBe(true);
+    expect(await second).toBe(false);
+    expect(sent).toHaveLength(1);
+  });
+
   it("counts a change of free space only when it is 1/64 of the filesystem or more", () => {
     const f = gatherFacts({ root: fakeRoot(dir()) });
     const fs = {

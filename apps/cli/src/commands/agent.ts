@@ -136,7 +136,8 @@ async function serverHooks(ctx: {
       const s = await client.agentSelf();
       if (s.state === "active") {
         // Collections and driver profiles match on these: keep the server's copy current.
-        await facts.report().then(
+        // Not awaited: a queued task (a recover) need not wait for them.
+        void facts.report().then(
           (sent) => sent && ctx.logger.info({}, "facts sent"),
           (e: unknown) =>
             ctx.logger.warn({ err: (e as Error).message }, "cannot send the facts; trying again later"),
