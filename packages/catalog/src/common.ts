@@ -9,13 +9,18 @@ const HEX_PREFIX = /^[0-9a-f]{0,64}$/;
 /** Rows fetched per page by the async listings (listPacks, packUsage). */
 export const PAGE_SIZE = 1000;
 
-/** A 64-hex id as its 32 raw bytes; throws on anything else (Buffer.from would silently truncate). */
-export function idBytes(id: string): Buffer {
+/** Throws as idBytes does, without making the bytes. */
+export function checkId(id: string): void {
   if (!HEX64.test(id)) {
     throw new StrataError("INVALID_ARGUMENT", `not a 64-character lowercase hex id: ${JSON.stringify(id)}`, {
       subject: String(id),
     });
   }
+}
+
+/** A 64-hex id as its 32 raw bytes; throws on anything else (Buffer.from would silently truncate). */
+export function idBytes(id: string): Buffer {
+  checkId(id);
   return Buffer.from(id, "hex");
 }
 

@@ -15,6 +15,7 @@ import Database from "better-sqlite3";
 import {
   blobTypeCode,
   blobTypeName,
+  checkId,
   hexId,
   idBytes,
   loadMigrations,
@@ -114,7 +115,7 @@ function toLease(r: LeaseRow): LeaseRecord {
 
 /** Validates every id (throws on a malformed one) and returns the JSON array parameter. */
 function idsJson(ids: readonly string[]): string {
-  for (const id of ids) idBytes(id);
+  for (const id of ids) checkId(id);
   return JSON.stringify(ids);
 }
 
@@ -285,9 +286,15 @@ export class SqliteCatalog implements RepoCatalog {
          JOIN packs p ON p.seq = b.pack
          WHERE p.state = 'active'`,
       ).pluck(),
+      // Rows name the asked id by its index (j.key) and the pack by its seq: no 32-byte
+      // Buffer per column and row, which cost four fifths of a lookup (packIdsOf names the packs).
       lookupBlobs: p(
-        `SELECT ${BLOB_COLS} FROM json_each(?) j CROSS JOIN blobs b ON b.id = unhex(j.value) JOIN packs p ON p.seq = b.pack`,
-      ),
+        `SELECT j.key, b.type, b.pack, b."offset", b.length, b.raw_length, b.compressed
+         FROM json_each(?) j CROSS JOIN blobs b ON b.id = unhex(j.value)`,
+      ).raw(),
+      packIdsOf: p(
+        "SELECT p.seq, lower(hex(p.id)) FROM json_each(?) j CROSS JOIN packs p ON p.seq = j.value",
+      ).raw(),
       addPins: p(
         "INSERT INTO pins (holder, id) SELECT ?, unhex(j.value) FROM json_each(?) j WHERE true ON CONFLICT DO NOTHING",
       ),
@@ -444,9 +451,29 @@ export class SqliteCatalog implements RepoCatalog {
   async lookupBlobs(ids: readonly BlobId[]): Promise<Map<BlobId, IndexEntry>> {
     const out = new Map<BlobId, IndexEntry>();
     if (ids.length === 0) return out;
-    for (const r of this.s.lookupBlobs!.all(idsJson(ids)) as BlobRow[]) {
-      const e = toEntry(r);
-      out.set(e.id, e);
+    type Row = [
+      key: number,
+      type: number,
+      pack: number,
+      offset: number,
+      length: number,
+      raw: number,
+      compressed: number,
+    ];
+    const rows = this.s.lookupBlobs!.all(idsJson(ids)) as Row[];
+    const seqs = [...new Set(rows.map((r) => r[2]))];
+    const packs = new Map(this.s.packIdsOf!.all(JSON.stringify(seqs)) as [number, PackId][]);
+    for (const [key, type, pack, offset, length, rawLength, compressed] of rows) {
+      const id = ids[key]!;
+      out.set(id, {
+        id,
+        type: blobTypeName(type),
+        packId: packs.get(pack)!,
+        offset,
+        length,
+        rawLength,
+        compressed: compressed !== 0,
+      });
     }
     return out;
   }
