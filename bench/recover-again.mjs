@@ -8,7 +8,7 @@
 // "Tasks": priority). Prints one JSON line: task times (started → done is the
 // agent's run), the agent's CPU and peak RSS, its log with times from its start.
 //
-//   node bench/recover-again.mjs --out=DIR [--what=recover|file] [--prof=DIR] [--strace=FILE] [--verify=1]
+//   node bench/recover-again.mjs --out=DIR [--what=recover|file] [--prof=DIR] [--strace=FILE] [--verify=1] [--remove=0]
 //
 // The server of the kept run must be running (this script starts it, on the
 // port the credentials name, when it is not answering; --stop=1 stops it at the end).
@@ -24,6 +24,9 @@ const OUT = path.resolve(opt("out", path.join(here, "out", "restore")));
 const WHAT = opt("what", "recover");
 const PROF = opt("prof", "");
 const STRACE = opt("strace", "");
+// --remove=0 keeps the restored root: on ext4 without a journal, creating inodes right after
+// 22,000 were removed is several times dearer (see bench/restore.mjs), which skews the next run.
+const REMOVE = opt("remove", "1") !== "0";
 const BIN = path.resolve(opt("bin", path.join(here, "..", "bin", "strata.js")));
 const env = { ...process.env, STRATA_CREDENTIALS: path.join(OUT, "credentials.json") };
 delete env.NODE_OPTIONS;
@@ -128,7 +131,8 @@ if (WHAT === "file") {
     res.stdout = r.stdout.slice(-2000);
     res.stderr = r.stderr.slice(0, 3000);
   }
-  rmSync(to, { recursive: true, force: true });
+  if (REMOVE) rmSync(to, { recursive: true, force: true });
+  else res.kept = to;
 } else {
   const root = path.join(OUT, "again", `e-${n}`);
   mkdirSync(path.join(root, "etc"), { recursive: true });
@@ -225,8 +229,10 @@ if (WHAT === "file") {
     );
     res.verify = v.stdout.trim();
   }
-  rmSync(root, { recursive: true, force: true });
-  rmSync(state, { recursive: true, force: true });
+  if (REMOVE) {
+    rmSync(root, { recursive: true, force: true });
+    rmSync(state, { recursive: true, force: true });
+  } else res.kept = root;
 }
 console.log(JSON.stringify(res));
 if (server && opt("stop", "0") !== "0") process.kill(server.pid, "SIGTERM");
