@@ -15,7 +15,7 @@ import * as path from "node:path";
 import { native } from "@strata/fs";
 import type { Repository } from "@strata/repo";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { recoverPendingRestore, runRestore } from "../src/restore/engine.js";
+import { fetchFilesFor, recoverPendingRestore, runRestore } from "../src/restore/engine.js";
 import type { LocalRestoreSource } from "../src/restore/local-source.js";
 import type { RestoreOptions } from "../src/restore/types.js";
 import { cleanup, tmp } from "./helpers.js";
@@ -376,4 +376,16 @@ describe("a root spanning two filesystems", () => {
       }
     },
   );
+});
+
+describe("chunk requests", () => {
+  it("cover 1,024 files under a generous descriptor limit, fewer under a low one", () => {
+    expect(fetchFilesFor(524288)).toBe(1024);
+    expect(fetchFilesFor(Number.POSITIVE_INFINITY)).toBe(1024);
+    expect(fetchFilesFor(20000)).toBe(1000);
+    // Five requests of staged files stay within a quarter of a 1,024 limit.
+    expect(fetchFilesFor(1024) * 5).toBeLessThanOrEqual(256);
+    expect(fetchFilesFor(64)).toBe(16);
+    expect(fetchFilesFor(null)).toBe(256);
+  });
 });

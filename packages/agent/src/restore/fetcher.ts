@@ -60,9 +60,10 @@ interface JobChunk {
 
 /**
  * Collects the chunks staged files still lack and fetches them from the
- * source in batches (restore.md, "Seeds"): up to 8 MiB or 256 files per
- * `fetchChunks` call, four calls in flight while planning goes on, so memory
- * holds at most five batches of requests (and their files' descriptors).
+ * source in batches (restore.md, "Seeds"): up to 8 MiB or `limits.files`
+ * files (1,024 by default) per `fetchChunks` call, four calls in flight while
+ * planning goes on, so memory holds at most five batches of requests (and
+ * their files' descriptors).
  * A chunk named by several files (or twice in one) is fetched once and
  * written everywhere.
  *
