@@ -670,7 +670,6 @@ export class SqliteCatalog implements RepoCatalog {
   }
 }
 
-/** Open (creating if needed) a SQLite catalog file and bring its schema up to date. */
 /** Catalogs larger than this are not read ahead by `warm`. */
 const WARM_MAX_BYTES = 256 * 1024 * 1024;
 /** `warm` reads the file again only this long after it last started to. */
@@ -696,6 +695,7 @@ async function warmFile(file: string): Promise<void> {
   }
 }
 
+/** Open (creating if needed) a SQLite catalog file and bring its schema up to date. */
 export async function openSqliteCatalog(path: string): Promise<SqliteCatalog> {
   if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
   let db: Db;

@@ -544,14 +544,6 @@ export class RestoreService {
     return set;
   }
 
-  /**
-   * `POST /restores/:session/chunks`: every grant is checked and every id
-   * must be named by a file of its tree before a byte is read; then the
-   * chunks are read pack by pack in offset order (ranged reads of up to
-   * 8 MiB) and streamed as chunk frames in wire form (compressed, not
-   * sealed) as they are read. A chunk the repository cannot deliver
-   * (missing, damaged) is left out: the receiver names what it lacks.
-   */
   /** The node's shared repository lease for chunk streams (see holdStreamLease). */
   private streamLease: { lease: Promise<Lease>; users: number; timer: NodeJS.Timeout | null } | null = null;
 
@@ -628,6 +620,14 @@ export class RestoreService {
     await h.lease.then((l) => l.release()).catch(() => {});
   }
 
+  /**
+   * `POST /restores/:session/chunks`: every grant is checked and every id
+   * must be named by a file of its tree before a byte is read; then the
+   * chunks are read pack by pack in offset order (ranged reads of up to
+   * 8 MiB) and streamed as chunk frames in wire form (compressed, not
+   * sealed) as they are read. A chunk the repository cannot deliver
+   * (missing, damaged) is left out: the receiver names what it lacks.
+   */
   async chunks(actor: RestoreActor, sessionId: string, body: ChunkRequestBody): Promise<FrameStream> {
     const s = await this.session(actor, sessionId);
     const reqs = body?.requests;
