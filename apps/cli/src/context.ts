@@ -2,7 +2,6 @@ import { createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import * as path from "node:path";
-import { openSqliteCatalog, openSqliteFileCache } from "@strata/catalog";
 import { StrataError } from "@strata/core";
 import { DirBlobStore, type FileCache, type InitOptions, Repository } from "@strata/repo";
 
@@ -12,6 +11,8 @@ import { DirBlobStore, type FileCache, type InitOptions, Repository } from "@str
  */
 async function openCatalogFile(dir: string) {
   const file = path.join(dir, "catalog.db");
+  // Loaded on use (SQLite): commands that talk to a server never need it.
+  const { openSqliteCatalog } = await import("@strata/catalog");
   const catalog = await openSqliteCatalog(file);
   for (const f of [file, `${file}-wal`, `${file}-shm`]) {
     try {
@@ -110,7 +111,7 @@ export async function closeRepo(repo: Repository): Promise<void> {
 }
 
 /** The local file cache of this client for this repository. */
-export function openFileCache(repo: Repository, paths: readonly string[]): FileCache {
+export async function openFileCache(repo: Repository, paths: readonly string[]): Promise<FileCache> {
   const base =
     process.env.STRATA_CACHE_DIR ??
     path.join(process.env.XDG_CACHE_HOME ?? path.join(homedir(), ".cache"), "strata");
@@ -121,5 +122,6 @@ export function openFileCache(repo: Repository, paths: readonly string[]): FileC
   const key = createHash("sha256")
     .update(JSON.stringify([...paths].map((p) => path.resolve(p)).sort()))
     .digest("hex");
+  const { openSqliteFileCache } = await import("@strata/catalog");
   return openSqliteFileCache(path.join(dir, `files-${key.slice(0, 16)}.db`));
 }

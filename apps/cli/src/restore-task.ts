@@ -21,7 +21,7 @@ import { StrataError } from "@strata/core";
 import type { AgentTaskRef, StrataClient, Task } from "@strata/protocol";
 
 /** Opens a file cache as a vouch for unchanged files; null when it cannot vouch. */
-export type OpenVouch = () => { vouch: Vouch; close(): void } | null;
+export type OpenVouch = () => Promise<{ vouch: Vouch; close(): void } | null>;
 
 /**
  * The upload before a system or full revert, so the revert can itself be
@@ -158,7 +158,7 @@ export async function runRestoreTask(
     });
     // The safety upload just read (or vouched for) every local file: its file cache says which
     // are unchanged without reading them again (restore.md, "Engine decisions").
-    const cached = cacheVouch?.() ?? null;
+    const cached = (await cacheVouch?.()) ?? null;
     try {
       const run = runRestore(source, {
         root: ctx.root,

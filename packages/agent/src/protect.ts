@@ -9,7 +9,6 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import * as path from "node:path";
-import { openSqliteFileCache } from "@strata/catalog";
 import {
   compilePolicy,
   parsePasswd,
@@ -87,6 +86,8 @@ export async function protectOnce(o: ProtectOptions): Promise<ProtectResult> {
   const compiled = compilePolicy(policy, ctx);
   // A new user's home, a swap file or another policy version protect other files: walk everything.
   const policyKey = createHash("sha256").update(JSON.stringify({ policy, ctx })).digest("hex");
+  // Loaded on use: the catalog (SQLite) is not needed by every command that loads the agent.
+  const { openSqliteFileCache } = await import("@strata/catalog");
   const cache = openSqliteFileCache(fileCachePath(o.stateDir));
   try {
     const r = await uploadOnce({

@@ -144,7 +144,7 @@ export function registerRepoCommands(program: Command): void {
   bk.action(async (paths: string[]) =>
     withRepo(bk, async (repo, o) => {
       const progress = new Progress(!o.json);
-      const cache = o.cache === false ? null : openFileCache(repo, paths);
+      const cache = o.cache === false ? null : await openFileCache(repo, paths);
       try {
         const res = await backup(repo, {
           paths,

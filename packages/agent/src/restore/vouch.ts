@@ -1,5 +1,4 @@
 import { type BigIntStats, existsSync } from "node:fs";
-import { openSqliteFileCache } from "@strata/catalog";
 import type { FsNode } from "@strata/core";
 import { cachedFiles, type FileCache } from "@strata/repo";
 import { fileCachePath } from "../protect.js";
@@ -63,9 +62,14 @@ function samePieces(a: FsNode, b: FsNode): boolean {
  * there is no cache or it was not committed as that snapshot. `close` it
  * after the restore.
  */
-export function agentCacheVouch(stateDir: string, snapshot: string): { vouch: Vouch; close(): void } | null {
+export async function agentCacheVouch(
+  stateDir: string,
+  snapshot: string,
+): Promise<{ vouch: Vouch; close(): void } | null> {
   const file = fileCachePath(stateDir);
   if (!existsSync(file)) return null;
+  // Loaded on use: the catalog (SQLite) is not needed by every command that loads the agent.
+  const { openSqliteFileCache } = await import("@strata/catalog");
   const cache = openSqliteFileCache(file);
   const vouch = fileCacheVouch(cache, snapshot, CACHE_PARENT);
   if (!vouch) {
