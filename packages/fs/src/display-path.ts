@@ -7,6 +7,16 @@
  */
 export function displayPath(p: Buffer | string): string {
   if (typeof p === "string") return p;
+  // Most paths are printable ASCII: shown as they are without decoding and re-encoding them.
+  let ascii = true;
+  for (let i = 0; i < p.length; i++) {
+    const c = p[i]!;
+    if (c < 0x20 || c >= 0x7f || c === 0x5c) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return p.toString("latin1");
   const s = p.toString("utf8");
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what we escape
   if (Buffer.from(s, "utf8").equals(p) && !/[\x00-\x1f\x7f\\]/.test(s)) return s;
