@@ -229,6 +229,19 @@ export async function startStrataServer(bin, dataDir, { stderr = "inherit", env 
   return { proc, url: `https://127.0.0.1:${port}`, password, fingerprint };
 }
 
+/** CPU seconds (user + system) a running process has used so far, from /proc (all its threads). */
+export function cpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command (which may hold spaces): state is the 3rd field, utime the 14th.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(tryOut("getconf CLK_TCK") ?? 100);
+    return (Number(f[11]) + Number(f[12])) / ticks;
+  } catch {
+    return null;
+  }
+}
+
 /** Peak RSS (bytes) of a running process so far, from /proc. */
 export function vmHWM(pid) {
   try {
