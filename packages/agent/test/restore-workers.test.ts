@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
-import { readdirSync, readlinkSync } from "node:fs";
+import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
 import type { BlobId } from "@strata/core";
+import { native } from "@strata/fs";
 import { type Repository, RestorePool, WireCodec } from "@strata/repo";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { recoverPendingRestore, runRestore } from "../src/restore/engine.js";
@@ -116,6 +117,66 @@ describe("chunks verified and written by worker threads", () => {
     expect(s.frames).toBeGreaterThan(0);
     expect(r.fetchedBytes).toBeGreaterThan(3 * 1024 * 1024);
     expect(diff(v1, root, /(^| )(tmp|var\/cache)\/./)).toEqual([]);
+  });
+
+  it("the workers close most files and set their times to the nanosecond; owner, mode and xattrs stay on this thread", async () => {
+    const real = RestorePool.prototype.finish;
+    const finished: string[] = [];
+    vi.spyOn(RestorePool.prototype, "finish").mockImplementation(function (this: RestorePool, files) {
+      for (const f of files) finished.push(path.basename(readlinkSync(`/proc/self/fd/${f.fd}`)));
+      return real.call(this, files);
+    });
+    const root = tmp("strata-root-");
+    const r = await runRestore(wireSource(src), opts(root, { workers: 2 })).done;
+    expect(r.errors).toEqual([]);
+    // Created with their mode and owner, without xattrs: only their times were left.
+    expect(finished).toEqual(expect.arrayContaining(["x", "tool", "libbig.so", "notes.txt", "photo.jpg"]));
+    // An xattr to set (hostname), a mode the creation cannot give (0444): finished here.
+    expect(finished).not.toContain("hostname");
+    expect(finished).not.toContain("machine-id");
+    for (const rel of ["usr/bin/x", "usr/bin/tool", "etc/hostname", "etc/machine-id", "var/lib/sparse.img"]) {
+      const want = lstatSync(path.join(v1, rel), { bigint: true });
+      const got = lstatSync(path.join(root, rel), { bigint: true });
+      expect({ rel, mtime: got.mtimeNs, mode: got.mode }).toEqual({
+        rel,
+        mtime: want.mtimeNs,
+        mode: want.mode,
+      });
+    }
+    expect(native.lgetxattr(Buffer.from(path.join(root, "etc/hostname")), "user.origin")?.toString()).toBe(
+      "snapshot",
+    );
+    expect(diff(v1, root, /(^| )(tmp|var\/cache)\/./)).toEqual([]);
+  });
+
+  it("a file whose times a worker cannot set is reported and restored; one it cannot close fails the restore", async () => {
+    const real = RestorePool.prototype.finish;
+    const spoilX = (closed: boolean) =>
+      vi.spyOn(RestorePool.prototype, "finish").mockImplementation(async function (this: RestorePool, files) {
+        // Which file is /usr/bin/x, asked before the worker closes the descriptors.
+        const i = files.findIndex((f) => path.basename(readlinkSync(`/proc/self/fd/${f.fd}`)) === "x");
+        const problems = await real.call(this, files);
+        return i < 0
+          ? problems
+          : [...problems, { index: i, closed, message: closed ? "setting times: EIO" : "closing: EIO" }];
+      });
+    spoilX(true);
+    const root = tmp("strata-root-");
+    const r = await runRestore(wireSource(src), opts(root, {})).done;
+    expect(r.errors).toEqual([{ path: "/usr/bin/x", message: "metadata not restored: setting times: EIO" }]);
+    expect(lstatSync(path.join(root, "usr/bin/x")).size).toBe(17); // its content is there
+    vi.restoreAllMocks();
+
+    spoilX(false);
+    const empty = tmp("strata-root-");
+    const stateDir = tmp("strata-state-");
+    await expect(runRestore(wireSource(src), { ...opts(empty, {}), stateDir }).done).rejects.toMatchObject({
+      code: "IO_ERROR",
+      message: expect.stringContaining("/usr/bin/x: closing: EIO"),
+    });
+    expect(readdirSync(empty)).toEqual([]);
+    expect(await recoverPendingRestore(stateDir, empty)).toEqual([{ outcome: "none" }]);
+    expect(openFdsUnder(empty, stateDir)).toEqual([]);
   });
 
   it("the workers hand message buffers back, and the pool reuses them (no fresh memory per message)", async () => {

@@ -358,6 +358,32 @@ static napi_value js_lutimens(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * futimensClose(fd, atimeNs, mtimeNs): futimens(fd, ts), then close(fd)
+ * whatever futimens did. Returns 0, the errno of futimens (the descriptor is
+ * closed all the same), or minus the errno of close (EINTR counts as
+ * closed: Linux releases the descriptor). A raw close, so a worker thread
+ * may close a descriptor the main thread opened without Node's warning.
+ */
+static napi_value js_futimens_close(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int32_t fd;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
+  int64_t a, m;
+  if (!get_int64(env, argv[1], &a, "atimeNs") || !get_int64(env, argv[2], &m, "mtimeNs"))
+    return throw_type(env, "times must be bigint nanoseconds");
+  struct timespec ts[2];
+  split_ns(a, &ts[0]);
+  split_ns(m, &ts[1]);
+  int err = futimens(fd, ts) < 0 ? errno : 0;
+  int cerr = close(fd) < 0 ? errno : 0;
+  if (cerr == EINTR) cerr = 0;
+  napi_value out;
+  napi_create_int32(env, cerr ? -cerr : err, &out);
+  return out;
+}
+
+/*
  * scanDir(path): every entry of a directory with its lstat, in one call, as
  * one buffer (readdir + fstatat(AT_SYMLINK_NOFOLLOW) relative to the open
  * directory, so no path is resolved twice and no Stats object is built per
@@ -709,6 +735,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lutimens", NULL, js_lutimens, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"futimensClose", NULL, js_futimens_close, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"ioprioIdle", NULL, js_ioprio_idle, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -22,6 +22,7 @@ export {
   joinName,
   makeDir,
   NAME_MAX,
+  onlyTimesNeeded,
   validateName,
   writeAt,
 } from "./restore.js";

@@ -17,6 +17,12 @@ export interface NativeFs {
   /** mode includes the type bits (S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK). */
   mknod(path: Buffer, mode: number, dev: number | bigint): void;
   lutimens(path: Buffer, atimeNs: bigint, mtimeNs: bigint): void;
+  /**
+   * futimens(fd), then close(fd) whatever futimens did: 0, the errno of
+   * futimens (closed all the same), or minus the errno of close. A raw
+   * close: a worker thread may close what the main thread opened.
+   */
+  futimensClose(fd: number, atimeNs: bigint, mtimeNs: bigint): number;
   /** Next data offset at or after `offset`, or -1 when there is none (ENXIO). */
   seekData(fd: number, offset: number): number;
   /** Next hole offset at or after `offset` (EOF counts as a hole), or -1 past EOF. */

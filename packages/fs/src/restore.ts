@@ -226,19 +226,15 @@ export async function applyMetadata(path: Buffer, node: FsNode, opts: ApplyOptio
  * thread-pool round trips.
  */
 export function applyMetadataSync(path: Buffer, node: FsNode, opts: ApplyOptions = {}): void {
-  const fresh = opts.fresh;
-  const sameOwner = fresh !== undefined && fresh.uid === node.uid && fresh.gid === node.gid;
-  if ((opts.owner ?? process.geteuid?.() === 0) && !sameOwner) {
+  if (needsOwner(node, opts)) {
     try {
       lchownSync(path, node.uid, node.gid);
     } catch (e) {
       throw fromSystemError(e, `setting owner ${node.uid}:${node.gid} of`, displayPath(path));
     }
   }
-  if (!opts.noInheritedAcl || node.xattrs?.length) applyXattrs(path, node, opts.noInheritedAcl === true);
-  // With xattrs the mode is set again after them: an ACL's mask must match it.
-  const sameMode = fresh !== undefined && fresh.mode === (node.mode & 0o7777) && !node.xattrs?.length;
-  if (node.type !== "symlink" && !sameMode) {
+  if (needsXattrs(node, opts)) applyXattrs(path, node, opts.noInheritedAcl === true);
+  if (needsMode(node, opts)) {
     try {
       chmodSync(path, node.mode & 0o7777);
     } catch (e) {
@@ -250,6 +246,34 @@ export function applyMetadataSync(path: Buffer, node: FsNode, opts: ApplyOptions
   } catch (e) {
     throw fromSystemError(e, "setting times of", displayPath(path));
   }
+}
+
+/**
+ * Whether `applyMetadataSync(path, node, opts)` would only set the times:
+ * `opts.fresh` says the object already has the node's owner and mode, and
+ * there is no xattr to set nor an inherited ACL to remove. Such an object
+ * can be finished with its times alone (the restore does it off the main
+ * thread).
+ */
+export function onlyTimesNeeded(node: FsNode, opts: ApplyOptions = {}): boolean {
+  return !needsOwner(node, opts) && !needsXattrs(node, opts) && !needsMode(node, opts);
+}
+
+function needsOwner(node: FsNode, opts: ApplyOptions): boolean {
+  const fresh = opts.fresh;
+  const sameOwner = fresh !== undefined && fresh.uid === node.uid && fresh.gid === node.gid;
+  return (opts.owner ?? process.geteuid?.() === 0) && !sameOwner;
+}
+
+function needsXattrs(node: FsNode, opts: ApplyOptions): boolean {
+  return !opts.noInheritedAcl || (node.xattrs?.length ?? 0) > 0;
+}
+
+/** With xattrs the mode is set again after them: an ACL's mask must match it. */
+function needsMode(node: FsNode, opts: ApplyOptions): boolean {
+  const fresh = opts.fresh;
+  const sameMode = fresh !== undefined && fresh.mode === (node.mode & 0o7777) && !node.xattrs?.length;
+  return node.type !== "symlink" && !sameMode;
 }
 
 const ACL_NAMES = ["system.posix_acl_access", "system.posix_acl_default"];

@@ -3,7 +3,14 @@ import type { IndexEntry } from "./catalog.js";
 import type { MasterKey } from "./crypto.js";
 import { packName } from "./pack.js";
 import type { Repository } from "./repository.js";
-import { packItems, type RestoreBatch, type RestoreItem, type RestoreReply } from "./restore-worker.js";
+import {
+  type FinishProblem,
+  packFinish,
+  packItems,
+  type RestoreBatch,
+  type RestoreItem,
+  type RestoreReply,
+} from "./restore-worker.js";
 import { defaultThreads, ownBuffer, ThreadPool } from "./thread-pool.js";
 
 /** Blobs closer than this in a pack are fetched by one read. */
@@ -151,6 +158,20 @@ export class RestorePool {
       }
       return replies;
     });
+  }
+
+  /**
+   * Close `files` and set their times on a worker (`FinishJob`): the
+   * descriptors belong to the worker from this call on, answered or not.
+   * Resolves with what failed.
+   */
+  async finish(files: readonly { fd: number; mtimeNs: bigint }[]): Promise<FinishProblem[]> {
+    if (!files.length) return [];
+    await this.pool.slot();
+    const job = packFinish(files);
+    const transfer = [job.fds.buffer, job.mtimes.buffer] as ArrayBuffer[];
+    const [reply] = await this.pool.call({ jobs: [], finish: job }, transfer);
+    return reply?.finished ?? [];
   }
 
   close(): Promise<void> {

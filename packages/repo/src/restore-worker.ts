@@ -7,7 +7,9 @@
  * leave the main thread, which creates files and sets metadata meanwhile.
  */
 import { closeSync, openSync } from "node:fs";
+import { getSystemErrorName } from "node:util";
 import { parentPort, workerData } from "node:worker_threads";
+import { native } from "@strata/fs";
 import { readRangeSync, writeAllSync } from "./blob-store.js";
 import type { IndexEntry } from "./catalog.js";
 import { MasterKey } from "./crypto.js";
@@ -59,6 +61,52 @@ export function packItems(items: readonly RestoreItem[]): PackedItems {
 export interface RestoreBatch {
   seq: number;
   jobs: Omit<RestoreRequest, "seq">[];
+  /** Or: files whose every chunk is written, to close and give their times. */
+  finish?: FinishJob;
+}
+
+/**
+ * Files whose content is complete and whose only metadata left is their
+ * times (`onlyTimesNeeded`): each file gets atime and mtime `mtimes[i]`
+ * (nanoseconds) through its descriptor, which is then closed. The caller
+ * owns nothing of these descriptors any more.
+ */
+export interface FinishJob {
+  fds: Float64Array;
+  mtimes: BigInt64Array;
+}
+
+/** What failed in a FinishJob: file `index`; `closed` false when its close failed (its data may be lost). */
+export interface FinishProblem {
+  index: number;
+  closed: boolean;
+  message: string;
+}
+
+export function packFinish(files: readonly { fd: number; mtimeNs: bigint }[]): FinishJob {
+  const fds = new Float64Array(files.length);
+  const mtimes = new BigInt64Array(files.length);
+  files.forEach((f, i) => {
+    fds[i] = f.fd;
+    mtimes[i] = f.mtimeNs;
+  });
+  return { fds, mtimes };
+}
+
+/**
+ * Run a FinishJob (native `futimensClose`: a raw close, so no warning that
+ * this thread closes descriptors another opened).
+ */
+export function finishFiles(job: FinishJob): FinishProblem[] {
+  const problems: FinishProblem[] = [];
+  for (let i = 0; i < job.fds.length; i++) {
+    const rc = native.futimensClose(job.fds[i]!, job.mtimes[i]!, job.mtimes[i]!);
+    if (rc > 0)
+      problems.push({ index: i, closed: true, message: `setting times: ${getSystemErrorName(-rc)}` });
+    else if (rc < 0)
+      problems.push({ index: i, closed: false, message: `closing: ${getSystemErrorName(rc)}` });
+  }
+  return problems;
 }
 
 export interface RestoreRequest {
@@ -73,6 +121,8 @@ export interface RestoreRequest {
 }
 
 export interface RestoreReply {
+  /** A FinishJob's answer (then nothing else is set). */
+  finished?: FinishProblem[];
   /** The range could not be read from `path` (nothing was written): the caller reads it itself. */
   readError?: string;
   /** Plaintext bytes written. */
@@ -172,12 +222,14 @@ if (parentPort && (workerData as { role?: string } | null)?.role === "restore") 
   serve(
     parentPort,
     (m: RestoreBatch) =>
-      m.jobs.map((j) => {
-        const reply = decodeAndWrite(codec, j);
-        if (j.buf && j.buf.byteOffset === 0 && j.buf.byteLength === j.buf.buffer.byteLength)
-          reply.buf = j.buf.buffer as ArrayBuffer;
-        return reply;
-      }),
+      m.finish
+        ? [{ bytes: 0, problems: [], finished: finishFiles(m.finish) }]
+        : m.jobs.map((j) => {
+            const reply = decodeAndWrite(codec, j);
+            if (j.buf && j.buf.byteOffset === 0 && j.buf.byteLength === j.buf.buffer.byteLength)
+              reply.buf = j.buf.buffer as ArrayBuffer;
+            return reply;
+          }),
     (replies) => replies.flatMap((r) => (r.buf ? [r.buf] : [])),
   );
 }

@@ -22,6 +22,7 @@ import {
   displayPath,
   nodeFromStat,
   nodeTypeOf,
+  onlyTimesNeeded,
   readXattrs,
   validateName,
 } from "@strata/fs";
@@ -850,14 +851,18 @@ export class Planner {
     } finally {
       if (!fetching) closeSync(fd);
     }
+    const fresh = this.fresh(createMode);
     const file: PendingFile = {
       path: dest,
       name: shown,
       // The fetcher writes the missing chunks through it and closes it (see Fetcher).
       fd,
       missing: 0,
-      finish: () => {
-        this.applyMeta(dest, n, shown, this.fresh(createMode));
+      // Created with its owner and mode, without xattrs: its times are all it lacks.
+      ...(onlyTimesNeeded(n, this.metaOpts(fresh)) ? { mtimeNs: n.mtimeNs } : {}),
+      finish: (times) => {
+        if (!times) this.applyMeta(dest, n, shown, fresh);
+        else if (times.error) env.error(shown, `metadata not restored: ${times.error}`);
         this.b.syncs.add(dest);
       },
     };
@@ -886,6 +891,19 @@ export class Planner {
     return { uid: c.uid, gid, mode: mode & ~c.umask };
   }
 
+  /**
+   * How metadata is applied to an entry created in a stage: without a
+   * default ACL there, it inherited none, and its xattrs need no listing
+   * (one syscall less per object).
+   */
+  private metaOpts(fresh?: ApplyOptions["fresh"]): ApplyOptions {
+    return {
+      owner: this.env.owner,
+      noInheritedAcl: !this.env.work.list.some((w) => w.inheritsAcl),
+      ...(fresh ? { fresh } : {}),
+    };
+  }
+
   private applyMeta(dest: Buffer, n: FsNode, shown: string, fresh?: ApplyOptions["fresh"]): void {
     let node = n;
     if (!this.env.owner && n.xattrs?.some((x) => !userSettable(x.name))) {
@@ -893,13 +911,7 @@ export class Planner {
       this.env.error(shown, `metadata not fully restored: ${dropped.join(", ")} need root`);
       node = { ...n, xattrs: n.xattrs.filter((x) => userSettable(x.name)) };
     }
-    // `dest` was created in a stage: without a default ACL there, it inherited
-    // none, and its xattrs need no listing (one syscall less per object).
-    const opts: ApplyOptions = {
-      owner: this.env.owner,
-      noInheritedAcl: !this.env.work.list.some((w) => w.inheritsAcl),
-      ...(fresh ? { fresh } : {}),
-    };
+    const opts = this.metaOpts(fresh);
     try {
       applyMetadataSync(dest, node, opts);
     } catch (e) {
