@@ -106,6 +106,18 @@ export class Reader {
     this.off += 8;
     return v;
   }
+  /** Pass over `n` bytes. */
+  skip(n: number): void {
+    this.need(n);
+    this.off += n;
+  }
+  /** Pass over a u64, checking it is in range as `u64` does (without making a bigint). */
+  skipU64(): void {
+    this.need(8);
+    if (this.buf.readUInt32LE(this.off + 4) > 0x1fffff)
+      throw new ReadError(`${this.what}: integer out of range`);
+    this.off += 8;
+  }
   bytes(n: number): Buffer {
     this.need(n);
     const b = this.buf.subarray(this.off, this.off + n);

@@ -1,4 +1,12 @@
-import { asChunkId, asTreeId, decodeTree, encodeTree, type FsNode, StrataError } from "@strata/core";
+import {
+  asChunkId,
+  asTreeId,
+  decodeTree,
+  encodeTree,
+  type FsNode,
+  StrataError,
+  scanTree,
+} from "@strata/core";
 import { describe, expect, it } from "vitest";
 
 const id = (c: string) => c.repeat(64);
@@ -68,6 +76,83 @@ describe("tree codec", () => {
         expect((e as StrataError).code).toBe("DATA_CORRUPT");
         expect((e as Error).message).toMatch(/tree abc/);
       }
+    }
+  });
+});
+
+/** What decodeTree says, or its error message. */
+function outcome<T>(f: () => T): T | string {
+  try {
+    return f();
+  } catch (e) {
+    return `${(e as StrataError).code}: ${(e as Error).message}`;
+  }
+}
+
+describe("scanTree (subtrees and chunks without decoding the nodes)", () => {
+  const more: FsNode[] = [
+    ...nodes,
+    {
+      name: Buffer.from("z"),
+      type: "file",
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 2n,
+      size: 12,
+      // The same chunk twice and another: a set of two.
+      content: [
+        { id: asChunkId(id("c")), len: 4 },
+        { id: asChunkId(id("a")), len: 4 },
+        { id: asChunkId(id("c")), len: 4 },
+      ],
+    },
+    {
+      name: Buffer.from("zz"),
+      type: "dir",
+      mode: 0o755,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 3n,
+      size: 0,
+      subtree: asTreeId(id("e")),
+    },
+  ];
+
+  it("finds what decoding finds", () => {
+    const enc = encodeTree(more);
+    const scan = scanTree(enc);
+    const dec = decodeTree(enc);
+    expect(scan.subtrees).toEqual(dec.map((n) => (n.type === "dir" ? n.subtree : null)));
+    expect(scan.subtrees).toEqual([null, id("b"), null, null, null, id("e")]);
+    expect([...scan.chunks].sort()).toEqual([id("a"), id("c")]);
+    expect(scanTree(encodeTree([])).subtrees).toEqual([]);
+  });
+
+  it("refuses what decodeTree refuses, with the same error", () => {
+    const enc = encodeTree(more);
+    const spoiled: Buffer[] = [];
+    for (let cut = 1; cut < enc.length; cut += 7) spoiled.push(enc.subarray(0, cut));
+    spoiled.push(Buffer.concat([enc, Buffer.from([0])])); // trailing byte
+    const badType = Buffer.from(enc);
+    badType[5 + 2 + 3] = 9; // the first entry's type byte
+    spoiled.push(badType);
+    const huge = Buffer.from(encodeTree([more[4]!]));
+    huge.writeUInt32LE(0x00200000, 5 + 2 + 1 + 1 + 12 + 8 + 4); // size above 2^53
+    spoiled.push(huge);
+    const unsorted = encodeTree([more[1]!]);
+    spoiled.push(
+      Buffer.concat([
+        unsorted.subarray(0, 1),
+        Buffer.from([2, 0, 0, 0]),
+        unsorted.subarray(5),
+        unsorted.subarray(5),
+      ]),
+    );
+    for (const b of spoiled) {
+      const want = outcome(() => decodeTree(b, "tree t"));
+      expect(typeof want).toBe("string");
+      expect(outcome(() => scanTree(b, "tree t"))).toBe(want);
     }
   });
 });

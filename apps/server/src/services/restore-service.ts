@@ -16,11 +16,10 @@ import { Readable } from "node:stream";
 import type { RestoreCounters, RestoreSessionRecord, RestoreSessionStore } from "@strata/catalog";
 import {
   type BlobId,
-  chunkIdsOf,
-  decodeTree,
   type FsNode,
   type SnapshotId,
   StrataError,
+  scanTree,
   TREE_DELTA,
   type TreeId,
 } from "@strata/core";
@@ -142,8 +141,14 @@ export interface FrameStream {
 export class RestoreService {
   private readonly limits: RestoreLimits;
   private readonly grantKey: Buffer;
-  /** Chunk ids named by the files of a tree (trees are immutable: cached by id). */
-  private readonly fileChunks = new Lru<Set<string>>(128);
+  /**
+   * Chunk ids named by the files of a tree (trees are immutable: cached by
+   * id), noted when the tree is answered: a restore asks for a tree's chunks
+   * after its listing, with up to 256 listings read ahead and 5,000 files
+   * of chunk requests collected or in flight, so the tree is rarely read and
+   * decoded a second time.
+   */
+  private readonly fileChunks = new Lru<Set<string>>(1024);
   /** Compresses trees rebuilt from deltas for the wire (stored full trees go as stored). */
   private readonly wireCodec = new WireCodec(3);
   /** Sessions known to be an endpoint's on a layer image (a session's snapshot never changes). */
@@ -524,9 +529,10 @@ export class RestoreService {
       full = plain;
       wire = this.repo.openWire(e, stored);
     }
-    const grants = decodeTree(full, `tree ${treeId}`).map((n) =>
-      n.type === "dir" && n.subtree ? this.grant(session, n.subtree) : null,
-    );
+    // Scanned, not decoded: no node objects per entry, only what the answer and the chunk requests need.
+    const scan = scanTree(full, `tree ${treeId}`);
+    this.fileChunks.set(treeId, scan.chunks);
+    const grants = scan.subtrees.map((sub) => (sub ? this.grant(session, sub) : null));
     return Buffer.concat([
       ...encodeTreeFrame(Buffer.from(treeId, "hex"), Buffer.alloc(0), wire.compressed, wire.body),
       encodeJsonFrame({ grants }),
@@ -536,10 +542,7 @@ export class RestoreService {
   private async chunksOfTree(tree: string): Promise<Set<string>> {
     const hit = this.fileChunks.get(tree);
     if (hit) return hit;
-    const set = new Set<string>();
-    for (const n of await this.repo.loadTree(tree as TreeId)) {
-      if (n.type === "file") for (const c of chunkIdsOf(n)) set.add(c);
-    }
+    const set: Set<string> = scanTree(await this.repo.loadTreeBytes(tree as TreeId), `tree ${tree}`).chunks;
     this.fileChunks.set(tree, set);
     return set;
   }
