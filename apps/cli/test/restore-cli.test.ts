@@ -65,7 +65,8 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
   const state = path.join(dir, "state");
   let cvd = "";
   const snaps: string[] = [];
-  const big = randomBytes(200_000);
+  // Over the largest chunk (1 MiB): at least two chunks whatever the content (the cut test needs them).
+  const big = randomBytes(1_500_000);
 
   // The server's clock runs three days behind, so the agents' commit times are clamped to it and
   // two uploads an artificial two hours apart land in different retention hours (both are kept).
@@ -131,7 +132,7 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
     expect(draft).toMatchObject({ present: [1], lastSeen: snaps[0] });
     const text = await ok("cvd", "history", cvd, "/home/alice/docs");
     expect(text).toMatch(/draft\.txt\s+file\s+6 B\s+1\/2\s+[0-9a-f]{12}/);
-    expect(text).toMatch(/report\.odt\s+file\s+195\.3 KiB\s+2\/2\s+latest/);
+    expect(text).toMatch(/report\.odt\s+file\s+1\.43 MiB\s+2\/2\s+latest/);
     const bad = await strata("cvd", "history", cvd, "relative/path");
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("path");
@@ -261,7 +262,7 @@ describe("strata cvd history | revert | task, and RemoteRestoreSource over HTTPS
       const node = t.nodes.find((n) => n.name.toString() === "report.odt")!;
       const ids = (node.content ?? []).flatMap((c) => ("id" in c ? [c.id] : []));
       expect(new Set(ids).size).toBeGreaterThan(1);
-      // The chunks' answer (≈200 kB) is cut after 40 kB: what arrived is kept, the rest asked again.
+      // The chunks' answer (≈1.5 MB) is cut after 40 kB: what arrived is kept, the rest asked again.
       const cutsBefore = proxy.cuts;
       proxy.cutDownstreamAfter(40_000);
       const parts = new Map<string, Buffer>();
