@@ -299,7 +299,8 @@ export class Fetcher {
     try {
       await this.source.fetchChunkFrames!(
         [...b.trees.values()],
-        async (id, compressed, payload) => {
+        // Not async: a promise only when a message goes to the pool (most frames just queue).
+        (id, compressed, payload) => {
           if (failed) throw failed;
           const c = b.chunks.get(id);
           if (!c) return; // not asked for (or delivered twice)
@@ -307,7 +308,7 @@ export class Fetcher {
           chunks.push({ id, len: c.len, compressed, at: size, size: payload.length, targets: c.targets });
           parts.push(payload);
           size += payload.length;
-          if (size >= JOB_BYTES || chunks.length >= JOB_CHUNKS) await send();
+          if (size >= JOB_BYTES || chunks.length >= JOB_CHUNKS) return send();
         },
         this.signal,
       );

@@ -272,15 +272,10 @@ export class RemoteRestoreSource implements RestoreSource {
     return this.info.session;
   }
 
-  private counted(body: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-    const stats = this.stats;
-    return (async function* () {
-      for await (const b of body) {
-        stats.bytesReceived += b.length;
-        yield b;
-      }
-    })();
-  }
+  /** Counts what a ByteReader takes from a response body (`stats.bytesReceived`). */
+  private readonly countBytes = (n: number): void => {
+    this.stats.bytesReceived += n;
+  };
 
   /**
    * Run `attempt` until it succeeds, a failure is not a network one, or
@@ -326,7 +321,7 @@ export class RemoteRestoreSource implements RestoreSource {
       `tree ${ref.id}`,
       async () => {
         const body = await this.t.frames("GET", path, undefined, signal);
-        const r = new ByteReader(this.counted(body));
+        const r = new ByteReader(body, this.countBytes);
         const got = await this.readTree(r, ref, 0);
         if (!(await r.atEnd()))
           throw new StrataError("DATA_CORRUPT", `tree ${ref.id}: trailing bytes after the grants`, {
@@ -382,7 +377,7 @@ export class RemoteRestoreSource implements RestoreSource {
           }
           throw err;
         }
-        const r = new ByteReader(this.counted(body));
+        const r = new ByteReader(body, this.countBytes);
         for (const [j, ref] of rest.entries()) {
           const tree = await this.readTree(r, ref, j);
           try {
@@ -514,9 +509,11 @@ export class RemoteRestoreSource implements RestoreSource {
             { requests: rest },
             signal,
           );
-          const r = new ByteReader(this.counted(body));
-          for (let i = 0; !(await r.atEnd()); i++) {
-            const f = await readChunkFrame(r, maxSize + 1024, i);
+          const r = new ByteReader(body, this.countBytes);
+          // Frames already received are read without waiting (no promise per frame and field).
+          for (let i = 0; r.buffered > 0 || !(await r.atEnd()); i++) {
+            const next = readChunkFrame(r, maxSize + 1024, i);
+            const f = next instanceof Promise ? await next : next;
             const id = f.id.toString("hex");
             if (!wanted.has(id) || got.has(id))
               throw new StrataError("DATA_CORRUPT", `the server sent chunk ${id}, which was not asked for`, {
@@ -525,7 +522,8 @@ export class RemoteRestoreSource implements RestoreSource {
             got.add(id);
             this.stats.chunksReceived++;
             try {
-              await onFrame(id as BlobId, (f.flags & FLAG_ZSTD) !== 0, f.payload);
+              const done = onFrame(id as BlobId, (f.flags & FLAG_ZSTD) !== 0, f.payload);
+              if (done) await done;
             } catch (e) {
               throw new CallerError(e);
             }
