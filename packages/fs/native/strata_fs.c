@@ -337,16 +337,24 @@ static int split_ns(int64_t ns, struct timespec *ts) {
   return 1;
 }
 
+/* atime and mtime in nanoseconds (bigints or numbers) as timespecs; 0 after throwing. */
+static int get_times(napi_env env, napi_value atime, napi_value mtime, struct timespec ts[2]) {
+  int64_t a, m;
+  if (!get_int64(env, atime, &a, "atimeNs") || !get_int64(env, mtime, &m, "mtimeNs")) {
+    throw_type(env, "times must be bigint nanoseconds");
+    return 0;
+  }
+  split_ns(a, &ts[0]);
+  split_ns(m, &ts[1]);
+  return 1;
+}
+
 /* lutimens(path, atimeNs, mtimeNs): utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW). */
 static napi_value js_lutimens(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS];
   if (!get_args(env, info, 3, argv)) return NULL;
-  int64_t a, m;
-  if (!get_int64(env, argv[1], &a, "atimeNs") || !get_int64(env, argv[2], &m, "mtimeNs"))
-    return throw_type(env, "times must be bigint nanoseconds");
   struct timespec ts[2];
-  split_ns(a, &ts[0]);
-  split_ns(m, &ts[1]);
+  if (!get_times(env, argv[1], argv[2], ts)) return NULL;
   char *path = get_bytes(env, argv[0], "path", 0);
   if (path == NULL) return NULL;
   int rc = utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW);
@@ -369,12 +377,8 @@ static napi_value js_futimens_close(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 3, argv)) return NULL;
   int32_t fd;
   if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
-  int64_t a, m;
-  if (!get_int64(env, argv[1], &a, "atimeNs") || !get_int64(env, argv[2], &m, "mtimeNs"))
-    return throw_type(env, "times must be bigint nanoseconds");
   struct timespec ts[2];
-  split_ns(a, &ts[0]);
-  split_ns(m, &ts[1]);
+  if (!get_times(env, argv[1], argv[2], ts)) return NULL;
   int err = futimens(fd, ts) < 0 ? errno : 0;
   int cerr = close(fd) < 0 ? errno : 0;
   if (cerr == EINTR) cerr = 0;
