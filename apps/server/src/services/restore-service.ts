@@ -91,6 +91,8 @@ const RANGE_MAX = 8 * 1024 * 1024;
  * cost in a restore. The answers in between are counted in memory.
  */
 const TOUCH_DELAY_MS = 1000;
+/** Chunk ids the restore service keeps of the trees it answered (about 25 MB of strings and set entries). */
+export const RESTORE_CHUNK_CACHE_IDS = 200_000;
 /** Chunk frames are sent in writes of about this size (one TLS record run and one syscall each, not three per chunk). */
 const SEND_BYTES = 256 * 1024;
 /** A send buffer: SEND_BYTES and room for the frame that crosses it (larger ones get their own). */
@@ -146,9 +148,13 @@ export class RestoreService {
    * id), noted when the tree is answered: a restore asks for a tree's chunks
    * after its listing, with up to 256 listings read ahead and 5,000 files
    * of chunk requests collected or in flight, so the tree is rarely read and
-   * decoded a second time.
+   * decoded a second time. Bounded by ids too (RESTORE_CHUNK_CACHE_IDS): one
+   * directory's tree may name 200,000 chunks.
    */
-  private readonly fileChunks = new Lru<Set<string>>(1024);
+  private readonly fileChunks = new Lru<Set<string>>(1024, {
+    maxWeight: RESTORE_CHUNK_CACHE_IDS,
+    weigh: (s) => s.size,
+  });
   /** Compresses trees rebuilt from deltas for the wire (stored full trees go as stored). */
   private readonly wireCodec = new WireCodec(3);
   /** Sessions known to be an endpoint's on a layer image (a session's snapshot never changes). */
