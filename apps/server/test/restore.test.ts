@@ -21,6 +21,7 @@ import {
   type TreeId,
 } from "@strata/core";
 import { ApiError } from "@strata/protocol";
+import { seededBytes } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   dropTestSchemas,
@@ -42,16 +43,6 @@ const policy = compilePolicy(defaultPolicy("pol_1", "Default"), {
   homes: ["/home/alice"],
   agentStateDir: "/var/lib/strata-agent",
 });
-
-function rnd(n: number, seed: string): Buffer {
-  const out = Buffer.alloc(n);
-  let x = createHash("sha256").update(seed).digest();
-  for (let o = 0; o < n; o += 32) {
-    x.copy(out, o);
-    x = createHash("sha256").update(x).digest();
-  }
-  return out;
-}
 
 /** Read every regular file of a snapshot through the source: path → content. */
 async function readAll(src: RemoteRestoreSource): Promise<Map<string, Buffer>> {
@@ -139,9 +130,9 @@ function runRestoreSuite(name: string, open: () => Promise<ServerStore>): void {
         mkdirSync(path.join(root, "home/alice/docs"), { recursive: true });
         writeFileSync(path.join(root, "etc/hostname"), `${ep}\n`);
         writeFileSync(path.join(root, "home/alice/docs/a.txt"), `first version of ${ep}\n`);
-        writeFileSync(path.join(root, "home/alice/docs/big.bin"), rnd(300_000, `big-${ep}`));
+        writeFileSync(path.join(root, "home/alice/docs/big.bin"), seededBytes(300_000, `big-${ep}`));
         writeFileSync(path.join(root, "home/alice/docs/old.txt"), `deleted later ${ep}\n`);
-        writeFileSync(path.join(root, "home/alice/secret.bin"), rnd(90_000, `secret-${ep}`));
+        writeFileSync(path.join(root, "home/alice/secret.bin"), seededBytes(90_000, `secret-${ep}`));
       }
       snaps.push(await upload("a", null));
       await upload("b", null);

@@ -5,14 +5,13 @@
  * Every hinted snapshot is compared with a full walk of the same state
  * (another CVD, no file cache): their root tree ids must be equal.
  */
-import { createHash } from "node:crypto";
 import { chmodSync, linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { CACHE_PARENT, type DirtySet, type UploadResult, uploadOnce } from "@strata/agent";
 import { openSqliteFileCache, type SqliteFileCache } from "@strata/catalog";
 import { compilePolicy, defaultPolicy } from "@strata/core";
 import { restore } from "@strata/repo";
-import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
+import { cleanupTempDirs, makeTempDir, seededBytes } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type UploadHarness, uploadHarness } from "./upload-helpers.js";
 
@@ -23,16 +22,6 @@ const policy = compilePolicy(defaultPolicy("pol_1", "Default"), {
   agentStateDir: "/var/lib/strata-agent",
 });
 
-function content(n: number, seed: string): Buffer {
-  const out = Buffer.alloc(n);
-  let h = createHash("sha256").update(seed).digest();
-  for (let o = 0; o < n; o += 32) {
-    h.copy(out, o);
-    h = createHash("sha256").update(h).digest();
-  }
-  return out;
-}
-
 /** An endpoint with a deep user tree, a wide system area and areas the policy excludes. */
 function buildEndpoint(root: string): void {
   for (const d of ["etc", "usr/lib", "home/alice/a/b/c/d", "tmp", "var/lib/strata-agent"])
@@ -41,11 +30,11 @@ function buildEndpoint(root: string): void {
   for (let i = 0; i < 30; i++) {
     mkdirSync(path.join(root, `usr/lib/pkg${i}`), { recursive: true });
     for (let j = 0; j < 5; j++)
-      writeFileSync(path.join(root, `usr/lib/pkg${i}/f${j}`), content(1000 + j, `pkg${i}-${j}`));
+      writeFileSync(path.join(root, `usr/lib/pkg${i}/f${j}`), seededBytes(1000 + j, `pkg${i}-${j}`));
   }
   for (const d of ["a", "a/b", "a/b/c", "a/b/c/d"])
     writeFileSync(path.join(root, "home/alice", d, "note.txt"), `note in ${d}\n`);
-  writeFileSync(path.join(root, "home/alice/a/b/c/d/deep.bin"), content(300_000, "deep"));
+  writeFileSync(path.join(root, "home/alice/a/b/c/d/deep.bin"), seededBytes(300_000, "deep"));
   writeFileSync(path.join(root, "tmp/junk"), "scratch");
   writeFileSync(path.join(root, "var/lib/strata-agent/credential"), "sep_secret");
 }
@@ -136,7 +125,7 @@ describe("incremental uploads following the dirty set", () => {
     const out = path.join(dir, "restore-a");
     await restore(h.server.repo, snap, { target: out });
     expect(readFileSync(path.join(out, "home/alice/a/b/c/d/note.txt"), "utf8")).toBe("changed deep down\n");
-    expect(readFileSync(path.join(out, "usr/lib/pkg7/f3")).equals(content(1003, "pkg7-3"))).toBe(true);
+    expect(readFileSync(path.join(out, "usr/lib/pkg7/f3")).equals(seededBytes(1003, "pkg7-3"))).toBe(true);
   });
 
   it("an empty set commits the parent's tree without listing a directory", async () => {

@@ -20,7 +20,7 @@ import {
   type TreeId,
 } from "@strata/core";
 import { check, encodeChunkFrame, encodeTreeFrame, prune, restore } from "@strata/repo";
-import { cleanupTempDirs, makeTempDir } from "@strata/testkit";
+import { cleanupTempDirs, makeTempDir, seededBytes } from "@strata/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Compressor } from "zstd-napi";
 import { type UploadHarness, uploadHarness } from "./upload-helpers.js";
@@ -32,28 +32,17 @@ const policy = compilePolicy(defaultPolicy("pol_1", "Default"), {
   agentStateDir: "/var/lib/strata-agent",
 });
 
-/** `n` pseudo-random bytes, the same for the same seed. */
-function rnd(n: number, s: string): Buffer {
-  const out = Buffer.alloc(n);
-  let h = createHash("sha256").update(s).digest();
-  for (let o = 0; o < n; o += 32) {
-    h.copy(out, o);
-    h = createHash("sha256").update(h).digest();
-  }
-  return out;
-}
-
 /** A small endpoint root: system files, a user's files, and areas policy excludes. */
 function buildEndpoint(root: string, seed: string): void {
   for (const d of ["etc", "usr/bin", "usr/lib", "home/alice/docs", "tmp", "proc/1", "var/lib/strata-agent"])
     mkdirSync(path.join(root, d), { recursive: true });
   writeFileSync(path.join(root, "etc/hostname"), `${seed}\n`);
   writeFileSync(path.join(root, "etc/os-release"), 'ID=debian\nVERSION_ID="12"\n');
-  writeFileSync(path.join(root, "usr/bin/tool"), rnd(3_000_000, "tool")); // shared by every endpoint
-  writeFileSync(path.join(root, "usr/lib/libx.so"), rnd(1_500_000, "libx"));
+  writeFileSync(path.join(root, "usr/bin/tool"), seededBytes(3_000_000, "tool")); // shared by every endpoint
+  writeFileSync(path.join(root, "usr/lib/libx.so"), seededBytes(1_500_000, "libx"));
   for (let i = 0; i < 40; i++)
-    writeFileSync(path.join(root, `usr/lib/small${i}`), rnd(2000 + i, `small${i}`));
-  writeFileSync(path.join(root, "home/alice/docs/own.bin"), rnd(700_000, `own-${seed}`)); // this endpoint's only
+    writeFileSync(path.join(root, `usr/lib/small${i}`), seededBytes(2000 + i, `small${i}`));
+  writeFileSync(path.join(root, "home/alice/docs/own.bin"), seededBytes(700_000, `own-${seed}`)); // this endpoint's only
   writeFileSync(path.join(root, "tmp/junk"), "scratch");
   writeFileSync(path.join(root, "proc/1/status"), "not really proc");
   writeFileSync(path.join(root, "var/lib/strata-agent/credential"), "sep_secret");
@@ -156,7 +145,7 @@ describe("upload protocol (agent ↔ server service)", () => {
     // the edit (32 KiB–1 MiB each) added up to more than the bound below.
     const f = path.join(rootA, "usr/lib/libx.so");
     const b = readFileSync(f);
-    rnd(65536, "edit").copy(b, 700_000);
+    seededBytes(65536, "edit").copy(b, 700_000);
     writeFileSync(f, b);
     const t2 = h.transport("cvd_a");
     const r2 = await uploadOnce({

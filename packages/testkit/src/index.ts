@@ -5,5 +5,6 @@ export { type DebianSuite, debianRoot, debianRootPath, debianRootSkipReason } fr
 export { buildHostileTree, capNetBindService } from "./hostile-tree.js";
 export { repoRoot } from "./repo-root.js";
 export { RSYNC_CHECK_FLAGS, rsyncCopy, rsyncItemize } from "./rsync-itemize.js";
+export { seededBytes } from "./seeded-bytes.js";
 export { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
 export { cleanupTempDirs, makeTempDir, removeDir } from "./temp-dir.js";
