@@ -72,7 +72,7 @@ let loaded: Undici | null = null;
  * the others skip undici's index, which loads its fetch, WebSocket, cache
  * and mock implementations too (95 modules, ~0.1 s of every start; these
  * three parts are 27 modules, ~0.03 s). The paths are undici 6's layout:
- * `undici.test.ts` fails if an upgrade moves them.
+ * `client.test.ts` fails if an upgrade moves them.
  */
 export function undici(): Undici {
   if (loaded) return loaded;

@@ -92,7 +92,7 @@ const RANGE_MAX = 8 * 1024 * 1024;
  */
 const TOUCH_DELAY_MS = 1000;
 /** Chunk ids the restore service keeps of the trees it answered (about 25 MB of strings and set entries). */
-export const RESTORE_CHUNK_CACHE_IDS = 200_000;
+const RESTORE_CHUNK_CACHE_IDS = 200_000;
 /** Chunk frames are sent in writes of about this size (one TLS record run and one syscall each, not three per chunk). */
 const SEND_BYTES = 256 * 1024;
 /** A send buffer: SEND_BYTES and room for the frame that crosses it (larger ones get their own). */

@@ -192,9 +192,11 @@ export class Fetcher {
     }
     // Files that lack only their times are closed and given them by a worker: a `close` and a
     // `utimensat` per file less on this thread, which plans the restore and is its critical path.
-    const quick = this.pool ? b.files.filter((f) => f.mtimeNs !== undefined) : [];
-    if (quick.length) await this.finishOnWorker(quick, this.pool!);
-    for (const f of b.files) if (f.mtimeNs === undefined || !this.pool) this.done(f);
+    const pool = this.pool;
+    const quick = pool ? b.files.filter((f) => f.mtimeNs !== undefined) : [];
+    if (pool && quick.length) await this.finishOnWorker(quick, pool);
+    // The rest are still open here (a handed descriptor is -1): closed and finished on this thread.
+    for (const f of b.files) if (f.fd >= 0) this.done(f);
   }
 
   private async finishOnWorker(files: PendingFile[], pool: RestorePool): Promise<void> {
