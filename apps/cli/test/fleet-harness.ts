@@ -8,7 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { appendFileSync, chownSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
-import { loadServerConfig, type RunningServer, startServer } from "@strata/server";
+import { type Clock, loadServerConfig, type RunningServer, startServer } from "@strata/server";
 import { rsyncCopy } from "@strata/testkit";
 import { BIN, type Run, sh, strataAsync } from "./helpers.js";
 
@@ -33,10 +33,11 @@ export class Fleet {
     this.home = path.join(dir, "home");
   }
 
-  async start(): Promise<void> {
+  /** `clock`: the server's (agents' commit times are clamped to it, retention counts by it). */
+  async start(clock?: Clock): Promise<void> {
     this.server = await startServer(
       loadServerConfig({ flags: { data: this.data, listen: "127.0.0.1:0", logLevel: "warn" }, env: {} }),
-      { logStream: { write: () => true } },
+      { logStream: { write: () => true }, ...(clock ? { clock } : {}) },
     );
     const login = await this.strata(
       { STRATA_PASSWORD: this.server.adminPassword! },

@@ -21,7 +21,7 @@ import {
   type UploadStore,
 } from "@strata/catalog";
 import { StrataError } from "@strata/core";
-import { DirBlobStore, Repository } from "@strata/repo";
+import { DirBlobStore, type InitOptions, Repository } from "@strata/repo";
 import type { ServerConfig } from "./config.js";
 
 export const PASSWORD_FILE = "repository.password";
@@ -53,6 +53,8 @@ function readOrCreatePassword(dataDir: string): Buffer {
 export async function openServerRepository(
   config: ServerConfig,
   pgSchema?: string,
+  /** For a repository this call creates (none in the data directory yet): its parameters. */
+  init: InitOptions = {},
 ): Promise<ServerRepository> {
   const dataDir = config.dataDir;
   const catalog =
@@ -66,7 +68,7 @@ export async function openServerRepository(
     const fresh = !existsSync(path.join(dataDir, "config"));
     const password = readOrCreatePassword(dataDir);
     const repo = fresh
-      ? await Repository.init(store, catalog, password)
+      ? await Repository.init(store, catalog, password, init)
       : await Repository.open(store, catalog, password);
     if (!fresh) await repo.syncCatalog();
     uploads =
