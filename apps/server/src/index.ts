@@ -22,6 +22,7 @@ export {
   route,
 } from "./http/registry.js";
 export { apiRoutes } from "./http/routes/index.js";
+export { SERVER_HEAP_GROWING_PERCENT, tuneServerProcess } from "./process.js";
 export type { AgentIdentity, Caller, Clock } from "./services/context.js";
 export {
   bootstrap,

@@ -142,8 +142,9 @@ export function registerServerCommands(program: Command): void {
     .action(async () => {
       const o = srv.opts() as Record<string, string | undefined>;
       // The server (fastify, pino, TLS) is loaded only by `strata server`.
-      const { loadServerConfig, startServer } = await import("@strata/server");
+      const { loadServerConfig, startServer, tuneServerProcess } = await import("@strata/server");
       const config = loadServerConfig({ flags: o, env: process.env });
+      tuneServerProcess();
       const s = await startServer(config, { logStream: process.stderr });
       const info = {
         url: s.url,
