@@ -4,6 +4,7 @@ import { type BlobId, type ContentPiece, StrataError, type Xattr } from "@strata
 import type { FileOutcome, FromWorker, ToWorker, WorkerInit } from "./chunk-worker.js";
 import type { EncodedBlob } from "./pack.js";
 import type { Repository } from "./repository.js";
+import { detachEarly } from "./thread-pool.js";
 
 /**
  * Where the pool's chunks go: the local repository (sealed into packs) or
@@ -126,6 +127,7 @@ export class ChunkPool {
   /** Workers start on first use: a backup with nothing to read starts none. */
   private start(): void {
     if (this.workers.length) return;
+    detachEarly();
     const init = this.init;
     for (let i = 0; i < this.threads; i++) {
       const w = new Worker(new URL("./chunk-worker.js", import.meta.url), { workerData: init });

@@ -14,6 +14,7 @@ import { dataRanges, readXattrs } from "@strata/fs";
 import { BufferPool } from "./buffer-pool.js";
 import { MasterKey } from "./crypto.js";
 import { BlobCodec, WireCodec } from "./pack.js";
+import { detachEarly } from "./thread-pool.js";
 
 /**
  * `key` set: blobs are compressed and sealed for a local pack. `key` null:
@@ -64,6 +65,7 @@ export function statSig(st: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeN
 }
 
 if (parentPort) {
+  detachEarly();
   const port = parentPort;
   const init = workerData as WorkerInit;
   const codec = init.key

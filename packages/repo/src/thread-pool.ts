@@ -7,6 +7,25 @@ export function defaultThreads(): number {
   return Math.max(1, Math.min(availableParallelism(), 4));
 }
 
+let detachedEarly = false;
+
+/**
+ * Detach one ArrayBuffer now, once per thread. V8 compiles typed-array code
+ * on the assumption that no ArrayBuffer was ever detached, until one is:
+ * the first transfer (postMessage with a transfer list) then throws away
+ * every optimized function that relied on it — most code that touches a
+ * Buffer — and it is compiled again. The pools and their workers transfer
+ * buffers, so they make that first detach before the work's code is hot
+ * instead of in the middle of it: in a full restore, 32 such discards →
+ * 5, and ~30 fewer optimizing compilations (docs/benchmarks.md, session 13).
+ */
+export function detachEarly(): void {
+  if (detachedEarly) return;
+  detachedEarly = true;
+  const ab = new ArrayBuffer(8);
+  structuredClone(ab, { transfer: [ab] });
+}
+
 /**
  * Worker threads answering requests of one kind (`{ seq, ... }` in,
  * `{ seq, result } | { seq, error }` out). A request goes to the worker
@@ -33,6 +52,7 @@ export class ThreadPool<Req extends object, Res> {
     private readonly limit: number,
     what: string,
   ) {
+    detachEarly();
     for (let i = 0; i < threads; i++) {
       const w = new Worker(script, { workerData });
       w.on("message", (m: { seq: number; result?: Res; error?: string }) => {
@@ -100,6 +120,7 @@ export function serve<Req extends { seq: number }, Res>(
   handle: (m: Req) => Res | Promise<Res>,
   transferOf?: (result: Res) => ArrayBuffer[],
 ): void {
+  detachEarly();
   port.on("message", (m: Req) => {
     Promise.resolve()
       .then(() => handle(m))
