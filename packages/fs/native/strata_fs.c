@@ -674,6 +674,24 @@ static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * fadviseWillneed(fd, offset, len): ask the kernel to start reading the
+ * range into the page cache now (asynchronously), so a read that comes a
+ * little later finds it there instead of waiting on the disk.
+ */
+static napi_value js_fadvise_willneed(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int32_t fd;
+  int64_t off, len;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || !get_int64(env, argv[1], &off, "offset") ||
+      !get_int64(env, argv[2], &len, "len"))
+    return throw_type(env, "fadviseWillneed(fd, offset, len)");
+  int rc = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+  if (rc != 0) return throw_errno(env, rc, "posix_fadvise", NULL);
+  return NULL;
+}
+
+/*
  * peerCred(fd): the credentials of the process at the other end of a
  * connected Unix socket (SO_PEERCRED), as the kernel recorded them at
  * connect time: { pid, uid, gid }. The agent's user socket uses it to know
@@ -748,6 +766,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"schedPolicy", NULL, js_sched_policy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"schedSetAll", NULL, js_sched_set_all, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseDontneed", NULL, js_fadvise_dontneed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fadviseWillneed", NULL, js_fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
       {"peerCred", NULL, js_peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
       {"syncfs", NULL, js_syncfs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanDir", NULL, js_scandir, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -1,5 +1,5 @@
 export { displayPath } from "./display-path.js";
-export { dropCache, setIdlePriority, trimMemory, tuneMemory } from "./io-hints.js";
+export { dropCache, readAhead, setIdlePriority, trimMemory, tuneMemory } from "./io-hints.js";
 export {
   type NativeFs,
   native,

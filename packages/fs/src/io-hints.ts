@@ -26,6 +26,18 @@ export function dropCache(fd: number, offset = 0, len = 0): void {
 }
 
 /**
+ * Tell the kernel this range will be read soon: it starts reading it into
+ * the page cache in the background, so the read finds it there.
+ */
+export function readAhead(fd: number, offset: number, len: number): void {
+  try {
+    native.fadviseWillneed(fd, offset, len);
+  } catch {
+    // Advice only: ignoring failure costs time, never correctness.
+  }
+}
+
+/**
  * Allocator settings for Strata's processes (CLI, agent, server), applied
  * once at start, before worker threads exist: at most two glibc malloc
  * arenas. Worker threads hand megabyte buffers to each other all the time;

@@ -38,6 +38,8 @@ export interface NativeFs {
   /** Every thread of the process to SCHED_OTHER (0) or SCHED_IDLE (5). */
   schedSetAll(policy: number): void;
   fadviseDontneed(fd: number, offset: number, len: number): void;
+  /** posix_fadvise(POSIX_FADV_WILLNEED): start reading the range into the page cache. */
+  fadviseWillneed(fd: number, offset: number, len: number): void;
   /** SO_PEERCRED of a connected Unix socket: who is at the other end. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** syncfs(2) on the filesystem holding directory `path`: every dirty page and inode of it to disk. */

@@ -12,6 +12,7 @@ import {
 } from "node:fs";
 import * as path from "node:path";
 import { fromSystemError, StrataError } from "@strata/core";
+import { readAhead } from "@strata/fs";
 
 /** Ranges up to this size are read synchronously by `getRange` (see there). */
 const SYNC_READ_MAX = 64 * 1024;
@@ -43,6 +44,12 @@ export interface BlobStore {
    * instead of allocating each. Same errors as `getRange`. Optional.
    */
   getRangeInto?(name: string, offset: number, length: number, into: Buffer): Promise<Buffer>;
+  /**
+   * A hint that `getRange` of this range comes soon: a store on a local disk
+   * starts reading it in the background. Resolves once the hint is given;
+   * never rejects (a missing blob fails its read later). Optional.
+   */
+  readAhead?(name: string, offset: number, length: number): Promise<void>;
   /** Size in bytes, or null when missing. */
   stat(name: string): Promise<{ size: number; mtime: Date } | null>;
   list(prefix: string): AsyncIterable<{ name: string; size: number }>;
@@ -275,6 +282,13 @@ export class DirBlobStore implements BlobStore {
 
   getRange(name: string, offset: number, length: number): Promise<Buffer> {
     return this.getRangeInto(name, offset, length, Buffer.allocUnsafe(length));
+  }
+
+  readAhead(name: string, offset: number, length: number): Promise<void> {
+    return this.handle(name).then(
+      (fh) => readAhead(fh.fd, offset, length),
+      () => {}, // its read will say what is wrong
+    );
   }
 
   async getRangeInto(name: string, offset: number, length: number, into: Buffer): Promise<Buffer> {

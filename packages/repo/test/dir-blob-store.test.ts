@@ -1,6 +1,9 @@
-import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { dropCache } from "@strata/fs";
 import { DirBlobStore } from "@strata/repo";
 import { afterAll, describe, expect, it } from "vitest";
 import { runBlobStoreContract } from "./blob-store-contract.js";
@@ -17,7 +20,39 @@ afterAll(() => {
 
 runBlobStoreContract("DirBlobStore", async () => new DirBlobStore(fresh()));
 
+/** Pages of `file` in the page cache (fincore, util-linux). */
+function resident(file: string): number {
+  const r = spawnSync("fincore", ["--noheadings", "--output", "PAGES", file], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`fincore ${file}: ${r.stderr || r.error}`);
+  return Number(r.stdout.trim());
+}
+const noFincore = spawnSync("fincore", ["--version"]).error
+  ? "fincore (util-linux) is not installed"
+  : undefined;
+
 describe("DirBlobStore specifics", () => {
+  it.skipIf(noFincore)(
+    `readAhead reads the range into the page cache, and ignores a missing object ${noFincore ? `(skipped: ${noFincore})` : ""}`,
+    async (ctx) => {
+      const dir = fresh();
+      const s = new DirBlobStore(dir);
+      await s.put("packs/cc/c", randomBytes(4 << 20));
+      const file = path.join(dir, "packs/cc/c");
+      const fd = openSync(file, "r");
+      dropCache(fd); // put wrote it durably: its pages are clean and can go
+      closeSync(fd);
+      if (resident(file) !== 0) ctx.skip(`the filesystem of ${dir} keeps its pages in memory (tmpfs)`);
+      await s.readAhead("packs/cc/missing", 0, 10); // resolves: the read of it will fail
+      // The kernel adds the pages to the cache when it submits the reads, before they complete.
+      await s.readAhead("packs/cc/c", 1 << 20, 2 << 20);
+      const pages = resident(file);
+      expect(pages).toBeGreaterThanOrEqual(512); // the 2 MiB asked for
+      expect(pages).toBeLessThan(1024); // not the whole 4 MiB file
+      expect((await s.getRange("packs/cc/c", 1 << 20, 16)).length).toBe(16);
+      await s.close();
+    },
+  );
+
   it("a deleted or unopenable object leaves the read-handle cache; a name put again is read anew and cached once", async () => {
     const s = new DirBlobStore(fresh());
     await s.put("packs/aa/a", Buffer.from("first"));

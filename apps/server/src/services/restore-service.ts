@@ -723,6 +723,19 @@ export class RestoreService {
     let out = Buffer.allocUnsafe(SEND_BUFFER);
     let pos = 0;
     try {
+      // Every range of this answer is read in order below, each after the one before is sent: ask
+      // the disk for all of them now, so a cold pack is read while the earlier ranges stream.
+      if (store.readAhead) {
+        for (const range of ranges(entries)) {
+          const first = range[0]!;
+          const last = range[range.length - 1]!;
+          void store.readAhead(
+            packName(first.packId),
+            first.offset,
+            last.offset + last.length - first.offset,
+          );
+        }
+      }
       for (const range of ranges(entries)) {
         const first = range[0]!;
         const last = range[range.length - 1]!;
