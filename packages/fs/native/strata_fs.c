@@ -659,18 +659,23 @@ static napi_value js_ioprio_get(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* fadviseDontneed(fd, offset, len): drop pages we read once so a backup does not evict the user's cache. */
-static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
+/* posix_fadvise(fd, offset, len, advice) for fadviseDontneed / fadviseWillneed; `usage` names the call. */
+static napi_value fadvise_with(napi_env env, napi_callback_info info, int advice, const char *usage) {
   napi_value argv[MAX_ARGS];
   if (!get_args(env, info, 3, argv)) return NULL;
   int32_t fd;
   int64_t off, len;
   if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || !get_int64(env, argv[1], &off, "offset") ||
       !get_int64(env, argv[2], &len, "len"))
-    return throw_type(env, "fadviseDontneed(fd, offset, len)");
-  int rc = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+    return throw_type(env, usage);
+  int rc = posix_fadvise(fd, (off_t)off, (off_t)len, advice);
   if (rc != 0) return throw_errno(env, rc, "posix_fadvise", NULL);
   return NULL;
+}
+
+/* fadviseDontneed(fd, offset, len): drop pages we read once so a backup does not evict the user's cache. */
+static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
+  return fadvise_with(env, info, POSIX_FADV_DONTNEED, "fadviseDontneed(fd, offset, len)");
 }
 
 /*
@@ -679,16 +684,7 @@ static napi_value js_fadvise_dontneed(napi_env env, napi_callback_info info) {
  * little later finds it there instead of waiting on the disk.
  */
 static napi_value js_fadvise_willneed(napi_env env, napi_callback_info info) {
-  napi_value argv[MAX_ARGS];
-  if (!get_args(env, info, 3, argv)) return NULL;
-  int32_t fd;
-  int64_t off, len;
-  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || !get_int64(env, argv[1], &off, "offset") ||
-      !get_int64(env, argv[2], &len, "len"))
-    return throw_type(env, "fadviseWillneed(fd, offset, len)");
-  int rc = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
-  if (rc != 0) return throw_errno(env, rc, "posix_fadvise", NULL);
-  return NULL;
+  return fadvise_with(env, info, POSIX_FADV_WILLNEED, "fadviseWillneed(fd, offset, len)");
 }
 
 /*
