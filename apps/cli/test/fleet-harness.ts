@@ -37,7 +37,7 @@ export class Fleet {
   async start(clock?: Clock): Promise<void> {
     this.server = await startServer(
       loadServerConfig({ flags: { data: this.data, listen: "127.0.0.1:0", logLevel: "warn" }, env: {} }),
-      { logStream: { write: () => true }, ...(clock ? { clock } : {}) },
+      { logStream: { write: () => true }, clock },
     );
     const login = await this.strata(
       { STRATA_PASSWORD: this.server.adminPassword! },

@@ -14,8 +14,8 @@ import { setFlagsFromString } from "node:v8";
  * lookup rows, id strings and frames for the tens of milliseconds a chunk
  * stream lasts, long enough to be promoted, and the server's live heap is
  * small (~25 MB): it ran seven full collections per restore of a 440 MB
- * machine, now one or two, and its CPU per restore fell by 0.3–0.6 s
- * (docs/benchmarks.md, session 13). The bound stays V8's own
+ * machine, now one or two, and its CPU per restore fell from 2.35–2.79 s
+ * to 1.37–1.66 s (docs/benchmarks.md, session 13). The bound stays V8's own
  * (`--max-old-space-size`); 4× a small live heap is tens of MB.
  */
 export const SERVER_HEAP_GROWING_PERCENT = 300;
