@@ -1,5 +1,6 @@
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstatSync, readdirSync, readlinkSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
 import type { BlobId } from "@strata/core";
 import { native } from "@strata/fs";
@@ -229,6 +230,66 @@ describe("chunks verified and written by worker threads", () => {
     });
     expect(diff(before, root)).toEqual([]);
   });
+
+  it("a staged file the kernel refuses is reported by its snapshot path and left out; the rest is restored", async () => {
+    // A state directory so deep that one staged name passes PATH_MAX (4,096 bytes) and a short
+    // one does not: the stage is created off the main thread, the refusal must still be reported.
+    const data = tmp("strata-long-");
+    const long = "n".repeat(250);
+    put(data, "d/short", "short file\n");
+    put(data, `d/${long}`, "a file whose staged path is too long\n");
+    put(data, "top", "top file\n");
+    const s = await snapshotOf(repo, data);
+    let stateDir = tmp("strata-state-");
+    while (stateDir.length < 3900)
+      stateDir = path.join(stateDir, "s".repeat(Math.min(200, 3900 - stateDir.length)));
+    mkdirSync(stateDir, { recursive: true });
+    const root = tmp("strata-root-");
+    const r = await runRestore(wireSource(s), { ...opts(root, {}), stateDir }).done;
+    expect(r.errors).toEqual([
+      { path: `/d/${long}`, message: expect.stringMatching(/^not restored: ENAMETOOLONG: .*, open '\//) },
+    ]);
+    expect(readFileSync(path.join(root, "d/short"), "utf8")).toBe("short file\n");
+    expect(readFileSync(path.join(root, "top"), "utf8")).toBe("top file\n");
+    expect(existsSync(path.join(root, "d", long))).toBe(false);
+    expect(diff(data, root, new RegExp(`${long}|(^| )d/$`))).toEqual([]);
+    expect(openFdsUnder(root, stateDir)).toEqual([]);
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "no inode left for a staged file (a full disk) fails the restore naming the file, and changes nothing",
+    async (ctx) => {
+      const data = tmp("strata-many-");
+      for (let i = 0; i < 40; i++) put(data, `d/f${i}`, `file number ${i}\n`);
+      const s = await snapshotOf(repo, data);
+      const root = tmp("strata-root-");
+      try {
+        // Room for the workdir, the staged directory and a few files, not for 40.
+        execFileSync("mount", ["-t", "tmpfs", "-o", "size=8m,nr_inodes=20", "tmpfs", root]);
+      } catch (e) {
+        ctx.skip(`cannot mount a tmpfs here (needs root): ${(e as Error).message}`);
+        return;
+      }
+      try {
+        put(root, "keep", "the old state\n");
+        const stateDir = tmp("strata-state-");
+        const err = await runRestore(wireSource(s), { ...opts(root, {}), stateDir }).done.catch(
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({
+          code: "NO_SPACE",
+          message: expect.stringMatching(/^cannot stage \/d\/f[0-9]+: ENOSPC/),
+          hint: expect.stringContaining("free space"),
+        });
+        expect(readdirSync(root)).toEqual(["keep"]);
+        expect(readFileSync(path.join(root, "keep"), "utf8")).toBe("the old state\n");
+        expect(await recoverPendingRestore(stateDir, root)).toEqual([{ outcome: "none" }]);
+        expect(openFdsUnder(root, stateDir)).toEqual([]);
+      } finally {
+        execFileSync("umount", ["-l", root]);
+      }
+    },
+  );
 
   it("a worker failure leaves the root at the old state, no stage and no descriptor behind", async () => {
     const root = drifted();

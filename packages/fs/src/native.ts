@@ -44,6 +44,12 @@ export interface NativeFs {
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** syncfs(2) on the filesystem holding directory `path`: every dirty page and inode of it to disk. */
   syncfs(path: Buffer | string): void;
+  /**
+   * Create each path (O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, its mode) in order, in one job on
+   * libuv's thread pool; `cb` gets, per path, the open descriptor or minus the errno. `cb` must
+   * not throw.
+   */
+  createFiles(paths: Buffer[], modes: number[], cb: (results: Int32Array) => void): void;
   /** Every entry of a directory with its lstat, packed (see `scanDir` in scan-dir.ts). */
   scanDir(path: Buffer): Buffer;
   /** glibc mallopt: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<= 0: unchanged). */

@@ -96,6 +96,39 @@ describe("native addon", () => {
     expect(() => native.llistxattr(b(path.join(tmp, "nope")))).toThrow(/ENOENT.*nope/);
   });
 
+  it("createFiles creates files in one job off the thread, never through a symlink, errno per file", async () => {
+    const dir = path.join(tmp, "create-files");
+    await mkdir(dir);
+    const outside = path.join(tmp, "create-files-outside");
+    await symlink(outside, path.join(dir, "trap"));
+    await writeFile(path.join(dir, "exists"), "keep");
+    const names = ["a", "trap", "exists", "missing/c", "b"];
+    const results = await new Promise<Int32Array>((resolve) =>
+      native.createFiles(
+        names.map((n) => Buffer.from(path.join(dir, n))),
+        [0o640, 0o600, 0o600, 0o600, 0o600],
+        resolve,
+      ),
+    );
+    const [a, trap, exists, missing, last] = [...results];
+    expect({ trap, exists, missing }).toEqual({
+      trap: -os.constants.errno.EEXIST,
+      exists: -os.constants.errno.EEXIST,
+      missing: -os.constants.errno.ENOENT,
+    });
+    expect(existsSync(outside)).toBe(false);
+    expect(await readFile(path.join(dir, "exists"), "utf8")).toBe("keep");
+    for (const fd of [a!, last!]) {
+      expect(fd).toBeGreaterThanOrEqual(0);
+      writeSync(fd, "written");
+      closeSync(fd);
+    }
+    expect(await readFile(path.join(dir, "a"), "utf8")).toBe("written");
+    expect(lstatSync(path.join(dir, "a")).mode & 0o777).toBe(0o640);
+    expect(() => native.createFiles([Buffer.from("a\0b")], [0o600], () => {})).toThrow(/NUL/);
+    expect(() => native.createFiles([Buffer.from("x")], [], () => {})).toThrow(/one number per path/);
+  });
+
   it("lowers the I/O priority to idle", () => {
     expect(setIdlePriority()).toBe(true);
     const out = execFileSync("ionice", ["-p", String(process.pid)], { encoding: "utf8" });

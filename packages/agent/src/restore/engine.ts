@@ -540,6 +540,7 @@ class Engine {
       nextStage: 0,
       deferred: deferredList,
       lastDone: [],
+      settling: new Set(),
     };
   }
 
@@ -583,6 +584,7 @@ class Engine {
       if (rootNode && this.opts.kind !== "files") planner.rootMeta(rootNode, out.dirty);
       this.setPhase("staging");
       await b.fetcher.drain();
+      await planner.settled();
       await b.syncs.drain();
       this.fetched += b.fetcher.fetchedBytes;
       this.fetcher = null;
@@ -633,6 +635,7 @@ class Engine {
       b.journal.close();
       // No write may be in flight (nor a descriptor open) when the stage goes.
       await b.fetcher.abandon();
+      await planner.settled();
       if (!committed) this.rollback();
       else this.journalLeft = true;
       throw e;

@@ -2,6 +2,7 @@ import { closeSync, constants, fsync, openSync } from "node:fs";
 import { promisify } from "node:util";
 import { type BlobId, StrataError } from "@strata/core";
 import { type RestorePool, writeAllSync } from "@strata/repo";
+import { FileCreator } from "./creator.js";
 import type { RestoreSource, TreeRef } from "./source.js";
 
 const fsyncAsync = promisify(fsync);
@@ -16,6 +17,16 @@ export interface PendingFile {
   name: string;
   /** Open for writing (O_NOFOLLOW, made by the engine) until `finish`; the Fetcher closes it. */
   fd: number;
+  /**
+   * Set while the file is created on libuv's threads (`Fetcher.create`; `fd` is -1 until it settles);
+   * never rejects. Then either `fd` is open, or `openError` holds a failure that fails the
+   * batch, or `skipped` says the file was reported and left out.
+   */
+  opened?: Promise<void>;
+  openError?: unknown;
+  skipped?: boolean;
+  /** Told why a file queued by `Fetcher.create` was not created (and is skipped). */
+  notCreated?: (e: Error) => void;
   /** Chunk writes still missing. */
   missing: number;
   /**
@@ -94,6 +105,7 @@ export class Fetcher {
   /** Every file handed to `add` and not finished: their descriptors close on `abandon`. */
   private readonly open = new Set<PendingFile>();
   fetchedBytes = 0;
+  private readonly creator = new FileCreator();
 
   constructor(
     private readonly source: RestoreSource,
@@ -102,6 +114,15 @@ export class Fetcher {
     private readonly signal?: AbortSignal,
     private readonly pool: RestorePool | null = null,
   ) {}
+
+  /**
+   * Create `file.path` off this thread (FileCreator) instead of the caller opening it; then
+   * `add` it. The promise (also `file.opened`) settles once it is created or has failed.
+   */
+  create(file: PendingFile, mode: number): Promise<void> {
+    file.opened = this.creator.add(file, mode);
+    return file.opened;
+  }
 
   /** `wanted`: chunk id → offsets in the file; `tree` names the file (its grant covers the ids). */
   async add(
@@ -164,6 +185,9 @@ export class Fetcher {
   async abandon(): Promise<void> {
     this.failure ??= new StrataError("INTERNAL", "the restore stopped");
     await Promise.allSettled([...this.inflight]);
+    // A file still being created gets its descriptor soon: wait, so it is closed below.
+    this.creator.flush();
+    await Promise.all([...this.open].map((f) => f.opened));
     // A worker failure rejects every call at once, while the other workers may still be
     // writing: they stop before a descriptor they hold is closed (and its number reused).
     if (this.pool) await this.pool.close();
@@ -179,10 +203,17 @@ export class Fetcher {
   }
 
   private async run(b: Batch): Promise<void> {
+    // Files the engine is still creating: the request goes out meanwhile, writes wait for them.
+    const opened = this.opened(b);
+    opened.catch(() => {}); // awaited below
     if (b.chunks.size) {
-      if (this.pool && this.source.fetchChunkFrames) await this.viaWorkers(b, this.pool);
-      else await this.here(b);
+      if (this.pool && this.source.fetchChunkFrames) await this.viaWorkers(b, this.pool, opened);
+      else {
+        await opened;
+        await this.here(b);
+      }
     }
+    await opened;
     for (const f of b.files) {
       if (f.missing !== 0) {
         throw new StrataError("DATA_CORRUPT", `the source did not deliver every chunk of ${f.name}`, {
@@ -197,6 +228,23 @@ export class Fetcher {
     if (pool && quick.length) await this.finishOnWorker(quick, pool);
     // The rest are still open here (a handed descriptor is -1): closed and finished on this thread.
     for (const f of b.files) if (f.fd >= 0) this.done(f);
+  }
+
+  /**
+   * Every file of the batch is created: a failure that fails the batch is thrown; skipped
+   * files leave the batch (their chunks are still received, and written nowhere).
+   */
+  private async opened(b: Batch): Promise<void> {
+    const waits = b.files.filter((f) => f.opened).map((f) => f.opened);
+    if (!waits.length) return;
+    this.creator.flush();
+    await Promise.all(waits);
+    const failed = b.files.find((f) => f.openError !== undefined);
+    if (failed) throw failed.openError;
+    if (!b.files.some((f) => f.skipped)) return;
+    for (const f of b.files) if (f.skipped) this.open.delete(f);
+    b.files = b.files.filter((f) => !f.skipped);
+    for (const c of b.chunks.values()) c.targets = c.targets.filter((t) => !t.file.skipped);
   }
 
   private async finishOnWorker(files: PendingFile[], pool: RestorePool): Promise<void> {
@@ -245,8 +293,8 @@ export class Fetcher {
     );
   }
 
-  /** Chunks in wire form, verified and written by the pool's workers. */
-  private async viaWorkers(b: Batch, pool: RestorePool): Promise<void> {
+  /** Chunks in wire form, verified and written by the pool's workers (once `opened`). */
+  private async viaWorkers(b: Batch, pool: RestorePool, opened: Promise<void>): Promise<void> {
     const jobs: Promise<void>[] = [];
     let parts: Buffer[] = [];
     let chunks: JobChunk[] = [];
@@ -262,6 +310,7 @@ export class Fetcher {
       chunks = [];
       size = 0;
       await pool.slot();
+      await opened;
       const items: RestoreItem[] = these.map((c) => ({
         id: c.id,
         packId: "" as RestoreItem["packId"],
@@ -269,7 +318,8 @@ export class Fetcher {
         length: c.size,
         rawLength: c.len,
         compressed: c.compressed,
-        writes: c.targets.flatMap((t) => [t.file.fd, t.offset]),
+        // A chunk queued before its files were created may still name a skipped one.
+        writes: c.targets.flatMap((t) => (t.file.skipped ? [] : [t.file.fd, t.offset])),
       }));
       const job = pool.run([{ buf, base: 0 }], [items]).then(([reply]) => {
         const bad = new Map<number, string>();

@@ -27,6 +27,7 @@ import {
   validateName,
 } from "@strata/fs";
 import type { TreeAhead } from "./ahead.js";
+import { failsBatch, stagingFailure } from "./creator.js";
 import type { Fetcher, PendingFile, SyncQueue } from "./fetcher.js";
 import { type JournalWriter, journalNode, WORKDIR_PREFIX, type Workdirs } from "./journal.js";
 import type { SeedReader } from "./seed.js";
@@ -196,6 +197,11 @@ export interface BatchState {
   deferred: Buffer[][] | null;
   /** The last entry completed (relative components): where a stopped batch resumes. */
   lastDone: Buffer[];
+  /**
+   * Work still running on libuv's threads (files being created, and the metadata of staged
+   * directories that waits for them); none of these promises rejects. All settle before the commit.
+   */
+  settling: Set<Promise<void>>;
 }
 
 interface DirCtx {
@@ -210,6 +216,8 @@ interface DirCtx {
   stage: Buffer | null;
   snapPath: Buffer;
   cursor: Buffer[] | null;
+  /** Creations inside this staged directory still running (its metadata waits for them). */
+  settle?: Promise<void>[];
 }
 
 interface Outcome {
@@ -219,6 +227,13 @@ interface Outcome {
 }
 const CLEAN: Outcome = { dirty: false, stopped: false };
 const DIRTY: Outcome = { dirty: true, stopped: false };
+
+/** `p` must settle before the metadata of staged directory `d` is set (nothing for a root directory). */
+function settleIn(d: DirCtx, p: Promise<void>): void {
+  if (!d.stage) return;
+  if (d.settle) d.settle.push(p);
+  else d.settle = [p];
+}
 
 const SLASH = Buffer.from("/");
 const join = (a: Buffer, b: Buffer): Buffer =>
@@ -731,11 +746,17 @@ export class Planner {
         if (env.wholeDirs || d.stage) {
           // Staged whole: its content is created inside, no operations.
           const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
-          await this.dir(
-            { abs, comps, exists: false, dev: d.dev, stage: dest, snapPath: item.snapPath, cursor: null },
-            sub,
-          );
-          this.applyMeta(dest, n, shown);
+          const inside: DirCtx = {
+            abs,
+            comps,
+            exists: false,
+            dev: d.dev,
+            stage: dest,
+            snapPath: item.snapPath,
+            cursor: null,
+          };
+          await this.dir(inside, sub);
+          this.afterCreations(inside, d, () => this.applyMeta(dest, n, shown));
           this.b.syncs.add(dest);
           if (entry) this.put(comps, entry);
           return entry ? DIRTY : CLEAN;
@@ -752,7 +773,7 @@ export class Planner {
         if (out.dirty) this.meta(comps, n);
         return { dirty: true, stopped: out.stopped };
       }
-      if (n.type === "file") await this.stageFile(dest, item, comps, seed);
+      if (n.type === "file") await this.stageFile(d, dest, item, comps, seed);
       else {
         if (n.type === "symlink") symlinkSync(n.target ?? Buffer.alloc(0), dest);
         else await createSpecial(dest, n);
@@ -761,10 +782,7 @@ export class Planner {
     } catch (e) {
       if (e instanceof StrataError && e.code === "UNSAFE_PATH") throw e;
       if ((e as Error).name === "AbortError") throw e;
-      const code = (e as NodeJS.ErrnoException).code;
-      // Out of space or descriptors, or a failing disk: the whole batch fails (never a partial restore).
-      if (code === "ENOSPC" || code === "EDQUOT" || code === "EIO" || code === "EMFILE" || code === "ENFILE")
-        throw e;
+      if (failsBatch(e)) throw stagingFailure(e, shown);
       env.error(shown, `not restored: ${(e as Error).message}`);
       return CLEAN;
     }
@@ -788,6 +806,7 @@ export class Planner {
   }
 
   private async stageFile(
+    d: DirCtx,
     dest: Buffer,
     item: SnapItem,
     comps: Buffer[],
@@ -836,7 +855,38 @@ export class Planner {
     // Created with its final permission bits when they let the owner read and write (most
     // files): its chmod is then skipped. The stage is the restore's own 0700 directory.
     const createMode = (n.mode & 0o777) | 0o600;
+    const fresh = this.fresh(createMode);
+    const file: PendingFile = {
+      path: dest,
+      name: shown,
+      // The fetcher writes the missing chunks through it and closes it (see Fetcher).
+      fd: -1,
+      missing: 0,
+      // Created with its owner and mode, without xattrs: its times are all it lacks.
+      ...(onlyTimesNeeded(n, this.metaOpts(fresh)) ? { mtimeNs: n.mtimeNs } : {}),
+      finish: (times) => {
+        if (!times) this.applyMeta(dest, n, shown, fresh);
+        else if (times.error) env.error(shown, `metadata not restored: ${times.error}`);
+        this.b.syncs.add(dest);
+      },
+    };
+    if (!key && !seed && !holes && !item.literal && wanted.size > 0) {
+      // Nothing to write here before the chunks come (restore.md, "Files are created off the
+      // walk"): created on libuv's threads while the walk goes on; no one else knows the path.
+      file.notCreated = (e) => {
+        this.b.putFiles--;
+        this.b.putBytes -= n.size;
+        env.error(shown, `not restored: ${e.message}`);
+      };
+      const created = this.b.fetcher.create(file, createMode);
+      // A staged directory's metadata waits for the files created in it (afterCreations).
+      settleIn(d, created);
+      await this.b.fetcher.add(file, item.owner, wanted, lens);
+      await this.b.syncs.throttle();
+      return;
+    }
     const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
+    file.fd = fd;
     let fetching = false;
     try {
       // Holes (and a hole at the end) are made by the size alone; the writes fill a dense file.
@@ -849,26 +899,42 @@ export class Planner {
       }
       fetching = wanted.size > 0 && !item.literal;
     } finally {
-      if (!fetching) closeSync(fd);
+      if (!fetching) {
+        closeSync(fd);
+        file.fd = -1;
+      }
     }
-    const fresh = this.fresh(createMode);
-    const file: PendingFile = {
-      path: dest,
-      name: shown,
-      // The fetcher writes the missing chunks through it and closes it (see Fetcher).
-      fd,
-      missing: 0,
-      // Created with its owner and mode, without xattrs: its times are all it lacks.
-      ...(onlyTimesNeeded(n, this.metaOpts(fresh)) ? { mtimeNs: n.mtimeNs } : {}),
-      finish: (times) => {
-        if (!times) this.applyMeta(dest, n, shown, fresh);
-        else if (times.error) env.error(shown, `metadata not restored: ${times.error}`);
-        this.b.syncs.add(dest);
-      },
-    };
     if (fetching) await this.b.fetcher.add(file, item.owner, wanted, lens);
     else file.finish();
     await this.b.syncs.throttle();
+  }
+
+  /**
+   * Run `then` (a staged directory's metadata) once every creation inside `inside` has
+   * settled: a creation after it would move the directory's mtime, and a mode without the
+   * owner's write or search bits would refuse it. Its parent's metadata waits for this in turn.
+   */
+  private afterCreations(inside: DirCtx, parent: DirCtx, then: () => void): void {
+    if (!inside.settle?.length) {
+      then();
+      return;
+    }
+    const settling = this.b.settling;
+    const p = Promise.all(inside.settle).then(() => {
+      try {
+        then();
+      } catch (e) {
+        this.env.error(displayPath(inside.snapPath), `metadata not restored: ${(e as Error).message}`);
+      }
+    });
+    settling.add(p);
+    void p.then(() => settling.delete(p));
+    settleIn(parent, p);
+  }
+
+  /** Every metadata `afterCreations` deferred is set (call after the fetcher is drained or abandoned). */
+  async settled(): Promise<void> {
+    while (this.b.settling.size) await Promise.all([...this.b.settling]);
   }
 
   /**
