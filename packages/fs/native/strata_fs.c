@@ -5,7 +5,7 @@
  * and page-cache advice, and a directory listing with every entry's lstat in
  * one call.
  *
- * Every call but createFiles is synchronous: each is one short syscall on
+ * Every call but createFiles and syncfsAsync is synchronous: each is one short syscall on
  * local metadata, far cheaper than a trip through the libuv thread pool.
  *
  * Paths are Buffers (raw bytes; Linux names need not be UTF-8) or strings.
@@ -850,6 +850,74 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * syncfsAsync(path, cb): syncfs(2) on the filesystem holding directory
+ * `path`, on a thread of libuv's pool; then cb(errno) on the event loop (0
+ * when it worked). A restore starts one while it still writes, so the
+ * flush before its commit finds less to write. cb must not throw.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_ref cb;
+  char *path;
+  int err;
+} syncfs_job;
+
+static void syncfs_execute(napi_env env, void *data) {
+  (void)env;
+  syncfs_job *j = data;
+  int fd = open(j->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    j->err = errno;
+    return;
+  }
+  j->err = syncfs(fd) < 0 ? errno : 0;
+  close(fd);
+}
+
+static void syncfs_complete(napi_env env, napi_status status, void *data) {
+  syncfs_job *j = data;
+  napi_value cb, global, arg;
+  if (status == napi_ok && napi_get_reference_value(env, j->cb, &cb) == napi_ok &&
+      napi_get_global(env, &global) == napi_ok && napi_create_int32(env, j->err, &arg) == napi_ok)
+    napi_call_function(env, global, cb, 1, &arg, NULL);
+  napi_delete_reference(env, j->cb);
+  napi_delete_async_work(env, j->work);
+  free(j->path);
+  free(j);
+}
+
+static napi_value js_syncfs_async(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_function) return throw_type(env, "cb must be a function");
+  syncfs_job *j = calloc(1, sizeof *j);
+  if (j == NULL) return throw_errno(env, ENOMEM, "syncfsAsync", NULL);
+  j->path = get_bytes(env, argv[0], "path", 0);
+  if (j->path == NULL) {
+    free(j);
+    return NULL;
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "strata.syncfsAsync", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, argv[1], 1, &j->cb) != napi_ok) {
+    free(j->path);
+    free(j);
+    return NULL;
+  }
+  if (napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_delete_reference(env, j->cb);
+    free(j->path);
+    free(j);
+    napi_throw_error(env, "ERR_STRATA_FS_NAPI", "N-API call failed: syncfsAsync could not be queued");
+    return NULL;
+  }
+  return NULL;
+}
+
 napi_value aead_register(napi_env env, napi_value exports); /* strata_aead.c */
 napi_value watch_register(napi_env env, napi_value exports); /* strata_watch.c */
 
@@ -874,6 +942,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"peerCred", NULL, js_peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
       {"syncfs", NULL, js_syncfs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createFiles", NULL, js_create_files, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"syncfsAsync", NULL, js_syncfs_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanDir", NULL, js_scandir, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTune", NULL, js_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -50,6 +50,8 @@ export interface NativeFs {
    * not throw.
    */
   createFiles(paths: Buffer[], modes: number[], cb: (results: Int32Array) => void): void;
+  /** syncfs(2) of directory `path`'s filesystem on libuv's thread pool; `cb(errno)` (0: done). `cb` must not throw. */
+  syncfsAsync(path: Buffer | string, cb: (errno: number) => void): void;
   /** Every entry of a directory with its lstat, packed (see `scanDir` in scan-dir.ts). */
   scanDir(path: Buffer): Buffer;
   /** glibc mallopt: M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (<= 0: unchanged). */

@@ -129,6 +129,15 @@ describe("native addon", () => {
     expect(() => native.createFiles([Buffer.from("x")], [], () => {})).toThrow(/one number per path/);
   });
 
+  it("syncfsAsync flushes a directory's filesystem off the thread and answers the errno", async () => {
+    const run = (p: string) => new Promise<number>((resolve) => native.syncfsAsync(p, resolve));
+    await writeFile(path.join(tmp, "dirty"), "to disk");
+    expect(await run(tmp)).toBe(0);
+    expect(await run(path.join(tmp, "no-such-dir"))).toBe(os.constants.errno.ENOENT);
+    expect(await run(path.join(tmp, "dirty"))).toBe(os.constants.errno.ENOTDIR);
+    expect(() => native.syncfsAsync(tmp, undefined as never)).toThrow(/cb must be a function/);
+  });
+
   it("lowers the I/O priority to idle", () => {
     expect(setIdlePriority()).toBe(true);
     const out = execFileSync("ionice", ["-p", String(process.pid)], { encoding: "utf8" });

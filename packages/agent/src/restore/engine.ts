@@ -519,7 +519,7 @@ class Engine {
   }
 
   private newBatchState(budget: BatchState["budget"], deferredList: Buffer[][] | null = null): BatchState {
-    const syncs = new SyncQueue();
+    const syncs = new SyncQueue(undefined, undefined, () => this.env.work.list.map((w) => w.path));
     this.fetcher = new Fetcher(
       this.source,
       syncs,
@@ -595,6 +595,7 @@ class Engine {
         return { stopped: out.stopped, lastDone: b.lastDone };
       }
       this.setPhase("committing");
+      await b.syncs.settled();
       for (const w of this.env.work.list) {
         // Every staged file and directory of this filesystem, in one call (SyncQueue.viaSyncfs).
         if (b.syncs.viaSyncfs) native.syncfs(w.path);

@@ -1,6 +1,7 @@
 import { closeSync, constants, fsync, openSync } from "node:fs";
 import { promisify } from "node:util";
 import { type BlobId, StrataError } from "@strata/core";
+import { native } from "@strata/fs";
 import { type RestorePool, writeAllSync } from "@strata/repo";
 import { FileCreator } from "./creator.js";
 import type { RestoreSource, TreeRef } from "./source.js";
@@ -109,7 +110,7 @@ export class Fetcher {
 
   constructor(
     private readonly source: RestoreSource,
-    readonly _sync: SyncQueue,
+    private readonly syncs: SyncQueue,
     private readonly limits: FetcherLimits,
     private readonly signal?: AbortSignal,
     private readonly pool: RestorePool | null = null,
@@ -228,6 +229,7 @@ export class Fetcher {
     if (pool && quick.length) await this.finishOnWorker(quick, pool);
     // The rest are still open here (a handed descriptor is -1): closed and finished on this thread.
     for (const f of b.files) if (f.fd >= 0) this.done(f);
+    this.syncs.written(this.fetchedBytes);
   }
 
   /**
@@ -392,6 +394,9 @@ function closeQuietly(f: PendingFile): void {
   f.fd = -1;
 }
 
+/** Stage bytes written between two background syncfs calls. */
+const BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024;
+
 /**
  * fsync of staged files and directories, several in flight on the thread
  * pool (concurrent fsyncs share journal commits), all awaited before the
@@ -403,10 +408,44 @@ export class SyncQueue {
   private waiters: (() => void)[] = [];
   private failure: unknown = null;
 
+  /** Writes into the stage counted when the last background syncfs started. */
+  private flushedAt = 0;
+  /** Background syncfs rounds started. */
+  backgroundSyncs = 0;
+  private background: Promise<void> | null = null;
+
+  /**
+   * `workdirs`: the stage directories, one per filesystem (read when a
+   * background syncfs starts; the list grows as the walk meets filesystems).
+   */
   constructor(
     private readonly parallel = 16,
     readonly viaSyncfs = true,
+    private readonly workdirs: () => Buffer[] = () => [],
   ) {}
+
+  /**
+   * `total` bytes are written into the stage so far. Every BACKGROUND_SYNC_BYTES more, a
+   * syncfs of the stage's filesystems starts on libuv's pool (restore.md, "Durability"),
+   * so the commit's own syncfs finds little left to write. Its errors are left to that one.
+   */
+  written(total: number): void {
+    if (!this.viaSyncfs || this.background || total - this.flushedAt < BACKGROUND_SYNC_BYTES) return;
+    const dirs = this.workdirs();
+    if (!dirs.length) return;
+    this.flushedAt = total;
+    this.backgroundSyncs++;
+    this.background = Promise.all(
+      dirs.map((d) => new Promise<void>((resolve) => native.syncfsAsync(d, () => resolve()))),
+    ).then(() => {
+      this.background = null;
+    });
+  }
+
+  /** A background syncfs still running has ended (before the commit's own). */
+  async settled(): Promise<void> {
+    await this.background;
+  }
 
   /**
    * With `viaSyncfs`, staged entries are not fsynced one by one: the
