@@ -17,7 +17,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { dropCaches, opt, vmHWM } from "./lib/harness.mjs";
+import { dropCaches, opt, snoozeAgent, vmHWM, waitForLine } from "./lib/harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const OUT = path.resolve(opt("out", path.join(here, "out", "restore")));
@@ -182,19 +182,9 @@ if (WHAT === "file") {
   const agent = spawn(cmd, args, { env, stdio: ["ignore", logFd, logFd] });
   closeSync(logFd);
   const exited = new Promise((r) => agent.once("exit", r));
-  for (let i = 0; i < 300; i++) {
-    const r = spawnSync(process.execPath, [BIN, "agent", "snooze", "2h", "--state", state, "--json"], {
-      env,
-      encoding: "utf8",
-    });
-    if (r.status === 0) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const w = spawnSync(process.execPath, [BIN, "task", "show", task.id, "--wait", "--json"], {
-    env,
-    encoding: "utf8",
-    maxBuffer: 64 << 20,
-  });
+  // Snooze and wait from this process: CLI processes beside the agent would take CPU from the restore.
+  await snoozeAgent(state);
+  await waitForLine(path.join(OUT, "again", `agent-${n}.err`), /task (done|failed|aborted)/);
   res.wallS = (Date.now() - t0) / 1000;
   const pid = STRACE
     ? Number(spawnSync("pgrep", ["-P", String(agent.pid)], { encoding: "utf8" }).stdout.trim())
@@ -204,7 +194,7 @@ if (WHAT === "file") {
   agent.kill("SIGTERM");
   if (STRACE) process.kill(pid, "SIGTERM");
   await exited;
-  const done = JSON.parse(w.stdout);
+  const done = strata(["task", "show", task.id, "--json"]);
   const secs = (a, b) => (Date.parse(b) - Date.parse(a)) / 1000;
   res.state = done.state;
   res.createdToDoneS = secs(done.createdAt, done.finishedAt);

@@ -71,9 +71,11 @@ import {
   q,
   round,
   sh,
+  snoozeAgent,
   startStrataServer,
   tryOut,
   vmHWM,
+  waitForLine,
 } from "./lib/harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -137,45 +139,29 @@ function startAgent(name, state) {
 const queueTask = (args) => strata([...args, "--json"]);
 
 /**
- * Snooze the agent's uploads as soon as its control socket answers. A
- * snooze does not stop a task; it stops the upload the agent would start
- * after it, whose commit (in the same hour) would let retention forget the
- * snapshot the next step restores.
- */
-async function snoozeUploads(state) {
-  for (let i = 0; i < 300; i++) {
-    const r = spawnSync(process.execPath, [BIN, "agent", "snooze", "2h", "--state", state, "--json"], {
-      env: { ...process.env, ...cliEnv() },
-      encoding: "utf8",
-    });
-    if (r.status === 0) return;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error(`the agent of ${state} never answered on its control socket`);
-}
-
-/**
- * Start the endpoint's agent for a queued task, wait for the task's end
- * (`strata task show --wait`), stop the agent. Times are the server's
- * (created → started → finished) and the wall clock from the agent's start.
+ * Start the endpoint's agent for a queued task, wait for the task's end,
+ * stop the agent. Times are the server's (created → started → finished)
+ * and the wall clock from the agent's start. The agent's uploads are
+ * snoozed as soon as its control socket answers: a snooze does not stop a
+ * task; it stops the upload the agent would start after it, whose commit
+ * (in the same hour) would let retention forget the snapshot the next step
+ * restores. Snooze and wait are done from this process (`snoozeAgent`,
+ * `waitForLine` on the agent's log): a `strata agent snooze` or `strata task
+ * show --wait` process beside the agent took CPU from it while it restored.
  */
 async function runQueued(name, task, state) {
   const t0 = Date.now();
   const agentStartedAt = new Date(t0).toISOString();
   const agent = startAgent(`${name}-agent`, state);
-  await snoozeUploads(state);
-  const w = spawnSync(process.execPath, [BIN, "task", "show", task.id, "--wait", "--json"], {
-    env: { ...process.env, ...cliEnv() },
-    encoding: "utf8",
-    maxBuffer: 64 << 20,
-  });
+  await snoozeAgent(state);
+  await waitForLine(path.join(OUT, "logs", `${name}-agent.err`), /task (done|failed|aborted)/);
   const wallS = (Date.now() - t0) / 1000;
   const agentPeakRss = await agent.stop();
-  writeFileSync(path.join(OUT, "logs", `${name}-task.json`), `${w.stdout}${w.stderr}`);
-  // Read the task again on its own: its end state, times and result.
+  // The task as the server has it: its end state, times and result.
   const done = strata(["task", "show", task.id, "--json"]);
+  writeFileSync(path.join(OUT, "logs", `${name}-task.json`), JSON.stringify(done, null, 2));
   if (!["done", "failed", "cancelled"].includes(done.state))
-    throw new Error(`task ${task.id} did not end (${done.state}): ${w.stderr}`);
+    throw new Error(`task ${task.id} did not end (${done.state}): see logs/${name}-agent.err`);
   if (done.state !== "done")
     log(`task ${task.id} ended ${done.state}: ${JSON.stringify(done.error)} (see logs/${name}-agent.err)`);
   const secs = (a, b) => (a && b ? (Date.parse(b) - Date.parse(a)) / 1000 : null);

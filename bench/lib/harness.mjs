@@ -14,7 +14,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -291,4 +291,63 @@ export function percentile(xs, p) {
   const s = xs.filter((x) => x != null).sort((a, b) => a - b);
   if (!s.length) return null;
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
+
+/**
+ * One request to a running agent's control socket (newline-delimited JSON,
+ * packages/agent/src/control.ts), sent from this process: a `strata agent …`
+ * CLI process would compete with the agent for the CPU while it restores.
+ * The answer, or null when nothing answers (not started yet).
+ */
+export function agentControl(stateDir, req) {
+  return new Promise((resolve) => {
+    const sock = connect(path.join(stateDir, "control.sock"));
+    let buf = "";
+    const done = (v) => {
+      sock.destroy();
+      resolve(v);
+    };
+    sock.on("error", () => done(null));
+    sock.on("close", () => done(null));
+    sock.on("connect", () => sock.write(`${JSON.stringify(req)}\n`));
+    sock.on("data", (d) => {
+      buf += d;
+      const i = buf.indexOf("\n");
+      if (i < 0) return;
+      try {
+        done(JSON.parse(buf.slice(0, i)));
+      } catch {
+        done(null);
+      }
+    });
+  });
+}
+
+/**
+ * Snooze the agent's scheduled uploads as soon as its control socket
+ * answers (asked every 25 ms from this process).
+ */
+export async function snoozeAgent(stateDir, ms = 2 * 3600 * 1000) {
+  for (let i = 0; i < 2400; i++) {
+    const r = await agentControl(stateDir, { cmd: "snooze", ms });
+    if (r?.ok) return;
+    await new Promise((res) => setTimeout(res, 25));
+  }
+  throw new Error(`the agent of ${stateDir} never answered on its control socket`);
+}
+
+/**
+ * Wait until `file` (an agent's log) has a line matching `re`; read every
+ * 50 ms by this process (no `strata task show --wait` process beside the
+ * agent). Rejects after `timeoutMs`.
+ */
+export async function waitForLine(file, re, timeoutMs = 15 * 60 * 1000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const text = existsSync(file) ? readFileSync(file, "utf8") : "";
+    const m = text.split("\n").find((l) => re.test(l));
+    if (m) return m;
+    if (Date.now() > end) throw new Error(`no line matching ${re} in ${file} after ${timeoutMs / 1000} s`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
 }
