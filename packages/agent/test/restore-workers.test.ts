@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
-import type { BlobId } from "@strata/core";
+import { type BlobId, StrataError } from "@strata/core";
 import { native } from "@strata/fs";
 import { type Repository, RestorePool, WireCodec } from "@strata/repo";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
@@ -256,6 +256,38 @@ describe("chunks verified and written by worker threads", () => {
     expect(openFdsUnder(root, stateDir)).toEqual([]);
   });
 
+  it("a listing the source cannot deliver fails the restore: no directory is restored partly", async () => {
+    const root = drifted();
+    const before = tmp("strata-before-");
+    copyTree(root, before);
+    // /usr/bin's listing is damaged on the server; on an empty root /usr is staged whole.
+    const damaged = (s: RestoreSource): RestoreSource => ({
+      ...s,
+      loadTree: async (ref) => {
+        const t = await s.loadTree(ref);
+        if (t.nodes.some((n) => n.name.toString() === "x"))
+          throw new StrataError("DATA_CORRUPT", `tree ${ref.id} does not match its hash`, {
+            subject: ref.id,
+          });
+        return t;
+      },
+    });
+    for (const target of [root, tmp("strata-root-")]) {
+      const stateDir = tmp("strata-state-");
+      const was = readdirSync(target);
+      await expect(
+        runRestore(damaged(wireSource(src)), { ...opts(target, {}), stateDir }).done,
+      ).rejects.toMatchObject({
+        code: "DATA_CORRUPT",
+        message: expect.stringContaining("does not match its hash"),
+      });
+      expect(readdirSync(target)).toEqual(was);
+      expect(await recoverPendingRestore(stateDir, target)).toEqual([{ outcome: "none" }]);
+      expect(openFdsUnder(target, stateDir)).toEqual([]);
+    }
+    expect(diff(before, root)).toEqual([]);
+  });
+
   it.skipIf(process.getuid?.() !== 0)(
     "no inode left for a staged file (a full disk) fails the restore naming the file, and changes nothing",
     async (ctx) => {
@@ -285,6 +317,21 @@ describe("chunks verified and written by worker threads", () => {
         expect(readFileSync(path.join(root, "keep"), "utf8")).toBe("the old state\n");
         expect(await recoverPendingRestore(stateDir, root)).toEqual([{ outcome: "none" }]);
         expect(openFdsUnder(root, stateDir)).toEqual([]);
+
+        // The same with directories only: a subdirectory that cannot be made inside a staged one
+        // fails the batch too (it is not "not restored" at its parent, which would be put partly).
+        const dirs = tmp("strata-dirs-");
+        for (let i = 0; i < 40; i++) mkdirSync(path.join(dirs, "d", `k${i}`), { recursive: true });
+        const onlyDirs = await snapshotOf(repo, dirs);
+        const state2 = tmp("strata-state-");
+        await expect(
+          runRestore(wireSource(onlyDirs), { ...opts(root, {}), stateDir: state2 }).done,
+        ).rejects.toMatchObject({
+          code: "NO_SPACE",
+          message: expect.stringMatching(/^cannot stage \/d\/k[0-9]+: ENOSPC/),
+        });
+        expect(readdirSync(root)).toEqual(["keep"]);
+        expect(await recoverPendingRestore(state2, root)).toEqual([{ outcome: "none" }]);
       } finally {
         execFileSync("umount", ["-l", root]);
       }

@@ -11,6 +11,7 @@ import {
   readlinkSync,
   readSync,
   symlinkSync,
+  unlinkSync,
   writeSync,
 } from "node:fs";
 import type { BlobId, CompiledPolicy, FsNode } from "@strata/core";
@@ -740,51 +741,55 @@ export class Planner {
     const dest = d.stage ? join(d.stage, n.name) : entry!.path;
     const abs = join(d.abs, n.name);
     env.step("stage");
-    try {
-      if (n.type === "dir") {
+    // Only the local creation of this entry may fail it alone ("not restored"); what a
+    // listing, the walk below or the fetcher throws (missing or corrupt snapshot data, a lost
+    // server, a full disk) fails the batch: never a partly restored directory.
+    if (n.type === "dir") {
+      try {
         mkdirSync(dest, 0o700);
-        if (env.wholeDirs || d.stage) {
-          // Staged whole: its content is created inside, no operations.
-          const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
-          const inside: DirCtx = {
-            abs,
-            comps,
-            exists: false,
-            dev: d.dev,
-            stage: dest,
-            snapPath: item.snapPath,
-            cursor: null,
-          };
-          await this.dir(inside, sub);
-          this.afterCreations(inside, d, () => this.applyMeta(dest, n, shown));
-          this.b.syncs.add(dest);
-          if (entry) this.put(comps, entry);
-          return entry ? DIRTY : CLEAN;
-        }
-        // Streaming: put the directory empty, then its entries one by one.
-        this.applyMeta(dest, n, shown);
-        this.b.syncs.add(dest);
-        this.put(comps, entry!);
-        const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
-        const out = await this.dir(
-          { abs, comps, exists: false, dev: d.dev, stage: null, snapPath: item.snapPath, cursor: null },
-          sub,
-        );
-        if (out.dirty) this.meta(comps, n);
-        return { dirty: true, stopped: out.stopped };
+      } catch (e) {
+        return this.notCreated(e, shown);
       }
-      if (n.type === "file") await this.stageFile(d, dest, item, comps, seed);
-      else {
+      if (env.wholeDirs || d.stage) {
+        // Staged whole: its content is created inside, no operations.
+        const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
+        const inside: DirCtx = {
+          abs,
+          comps,
+          exists: false,
+          dev: d.dev,
+          stage: dest,
+          snapPath: item.snapPath,
+          cursor: null,
+        };
+        await this.dir(inside, sub);
+        this.afterCreations(inside, d, () => this.applyMeta(dest, n, shown));
+        this.b.syncs.add(dest);
+        if (entry) this.put(comps, entry);
+        return entry ? DIRTY : CLEAN;
+      }
+      // Streaming: put the directory empty, then its entries one by one.
+      this.applyMeta(dest, n, shown);
+      this.b.syncs.add(dest);
+      this.put(comps, entry!);
+      const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
+      const out = await this.dir(
+        { abs, comps, exists: false, dev: d.dev, stage: null, snapPath: item.snapPath, cursor: null },
+        sub,
+      );
+      if (out.dirty) this.meta(comps, n);
+      return { dirty: true, stopped: out.stopped };
+    }
+    if (n.type === "file") {
+      if (!(await this.stageFile(d, dest, item, comps, seed))) return CLEAN;
+    } else {
+      try {
         if (n.type === "symlink") symlinkSync(n.target ?? Buffer.alloc(0), dest);
         else await createSpecial(dest, n);
-        this.applyMeta(dest, n, shown);
+      } catch (e) {
+        return this.notCreated(e, shown);
       }
-    } catch (e) {
-      if (e instanceof StrataError && e.code === "UNSAFE_PATH") throw e;
-      if ((e as Error).name === "AbortError") throw e;
-      if (failsBatch(e)) throw stagingFailure(e, shown);
-      env.error(shown, `not restored: ${(e as Error).message}`);
-      return CLEAN;
+      this.applyMeta(dest, n, shown);
     }
     this.b.stagedFiles++;
     this.b.stagedBytes += n.type === "file" ? n.size : 0;
@@ -793,6 +798,19 @@ export class Planner {
     if (!entry) return CLEAN;
     this.put(comps, entry);
     return DIRTY;
+  }
+
+  /**
+   * An entry the filesystem would not create: reported and left out ("not restored"),
+   * unless the failure dooms the batch (a full disk, no descriptors, a failing disk:
+   * `stagingFailure`) or is a refusal to write through a symlink (UNSAFE_PATH).
+   */
+  private notCreated(e: unknown, shown: string): Outcome {
+    if (e instanceof StrataError && e.code === "UNSAFE_PATH") throw e;
+    if ((e as Error).name === "AbortError") throw e;
+    if (failsBatch(e)) throw stagingFailure(e, shown);
+    this.env.error(shown, `not restored: ${(e as Error).message}`);
+    return CLEAN;
   }
 
   private put(comps: Buffer[], entry: { work: number; stage: string }): void {
@@ -811,7 +829,7 @@ export class Planner {
     item: SnapItem,
     comps: Buffer[],
     seed: Buffer | undefined,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const env = this.env;
     const n = item.node;
     const shown = displayPath(item.snapPath);
@@ -822,7 +840,7 @@ export class Planner {
         const src = first.stage && first.batch === this.b.n ? first.stage : join(env.root, first.rel);
         try {
           linkSync(src, dest);
-          return;
+          return true;
         } catch (e) {
           env.error(
             shown,
@@ -883,9 +901,15 @@ export class Planner {
       settleIn(d, created);
       await this.b.fetcher.add(file, item.owner, wanted, lens);
       await this.b.syncs.throttle();
-      return;
+      return true;
     }
-    const fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
+    let fd: number;
+    try {
+      fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
+    } catch (e) {
+      this.notCreated(e, shown);
+      return false;
+    }
     file.fd = fd;
     let fetching = false;
     try {
@@ -898,6 +922,15 @@ export class Planner {
         env.counters.seededBytes += env.seeds.copyFrom(seed, wanted, fd);
       }
       fetching = wanted.size > 0 && !item.literal;
+    } catch (e) {
+      // Written only partly: it goes (inside a staged directory it would be put with it).
+      try {
+        unlinkSync(dest);
+      } catch {
+        // gone already
+      }
+      this.notCreated(e, shown);
+      return false;
     } finally {
       if (!fetching) {
         closeSync(fd);
@@ -907,6 +940,7 @@ export class Planner {
     if (fetching) await this.b.fetcher.add(file, item.owner, wanted, lens);
     else file.finish();
     await this.b.syncs.throttle();
+    return true;
   }
 
   /**
