@@ -743,6 +743,36 @@ static napi_value js_syncfs(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * Work on libuv's pool with a JS callback (createFiles, syncfsAsync):
+ * queue_work keeps `cb` referenced and queues `execute` then `complete`;
+ * 0, with a JS exception pending, when it could not (the caller frees its
+ * data). finish_work, from `complete`, calls cb(arg) unless arg is NULL and
+ * releases the callback and the work.
+ */
+static int queue_work(napi_env env, const char *name, napi_value cb, napi_ref *ref, napi_async_work *work,
+                      napi_async_execute_callback execute, napi_async_complete_callback complete, void *data) {
+  napi_value js_name;
+  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &js_name) == napi_ok &&
+      napi_create_reference(env, cb, 1, ref) == napi_ok) {
+    if (napi_create_async_work(env, NULL, js_name, execute, complete, data, work) == napi_ok) {
+      if (napi_queue_async_work(env, *work) == napi_ok) return 1;
+      napi_delete_async_work(env, *work);
+    }
+    napi_delete_reference(env, *ref);
+  }
+  napi_throw_error(env, "ERR_STRATA_FS_NAPI", "N-API call failed: work could not be queued");
+  return 0;
+}
+
+static void finish_work(napi_env env, napi_ref ref, napi_async_work work, napi_value arg) {
+  napi_value cb, global;
+  if (arg != NULL && napi_get_reference_value(env, ref, &cb) == napi_ok && napi_get_global(env, &global) == napi_ok)
+    napi_call_function(env, global, cb, 1, &arg, NULL);
+  napi_delete_reference(env, ref);
+  napi_delete_async_work(env, work);
+}
+
+/*
  * createFiles(paths, modes, cb): open(path, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|
  * O_CLOEXEC, mode) for each path, in order, on a thread of libuv's pool; then
  * cb(results) on the event loop, an Int32Array: the descriptor, or minus the
@@ -781,18 +811,14 @@ static void create_execute(napi_env env, void *data) {
 
 static void create_complete(napi_env env, napi_status status, void *data) {
   create_job *j = data;
-  napi_value cb, global, ab, arr;
-  if (status == napi_ok && napi_get_reference_value(env, j->cb, &cb) == napi_ok &&
-      napi_get_global(env, &global) == napi_ok) {
-    void *mem;
-    if (napi_create_arraybuffer(env, (size_t)j->n * 4, &mem, &ab) == napi_ok &&
-        napi_create_typedarray(env, napi_int32_array, j->n, ab, 0, &arr) == napi_ok) {
-      memcpy(mem, j->results, (size_t)j->n * 4);
-      napi_call_function(env, global, cb, 1, &arr, NULL);
-    }
-  }
-  napi_delete_reference(env, j->cb);
-  napi_delete_async_work(env, j->work);
+  napi_value ab, arr = NULL;
+  void *mem;
+  if (status != napi_ok || napi_create_arraybuffer(env, (size_t)j->n * 4, &mem, &ab) != napi_ok ||
+      napi_create_typedarray(env, napi_int32_array, j->n, ab, 0, &arr) != napi_ok)
+    arr = NULL;
+  else
+    memcpy(mem, j->results, (size_t)j->n * 4);
+  finish_work(env, j->cb, j->work, arr);
   create_job_free(j);
 }
 
@@ -820,7 +846,10 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
   }
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
-    if (napi_get_element(env, argv[0], i, &v) != napi_ok) break;
+    if (napi_get_element(env, argv[0], i, &v) != napi_ok) {
+      create_job_free(j);
+      return throw_type(env, "paths must be Buffers or strings");
+    }
     j->paths[i] = get_bytes(env, v, "path", 0);
     j->n = i + 1;
     if (j->paths[i] == NULL) {
@@ -834,19 +863,8 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
     }
   }
   j->n = n;
-  napi_value name;
-  napi_create_string_utf8(env, "strata.createFiles", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[2], 1, &j->cb) != napi_ok) {
+  if (!queue_work(env, "strata.createFiles", argv[2], &j->cb, &j->work, create_execute, create_complete, j))
     create_job_free(j);
-    return NULL;
-  }
-  if (napi_create_async_work(env, NULL, name, create_execute, create_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    napi_delete_reference(env, j->cb);
-    create_job_free(j);
-    napi_throw_error(env, "ERR_STRATA_FS_NAPI", "N-API call failed: createFiles could not be queued");
-    return NULL;
-  }
   return NULL;
 }
 
@@ -877,12 +895,9 @@ static void syncfs_execute(napi_env env, void *data) {
 
 static void syncfs_complete(napi_env env, napi_status status, void *data) {
   syncfs_job *j = data;
-  napi_value cb, global, arg;
-  if (status == napi_ok && napi_get_reference_value(env, j->cb, &cb) == napi_ok &&
-      napi_get_global(env, &global) == napi_ok && napi_create_int32(env, j->err, &arg) == napi_ok)
-    napi_call_function(env, global, cb, 1, &arg, NULL);
-  napi_delete_reference(env, j->cb);
-  napi_delete_async_work(env, j->work);
+  napi_value arg;
+  if (status != napi_ok || napi_create_int32(env, j->err, &arg) != napi_ok) arg = NULL;
+  finish_work(env, j->cb, j->work, arg);
   free(j->path);
   free(j);
 }
@@ -900,20 +915,9 @@ static napi_value js_syncfs_async(napi_env env, napi_callback_info info) {
     free(j);
     return NULL;
   }
-  napi_value name;
-  napi_create_string_utf8(env, "strata.syncfsAsync", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[1], 1, &j->cb) != napi_ok) {
+  if (!queue_work(env, "strata.syncfsAsync", argv[1], &j->cb, &j->work, syncfs_execute, syncfs_complete, j)) {
     free(j->path);
     free(j);
-    return NULL;
-  }
-  if (napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    napi_delete_reference(env, j->cb);
-    free(j->path);
-    free(j);
-    napi_throw_error(env, "ERR_STRATA_FS_NAPI", "N-API call failed: syncfsAsync could not be queued");
-    return NULL;
   }
   return NULL;
 }

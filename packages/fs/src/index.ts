@@ -1,6 +1,7 @@
 export { displayPath } from "./display-path.js";
 export { dropCache, readAhead, setIdlePriority, trimMemory, tuneMemory } from "./io-hints.js";
 export {
+  errnoError,
   type NativeFs,
   native,
   WATCH_FLAGS,

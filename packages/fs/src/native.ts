@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { getSystemErrorMap } from "node:util";
 import { StrataError } from "@strata/core";
 
 /**
@@ -159,6 +160,21 @@ function load(): NativeFs {
 }
 
 export const native: NativeFs = load();
+
+/**
+ * An errno an addon call answered (positive, as C has it), shaped like Node's
+ * fs errors: "ECODE: description, SYSCALL 'PATH'", with code, errno (negative),
+ * syscall and path.
+ */
+export function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
+  const [code, description] = getSystemErrorMap().get(-errno) ?? [`E${errno}`, "unknown error"];
+  return Object.assign(new Error(`${code}: ${description}, ${syscall} '${path}'`), {
+    code,
+    errno: -errno,
+    syscall,
+    path,
+  });
+}
 
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;

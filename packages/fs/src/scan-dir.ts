@@ -1,6 +1,5 @@
 import type { BigIntStats } from "node:fs";
-import { getSystemErrorMap } from "node:util";
-import { native } from "./native.js";
+import { errnoError, native } from "./native.js";
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -93,17 +92,8 @@ export function scanDir(path: Buffer): ScannedEntry[] {
       out.push({ name, st: new PackedStat(b, o) as unknown as BigIntStats, error: null });
       o += STAT_BYTES;
     } else {
-      const [code, description] = getSystemErrorMap().get(-status) ?? [`E${status}`, "unknown error"];
       const where = Buffer.concat([path, Buffer.from("/"), name]).toString();
-      const error: NodeJS.ErrnoException = Object.assign(
-        new Error(`${code}: ${description}, lstat '${where}'`),
-        {
-          code,
-          errno: -status,
-          syscall: "lstat",
-          path: where,
-        },
-      );
+      const error = errnoError(status, "lstat", where);
       out.push({ name, st: null, error });
     }
   }

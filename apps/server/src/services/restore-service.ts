@@ -723,23 +723,18 @@ export class RestoreService {
     let out = Buffer.allocUnsafe(SEND_BUFFER);
     let pos = 0;
     try {
+      const spans = [...ranges(entries)];
       // Every range of this answer is read in order below, each after the one before is sent: ask
       // the disk for all of them now, so a cold pack is read while the earlier ranges stream.
       if (store.readAhead) {
-        for (const range of ranges(entries)) {
+        for (const range of spans) {
           const first = range[0]!;
-          const last = range[range.length - 1]!;
-          void store.readAhead(
-            packName(first.packId),
-            first.offset,
-            last.offset + last.length - first.offset,
-          );
+          void store.readAhead(packName(first.packId), first.offset, spanLength(range));
         }
       }
-      for (const range of ranges(entries)) {
+      for (const range of spans) {
         const first = range[0]!;
-        const last = range[range.length - 1]!;
-        const len = last.offset + last.length - first.offset;
+        const len = spanLength(range);
         let buf: Buffer | null = null;
         try {
           if (store.getRangeInto) {
@@ -978,6 +973,13 @@ function newestFirst(snaps: SnapshotRecord[]): SnapshotRecord[] {
 }
 
 /** Entries (sorted by pack and offset) grouped into ranged reads. */
+/** Bytes from a range's first blob to the end of its last. */
+function spanLength(range: IndexEntry[]): number {
+  const first = range[0]!;
+  const last = range[range.length - 1]!;
+  return last.offset + last.length - first.offset;
+}
+
 function* ranges(entries: IndexEntry[]): Generator<IndexEntry[]> {
   let cur: IndexEntry[] = [];
   for (const e of entries) {

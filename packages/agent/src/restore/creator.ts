@@ -1,6 +1,5 @@
-import { getSystemErrorMap } from "node:util";
 import { StrataError } from "@strata/core";
-import { displayPath, native } from "@strata/fs";
+import { displayPath, errnoError, native } from "@strata/fs";
 import type { PendingFile } from "./fetcher.js";
 
 /** Out of space or descriptors, or a failing disk: the whole batch fails (never a partial restore). */
@@ -22,21 +21,6 @@ export function stagingFailure(e: unknown, shown: string): StrataError {
     subject: shown,
     cause: e,
     hint,
-  });
-}
-
-let errnoNames: Map<number, [string, string]> | undefined;
-
-/** An error shaped like `fs.open`'s: "ECODE: description, open 'PATH'", with code, errno, syscall, path. */
-function openError(errno: number, path: Buffer): NodeJS.ErrnoException {
-  errnoNames ??= getSystemErrorMap();
-  const [code, desc] = errnoNames.get(-errno) ?? [`E${errno}`, `error ${errno}`];
-  const shown = displayPath(path);
-  return Object.assign(new Error(`${code}: ${desc}, open '${shown}'`), {
-    code,
-    errno: -errno,
-    syscall: "open",
-    path: shown,
   });
 }
 
@@ -93,7 +77,7 @@ export class FileCreator {
               f.fd = r;
               continue;
             }
-            const e = openError(-r, f.path);
+            const e = errnoError(-r, "open", displayPath(f.path));
             if (failsBatch(e)) f.openError = stagingFailure(e, f.name);
             else {
               f.skipped = true;

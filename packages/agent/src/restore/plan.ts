@@ -894,7 +894,7 @@ export class Planner {
       file.notCreated = (e) => {
         this.b.putFiles--;
         this.b.putBytes -= n.size;
-        env.error(shown, `not restored: ${e.message}`);
+        this.notCreated(e, shown); // reports it: a failure that fails the batch never comes here
       };
       const created = this.b.fetcher.create(file, createMode);
       // A staged directory's metadata waits for the files created in it (afterCreations).
