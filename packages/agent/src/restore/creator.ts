@@ -29,8 +29,10 @@ const PER_JOB = 64;
 
 /**
  * Creates staged files off the main thread (restore.md, "Files are created
- * off the walk"): queued files are created in jobs of up to 64 on libuv's
- * thread pool (`native.createFiles`, O_CREAT|O_EXCL|O_NOFOLLOW as before).
+ * off the walk"): queued files are created in jobs on libuv's
+ * thread pool (`native.createFiles`, O_CREAT|O_EXCL|O_NOFOLLOW as before),
+ * one at a time: a job goes at 64 files, or at `flush`; what is queued
+ * meanwhile goes when it ends.
  * A queued file's promise settles, and never rejects, once its job is done:
  * then `fd` is open, or `openError` holds a failure that fails the batch
  * (`failsBatch`), or `skipped` is set and `notCreated` was told why.
@@ -41,6 +43,12 @@ export class FileCreator {
   private files: PendingFile[] = [];
   private modes: number[] = [];
   private current: { promise: Promise<void>; settle: () => void } | null = null;
+  /** A job is on the pool: the next waits for it (creations in walk order, one thread in the stage). */
+  private busy = false;
+  /** `flush` was asked while busy: the queue goes as soon as the job is done. */
+  private wanted = false;
+  /** Jobs sent to the pool so far. */
+  jobs = 0;
 
   add(file: PendingFile, mode: number): Promise<void> {
     if (!this.current) {
@@ -60,6 +68,13 @@ export class FileCreator {
   flush(): void {
     const job = this.current;
     if (!job) return;
+    if (this.busy) {
+      this.wanted = true;
+      return;
+    }
+    this.busy = true;
+    this.wanted = false;
+    this.jobs++;
     const files = this.files;
     const modes = this.modes;
     this.files = [];
@@ -88,10 +103,13 @@ export class FileCreator {
               }
             }
           }
+          this.busy = false;
+          if (this.wanted || this.files.length >= PER_JOB) this.flush();
           job.settle();
         },
       );
     } catch (e) {
+      this.busy = false;
       // Not queued (out of memory): nothing was created; the batch fails.
       for (const f of files) f.openError = e;
       job.settle();
