@@ -1,7 +1,7 @@
-import { closeSync, existsSync, fstatSync, mkdirSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { FileCreator } from "../src/restore/creator.js";
+import { StageCreator } from "../src/restore/creator.js";
 import type { PendingFile } from "../src/restore/fetcher.js";
 import { cleanup, tmp } from "./helpers.js";
 
@@ -14,16 +14,16 @@ function pending(p: string, problems: string[]): PendingFile {
     fd: -1,
     missing: 0,
     finish: () => {},
-    notCreated: (e) => problems.push(e.message),
+    notCreated: (e) => problems.push(e ? e.message : `${p}: its directory was not made`),
   };
 }
 
-describe("staged files created on libuv's pool (restore.md, Files are created off the walk)", () => {
+describe("staged entries created on libuv's pool (restore.md, The stage's tree is created off the walk)", () => {
   it("runs one job at a time and sends what was queued meanwhile when it ends, in order", async () => {
     const dir = tmp("strata-creator-");
     mkdirSync(path.join(dir, "a"));
     const problems: string[] = [];
-    const c = new FileCreator();
+    const c = new StageCreator();
     const first = Array.from({ length: 64 }, (_, i) => pending(path.join(dir, "a", `f${i}`), problems));
     const firstDone = first.map((f) => c.add(f, 0o640));
     expect(c.jobs).toBe(1); // 64 queued: the job went
@@ -64,5 +64,64 @@ describe("staged files created on libuv's pool (restore.md, Files are created of
     await loneDone;
     expect(lone.fd).toBeGreaterThanOrEqual(0);
     closeSync(lone.fd);
+  });
+
+  it("makes directories and symlinks in queue order; what goes into a directory that failed is dropped quietly", async () => {
+    const dir = tmp("strata-creator-");
+    const heard: string[] = [];
+    const c = new StageCreator();
+    const hear = (name: string) => (e: Error | null) => heard.push(`${name}: ${e ? e.message : "dropped"}`);
+    // A directory, then entries queued into it before it is made.
+    const d = c.make(Buffer.from(path.join(dir, "d")), 0o755, undefined, "/d", hear("/d"));
+    const e = c.make(Buffer.from(path.join(dir, "d", "e")), 0o700, undefined, "/d/e", hear("/d/e"), d);
+    const f = pending(path.join(dir, "d", "e", "f"), heard);
+    const fDone = c.add(f, 0o600, e);
+    const l = c.make(
+      Buffer.from(path.join(dir, "d", "l")),
+      0o777,
+      Buffer.from("e/f"),
+      "/d/l",
+      hear("/d/l"),
+      d,
+    );
+    // A directory that cannot be made (its parent is missing), and what was queued into it.
+    const bad = c.make(Buffer.from(path.join(dir, "no", "x")), 0o700, undefined, "/no/x", hear("/no/x"));
+    const under = c.make(
+      Buffer.from(path.join(dir, "no", "x", "y")),
+      0o700,
+      undefined,
+      "/no/x/y",
+      hear("/no/x/y"),
+      bad,
+    );
+    const g = pending(path.join(dir, "no", "x", "y", "g"), heard);
+    c.add(g, 0o600, under);
+    const s = c.make(
+      Buffer.from(path.join(dir, "no", "x", "s")),
+      0o777,
+      Buffer.from("t"),
+      "/no/x/s",
+      hear("/no/x/s"),
+      bad,
+    );
+    expect(c.jobs).toBe(0); // fewer than 64 queued: nothing went yet
+    await c.idle();
+    expect(c.jobs).toBe(1);
+    await fDone;
+
+    expect([d.failed, e.failed, l.failed]).toEqual([false, false, false]);
+    expect(lstatSync(path.join(dir, "d", "e")).isDirectory()).toBe(true);
+    expect(readlinkSync(path.join(dir, "d", "l"))).toBe("e/f");
+    expect(f.fd).toBeGreaterThanOrEqual(0);
+    closeSync(f.fd);
+    expect([bad.failed, under.failed, s.failed, g.skipped]).toEqual([true, true, true, true]);
+    expect(heard).toEqual([
+      expect.stringMatching(/^\/no\/x: ENOENT.*no\/x/),
+      "/no/x/y: dropped",
+      expect.stringMatching(/no\/x\/y\/g: its directory was not made$/),
+      "/no/x/s: dropped",
+    ]);
+    expect(c.failure).toBeNull();
+    await expect(c.idle()).resolves.toBeUndefined(); // nothing queued: at once
   });
 });

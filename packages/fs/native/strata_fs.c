@@ -773,19 +773,25 @@ static void finish_work(napi_env env, napi_ref ref, napi_async_work work, napi_v
 }
 
 /*
- * createFiles(paths, modes, cb): open(path, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|
- * O_CLOEXEC, mode) for each path, in order, on a thread of libuv's pool; then
- * cb(results) on the event loop, an Int32Array: the descriptor, or minus the
- * errno. One job for many files: a restore creates tens of thousands of
- * staged files, and an `fs.open` each cost its thread about half of what the
- * open itself costs (a request, a promise, a wake-up per file). The paths
- * are copied before the call returns. cb must not throw.
+ * createFiles(paths, modes, cb[, targets]): create each path, in order, on a
+ * thread of libuv's pool; then cb(results) on the event loop, an Int32Array
+ * per path. By the type bits of its mode: a regular file (S_IFREG or none)
+ * is open(path, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, mode) and
+ * answers the descriptor; a directory (S_IFDIR) is mkdir(path, mode), a
+ * symlink (S_IFLNK) symlink(targets[i], path), each answering 0; a failure
+ * answers minus the errno. One job for many entries: a restore creates tens
+ * of thousands of staged files, and an `fs.open` each cost its thread about
+ * half of what the open itself costs (a request, a promise, a wake-up per
+ * file). The paths and targets are copied before the call returns. cb must
+ * not throw.
  */
 typedef struct {
   napi_async_work work;
   napi_ref cb;
   uint32_t n;
   char **paths;
+  /* Symlink targets (NULL for other entries). */
+  char **targets;
   uint32_t *modes;
   int32_t *results;
 } create_job;
@@ -794,7 +800,10 @@ static void create_job_free(create_job *j) {
   if (j == NULL) return;
   if (j->paths != NULL)
     for (uint32_t i = 0; i < j->n; i++) free(j->paths[i]);
+  if (j->targets != NULL)
+    for (uint32_t i = 0; i < j->n; i++) free(j->targets[i]);
   free(j->paths);
+  free(j->targets);
   free(j->modes);
   free(j->results);
   free(j);
@@ -804,8 +813,15 @@ static void create_execute(napi_env env, void *data) {
   (void)env;
   create_job *j = data;
   for (uint32_t i = 0; i < j->n; i++) {
-    int fd = open(j->paths[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)j->modes[i]);
-    j->results[i] = fd >= 0 ? fd : -errno;
+    mode_t mode = (mode_t)j->modes[i];
+    int r;
+    if (S_ISDIR(mode))
+      r = mkdir(j->paths[i], mode & 07777);
+    else if (S_ISLNK(mode))
+      r = symlink(j->targets[i], j->paths[i]);
+    else
+      r = open(j->paths[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+    j->results[i] = r >= 0 ? r : -errno;
   }
 }
 
@@ -826,7 +842,7 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS];
   if (!get_args(env, info, 3, argv)) return NULL;
   bool is_arr = false;
-  uint32_t n = 0, nm = 0;
+  uint32_t n = 0, nm = 0, nt = 0;
   if (napi_is_array(env, argv[0], &is_arr) != napi_ok || !is_arr) return throw_type(env, "paths must be an array");
   napi_get_array_length(env, argv[0], &n);
   if (napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr) return throw_type(env, "modes must be an array");
@@ -835,12 +851,20 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   if (t != napi_function) return throw_type(env, "cb must be a function");
+  napi_typeof(env, argv[3], &t);
+  bool has_targets = t != napi_undefined;
+  if (has_targets) {
+    if (napi_is_array(env, argv[3], &is_arr) != napi_ok || !is_arr) return throw_type(env, "targets must be an array");
+    napi_get_array_length(env, argv[3], &nt);
+    if (nt != n) return throw_type(env, "targets must have one entry per path");
+  }
   create_job *j = calloc(1, sizeof *j);
   if (j == NULL) return throw_errno(env, ENOMEM, "createFiles", NULL);
   j->paths = calloc(n ? n : 1, sizeof *j->paths);
+  j->targets = calloc(n ? n : 1, sizeof *j->targets);
   j->modes = calloc(n ? n : 1, sizeof *j->modes);
   j->results = calloc(n ? n : 1, sizeof *j->results);
-  if (j->paths == NULL || j->modes == NULL || j->results == NULL) {
+  if (j->paths == NULL || j->targets == NULL || j->modes == NULL || j->results == NULL) {
     create_job_free(j);
     return throw_errno(env, ENOMEM, "createFiles", NULL);
   }
@@ -860,6 +884,22 @@ static napi_value js_create_files(napi_env env, napi_callback_info info) {
         napi_get_value_uint32(env, v, &j->modes[i]) != napi_ok) {
       create_job_free(j);
       return throw_type(env, "modes must be numbers");
+    }
+    mode_t type = (mode_t)j->modes[i] & S_IFMT;
+    if (type != 0 && type != S_IFREG && type != S_IFDIR && type != S_IFLNK) {
+      create_job_free(j);
+      return throw_type(env, "modes must name a file, a directory or a symlink");
+    }
+    if (type == S_IFLNK) {
+      if (!has_targets || napi_get_element(env, argv[3], i, &v) != napi_ok) {
+        create_job_free(j);
+        return throw_type(env, "a symlink needs its target in targets");
+      }
+      j->targets[i] = get_bytes(env, v, "target", 0);
+      if (j->targets[i] == NULL) {
+        create_job_free(j);
+        return NULL;
+      }
     }
   }
   j->n = n;

@@ -46,11 +46,17 @@ export interface NativeFs {
   /** syncfs(2) on the filesystem holding directory `path`: every dirty page and inode of it to disk. */
   syncfs(path: Buffer | string): void;
   /**
-   * Create each path (O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, its mode) in order, in one job on
-   * libuv's thread pool; `cb` gets, per path, the open descriptor or minus the errno. `cb` must
-   * not throw.
+   * Create each path in order, in one job on libuv's thread pool, by the type bits of its mode:
+   * a file (none or S_IFREG: O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW) answers its open descriptor,
+   * a directory (S_IFDIR: mkdir) or a symlink (S_IFLNK: to `targets[i]`) answers 0; a failure
+   * answers minus the errno. `cb` must not throw.
    */
-  createFiles(paths: Buffer[], modes: number[], cb: (results: Int32Array) => void): void;
+  createFiles(
+    paths: Buffer[],
+    modes: number[],
+    cb: (results: Int32Array) => void,
+    targets?: (Buffer | undefined)[],
+  ): void;
   /** syncfs(2) of directory `path`'s filesystem on libuv's thread pool; `cb(errno)` (0: done). `cb` must not throw. */
   syncfsAsync(path: Buffer | string, cb: (errno: number) => void): void;
   /** Every entry of a directory with its lstat, packed (see `scanDir` in scan-dir.ts). */

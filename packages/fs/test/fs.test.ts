@@ -1,5 +1,14 @@
 import { execFileSync } from "node:child_process";
-import { closeSync, existsSync, ftruncateSync, lstatSync, openSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  constants as fsConstants,
+  ftruncateSync,
+  lstatSync,
+  openSync,
+  readlinkSync,
+  writeSync,
+} from "node:fs";
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -127,6 +136,55 @@ describe("native addon", () => {
     expect(lstatSync(path.join(dir, "a")).mode & 0o777).toBe(0o640);
     expect(() => native.createFiles([Buffer.from("a\0b")], [0o600], () => {})).toThrow(/NUL/);
     expect(() => native.createFiles([Buffer.from("x")], [], () => {})).toThrow(/one number per path/);
+  });
+
+  it("createFiles also makes directories and symlinks, in order, so a file can go into a directory made before it", async () => {
+    const dir = path.join(tmp, "create-entries");
+    await mkdir(dir);
+    const { S_IFDIR, S_IFLNK, S_IFREG } = fsConstants;
+    const entries: [string, number, string?][] = [
+      ["d", S_IFDIR | 0o700],
+      ["d/e", S_IFDIR | 0o750],
+      ["d/e/f", S_IFREG | 0o600],
+      ["d/l", S_IFLNK | 0o777, "../../elsewhere"],
+      ["d", S_IFDIR | 0o700],
+      ["d/l", S_IFLNK | 0o777, "again"],
+      ["gone/x", S_IFLNK | 0o777, "t"],
+    ];
+    const results = await new Promise<Int32Array>((resolve) =>
+      native.createFiles(
+        entries.map(([n]) => Buffer.from(path.join(dir, n))),
+        entries.map(([, m]) => m),
+        resolve,
+        entries.map(([, , t]) => (t === undefined ? undefined : Buffer.from(t))),
+      ),
+    );
+    const [d, e, f, l, again, lAgain, gone] = [...results];
+    expect({ d, e, l, again, lAgain, gone }).toEqual({
+      d: 0,
+      e: 0,
+      l: 0,
+      again: -os.constants.errno.EEXIST,
+      lAgain: -os.constants.errno.EEXIST,
+      gone: -os.constants.errno.ENOENT,
+    });
+    expect(f).toBeGreaterThanOrEqual(0);
+    closeSync(f!);
+    expect(lstatSync(path.join(dir, "d/e")).isDirectory()).toBe(true);
+    expect(lstatSync(path.join(dir, "d/e")).mode & 0o777).toBe(0o750 & ~process.umask());
+    expect(lstatSync(path.join(dir, "d/e/f")).isFile()).toBe(true);
+    expect(readlinkSync(path.join(dir, "d/l"))).toBe("../../elsewhere");
+    expect(() => native.createFiles([Buffer.from(path.join(dir, "s"))], [S_IFLNK | 0o777], () => {})).toThrow(
+      /needs its target/,
+    );
+    expect(() =>
+      native.createFiles([Buffer.from(path.join(dir, "s"))], [fsConstants.S_IFIFO | 0o600], () => {}),
+    ).toThrow(/a file, a directory or a symlink/);
+    expect(() =>
+      native.createFiles([Buffer.from(path.join(dir, "s"))], [S_IFLNK | 0o777], () => {}, [
+        Buffer.from("a\0b"),
+      ]),
+    ).toThrow(/NUL/);
   });
 
   it("syncfsAsync flushes a directory's filesystem off the thread and answers the errno", async () => {

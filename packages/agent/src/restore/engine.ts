@@ -584,6 +584,8 @@ class Engine {
       if (rootNode && this.opts.kind !== "files") planner.rootMeta(rootNode, out.dirty);
       this.setPhase("staging");
       await b.fetcher.drain();
+      // Directories and symlinks queued last are made (or fail the batch) before what waits on them.
+      await b.fetcher.created();
       await planner.settled();
       await b.syncs.drain();
       this.fetched += b.fetcher.fetchedBytes;

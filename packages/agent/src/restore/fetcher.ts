@@ -3,7 +3,7 @@ import { promisify } from "node:util";
 import { type BlobId, StrataError } from "@strata/core";
 import { native } from "@strata/fs";
 import { type RestorePool, writeAllSync } from "@strata/repo";
-import { FileCreator } from "./creator.js";
+import { type Made, StageCreator } from "./creator.js";
 import type { RestoreSource, TreeRef } from "./source.js";
 
 const fsyncAsync = promisify(fsync);
@@ -26,8 +26,11 @@ export interface PendingFile {
   opened?: Promise<void>;
   openError?: unknown;
   skipped?: boolean;
-  /** Told why a file queued by `Fetcher.create` was not created (and is skipped). */
-  notCreated?: (e: Error) => void;
+  /**
+   * Told why a file queued by `Fetcher.create` was not created (and is skipped); null when its
+   * directory was not made (and was reported).
+   */
+  notCreated?: (e: Error | null) => void;
   /** Chunk writes still missing. */
   missing: number;
   /**
@@ -106,7 +109,8 @@ export class Fetcher {
   /** Every file handed to `add` and not finished: their descriptors close on `abandon`. */
   private readonly open = new Set<PendingFile>();
   fetchedBytes = 0;
-  private readonly creator = new FileCreator();
+  /** Creates the stage's entries off this thread (files through `create`; `made`, `created`). */
+  readonly creator = new StageCreator();
 
   constructor(
     private readonly source: RestoreSource,
@@ -120,9 +124,21 @@ export class Fetcher {
    * Create `file.path` off this thread (FileCreator) instead of the caller opening it; then
    * `add` it. The promise (also `file.opened`) settles once it is created or has failed.
    */
-  create(file: PendingFile, mode: number): Promise<void> {
-    file.opened = this.creator.add(file, mode);
+  create(file: PendingFile, mode: number, parent?: Made): Promise<void> {
+    file.opened = this.creator.add(file, mode, parent);
     return file.opened;
+  }
+
+  /** `m` is made or has failed (see `Made.failed`). */
+  async made(m: Made): Promise<void> {
+    this.creator.flush();
+    await m.done;
+  }
+
+  /** Every queued creation is done; a directory or symlink that failed the batch throws here. */
+  async created(): Promise<void> {
+    await this.creator.idle();
+    if (this.creator.failure) throw this.creator.failure;
   }
 
   /** `wanted`: chunk id → offsets in the file; `tree` names the file (its grant covers the ids). */
@@ -186,9 +202,9 @@ export class Fetcher {
   async abandon(): Promise<void> {
     this.failure ??= new StrataError("INTERNAL", "the restore stopped");
     await Promise.allSettled([...this.inflight]);
-    // A file still being created gets its descriptor soon: wait, so it is closed below.
-    this.creator.flush();
-    await Promise.all([...this.open].map((f) => f.opened));
+    // A file still being created gets its descriptor soon, and nothing may be created in the
+    // stage once it goes: wait, so every descriptor is closed below.
+    await this.creator.idle();
     // A worker failure rejects every call at once, while the other workers may still be
     // writing: they stop before a descriptor they hold is closed (and its number reused).
     if (this.pool) await this.pool.close();
@@ -243,6 +259,7 @@ export class Fetcher {
     await Promise.all(waits);
     const failed = b.files.find((f) => f.openError !== undefined);
     if (failed) throw failed.openError;
+    if (this.creator.failure) throw this.creator.failure;
     if (!b.files.some((f) => f.skipped)) return;
     for (const f of b.files) if (f.skipped) this.open.delete(f);
     b.files = b.files.filter((f) => !f.skipped);

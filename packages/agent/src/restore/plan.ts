@@ -28,7 +28,7 @@ import {
   validateName,
 } from "@strata/fs";
 import type { TreeAhead } from "./ahead.js";
-import { failsBatch, stagingFailure } from "./creator.js";
+import { failsBatch, type Made, stagingFailure } from "./creator.js";
 import type { Fetcher, PendingFile, SyncQueue } from "./fetcher.js";
 import { type JournalWriter, journalNode, WORKDIR_PREFIX, type Workdirs } from "./journal.js";
 import type { SeedReader } from "./seed.js";
@@ -219,6 +219,8 @@ interface DirCtx {
   cursor: Buffer[] | null;
   /** Creations inside this staged directory still running (its metadata waits for them). */
   settle?: Promise<void>[];
+  /** Its own creation, queued off the walk (inside a staged directory): entries go in after it. */
+  made?: Made;
 }
 
 interface Outcome {
@@ -745,12 +747,25 @@ export class Planner {
     // listing, the walk below or the fetcher throws (missing or corrupt snapshot data, a lost
     // server, a full disk) fails the batch: never a partly restored directory.
     if (n.type === "dir") {
-      try {
-        mkdirSync(dest, 0o700);
-      } catch (e) {
-        return this.notCreated(e, shown);
+      // Inside a staged directory it is made off the walk, before anything queued into it.
+      const made = d.stage
+        ? this.b.fetcher.creator.make(
+            dest,
+            0o700,
+            undefined,
+            shown,
+            (e) => e && this.notCreated(e, shown),
+            d.made,
+          )
+        : undefined;
+      if (!made) {
+        try {
+          mkdirSync(dest, 0o700);
+        } catch (e) {
+          return this.notCreated(e, shown);
+        }
       }
-      if (env.wholeDirs || d.stage) {
+      if (made || env.wholeDirs) {
         // Staged whole: its content is created inside, no operations.
         const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
         const inside: DirCtx = {
@@ -761,10 +776,14 @@ export class Planner {
           stage: dest,
           snapPath: item.snapPath,
           cursor: null,
+          ...(made ? { settle: [made.done], made } : {}),
         };
         await this.dir(inside, sub);
-        this.afterCreations(inside, d, () => this.applyMeta(dest, n, shown));
-        this.b.syncs.add(dest);
+        this.afterCreations(inside, d, () => {
+          if (made?.failed) return;
+          this.applyMeta(dest, n, shown);
+          this.b.syncs.add(dest);
+        });
         if (entry) this.put(comps, entry);
         return entry ? DIRTY : CLEAN;
       }
@@ -782,7 +801,35 @@ export class Planner {
     }
     if (n.type === "file") {
       if (!(await this.stageFile(d, dest, item, comps, seed))) return CLEAN;
+    } else if (n.type === "symlink" && d.stage) {
+      // Made off the walk like the files around it; its metadata once it is there.
+      this.b.putFiles++;
+      const made = this.b.fetcher.creator.make(
+        dest,
+        0o777,
+        n.target ?? Buffer.alloc(0),
+        shown,
+        (e) => {
+          this.b.putFiles--;
+          if (e) this.notCreated(e, shown);
+        },
+        d.made,
+      );
+      settleIn(
+        d,
+        made.done.then(() => {
+          if (made.failed) return;
+          try {
+            this.applyMeta(dest, n, shown);
+          } catch (e) {
+            env.error(shown, `metadata not restored: ${(e as Error).message}`);
+          }
+        }),
+      );
+      this.b.stagedFiles++;
+      return CLEAN;
     } else {
+      if (!(await this.parentMade(d))) return CLEAN;
       try {
         if (n.type === "symlink") symlinkSync(n.target ?? Buffer.alloc(0), dest);
         else await createSpecial(dest, n);
@@ -837,6 +884,7 @@ export class Planner {
     if (key) {
       const first = env.links.get(key);
       if (first) {
+        if (!(await this.parentMade(d))) return false;
         const src = first.stage && first.batch === this.b.n ? first.stage : join(env.root, first.rel);
         try {
           linkSync(src, dest);
@@ -889,20 +937,23 @@ export class Planner {
       },
     };
     if (!key && !seed && !holes && !item.literal && wanted.size > 0) {
-      // Nothing to write here before the chunks come (restore.md, "Files are created off the
-      // walk"): created on libuv's threads while the walk goes on; no one else knows the path.
+      // Nothing to write here before the chunks come (restore.md, "The stage's tree is created
+      // off the walk"): created on libuv's threads while the walk goes on; no one else knows the path.
       file.notCreated = (e) => {
         this.b.putFiles--;
         this.b.putBytes -= n.size;
-        this.notCreated(e, shown); // reports it: a failure that fails the batch never comes here
+        // Reports it (a failure that fails the batch never comes here); null: its directory was
+        // not made, and was reported.
+        if (e) this.notCreated(e, shown);
       };
-      const created = this.b.fetcher.create(file, createMode);
+      const created = this.b.fetcher.create(file, createMode, d.made);
       // A staged directory's metadata waits for the files created in it (afterCreations).
       settleIn(d, created);
       await this.b.fetcher.add(file, item.owner, wanted, lens);
       await this.b.syncs.throttle();
       return true;
     }
+    if (!(await this.parentMade(d))) return false;
     let fd: number;
     try {
       fd = openSync(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, createMode);
@@ -941,6 +992,16 @@ export class Planner {
     else file.finish();
     await this.b.syncs.throttle();
     return true;
+  }
+
+  /**
+   * Entries created here (not queued) go into a directory queued off the walk only once it is
+   * made: false when it was not (it was reported; what it would hold is left out silently).
+   */
+  private async parentMade(d: DirCtx): Promise<boolean> {
+    if (!d.made) return true;
+    await this.b.fetcher.made(d.made);
+    return !d.made.failed;
   }
 
   /**
