@@ -123,5 +123,20 @@ describe("staged entries created on libuv's pool (restore.md, The stage's tree i
     ]);
     expect(c.failure).toBeNull();
     await expect(c.idle()).resolves.toBeUndefined(); // nothing queued: at once
+
+    // The queue is bounded: a job runs while 4,096 more wait, and room() waits until all are made.
+    const mk = (name: string) =>
+      c.make(Buffer.from(path.join(dir, "d", name)), 0o700, undefined, `/d/${name}`, hear(`/d/${name}`));
+    const few = mk("few");
+    const before = c.jobs;
+    await c.room(); // one waits: at once, nothing sent
+    expect([c.jobs, existsSync(path.join(dir, "d", "few"))]).toEqual([before, false]);
+    for (let i = 0; i < 63; i++) mk(`m${i}`); // 64 queued: a job goes
+    expect(c.jobs).toBe(before + 1);
+    const many = Array.from({ length: 4096 }, (_, i) => mk(`n${i}`));
+    expect(c.jobs).toBe(before + 1); // they wait for that job
+    await c.room();
+    expect(existsSync(path.join(dir, "d", "n4095"))).toBe(true);
+    expect([few, ...many].every((m) => !m.failed)).toBe(true);
   });
 });

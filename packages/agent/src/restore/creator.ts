@@ -30,6 +30,9 @@ export function stagingFailure(e: unknown, shown: string): StrataError {
 /** Entries per job: a job costs the main thread a call and a callback, whatever its size. */
 const PER_JOB = 64;
 
+/** Entries queued at most: past it the walk waits for the pool (`room`). */
+const MAX_QUEUED = 4096;
+
 /** A directory or symlink queued for creation (`StageCreator.make`). */
 export interface Made {
   /** Settles, and never rejects, once its job is done. */
@@ -114,6 +117,11 @@ export class StageCreator {
       made,
     });
     return made;
+  }
+
+  /** Resolves at once unless 4,096 entries wait; then once all are created (memory stays bounded). */
+  async room(): Promise<void> {
+    if (this.ops.length >= MAX_QUEUED) await this.idle();
   }
 
   /** Everything queued is done (flushed here). */

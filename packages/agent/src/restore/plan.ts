@@ -767,6 +767,7 @@ export class Planner {
       }
       if (made || env.wholeDirs) {
         // Staged whole: its content is created inside, no operations.
+        await this.b.fetcher.creator.room();
         const sub = item.subtree ? await this.listing(item.subtree, item.snapPath) : [];
         const inside: DirCtx = {
           abs,
@@ -827,6 +828,7 @@ export class Planner {
         }),
       );
       this.b.stagedFiles++;
+      await this.b.fetcher.creator.room();
       return CLEAN;
     } else {
       if (!(await this.parentMade(d))) return CLEAN;
