@@ -121,7 +121,7 @@ export class Fetcher {
   ) {}
 
   /**
-   * Create `file.path` off this thread (FileCreator) instead of the caller opening it; then
+   * Create `file.path` off this thread (StageCreator) instead of the caller opening it; then
    * `add` it. The promise (also `file.opened`) settles once it is created or has failed.
    */
   create(file: PendingFile, mode: number, parent?: Made): Promise<void> {
