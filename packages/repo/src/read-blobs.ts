@@ -97,13 +97,13 @@ export class RestorePool {
   /** Buffers the workers handed back (see `buffer`). */
   private readonly free: Buffer[] = [];
 
-  constructor(key: MasterKey | null, threads = defaultThreads()) {
-    // Two batches per worker: one decoding, one queued.
+  /** `perWorker`: jobs in flight per worker before `slot` waits (two: one decoding, one queued). */
+  constructor(key: MasterKey | null, threads = defaultThreads(), perWorker = 2) {
     this.pool = new ThreadPool(
       new URL("./restore-worker.js", import.meta.url),
       { key: key ? new Uint8Array(key.key) : null, role: "restore" },
       threads,
-      threads * 2,
+      threads * perWorker,
       "restore",
     );
   }

@@ -652,7 +652,9 @@ class Engine {
    */
   private workers(): RestorePool | null {
     if (!this.source.fetchChunkFrames || this.opts.workers === 0) return null;
-    this.pool ??= new RestorePool(null, this.opts.workers ?? restoreWorkers());
+    // Four jobs per worker (of at most 512 KiB received each): the main thread, which reads the
+    // chunk stream, also walks the snapshot, and two left the worker idle through its bursts.
+    this.pool ??= new RestorePool(null, this.opts.workers ?? restoreWorkers(), 4);
     return this.pool;
   }
 
