@@ -884,9 +884,10 @@ export class Planner {
     const shown = displayPath(item.snapPath);
     const key = n.link ? `${n.link.dev}:${n.link.ino}` : null;
     if (key) {
+      // A hard-link group's names are created here (linked to its first): once the directory is.
+      if (!(await this.parentMade(d))) return false;
       const first = env.links.get(key);
       if (first) {
-        if (!(await this.parentMade(d))) return false;
         const src = first.stage && first.batch === this.b.n ? first.stage : join(env.root, first.rel);
         try {
           linkSync(src, dest);
