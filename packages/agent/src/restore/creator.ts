@@ -1,6 +1,7 @@
-import { closeSync, constants, rmdirSync, unlinkSync } from "node:fs";
+import { constants } from "node:fs";
 import { StrataError } from "@strata/core";
 import { displayPath, errnoError, native } from "@strata/fs";
+import { type Deferred, deferred } from "./deferred.js";
 import type { PendingFile } from "./fetcher.js";
 
 const { S_IFDIR, S_IFLNK, S_IFREG } = constants;
@@ -70,13 +71,13 @@ interface Op {
  */
 export class StageCreator {
   private ops: Op[] = [];
-  private current: { promise: Promise<void>; settle: () => void } | null = null;
+  private current: Deferred<void> | null = null;
   /** A job is on the pool: the next waits for it. */
   private busy = false;
   /** `flush` was asked while busy: the queue goes as soon as the job is done. */
   private wanted = false;
   /** Settled when no job runs and nothing is queued (`idle`). */
-  private quiet: { promise: Promise<void>; settle: () => void } | null = null;
+  private quiet: Deferred<void> | null = null;
   /** Jobs sent to the pool so far. */
   jobs = 0;
   /** A directory or symlink could not be made for a reason that fails the batch (`failsBatch`). */
@@ -128,24 +129,12 @@ export class StageCreator {
   idle(): Promise<void> {
     this.flush();
     if (!this.busy && !this.current) return Promise.resolve();
-    if (!this.quiet) {
-      let settle!: () => void;
-      const promise = new Promise<void>((r) => {
-        settle = r;
-      });
-      this.quiet = { promise, settle };
-    }
+    this.quiet ??= deferred<void>();
     return this.quiet.promise;
   }
 
   private queue(op: Op): Promise<void> {
-    if (!this.current) {
-      let settle!: () => void;
-      const promise = new Promise<void>((r) => {
-        settle = r;
-      });
-      this.current = { promise, settle };
-    }
+    this.current ??= deferred<void>();
     const { promise } = this.current;
     this.ops.push(op);
     if (this.ops.length >= PER_JOB) this.flush();
@@ -169,9 +158,9 @@ export class StageCreator {
       for (let i = 0; i < ops.length; i++) this.settleOp(ops[i]!, results ? results[i]! : null);
       this.busy = false;
       if (this.wanted || this.ops.length >= PER_JOB) this.flush();
-      job.settle();
+      job.resolve();
       if (!this.busy && !this.current && this.quiet) {
-        this.quiet.settle();
+        this.quiet.resolve();
         this.quiet = null;
       }
     };
@@ -195,29 +184,17 @@ export class StageCreator {
   /** What the job answered for one entry (`r`: descriptor, 0, or minus the errno; null: not run). */
   private settleOp(op: Op, r: number | null): void {
     const { file, made } = op;
-    const underFailed = op.parent?.failed === true;
     if (r === null) {
       if (made) made.failed = true;
       return;
     }
-    if (r >= 0 && !underFailed) {
+    if (r >= 0) {
+      // Made (its directory was, then: a stage's names are unique, so no mkdir fails on EEXIST).
       if (file) file.fd = r;
       return;
     }
-    if (r >= 0) {
-      // Made in a directory that exists although its own mkdir failed (never in a stage of
-      // ours, whose names are unique): taken back, as if its directory had not been there.
-      try {
-        if (file) {
-          closeSync(r);
-          unlinkSync(op.path);
-        } else if (op.target === undefined) rmdirSync(op.path);
-        else unlinkSync(op.path);
-      } catch {
-        // the rollback removes the stage
-      }
-    }
-    const e = underFailed
+    // Under a directory that was not made: nothing of its own to report.
+    const e = op.parent?.failed
       ? null
       : errnoError(-r, file ? "open" : op.target === undefined ? "mkdir" : "symlink", displayPath(op.path));
     const fatal = e !== null && failsBatch(e);

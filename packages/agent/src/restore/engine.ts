@@ -14,6 +14,7 @@ import { globToRegExp, isStrataError, StrataError } from "@strata/core";
 import { displayPath, native } from "@strata/fs";
 import { RestorePool } from "@strata/repo";
 import { TreeAhead } from "./ahead.js";
+import { type Deferred, deferred } from "./deferred.js";
 import { Fetcher, SyncQueue } from "./fetcher.js";
 import {
   type ApplyContext,
@@ -127,36 +128,6 @@ export function runRestore(source: RestoreSource, opts: RestoreOptions): Restore
     fetch: (p) => engine.fetch(p),
     progress: () => engine.progressNow(),
   };
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (v: T) => void;
-  reject: (e: unknown) => void;
-  settled: boolean;
-}
-function deferred<T>(): Deferred<T> {
-  let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
-  const d: Deferred<T> = {
-    promise: new Promise<T>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    }),
-    resolve: (v) => {
-      if (d.settled) return;
-      d.settled = true;
-      resolve(v);
-    },
-    reject: (e) => {
-      if (d.settled) return;
-      d.settled = true;
-      reject(e);
-    },
-    settled: false,
-  };
-  d.promise.catch(() => {});
-  return d;
 }
 
 interface FetchWish {

@@ -816,17 +816,9 @@ export class Planner {
         },
         d.made,
       );
-      settleIn(
-        d,
-        made.done.then(() => {
-          if (made.failed) return;
-          try {
-            this.applyMeta(dest, n, shown);
-          } catch (e) {
-            env.error(shown, `metadata not restored: ${(e as Error).message}`);
-          }
-        }),
-      );
+      this.afterSettled([made.done], d, shown, () => {
+        if (!made.failed) this.applyMeta(dest, n, shown);
+      });
       this.b.stagedFiles++;
       await this.b.fetcher.creator.room();
       return CLEAN;
@@ -1013,16 +1005,24 @@ export class Planner {
    * owner's write or search bits would refuse it. Its parent's metadata waits for this in turn.
    */
   private afterCreations(inside: DirCtx, parent: DirCtx, then: () => void): void {
-    if (!inside.settle?.length) {
+    this.afterSettled(inside.settle ?? [], parent, displayPath(inside.snapPath), then);
+  }
+
+  /**
+   * Run `then` (metadata of entry `shown`) once `waits` have settled — at once when there are
+   * none — and make `parent`'s metadata wait for it; a throw is reported, not fatal.
+   */
+  private afterSettled(waits: Promise<void>[], parent: DirCtx, shown: string, then: () => void): void {
+    if (!waits.length) {
       then();
       return;
     }
     const settling = this.b.settling;
-    const p = Promise.all(inside.settle).then(() => {
+    const p = Promise.all(waits).then(() => {
       try {
         then();
       } catch (e) {
-        this.env.error(displayPath(inside.snapPath), `metadata not restored: ${(e as Error).message}`);
+        this.env.error(shown, `metadata not restored: ${(e as Error).message}`);
       }
     });
     settling.add(p);
